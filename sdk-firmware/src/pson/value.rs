@@ -43,17 +43,16 @@ impl Value {
     /// The device's number rule for a double (`pson::operator=(double)`).
     pub fn number(v: f64) -> Self {
         // Integral values within the integer range become integers (22.0 → `08 16`).
-        if v.fract() == 0.0 {
-            if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v) {
-                return Value::Int(v as i64);
-            }
-            if (0.0..18_446_744_073_709_551_616.0).contains(&v) {
-                return Value::UInt(v as u64);
-            }
+        // The casts stand in for `fract()`, which `core` lacks; NaN fails every comparison.
+        if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v) && (v as i64) as f64 == v {
+            return Value::Int(v as i64);
         }
-        let f = v as f32;
-        if (v - f64::from(f)).abs() <= 1e-5 {
-            Value::Float(f)
+        if (0.0..18_446_744_073_709_551_616.0).contains(&v) && (v as u64) as f64 == v {
+            return Value::UInt(v as u64);
+        }
+        let diff = v - f64::from(v as f32);
+        if (-1e-5..=1e-5).contains(&diff) {
+            Value::Float(v as f32)
         } else {
             Value::Double(v)
         }

@@ -31,7 +31,7 @@ use crate::{BufferFull, Sink};
 #[cfg(feature = "alloc")]
 mod owned;
 #[cfg(feature = "alloc")]
-pub use owned::{Frame, FrameDecoder, Message};
+pub use owned::{Frame, FrameDecoder, Message, path_value};
 
 /// Frame type of a MESSAGE.
 pub const TYPE_MESSAGE: u32 = 1;
@@ -364,4 +364,4 @@ fn skip(body: &[u8], n: usize) -> Result<&[u8], FrameError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

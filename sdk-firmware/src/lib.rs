@@ -28,5 +28,10 @@ pub mod pson;
 pub mod varint;
 
 
+#[cfg(feature = "alloc")]
+pub mod device;
+#[cfg(feature = "std")]
+pub mod json;
+
 mod sink;
 pub use sink::{BufferFull, Sink, SliceSink};

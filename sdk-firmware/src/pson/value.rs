@@ -146,6 +146,15 @@ impl Value {
         &mut pairs[idx].1
     }
 
+    /// Fills an unset value with `default` and returns it: reading an empty `pson` on the
+    /// device does the same, which is how templates show an input's shape.
+    pub fn or_insert(&mut self, default: impl Into<Value>) -> &mut Value {
+        if self.is_unset() {
+            *self = default.into();
+        }
+        self
+    }
+
     /// Sets `key` to `v` (replacing the first match, else appending). Builder style.
     pub fn with(mut self, key: &str, v: impl Into<Value>) -> Self {
         *self.entry(key) = v.into();

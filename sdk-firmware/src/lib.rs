@@ -31,6 +31,8 @@ pub mod varint;
 #[cfg(feature = "alloc")]
 pub mod device;
 #[cfg(feature = "std")]
+pub mod client;
+#[cfg(feature = "std")]
 pub mod json;
 
 mod sink;

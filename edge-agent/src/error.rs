@@ -1,0 +1,30 @@
+//! The edge agent's error type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the edge agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("device {0} is not connected")]
+    DeviceOffline(String),
+    #[error("device {device} did not answer within {timeout_ms} ms")]
+    DeviceTimeout { device: String, timeout_ms: u64 },
+    #[error("device {device} answered the request on {path} with an error")]
+    DeviceError { device: String, path: String },
+    #[error("device {0} disconnected before answering")]
+    Disconnected(String),
+}
+
+impl Error {
+    /// Whether trying again later can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::DeviceOffline(_) | Error::DeviceTimeout { .. } | Error::Disconnected(_))
+    }
+}

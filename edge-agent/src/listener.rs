@@ -1,0 +1,544 @@
+//! The device listener: Thinger classic protocol over TCP and TLS.
+//!
+//! One task per connection owns a sans-IO [`Session`] and the socket. The platform reaches a
+//! connected device through its [`DeviceHandle`] (bounded command queue; a request waits at
+//! most [`ListenerConfig::request_timeout`]). What devices send comes out as
+//! [`DeviceEvent`]s on one bounded channel; when it is full, connection tasks wait before
+//! reading more, so a slow consumer slows devices down (TCP back-pressure) and nothing is
+//! dropped.
+
+mod handle;
+pub mod session;
+mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use twinlake_sdk::frame::{FrameDecoder, FrameLimits, Message, Signal};
+use twinlake_sdk::pson::Value;
+
+pub use handle::{DeviceHandle, Devices};
+use session::{Credentials, Session, SessionEvent};
+pub use tls::{ServerTls, tls_acceptor};
+
+use crate::Error;
+
+/// Identifies a device: the user (account) and the device id, as in AUTH.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceKey {
+    pub user: String,
+    pub device: String,
+}
+
+impl std::fmt::Display for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.user, self.device)
+    }
+}
+
+/// Decides whether a device may connect.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Whether these credentials are valid.
+    fn authenticate(&self, credentials: &Credentials) -> bool;
+}
+
+/// A fixed list of devices and their credentials.
+#[derive(Debug, Default, Clone)]
+pub struct StaticDevices(HashMap<DeviceKey, String>);
+
+impl StaticDevices {
+    /// Adds a device.
+    pub fn with(mut self, user: &str, device: &str, credential: &str) -> Self {
+        self.0.insert(
+            DeviceKey {
+                user: user.into(),
+                device: device.into(),
+            },
+            credential.into(),
+        );
+        self
+    }
+}
+
+impl Authenticator for StaticDevices {
+    fn authenticate(&self, c: &Credentials) -> bool {
+        let key = DeviceKey {
+            user: c.user.clone(),
+            device: c.device.clone(),
+        };
+        self.0.get(&key).is_some_and(|want| constant_time_eq(want.as_bytes(), c.credential.as_bytes()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Plain TCP address (the protocol's port is 25200); `None` turns it off.
+    pub tcp: Option<SocketAddr>,
+    /// TLS address (25202) and the acceptor; `None` turns it off.
+    pub tls: Option<(SocketAddr, ServerTls)>,
+    /// A device that sends nothing for this long is disconnected. Devices send a keep-alive
+    /// every 60 s, so keep it at 120 s or more.
+    pub idle_timeout: Duration,
+    /// How long a request to a device may take.
+    pub request_timeout: Duration,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// Per-connection frame limits.
+    pub limits: FrameLimits,
+    /// Capacity of the device event channel.
+    pub event_capacity: usize,
+    /// Capacity of each device's command queue.
+    pub command_capacity: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            tcp: Some(SocketAddr::from(([0, 0, 0, 0], twinlake_sdk::client::DEFAULT_PORT))),
+            tls: None,
+            idle_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            limits: FrameLimits::DEFAULT,
+            event_capacity: 4096,
+            command_capacity: 64,
+        }
+    }
+}
+
+/// Something a device did, in arrival order per device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceEvent {
+    pub device: DeviceKey,
+    pub at: SystemTime,
+    pub kind: DeviceEventKind,
+}
+
+/// The kinds of [`DeviceEvent`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceEventKind {
+    Connected { peer: SocketAddr, tls: bool },
+    Disconnected { reason: String, rx_bytes: u64, tx_bytes: u64 },
+    /// Stream data: `{"out": v}` / `{"in": v}` as the device wraps it.
+    Stream { path: Vec<String>, payload: Option<Value>, sample: bool },
+    Endpoint { endpoint: String, payload: Option<Value> },
+    Bucket { bucket: String, payload: Option<Value> },
+    PropertySet { property: String, payload: Option<Value> },
+    CallDevice { target: String, path: Vec<String>, payload: Option<Value> },
+}
+
+/// Commands from handles to a connection task.
+#[derive(Debug)]
+enum Command {
+    Request {
+        message: Message,
+        reply: oneshot::Sender<Reply>,
+    },
+    Ack {
+        stream_id: u32,
+        ok: bool,
+    },
+    Close,
+}
+
+/// The outcome of a request as the connection task sees it.
+#[derive(Debug)]
+enum Reply {
+    Ok(Option<Value>),
+    DeviceError,
+    Timeout,
+}
+
+struct Shared {
+    config: ListenerConfig,
+    auth: Arc<dyn Authenticator>,
+    devices: Mutex<HashMap<DeviceKey, (u64, DeviceHandle)>>,
+    properties: Mutex<HashMap<(DeviceKey, String), Value>>,
+    events: mpsc::Sender<DeviceEvent>,
+    next_conn: AtomicU64,
+}
+
+/// A bound listener, ready to [`DeviceListener::run`].
+pub struct DeviceListener {
+    tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for DeviceListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceListener")
+            .field("tcp", &self.tcp_addr())
+            .field("tls", &self.tls_addr())
+            .finish()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+}
+
+impl DeviceListener {
+    /// Binds the configured addresses. Returns the listener and the device event stream.
+    pub async fn bind(config: ListenerConfig, auth: Arc<dyn Authenticator>) -> Result<(Self, mpsc::Receiver<DeviceEvent>), Error> {
+        let tcp = match config.tcp {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let tls = match &config.tls {
+            Some((addr, acceptor)) => Some((bind(*addr).await?, acceptor.0.clone())),
+            None => None,
+        };
+        let (events, rx) = mpsc::channel(config.event_capacity.max(1));
+        let shared = Arc::new(Shared {
+            config,
+            auth,
+            devices: Mutex::default(),
+            properties: Mutex::default(),
+            events,
+            next_conn: AtomicU64::new(1),
+        });
+        Ok((Self { tcp, tls, shared }, rx))
+    }
+
+    /// The bound TCP address.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound TLS address.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The connected devices.
+    pub fn devices(&self) -> Devices {
+        Devices::new(self.shared.clone())
+    }
+
+    /// Accepts devices until `shutdown` completes, then closes every connection.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(l) = self.tcp {
+            tasks.spawn(accept_loop(l, None, self.shared.clone(), stop_rx.clone()));
+        }
+        if let Some((l, acceptor)) = self.tls {
+            tasks.spawn(accept_loop(l, Some(acceptor), self.shared.clone(), stop_rx.clone()));
+        }
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (sock, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = sock.set_nodelay(true);
+                let shared = shared.clone();
+                let stop = stop.clone();
+                let tls = tls.clone();
+                conns.spawn(async move {
+                    match tls {
+                        None => serve(sock, peer, false, shared, stop).await,
+                        Some(acceptor) => {
+                            let limit = shared.config.handshake_timeout;
+                            match tokio::time::timeout(limit, acceptor.accept(sock)).await {
+                                Ok(Ok(stream)) => serve(stream, peer, true, shared, stop).await,
+                                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+/// Per-connection state outside the session.
+struct Conn {
+    id: u64,
+    key: Option<DeviceKey>,
+    session: Session,
+    pending: HashMap<u32, (Instant, oneshot::Sender<Reply>)>,
+    rx_bytes: u64,
+    tx_bytes: u64,
+}
+
+async fn serve<S>(stream: S, peer: SocketAddr, tls: bool, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(shared.config.command_capacity.max(1));
+    let mut conn = Conn {
+        id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
+        key: None,
+        session: Session::new(),
+        pending: HashMap::new(),
+        rx_bytes: 0,
+        tx_bytes: 0,
+    };
+    let mut decoder = FrameDecoder::new(shared.config.limits);
+    let mut buf = vec![0u8; 8192];
+    let idle = shared.config.idle_timeout;
+    let mut idle_deadline = Instant::now() + idle;
+    let reason: String = loop {
+        let next_request_deadline = conn.pending.values().map(|(d, _)| *d).min();
+        tokio::select! {
+            read = rd.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) => break "closed by device".into(),
+                    Ok(n) => n,
+                    Err(e) => break format!("read error: {e}"),
+                };
+                conn.rx_bytes += n as u64;
+                idle_deadline = Instant::now() + idle;
+                decoder.push(buf.get(..n).unwrap_or_default());
+                if let Err(reason) = handle_frames(&mut decoder, &mut conn, &shared, &cmd_tx, peer, tls).await {
+                    // Flush what the session still has to say (an auth refusal, say).
+                    let _ = flush(&mut wr, &mut conn).await;
+                    break reason;
+                }
+            }
+            Some(cmd) = cmd_rx.recv() => match cmd {
+                Command::Request { message, reply } => {
+                    let sid = conn.session.request(message);
+                    conn.pending.insert(sid, (Instant::now() + shared.config.request_timeout, reply));
+                }
+                Command::Ack { stream_id, ok } => conn.session.ack(stream_id, ok),
+                Command::Close => break "replaced by a newer connection".into(),
+            },
+            _ = tokio::time::sleep_until(next_request_deadline.unwrap_or(idle_deadline)), if next_request_deadline.is_some() => {
+                expire_requests(&mut conn);
+            }
+            _ = tokio::time::sleep_until(idle_deadline) => break format!("idle for {} s", idle.as_secs()),
+            _ = stop.changed() => break "shutting down".into(),
+        }
+        if let Err(e) = flush(&mut wr, &mut conn).await {
+            break format!("write error: {e}");
+        }
+    };
+    let _ = wr.shutdown().await;
+    finish(conn, &shared, reason).await;
+}
+
+/// Decodes and handles every complete frame; `Err` closes the connection with a reason.
+async fn handle_frames(
+    decoder: &mut FrameDecoder,
+    conn: &mut Conn,
+    shared: &Arc<Shared>,
+    cmd_tx: &mpsc::Sender<Command>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Result<(), String> {
+    loop {
+        let frame = match decoder.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("bad frame: {e}")),
+        };
+        let event = conn.session.handle(frame).map_err(|e| format!("protocol error: {e}"))?;
+        let Some(event) = event else { continue };
+        match event {
+            SessionEvent::Auth(creds) => {
+                let key = DeviceKey {
+                    user: creds.user.clone(),
+                    device: creds.device.clone(),
+                };
+                if !shared.auth.authenticate(&creds) {
+                    warn!(device = %key, %peer, "authentication failed");
+                    conn.session.reject();
+                    return Err("authentication failed".into());
+                }
+                conn.session.accept();
+                register(shared, conn.id, &key, cmd_tx.clone());
+                info!(device = %key, %peer, tls, "device connected");
+                emit(shared, &key, DeviceEventKind::Connected { peer, tls }).await;
+                conn.key = Some(key);
+            }
+            SessionEvent::Reply { stream_id, ok, payload } => {
+                if let Some((_, tx)) = conn.pending.remove(&stream_id) {
+                    let _ = tx.send(if ok { Reply::Ok(payload) } else { Reply::DeviceError });
+                }
+            }
+            other => {
+                let Some(key) = conn.key.clone() else { continue };
+                device_request(other, &key, conn, shared, cmd_tx).await;
+            }
+        }
+    }
+}
+
+/// Handles what a device asked for or sent; acks once the event is queued.
+async fn device_request(
+    event: SessionEvent,
+    key: &DeviceKey,
+    conn: &mut Conn,
+    shared: &Arc<Shared>,
+    cmd_tx: &mpsc::Sender<Command>,
+) {
+    let (kind, ack) = match event {
+        SessionEvent::Stream { path, payload, sample, .. } => (DeviceEventKind::Stream { path, payload, sample }, None),
+        SessionEvent::Endpoint { endpoint, payload, ack } => (DeviceEventKind::Endpoint { endpoint, payload }, ack),
+        SessionEvent::Bucket { bucket, payload, ack } => (DeviceEventKind::Bucket { bucket, payload }, ack),
+        SessionEvent::SetProperty { property, payload, ack } => {
+            if let Ok(mut props) = shared.properties.lock() {
+                props.insert((key.clone(), property.clone()), payload.clone().unwrap_or_default());
+            }
+            (DeviceEventKind::PropertySet { property, payload }, ack)
+        }
+        SessionEvent::GetProperty { property } => {
+            let value = shared
+                .properties
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&(key.clone(), property)).cloned());
+            conn.session.property(value);
+            return;
+        }
+        SessionEvent::CallDevice { device, path, payload, ack } => {
+            route_call(shared, key, &device, &path, payload.clone(), ack, cmd_tx.clone());
+            emit(shared, key, DeviceEventKind::CallDevice { target: device, path, payload }).await;
+            return;
+        }
+        SessionEvent::Auth(_) | SessionEvent::Reply { .. } => return,
+    };
+    emit(shared, key, kind).await;
+    if let Some(sid) = ack {
+        conn.session.ack(sid, true);
+    }
+}
+
+/// CALL_DEVICE: runs `path` on another device of the same user, in the background so the
+/// caller's connection keeps flowing; a confirmation reports whether the call succeeded.
+fn route_call(
+    shared: &Arc<Shared>,
+    from: &DeviceKey,
+    target: &str,
+    path: &[String],
+    payload: Option<Value>,
+    ack: Option<u32>,
+    cmd_tx: mpsc::Sender<Command>,
+) {
+    let handle = Devices::new(shared.clone()).get(&from.user, target);
+    let path = path.to_vec();
+    tokio::spawn(async move {
+        let ok = match handle {
+            Some(h) => {
+                let p: Vec<&str> = path.iter().map(String::as_str).collect();
+                h.call(&p, payload).await.is_ok()
+            }
+            None => false,
+        };
+        if let Some(stream_id) = ack {
+            let _ = cmd_tx.send(Command::Ack { stream_id, ok }).await;
+        }
+    });
+}
+
+async fn emit(shared: &Shared, key: &DeviceKey, kind: DeviceEventKind) {
+    let ev = DeviceEvent {
+        device: key.clone(),
+        at: SystemTime::now(),
+        kind,
+    };
+    // Waits while the channel is full: back-pressure onto this device's socket.
+    let _ = shared.events.send(ev).await;
+}
+
+fn register(shared: &Shared, conn_id: u64, key: &DeviceKey, tx: mpsc::Sender<Command>) {
+    let handle = DeviceHandle::new(key.clone(), tx, shared.config.request_timeout);
+    let old = shared
+        .devices
+        .lock()
+        .ok()
+        .and_then(|mut d| d.insert(key.clone(), (conn_id, handle)));
+    if let Some((_, old)) = old {
+        old.close();
+    }
+}
+
+fn expire_requests(conn: &mut Conn) {
+    let now = Instant::now();
+    let expired: Vec<u32> = conn.pending.iter().filter(|(_, (d, _))| *d <= now).map(|(k, _)| *k).collect();
+    for sid in expired {
+        conn.session.forget(sid);
+        if let Some((_, tx)) = conn.pending.remove(&sid) {
+            let _ = tx.send(Reply::Timeout);
+        }
+    }
+}
+
+async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, conn: &mut Conn) -> std::io::Result<()> {
+    let mut wrote = false;
+    while let Some(frame) = conn.session.poll_transmit() {
+        // One frame, one write: stock clients treat a short read inside a frame as a drop.
+        wr.write_all(&frame).await?;
+        conn.tx_bytes += frame.len() as u64;
+        wrote = true;
+    }
+    if wrote {
+        wr.flush().await?;
+    }
+    Ok(())
+}
+
+async fn finish(conn: Conn, shared: &Shared, reason: String) {
+    let Some(key) = conn.key else {
+        debug!(%reason, "connection closed before authentication");
+        return;
+    };
+    if let Ok(mut d) = shared.devices.lock() {
+        if d.get(&key).is_some_and(|(id, _)| *id == conn.id) {
+            d.remove(&key);
+        }
+    }
+    info!(device = %key, %reason, "device disconnected");
+    let kind = DeviceEventKind::Disconnected {
+        reason,
+        rx_bytes: conn.rx_bytes,
+        tx_bytes: conn.tx_bytes,
+    };
+    emit(shared, &key, kind).await;
+    // Pending requests see their reply channel dropped: `Error::Disconnected`.
+}
+
+/// A request to run a resource: the message the handle sends.
+fn resource_request(signal: Signal, path: &[&str], payload: Option<Value>) -> Message {
+    Message::new(0, signal).with_path(path).with_optional_payload(payload)
+}

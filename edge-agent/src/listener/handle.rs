@@ -1,0 +1,164 @@
+//! Reaching connected devices: live describe, read, write, call, run and streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use twinlake_sdk::frame::Signal;
+use twinlake_sdk::pson::Value;
+
+use super::{Command, DeviceKey, Reply, Shared, resource_request};
+use crate::Error;
+
+/// The set of connected devices.
+#[derive(Clone)]
+pub struct Devices(Arc<Shared>);
+
+impl std::fmt::Debug for Devices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Devices").field(&self.list()).finish()
+    }
+}
+
+impl Devices {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Self(shared)
+    }
+
+    /// The handle of a connected device.
+    pub fn get(&self, user: &str, device: &str) -> Option<DeviceHandle> {
+        let key = DeviceKey {
+            user: user.into(),
+            device: device.into(),
+        };
+        self.0.devices.lock().ok()?.get(&key).map(|(_, h)| h.clone())
+    }
+
+    /// The connected devices, sorted.
+    pub fn list(&self) -> Vec<DeviceKey> {
+        let mut v: Vec<DeviceKey> = self.0.devices.lock().map(|d| d.keys().cloned().collect()).unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Waits until a device is connected (polling every 10 ms), up to `timeout`.
+    pub async fn wait_for(&self, user: &str, device: &str, timeout: Duration) -> Result<DeviceHandle, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(h) = self.get(user, device) {
+                return Ok(h);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::DeviceOffline(format!("{user}/{device}")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sets a property the device can read with GET_PROPERTY.
+    pub fn set_property(&self, user: &str, device: &str, property: &str, value: Value) {
+        let key = DeviceKey {
+            user: user.into(),
+            device: device.into(),
+        };
+        if let Ok(mut p) = self.0.properties.lock() {
+            p.insert((key, property.into()), value);
+        }
+    }
+
+    /// A property's value.
+    pub fn property(&self, user: &str, device: &str, property: &str) -> Option<Value> {
+        let key = DeviceKey {
+            user: user.into(),
+            device: device.into(),
+        };
+        self.0.properties.lock().ok()?.get(&(key, property.into())).cloned()
+    }
+}
+
+/// A connected device. Requests wait at most the listener's request timeout.
+#[derive(Debug, Clone)]
+pub struct DeviceHandle {
+    key: DeviceKey,
+    tx: mpsc::Sender<Command>,
+    timeout: Duration,
+}
+
+impl DeviceHandle {
+    pub(super) fn new(key: DeviceKey, tx: mpsc::Sender<Command>, timeout: Duration) -> Self {
+        Self { key, tx, timeout }
+    }
+
+    /// Which device this is.
+    pub fn key(&self) -> &DeviceKey {
+        &self.key
+    }
+
+    async fn request(&self, signal: Signal, path: &[&str], payload: Option<Value>) -> Result<Option<Value>, Error> {
+        let (reply, rx) = oneshot::channel();
+        let message = resource_request(signal, path, payload);
+        let offline = || Error::DeviceOffline(self.key.to_string());
+        // A full command queue waits: the device is busy, and the reply deadline still holds.
+        self.tx.send(Command::Request { message, reply }).await.map_err(|_| offline())?;
+        match rx.await {
+            Ok(Reply::Ok(v)) => Ok(v),
+            Ok(Reply::DeviceError) => Err(Error::DeviceError {
+                device: self.key.to_string(),
+                path: path.join("/"),
+            }),
+            Ok(Reply::Timeout) => Err(Error::DeviceTimeout {
+                device: self.key.to_string(),
+                timeout_ms: self.timeout.as_millis() as u64,
+            }),
+            Err(_) => Err(Error::Disconnected(self.key.to_string())),
+        }
+    }
+
+    /// The device's resource list (`["api"]`).
+    pub async fn describe(&self) -> Result<Value, Error> {
+        Ok(self.request(Signal::None, &["api"], None).await?.unwrap_or_default())
+    }
+
+    /// A resource's I/O template with its current state (`[.., "api"]`).
+    pub async fn template(&self, path: &[&str]) -> Result<Value, Error> {
+        let mut p = path.to_vec();
+        p.push("api");
+        Ok(self.request(Signal::None, &p, None).await?.unwrap_or_default())
+    }
+
+    /// Reads an output (or runs an in/out with no input).
+    pub async fn read(&self, path: &[&str]) -> Result<Option<Value>, Error> {
+        self.request(Signal::None, path, None).await
+    }
+
+    /// Writes an input.
+    pub async fn write(&self, path: &[&str], value: Value) -> Result<(), Error> {
+        self.request(Signal::None, path, Some(value)).await.map(|_| ())
+    }
+
+    /// Calls an input/output with an input; returns its output.
+    pub async fn call(&self, path: &[&str], input: Option<Value>) -> Result<Option<Value>, Error> {
+        self.request(Signal::None, path, input).await
+    }
+
+    /// Runs a run resource.
+    pub async fn run(&self, path: &[&str]) -> Result<(), Error> {
+        self.request(Signal::None, path, None).await.map(|_| ())
+    }
+
+    /// Starts a stream: samples every `interval`, or events only with `None`.
+    pub async fn start_stream(&self, path: &[&str], interval: Option<Duration>) -> Result<(), Error> {
+        let payload = interval.map(|d| Value::from(d.as_millis() as u64));
+        self.request(Signal::StartStream, path, payload).await.map(|_| ())
+    }
+
+    /// Stops a stream.
+    pub async fn stop_stream(&self, path: &[&str]) -> Result<(), Error> {
+        self.request(Signal::StopStream, path, None).await.map(|_| ())
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        let _ = self.tx.try_send(Command::Close);
+    }
+}

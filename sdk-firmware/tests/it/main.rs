@@ -1,0 +1,3 @@
+//! Integration tests of the SDK (one test binary per crate).
+
+mod props;

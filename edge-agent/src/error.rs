@@ -7,9 +7,15 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("TLS configuration: {0}")]
     Tls(String),
     #[error("device {0} is not connected")]
@@ -25,6 +31,9 @@ pub enum Error {
 impl Error {
     /// Whether trying again later can help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::DeviceOffline(_) | Error::DeviceTimeout { .. } | Error::Disconnected(_))
+        matches!(
+            self,
+            Error::DeviceOffline(_) | Error::DeviceTimeout { .. } | Error::Disconnected(_)
+        )
     }
 }

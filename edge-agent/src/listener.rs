@@ -74,7 +74,9 @@ impl Authenticator for StaticDevices {
             user: c.user.clone(),
             device: c.device.clone(),
         };
-        self.0.get(&key).is_some_and(|want| constant_time_eq(want.as_bytes(), c.credential.as_bytes()))
+        self.0
+            .get(&key)
+            .is_some_and(|want| constant_time_eq(want.as_bytes(), c.credential.as_bytes()))
     }
 }
 
@@ -107,7 +109,10 @@ pub struct ListenerConfig {
 impl Default for ListenerConfig {
     fn default() -> Self {
         Self {
-            tcp: Some(SocketAddr::from(([0, 0, 0, 0], twinlake_sdk::client::DEFAULT_PORT))),
+            tcp: Some(SocketAddr::from((
+                [0, 0, 0, 0],
+                twinlake_sdk::client::DEFAULT_PORT,
+            ))),
             tls: None,
             idle_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(10),
@@ -130,14 +135,38 @@ pub struct DeviceEvent {
 /// The kinds of [`DeviceEvent`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeviceEventKind {
-    Connected { peer: SocketAddr, tls: bool },
-    Disconnected { reason: String, rx_bytes: u64, tx_bytes: u64 },
+    Connected {
+        peer: SocketAddr,
+        tls: bool,
+    },
+    Disconnected {
+        reason: String,
+        rx_bytes: u64,
+        tx_bytes: u64,
+    },
     /// Stream data: `{"out": v}` / `{"in": v}` as the device wraps it.
-    Stream { path: Vec<String>, payload: Option<Value>, sample: bool },
-    Endpoint { endpoint: String, payload: Option<Value> },
-    Bucket { bucket: String, payload: Option<Value> },
-    PropertySet { property: String, payload: Option<Value> },
-    CallDevice { target: String, path: Vec<String>, payload: Option<Value> },
+    Stream {
+        path: Vec<String>,
+        payload: Option<Value>,
+        sample: bool,
+    },
+    Endpoint {
+        endpoint: String,
+        payload: Option<Value>,
+    },
+    Bucket {
+        bucket: String,
+        payload: Option<Value>,
+    },
+    PropertySet {
+        property: String,
+        payload: Option<Value>,
+    },
+    CallDevice {
+        target: String,
+        path: Vec<String>,
+        payload: Option<Value>,
+    },
 }
 
 /// Commands from handles to a connection task.
@@ -188,12 +217,17 @@ impl std::fmt::Debug for DeviceListener {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
 }
 
 impl DeviceListener {
     /// Binds the configured addresses. Returns the listener and the device event stream.
-    pub async fn bind(config: ListenerConfig, auth: Arc<dyn Authenticator>) -> Result<(Self, mpsc::Receiver<DeviceEvent>), Error> {
+    pub async fn bind(
+        config: ListenerConfig,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<(Self, mpsc::Receiver<DeviceEvent>), Error> {
         let tcp = match config.tcp {
             Some(addr) => Some(bind(addr).await?),
             None => None,
@@ -237,7 +271,12 @@ impl DeviceListener {
             tasks.spawn(accept_loop(l, None, self.shared.clone(), stop_rx.clone()));
         }
         if let Some((l, acceptor)) = self.tls {
-            tasks.spawn(accept_loop(l, Some(acceptor), self.shared.clone(), stop_rx.clone()));
+            tasks.spawn(accept_loop(
+                l,
+                Some(acceptor),
+                self.shared.clone(),
+                stop_rx.clone(),
+            ));
         }
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -299,8 +338,13 @@ struct Conn {
     tx_bytes: u64,
 }
 
-async fn serve<S>(stream: S, peer: SocketAddr, tls: bool, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
-where
+async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    tls: bool,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -372,7 +416,10 @@ async fn handle_frames(
             Ok(None) => return Ok(()),
             Err(e) => return Err(format!("bad frame: {e}")),
         };
-        let event = conn.session.handle(frame).map_err(|e| format!("protocol error: {e}"))?;
+        let event = conn
+            .session
+            .handle(frame)
+            .map_err(|e| format!("protocol error: {e}"))?;
         let Some(event) = event else { continue };
         match event {
             SessionEvent::Auth(creds) => {
@@ -391,13 +438,23 @@ async fn handle_frames(
                 emit(shared, &key, DeviceEventKind::Connected { peer, tls }).await;
                 conn.key = Some(key);
             }
-            SessionEvent::Reply { stream_id, ok, payload } => {
+            SessionEvent::Reply {
+                stream_id,
+                ok,
+                payload,
+            } => {
                 if let Some((_, tx)) = conn.pending.remove(&stream_id) {
-                    let _ = tx.send(if ok { Reply::Ok(payload) } else { Reply::DeviceError });
+                    let _ = tx.send(if ok {
+                        Reply::Ok(payload)
+                    } else {
+                        Reply::DeviceError
+                    });
                 }
             }
             other => {
-                let Some(key) = conn.key.clone() else { continue };
+                let Some(key) = conn.key.clone() else {
+                    continue;
+                };
                 device_request(other, &key, conn, shared, cmd_tx).await;
             }
         }
@@ -413,12 +470,39 @@ async fn device_request(
     cmd_tx: &mpsc::Sender<Command>,
 ) {
     let (kind, ack) = match event {
-        SessionEvent::Stream { path, payload, sample, .. } => (DeviceEventKind::Stream { path, payload, sample }, None),
-        SessionEvent::Endpoint { endpoint, payload, ack } => (DeviceEventKind::Endpoint { endpoint, payload }, ack),
-        SessionEvent::Bucket { bucket, payload, ack } => (DeviceEventKind::Bucket { bucket, payload }, ack),
-        SessionEvent::SetProperty { property, payload, ack } => {
+        SessionEvent::Stream {
+            path,
+            payload,
+            sample,
+            ..
+        } => (
+            DeviceEventKind::Stream {
+                path,
+                payload,
+                sample,
+            },
+            None,
+        ),
+        SessionEvent::Endpoint {
+            endpoint,
+            payload,
+            ack,
+        } => (DeviceEventKind::Endpoint { endpoint, payload }, ack),
+        SessionEvent::Bucket {
+            bucket,
+            payload,
+            ack,
+        } => (DeviceEventKind::Bucket { bucket, payload }, ack),
+        SessionEvent::SetProperty {
+            property,
+            payload,
+            ack,
+        } => {
             if let Ok(mut props) = shared.properties.lock() {
-                props.insert((key.clone(), property.clone()), payload.clone().unwrap_or_default());
+                props.insert(
+                    (key.clone(), property.clone()),
+                    payload.clone().unwrap_or_default(),
+                );
             }
             (DeviceEventKind::PropertySet { property, payload }, ack)
         }
@@ -431,9 +515,31 @@ async fn device_request(
             conn.session.property(value);
             return;
         }
-        SessionEvent::CallDevice { device, path, payload, ack } => {
-            route_call(shared, key, &device, &path, payload.clone(), ack, cmd_tx.clone());
-            emit(shared, key, DeviceEventKind::CallDevice { target: device, path, payload }).await;
+        SessionEvent::CallDevice {
+            device,
+            path,
+            payload,
+            ack,
+        } => {
+            route_call(
+                shared,
+                key,
+                &device,
+                &path,
+                payload.clone(),
+                ack,
+                cmd_tx.clone(),
+            );
+            emit(
+                shared,
+                key,
+                DeviceEventKind::CallDevice {
+                    target: device,
+                    path,
+                    payload,
+                },
+            )
+            .await;
             return;
         }
         SessionEvent::Auth(_) | SessionEvent::Reply { .. } => return,
@@ -495,7 +601,12 @@ fn register(shared: &Shared, conn_id: u64, key: &DeviceKey, tx: mpsc::Sender<Com
 
 fn expire_requests(conn: &mut Conn) {
     let now = Instant::now();
-    let expired: Vec<u32> = conn.pending.iter().filter(|(_, (d, _))| *d <= now).map(|(k, _)| *k).collect();
+    let expired: Vec<u32> = conn
+        .pending
+        .iter()
+        .filter(|(_, (d, _))| *d <= now)
+        .map(|(k, _)| *k)
+        .collect();
     for sid in expired {
         conn.session.forget(sid);
         if let Some((_, tx)) = conn.pending.remove(&sid) {
@@ -523,10 +634,11 @@ async fn finish(conn: Conn, shared: &Shared, reason: String) {
         debug!(%reason, "connection closed before authentication");
         return;
     };
-    if let Ok(mut d) = shared.devices.lock() {
-        if d.get(&key).is_some_and(|(id, _)| *id == conn.id) {
-            d.remove(&key);
-        }
+    // Only this connection's own registration: a newer connection may have replaced it.
+    if let Ok(mut d) = shared.devices.lock()
+        && d.get(&key).is_some_and(|(id, _)| *id == conn.id)
+    {
+        d.remove(&key);
     }
     info!(device = %key, %reason, "device disconnected");
     let kind = DeviceEventKind::Disconnected {
@@ -540,5 +652,7 @@ async fn finish(conn: Conn, shared: &Shared, reason: String) {
 
 /// A request to run a resource: the message the handle sends.
 fn resource_request(signal: Signal, path: &[&str], payload: Option<Value>) -> Message {
-    Message::new(0, signal).with_path(path).with_optional_payload(payload)
+    Message::new(0, signal)
+        .with_path(path)
+        .with_optional_payload(payload)
 }

@@ -19,14 +19,21 @@ fn usage() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, user, device, credential, rest @ ..] = args.as_slice() else { usage() };
-    let Some((host, port)) = addr.rsplit_once(':') else { usage() };
+    let [addr, user, device, credential, rest @ ..] = args.as_slice() else {
+        usage()
+    };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        usage()
+    };
     let Ok(port) = port.parse() else { usage() };
     let mut config = ClientConfig::new(host, port, user, device, credential);
     config.tls = match rest {
         [] => Tls::Off,
         [flag] if flag == "--insecure" => Tls::Insecure,
-        [flag, ca] if flag == "--tls" => match std::fs::read(ca).map_err(|e| e.to_string()).and_then(|pem| Tls::from_ca_pem(&pem).map_err(|e| e.to_string())) {
+        [flag, ca] if flag == "--tls" => match std::fs::read(ca)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| Tls::from_ca_pem(&pem).map_err(|e| e.to_string()))
+        {
             Ok(tls) => tls,
             Err(e) => {
                 eprintln!("cannot use {ca}: {e}");
@@ -69,7 +76,14 @@ fn main() {
         }
         if client.is_connected() != was_connected {
             was_connected = client.is_connected();
-            println!("{}", if was_connected { "connected" } else { "disconnected" });
+            println!(
+                "{}",
+                if was_connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+            );
         }
     }
 }

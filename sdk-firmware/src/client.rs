@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme, StreamOwned};
+use rustls::{
+    ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme, StreamOwned,
+};
 
 use crate::device::{Event, Thing};
 use crate::frame::{FrameDecoder, FrameError, FrameLimits};
@@ -269,8 +271,16 @@ impl Client {
         sock.set_nodelay(true)?;
         let conn = match &self.config.tls {
             Tls::Off => Conn::Tcp(sock),
-            Tls::Verify(roots) => Conn::Tls(Box::new(tls_stream(sock, &self.config.host, Verifier::Roots(roots.clone()))?)),
-            Tls::Insecure => Conn::Tls(Box::new(tls_stream(sock, &self.config.host, Verifier::None)?)),
+            Tls::Verify(roots) => Conn::Tls(Box::new(tls_stream(
+                sock,
+                &self.config.host,
+                Verifier::Roots(roots.clone()),
+            )?)),
+            Tls::Insecure => Conn::Tls(Box::new(tls_stream(
+                sock,
+                &self.config.host,
+                Verifier::None,
+            )?)),
         };
         self.conn = Some(conn);
         self.stats.connects += 1;
@@ -291,7 +301,8 @@ impl Client {
 
     fn read_once(&mut self) -> Result<(), ClientError> {
         let wait = match self.thing.next_deadline() {
-            Some(d) => Duration::from_millis(d.saturating_sub(self.now_ms())).min(self.config.poll_interval),
+            Some(d) => Duration::from_millis(d.saturating_sub(self.now_ms()))
+                .min(self.config.poll_interval),
             None => self.config.poll_interval,
         }
         .max(Duration::from_millis(1));
@@ -303,7 +314,14 @@ impl Client {
         let n = match conn.read(&mut buf) {
             Ok(0) => return Err(ClientError::Closed),
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         };
         self.stats.rx_bytes += n as u64;
@@ -350,13 +368,20 @@ impl Client {
     }
 
     /// Pumps the loop until an event matches, or `timeout` passes. Other events stay queued.
-    pub fn wait_for(&mut self, timeout: Duration, mut pred: impl FnMut(&Event) -> bool) -> Result<Event, ClientError> {
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Result<Event, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(i) = self.events.iter().position(&mut pred) {
-                if let Some(e) = self.events.remove(i) {
-                    return Ok(e);
-                }
+            if let Some(e) = self
+                .events
+                .iter()
+                .position(&mut pred)
+                .and_then(|i| self.events.remove(i))
+            {
+                return Ok(e);
             }
             if Instant::now() >= deadline {
                 return Err(ClientError::Timeout);
@@ -378,20 +403,35 @@ impl Client {
     }
 
     /// Reads a property from the server (blocks, as on the device).
-    pub fn get_property(&mut self, name: &str, timeout: Duration) -> Result<Option<Value>, ClientError> {
+    pub fn get_property(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<Value>, ClientError> {
         self.thing.get_property(name);
-        match self.wait_for(timeout, |e| matches!(e, Event::Property { name: n, .. } if n == name))? {
+        match self.wait_for(
+            timeout,
+            |e| matches!(e, Event::Property { name: n, .. } if n == name),
+        )? {
             Event::Property { value, .. } => Ok(value),
             _ => Err(ClientError::Timeout),
         }
     }
 
     /// Calls an endpoint and waits for the server's confirmation.
-    pub fn call_endpoint_confirmed(&mut self, endpoint: &str, payload: Option<Value>, timeout: Duration) -> Result<bool, ClientError> {
+    pub fn call_endpoint_confirmed(
+        &mut self,
+        endpoint: &str,
+        payload: Option<Value>,
+        timeout: Duration,
+    ) -> Result<bool, ClientError> {
         let Some(id) = self.thing.call_endpoint(endpoint, payload, true) else {
             return Err(ClientError::Timeout);
         };
-        match self.wait_for(timeout, |e| matches!(e, Event::Ack { request, .. } if *request == id))? {
+        match self.wait_for(
+            timeout,
+            |e| matches!(e, Event::Ack { request, .. } if *request == id),
+        )? {
             Event::Ack { ok, .. } => Ok(ok),
             _ => Err(ClientError::Timeout),
         }
@@ -403,7 +443,11 @@ enum Verifier {
     None,
 }
 
-fn tls_stream(sock: TcpStream, host: &str, verifier: Verifier) -> Result<StreamOwned<ClientConnection, TcpStream>, ClientError> {
+fn tls_stream(
+    sock: TcpStream,
+    host: &str,
+    verifier: Verifier,
+) -> Result<StreamOwned<ClientConnection, TcpStream>, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -415,7 +459,8 @@ fn tls_stream(sock: TcpStream, host: &str, verifier: Verifier) -> Result<StreamO
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
             .with_no_client_auth(),
     };
-    let name = ServerName::try_from(host.to_owned()).map_err(|e| ClientError::Config(format!("server name {host}: {e}")))?;
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| ClientError::Config(format!("server name {host}: {e}")))?;
     let conn = ClientConnection::new(Arc::new(config), name).map_err(ClientError::Tls)?;
     Ok(StreamOwned::new(conn, sock))
 }
@@ -442,7 +487,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -451,7 +501,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

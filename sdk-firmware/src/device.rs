@@ -241,7 +241,9 @@ impl Thing {
         }
         match m.signal {
             Signal::RequestOk | Signal::RequestError => self.handle_reply(m),
-            Signal::None | Signal::StartStream | Signal::StopStream => self.handle_request(m, now_ms),
+            Signal::None | Signal::StartStream | Signal::StopStream => {
+                self.handle_request(m, now_ms)
+            }
             // Device-to-server flags, or unknown ones: nothing for a device to do.
             _ => {}
         }
@@ -251,7 +253,10 @@ impl Thing {
         let ok = m.signal == Signal::RequestOk;
         if m.stream_id == 0 {
             if let Some(name) = self.pending_properties.pop_front() {
-                self.events.push_back(Event::Property { name, value: m.payload });
+                self.events.push_back(Event::Property {
+                    name,
+                    value: m.payload,
+                });
             }
             return;
         }
@@ -300,18 +305,23 @@ impl Thing {
         }
     }
 
-    fn run_request(&mut self, m: &Message) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
+    fn run_request(
+        &mut self,
+        m: &Message,
+    ) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
         let path = Self::request_path(m)?;
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
         match refs.split_last() {
             None => Ok((None, None)),
             Some((&"api", [])) => Ok((Some(resource::describe(&self.resources)), None)),
             Some((&"api", parent)) => {
-                let r = resource::find_mut(&mut self.resources, parent).ok_or(RequestError::NoResource)?;
+                let r = resource::find_mut(&mut self.resources, parent)
+                    .ok_or(RequestError::NoResource)?;
                 Ok((Some(r.template()), None))
             }
             Some(_) => {
-                let r = resource::find_mut(&mut self.resources, &refs).ok_or(RequestError::NoResource)?;
+                let r = resource::find_mut(&mut self.resources, &refs)
+                    .ok_or(RequestError::NoResource)?;
                 let outcome = r.invoke(m.payload.clone());
                 let follow = outcome.wrote_input.then_some(FollowUp::Event(path));
                 Ok((outcome.reply, follow))
@@ -319,7 +329,11 @@ impl Thing {
         }
     }
 
-    fn start_stream(&mut self, m: &Message, now_ms: u64) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
+    fn start_stream(
+        &mut self,
+        m: &Message,
+        now_ms: u64,
+    ) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
         let path = Self::request_path(m)?;
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
         resource::find_mut(&mut self.resources, &refs).ok_or(RequestError::NoResource)?;
@@ -338,7 +352,10 @@ impl Thing {
         Ok((None, Some(FollowUp::StreamStarted(self.streams.len() - 1))))
     }
 
-    fn stop_stream(&mut self, m: &Message) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
+    fn stop_stream(
+        &mut self,
+        m: &Message,
+    ) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
         let path = Self::request_path(m)?;
         self.streams.retain(|s| s.path != path);
         Ok((None, None))
@@ -360,7 +377,12 @@ impl Thing {
 
     /// After an input was written: send its new state on any stream over it.
     fn notify_write(&mut self, path: &[String]) {
-        let sids: Vec<u32> = self.streams.iter().filter(|s| s.path == path).map(|s| s.stream_id).collect();
+        let sids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|s| s.path == path)
+            .map(|s| s.stream_id)
+            .collect();
         for sid in sids {
             self.send_stream(sid, path, Signal::StreamEvent);
         }
@@ -399,23 +421,61 @@ impl Thing {
 
     /// Calls a server endpoint (CALL_ENDPOINT). With `confirm`, the server acks, and an
     /// [`Event::Ack`] reports it.
-    pub fn call_endpoint(&mut self, endpoint: &str, payload: Option<Value>, confirm: bool) -> Option<RequestId> {
-        self.device_request(Message::new(0, Signal::CallEndpoint).with_identifier(endpoint).with_optional_payload(payload), confirm)
+    pub fn call_endpoint(
+        &mut self,
+        endpoint: &str,
+        payload: Option<Value>,
+        confirm: bool,
+    ) -> Option<RequestId> {
+        self.device_request(
+            Message::new(0, Signal::CallEndpoint)
+                .with_identifier(endpoint)
+                .with_optional_payload(payload),
+            confirm,
+        )
     }
 
     /// Writes a record to a bucket (BUCKET_DATA).
-    pub fn write_bucket(&mut self, bucket: &str, record: Value, confirm: bool) -> Option<RequestId> {
-        self.device_request(Message::new(0, Signal::BucketData).with_identifier(bucket).with_payload(record), confirm)
+    pub fn write_bucket(
+        &mut self,
+        bucket: &str,
+        record: Value,
+        confirm: bool,
+    ) -> Option<RequestId> {
+        self.device_request(
+            Message::new(0, Signal::BucketData)
+                .with_identifier(bucket)
+                .with_payload(record),
+            confirm,
+        )
     }
 
     /// Sets a device property (SET_PROPERTY).
-    pub fn set_property(&mut self, property: &str, value: Value, confirm: bool) -> Option<RequestId> {
-        self.device_request(Message::new(0, Signal::SetProperty).with_identifier(property).with_payload(value), confirm)
+    pub fn set_property(
+        &mut self,
+        property: &str,
+        value: Value,
+        confirm: bool,
+    ) -> Option<RequestId> {
+        self.device_request(
+            Message::new(0, Signal::SetProperty)
+                .with_identifier(property)
+                .with_payload(value),
+            confirm,
+        )
     }
 
     /// Calls a resource on another device (CALL_DEVICE).
-    pub fn call_device(&mut self, device: &str, path: &[&str], payload: Option<Value>, confirm: bool) -> Option<RequestId> {
-        let mut m = Message::new(0, Signal::CallDevice).with_identifier(device).with_optional_payload(payload);
+    pub fn call_device(
+        &mut self,
+        device: &str,
+        path: &[&str],
+        payload: Option<Value>,
+        confirm: bool,
+    ) -> Option<RequestId> {
+        let mut m = Message::new(0, Signal::CallDevice)
+            .with_identifier(device)
+            .with_optional_payload(payload);
         m.resource = Some(path_value(path));
         self.device_request(m, confirm)
     }

@@ -169,10 +169,15 @@ impl core::fmt::Display for FrameError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::UnknownFrameType { frame_type } => write!(f, "unknown frame type {frame_type}"),
-            Self::TooLarge { len, limit } => write!(f, "frame body of {len} bytes is over the {limit}-byte limit"),
+            Self::TooLarge { len, limit } => write!(
+                f,
+                "frame body of {len} bytes is over the {limit}-byte limit"
+            ),
             Self::HeaderOverflow => f.write_str("frame header varint overflow"),
             Self::Truncated => f.write_str("message body ends inside a field"),
-            Self::BadField { field, wire } => write!(f, "message field {field} with bad wire type {wire}"),
+            Self::BadField { field, wire } => {
+                write!(f, "message field {field} with bad wire type {wire}")
+            }
             Self::UnknownPsonField { field } => write!(f, "unknown PSON message field {field}"),
             Self::Pson(e) => write!(f, "message field: {e}"),
         }
@@ -215,7 +220,10 @@ fn header_u32(buf: &[u8]) -> Result<Option<(u32, usize)>, FrameError> {
 
 /// Decodes the frame at the front of `buf`: the frame and the bytes it used, or `None` if
 /// the frame is not complete yet.
-pub fn decode_frame<'a>(buf: &'a [u8], limits: &FrameLimits) -> Result<Option<(FrameRef<'a>, usize)>, FrameError> {
+pub fn decode_frame<'a>(
+    buf: &'a [u8],
+    limits: &FrameLimits,
+) -> Result<Option<(FrameRef<'a>, usize)>, FrameError> {
     let Some((frame_type, n1)) = header_u32(buf)? else {
         return Ok(None);
     };
@@ -302,7 +310,9 @@ impl<'a> MessageRef<'a> {
     /// The resource path, when RESOURCE is an array of strings.
     pub fn path(&self) -> Option<impl Iterator<Item = &'a str> + Clone> {
         let arr = self.resource?.as_array()?;
-        arr.iter().all(|v| v.as_str().is_some()).then(|| arr.iter().filter_map(|v| v.as_str()))
+        arr.iter()
+            .all(|v| v.as_str().is_some())
+            .then(|| arr.iter().filter_map(|v| v.as_str()))
     }
 
     /// The size of the body (fields only).
@@ -314,7 +324,10 @@ impl<'a> MessageRef<'a> {
         if self.signal.code() != 0 {
             n += 1 + varint::len_u64(u64::from(self.signal.code()));
         }
-        for v in [self.identifier, self.resource, self.payload].iter().flatten() {
+        for v in [self.identifier, self.resource, self.payload]
+            .iter()
+            .flatten()
+        {
             n += 1 + v.encoded_len();
         }
         n
@@ -340,7 +353,11 @@ impl<'a> MessageRef<'a> {
 }
 
 /// Fields 1 and 2, each left out when zero.
-pub(crate) fn write_header_fields<S: Sink + ?Sized>(sink: &mut S, stream_id: u32, signal: Signal) -> Result<(), BufferFull> {
+pub(crate) fn write_header_fields<S: Sink + ?Sized>(
+    sink: &mut S,
+    stream_id: u32,
+    signal: Signal,
+) -> Result<(), BufferFull> {
     if stream_id != 0 {
         sink.put_u8(key::STREAM_ID)?;
         varint::write_u64(sink, u64::from(stream_id))?;

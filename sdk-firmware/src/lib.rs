@@ -27,11 +27,10 @@ pub mod frame;
 pub mod pson;
 pub mod varint;
 
-
-#[cfg(feature = "alloc")]
-pub mod device;
 #[cfg(feature = "std")]
 pub mod client;
+#[cfg(feature = "alloc")]
+pub mod device;
 #[cfg(feature = "std")]
 pub mod json;
 

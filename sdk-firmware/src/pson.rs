@@ -264,25 +264,122 @@ pub(crate) fn read_key(buf: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
 }
 
 /// Validates a container body and everything inside it.
-fn validate_body(mut body: &[u8], is_object: bool, depth: usize, limits: &Limits) -> Result<(), DecodeError> {
+///
+/// This is the hot path of decoding, so it works on indices and single tag bytes rather
+/// than building values: every PSON type has a one-byte tag, so anything at or above 0x80
+/// is an unknown type.
+fn validate_body(
+    body: &[u8],
+    is_object: bool,
+    depth: usize,
+    limits: &Limits,
+) -> Result<(), DecodeError> {
     if depth > limits.max_depth {
         return Err(DecodeError::TooDeep {
             limit: limits.max_depth,
         });
     }
-    while !body.is_empty() {
+    let mut i = 0;
+    while i < body.len() {
         if is_object {
-            body = read_key(body).map_err(inner_error)?.1;
+            let (key, next) = delimited_at(body, i)?;
+            check_utf8(key)?;
+            i = next;
         }
-        let (head, rest) = read_head(body).map_err(inner_error)?;
-        match head {
-            Head::Scalar(_) => {}
-            Head::Object(b) => validate_body(b, true, depth + 1, limits)?,
-            Head::Array(b) => validate_body(b, false, depth + 1, limits)?,
-        }
-        body = rest;
+        i = skip_value(body, i, Some((depth, limits)))?;
     }
     Ok(())
+}
+
+/// The bytes of a varint-length-delimited item at `i`, and the index after it. Running out
+/// of bytes here means a container's declared length was wrong.
+#[inline]
+pub(crate) fn delimited_at(body: &[u8], i: usize) -> Result<(&[u8], usize), DecodeError> {
+    let rest = body.get(i..).unwrap_or_default();
+    let (len, n) = match rest.first() {
+        Some(&b) if b < 0x80 => (usize::from(b), 1),
+        _ => {
+            let (len, n) = varint::decode_u32(rest).map_err(|e| inner_error(e.into()))?;
+            (len as usize, n)
+        }
+    };
+    let start = i + n;
+    let end = start.checked_add(len).ok_or(DecodeError::LengthMismatch)?;
+    body.get(start..end)
+        .map(|b| (b, end))
+        .ok_or(DecodeError::LengthMismatch)
+}
+
+#[inline]
+fn check_utf8(bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.is_ascii() || core::str::from_utf8(bytes).is_ok() {
+        Ok(())
+    } else {
+        Err(DecodeError::InvalidUtf8)
+    }
+}
+
+/// Skips the value at `i` in a container body, returning the index after it. With
+/// `validate`, strings are checked and nested containers are validated at `depth + 1`;
+/// without, the body is already known to be valid and containers are skipped whole.
+#[inline]
+pub(crate) fn skip_value(
+    body: &[u8],
+    i: usize,
+    validate: Option<(usize, &Limits)>,
+) -> Result<usize, DecodeError> {
+    let tag = *body.get(i).ok_or(DecodeError::LengthMismatch)?;
+    let i = i + 1;
+    let fixed = |n: usize| {
+        let end = i + n;
+        if end <= body.len() {
+            Ok(end)
+        } else {
+            Err(DecodeError::LengthMismatch)
+        }
+    };
+    match tag {
+        tag::NULL
+        | tag::TRUE
+        | tag::FALSE
+        | tag::ZERO
+        | tag::ONE
+        | tag::EMPTY_STRING
+        | tag::EMPTY_BYTES
+        | tag::UNSET => Ok(i),
+        tag::POS_INT | tag::NEG_INT => {
+            let rest = body.get(i..).unwrap_or_default();
+            let (m, n) = varint::decode_u64(rest).map_err(|e| inner_error(e.into()))?;
+            if tag == tag::NEG_INT && m > 1 << 63 {
+                return Err(DecodeError::IntegerRange);
+            }
+            Ok(i + n)
+        }
+        tag::FLOAT => fixed(4),
+        tag::DOUBLE => fixed(8),
+        tag::STRING => {
+            let (s, next) = delimited_at(body, i)?;
+            if validate.is_some() {
+                check_utf8(s)?;
+            }
+            Ok(next)
+        }
+        tag::BYTES => Ok(delimited_at(body, i)?.1),
+        tag::OBJECT | tag::ARRAY => {
+            let (inner, next) = delimited_at(body, i)?;
+            if let Some((depth, limits)) = validate {
+                validate_body(inner, tag == tag::OBJECT, depth + 1, limits)?;
+            }
+            Ok(next)
+        }
+        t if t < 0x80 => Err(DecodeError::UnknownType { tag: u64::from(t) }),
+        _ => {
+            // A multi-byte tag: report its full value.
+            let (t, _) = varint::decode_u64(body.get(i - 1..).unwrap_or_default())
+                .map_err(|e| inner_error(e.into()))?;
+            Err(DecodeError::UnknownType { tag: t })
+        }
+    }
 }
 
 /// Inside a container, running out of bytes means the declared length was wrong.
@@ -374,10 +471,7 @@ impl<'a> ValueRef<'a> {
     /// The encoded size in bytes.
     pub fn encoded_len(&self) -> usize {
         match *self {
-            ValueRef::Null
-            | ValueRef::Unset
-            | ValueRef::Bool(_)
-            | ValueRef::Int(0 | 1) => 1,
+            ValueRef::Null | ValueRef::Unset | ValueRef::Bool(_) | ValueRef::Int(0 | 1) => 1,
             ValueRef::Int(i) => 1 + varint::len_u64(i.unsigned_abs()),
             ValueRef::UInt(u) => 1 + varint::len_u64(u),
             ValueRef::Float(_) => 5,

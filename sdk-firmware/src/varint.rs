@@ -135,8 +135,14 @@ mod tests {
             decode_u64(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02]),
             Err(VarintError::Overflow)
         );
-        assert_eq!(decode_u32(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), Ok((u32::MAX, 5)));
-        assert_eq!(decode_u32(&[0xFF, 0xFF, 0xFF, 0xFF, 0x1F]), Err(VarintError::Overflow));
+        assert_eq!(
+            decode_u32(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
+            Ok((u32::MAX, 5))
+        );
+        assert_eq!(
+            decode_u32(&[0xFF, 0xFF, 0xFF, 0xFF, 0x1F]),
+            Err(VarintError::Overflow)
+        );
         assert_eq!(decode_u32(&[0x80; 6]), Err(VarintError::Overflow));
         assert_eq!(decode_u32(&[0x80, 0x80]), Err(VarintError::Truncated));
         assert_eq!(len_u64(0), 1);

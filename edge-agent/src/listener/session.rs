@@ -41,19 +41,45 @@ pub enum SessionEvent {
     /// The device wants in; answer with [`Session::accept`] or [`Session::reject`].
     Auth(Credentials),
     /// A reply to one of our requests.
-    Reply { stream_id: u32, ok: bool, payload: Option<Value> },
+    Reply {
+        stream_id: u32,
+        ok: bool,
+        payload: Option<Value>,
+    },
     /// Data on a stream we started.
-    Stream { stream_id: u32, path: Vec<String>, payload: Option<Value>, sample: bool },
+    Stream {
+        stream_id: u32,
+        path: Vec<String>,
+        payload: Option<Value>,
+        sample: bool,
+    },
     /// CALL_ENDPOINT; `ack` is the stream id to confirm, if the device wants a confirmation.
-    Endpoint { endpoint: String, payload: Option<Value>, ack: Option<u32> },
+    Endpoint {
+        endpoint: String,
+        payload: Option<Value>,
+        ack: Option<u32>,
+    },
     /// BUCKET_DATA.
-    Bucket { bucket: String, payload: Option<Value>, ack: Option<u32> },
+    Bucket {
+        bucket: String,
+        payload: Option<Value>,
+        ack: Option<u32>,
+    },
     /// GET_PROPERTY; answer with [`Session::property`].
     GetProperty { property: String },
     /// SET_PROPERTY.
-    SetProperty { property: String, payload: Option<Value>, ack: Option<u32> },
+    SetProperty {
+        property: String,
+        payload: Option<Value>,
+        ack: Option<u32>,
+    },
     /// CALL_DEVICE.
-    CallDevice { device: String, path: Vec<String>, payload: Option<Value>, ack: Option<u32> },
+    CallDevice {
+        device: String,
+        path: Vec<String>,
+        payload: Option<Value>,
+        ack: Option<u32>,
+    },
 }
 
 /// A protocol violation; the connection should close.
@@ -141,7 +167,8 @@ impl Session {
         if m.signal != Signal::Auth {
             return Err(SessionError::NotAuthenticated);
         }
-        let Some([user, device, credential]) = m.path().and_then(|p| <[&str; 3]>::try_from(p).ok()) else {
+        let Some([user, device, credential]) = m.path().and_then(|p| <[&str; 3]>::try_from(p).ok())
+        else {
             return Err(SessionError::MalformedAuth);
         };
         self.state = State::Deciding;
@@ -166,7 +193,11 @@ impl Session {
 
     fn handle_active(&mut self, m: Message) -> Result<Option<SessionEvent>, SessionError> {
         let ack = (m.stream_id != 0).then_some(m.stream_id);
-        let ident = |m: &Message| m.identifier_str().map(String::from).ok_or(SessionError::MissingIdentifier(m.signal));
+        let ident = |m: &Message| {
+            m.identifier_str()
+                .map(String::from)
+                .ok_or(SessionError::MissingIdentifier(m.signal))
+        };
         let event = match m.signal {
             Signal::RequestOk | Signal::RequestError => {
                 // A reply to something we did not ask (or a stray OK the device turned
@@ -191,13 +222,32 @@ impl Session {
                     sample: m.signal == Signal::StreamSample,
                 }
             }
-            Signal::CallEndpoint => SessionEvent::Endpoint { endpoint: ident(&m)?, payload: m.payload, ack },
-            Signal::BucketData => SessionEvent::Bucket { bucket: ident(&m)?, payload: m.payload, ack },
-            Signal::GetProperty => SessionEvent::GetProperty { property: ident(&m)? },
-            Signal::SetProperty => SessionEvent::SetProperty { property: ident(&m)?, payload: m.payload, ack },
+            Signal::CallEndpoint => SessionEvent::Endpoint {
+                endpoint: ident(&m)?,
+                payload: m.payload,
+                ack,
+            },
+            Signal::BucketData => SessionEvent::Bucket {
+                bucket: ident(&m)?,
+                payload: m.payload,
+                ack,
+            },
+            Signal::GetProperty => SessionEvent::GetProperty {
+                property: ident(&m)?,
+            },
+            Signal::SetProperty => SessionEvent::SetProperty {
+                property: ident(&m)?,
+                payload: m.payload,
+                ack,
+            },
             Signal::CallDevice => SessionEvent::CallDevice {
                 device: ident(&m)?,
-                path: m.path().unwrap_or_default().into_iter().map(String::from).collect(),
+                path: m
+                    .path()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
                 payload: m.payload,
                 ack,
             },
@@ -214,14 +264,20 @@ impl Session {
         self.in_flight.insert(sid, ());
         match m.signal {
             Signal::StartStream => {
-                let path = m.path().unwrap_or_default().into_iter().map(String::from).collect::<Vec<_>>();
+                let path = m
+                    .path()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(String::from)
+                    .collect::<Vec<_>>();
                 // One stream per path: a new start replaces the old one.
                 self.streams.retain(|_, p| *p != path);
                 self.streams.insert(sid, path);
             }
             Signal::StopStream => {
                 let path = m.path().unwrap_or_default();
-                self.streams.retain(|_, p| !p.iter().map(String::as_str).eq(path.iter().copied()));
+                self.streams
+                    .retain(|_, p| !p.iter().map(String::as_str).eq(path.iter().copied()));
             }
             _ => {}
         }
@@ -236,7 +292,11 @@ impl Session {
 
     /// Confirms (or refuses) a device request that asked for it.
     pub fn ack(&mut self, stream_id: u32, ok: bool) {
-        let m = if ok { Message::ok(stream_id, None) } else { Message::error(stream_id) };
+        let m = if ok {
+            Message::ok(stream_id, None)
+        } else {
+            Message::error(stream_id)
+        };
         self.send(&m);
     }
 
@@ -276,7 +336,9 @@ mod tests {
 
     fn active() -> Session {
         let mut s = Session::new();
-        let ev = s.handle(Frame::Message(Message::auth("alice", "sensor1", "s3cr3t!"))).unwrap();
+        let ev = s
+            .handle(Frame::Message(Message::auth("alice", "sensor1", "s3cr3t!")))
+            .unwrap();
         assert!(matches!(ev, Some(SessionEvent::Auth(c)) if c.device == "sensor1"));
         assert!(drain(&mut s).is_empty(), "nothing before the auth answer");
         s.accept();
@@ -287,12 +349,19 @@ mod tests {
     #[test]
     fn auth_first() {
         let mut s = Session::new();
-        assert_eq!(s.handle(Frame::Message(Message::new(1, Signal::None))), Err(SessionError::NotAuthenticated));
+        assert_eq!(
+            s.handle(Frame::Message(Message::new(1, Signal::None))),
+            Err(SessionError::NotAuthenticated)
+        );
         let mut s = Session::new();
         let bad = Message::new(0, Signal::Auth).with_path(&["only", "two"]);
-        assert_eq!(s.handle(Frame::Message(bad)), Err(SessionError::MalformedAuth));
+        assert_eq!(
+            s.handle(Frame::Message(bad)),
+            Err(SessionError::MalformedAuth)
+        );
         let mut s = Session::new();
-        s.handle(Frame::Message(Message::auth("a", "b", "c"))).unwrap();
+        s.handle(Frame::Message(Message::auth("a", "b", "c")))
+            .unwrap();
         s.reject();
         assert!(s.is_rejected());
         assert_eq!(drain(&mut s), vec![vec![0x01, 0x02, 0x10, 0x02]]);
@@ -314,19 +383,37 @@ mod tests {
         assert_eq!((a, b), (65535, 1));
         s.last_sid = 65534;
         // 65535 is a live stream, so it wraps past it and past 1 (in flight).
-        assert_eq!(s.request(Message::new(0, Signal::None).with_path(&["y"])), 2);
+        assert_eq!(
+            s.request(Message::new(0, Signal::None).with_path(&["y"])),
+            2
+        );
     }
 
     #[test]
     fn device_messages_are_sorted_by_flag() {
         let mut s = active();
-        let sid = s.request(Message::new(0, Signal::StartStream).with_path(&["temp"]).with_payload(1000));
+        let sid = s.request(
+            Message::new(0, Signal::StartStream)
+                .with_path(&["temp"])
+                .with_payload(1000),
+        );
         drain(&mut s);
         let reply = s.handle(Frame::Message(Message::ok(sid, None))).unwrap();
-        assert_eq!(reply, Some(SessionEvent::Reply { stream_id: sid, ok: true, payload: None }));
+        assert_eq!(
+            reply,
+            Some(SessionEvent::Reply {
+                stream_id: sid,
+                ok: true,
+                payload: None
+            })
+        );
         // A second reply with the same id is not ours any more.
-        assert_eq!(s.handle(Frame::Message(Message::ok(sid, None))).unwrap(), None);
-        let sample = Message::new(sid, Signal::StreamSample).with_payload(Value::object().with("out", 21.5));
+        assert_eq!(
+            s.handle(Frame::Message(Message::ok(sid, None))).unwrap(),
+            None
+        );
+        let sample =
+            Message::new(sid, Signal::StreamSample).with_payload(Value::object().with("out", 21.5));
         assert!(matches!(
             s.handle(Frame::Message(sample)).unwrap(),
             Some(SessionEvent::Stream { sample: true, ref path, .. }) if path == &["temp"]
@@ -337,9 +424,17 @@ mod tests {
             s.handle(Frame::Message(call)).unwrap(),
             Some(SessionEvent::Endpoint { ack: Some(x), .. }) if x == sid
         ));
-        let bucket = Message::new(0, Signal::BucketData).with_identifier("b1").with_payload(1);
-        assert!(matches!(s.handle(Frame::Message(bucket)).unwrap(), Some(SessionEvent::Bucket { ack: None, .. })));
-        assert!(drain(&mut s).is_empty(), "stream data and device requests are never answered by the session itself");
+        let bucket = Message::new(0, Signal::BucketData)
+            .with_identifier("b1")
+            .with_payload(1);
+        assert!(matches!(
+            s.handle(Frame::Message(bucket)).unwrap(),
+            Some(SessionEvent::Bucket { ack: None, .. })
+        ));
+        assert!(
+            drain(&mut s).is_empty(),
+            "stream data and device requests are never answered by the session itself"
+        );
         assert_eq!(
             s.handle(Frame::Message(Message::new(0, Signal::GetProperty))),
             Err(SessionError::MissingIdentifier(Signal::GetProperty))

@@ -12,24 +12,44 @@ use crate::support::{RawPeer, fixture, fixture_message, start};
 
 /// The fixture message re-addressed to stream id `sid`.
 fn with_sid(label: &str, sid: u32) -> Vec<u8> {
-    Message { stream_id: sid, ..fixture_message(label) }.to_frame()
+    Message {
+        stream_id: sid,
+        ..fixture_message(label)
+    }
+    .to_frame()
 }
 
 async fn authed(addr: std::net::SocketAddr) -> RawPeer {
     let mut dev = RawPeer::connect(addr).await;
     dev.send(&fixture("auth")).await;
-    assert_eq!(dev.frame_bytes().await, fixture("auth_ok"), "auth answer is exactly 01 02 10 01");
+    assert_eq!(
+        dev.frame_bytes().await,
+        fixture("auth_ok"),
+        "auth answer is exactly 01 02 10 01"
+    );
     dev.send(&fixture("keep_alive")).await;
-    assert_eq!(dev.frame_bytes().await, fixture("keep_alive"), "keep-alive answer is exactly 02 00");
+    assert_eq!(
+        dev.frame_bytes().await,
+        fixture("keep_alive"),
+        "keep-alive answer is exactly 02 00"
+    );
     dev
 }
 
 /// Server request `req` must arrive as captured (modulo stream id); the device answers with
 /// `reply`. Returns the stream id used.
 async fn expect_request(dev: &mut RawPeer, req: &str, reply: &str) -> u32 {
-    let Some(Frame::Message(got)) = dev.frame().await else { panic!("{req}: no message") };
-    assert_ne!(got.stream_id, 0, "{req}: server requests need a non-zero stream id");
-    assert!(got.stream_id <= 65535, "{req}: the device keeps only 16 bits");
+    let Some(Frame::Message(got)) = dev.frame().await else {
+        panic!("{req}: no message")
+    };
+    assert_ne!(
+        got.stream_id, 0,
+        "{req}: server requests need a non-zero stream id"
+    );
+    assert!(
+        got.stream_id <= 65535,
+        "{req}: the device keeps only 16 bits"
+    );
     assert_eq!(got.to_frame(), with_sid(req, got.stream_id), "{req}");
     dev.send(&with_sid(reply, got.stream_id)).await;
     got.stream_id
@@ -58,7 +78,11 @@ where
 async fn captured_exchange_against_the_listener() {
     let mut srv = start(ListenerConfig::default(), false).await;
     let mut dev = authed(srv.tcp).await;
-    let h = srv.devices.wait_for("alice", "sensor1", Duration::from_secs(5)).await.expect("online");
+    let h = srv
+        .devices
+        .wait_for("alice", "sensor1", Duration::from_secs(5))
+        .await
+        .expect("online");
 
     let hh = h.clone();
     let call = tokio::spawn(async move { hh.describe().await });
@@ -66,31 +90,83 @@ async fn captured_exchange_against_the_listener() {
     let api = call.await.expect("join").expect("describe");
     assert_eq!(Some(api), fixture_message("describe_reply").payload);
 
-    let t = step(&mut dev, with(&h, |h| async move { h.template(&["temp"]).await }), "template", "template_reply").await;
+    let t = step(
+        &mut dev,
+        with(&h, |h| async move { h.template(&["temp"]).await }),
+        "template",
+        "template_reply",
+    )
+    .await;
     assert_eq!(t.expect("template"), Value::object().with("out", 21.5));
-    let r = step(&mut dev, with(&h, |h| async move { h.read(&["temp"]).await }), "read_temp", "read_temp_reply").await;
+    let r = step(
+        &mut dev,
+        with(&h, |h| async move { h.read(&["temp"]).await }),
+        "read_temp",
+        "read_temp_reply",
+    )
+    .await;
     assert_eq!(r.expect("read"), Some(Value::Float(21.5)));
-    let w = step(&mut dev, with(&h, |h| async move { h.write(&["led"], true.into()).await }), "set_led", "set_led_reply").await;
+    let w = step(
+        &mut dev,
+        with(&h, |h| async move { h.write(&["led"], true.into()).await }),
+        "set_led",
+        "set_led_reply",
+    )
+    .await;
     w.expect("write");
     let input = Value::object().with("value1", 2).with("value2", 3);
-    let c = step(&mut dev, with(&h, |h| async move { h.call(&["sum"], Some(input)).await }), "call_sum", "call_sum_reply").await;
+    let c = step(
+        &mut dev,
+        with(&h, |h| async move { h.call(&["sum"], Some(input)).await }),
+        "call_sum",
+        "call_sum_reply",
+    )
+    .await;
     assert_eq!(c.expect("call"), Some(Value::object().with("result", 5)));
-    let r = step(&mut dev, with(&h, |h| async move { h.run(&["reboot"]).await }), "run_reboot", "run_reboot_reply").await;
+    let r = step(
+        &mut dev,
+        with(&h, |h| async move { h.run(&["reboot"]).await }),
+        "run_reboot",
+        "run_reboot_reply",
+    )
+    .await;
     r.expect("run");
-    let l = step(&mut dev, with(&h, |h| async move { h.read(&["cfg", "level"]).await }), "read_cfg_level", "cfg_level_reply").await;
+    let l = step(
+        &mut dev,
+        with(&h, |h| async move { h.read(&["cfg", "level"]).await }),
+        "read_cfg_level",
+        "cfg_level_reply",
+    )
+    .await;
     assert_eq!(l.expect("sub-resource"), Some(Value::Int(7)));
-    let e = step(&mut dev, with(&h, |h| async move { h.read(&["nope"]).await }), "unknown", "unknown_reply").await;
-    assert!(matches!(e, Err(twinlake_edge::Error::DeviceError { .. })), "{e:?}");
+    let e = step(
+        &mut dev,
+        with(&h, |h| async move { h.read(&["nope"]).await }),
+        "unknown",
+        "unknown_reply",
+    )
+    .await;
+    assert!(
+        matches!(e, Err(twinlake_edge::Error::DeviceError { .. })),
+        "{e:?}"
+    );
 
     // Interval stream: START_STREAM with 1000 ms, then samples arrive as events.
     let hh = h.clone();
-    let call = tokio::spawn(async move { hh.start_stream(&["temp"], Some(Duration::from_millis(1000))).await });
+    let call = tokio::spawn(async move {
+        hh.start_stream(&["temp"], Some(Duration::from_millis(1000)))
+            .await
+    });
     let sid = expect_request(&mut dev, "start_stream", "start_reply").await;
     call.await.expect("join").expect("stream started");
     dev.send(&with_sid("sample", sid)).await;
     assert_eq!(
         srv.next_event().await,
-        DeviceEventKind::Stream { path: vec!["temp".into()], payload: Some(Value::object().with("out", 21.5)), sample: true }
+        DeviceEventKind::Stream {
+            path: vec!["temp".into()],
+            payload: Some(Value::object().with("out", 21.5)),
+            sample: true
+        }
     );
     let hh = h.clone();
     let call = tokio::spawn(async move { hh.stop_stream(&["temp"]).await });
@@ -105,14 +181,21 @@ async fn captured_exchange_against_the_listener() {
     dev.send(&with_sid("event", sid)).await;
     assert_eq!(
         srv.next_event().await,
-        DeviceEventKind::Stream { path: vec!["led".into()], payload: Some(Value::object().with("in", true)), sample: false }
+        DeviceEventKind::Stream {
+            path: vec!["led".into()],
+            payload: Some(Value::object().with("in", true)),
+            sample: false
+        }
     );
 
     // Confirmed endpoint call: the ack is exactly the captured bytes (sid 17767 echoed).
     dev.send(&fixture("call_endpoint")).await;
     assert_eq!(
         srv.next_event().await,
-        DeviceEventKind::Endpoint { endpoint: "email_alert".into(), payload: Some(Value::object().with("temp", 31.5)) }
+        DeviceEventKind::Endpoint {
+            endpoint: "email_alert".into(),
+            payload: Some(Value::object().with("temp", 31.5))
+        }
     );
     assert_eq!(dev.frame_bytes().await, fixture("endpoint_ack"));
 
@@ -120,18 +203,32 @@ async fn captured_exchange_against_the_listener() {
     dev.send(&fixture("bucket_data")).await;
     assert_eq!(
         srv.next_event().await,
-        DeviceEventKind::Bucket { bucket: "b1".into(), payload: Some(Value::object().with("t", 20)) }
+        DeviceEventKind::Bucket {
+            bucket: "b1".into(),
+            payload: Some(Value::object().with("t", 20))
+        }
     );
-    srv.devices.set_property("alice", "sensor1", "cfg", Value::object().with("x", 1));
+    srv.devices
+        .set_property("alice", "sensor1", "cfg", Value::object().with("x", 1));
     dev.send(&fixture("get_property")).await;
     assert_eq!(dev.frame_bytes().await, fixture("property_value"));
     dev.send(&fixture("set_property")).await;
-    assert!(matches!(srv.next_event().await, DeviceEventKind::PropertySet { property, .. } if property == "cfg2"));
-    assert_eq!(srv.devices.property("alice", "sensor1", "cfg2"), Some(Value::object().with("mode", "eco")));
+    assert!(
+        matches!(srv.next_event().await, DeviceEventKind::PropertySet { property, .. } if property == "cfg2")
+    );
+    assert_eq!(
+        srv.devices.property("alice", "sensor1", "cfg2"),
+        Some(Value::object().with("mode", "eco"))
+    );
     dev.send(&fixture("call_device")).await;
-    assert!(matches!(srv.next_event().await, DeviceEventKind::CallDevice { target, .. } if target == "devB"));
+    assert!(
+        matches!(srv.next_event().await, DeviceEventKind::CallDevice { target, .. } if target == "devB")
+    );
     dev.send(&fixture("endpoint_noack")).await;
-    assert!(matches!(srv.next_event().await, DeviceEventKind::Endpoint { .. }));
+    assert!(matches!(
+        srv.next_event().await,
+        DeviceEventKind::Endpoint { .. }
+    ));
     // Nothing was sent for the unconfirmed ones: the next frame is the keep-alive answer.
     dev.send(&fixture("keep_alive")).await;
     assert_eq!(dev.frame_bytes().await, fixture("keep_alive"));
@@ -141,7 +238,8 @@ async fn captured_exchange_against_the_listener() {
 async fn bad_credentials_get_an_error_then_a_close() {
     let srv = start(ListenerConfig::default(), false).await;
     let mut dev = RawPeer::connect(srv.tcp).await;
-    dev.send(&Message::auth("alice", "sensor1", "wrong").to_frame()).await;
+    dev.send(&Message::auth("alice", "sensor1", "wrong").to_frame())
+        .await;
     assert_eq!(dev.frame_bytes().await, vec![0x01, 0x02, 0x10, 0x02]);
     assert!(dev.frame().await.is_none(), "closed after the refusal");
     assert!(srv.devices.get("alice", "sensor1").is_none());
@@ -149,7 +247,17 @@ async fn bad_credentials_get_an_error_then_a_close() {
 
 #[tokio::test]
 async fn protocol_violations_close_the_connection() {
-    let srv = start(ListenerConfig { limits: FrameLimits { max_body: 1024, max_depth: 8 }, ..ListenerConfig::default() }, false).await;
+    let srv = start(
+        ListenerConfig {
+            limits: FrameLimits {
+                max_body: 1024,
+                max_depth: 8,
+            },
+            ..ListenerConfig::default()
+        },
+        false,
+    )
+    .await;
     // Not AUTH first.
     let mut dev = RawPeer::connect(srv.tcp).await;
     dev.send(&fixture("describe")).await;
@@ -175,17 +283,30 @@ async fn idle_devices_are_disconnected_and_requests_time_out() {
     };
     let srv = start(cfg, false).await;
     let mut dev = authed(srv.tcp).await;
-    let h = srv.devices.wait_for("alice", "sensor1", Duration::from_secs(5)).await.expect("online");
+    let h = srv
+        .devices
+        .wait_for("alice", "sensor1", Duration::from_secs(5))
+        .await
+        .expect("online");
     // The device never answers: the request times out, the connection stays.
     let err = h.read(&["temp"]).await.expect_err("no answer");
-    assert!(matches!(err, twinlake_edge::Error::DeviceTimeout { .. }) && err.is_retryable(), "{err:?}");
-    assert!(matches!(dev.frame().await, Some(Frame::Message(_))), "the request itself arrived");
+    assert!(
+        matches!(err, twinlake_edge::Error::DeviceTimeout { .. }) && err.is_retryable(),
+        "{err:?}"
+    );
+    assert!(
+        matches!(dev.frame().await, Some(Frame::Message(_))),
+        "the request itself arrived"
+    );
     // Then silence past the idle timeout closes it.
     assert!(dev.frame().await.is_none());
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(srv.devices.get("alice", "sensor1").is_none());
     let err = h.read(&["temp"]).await.expect_err("offline");
-    assert!(matches!(err, twinlake_edge::Error::DeviceOffline(_)), "{err:?}");
+    assert!(
+        matches!(err, twinlake_edge::Error::DeviceOffline(_)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -194,5 +315,8 @@ async fn a_reconnecting_device_replaces_its_old_connection() {
     let mut old = authed(srv.tcp).await;
     let _new = authed(srv.tcp).await;
     assert!(old.frame().await.is_none(), "the old connection is closed");
-    assert!(srv.devices.get("alice", "sensor1").is_some(), "the new one stays registered");
+    assert!(
+        srv.devices.get("alice", "sensor1").is_some(),
+        "the new one stays registered"
+    );
 }

@@ -1,4 +1,6 @@
 //! Integration tests of the edge agent over real sockets (one test binary per crate).
+// Test code: a failed expectation should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod exchange;
 mod sdk_device;

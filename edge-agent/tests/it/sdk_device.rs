@@ -41,13 +41,17 @@ impl Device {
     fn ask<T>(&self, f: impl FnOnce(std_mpsc::Sender<T>) -> Do) -> T {
         let (tx, rx) = std_mpsc::channel();
         self.todo.send(f(tx)).expect("device thread alive");
-        rx.recv_timeout(Duration::from_secs(10)).expect("device answered")
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("device answered")
     }
 }
 
 /// The device of §2.6, with a 200 ms keep-alive so the test sees several.
 fn spawn_device(config: ClientConfig) -> Device {
-    let mut thing = Thing::new(Config { keep_alive_ms: 200, ..Config::default() });
+    let mut thing = Thing::new(Config {
+        keep_alive_ms: 200,
+        ..Config::default()
+    });
     let led = Arc::new(AtomicBool::new(false));
     let rebooted = Arc::new(AtomicBool::new(false));
     thing.resource("temp").output(|out| *out = 21.5.into());
@@ -62,8 +66,13 @@ fn spawn_device(config: ClientConfig) -> Device {
         *out.entry("result") = (a + b).into();
     });
     let r = rebooted.clone();
-    thing.resource("reboot").run(move || r.store(true, Ordering::SeqCst));
-    thing.resource("cfg").resource("level").output(|out| *out = 7.into());
+    thing
+        .resource("reboot")
+        .run(move || r.store(true, Ordering::SeqCst));
+    thing
+        .resource("cfg")
+        .resource("level")
+        .output(|out| *out = 7.into());
 
     let (todo, inbox) = std_mpsc::channel::<Do>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -76,7 +85,11 @@ fn spawn_device(config: ClientConfig) -> Device {
                 let t = Duration::from_secs(5);
                 match task {
                     Do::ConfirmedEndpoint(v, tx) => {
-                        let _ = tx.send(client.call_endpoint_confirmed("email_alert", Some(v), t).unwrap_or(false));
+                        let _ = tx.send(
+                            client
+                                .call_endpoint_confirmed("email_alert", Some(v), t)
+                                .unwrap_or(false),
+                        );
                     }
                     Do::Bucket(v) => {
                         client.thing().write_bucket("b1", v, false);
@@ -94,7 +107,12 @@ fn spawn_device(config: ClientConfig) -> Device {
             }
         }
     });
-    Device { todo, stop, rebooted, thread: Some(thread) }
+    Device {
+        todo,
+        stop,
+        rebooted,
+        thread: Some(thread),
+    }
 }
 
 fn client_config(srv: &Server, tls: bool) -> ClientConfig {
@@ -114,7 +132,11 @@ fn client_config(srv: &Server, tls: bool) -> ClientConfig {
 async fn exercise(tls: bool) {
     let mut srv = start(ListenerConfig::default(), tls).await;
     let dev = spawn_device(client_config(&srv, tls));
-    let h = srv.devices.wait_for("alice", "sensor1", Duration::from_secs(10)).await.expect("device online");
+    let h = srv
+        .devices
+        .wait_for("alice", "sensor1", Duration::from_secs(10))
+        .await
+        .expect("device online");
 
     let api = h.describe().await.expect("describe");
     let entry = |f: i64| Value::object().with("al", 0).with("fn", f);
@@ -125,49 +147,107 @@ async fn exercise(tls: bool) {
             .with("led", entry(2))
             .with("sum", entry(4))
             .with("reboot", entry(1))
-            .with("cfg", Value::object().with("/", Value::object().with("level", entry(3))))
+            .with(
+                "cfg",
+                Value::object().with("/", Value::object().with("level", entry(3)))
+            )
     );
-    assert_eq!(h.read(&["temp"]).await.expect("read"), Some(Value::Float(21.5)));
+    assert_eq!(
+        h.read(&["temp"]).await.expect("read"),
+        Some(Value::Float(21.5))
+    );
     h.write(&["led"], true.into()).await.expect("write");
-    assert_eq!(h.template(&["led"]).await.expect("template"), Value::object().with("in", true));
-    let sum = h.call(&["sum"], Some(Value::object().with("value1", 2).with("value2", 3))).await;
+    assert_eq!(
+        h.template(&["led"]).await.expect("template"),
+        Value::object().with("in", true)
+    );
+    let sum = h
+        .call(
+            &["sum"],
+            Some(Value::object().with("value1", 2).with("value2", 3)),
+        )
+        .await;
     assert_eq!(sum.expect("call"), Some(Value::object().with("result", 5)));
     h.run(&["reboot"]).await.expect("run");
     assert!(dev.rebooted.load(Ordering::SeqCst));
-    assert_eq!(h.read(&["cfg", "level"]).await.expect("sub-resource"), Some(Value::Int(7)));
-    assert!(matches!(h.read(&["nope"]).await, Err(twinlake_edge::Error::DeviceError { .. })));
+    assert_eq!(
+        h.read(&["cfg", "level"]).await.expect("sub-resource"),
+        Some(Value::Int(7))
+    );
+    assert!(matches!(
+        h.read(&["nope"]).await,
+        Err(twinlake_edge::Error::DeviceError { .. })
+    ));
 
     // An interval stream delivers samples until stopped.
-    h.start_stream(&["temp"], Some(Duration::from_millis(50))).await.expect("start");
+    h.start_stream(&["temp"], Some(Duration::from_millis(50)))
+        .await
+        .expect("start");
     for _ in 0..3 {
         assert_eq!(
             srv.next_event().await,
-            DeviceEventKind::Stream { path: vec!["temp".into()], payload: Some(Value::object().with("out", 21.5)), sample: true }
+            DeviceEventKind::Stream {
+                path: vec!["temp".into()],
+                payload: Some(Value::object().with("out", 21.5)),
+                sample: true
+            }
         );
     }
     h.stop_stream(&["temp"]).await.expect("stop");
     tokio::time::sleep(Duration::from_millis(150)).await;
     srv.drain();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(srv.events.try_recv().is_err(), "no samples after STOP_STREAM");
+    assert!(
+        srv.events.try_recv().is_err(),
+        "no samples after STOP_STREAM"
+    );
 
     // An event stream: the current state at once, then every write.
     h.start_stream(&["led"], None).await.expect("event stream");
-    let led = |on: bool| DeviceEventKind::Stream { path: vec!["led".into()], payload: Some(Value::object().with("in", on)), sample: false };
+    let led = |on: bool| DeviceEventKind::Stream {
+        path: vec!["led".into()],
+        payload: Some(Value::object().with("in", on)),
+        sample: false,
+    };
     assert_eq!(srv.next_event().await, led(true));
     h.write(&["led"], false.into()).await.expect("write");
     assert_eq!(srv.next_event().await, led(false));
 
     // Device requests: a confirmed endpoint call, a bucket write, properties.
     let payload = Value::object().with("temp", 31.5);
-    assert!(dev.ask(|tx| Do::ConfirmedEndpoint(payload.clone(), tx)), "endpoint call confirmed");
-    assert_eq!(srv.next_event().await, DeviceEventKind::Endpoint { endpoint: "email_alert".into(), payload: Some(payload) });
-    dev.todo.send(Do::Bucket(Value::object().with("t", 20))).expect("send");
-    assert_eq!(srv.next_event().await, DeviceEventKind::Bucket { bucket: "b1".into(), payload: Some(Value::object().with("t", 20)) });
-    srv.devices.set_property("alice", "sensor1", "cfg", Value::object().with("x", 1));
-    assert_eq!(dev.ask(|tx| Do::GetProperty("cfg".into(), tx)), Some(Value::object().with("x", 1)));
-    dev.todo.send(Do::SetProperty("mode".into(), "eco".into())).expect("send");
-    assert!(matches!(srv.next_event().await, DeviceEventKind::PropertySet { property, .. } if property == "mode"));
+    assert!(
+        dev.ask(|tx| Do::ConfirmedEndpoint(payload.clone(), tx)),
+        "endpoint call confirmed"
+    );
+    assert_eq!(
+        srv.next_event().await,
+        DeviceEventKind::Endpoint {
+            endpoint: "email_alert".into(),
+            payload: Some(payload)
+        }
+    );
+    dev.todo
+        .send(Do::Bucket(Value::object().with("t", 20)))
+        .expect("send");
+    assert_eq!(
+        srv.next_event().await,
+        DeviceEventKind::Bucket {
+            bucket: "b1".into(),
+            payload: Some(Value::object().with("t", 20))
+        }
+    );
+    srv.devices
+        .set_property("alice", "sensor1", "cfg", Value::object().with("x", 1));
+    assert_eq!(
+        dev.ask(|tx| Do::GetProperty("cfg".into(), tx)),
+        Some(Value::object().with("x", 1))
+    );
+    dev.todo
+        .send(Do::SetProperty("mode".into(), "eco".into()))
+        .expect("send");
+    assert!(
+        matches!(srv.next_event().await, DeviceEventKind::PropertySet { property, .. } if property == "mode")
+    );
 
     // Keep-alives both ways: with a 200 ms interval the device would drop the connection
     // if one went unanswered; after a second it is still on its first connection.
@@ -189,11 +269,22 @@ async fn sdk_device_over_tls() {
 async fn sdk_device_reconnects_after_the_server_drops_it() {
     let srv = start(ListenerConfig::default(), false).await;
     let dev = spawn_device(client_config(&srv, false));
-    let h = srv.devices.wait_for("alice", "sensor1", Duration::from_secs(10)).await.expect("online");
+    let h = srv
+        .devices
+        .wait_for("alice", "sensor1", Duration::from_secs(10))
+        .await
+        .expect("online");
     h.close();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let h = srv.devices.wait_for("alice", "sensor1", Duration::from_secs(10)).await.expect("back online");
-    assert_eq!(h.read(&["temp"]).await.expect("read"), Some(Value::Float(21.5)));
+    let h = srv
+        .devices
+        .wait_for("alice", "sensor1", Duration::from_secs(10))
+        .await
+        .expect("back online");
+    assert_eq!(
+        h.read(&["temp"]).await.expect("read"),
+        Some(Value::Float(21.5))
+    );
     let (connected, connects) = dev.ask(Do::Status);
     assert!(connected);
     assert_eq!(connects, 2);

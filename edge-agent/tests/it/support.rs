@@ -7,7 +7,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use twinlake_edge::listener::{DeviceEvent, DeviceEventKind, DeviceListener, Devices, ListenerConfig, StaticDevices, tls_acceptor};
+use twinlake_edge::listener::{
+    DeviceEvent, DeviceEventKind, DeviceListener, Devices, ListenerConfig, StaticDevices,
+    tls_acceptor,
+};
 use twinlake_sdk::frame::{Frame, FrameDecoder, FrameLimits, Message};
 
 pub struct Server {
@@ -27,18 +30,33 @@ pub async fn start(config: ListenerConfig, with_tls: bool) -> Server {
         ..config
     };
     if with_tls {
-        let acceptor = tls_acceptor(ca_pem.as_bytes(), cert.signing_key.serialize_pem().as_bytes()).expect("tls");
+        let acceptor = tls_acceptor(
+            ca_pem.as_bytes(),
+            cert.signing_key.serialize_pem().as_bytes(),
+        )
+        .expect("tls");
         config.tls = Some(("127.0.0.1:0".parse().expect("addr"), acceptor));
     }
-    let auth = StaticDevices::default().with("alice", "sensor1", "s3cr3t!").with("alice", "devB", "b-secret");
-    let (listener, events) = DeviceListener::bind(config, Arc::new(auth)).await.expect("bind");
+    let auth = StaticDevices::default()
+        .with("alice", "sensor1", "s3cr3t!")
+        .with("alice", "devB", "b-secret");
+    let (listener, events) = DeviceListener::bind(config, Arc::new(auth))
+        .await
+        .expect("bind");
     let (tcp, tls) = (listener.tcp_addr().expect("tcp"), listener.tls_addr());
     let devices = listener.devices();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(listener.run(async move {
         let _ = stopped.await;
     }));
-    Server { devices, events, tcp, tls, ca_pem, _stop: stop }
+    Server {
+        devices,
+        events,
+        tcp,
+        tls,
+        ca_pem,
+        _stop: stop,
+    }
 }
 
 impl Server {
@@ -50,7 +68,9 @@ impl Server {
                 .expect("event in time")
                 .expect("channel open");
             match ev.kind {
-                DeviceEventKind::Connected { .. } | DeviceEventKind::Disconnected { .. } => continue,
+                DeviceEventKind::Connected { .. } | DeviceEventKind::Disconnected { .. } => {
+                    continue;
+                }
                 k => return k,
             }
         }
@@ -83,14 +103,21 @@ pub fn hex(s: &str) -> Vec<u8> {
         if i % 2 == 1 {
             out.extend_from_slice(part.as_bytes());
         } else {
-            out.extend(part.split_whitespace().map(|t| u8::from_str_radix(t, 16).expect("hex")));
+            out.extend(
+                part.split_whitespace()
+                    .map(|t| u8::from_str_radix(t, 16).expect("hex")),
+            );
         }
     }
     out
 }
 
 pub fn fixture(label: &str) -> Vec<u8> {
-    exchange().into_iter().find(|(_, l, _)| l == label).map(|(_, _, b)| b).expect("label")
+    exchange()
+        .into_iter()
+        .find(|(_, l, _)| l == label)
+        .map(|(_, _, b)| b)
+        .expect("label")
 }
 
 pub fn fixture_message(label: &str) -> Message {

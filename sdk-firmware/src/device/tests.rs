@@ -25,8 +25,11 @@ pub(crate) fn spec_device() -> (Thing, Arc<AtomicBool>, Arc<AtomicBool>) {
         *out.entry("result") = (a + b).into();
     });
     let r = rebooted.clone();
-    t.resource("reboot").run(move || r.store(true, Ordering::SeqCst));
-    t.resource("cfg").resource("level").output(|out| *out = 7.into());
+    t.resource("reboot")
+        .run(move || r.store(true, Ordering::SeqCst));
+    t.resource("cfg")
+        .resource("level")
+        .output(|out| *out = 7.into());
     (t, led, rebooted)
 }
 
@@ -100,7 +103,11 @@ fn answers_the_captured_exchange_byte_for_byte() {
 
     // Device requests.
     let id = t
-        .call_endpoint("email_alert", Some(Value::object().with("temp", 31.5)), true)
+        .call_endpoint(
+            "email_alert",
+            Some(Value::object().with("temp", 31.5)),
+            true,
+        )
         .expect("confirmed");
     // The fixture's id is glibc's 17767; ours is our own random id, so compare the rest.
     let m = Message::new(u32::from(id.0), Signal::CallEndpoint)
@@ -108,21 +115,37 @@ fn answers_the_captured_exchange_byte_for_byte() {
         .with_payload(Value::object().with("temp", 31.5));
     assert_eq!(sent(&mut t), vec![m.to_frame()]);
     t.handle_frame(Frame::Message(Message::ok(u32::from(id.0), None)), 3200);
-    assert_eq!(t.poll_event(), Some(Event::Ack { request: id, ok: true }));
-    assert_eq!(t.write_bucket("b1", Value::object().with("t", 20), false), None);
+    assert_eq!(
+        t.poll_event(),
+        Some(Event::Ack {
+            request: id,
+            ok: true
+        })
+    );
+    assert_eq!(
+        t.write_bucket("b1", Value::object().with("t", 20), false),
+        None
+    );
     expect(&mut t, &["bucket_data"]);
     t.get_property("cfg");
     expect(&mut t, &["get_property"]);
     feed(&mut t, "property_value", 3300);
     assert_eq!(
         t.poll_event(),
-        Some(Event::Property { name: "cfg".into(), value: Some(Value::object().with("x", 1)) })
+        Some(Event::Property {
+            name: "cfg".into(),
+            value: Some(Value::object().with("x", 1))
+        })
     );
     t.set_property("cfg2", Value::object().with("mode", "eco"), false);
     expect(&mut t, &["set_property"]);
     t.call_device("devB", &["led"], None, false);
     expect(&mut t, &["call_device"]);
-    t.call_endpoint("email_alert", Some(Value::object().with("temp", 31.5)), false);
+    t.call_endpoint(
+        "email_alert",
+        Some(Value::object().with("temp", 31.5)),
+        false,
+    );
     expect(&mut t, &["endpoint_noack"]);
 }
 
@@ -132,14 +155,26 @@ fn writes_to_a_streamed_input_follow_the_reply_with_an_event() {
     t.connected("a", "b", "c", 0);
     t.handle_frame(Frame::Message(Message::ok(0, None)), 0);
     sent(&mut t);
-    t.handle_frame(Frame::Message(Message::new(5, Signal::StartStream).with_path(&["led"])), 1);
+    t.handle_frame(
+        Frame::Message(Message::new(5, Signal::StartStream).with_path(&["led"])),
+        1,
+    );
     sent(&mut t);
-    t.handle_frame(Frame::Message(Message::new(6, Signal::None).with_path(&["led"]).with_payload(true)), 2);
+    t.handle_frame(
+        Frame::Message(
+            Message::new(6, Signal::None)
+                .with_path(&["led"])
+                .with_payload(true),
+        ),
+        2,
+    );
     assert_eq!(
         sent(&mut t),
         vec![
             Message::ok(6, None).to_frame(),
-            Message::new(5, Signal::StreamEvent).with_payload(Value::object().with("in", true)).to_frame()
+            Message::new(5, Signal::StreamEvent)
+                .with_payload(Value::object().with("in", true))
+                .to_frame()
         ]
     );
 }
@@ -151,19 +186,46 @@ fn odd_requests() {
     t.handle_frame(Frame::Message(Message::ok(0, None)), 0);
     sent(&mut t);
     // Stream id 0: run, but no reply.
-    t.handle_frame(Frame::Message(Message::new(0, Signal::None).with_path(&["temp"])), 1);
+    t.handle_frame(
+        Frame::Message(Message::new(0, Signal::None).with_path(&["temp"])),
+        1,
+    );
     assert!(sent(&mut t).is_empty());
     // A plain string path is the empty path: OK, no payload.
-    t.handle_frame(Frame::Message(Message { resource: Some("temp".into()), ..Message::new(3, Signal::None) }), 1);
+    t.handle_frame(
+        Frame::Message(Message {
+            resource: Some("temp".into()),
+            ..Message::new(3, Signal::None)
+        }),
+        1,
+    );
     assert_eq!(sent(&mut t), vec![Message::ok(3, None).to_frame()]);
     // Non-string path element, and no resource at all: errors.
-    t.handle_frame(Frame::Message(Message { resource: Some(Value::Array(vec![1.into()])), ..Message::new(4, Signal::None) }), 1);
+    t.handle_frame(
+        Frame::Message(Message {
+            resource: Some(Value::Array(vec![1.into()])),
+            ..Message::new(4, Signal::None)
+        }),
+        1,
+    );
     t.handle_frame(Frame::Message(Message::new(5, Signal::None)), 1);
-    assert_eq!(sent(&mut t), vec![Message::error(4).to_frame(), Message::error(5).to_frame()]);
+    assert_eq!(
+        sent(&mut t),
+        vec![Message::error(4).to_frame(), Message::error(5).to_frame()]
+    );
     // Templates: run → {}, parent → {}, in/out → out then in.
-    t.handle_frame(Frame::Message(Message::new(6, Signal::None).with_path(&["sum", "api"])), 1);
-    t.handle_frame(Frame::Message(Message::new(7, Signal::None).with_path(&["reboot", "api"])), 1);
-    t.handle_frame(Frame::Message(Message::new(8, Signal::None).with_path(&["cfg", "api"])), 1);
+    t.handle_frame(
+        Frame::Message(Message::new(6, Signal::None).with_path(&["sum", "api"])),
+        1,
+    );
+    t.handle_frame(
+        Frame::Message(Message::new(7, Signal::None).with_path(&["reboot", "api"])),
+        1,
+    );
+    t.handle_frame(
+        Frame::Message(Message::new(8, Signal::None).with_path(&["cfg", "api"])),
+        1,
+    );
     let sum = Value::object()
         .with("out", Value::object().with("result", 0))
         .with("in", Value::object().with("value1", 0).with("value2", 0));

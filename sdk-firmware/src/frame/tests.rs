@@ -34,7 +34,11 @@ fn every_exchange_frame_decodes_whole() {
         }
         // Every strict prefix is incomplete, never an error or a frame.
         for cut in 0..bytes.len() {
-            assert_eq!(decode_frame(&bytes[..cut], &FrameLimits::DEFAULT), Ok(None), "{label} cut at {cut}");
+            assert_eq!(
+                decode_frame(&bytes[..cut], &FrameLimits::DEFAULT),
+                Ok(None),
+                "{label} cut at {cut}"
+            );
         }
     }
 }
@@ -67,7 +71,10 @@ mod owned {
                         .with("led", api_entry(2))
                         .with("sum", api_entry(4))
                         .with("reboot", api_entry(1))
-                        .with("cfg", Value::object().with("/", Value::object().with("level", api_entry(3)))),
+                        .with(
+                            "cfg",
+                            Value::object().with("/", Value::object().with("level", api_entry(3))),
+                        ),
                 ),
             ),
             "template" => m(2, Signal::None).with_path(&["temp", "api"]),
@@ -86,7 +93,9 @@ mod owned {
             "cfg_level_reply" => Message::ok(12, Some(7.into())),
             "unknown" => m(13, Signal::None).with_path(&["nope"]),
             "unknown_reply" => Message::error(13),
-            "start_stream" => m(15, Signal::StartStream).with_path(&["temp"]).with_payload(1000),
+            "start_stream" => m(15, Signal::StartStream)
+                .with_path(&["temp"])
+                .with_payload(1000),
             "start_reply" => Message::ok(15, None),
             "sample" => m(15, Signal::StreamSample).with_payload(out_215),
             "stop_stream" => m(16, Signal::StopStream).with_path(&["temp"]),
@@ -109,7 +118,9 @@ mod owned {
             "set_property" => m(0, Signal::SetProperty)
                 .with_identifier("cfg2")
                 .with_payload(Value::object().with("mode", "eco")),
-            "call_device" => m(0, Signal::CallDevice).with_identifier("devB").with_path(&["led"]),
+            "call_device" => m(0, Signal::CallDevice)
+                .with_identifier("devB")
+                .with_path(&["led"]),
             other => panic!("no expectation for {other}"),
         })
     }
@@ -137,7 +148,10 @@ mod owned {
                 frames.push(f);
             }
         }
-        let want: vec::Vec<Frame> = exchange().into_iter().map(|(_, l, _)| expected(l)).collect();
+        let want: vec::Vec<Frame> = exchange()
+            .into_iter()
+            .map(|(_, l, _)| expected(l))
+            .collect();
         assert_eq!(frames, want);
         assert_eq!(dec.buffered(), 0);
     }
@@ -146,16 +160,25 @@ mod owned {
     fn paths() {
         let m = Message::new(1, Signal::None).with_path(&["cfg", "level"]);
         assert_eq!(m.path(), Some(vec!["cfg", "level"]));
-        let plain = Message { resource: Some("temp".into()), ..Message::new(1, Signal::None) };
+        let plain = Message {
+            resource: Some("temp".into()),
+            ..Message::new(1, Signal::None)
+        };
         assert_eq!(plain.path(), None);
-        let mixed = Message { resource: Some(Value::Array(vec!["a".into(), 1.into()])), ..Message::default() };
+        let mixed = Message {
+            resource: Some(Value::Array(vec!["a".into(), 1.into()])),
+            ..Message::default()
+        };
         assert_eq!(mixed.path(), None);
     }
 }
 
 #[test]
 fn strictness() {
-    let l = FrameLimits { max_body: 16, max_depth: 4 };
+    let l = FrameLimits {
+        max_body: 16,
+        max_depth: 4,
+    };
     let cases: &[(&str, FrameError)] = &[
         ("03 00", FrameError::UnknownFrameType { frame_type: 3 }),
         ("01 11", FrameError::TooLarge { len: 17, limit: 16 }),
@@ -163,10 +186,16 @@ fn strictness() {
         ("01 01 08", FrameError::Truncated),
         ("01 02 0B 00", FrameError::BadField { field: 1, wire: 3 }),
         ("01 02 0A 00", FrameError::BadField { field: 1, wire: 2 }),
-        ("01 02 36 18", FrameError::Pson(crate::pson::DecodeError::UnknownType { tag: 0x18 })),
+        (
+            "01 02 36 18",
+            FrameError::Pson(crate::pson::DecodeError::UnknownType { tag: 0x18 }),
+        ),
         ("01 02 3E 00", FrameError::UnknownPsonField { field: 7 }),
         ("01 02 2E 00", FrameError::UnknownPsonField { field: 5 }),
-        ("01 03 36 4A 05", FrameError::Pson(crate::pson::DecodeError::Truncated)),
+        (
+            "01 03 36 4A 05",
+            FrameError::Pson(crate::pson::DecodeError::Truncated),
+        ),
     ];
     for (bytes, err) in cases {
         assert_eq!(decode_frame(&hex(bytes), &l), Err(*err), "{bytes}");
@@ -177,12 +206,17 @@ fn strictness() {
 fn unknown_non_pson_fields_are_skipped() {
     // field 7 varint, field 8 fixed64, field 9 length-delimited, field 10 fixed32, then STREAM_ID 5
     let b = hex("01 19 38 96 01 41 01 02 03 04 05 06 07 08 4A 02 AA BB 55 01 02 03 04 08 05 10 01");
-    let (f, _) = decode_frame(&b, &FrameLimits::DEFAULT).expect("valid").expect("complete");
+    let (f, _) = decode_frame(&b, &FrameLimits::DEFAULT)
+        .expect("valid")
+        .expect("complete");
     assert_eq!(f, FrameRef::Message(MessageRef::new(5, Signal::RequestOk)));
 }
 
 #[test]
 fn keep_alive_with_a_body_is_skipped_whole() {
     let b = hex("02 02 AA BB 02 00");
-    assert_eq!(decode_frame(&b, &FrameLimits::DEFAULT), Ok(Some((FrameRef::KeepAlive, 4))));
+    assert_eq!(
+        decode_frame(&b, &FrameLimits::DEFAULT),
+        Ok(Some((FrameRef::KeepAlive, 4)))
+    );
 }

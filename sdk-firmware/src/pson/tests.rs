@@ -5,9 +5,8 @@ use super::*;
 /// Parses "6A 0E | 04 74 .." hex with `|` separators and `"quoted"` raw strings.
 pub(crate) fn hex(s: &str) -> alloc::vec::Vec<u8> {
     let mut out = alloc::vec::Vec::new();
-    let mut parts = s.split('"');
     let mut quoted = false;
-    while let Some(part) = parts.next() {
+    for part in s.split('"') {
         if quoted {
             out.extend_from_slice(part.as_bytes());
         } else {
@@ -79,7 +78,10 @@ mod owned {
         golden((1e10 + 0.5).into(), "21 00 00 04 20 5F A0 02 42");
         golden(Value::object(), "6A 00");
         golden(Value::Array(vec![]), "72 00");
-        golden(Value::object().with("a", Value::object().with("b", 1)), "6A 07 01 61 6A 03 01 62 40");
+        golden(
+            Value::object().with("a", Value::object().with("b", 1)),
+            "6A 07 01 61 6A 03 01 62 40",
+        );
         golden(Value::Null, "00");
         golden(Value::Unset, "78");
         golden("".into(), "50");
@@ -92,7 +94,10 @@ mod owned {
         assert_eq!(Value::from(22.0), Value::Int(22));
         assert_eq!(Value::from(22.0).to_bytes(), hex("08 16"));
         assert_eq!(Value::from(21.5), Value::Float(21.5));
-        assert_eq!(Value::from(core::f64::consts::PI), Value::Float(core::f32::consts::PI));
+        assert_eq!(
+            Value::from(core::f64::consts::PI),
+            Value::Float(core::f32::consts::PI)
+        );
         assert_eq!(Value::from(123456.789), Value::Double(123456.789));
         assert_eq!(Value::from(-0.0), Value::Int(0));
         assert_eq!(Value::from(1e19), Value::UInt(10_000_000_000_000_000_000));
@@ -103,7 +108,10 @@ mod owned {
     #[test]
     fn long_container_lengths_are_back_patched() {
         let long = "x".repeat(300);
-        let v = Value::Array(vec![long.as_str().into(), Value::object().with(&long, vec![Value::Int(5)])]);
+        let v = Value::Array(vec![
+            long.as_str().into(),
+            Value::object().with(&long, vec![Value::Int(5)]),
+        ]);
         let bytes = v.to_bytes();
         assert_eq!(bytes.len(), v.encoded_len());
         assert_eq!(Value::decode(&bytes), Ok(v));
@@ -140,8 +148,14 @@ mod owned {
             ("18", DecodeError::UnknownType { tag: 0x18 }),
             ("4C", DecodeError::UnknownType { tag: 0x4C }),
             ("80 01", DecodeError::UnknownType { tag: 0x80 }),
-            ("10 81 80 80 80 80 80 80 80 80 01", DecodeError::IntegerRange),
-            ("08 FF FF FF FF FF FF FF FF FF 02", DecodeError::VarintOverflow),
+            (
+                "10 81 80 80 80 80 80 80 80 80 01",
+                DecodeError::IntegerRange,
+            ),
+            (
+                "08 FF FF FF FF FF FF FF FF FF 02",
+                DecodeError::VarintOverflow,
+            ),
             ("4A FF FF FF FF 1F", DecodeError::VarintOverflow),
             ("38 38", DecodeError::TrailingBytes { count: 1 }),
         ];
@@ -159,15 +173,36 @@ mod owned {
             v = Value::Array(vec![v]);
         }
         let bytes = v.to_bytes();
-        let tight = Limits { max_depth: 9, max_size: 1024 };
-        let ok = Limits { max_depth: 10, max_size: 1024 };
-        assert_eq!(Value::decode_with(&bytes, &tight), Err(DecodeError::TooDeep { limit: 9 }));
-        assert_eq!(ValueRef::decode_with(&bytes, &tight).err(), Some(DecodeError::TooDeep { limit: 9 }));
+        let tight = Limits {
+            max_depth: 9,
+            max_size: 1024,
+        };
+        let ok = Limits {
+            max_depth: 10,
+            max_size: 1024,
+        };
+        assert_eq!(
+            Value::decode_with(&bytes, &tight),
+            Err(DecodeError::TooDeep { limit: 9 })
+        );
+        assert_eq!(
+            ValueRef::decode_with(&bytes, &tight).err(),
+            Some(DecodeError::TooDeep { limit: 9 })
+        );
         assert!(Value::decode_with(&bytes, &ok).is_ok());
         assert!(ValueRef::decode_with(&bytes, &ok).is_ok());
-        let small = Limits { max_depth: 32, max_size: 8 };
-        assert_eq!(Value::decode_with(&bytes, &small), Err(DecodeError::TooLarge { limit: 8 }));
-        assert_eq!(ValueRef::decode_with(&bytes, &small).err(), Some(DecodeError::TooLarge { limit: 8 }));
+        let small = Limits {
+            max_depth: 32,
+            max_size: 8,
+        };
+        assert_eq!(
+            Value::decode_with(&bytes, &small),
+            Err(DecodeError::TooLarge { limit: 8 })
+        );
+        assert_eq!(
+            ValueRef::decode_with(&bytes, &small).err(),
+            Some(DecodeError::TooLarge { limit: 8 })
+        );
     }
 }
 
@@ -183,5 +218,8 @@ fn ref_decode_without_alloc() {
     v.encode(&mut sink).expect("fits");
     assert_eq!(sink.written(), &b[..]);
     let mut tiny = [0u8; 4];
-    assert_eq!(v.encode(&mut crate::SliceSink::new(&mut tiny)), Err(crate::BufferFull));
+    assert_eq!(
+        v.encode(&mut crate::SliceSink::new(&mut tiny)),
+        Err(crate::BufferFull)
+    );
 }

@@ -44,7 +44,9 @@ impl Value {
     pub fn number(v: f64) -> Self {
         // Integral values within the integer range become integers (22.0 → `08 16`).
         // The casts stand in for `fract()`, which `core` lacks; NaN fails every comparison.
-        if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v) && (v as i64) as f64 == v {
+        if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v)
+            && (v as i64) as f64 == v
+        {
             return Value::Int(v as i64);
         }
         if (0.0..18_446_744_073_709_551_616.0).contains(&v) && (v as u64) as f64 == v {
@@ -192,7 +194,11 @@ impl Value {
             ValueRef::Double(d) => Value::Double(d),
             ValueRef::Str(s) => Value::Str(s.into()),
             ValueRef::Bytes(b) => Value::Bytes(b.into()),
-            ValueRef::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.into(), Value::from_ref(v))).collect()),
+            ValueRef::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.into(), Value::from_ref(v)))
+                    .collect(),
+            ),
             ValueRef::Array(a) => Value::Array(a.iter().map(Value::from_ref).collect()),
         }
     }
@@ -258,6 +264,21 @@ impl Value {
                 }
                 end_container(out, start);
             }
+            // The common scalars straight onto the vector: this is the hot path.
+            Value::Float(f) => {
+                let b = f.to_le_bytes();
+                out.extend_from_slice(&[tag::FLOAT, b[0], b[1], b[2], b[3]]);
+            }
+            Value::Int(i @ 2..) => {
+                out.push(tag::POS_INT);
+                varint_vec(out, i.unsigned_abs());
+            }
+            Value::Str(s) if !s.is_empty() => {
+                out.push(tag::STRING);
+                varint_vec(out, s.len() as u64);
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Bool(b) => out.push(if *b { tag::TRUE } else { tag::FALSE }),
             // Writing to a Vec cannot fail.
             other => {
                 let _ = other.encode_scalar(out);
@@ -344,13 +365,18 @@ pub(crate) fn end_container(out: &mut Vec<u8>, at: usize) {
 }
 
 /// Decodes one owned value directly (no separate validation pass).
-fn decode_value<'a>(buf: &'a [u8], depth: usize, limits: &Limits) -> Result<(Value, &'a [u8]), DecodeError> {
+fn decode_value<'a>(
+    buf: &'a [u8],
+    depth: usize,
+    limits: &Limits,
+) -> Result<(Value, &'a [u8]), DecodeError> {
     let (head, rest) = read_head(buf)?;
     let v = match head {
         Head::Scalar(v) => Value::from_ref(v),
         Head::Object(mut body) => {
             check_depth(depth, limits)?;
-            let mut pairs = Vec::new();
+            // Count first so the vector is allocated once: allocation dominates decoding.
+            let mut pairs = Vec::with_capacity(count_children(body, true));
             while !body.is_empty() {
                 let (k, after_key) = read_key(body).map_err(inner)?;
                 let (v, after) = decode_value(after_key, depth + 1, limits).map_err(inner)?;
@@ -361,7 +387,7 @@ fn decode_value<'a>(buf: &'a [u8], depth: usize, limits: &Limits) -> Result<(Val
         }
         Head::Array(mut body) => {
             check_depth(depth, limits)?;
-            let mut items = Vec::new();
+            let mut items = Vec::with_capacity(count_children(body, false));
             while !body.is_empty() {
                 let (v, after) = decode_value(body, depth + 1, limits).map_err(inner)?;
                 items.push(v);
@@ -371,6 +397,26 @@ fn decode_value<'a>(buf: &'a [u8], depth: usize, limits: &Limits) -> Result<(Val
         }
     };
     Ok((v, rest))
+}
+
+/// How many children a container body holds, skipping over each without decoding it.
+/// Stops at the first malformed child; the decode that follows reports the error.
+fn count_children(body: &[u8], is_object: bool) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < body.len() {
+        if is_object {
+            match super::delimited_at(body, i) {
+                Ok((_, next)) => i = next,
+                Err(_) => break,
+            }
+        }
+        match super::skip_value(body, i, None) {
+            Ok(next) => i = next,
+            Err(_) => break,
+        }
+        n += 1;
+    }
+    n
 }
 
 fn check_depth(depth: usize, limits: &Limits) -> Result<(), DecodeError> {

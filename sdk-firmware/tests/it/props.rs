@@ -32,9 +32,22 @@ fn signal() -> impl Strategy<Value = Signal> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    (any::<u32>(), signal(), prop::option::of(value()), prop::option::of(value()), prop::option::of(value())).prop_map(
-        |(stream_id, signal, identifier, resource, payload)| Message { stream_id, signal, identifier, resource, payload },
+    (
+        any::<u32>(),
+        signal(),
+        prop::option::of(value()),
+        prop::option::of(value()),
+        prop::option::of(value()),
     )
+        .prop_map(
+            |(stream_id, signal, identifier, resource, payload)| Message {
+                stream_id,
+                signal,
+                identifier,
+                resource,
+                payload,
+            },
+        )
 }
 
 /// Compares through the encoding, so NaN payloads compare equal to themselves.

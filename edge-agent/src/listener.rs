@@ -109,10 +109,7 @@ pub struct ListenerConfig {
 impl Default for ListenerConfig {
     fn default() -> Self {
         Self {
-            tcp: Some(SocketAddr::from((
-                [0, 0, 0, 0],
-                twinlake_sdk::client::DEFAULT_PORT,
-            ))),
+            tcp: Some(SocketAddr::from(([0, 0, 0, 0], twinlake_sdk::client::DEFAULT_PORT))),
             tls: None,
             idle_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(10),
@@ -271,12 +268,7 @@ impl DeviceListener {
             tasks.spawn(accept_loop(l, None, self.shared.clone(), stop_rx.clone()));
         }
         if let Some((l, acceptor)) = self.tls {
-            tasks.spawn(accept_loop(
-                l,
-                Some(acceptor),
-                self.shared.clone(),
-                stop_rx.clone(),
-            ));
+            tasks.spawn(accept_loop(l, Some(acceptor), self.shared.clone(), stop_rx.clone()));
         }
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -338,13 +330,8 @@ struct Conn {
     tx_bytes: u64,
 }
 
-async fn serve<S>(
-    stream: S,
-    peer: SocketAddr,
-    tls: bool,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) where
+async fn serve<S>(stream: S, peer: SocketAddr, tls: bool, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
+where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -416,10 +403,7 @@ async fn handle_frames(
             Ok(None) => return Ok(()),
             Err(e) => return Err(format!("bad frame: {e}")),
         };
-        let event = conn
-            .session
-            .handle(frame)
-            .map_err(|e| format!("protocol error: {e}"))?;
+        let event = conn.session.handle(frame).map_err(|e| format!("protocol error: {e}"))?;
         let Some(event) = event else { continue };
         match event {
             SessionEvent::Auth(creds) => {
@@ -438,17 +422,9 @@ async fn handle_frames(
                 emit(shared, &key, DeviceEventKind::Connected { peer, tls }).await;
                 conn.key = Some(key);
             }
-            SessionEvent::Reply {
-                stream_id,
-                ok,
-                payload,
-            } => {
+            SessionEvent::Reply { stream_id, ok, payload } => {
                 if let Some((_, tx)) = conn.pending.remove(&stream_id) {
-                    let _ = tx.send(if ok {
-                        Reply::Ok(payload)
-                    } else {
-                        Reply::DeviceError
-                    });
+                    let _ = tx.send(if ok { Reply::Ok(payload) } else { Reply::DeviceError });
                 }
             }
             other => {
@@ -471,38 +447,13 @@ async fn device_request(
 ) {
     let (kind, ack) = match event {
         SessionEvent::Stream {
-            path,
-            payload,
-            sample,
-            ..
-        } => (
-            DeviceEventKind::Stream {
-                path,
-                payload,
-                sample,
-            },
-            None,
-        ),
-        SessionEvent::Endpoint {
-            endpoint,
-            payload,
-            ack,
-        } => (DeviceEventKind::Endpoint { endpoint, payload }, ack),
-        SessionEvent::Bucket {
-            bucket,
-            payload,
-            ack,
-        } => (DeviceEventKind::Bucket { bucket, payload }, ack),
-        SessionEvent::SetProperty {
-            property,
-            payload,
-            ack,
-        } => {
+            path, payload, sample, ..
+        } => (DeviceEventKind::Stream { path, payload, sample }, None),
+        SessionEvent::Endpoint { endpoint, payload, ack } => (DeviceEventKind::Endpoint { endpoint, payload }, ack),
+        SessionEvent::Bucket { bucket, payload, ack } => (DeviceEventKind::Bucket { bucket, payload }, ack),
+        SessionEvent::SetProperty { property, payload, ack } => {
             if let Ok(mut props) = shared.properties.lock() {
-                props.insert(
-                    (key.clone(), property.clone()),
-                    payload.clone().unwrap_or_default(),
-                );
+                props.insert((key.clone(), property.clone()), payload.clone().unwrap_or_default());
             }
             (DeviceEventKind::PropertySet { property, payload }, ack)
         }
@@ -521,15 +472,7 @@ async fn device_request(
             payload,
             ack,
         } => {
-            route_call(
-                shared,
-                key,
-                &device,
-                &path,
-                payload.clone(),
-                ack,
-                cmd_tx.clone(),
-            );
+            route_call(shared, key, &device, &path, payload.clone(), ack, cmd_tx.clone());
             emit(
                 shared,
                 key,
@@ -652,7 +595,5 @@ async fn finish(conn: Conn, shared: &Shared, reason: String) {
 
 /// A request to run a resource: the message the handle sends.
 fn resource_request(signal: Signal, path: &[&str], payload: Option<Value>) -> Message {
-    Message::new(0, signal)
-        .with_path(path)
-        .with_optional_payload(payload)
+    Message::new(0, signal).with_path(path).with_optional_payload(payload)
 }

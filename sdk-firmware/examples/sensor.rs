@@ -76,14 +76,7 @@ fn main() {
         }
         if client.is_connected() != was_connected {
             was_connected = client.is_connected();
-            println!(
-                "{}",
-                if was_connected {
-                    "connected"
-                } else {
-                    "disconnected"
-                }
-            );
+            println!("{}", if was_connected { "connected" } else { "disconnected" });
         }
     }
 }

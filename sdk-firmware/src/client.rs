@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme, StreamOwned,
-};
+use rustls::{ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme, StreamOwned};
 
 use crate::device::{Event, Thing};
 use crate::frame::{FrameDecoder, FrameError, FrameLimits};
@@ -276,11 +274,7 @@ impl Client {
                 &self.config.host,
                 Verifier::Roots(roots.clone()),
             )?)),
-            Tls::Insecure => Conn::Tls(Box::new(tls_stream(
-                sock,
-                &self.config.host,
-                Verifier::None,
-            )?)),
+            Tls::Insecure => Conn::Tls(Box::new(tls_stream(sock, &self.config.host, Verifier::None)?)),
         };
         self.conn = Some(conn);
         self.stats.connects += 1;
@@ -301,8 +295,7 @@ impl Client {
 
     fn read_once(&mut self) -> Result<(), ClientError> {
         let wait = match self.thing.next_deadline() {
-            Some(d) => Duration::from_millis(d.saturating_sub(self.now_ms()))
-                .min(self.config.poll_interval),
+            Some(d) => Duration::from_millis(d.saturating_sub(self.now_ms())).min(self.config.poll_interval),
             None => self.config.poll_interval,
         }
         .max(Duration::from_millis(1));
@@ -314,12 +307,7 @@ impl Client {
         let n = match conn.read(&mut buf) {
             Ok(0) => return Err(ClientError::Closed),
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -368,11 +356,7 @@ impl Client {
     }
 
     /// Pumps the loop until an event matches, or `timeout` passes. Other events stay queued.
-    pub fn wait_for(
-        &mut self,
-        timeout: Duration,
-        mut pred: impl FnMut(&Event) -> bool,
-    ) -> Result<Event, ClientError> {
+    pub fn wait_for(&mut self, timeout: Duration, mut pred: impl FnMut(&Event) -> bool) -> Result<Event, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self
@@ -403,16 +387,9 @@ impl Client {
     }
 
     /// Reads a property from the server (blocks, as on the device).
-    pub fn get_property(
-        &mut self,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<Option<Value>, ClientError> {
+    pub fn get_property(&mut self, name: &str, timeout: Duration) -> Result<Option<Value>, ClientError> {
         self.thing.get_property(name);
-        match self.wait_for(
-            timeout,
-            |e| matches!(e, Event::Property { name: n, .. } if n == name),
-        )? {
+        match self.wait_for(timeout, |e| matches!(e, Event::Property { name: n, .. } if n == name))? {
             Event::Property { value, .. } => Ok(value),
             _ => Err(ClientError::Timeout),
         }
@@ -428,10 +405,7 @@ impl Client {
         let Some(id) = self.thing.call_endpoint(endpoint, payload, true) else {
             return Err(ClientError::Timeout);
         };
-        match self.wait_for(
-            timeout,
-            |e| matches!(e, Event::Ack { request, .. } if *request == id),
-        )? {
+        match self.wait_for(timeout, |e| matches!(e, Event::Ack { request, .. } if *request == id))? {
             Event::Ack { ok, .. } => Ok(ok),
             _ => Err(ClientError::Timeout),
         }
@@ -459,8 +433,8 @@ fn tls_stream(
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
             .with_no_client_auth(),
     };
-    let name = ServerName::try_from(host.to_owned())
-        .map_err(|e| ClientError::Config(format!("server name {host}: {e}")))?;
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|e| ClientError::Config(format!("server name {host}: {e}")))?;
     let conn = ClientConnection::new(Arc::new(config), name).map_err(ClientError::Tls)?;
     Ok(StreamOwned::new(conn, sock))
 }
@@ -487,12 +461,7 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -501,12 +470,7 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -241,9 +241,7 @@ impl Thing {
         }
         match m.signal {
             Signal::RequestOk | Signal::RequestError => self.handle_reply(m),
-            Signal::None | Signal::StartStream | Signal::StopStream => {
-                self.handle_request(m, now_ms)
-            }
+            Signal::None | Signal::StartStream | Signal::StopStream => self.handle_request(m, now_ms),
             // Device-to-server flags, or unknown ones: nothing for a device to do.
             _ => {}
         }
@@ -253,10 +251,7 @@ impl Thing {
         let ok = m.signal == Signal::RequestOk;
         if m.stream_id == 0 {
             if let Some(name) = self.pending_properties.pop_front() {
-                self.events.push_back(Event::Property {
-                    name,
-                    value: m.payload,
-                });
+                self.events.push_back(Event::Property { name, value: m.payload });
             }
             return;
         }
@@ -305,23 +300,18 @@ impl Thing {
         }
     }
 
-    fn run_request(
-        &mut self,
-        m: &Message,
-    ) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
+    fn run_request(&mut self, m: &Message) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
         let path = Self::request_path(m)?;
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
         match refs.split_last() {
             None => Ok((None, None)),
             Some((&"api", [])) => Ok((Some(resource::describe(&self.resources)), None)),
             Some((&"api", parent)) => {
-                let r = resource::find_mut(&mut self.resources, parent)
-                    .ok_or(RequestError::NoResource)?;
+                let r = resource::find_mut(&mut self.resources, parent).ok_or(RequestError::NoResource)?;
                 Ok((Some(r.template()), None))
             }
             Some(_) => {
-                let r = resource::find_mut(&mut self.resources, &refs)
-                    .ok_or(RequestError::NoResource)?;
+                let r = resource::find_mut(&mut self.resources, &refs).ok_or(RequestError::NoResource)?;
                 let outcome = r.invoke(m.payload.clone());
                 let follow = outcome.wrote_input.then_some(FollowUp::Event(path));
                 Ok((outcome.reply, follow))
@@ -329,11 +319,7 @@ impl Thing {
         }
     }
 
-    fn start_stream(
-        &mut self,
-        m: &Message,
-        now_ms: u64,
-    ) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
+    fn start_stream(&mut self, m: &Message, now_ms: u64) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
         let path = Self::request_path(m)?;
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
         resource::find_mut(&mut self.resources, &refs).ok_or(RequestError::NoResource)?;
@@ -352,10 +338,7 @@ impl Thing {
         Ok((None, Some(FollowUp::StreamStarted(self.streams.len() - 1))))
     }
 
-    fn stop_stream(
-        &mut self,
-        m: &Message,
-    ) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
+    fn stop_stream(&mut self, m: &Message) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
         let path = Self::request_path(m)?;
         self.streams.retain(|s| s.path != path);
         Ok((None, None))
@@ -421,12 +404,7 @@ impl Thing {
 
     /// Calls a server endpoint (CALL_ENDPOINT). With `confirm`, the server acks, and an
     /// [`Event::Ack`] reports it.
-    pub fn call_endpoint(
-        &mut self,
-        endpoint: &str,
-        payload: Option<Value>,
-        confirm: bool,
-    ) -> Option<RequestId> {
+    pub fn call_endpoint(&mut self, endpoint: &str, payload: Option<Value>, confirm: bool) -> Option<RequestId> {
         self.device_request(
             Message::new(0, Signal::CallEndpoint)
                 .with_identifier(endpoint)
@@ -436,12 +414,7 @@ impl Thing {
     }
 
     /// Writes a record to a bucket (BUCKET_DATA).
-    pub fn write_bucket(
-        &mut self,
-        bucket: &str,
-        record: Value,
-        confirm: bool,
-    ) -> Option<RequestId> {
+    pub fn write_bucket(&mut self, bucket: &str, record: Value, confirm: bool) -> Option<RequestId> {
         self.device_request(
             Message::new(0, Signal::BucketData)
                 .with_identifier(bucket)
@@ -451,12 +424,7 @@ impl Thing {
     }
 
     /// Sets a device property (SET_PROPERTY).
-    pub fn set_property(
-        &mut self,
-        property: &str,
-        value: Value,
-        confirm: bool,
-    ) -> Option<RequestId> {
+    pub fn set_property(&mut self, property: &str, value: Value, confirm: bool) -> Option<RequestId> {
         self.device_request(
             Message::new(0, Signal::SetProperty)
                 .with_identifier(property)

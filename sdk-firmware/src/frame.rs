@@ -169,10 +169,7 @@ impl core::fmt::Display for FrameError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::UnknownFrameType { frame_type } => write!(f, "unknown frame type {frame_type}"),
-            Self::TooLarge { len, limit } => write!(
-                f,
-                "frame body of {len} bytes is over the {limit}-byte limit"
-            ),
+            Self::TooLarge { len, limit } => write!(f, "frame body of {len} bytes is over the {limit}-byte limit"),
             Self::HeaderOverflow => f.write_str("frame header varint overflow"),
             Self::Truncated => f.write_str("message body ends inside a field"),
             Self::BadField { field, wire } => {
@@ -220,10 +217,7 @@ fn header_u32(buf: &[u8]) -> Result<Option<(u32, usize)>, FrameError> {
 
 /// Decodes the frame at the front of `buf`: the frame and the bytes it used, or `None` if
 /// the frame is not complete yet.
-pub fn decode_frame<'a>(
-    buf: &'a [u8],
-    limits: &FrameLimits,
-) -> Result<Option<(FrameRef<'a>, usize)>, FrameError> {
+pub fn decode_frame<'a>(buf: &'a [u8], limits: &FrameLimits) -> Result<Option<(FrameRef<'a>, usize)>, FrameError> {
     let Some((frame_type, n1)) = header_u32(buf)? else {
         return Ok(None);
     };
@@ -324,10 +318,7 @@ impl<'a> MessageRef<'a> {
         if self.signal.code() != 0 {
             n += 1 + varint::len_u64(u64::from(self.signal.code()));
         }
-        for v in [self.identifier, self.resource, self.payload]
-            .iter()
-            .flatten()
-        {
+        for v in [self.identifier, self.resource, self.payload].iter().flatten() {
             n += 1 + v.encoded_len();
         }
         n

@@ -216,9 +216,7 @@ pub(crate) fn read_head(buf: &[u8]) -> Result<(Head<'_>, &[u8]), DecodeError> {
         0x10 => {
             let (m, n) = varint::decode_u64(rest)?;
             let rest = rest.get(n..).unwrap_or_default();
-            let v = 0i64
-                .checked_sub_unsigned(m)
-                .ok_or(DecodeError::IntegerRange)?;
+            let v = 0i64.checked_sub_unsigned(m).ok_or(DecodeError::IntegerRange)?;
             Ok((Head::Scalar(ValueRef::Int(v)), rest))
         }
         0x1D => {
@@ -268,12 +266,7 @@ pub(crate) fn read_key(buf: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
 /// This is the hot path of decoding, so it works on indices and single tag bytes rather
 /// than building values: every PSON type has a one-byte tag, so anything at or above 0x80
 /// is an unknown type.
-fn validate_body(
-    body: &[u8],
-    is_object: bool,
-    depth: usize,
-    limits: &Limits,
-) -> Result<(), DecodeError> {
+fn validate_body(body: &[u8], is_object: bool, depth: usize, limits: &Limits) -> Result<(), DecodeError> {
     if depth > limits.max_depth {
         return Err(DecodeError::TooDeep {
             limit: limits.max_depth,
@@ -323,11 +316,7 @@ fn check_utf8(bytes: &[u8]) -> Result<(), DecodeError> {
 /// `validate`, strings are checked and nested containers are validated at `depth + 1`;
 /// without, the body is already known to be valid and containers are skipped whole.
 #[inline]
-pub(crate) fn skip_value(
-    body: &[u8],
-    i: usize,
-    validate: Option<(usize, &Limits)>,
-) -> Result<usize, DecodeError> {
+pub(crate) fn skip_value(body: &[u8], i: usize, validate: Option<(usize, &Limits)>) -> Result<usize, DecodeError> {
     let tag = *body.get(i).ok_or(DecodeError::LengthMismatch)?;
     let i = i + 1;
     let fixed = |n: usize| {
@@ -375,8 +364,8 @@ pub(crate) fn skip_value(
         t if t < 0x80 => Err(DecodeError::UnknownType { tag: u64::from(t) }),
         _ => {
             // A multi-byte tag: report its full value.
-            let (t, _) = varint::decode_u64(body.get(i - 1..).unwrap_or_default())
-                .map_err(|e| inner_error(e.into()))?;
+            let (t, _) =
+                varint::decode_u64(body.get(i - 1..).unwrap_or_default()).map_err(|e| inner_error(e.into()))?;
             Err(DecodeError::UnknownType { tag: t })
         }
     }
@@ -396,9 +385,7 @@ impl<'a> ValueRef<'a> {
         let (head, rest) = read_head(buf)?;
         let used = buf.len() - rest.len();
         if used > limits.max_size {
-            return Err(DecodeError::TooLarge {
-                limit: limits.max_size,
-            });
+            return Err(DecodeError::TooLarge { limit: limits.max_size });
         }
         let v = match head {
             Head::Scalar(v) => v,

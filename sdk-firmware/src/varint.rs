@@ -87,9 +87,7 @@ pub fn decode_u64(buf: &[u8]) -> Result<(u64, usize), VarintError> {
 pub fn decode_u32(buf: &[u8]) -> Result<(u32, usize), VarintError> {
     let limited = buf.get(..MAX_LEN_32).unwrap_or(buf);
     match decode_u64(limited) {
-        Ok((v, n)) => u32::try_from(v)
-            .map(|v| (v, n))
-            .map_err(|_| VarintError::Overflow),
+        Ok((v, n)) => u32::try_from(v).map(|v| (v, n)).map_err(|_| VarintError::Overflow),
         // Five continuation bytes in a row: too long for a 32-bit varint.
         Err(VarintError::Truncated) if limited.len() == MAX_LEN_32 => Err(VarintError::Overflow),
         Err(e) => Err(e),
@@ -113,10 +111,7 @@ mod tests {
             (150, &[0x96, 0x01]),
             (300, &[0xAC, 0x02]),
             (1000, &[0xE8, 0x07]),
-            (
-                u64::MAX,
-                &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
-            ),
+            (u64::MAX, &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
         ];
         for &(v, bytes) in cases {
             let (b, n) = enc(v);
@@ -135,14 +130,8 @@ mod tests {
             decode_u64(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02]),
             Err(VarintError::Overflow)
         );
-        assert_eq!(
-            decode_u32(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
-            Ok((u32::MAX, 5))
-        );
-        assert_eq!(
-            decode_u32(&[0xFF, 0xFF, 0xFF, 0xFF, 0x1F]),
-            Err(VarintError::Overflow)
-        );
+        assert_eq!(decode_u32(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), Ok((u32::MAX, 5)));
+        assert_eq!(decode_u32(&[0xFF, 0xFF, 0xFF, 0xFF, 0x1F]), Err(VarintError::Overflow));
         assert_eq!(decode_u32(&[0x80; 6]), Err(VarintError::Overflow));
         assert_eq!(decode_u32(&[0x80, 0x80]), Err(VarintError::Truncated));
         assert_eq!(len_u64(0), 1);

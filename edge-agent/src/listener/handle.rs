@@ -31,12 +31,7 @@ impl Devices {
             user: user.into(),
             device: device.into(),
         };
-        self.0
-            .devices
-            .lock()
-            .ok()?
-            .get(&key)
-            .map(|(_, h)| h.clone())
+        self.0.devices.lock().ok()?.get(&key).map(|(_, h)| h.clone())
     }
 
     /// The connected devices, sorted.
@@ -52,12 +47,7 @@ impl Devices {
     }
 
     /// Waits until a device is connected (polling every 10 ms), up to `timeout`.
-    pub async fn wait_for(
-        &self,
-        user: &str,
-        device: &str,
-        timeout: Duration,
-    ) -> Result<DeviceHandle, Error> {
+    pub async fn wait_for(&self, user: &str, device: &str, timeout: Duration) -> Result<DeviceHandle, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(h) = self.get(user, device) {
@@ -87,12 +77,7 @@ impl Devices {
             user: user.into(),
             device: device.into(),
         };
-        self.0
-            .properties
-            .lock()
-            .ok()?
-            .get(&(key, property.into()))
-            .cloned()
+        self.0.properties.lock().ok()?.get(&(key, property.into())).cloned()
     }
 }
 
@@ -114,12 +99,7 @@ impl DeviceHandle {
         &self.key
     }
 
-    async fn request(
-        &self,
-        signal: Signal,
-        path: &[&str],
-        payload: Option<Value>,
-    ) -> Result<Option<Value>, Error> {
+    async fn request(&self, signal: Signal, path: &[&str], payload: Option<Value>) -> Result<Option<Value>, Error> {
         let (reply, rx) = oneshot::channel();
         let message = resource_request(signal, path, payload);
         let offline = || Error::DeviceOffline(self.key.to_string());
@@ -144,20 +124,14 @@ impl DeviceHandle {
 
     /// The device's resource list (`["api"]`).
     pub async fn describe(&self) -> Result<Value, Error> {
-        Ok(self
-            .request(Signal::None, &["api"], None)
-            .await?
-            .unwrap_or_default())
+        Ok(self.request(Signal::None, &["api"], None).await?.unwrap_or_default())
     }
 
     /// A resource's I/O template with its current state (`[.., "api"]`).
     pub async fn template(&self, path: &[&str]) -> Result<Value, Error> {
         let mut p = path.to_vec();
         p.push("api");
-        Ok(self
-            .request(Signal::None, &p, None)
-            .await?
-            .unwrap_or_default())
+        Ok(self.request(Signal::None, &p, None).await?.unwrap_or_default())
     }
 
     /// Reads an output (or runs an in/out with no input).
@@ -167,9 +141,7 @@ impl DeviceHandle {
 
     /// Writes an input.
     pub async fn write(&self, path: &[&str], value: Value) -> Result<(), Error> {
-        self.request(Signal::None, path, Some(value))
-            .await
-            .map(|_| ())
+        self.request(Signal::None, path, Some(value)).await.map(|_| ())
     }
 
     /// Calls an input/output with an input; returns its output.
@@ -183,22 +155,14 @@ impl DeviceHandle {
     }
 
     /// Starts a stream: samples every `interval`, or events only with `None`.
-    pub async fn start_stream(
-        &self,
-        path: &[&str],
-        interval: Option<Duration>,
-    ) -> Result<(), Error> {
+    pub async fn start_stream(&self, path: &[&str], interval: Option<Duration>) -> Result<(), Error> {
         let payload = interval.map(|d| Value::from(d.as_millis() as u64));
-        self.request(Signal::StartStream, path, payload)
-            .await
-            .map(|_| ())
+        self.request(Signal::StartStream, path, payload).await.map(|_| ())
     }
 
     /// Stops a stream.
     pub async fn stop_stream(&self, path: &[&str]) -> Result<(), Error> {
-        self.request(Signal::StopStream, path, None)
-            .await
-            .map(|_| ())
+        self.request(Signal::StopStream, path, None).await.map(|_| ())
     }
 
     /// Closes the connection.

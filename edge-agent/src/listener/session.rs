@@ -167,8 +167,7 @@ impl Session {
         if m.signal != Signal::Auth {
             return Err(SessionError::NotAuthenticated);
         }
-        let Some([user, device, credential]) = m.path().and_then(|p| <[&str; 3]>::try_from(p).ok())
-        else {
+        let Some([user, device, credential]) = m.path().and_then(|p| <[&str; 3]>::try_from(p).ok()) else {
             return Err(SessionError::MalformedAuth);
         };
         self.state = State::Deciding;
@@ -232,9 +231,7 @@ impl Session {
                 payload: m.payload,
                 ack,
             },
-            Signal::GetProperty => SessionEvent::GetProperty {
-                property: ident(&m)?,
-            },
+            Signal::GetProperty => SessionEvent::GetProperty { property: ident(&m)? },
             Signal::SetProperty => SessionEvent::SetProperty {
                 property: ident(&m)?,
                 payload: m.payload,
@@ -242,12 +239,7 @@ impl Session {
             },
             Signal::CallDevice => SessionEvent::CallDevice {
                 device: ident(&m)?,
-                path: m
-                    .path()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
+                path: m.path().unwrap_or_default().into_iter().map(String::from).collect(),
                 payload: m.payload,
                 ack,
             },
@@ -355,13 +347,9 @@ mod tests {
         );
         let mut s = Session::new();
         let bad = Message::new(0, Signal::Auth).with_path(&["only", "two"]);
-        assert_eq!(
-            s.handle(Frame::Message(bad)),
-            Err(SessionError::MalformedAuth)
-        );
+        assert_eq!(s.handle(Frame::Message(bad)), Err(SessionError::MalformedAuth));
         let mut s = Session::new();
-        s.handle(Frame::Message(Message::auth("a", "b", "c")))
-            .unwrap();
+        s.handle(Frame::Message(Message::auth("a", "b", "c"))).unwrap();
         s.reject();
         assert!(s.is_rejected());
         assert_eq!(drain(&mut s), vec![vec![0x01, 0x02, 0x10, 0x02]]);
@@ -383,10 +371,7 @@ mod tests {
         assert_eq!((a, b), (65535, 1));
         s.last_sid = 65534;
         // 65535 is a live stream, so it wraps past it and past 1 (in flight).
-        assert_eq!(
-            s.request(Message::new(0, Signal::None).with_path(&["y"])),
-            2
-        );
+        assert_eq!(s.request(Message::new(0, Signal::None).with_path(&["y"])), 2);
     }
 
     #[test]
@@ -408,12 +393,8 @@ mod tests {
             })
         );
         // A second reply with the same id is not ours any more.
-        assert_eq!(
-            s.handle(Frame::Message(Message::ok(sid, None))).unwrap(),
-            None
-        );
-        let sample =
-            Message::new(sid, Signal::StreamSample).with_payload(Value::object().with("out", 21.5));
+        assert_eq!(s.handle(Frame::Message(Message::ok(sid, None))).unwrap(), None);
+        let sample = Message::new(sid, Signal::StreamSample).with_payload(Value::object().with("out", 21.5));
         assert!(matches!(
             s.handle(Frame::Message(sample)).unwrap(),
             Some(SessionEvent::Stream { sample: true, ref path, .. }) if path == &["temp"]

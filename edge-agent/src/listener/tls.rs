@@ -24,19 +24,14 @@ pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<ServerTls, Error>
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Tls(format!("certificate PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(Error::Tls(
-            "the certificate PEM holds no certificate".into(),
-        ));
+        return Err(Error::Tls("the certificate PEM holds no certificate".into()));
     }
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::Tls(format!("key PEM: {e}")))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| Error::Tls(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::Tls(format!("key PEM: {e}")))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
     Ok(ServerTls(TlsAcceptor::from(Arc::new(config))))
 }

@@ -42,14 +42,8 @@ async fn expect_request(dev: &mut RawPeer, req: &str, reply: &str) -> u32 {
     let Some(Frame::Message(got)) = dev.frame().await else {
         panic!("{req}: no message")
     };
-    assert_ne!(
-        got.stream_id, 0,
-        "{req}: server requests need a non-zero stream id"
-    );
-    assert!(
-        got.stream_id <= 65535,
-        "{req}: the device keeps only 16 bits"
-    );
+    assert_ne!(got.stream_id, 0, "{req}: server requests need a non-zero stream id");
+    assert!(got.stream_id <= 65535, "{req}: the device keeps only 16 bits");
     assert_eq!(got.to_frame(), with_sid(req, got.stream_id), "{req}");
     dev.send(&with_sid(reply, got.stream_id)).await;
     got.stream_id
@@ -146,17 +140,11 @@ async fn captured_exchange_against_the_listener() {
         "unknown_reply",
     )
     .await;
-    assert!(
-        matches!(e, Err(twinlake_edge::Error::DeviceError { .. })),
-        "{e:?}"
-    );
+    assert!(matches!(e, Err(twinlake_edge::Error::DeviceError { .. })), "{e:?}");
 
     // Interval stream: START_STREAM with 1000 ms, then samples arrive as events.
     let hh = h.clone();
-    let call = tokio::spawn(async move {
-        hh.start_stream(&["temp"], Some(Duration::from_millis(1000)))
-            .await
-    });
+    let call = tokio::spawn(async move { hh.start_stream(&["temp"], Some(Duration::from_millis(1000))).await });
     let sid = expect_request(&mut dev, "start_stream", "start_reply").await;
     call.await.expect("join").expect("stream started");
     dev.send(&with_sid("sample", sid)).await;
@@ -213,22 +201,15 @@ async fn captured_exchange_against_the_listener() {
     dev.send(&fixture("get_property")).await;
     assert_eq!(dev.frame_bytes().await, fixture("property_value"));
     dev.send(&fixture("set_property")).await;
-    assert!(
-        matches!(srv.next_event().await, DeviceEventKind::PropertySet { property, .. } if property == "cfg2")
-    );
+    assert!(matches!(srv.next_event().await, DeviceEventKind::PropertySet { property, .. } if property == "cfg2"));
     assert_eq!(
         srv.devices.property("alice", "sensor1", "cfg2"),
         Some(Value::object().with("mode", "eco"))
     );
     dev.send(&fixture("call_device")).await;
-    assert!(
-        matches!(srv.next_event().await, DeviceEventKind::CallDevice { target, .. } if target == "devB")
-    );
+    assert!(matches!(srv.next_event().await, DeviceEventKind::CallDevice { target, .. } if target == "devB"));
     dev.send(&fixture("endpoint_noack")).await;
-    assert!(matches!(
-        srv.next_event().await,
-        DeviceEventKind::Endpoint { .. }
-    ));
+    assert!(matches!(srv.next_event().await, DeviceEventKind::Endpoint { .. }));
     // Nothing was sent for the unconfirmed ones: the next frame is the keep-alive answer.
     dev.send(&fixture("keep_alive")).await;
     assert_eq!(dev.frame_bytes().await, fixture("keep_alive"));
@@ -238,8 +219,7 @@ async fn captured_exchange_against_the_listener() {
 async fn bad_credentials_get_an_error_then_a_close() {
     let srv = start(ListenerConfig::default(), false).await;
     let mut dev = RawPeer::connect(srv.tcp).await;
-    dev.send(&Message::auth("alice", "sensor1", "wrong").to_frame())
-        .await;
+    dev.send(&Message::auth("alice", "sensor1", "wrong").to_frame()).await;
     assert_eq!(dev.frame_bytes().await, vec![0x01, 0x02, 0x10, 0x02]);
     assert!(dev.frame().await.is_none(), "closed after the refusal");
     assert!(srv.devices.get("alice", "sensor1").is_none());
@@ -303,10 +283,7 @@ async fn idle_devices_are_disconnected_and_requests_time_out() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(srv.devices.get("alice", "sensor1").is_none());
     let err = h.read(&["temp"]).await.expect_err("offline");
-    assert!(
-        matches!(err, twinlake_edge::Error::DeviceOffline(_)),
-        "{err:?}"
-    );
+    assert!(matches!(err, twinlake_edge::Error::DeviceOffline(_)), "{err:?}");
 }
 
 #[tokio::test]

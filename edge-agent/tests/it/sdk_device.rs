@@ -41,8 +41,7 @@ impl Device {
     fn ask<T>(&self, f: impl FnOnce(std_mpsc::Sender<T>) -> Do) -> T {
         let (tx, rx) = std_mpsc::channel();
         self.todo.send(f(tx)).expect("device thread alive");
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("device answered")
+        rx.recv_timeout(Duration::from_secs(10)).expect("device answered")
     }
 }
 
@@ -66,13 +65,8 @@ fn spawn_device(config: ClientConfig) -> Device {
         *out.entry("result") = (a + b).into();
     });
     let r = rebooted.clone();
-    thing
-        .resource("reboot")
-        .run(move || r.store(true, Ordering::SeqCst));
-    thing
-        .resource("cfg")
-        .resource("level")
-        .output(|out| *out = 7.into());
+    thing.resource("reboot").run(move || r.store(true, Ordering::SeqCst));
+    thing.resource("cfg").resource("level").output(|out| *out = 7.into());
 
     let (todo, inbox) = std_mpsc::channel::<Do>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -152,20 +146,14 @@ async fn exercise(tls: bool) {
                 Value::object().with("/", Value::object().with("level", entry(3)))
             )
     );
-    assert_eq!(
-        h.read(&["temp"]).await.expect("read"),
-        Some(Value::Float(21.5))
-    );
+    assert_eq!(h.read(&["temp"]).await.expect("read"), Some(Value::Float(21.5)));
     h.write(&["led"], true.into()).await.expect("write");
     assert_eq!(
         h.template(&["led"]).await.expect("template"),
         Value::object().with("in", true)
     );
     let sum = h
-        .call(
-            &["sum"],
-            Some(Value::object().with("value1", 2).with("value2", 3)),
-        )
+        .call(&["sum"], Some(Value::object().with("value1", 2).with("value2", 3)))
         .await;
     assert_eq!(sum.expect("call"), Some(Value::object().with("result", 5)));
     h.run(&["reboot"]).await.expect("run");
@@ -197,10 +185,7 @@ async fn exercise(tls: bool) {
     tokio::time::sleep(Duration::from_millis(150)).await;
     srv.drain();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        srv.events.try_recv().is_err(),
-        "no samples after STOP_STREAM"
-    );
+    assert!(srv.events.try_recv().is_err(), "no samples after STOP_STREAM");
 
     // An event stream: the current state at once, then every write.
     h.start_stream(&["led"], None).await.expect("event stream");
@@ -226,9 +211,7 @@ async fn exercise(tls: bool) {
             payload: Some(payload)
         }
     );
-    dev.todo
-        .send(Do::Bucket(Value::object().with("t", 20)))
-        .expect("send");
+    dev.todo.send(Do::Bucket(Value::object().with("t", 20))).expect("send");
     assert_eq!(
         srv.next_event().await,
         DeviceEventKind::Bucket {
@@ -245,9 +228,7 @@ async fn exercise(tls: bool) {
     dev.todo
         .send(Do::SetProperty("mode".into(), "eco".into()))
         .expect("send");
-    assert!(
-        matches!(srv.next_event().await, DeviceEventKind::PropertySet { property, .. } if property == "mode")
-    );
+    assert!(matches!(srv.next_event().await, DeviceEventKind::PropertySet { property, .. } if property == "mode"));
 
     // Keep-alives both ways: with a 200 ms interval the device would drop the connection
     // if one went unanswered; after a second it is still on its first connection.
@@ -281,10 +262,7 @@ async fn sdk_device_reconnects_after_the_server_drops_it() {
         .wait_for("alice", "sensor1", Duration::from_secs(10))
         .await
         .expect("back online");
-    assert_eq!(
-        h.read(&["temp"]).await.expect("read"),
-        Some(Value::Float(21.5))
-    );
+    assert_eq!(h.read(&["temp"]).await.expect("read"), Some(Value::Float(21.5)));
     let (connected, connects) = dev.ask(Do::Status);
     assert!(connected);
     assert_eq!(connects, 2);

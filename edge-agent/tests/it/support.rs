@@ -8,8 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use twinlake_edge::listener::{
-    DeviceEvent, DeviceEventKind, DeviceListener, Devices, ListenerConfig, StaticDevices,
-    tls_acceptor,
+    DeviceEvent, DeviceEventKind, DeviceListener, Devices, ListenerConfig, StaticDevices, tls_acceptor,
 };
 use twinlake_sdk::frame::{Frame, FrameDecoder, FrameLimits, Message};
 
@@ -30,19 +29,13 @@ pub async fn start(config: ListenerConfig, with_tls: bool) -> Server {
         ..config
     };
     if with_tls {
-        let acceptor = tls_acceptor(
-            ca_pem.as_bytes(),
-            cert.signing_key.serialize_pem().as_bytes(),
-        )
-        .expect("tls");
+        let acceptor = tls_acceptor(ca_pem.as_bytes(), cert.signing_key.serialize_pem().as_bytes()).expect("tls");
         config.tls = Some(("127.0.0.1:0".parse().expect("addr"), acceptor));
     }
     let auth = StaticDevices::default()
         .with("alice", "sensor1", "s3cr3t!")
         .with("alice", "devB", "b-secret");
-    let (listener, events) = DeviceListener::bind(config, Arc::new(auth))
-        .await
-        .expect("bind");
+    let (listener, events) = DeviceListener::bind(config, Arc::new(auth)).await.expect("bind");
     let (tcp, tls) = (listener.tcp_addr().expect("tcp"), listener.tls_addr());
     let devices = listener.devices();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -103,10 +96,7 @@ pub fn hex(s: &str) -> Vec<u8> {
         if i % 2 == 1 {
             out.extend_from_slice(part.as_bytes());
         } else {
-            out.extend(
-                part.split_whitespace()
-                    .map(|t| u8::from_str_radix(t, 16).expect("hex")),
-            );
+            out.extend(part.split_whitespace().map(|t| u8::from_str_radix(t, 16).expect("hex")));
         }
     }
     out

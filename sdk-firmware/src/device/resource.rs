@@ -131,10 +131,7 @@ impl Resource {
     /// An input/output resource (`=`): the closure reads `in` and fills `out`. For the
     /// template `in` is [`Value::Unset`]; read it with [`Value::entry`] and
     /// `or_insert`-style defaults so the template shows its shape.
-    pub fn input_output(
-        &mut self,
-        f: impl FnMut(&mut Value, &mut Value) + Send + 'static,
-    ) -> &mut Self {
+    pub fn input_output(&mut self, f: impl FnMut(&mut Value, &mut Value) + Send + 'static) -> &mut Self {
         self.handler = Handler::InputOutput(Box::new(f));
         self
     }
@@ -199,9 +196,7 @@ impl Resource {
     pub(crate) fn api_entry(&self) -> Value {
         let mut e = Value::object();
         if self.io() != Io::None {
-            e = e
-                .with("al", self.access as i64)
-                .with("fn", self.io() as i64);
+            e = e.with("al", self.access as i64).with("fn", self.io() as i64);
         }
         if !self.children.is_empty() {
             e = e.with("/", describe(&self.children));
@@ -212,12 +207,7 @@ impl Resource {
 
 /// The description of a list of resources: one entry per resource, in declaration order.
 pub(crate) fn describe(resources: &[Resource]) -> Value {
-    Value::Object(
-        resources
-            .iter()
-            .map(|r| (r.name.clone(), r.api_entry()))
-            .collect(),
-    )
+    Value::Object(resources.iter().map(|r| (r.name.clone(), r.api_entry())).collect())
 }
 
 /// The child `name` of `list`, created at the end if missing.

@@ -25,11 +25,8 @@ pub(crate) fn spec_device() -> (Thing, Arc<AtomicBool>, Arc<AtomicBool>) {
         *out.entry("result") = (a + b).into();
     });
     let r = rebooted.clone();
-    t.resource("reboot")
-        .run(move || r.store(true, Ordering::SeqCst));
-    t.resource("cfg")
-        .resource("level")
-        .output(|out| *out = 7.into());
+    t.resource("reboot").run(move || r.store(true, Ordering::SeqCst));
+    t.resource("cfg").resource("level").output(|out| *out = 7.into());
     (t, led, rebooted)
 }
 
@@ -103,11 +100,7 @@ fn answers_the_captured_exchange_byte_for_byte() {
 
     // Device requests.
     let id = t
-        .call_endpoint(
-            "email_alert",
-            Some(Value::object().with("temp", 31.5)),
-            true,
-        )
+        .call_endpoint("email_alert", Some(Value::object().with("temp", 31.5)), true)
         .expect("confirmed");
     // The fixture's id is glibc's 17767; ours is our own random id, so compare the rest.
     let m = Message::new(u32::from(id.0), Signal::CallEndpoint)
@@ -115,17 +108,8 @@ fn answers_the_captured_exchange_byte_for_byte() {
         .with_payload(Value::object().with("temp", 31.5));
     assert_eq!(sent(&mut t), vec![m.to_frame()]);
     t.handle_frame(Frame::Message(Message::ok(u32::from(id.0), None)), 3200);
-    assert_eq!(
-        t.poll_event(),
-        Some(Event::Ack {
-            request: id,
-            ok: true
-        })
-    );
-    assert_eq!(
-        t.write_bucket("b1", Value::object().with("t", 20), false),
-        None
-    );
+    assert_eq!(t.poll_event(), Some(Event::Ack { request: id, ok: true }));
+    assert_eq!(t.write_bucket("b1", Value::object().with("t", 20), false), None);
     expect(&mut t, &["bucket_data"]);
     t.get_property("cfg");
     expect(&mut t, &["get_property"]);
@@ -141,11 +125,7 @@ fn answers_the_captured_exchange_byte_for_byte() {
     expect(&mut t, &["set_property"]);
     t.call_device("devB", &["led"], None, false);
     expect(&mut t, &["call_device"]);
-    t.call_endpoint(
-        "email_alert",
-        Some(Value::object().with("temp", 31.5)),
-        false,
-    );
+    t.call_endpoint("email_alert", Some(Value::object().with("temp", 31.5)), false);
     expect(&mut t, &["endpoint_noack"]);
 }
 
@@ -161,11 +141,7 @@ fn writes_to_a_streamed_input_follow_the_reply_with_an_event() {
     );
     sent(&mut t);
     t.handle_frame(
-        Frame::Message(
-            Message::new(6, Signal::None)
-                .with_path(&["led"])
-                .with_payload(true),
-        ),
+        Frame::Message(Message::new(6, Signal::None).with_path(&["led"]).with_payload(true)),
         2,
     );
     assert_eq!(
@@ -186,10 +162,7 @@ fn odd_requests() {
     t.handle_frame(Frame::Message(Message::ok(0, None)), 0);
     sent(&mut t);
     // Stream id 0: run, but no reply.
-    t.handle_frame(
-        Frame::Message(Message::new(0, Signal::None).with_path(&["temp"])),
-        1,
-    );
+    t.handle_frame(Frame::Message(Message::new(0, Signal::None).with_path(&["temp"])), 1);
     assert!(sent(&mut t).is_empty());
     // A plain string path is the empty path: OK, no payload.
     t.handle_frame(

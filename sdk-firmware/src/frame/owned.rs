@@ -3,9 +3,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{
-    FrameError, FrameLimits, FrameRef, MessageRef, Signal, decode_frame, key, write_header_fields,
-};
+use super::{FrameError, FrameLimits, FrameRef, MessageRef, Signal, decode_frame, key, write_header_fields};
 use crate::pson::Value;
 
 /// An owned MESSAGE.
@@ -27,11 +25,7 @@ pub enum Frame {
 
 /// A resource path as the RESOURCE field carries it: an array of strings.
 pub fn path_value<S: AsRef<str>>(path: &[S]) -> Value {
-    Value::Array(
-        path.iter()
-            .map(|s| Value::Str(String::from(s.as_ref())))
-            .collect(),
-    )
+    Value::Array(path.iter().map(|s| Value::Str(String::from(s.as_ref()))).collect())
 }
 
 impl Message {

@@ -93,9 +93,7 @@ mod owned {
             "cfg_level_reply" => Message::ok(12, Some(7.into())),
             "unknown" => m(13, Signal::None).with_path(&["nope"]),
             "unknown_reply" => Message::error(13),
-            "start_stream" => m(15, Signal::StartStream)
-                .with_path(&["temp"])
-                .with_payload(1000),
+            "start_stream" => m(15, Signal::StartStream).with_path(&["temp"]).with_payload(1000),
             "start_reply" => Message::ok(15, None),
             "sample" => m(15, Signal::StreamSample).with_payload(out_215),
             "stop_stream" => m(16, Signal::StopStream).with_path(&["temp"]),
@@ -118,9 +116,7 @@ mod owned {
             "set_property" => m(0, Signal::SetProperty)
                 .with_identifier("cfg2")
                 .with_payload(Value::object().with("mode", "eco")),
-            "call_device" => m(0, Signal::CallDevice)
-                .with_identifier("devB")
-                .with_path(&["led"]),
+            "call_device" => m(0, Signal::CallDevice).with_identifier("devB").with_path(&["led"]),
             other => panic!("no expectation for {other}"),
         })
     }
@@ -148,10 +144,7 @@ mod owned {
                 frames.push(f);
             }
         }
-        let want: vec::Vec<Frame> = exchange()
-            .into_iter()
-            .map(|(_, l, _)| expected(l))
-            .collect();
+        let want: vec::Vec<Frame> = exchange().into_iter().map(|(_, l, _)| expected(l)).collect();
         assert_eq!(frames, want);
         assert_eq!(dec.buffered(), 0);
     }
@@ -192,10 +185,7 @@ fn strictness() {
         ),
         ("01 02 3E 00", FrameError::UnknownPsonField { field: 7 }),
         ("01 02 2E 00", FrameError::UnknownPsonField { field: 5 }),
-        (
-            "01 03 36 4A 05",
-            FrameError::Pson(crate::pson::DecodeError::Truncated),
-        ),
+        ("01 03 36 4A 05", FrameError::Pson(crate::pson::DecodeError::Truncated)),
     ];
     for (bytes, err) in cases {
         assert_eq!(decode_frame(&hex(bytes), &l), Err(*err), "{bytes}");

@@ -94,10 +94,7 @@ mod owned {
         assert_eq!(Value::from(22.0), Value::Int(22));
         assert_eq!(Value::from(22.0).to_bytes(), hex("08 16"));
         assert_eq!(Value::from(21.5), Value::Float(21.5));
-        assert_eq!(
-            Value::from(core::f64::consts::PI),
-            Value::Float(core::f32::consts::PI)
-        );
+        assert_eq!(Value::from(core::f64::consts::PI), Value::Float(core::f32::consts::PI));
         assert_eq!(Value::from(123456.789), Value::Double(123456.789));
         assert_eq!(Value::from(-0.0), Value::Int(0));
         assert_eq!(Value::from(1e19), Value::UInt(10_000_000_000_000_000_000));
@@ -148,14 +145,8 @@ mod owned {
             ("18", DecodeError::UnknownType { tag: 0x18 }),
             ("4C", DecodeError::UnknownType { tag: 0x4C }),
             ("80 01", DecodeError::UnknownType { tag: 0x80 }),
-            (
-                "10 81 80 80 80 80 80 80 80 80 01",
-                DecodeError::IntegerRange,
-            ),
-            (
-                "08 FF FF FF FF FF FF FF FF FF 02",
-                DecodeError::VarintOverflow,
-            ),
+            ("10 81 80 80 80 80 80 80 80 80 01", DecodeError::IntegerRange),
+            ("08 FF FF FF FF FF FF FF FF FF 02", DecodeError::VarintOverflow),
             ("4A FF FF FF FF 1F", DecodeError::VarintOverflow),
             ("38 38", DecodeError::TrailingBytes { count: 1 }),
         ];
@@ -218,8 +209,5 @@ fn ref_decode_without_alloc() {
     v.encode(&mut sink).expect("fits");
     assert_eq!(sink.written(), &b[..]);
     let mut tiny = [0u8; 4];
-    assert_eq!(
-        v.encode(&mut crate::SliceSink::new(&mut tiny)),
-        Err(crate::BufferFull)
-    );
+    assert_eq!(v.encode(&mut crate::SliceSink::new(&mut tiny)), Err(crate::BufferFull));
 }

@@ -4,8 +4,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::{
-    DecodeError, Head, Limits, ValueRef, delimited_len, read_head, read_key, tag, write_bytes,
-    write_double, write_float, write_int, write_key, write_str, write_uint,
+    DecodeError, Head, Limits, ValueRef, delimited_len, read_head, read_key, tag, write_bytes, write_double,
+    write_float, write_int, write_key, write_str, write_uint,
 };
 use crate::varint;
 use crate::{BufferFull, Sink};
@@ -44,9 +44,7 @@ impl Value {
     pub fn number(v: f64) -> Self {
         // Integral values within the integer range become integers (22.0 → `08 16`).
         // The casts stand in for `fract()`, which `core` lacks; NaN fails every comparison.
-        if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v)
-            && (v as i64) as f64 == v
-        {
+        if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&v) && (v as i64) as f64 == v {
             return Value::Int(v as i64);
         }
         if (0.0..18_446_744_073_709_551_616.0).contains(&v) && (v as u64) as f64 == v {
@@ -122,10 +120,7 @@ impl Value {
 
     /// The first value under `key`, if this is an object.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.as_object()?
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
+        self.as_object()?.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// The value under `key`, inserting [`Value::Unset`] if missing. Turns a non-object
@@ -171,9 +166,7 @@ impl Value {
     /// Decodes `buf`, which must hold exactly one value.
     pub fn decode_with(buf: &[u8], limits: &Limits) -> Result<Self, DecodeError> {
         if buf.len() > limits.max_size {
-            return Err(DecodeError::TooLarge {
-                limit: limits.max_size,
-            });
+            return Err(DecodeError::TooLarge { limit: limits.max_size });
         }
         let (v, rest) = decode_value(buf, 0, limits)?;
         match rest.len() {
@@ -194,11 +187,7 @@ impl Value {
             ValueRef::Double(d) => Value::Double(d),
             ValueRef::Str(s) => Value::Str(s.into()),
             ValueRef::Bytes(b) => Value::Bytes(b.into()),
-            ValueRef::Object(o) => Value::Object(
-                o.iter()
-                    .map(|(k, v)| (k.into(), Value::from_ref(v)))
-                    .collect(),
-            ),
+            ValueRef::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.into(), Value::from_ref(v))).collect()),
             ValueRef::Array(a) => Value::Array(a.iter().map(Value::from_ref).collect()),
         }
     }
@@ -365,11 +354,7 @@ pub(crate) fn end_container(out: &mut Vec<u8>, at: usize) {
 }
 
 /// Decodes one owned value directly (no separate validation pass).
-fn decode_value<'a>(
-    buf: &'a [u8],
-    depth: usize,
-    limits: &Limits,
-) -> Result<(Value, &'a [u8]), DecodeError> {
+fn decode_value<'a>(buf: &'a [u8], depth: usize, limits: &Limits) -> Result<(Value, &'a [u8]), DecodeError> {
     let (head, rest) = read_head(buf)?;
     let v = match head {
         Head::Scalar(v) => Value::from_ref(v),

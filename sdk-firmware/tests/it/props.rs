@@ -39,15 +39,13 @@ fn message() -> impl Strategy<Value = Message> {
         prop::option::of(value()),
         prop::option::of(value()),
     )
-        .prop_map(
-            |(stream_id, signal, identifier, resource, payload)| Message {
-                stream_id,
-                signal,
-                identifier,
-                resource,
-                payload,
-            },
-        )
+        .prop_map(|(stream_id, signal, identifier, resource, payload)| Message {
+            stream_id,
+            signal,
+            identifier,
+            resource,
+            payload,
+        })
 }
 
 /// Compares through the encoding, so NaN payloads compare equal to themselves.

@@ -47,10 +47,7 @@ pub fn sensor(seed: u64) -> Thing {
         *out = (40 + (n % 17) as i64).into();
     });
     let led = Arc::new(AtomicBool::new(false));
-    thing.resource("led").input(move |v| match v.as_bool() {
-        Some(on) => led.store(on, Ordering::Relaxed),
-        None => *v = led.load(Ordering::Relaxed).into(),
-    });
+    thing.resource("led").input_bool(led);
     thing.resource("in_out").input_output(|input, out| {
         let a = input.entry("value1").or_insert(0).as_i64().unwrap_or(0);
         let b = input.entry("value2").or_insert(0).as_i64().unwrap_or(0);

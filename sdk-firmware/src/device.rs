@@ -206,11 +206,9 @@ impl Thing {
             let (sid, path, interval) = (s.stream_id, s.path.clone(), s.interval_ms);
             self.send_stream(sid, &path, Signal::StreamSample);
             if let Some(s) = self.streams.get_mut(i) {
-                // Skip missed ticks rather than bursting after a stall.
-                s.next_sample_ms = now_ms.max(s.next_sample_ms + interval);
-                if s.next_sample_ms <= now_ms {
-                    s.next_sample_ms = now_ms + interval;
-                }
+                // The next tick, or one interval from now after a stall: no burst of catch-up samples.
+                let next = s.next_sample_ms + interval;
+                s.next_sample_ms = if next > now_ms { next } else { now_ms + interval };
             }
         }
     }

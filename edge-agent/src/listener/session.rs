@@ -12,7 +12,7 @@
 //!   answered.
 //! * A keep-alive is answered with exactly `02 00`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use twinlake_sdk::frame::{Frame, KEEP_ALIVE, Message, Signal};
 use twinlake_sdk::pson::Value;
@@ -106,7 +106,7 @@ enum State {
 pub struct Session {
     state: State,
     last_sid: u16,
-    in_flight: HashMap<u32, ()>,
+    in_flight: HashSet<u32>,
     streams: HashMap<u32, Vec<String>>,
     outbox: VecDeque<Vec<u8>>,
 }
@@ -123,7 +123,7 @@ impl Session {
         Self {
             state: State::AwaitingAuth,
             last_sid: 0,
-            in_flight: HashMap::new(),
+            in_flight: HashSet::new(),
             streams: HashMap::new(),
             outbox: VecDeque::new(),
         }
@@ -201,7 +201,7 @@ impl Session {
             Signal::RequestOk | Signal::RequestError => {
                 // A reply to something we did not ask (or a stray OK the device turned
                 // into an error) is ignored.
-                if self.in_flight.remove(&m.stream_id).is_none() {
+                if !self.in_flight.remove(&m.stream_id) {
                     return Ok(None);
                 }
                 SessionEvent::Reply {
@@ -253,7 +253,7 @@ impl Session {
     pub fn request(&mut self, mut m: Message) -> u32 {
         let sid = self.next_sid();
         m.stream_id = sid;
-        self.in_flight.insert(sid, ());
+        self.in_flight.insert(sid);
         match m.signal {
             Signal::StartStream => {
                 let path = m
@@ -306,7 +306,7 @@ impl Session {
         loop {
             self.last_sid = self.last_sid.checked_add(1).unwrap_or(1);
             let sid = u32::from(self.last_sid);
-            if !self.in_flight.contains_key(&sid) && !self.streams.contains_key(&sid) {
+            if !self.in_flight.contains(&sid) && !self.streams.contains_key(&sid) {
                 return sid;
             }
         }

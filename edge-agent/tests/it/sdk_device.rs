@@ -54,11 +54,7 @@ fn spawn_device(config: ClientConfig) -> Device {
     let led = Arc::new(AtomicBool::new(false));
     let rebooted = Arc::new(AtomicBool::new(false));
     thing.resource("temp").output(|out| *out = 21.5.into());
-    let l = led.clone();
-    thing.resource("led").input(move |v| match v.as_bool() {
-        Some(on) => l.store(on, Ordering::SeqCst),
-        None => *v = l.load(Ordering::SeqCst).into(),
-    });
+    thing.resource("led").input_bool(led.clone());
     thing.resource("sum").input_output(|input, out| {
         let a = input.entry("value1").or_insert(0).as_i64().unwrap_or(0);
         let b = input.entry("value2").or_insert(0).as_i64().unwrap_or(0);

@@ -122,6 +122,16 @@ impl Resource {
         self
     }
 
+    /// A boolean input backed by shared state, like `thing["led"] << digitalPin(LED)`:
+    /// writes set it, and reads (templates, event streams) report it.
+    pub fn input_bool(&mut self, state: alloc::sync::Arc<core::sync::atomic::AtomicBool>) -> &mut Self {
+        use core::sync::atomic::Ordering;
+        self.input(move |v| match v.as_bool() {
+            Some(on) => state.store(on, Ordering::Relaxed),
+            None => *v = state.load(Ordering::Relaxed).into(),
+        })
+    }
+
     /// An output resource (`>>`): the closure fills in the value.
     pub fn output(&mut self, f: impl FnMut(&mut Value) + Send + 'static) -> &mut Self {
         self.handler = Handler::Output(Box::new(f));

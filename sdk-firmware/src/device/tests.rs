@@ -14,11 +14,7 @@ pub(crate) fn spec_device() -> (Thing, Arc<AtomicBool>, Arc<AtomicBool>) {
     let led = Arc::new(AtomicBool::new(false));
     let rebooted = Arc::new(AtomicBool::new(false));
     t.resource("temp").output(|out| *out = 21.5.into());
-    let l = led.clone();
-    t.resource("led").input(move |v| match v.as_bool() {
-        Some(on) => l.store(on, Ordering::SeqCst),
-        None => *v = l.load(Ordering::SeqCst).into(),
-    });
+    t.resource("led").input_bool(led.clone());
     t.resource("sum").input_output(|input, out| {
         let a = input.entry("value1").or_insert(0).as_i64().unwrap_or(0);
         let b = input.entry("value2").or_insert(0).as_i64().unwrap_or(0);

@@ -317,8 +317,17 @@ fn check_utf8(bytes: &[u8]) -> Result<(), DecodeError> {
 /// without, the body is already known to be valid and containers are skipped whole.
 #[inline]
 pub(crate) fn skip_value(body: &[u8], i: usize, validate: Option<(usize, &Limits)>) -> Result<usize, DecodeError> {
-    let tag = *body.get(i).ok_or(DecodeError::LengthMismatch)?;
-    let i = i + 1;
+    let (tag, i) = match body.get(i) {
+        Some(&t) if t < 0x80 => (t, i + 1),
+        Some(_) => {
+            // A tag in a longer varint than needed (`80 00` is null): the device reads tags
+            // as varints and accepts it, and so does `read_head`, so accept it here too.
+            let rest = body.get(i..).unwrap_or_default();
+            let (t, n) = varint::decode_u64(rest).map_err(|e| inner_error(e.into()))?;
+            (u8::try_from(t).map_err(|_| DecodeError::UnknownType { tag: t })?, i + n)
+        }
+        None => return Err(DecodeError::LengthMismatch),
+    };
     let fixed = |n: usize| {
         let end = i + n;
         if end <= body.len() {
@@ -361,13 +370,7 @@ pub(crate) fn skip_value(body: &[u8], i: usize, validate: Option<(usize, &Limits
             }
             Ok(next)
         }
-        t if t < 0x80 => Err(DecodeError::UnknownType { tag: u64::from(t) }),
-        _ => {
-            // A multi-byte tag: report its full value.
-            let (t, _) =
-                varint::decode_u64(body.get(i - 1..).unwrap_or_default()).map_err(|e| inner_error(e.into()))?;
-            Err(DecodeError::UnknownType { tag: t })
-        }
+        t => Err(DecodeError::UnknownType { tag: u64::from(t) }),
     }
 }
 

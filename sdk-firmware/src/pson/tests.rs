@@ -121,6 +121,26 @@ mod owned {
     }
 
     #[test]
+    fn overlong_tags_are_read_as_varints_like_the_device_does() {
+        // Found by the fuzzer: `80 00` is tag 0 (null) in a two-byte varint. Both decoders,
+        // at the top and inside containers, must take it the same way.
+        for (bytes, want) in [
+            ("80 00", Value::Null),
+            ("72 02 80 00", Value::Array(vec![Value::Null])),
+            ("6A 04 01 61 C0 00", Value::object().with("a", 1)),
+        ] {
+            let b = hex(bytes);
+            assert_eq!(Value::decode(&b), Ok(want.clone()), "owned {bytes}");
+            assert_eq!(ValueRef::decode(&b).map(Value::from_ref), Ok(want), "ref {bytes}");
+        }
+        for bytes in ["72 03 80 80 01", "72 02 80 03", "72 03 98 80 00"] {
+            let b = hex(bytes);
+            assert_eq!(Value::decode(&b).err(), ValueRef::decode(&b).err(), "{bytes}");
+            assert!(Value::decode(&b).is_err(), "{bytes}");
+        }
+    }
+
+    #[test]
     fn duplicates_keep_order_first_wins() {
         let bytes = hex("6A 06 01 61 40 01 61 38");
         let v = Value::decode(&bytes).expect("valid");

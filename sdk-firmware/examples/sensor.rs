@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run -p twinlake-sdk --example sensor -- HOST:PORT USER DEVICE CREDENTIAL [--tls CA.pem | --insecure]
 //! ```
+//!
+//! The edge agent's integration tests run [`sensor_thing`] against the listener.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,37 +14,8 @@ use std::time::Instant;
 use twinlake_sdk::client::{Client, ClientConfig, Tls};
 use twinlake_sdk::device::Thing;
 
-fn usage() -> ! {
-    eprintln!("usage: sensor HOST:PORT USER DEVICE CREDENTIAL [--tls CA.pem | --insecure]");
-    std::process::exit(2)
-}
-
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, user, device, credential, rest @ ..] = args.as_slice() else {
-        usage()
-    };
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        usage()
-    };
-    let Ok(port) = port.parse() else { usage() };
-    let mut config = ClientConfig::new(host, port, user, device, credential);
-    config.tls = match rest {
-        [] => Tls::Off,
-        [flag] if flag == "--insecure" => Tls::Insecure,
-        [flag, ca] if flag == "--tls" => match std::fs::read(ca)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| Tls::from_ca_pem(&pem).map_err(|e| e.to_string()))
-        {
-            Ok(tls) => tls,
-            Err(e) => {
-                eprintln!("cannot use {ca}: {e}");
-                std::process::exit(2)
-            }
-        },
-        _ => usage(),
-    };
-
+/// The device: the sketch's three resources. Returns the LED state too.
+pub fn sensor_thing() -> (Thing, Arc<AtomicBool>) {
     let mut thing = Thing::default();
     let led = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -67,7 +40,40 @@ fn main() {
         *out.entry("sum") = a.saturating_add(b).into();
         *out.entry("mult") = a.saturating_mul(b).into();
     });
+    (thing, led)
+}
 
+fn usage() -> ! {
+    eprintln!("usage: sensor HOST:PORT USER DEVICE CREDENTIAL [--tls CA.pem | --insecure]");
+    std::process::exit(2)
+}
+
+fn tls_from(ca: &str) -> Result<Tls, String> {
+    let pem = std::fs::read(ca).map_err(|e| e.to_string())?;
+    Tls::from_ca_pem(&pem).map_err(|e| e.to_string())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, user, device, credential, rest @ ..] = args.as_slice() else {
+        usage()
+    };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        usage()
+    };
+    let Ok(port) = port.parse() else { usage() };
+    let mut config = ClientConfig::new(host, port, user, device, credential);
+    config.tls = match rest {
+        [] => Tls::Off,
+        [flag] if flag == "--insecure" => Tls::Insecure,
+        [flag, ca] if flag == "--tls" => tls_from(ca).unwrap_or_else(|e| {
+            eprintln!("cannot use {ca}: {e}");
+            std::process::exit(2)
+        }),
+        _ => usage(),
+    };
+
+    let (thing, _led) = sensor_thing();
     let mut client = Client::new(config, thing);
     let mut was_connected = false;
     loop {

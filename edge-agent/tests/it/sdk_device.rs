@@ -263,3 +263,60 @@ async fn sdk_device_reconnects_after_the_server_drops_it() {
     assert!(connected);
     assert_eq!(connects, 2);
 }
+
+/// The SDK's example device (`sdk-firmware/examples/sensor.rs`), its own source.
+#[path = "../../../sdk-firmware/examples/sensor.rs"]
+#[allow(dead_code)]
+mod example;
+
+async fn example_device(tls: bool) {
+    let srv = start(ListenerConfig::default(), tls).await;
+    let mut config = client_config(&srv, tls);
+    config.device = "sensor1".into();
+    let (thing, led) = example::sensor_thing();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || Client::new(config, thing).run(&s, |_| {}));
+    let h = srv
+        .devices
+        .wait_for("alice", "sensor1", Duration::from_secs(10))
+        .await
+        .expect("online");
+
+    let entry = |f: i64| Value::object().with("al", 0).with("fn", f);
+    assert_eq!(
+        h.describe().await.expect("describe"),
+        Value::object()
+            .with("led", entry(2))
+            .with("millis", entry(3))
+            .with("in_out", entry(4))
+    );
+    assert!(matches!(h.read(&["millis"]).await.expect("read"), Some(Value::Int(ms)) if ms >= 0));
+    h.write(&["led"], true.into()).await.expect("write");
+    assert!(led.load(Ordering::SeqCst));
+    let out = h
+        .call(&["in_out"], Some(Value::object().with("value1", 3).with("value2", 4)))
+        .await;
+    assert_eq!(
+        out.expect("call"),
+        Some(Value::object().with("sum", 7).with("mult", 12))
+    );
+    assert_eq!(
+        h.template(&["in_out"]).await.expect("template"),
+        Value::object()
+            .with("out", Value::object().with("sum", 0).with("mult", 0))
+            .with("in", Value::object().with("value1", 0).with("value2", 0))
+    );
+    stop.store(true, Ordering::SeqCst);
+    thread.join().expect("device thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_device_over_tcp() {
+    example_device(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_device_over_tls() {
+    example_device(true).await;
+}

@@ -38,6 +38,16 @@ pub struct DeviceKey {
     pub device: String,
 }
 
+impl DeviceKey {
+    /// The key of `device` in `user`'s account.
+    pub fn new(user: &str, device: &str) -> Self {
+        Self {
+            user: user.into(),
+            device: device.into(),
+        }
+    }
+}
+
 impl std::fmt::Display for DeviceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.user, self.device)
@@ -57,23 +67,14 @@ pub struct StaticDevices(HashMap<DeviceKey, String>);
 impl StaticDevices {
     /// Adds a device.
     pub fn with(mut self, user: &str, device: &str, credential: &str) -> Self {
-        self.0.insert(
-            DeviceKey {
-                user: user.into(),
-                device: device.into(),
-            },
-            credential.into(),
-        );
+        self.0.insert(DeviceKey::new(user, device), credential.into());
         self
     }
 }
 
 impl Authenticator for StaticDevices {
     fn authenticate(&self, c: &Credentials) -> bool {
-        let key = DeviceKey {
-            user: c.user.clone(),
-            device: c.device.clone(),
-        };
+        let key = DeviceKey::new(&c.user, &c.device);
         self.0
             .get(&key)
             .is_some_and(|want| constant_time_eq(want.as_bytes(), c.credential.as_bytes()))
@@ -407,10 +408,7 @@ async fn handle_frames(
         let Some(event) = event else { continue };
         match event {
             SessionEvent::Auth(creds) => {
-                let key = DeviceKey {
-                    user: creds.user.clone(),
-                    device: creds.device.clone(),
-                };
+                let key = DeviceKey::new(&creds.user, &creds.device);
                 if !shared.auth.authenticate(&creds) {
                     warn!(device = %key, %peer, "authentication failed");
                     conn.session.reject();

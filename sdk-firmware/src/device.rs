@@ -280,7 +280,9 @@ impl Thing {
         }
         // Stream data follows the reply, as on the device.
         match follow {
-            Some(FollowUp::Event(path)) => self.notify_write(&path),
+            Some(FollowUp::Event(path)) => {
+                self.notify_write(&path);
+            }
             Some(FollowUp::StreamStarted(i)) => self.first_stream_data(i),
             None => {}
         }
@@ -309,7 +311,7 @@ impl Thing {
                 Ok((Some(r.template()), None))
             }
             Some(_) => {
-                let r = resource::find_mut(&mut self.resources, &refs).ok_or(RequestError::NoResource)?;
+                let r = resource::find_mut(&mut self.resources, &path).ok_or(RequestError::NoResource)?;
                 let outcome = r.invoke(m.payload.clone());
                 let follow = outcome.wrote_input.then_some(FollowUp::Event(path));
                 Ok((outcome.reply, follow))
@@ -319,8 +321,7 @@ impl Thing {
 
     fn start_stream(&mut self, m: &Message, now_ms: u64) -> Result<(Option<Value>, Option<FollowUp>), RequestError> {
         let path = Self::request_path(m)?;
-        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
-        resource::find_mut(&mut self.resources, &refs).ok_or(RequestError::NoResource)?;
+        resource::find_mut(&mut self.resources, &path).ok_or(RequestError::NoResource)?;
         let interval_ms = m
             .payload
             .as_ref()
@@ -347,8 +348,7 @@ impl Thing {
     fn first_stream_data(&mut self, i: usize) {
         let Some(s) = self.streams.get(i) else { return };
         let (sid, path, interval) = (s.stream_id, s.path.clone(), s.interval_ms);
-        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
-        let io = resource::find_mut(&mut self.resources, &refs).map(|r| r.io());
+        let io = resource::find_mut(&mut self.resources, &path).map(|r| r.io());
         if interval > 0 {
             self.send_stream(sid, &path, Signal::StreamSample);
         } else if matches!(io, Some(Io::Input | Io::InputOutput)) {
@@ -356,22 +356,23 @@ impl Thing {
         }
     }
 
-    /// After an input was written: send its new state on any stream over it.
-    fn notify_write(&mut self, path: &[String]) {
+    /// Sends the resource's current state as a STREAM_EVENT on every stream open on `path`
+    /// (after an input was written, or when the application asks). Returns whether any was.
+    fn notify_write<S: AsRef<str>>(&mut self, path: &[S]) -> bool {
         let sids: Vec<u32> = self
             .streams
             .iter()
-            .filter(|s| s.path == path)
+            .filter(|s| same_path(&s.path, path))
             .map(|s| s.stream_id)
             .collect();
-        for sid in sids {
+        for &sid in &sids {
             self.send_stream(sid, path, Signal::StreamEvent);
         }
+        !sids.is_empty()
     }
 
-    fn send_stream(&mut self, sid: u32, path: &[String], signal: Signal) {
-        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
-        if let Some(r) = resource::find_mut(&mut self.resources, &refs) {
+    fn send_stream<S: AsRef<str>>(&mut self, sid: u32, path: &[S], signal: Signal) {
+        if let Some(r) = resource::find_mut(&mut self.resources, path) {
             let payload = r.template();
             self.send(&Message::new(sid, signal).with_payload(payload));
         }
@@ -380,24 +381,12 @@ impl Thing {
     /// Streams the resource's current value now, if the server has a stream open on it
     /// (`thing.stream("x")`). Returns whether anything was sent.
     pub fn stream(&mut self, path: &[&str]) -> bool {
-        let sids: Vec<u32> = self
-            .streams
-            .iter()
-            .filter(|s| s.path.iter().map(String::as_str).eq(path.iter().copied()))
-            .map(|s| s.stream_id)
-            .collect();
-        let owned: Vec<String> = path.iter().map(|s| String::from(*s)).collect();
-        for &sid in &sids {
-            self.send_stream(sid, &owned, Signal::StreamEvent);
-        }
-        !sids.is_empty()
+        self.notify_write(path)
     }
 
     /// Whether the server has a stream open on `path`.
     pub fn is_streaming(&self, path: &[&str]) -> bool {
-        self.streams
-            .iter()
-            .any(|s| s.path.iter().map(String::as_str).eq(path.iter().copied()))
+        self.streams.iter().any(|s| same_path(&s.path, path))
     }
 
     /// Calls a server endpoint (CALL_ENDPOINT). With `confirm`, the server acks, and an
@@ -478,6 +467,11 @@ impl Thing {
     fn send(&mut self, m: &Message) {
         self.outbox.push_back(m.to_frame());
     }
+}
+
+/// Whether a stream's path is `path`.
+fn same_path<S: AsRef<str>>(stream: &[String], path: &[S]) -> bool {
+    stream.iter().map(String::as_str).eq(path.iter().map(AsRef::as_ref))
 }
 
 /// What a handled request still has to do after its reply went out.

@@ -27,10 +27,7 @@ impl Devices {
 
     /// The handle of a connected device.
     pub fn get(&self, user: &str, device: &str) -> Option<DeviceHandle> {
-        let key = DeviceKey {
-            user: user.into(),
-            device: device.into(),
-        };
+        let key = DeviceKey::new(user, device);
         self.0.devices.lock().ok()?.get(&key).map(|(_, h)| h.clone())
     }
 
@@ -62,10 +59,7 @@ impl Devices {
 
     /// Sets a property the device can read with GET_PROPERTY.
     pub fn set_property(&self, user: &str, device: &str, property: &str, value: Value) {
-        let key = DeviceKey {
-            user: user.into(),
-            device: device.into(),
-        };
+        let key = DeviceKey::new(user, device);
         if let Ok(mut p) = self.0.properties.lock() {
             p.insert((key, property.into()), value);
         }
@@ -73,10 +67,7 @@ impl Devices {
 
     /// A property's value.
     pub fn property(&self, user: &str, device: &str, property: &str) -> Option<Value> {
-        let key = DeviceKey {
-            user: user.into(),
-            device: device.into(),
-        };
+        let key = DeviceKey::new(user, device);
         self.0.properties.lock().ok()?.get(&(key, property.into())).cloned()
     }
 }

@@ -234,9 +234,9 @@ pub(crate) fn child_mut<'a>(list: &'a mut Vec<Resource>, name: &str) -> &'a mut 
 }
 
 /// The resource at `path`, if it exists.
-pub(crate) fn find_mut<'a>(list: &'a mut [Resource], path: &[&str]) -> Option<&'a mut Resource> {
+pub(crate) fn find_mut<'a, S: AsRef<str>>(list: &'a mut [Resource], path: &[S]) -> Option<&'a mut Resource> {
     let (first, rest) = path.split_first()?;
-    let r = list.iter_mut().find(|r| r.name == *first)?;
+    let r = list.iter_mut().find(|r| r.name == first.as_ref())?;
     if rest.is_empty() {
         Some(r)
     } else {

@@ -263,9 +263,9 @@ pub(crate) fn read_key(buf: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
 
 /// Validates a container body and everything inside it.
 ///
-/// This is the hot path of decoding, so it works on indices and single tag bytes rather
-/// than building values: every PSON type has a one-byte tag, so anything at or above 0x80
-/// is an unknown type.
+/// This is the hot path of decoding, so it works on indices and tag bytes rather than
+/// building values. Every PSON type has a one-byte tag; an over-long tag varint is read as
+/// the device reads it (see [`skip_value`]).
 fn validate_body(body: &[u8], is_object: bool, depth: usize, limits: &Limits) -> Result<(), DecodeError> {
     if depth > limits.max_depth {
         return Err(DecodeError::TooDeep {
@@ -501,6 +501,7 @@ pub(crate) const fn delimited_len(len: usize) -> usize {
     }
 }
 
+#[inline]
 pub(crate) fn write_uint<S: Sink + ?Sized>(sink: &mut S, u: u64) -> Result<(), BufferFull> {
     match u {
         0 => sink.put_u8(tag::ZERO),
@@ -512,6 +513,7 @@ pub(crate) fn write_uint<S: Sink + ?Sized>(sink: &mut S, u: u64) -> Result<(), B
     }
 }
 
+#[inline]
 pub(crate) fn write_int<S: Sink + ?Sized>(sink: &mut S, i: i64) -> Result<(), BufferFull> {
     if i >= 0 {
         write_uint(sink, i.unsigned_abs())
@@ -521,16 +523,19 @@ pub(crate) fn write_int<S: Sink + ?Sized>(sink: &mut S, i: i64) -> Result<(), Bu
     }
 }
 
+#[inline]
 pub(crate) fn write_float<S: Sink + ?Sized>(sink: &mut S, f: f32) -> Result<(), BufferFull> {
     let b = f.to_le_bytes();
     sink.put(&[tag::FLOAT, b[0], b[1], b[2], b[3]])
 }
 
+#[inline]
 pub(crate) fn write_double<S: Sink + ?Sized>(sink: &mut S, d: f64) -> Result<(), BufferFull> {
     sink.put_u8(tag::DOUBLE)?;
     sink.put(&d.to_le_bytes())
 }
 
+#[inline]
 pub(crate) fn write_str<S: Sink + ?Sized>(sink: &mut S, s: &str) -> Result<(), BufferFull> {
     if s.is_empty() {
         return sink.put_u8(tag::EMPTY_STRING);
@@ -539,6 +544,7 @@ pub(crate) fn write_str<S: Sink + ?Sized>(sink: &mut S, s: &str) -> Result<(), B
     write_key(sink, s)
 }
 
+#[inline]
 pub(crate) fn write_bytes<S: Sink + ?Sized>(sink: &mut S, b: &[u8]) -> Result<(), BufferFull> {
     if b.is_empty() {
         return sink.put_u8(tag::EMPTY_BYTES);
@@ -549,6 +555,7 @@ pub(crate) fn write_bytes<S: Sink + ?Sized>(sink: &mut S, b: &[u8]) -> Result<()
 }
 
 /// An object key: varint length and bytes, no tag.
+#[inline]
 pub(crate) fn write_key<S: Sink + ?Sized>(sink: &mut S, k: &str) -> Result<(), BufferFull> {
     varint::write_u64(sink, k.len() as u64)?;
     sink.put(k.as_bytes())

@@ -253,21 +253,6 @@ impl Value {
                 }
                 end_container(out, start);
             }
-            // The common scalars straight onto the vector: this is the hot path.
-            Value::Float(f) => {
-                let b = f.to_le_bytes();
-                out.extend_from_slice(&[tag::FLOAT, b[0], b[1], b[2], b[3]]);
-            }
-            Value::Int(i @ 2..) => {
-                out.push(tag::POS_INT);
-                varint_vec(out, i.unsigned_abs());
-            }
-            Value::Str(s) if !s.is_empty() => {
-                out.push(tag::STRING);
-                varint_vec(out, s.len() as u64);
-                out.extend_from_slice(s.as_bytes());
-            }
-            Value::Bool(b) => out.push(if *b { tag::TRUE } else { tag::FALSE }),
             // Writing to a Vec cannot fail.
             other => {
                 let _ = other.encode_scalar(out);

@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use twinlake_edge::listener::{
-    DeviceEventKind, DeviceHandle, DeviceListener, Devices, ListenerConfig, StaticDevices, tls_acceptor,
-};
+use twinlake_edge::listener::{DeviceEventKind, DeviceHandle, DeviceListener, Devices, ListenerConfig, tls_acceptor};
+use twinlake_edge::registry::DeviceRegistry;
 use twinlake_sdk::json::to_json;
 use twinlake_sdk::pson::Value;
 
@@ -50,7 +49,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::write(&ca_path, cert.cert.pem())?;
     let acceptor = tls_acceptor(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes())?;
 
-    let mut registry = StaticDevices::default();
+    let mut registry = DeviceRegistry::new();
     for i in 1..=args.devices.max(1) {
         registry = registry.with(USER, &format!("sensor-{i}"), CREDENTIAL);
     }

@@ -1,6 +1,7 @@
 //! `twinlake`: the one binary. Thin CLI wiring over the library crates.
 
 mod demo;
+mod edge;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -20,21 +21,32 @@ struct Cli {
 enum Command {
     /// Run everything on embedded defaults: the device listener and a simulated fleet.
     Demo(demo::DemoArgs),
+    /// Run the edge agent: device listener, WAL, Parquet, upload.
+    Edge(edge::EdgeArgs),
     /// Run simulated devices against a listener.
     Sim(sim::SimArgs),
+    /// Print the stored form of a device credential, for the registry.
+    HashCredential(edge::HashArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     // One rustls provider for the whole process, installed before any TLS is used.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // RUST_LOG picks the levels; TWINLAKE_LOG_FORMAT=json gives one JSON object per line.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,twinlake=info,twinlake_edge=info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("TWINLAKE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
+        Command::Edge(args) => edge::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::HashCredential(args) => edge::hash(args),
     }
 }

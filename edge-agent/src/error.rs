@@ -20,6 +20,18 @@ pub enum Error {
     DeviceError { device: String, path: String },
     #[error("device {0} disconnected before answering")]
     Disconnected(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("damaged state: {0}")]
+    Corrupt(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
 }
 
 impl Error {
@@ -27,7 +39,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::DeviceOffline(_) | Error::DeviceTimeout { .. } | Error::Disconnected(_)
+            Error::DeviceOffline(_)
+                | Error::DeviceTimeout { .. }
+                | Error::Disconnected(_)
+                | Error::ObjectStore(_)
+                | Error::Io(_)
         )
     }
 }

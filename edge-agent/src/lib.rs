@@ -1,14 +1,33 @@
 //! # twinlake-edge: the gateway end of the data path
 //!
 //! Devices connect here first. The [`listener`] speaks the Thinger.io classic protocol over
-//! TCP (default port 25200) and TLS (25202) on the `twinlake-sdk` codec: it authenticates
-//! each device, keeps its connection alive, lets the platform describe, read, write, call
-//! and stream its resources through a [`listener::DeviceHandle`], and hands everything the
-//! device sends on as [`listener::DeviceEvent`]s over a bounded channel.
+//! TCP (default port 25200) and TLS (25202) on the `twinlake-sdk` codec and checks devices
+//! against the [`registry`] (hashed credentials, rate-limited refusals). What they send is
+//! flattened into rows ([`model`]), written to a crash-safe [`wal`] and an Arrow [`buffer`],
+//! sealed into Parquet in the [`outbox`] and shipped to any object store by the [`upload`]
+//! loop. [`agent::EdgeAgent`] wires it all, with Prometheus [`metrics`].
 //!
-//! Later stages of the agent (WAL, Arrow buffer, Parquet, upload) consume those events.
+//! ```text
+//! devices ─TCP/TLS─▶ listener ─events─▶ ingest ─┬▶ WAL (fsync, group commit)
+//!                                               └▶ Arrow buffer ─seal─▶ outbox/*.parquet ─▶ object store
+//! ```
 
+pub mod agent;
+pub mod buffer;
+pub mod config;
 pub mod error;
+pub mod ingest;
 pub mod listener;
+pub mod metrics;
+pub mod model;
+pub mod outbox;
+pub mod registry;
+pub mod upload;
+pub mod wal;
 
+pub use agent::EdgeAgent;
+pub use config::EdgeConfig;
 pub use error::Error;
+
+// The Arrow stack this crate writes with, for tools and tests that read its files.
+pub use {arrow, object_store, parquet};

@@ -30,6 +30,8 @@ use session::{Credentials, Session, SessionEvent};
 pub use tls::{ServerTls, tls_acceptor};
 
 use crate::Error;
+use crate::metrics::Metrics;
+use crate::registry::RateLimiter;
 
 /// Identifies a device: the user (account) and the device id, as in AUTH.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,31 +62,6 @@ pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, credentials: &Credentials) -> bool;
 }
 
-/// A fixed list of devices and their credentials.
-#[derive(Debug, Default, Clone)]
-pub struct StaticDevices(HashMap<DeviceKey, String>);
-
-impl StaticDevices {
-    /// Adds a device.
-    pub fn with(mut self, user: &str, device: &str, credential: &str) -> Self {
-        self.0.insert(DeviceKey::new(user, device), credential.into());
-        self
-    }
-}
-
-impl Authenticator for StaticDevices {
-    fn authenticate(&self, c: &Credentials) -> bool {
-        let key = DeviceKey::new(&c.user, &c.device);
-        self.0
-            .get(&key)
-            .is_some_and(|want| constant_time_eq(want.as_bytes(), c.credential.as_bytes()))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -105,6 +82,10 @@ pub struct ListenerConfig {
     pub event_capacity: usize,
     /// Capacity of each device's command queue.
     pub command_capacity: usize,
+    /// Failed logins per address, and lockouts; `None` turns rate limiting off.
+    pub auth_limiter: Option<Arc<RateLimiter>>,
+    /// Where the listener counts logins and connections.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for ListenerConfig {
@@ -118,6 +99,12 @@ impl Default for ListenerConfig {
             limits: FrameLimits::DEFAULT,
             event_capacity: 4096,
             command_capacity: 64,
+            auth_limiter: Some(Arc::new(RateLimiter::new(
+                5,
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+            ))),
+            metrics: Arc::default(),
         }
     }
 }
@@ -148,13 +135,19 @@ pub enum DeviceEventKind {
         payload: Option<Value>,
         sample: bool,
     },
+    /// CALL_ENDPOINT. If `ack` is set the device waits for it: call [`Acker::ack`] once
+    /// the call is safely queued.
     Endpoint {
         endpoint: String,
         payload: Option<Value>,
+        ack: Option<Acker>,
     },
+    /// BUCKET_DATA. If `ack` is set (a stream id on the message), confirm with
+    /// [`Acker::ack`] once the record is durable.
     Bucket {
         bucket: String,
         payload: Option<Value>,
+        ack: Option<Acker>,
     },
     PropertySet {
         property: String,
@@ -165,6 +158,41 @@ pub enum DeviceEventKind {
         path: Vec<String>,
         payload: Option<Value>,
     },
+}
+
+/// Confirms one device request, later: the device gets REQUEST_OK or REQUEST_ERROR.
+#[derive(Clone)]
+pub struct Acker {
+    tx: mpsc::Sender<Command>,
+    stream_id: u32,
+}
+
+impl Acker {
+    /// Sends the confirmation. If the device is gone, there is no one to tell.
+    pub fn ack(self, ok: bool) {
+        let cmd = Command::Ack {
+            stream_id: self.stream_id,
+            ok,
+        };
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(cmd) {
+            let tx = self.tx;
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker").field("stream_id", &self.stream_id).finish()
+    }
+}
+
+impl PartialEq for Acker {
+    fn eq(&self, other: &Self) -> bool {
+        self.stream_id == other.stream_id && self.tx.same_channel(&other.tx)
+    }
 }
 
 /// Commands from handles to a connection task.
@@ -409,13 +437,38 @@ async fn handle_frames(
         match event {
             SessionEvent::Auth(creds) => {
                 let key = DeviceKey::new(&creds.user, &creds.device);
-                if !shared.auth.authenticate(&creds) {
-                    warn!(device = %key, %peer, "authentication failed");
+                let metrics = &shared.config.metrics;
+                if let Some(limiter) = &shared.config.auth_limiter
+                    && limiter.is_locked(peer.ip())
+                {
+                    metrics.auth_failures.inc();
+                    metrics.auth_rate_limited.inc();
+                    debug!(device = %key, %peer, "login refused unchecked: the address is locked out");
+                    conn.session.reject();
+                    return Err("authentication refused (rate limited)".into());
+                }
+                // Checking a hash takes CPU time: keep it off the async threads.
+                let auth = shared.auth.clone();
+                let ok = tokio::task::spawn_blocking(move || auth.authenticate(&creds))
+                    .await
+                    .unwrap_or(false);
+                if !ok {
+                    metrics.auth_failures.inc();
+                    let locked = shared
+                        .config
+                        .auth_limiter
+                        .as_ref()
+                        .is_some_and(|l| l.failure(peer.ip()));
+                    warn!(device = %key, %peer, locked_out = locked, "authentication failed");
                     conn.session.reject();
                     return Err("authentication failed".into());
                 }
+                if let Some(limiter) = &shared.config.auth_limiter {
+                    limiter.success(peer.ip());
+                }
                 conn.session.accept();
                 register(shared, conn.id, &key, cmd_tx.clone());
+                metrics.devices_connected.inc();
                 info!(device = %key, %peer, tls, "device connected");
                 emit(shared, &key, DeviceEventKind::Connected { peer, tls }).await;
                 conn.key = Some(key);
@@ -443,12 +496,33 @@ async fn device_request(
     shared: &Arc<Shared>,
     cmd_tx: &mpsc::Sender<Command>,
 ) {
+    let acker = |ack: Option<u32>| {
+        ack.map(|stream_id| Acker {
+            tx: cmd_tx.clone(),
+            stream_id,
+        })
+    };
     let (kind, ack) = match event {
         SessionEvent::Stream {
             path, payload, sample, ..
         } => (DeviceEventKind::Stream { path, payload, sample }, None),
-        SessionEvent::Endpoint { endpoint, payload, ack } => (DeviceEventKind::Endpoint { endpoint, payload }, ack),
-        SessionEvent::Bucket { bucket, payload, ack } => (DeviceEventKind::Bucket { bucket, payload }, ack),
+        // Confirmed by whoever consumes the event, once it is safe (durable).
+        SessionEvent::Endpoint { endpoint, payload, ack } => (
+            DeviceEventKind::Endpoint {
+                endpoint,
+                payload,
+                ack: acker(ack),
+            },
+            None,
+        ),
+        SessionEvent::Bucket { bucket, payload, ack } => (
+            DeviceEventKind::Bucket {
+                bucket,
+                payload,
+                ack: acker(ack),
+            },
+            None,
+        ),
         SessionEvent::SetProperty { property, payload, ack } => {
             if let Ok(mut props) = shared.properties.lock() {
                 props.insert((key.clone(), property.clone()), payload.clone().unwrap_or_default());
@@ -581,6 +655,7 @@ async fn finish(conn: Conn, shared: &Shared, reason: String) {
     {
         d.remove(&key);
     }
+    shared.config.metrics.devices_connected.dec();
     info!(device = %key, %reason, "device disconnected");
     let kind = DeviceEventKind::Disconnected {
         reason,

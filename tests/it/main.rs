@@ -2,6 +2,8 @@
 // Test code: a failed expectation should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod crash;
+
 use std::process::Command;
 
 /// The README's main command, for a few seconds on free ports: devices connect, are

@@ -178,13 +178,14 @@ async fn captured_exchange_against_the_listener() {
 
     // Confirmed endpoint call: the ack is exactly the captured bytes (sid 17767 echoed).
     dev.send(&fixture("call_endpoint")).await;
-    assert_eq!(
-        srv.next_event().await,
-        DeviceEventKind::Endpoint {
-            endpoint: "email_alert".into(),
-            payload: Some(Value::object().with("temp", 31.5))
+    match srv.next_event().await {
+        DeviceEventKind::Endpoint { endpoint, payload, ack } => {
+            assert_eq!(endpoint, "email_alert");
+            assert_eq!(payload, Some(Value::object().with("temp", 31.5)));
+            ack.expect("confirmation wanted").ack(true);
         }
-    );
+        other => panic!("expected an endpoint call, got {other:?}"),
+    }
     assert_eq!(dev.frame_bytes().await, fixture("endpoint_ack"));
 
     // Unconfirmed requests get no reply; the property get is answered with stream id 0.
@@ -193,7 +194,8 @@ async fn captured_exchange_against_the_listener() {
         srv.next_event().await,
         DeviceEventKind::Bucket {
             bucket: "b1".into(),
-            payload: Some(Value::object().with("t", 20))
+            payload: Some(Value::object().with("t", 20)),
+            ack: None
         }
     );
     srv.devices

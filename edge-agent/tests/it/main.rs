@@ -2,6 +2,11 @@
 // Test code: a failed expectation should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod config;
 mod exchange;
+mod ingest;
+mod lake;
+mod s3;
 mod sdk_device;
 mod support;
+mod wal_props;

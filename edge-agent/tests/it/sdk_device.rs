@@ -196,23 +196,32 @@ async fn exercise(tls: bool) {
 
     // Device requests: a confirmed endpoint call, a bucket write, properties.
     let payload = Value::object().with("temp", 31.5);
-    assert!(
-        dev.ask(|tx| Do::ConfirmedEndpoint(payload.clone(), tx)),
-        "endpoint call confirmed"
-    );
-    assert_eq!(
-        srv.next_event().await,
+    // The listener hands the confirmation to whoever takes the event.
+    let (tx, confirmed) = std_mpsc::channel();
+    dev.todo.send(Do::ConfirmedEndpoint(payload.clone(), tx)).expect("send");
+    match srv.next_event().await {
         DeviceEventKind::Endpoint {
-            endpoint: "email_alert".into(),
-            payload: Some(payload)
+            endpoint,
+            payload: p,
+            ack,
+        } => {
+            assert_eq!((endpoint.as_str(), p), ("email_alert", Some(payload)));
+            ack.expect("the device wants a confirmation").ack(true);
         }
+        other => panic!("expected an endpoint call, got {other:?}"),
+    }
+    let confirmed = tokio::task::spawn_blocking(move || confirmed.recv_timeout(Duration::from_secs(10)));
+    assert!(
+        confirmed.await.expect("join").expect("answered"),
+        "endpoint call confirmed"
     );
     dev.todo.send(Do::Bucket(Value::object().with("t", 20))).expect("send");
     assert_eq!(
         srv.next_event().await,
         DeviceEventKind::Bucket {
             bucket: "b1".into(),
-            payload: Some(Value::object().with("t", 20))
+            payload: Some(Value::object().with("t", 20)),
+            ack: None
         }
     );
     srv.devices

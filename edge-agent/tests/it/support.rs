@@ -7,9 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use twinlake_edge::listener::{
-    DeviceEvent, DeviceEventKind, DeviceListener, Devices, ListenerConfig, StaticDevices, tls_acceptor,
-};
+use twinlake_edge::listener::{DeviceEvent, DeviceEventKind, DeviceListener, Devices, ListenerConfig, tls_acceptor};
+use twinlake_edge::registry::DeviceRegistry;
 use twinlake_sdk::frame::{Frame, FrameDecoder, FrameLimits, Message};
 
 pub struct Server {
@@ -32,7 +31,7 @@ pub async fn start(config: ListenerConfig, with_tls: bool) -> Server {
         let acceptor = tls_acceptor(ca_pem.as_bytes(), cert.signing_key.serialize_pem().as_bytes()).expect("tls");
         config.tls = Some(("127.0.0.1:0".parse().expect("addr"), acceptor));
     }
-    let auth = StaticDevices::default()
+    let auth = DeviceRegistry::new()
         .with("alice", "sensor1", "s3cr3t!")
         .with("alice", "devB", "b-secret");
     let (listener, events) = DeviceListener::bind(config, Arc::new(auth)).await.expect("bind");

@@ -1,0 +1,277 @@
+//! The whole agent: listener → ingest (WAL, buffer, seals) → uploader, plus metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+use twinlake_sdk::frame::FrameLimits;
+use twinlake_sdk::pson::Value;
+
+use crate::Error;
+use crate::config::{EdgeConfig, StreamsSection};
+use crate::ingest::{EndpointQueue, Ingest};
+use crate::listener::{DeviceEvent, DeviceKey, DeviceListener, Devices, ListenerConfig, tls_acceptor};
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, writer_properties};
+use crate::registry::{CredentialHash, DeviceRegistry, RateLimiter};
+use crate::upload::{Stop, Uploader, open_store};
+
+/// A started agent: sockets bound, WAL replayed. [`EdgeAgent::run`] serves.
+pub struct EdgeAgent {
+    listener: DeviceListener,
+    events: mpsc::Receiver<DeviceEvent>,
+    ingest: Ingest,
+    sealed: watch::Receiver<u64>,
+    uploader: Uploader,
+    metrics: Arc<Metrics>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    streams: StreamsSection,
+    endpoints: EndpointQueue,
+    upload_deadline: Duration,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+}
+
+impl std::fmt::Debug for EdgeAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeAgent")
+            .field("tcp", &self.tcp_addr())
+            .field("tls", &self.tls_addr())
+            .field("metrics", &self.metrics_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PSON value from a TOML one (for configured properties).
+fn toml_to_pson(v: &toml::Value) -> Value {
+    match serde_json::to_value(v) {
+        Ok(j) => twinlake_sdk::json::from_json(&j),
+        Err(_) => Value::Str(v.to_string()),
+    }
+}
+
+impl EdgeAgent {
+    /// Recovers the data directory, opens the store and binds every socket.
+    pub async fn start(config: EdgeConfig) -> Result<Self, Error> {
+        let metrics = Arc::new(Metrics::new());
+        std::fs::create_dir_all(&config.data_dir)?;
+        let mut registry = DeviceRegistry::new();
+        for d in &config.devices {
+            let hash = CredentialHash::parse(&d.credential_hash)
+                .map_err(|e| Error::Config(format!("device {}/{}: {e}", d.user, d.device)))?;
+            registry.insert(&d.user, &d.device, hash);
+        }
+        if registry.is_empty() {
+            warn!("no devices are registered: every login will be refused");
+        }
+        let l = &config.listener;
+        let tls = match (l.tls, &l.tls_cert, &l.tls_key) {
+            (Some(addr), Some(cert), Some(key)) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).map_err(|source| Error::ReadFile {
+                        path: p.to_owned(),
+                        source,
+                    })
+                };
+                Some((addr, tls_acceptor(&read(cert)?, &read(key)?)?))
+            }
+            _ => None,
+        };
+        let listener_config = ListenerConfig {
+            tcp: l.tcp,
+            tls,
+            idle_timeout: l.idle_timeout,
+            request_timeout: l.request_timeout,
+            limits: FrameLimits {
+                max_body: l.max_frame_bytes,
+                ..FrameLimits::DEFAULT
+            },
+            auth_limiter: Some(Arc::new(RateLimiter::new(
+                config.auth.max_failures,
+                config.auth.failure_window,
+                config.auth.lockout,
+            ))),
+            metrics: metrics.clone(),
+            ..ListenerConfig::default()
+        };
+        let (listener, events) = DeviceListener::bind(listener_config, Arc::new(registry)).await?;
+        let devices = listener.devices();
+        for d in &config.devices {
+            for (name, v) in &d.properties {
+                devices.set_property(&d.user, &d.device, name, toml_to_pson(v));
+            }
+        }
+
+        let outbox = Outbox::new(&config.data_dir, &config.gateway, writer_properties(&config.parquet)?)?;
+        let endpoints = EndpointQueue::new(10_000, metrics.clone());
+        let (ingest, sealed) = Ingest::open(
+            &config.gateway,
+            config.data_dir.clone(),
+            outbox.clone(),
+            config.wal.clone(),
+            config.buffer.clone(),
+            metrics.clone(),
+            endpoints.clone(),
+        )?;
+        let (store, prefix) = open_store(&config.upload, &config.data_dir)?;
+        let uploader = Uploader {
+            outbox,
+            store: store.clone(),
+            prefix: prefix.clone(),
+            cfg: config.upload.clone(),
+            metrics: metrics.clone(),
+        };
+        let metrics_listener = match config.metrics.addr {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
+        Ok(Self {
+            listener,
+            events,
+            ingest,
+            sealed,
+            uploader,
+            metrics,
+            metrics_listener,
+            streams: config.streams.clone(),
+            endpoints,
+            upload_deadline: config.shutdown.upload_deadline,
+            store,
+            prefix,
+        })
+    }
+
+    /// The bound TCP device address.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.listener.tcp_addr()
+    }
+
+    /// The bound TLS device address.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.listener.tls_addr()
+    }
+
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The connected devices.
+    pub fn devices(&self) -> Devices {
+        self.listener.devices()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Endpoint calls waiting for the cloud.
+    pub fn endpoint_calls(&self) -> EndpointQueue {
+        self.endpoints.clone()
+    }
+
+    /// The object store and the lake's prefix in it.
+    pub fn store(&self) -> (Arc<dyn ObjectStore>, ObjectPath) {
+        (self.store.clone(), self.prefix.clone())
+    }
+
+    /// Serves until `shutdown` completes. Then: stop accepting and close connections,
+    /// sync the WAL and seal the buffer, and upload for up to `shutdown.upload_deadline`.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+        let (stop_ingest, stop_ingest_rx) = watch::channel(false);
+        let (stop_upload, stop_upload_rx) = watch::channel(Stop::Running);
+        let (stop_metrics, mut stop_metrics_rx) = watch::channel(false);
+
+        let devices = self.listener.devices();
+        let streams = Arc::new(self.streams);
+        let on_connect = move |key: &DeviceKey| {
+            tokio::spawn(start_streams(devices.clone(), key.clone(), streams.clone()));
+        };
+        let ingest = tokio::spawn(self.ingest.run(self.events, on_connect, stop_ingest_rx));
+        let uploader = tokio::spawn(self.uploader.run(self.sealed, stop_upload_rx));
+        let metrics_task = self.metrics_listener.map(|l| {
+            let m = self.metrics.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stop_metrics_rx.changed().await;
+                };
+                if let Err(e) = crate::metrics::serve(l, m, stop).await {
+                    error!(error = %e, "metrics server failed");
+                }
+            })
+        });
+
+        self.listener.run(shutdown).await;
+        info!("device connections closed; flushing the buffer");
+        let _ = stop_ingest.send(true);
+        let ingested = ingest
+            .await
+            .unwrap_or_else(|e| Err(Error::Corrupt(format!("the ingest task failed: {e}"))));
+        let _ = stop_upload.send(Stop::DrainUntil(tokio::time::Instant::now() + self.upload_deadline));
+        let _ = uploader.await;
+        let _ = stop_metrics.send(true);
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
+        info!("stopped");
+        ingested
+    }
+}
+
+/// After a device connects: describe it, then stream its outputs at their intervals and
+/// its inputs on change.
+async fn start_streams(devices: Devices, key: DeviceKey, cfg: Arc<StreamsSection>) {
+    let Some(handle) = devices.get(&key.user, &key.device) else {
+        return;
+    };
+    let api = match handle.describe().await {
+        Ok(api) => api,
+        Err(e) => {
+            warn!(device = %key, error = %e, "cannot describe the device; no streams started");
+            return;
+        }
+    };
+    let mut resources = Vec::new();
+    walk_api(&api, &mut Vec::new(), &mut resources);
+    for (path, io) in resources {
+        let joined = path.join("/");
+        let p: Vec<&str> = path.iter().map(String::as_str).collect();
+        let interval = match io {
+            // Output: sampled.
+            3 => {
+                let iv = cfg.intervals.get(&joined).copied().unwrap_or(cfg.default_interval);
+                if iv.is_zero() {
+                    continue;
+                }
+                Some(iv)
+            }
+            // Input: on change.
+            2 if cfg.inputs && cfg.intervals.get(&joined).is_none_or(|iv| !iv.is_zero()) => None,
+            _ => continue,
+        };
+        match handle.start_stream(&p, interval).await {
+            Ok(()) => debug!(device = %key, resource = %joined, ?interval, "stream started"),
+            Err(e) => warn!(device = %key, resource = %joined, error = %e, "cannot start a stream"),
+        }
+    }
+}
+
+/// The resources of an `api` description with their `fn` codes, depth first.
+fn walk_api(api: &Value, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, i64)>) {
+    let Some(entries) = api.as_object() else { return };
+    for (name, entry) in entries {
+        prefix.push(name.clone());
+        if let Some(f) = entry.get("fn").and_then(Value::as_i64) {
+            out.push((prefix.clone(), f));
+        }
+        if let Some(children) = entry.get("/") {
+            walk_api(children, prefix, out);
+        }
+        prefix.pop();
+    }
+}

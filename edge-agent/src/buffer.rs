@@ -1,0 +1,470 @@
+//! The in-memory Arrow buffer: one set of column builders per table, with the schema rules
+//! of the data model (ARCHITECTURE.md): columns are only added, an integer column widens to
+//! float when a float arrives, and any other type clash drops that one value (counted).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryBuilder, BooleanBuilder, DictionaryArray, Float64Array, Float64Builder, Int64Array,
+    Int64Builder, RecordBatch, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
+
+use crate::model::{FieldType, FieldValue};
+
+/// The column types of every table, in column order: what the schema has grown to.
+pub type Schemas = BTreeMap<String, Vec<(String, FieldType)>>;
+
+/// Why a value was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub table: String,
+    pub column: String,
+    pub have: FieldType,
+    pub got: FieldType,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}.{} is {:?}; a {:?} value cannot be stored there",
+            self.table, self.column, self.have, self.got
+        )
+    }
+}
+
+enum Builder {
+    Bool(BooleanBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Str(StringBuilder),
+    Bytes(BinaryBuilder),
+}
+
+impl Builder {
+    fn new(t: FieldType, nulls: usize) -> Self {
+        let mut b = match t {
+            FieldType::Bool => Builder::Bool(BooleanBuilder::new()),
+            FieldType::Int => Builder::Int(Int64Builder::new()),
+            FieldType::Float => Builder::Float(Float64Builder::new()),
+            FieldType::Str => Builder::Str(StringBuilder::new()),
+            FieldType::Bytes => Builder::Bytes(BinaryBuilder::new()),
+        };
+        b.append_nulls(nulls);
+        b
+    }
+
+    fn len(&self) -> usize {
+        use arrow::array::ArrayBuilder;
+        match self {
+            Builder::Bool(b) => b.len(),
+            Builder::Int(b) => b.len(),
+            Builder::Float(b) => b.len(),
+            Builder::Str(b) => b.len(),
+            Builder::Bytes(b) => b.len(),
+        }
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        match self {
+            Builder::Bool(b) => b.append_nulls(n),
+            Builder::Int(b) => b.append_nulls(n),
+            Builder::Float(b) => b.append_nulls(n),
+            Builder::Str(b) => (0..n).for_each(|_| b.append_null()),
+            Builder::Bytes(b) => (0..n).for_each(|_| b.append_null()),
+        }
+    }
+
+    /// Appends `v` if the types fit (an int into a float column is cast). Returns the bytes
+    /// it took, or `None` on a clash.
+    fn append(&mut self, v: &FieldValue<'_>) -> Option<usize> {
+        match (self, v) {
+            (Builder::Bool(b), FieldValue::Bool(x)) => b.append_value(*x),
+            (Builder::Int(b), FieldValue::Int(x)) => b.append_value(*x),
+            (Builder::Float(b), FieldValue::Float(x)) => b.append_value(*x),
+            (Builder::Float(b), FieldValue::Int(x)) => b.append_value(*x as f64),
+            (Builder::Str(b), FieldValue::Str(x)) => {
+                b.append_value(x);
+                return Some(x.len() + 4);
+            }
+            (Builder::Bytes(b), FieldValue::Bytes(x)) => {
+                b.append_value(x);
+                return Some(x.len() + 4);
+            }
+            _ => return None,
+        }
+        Some(8)
+    }
+
+    /// An int column as floats, for widening.
+    fn widen(&mut self) {
+        if let Builder::Int(b) = self {
+            let ints = b.finish();
+            let mut f = Float64Builder::with_capacity(ints.len());
+            for v in ints.iter() {
+                f.append_option(v.map(|x| x as f64));
+            }
+            *self = Builder::Float(f);
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Bool(b) => Arc::new(b.finish()),
+            Builder::Int(b) => Arc::new(b.finish()),
+            Builder::Float(b) => Arc::new(b.finish()),
+            Builder::Str(b) => Arc::new(b.finish()),
+            Builder::Bytes(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn data_type(t: FieldType) -> DataType {
+    match t {
+        FieldType::Bool => DataType::Boolean,
+        FieldType::Int => DataType::Int64,
+        FieldType::Float => DataType::Float64,
+        FieldType::Str => DataType::Utf8,
+        FieldType::Bytes => DataType::Binary,
+    }
+}
+
+/// The Arrow type of `device` and `gateway`.
+pub fn dictionary_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// The Arrow type of `time`.
+pub fn time_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+struct Column {
+    name: String,
+    ty: FieldType,
+    builder: Builder,
+}
+
+/// One table's buffered rows.
+struct Table {
+    time: Vec<i64>,
+    device: StringDictionaryBuilder<Int32Type>,
+    columns: Vec<Column>,
+    index: HashMap<String, usize>,
+}
+
+impl Table {
+    fn new(schema: &[(String, FieldType)]) -> Self {
+        let mut t = Self {
+            time: Vec::new(),
+            device: StringDictionaryBuilder::new(),
+            columns: Vec::new(),
+            index: HashMap::new(),
+        };
+        for (name, ty) in schema {
+            t.add_column(name, *ty);
+        }
+        t
+    }
+
+    fn add_column(&mut self, name: &str, ty: FieldType) -> usize {
+        let idx = self.columns.len();
+        self.columns.push(Column {
+            name: name.to_owned(),
+            ty,
+            builder: Builder::new(ty, self.time.len()),
+        });
+        self.index.insert(name.to_owned(), idx);
+        idx
+    }
+}
+
+/// All tables' buffered rows, and the schemas they have grown to.
+pub struct Buffer {
+    gateway: String,
+    schemas: Schemas,
+    tables: BTreeMap<String, Table>,
+    rows: usize,
+    bytes: usize,
+    oldest: Option<std::time::Instant>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("rows", &self.rows)
+            .field("bytes", &self.bytes)
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A sealed table: one batch per hour partition, each sorted by (device, time).
+#[derive(Debug)]
+pub struct SealedTable {
+    pub table: String,
+    /// `(hour start in µs since the epoch, rows)`.
+    pub hours: Vec<(i64, RecordBatch)>,
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+
+impl Buffer {
+    /// An empty buffer whose tables start from `schemas`.
+    pub fn new(gateway: &str, schemas: Schemas) -> Self {
+        Self {
+            gateway: gateway.to_owned(),
+            schemas,
+            tables: BTreeMap::new(),
+            rows: 0,
+            bytes: 0,
+            oldest: None,
+        }
+    }
+
+    /// Rows buffered.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Approximate Arrow memory of the buffered rows.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// When the oldest buffered row arrived.
+    pub fn oldest(&self) -> Option<std::time::Instant> {
+        self.oldest
+    }
+
+    /// The schemas so far.
+    pub fn schemas(&self) -> &Schemas {
+        &self.schemas
+    }
+
+    /// Appends one row. Values that clash with their column's type are left out (null) and
+    /// reported; the rest of the row is kept.
+    pub fn append(
+        &mut self,
+        table: &str,
+        time_us: i64,
+        device: &str,
+        fields: &[(Cow<'_, str>, FieldValue<'_>)],
+        conflicts: &mut Vec<Conflict>,
+    ) {
+        if !self.tables.contains_key(table) {
+            let schema = self.schemas.entry(table.to_owned()).or_default();
+            self.tables.insert(table.to_owned(), Table::new(schema));
+        }
+        let schema = self.schemas.entry(table.to_owned()).or_default();
+        let Some(t) = self.tables.get_mut(table) else {
+            return;
+        };
+        let row = t.time.len();
+        let mut bytes = 16 + device.len().min(4);
+        for (name, value) in fields {
+            let got = value.field_type();
+            let idx = match t.index.get(name.as_ref()) {
+                Some(&i) => i,
+                None => {
+                    schema.push((name.to_string(), got));
+                    t.add_column(name, got)
+                }
+            };
+            let Some(col) = t.columns.get_mut(idx) else { continue };
+            if col.builder.len() > row {
+                // The key came twice in one payload: the first one wins.
+                continue;
+            }
+            if col.ty == FieldType::Int && got == FieldType::Float {
+                col.builder.widen();
+                col.ty = FieldType::Float;
+                if let Some(s) = schema.iter_mut().find(|(n, _)| n == &col.name) {
+                    s.1 = FieldType::Float;
+                }
+            }
+            match col.builder.append(value) {
+                Some(n) => bytes += n,
+                None => conflicts.push(Conflict {
+                    table: table.to_owned(),
+                    column: col.name.clone(),
+                    have: col.ty,
+                    got,
+                }),
+            }
+        }
+        for col in &mut t.columns {
+            if col.builder.len() == row {
+                col.builder.append_nulls(1);
+            }
+        }
+        t.time.push(time_us);
+        t.device.append_value(device);
+        self.rows += 1;
+        self.bytes += bytes;
+        self.oldest.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Takes every buffered row out, sorted and split into hour partitions. The schemas stay.
+    pub fn seal(&mut self) -> Result<Vec<SealedTable>, arrow::error::ArrowError> {
+        let tables = std::mem::take(&mut self.tables);
+        self.rows = 0;
+        self.bytes = 0;
+        self.oldest = None;
+        let mut out = Vec::with_capacity(tables.len());
+        for (name, mut t) in tables {
+            if t.time.is_empty() {
+                continue;
+            }
+            let rows = t.time.len();
+            let mut fields = vec![
+                Field::new("time", time_type(), false),
+                Field::new("device", dictionary_type(), false),
+                Field::new("gateway", dictionary_type(), false),
+            ];
+            let time: ArrayRef =
+                Arc::new(TimestampMicrosecondArray::from(std::mem::take(&mut t.time)).with_timezone("UTC"));
+            let device: ArrayRef = Arc::new(t.device.finish());
+            let gateway: ArrayRef = Arc::new(DictionaryArray::<Int32Type>::new(
+                arrow::array::Int32Array::from(vec![0; rows]),
+                Arc::new(arrow::array::StringArray::from(vec![self.gateway.as_str()])),
+            ));
+            let mut arrays = vec![time.clone(), device.clone(), gateway];
+            for col in &mut t.columns {
+                fields.push(Field::new(&col.name, data_type(col.ty), true));
+                arrays.push(col.builder.finish());
+            }
+            let schema: SchemaRef = Arc::new(Schema::new(fields));
+            let batch = RecordBatch::try_new(schema, arrays)?;
+            out.push(SealedTable {
+                table: name,
+                hours: split_hours(batch, &time, &device)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Sorts by (hour, device, time) and cuts the batch at hour boundaries.
+fn split_hours(
+    batch: RecordBatch,
+    time: &ArrayRef,
+    device: &ArrayRef,
+) -> Result<Vec<(i64, RecordBatch)>, arrow::error::ArrowError> {
+    let times = time
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .map(|a| a.values().to_vec())
+        .unwrap_or_default();
+    let hour: ArrayRef = Arc::new(Int64Array::from_iter_values(
+        times.iter().map(|t| t.div_euclid(HOUR_US)),
+    ));
+    let indices: UInt32Array = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: hour.clone(),
+                options: None,
+            },
+            SortColumn {
+                values: device.clone(),
+                options: None,
+            },
+            SortColumn {
+                values: time.clone(),
+                options: None,
+            },
+        ],
+        None,
+    )?;
+    let sorted = take_record_batch(&batch, &indices)?;
+    let hours: Vec<i64> = indices
+        .values()
+        .iter()
+        .map(|&i| times.get(i as usize).copied().unwrap_or_default().div_euclid(HOUR_US))
+        .collect();
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < hours.len() {
+        let h = hours.get(start).copied().unwrap_or_default();
+        let end = hours
+            .iter()
+            .skip(start)
+            .position(|x| *x != h)
+            .map_or(hours.len(), |p| start + p);
+        out.push((h * HOUR_US, sorted.slice(start, end - start)));
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Reads a float or int column as f64 values, for tests and tools.
+pub fn column_f64(batch: &RecordBatch, name: &str) -> Option<Vec<Option<f64>>> {
+    let col = batch.column_by_name(name)?;
+    if let Some(a) = col.as_any().downcast_ref::<Float64Array>() {
+        return Some(a.iter().collect());
+    }
+    col.as_any()
+        .downcast_ref::<Int64Array>()
+        .map(|a| a.iter().map(|v| v.map(|x| x as f64)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fv(pairs: &[(&'static str, FieldValue<'static>)]) -> Vec<(Cow<'static, str>, FieldValue<'static>)> {
+        pairs.iter().map(|(k, v)| (Cow::Borrowed(*k), v.clone())).collect()
+    }
+
+    #[test]
+    fn columns_grow_widen_and_clashes_are_reported() {
+        let mut b = Buffer::new("gw", Schemas::new());
+        let mut conflicts = Vec::new();
+        b.append("t", 2, "d2", &fv(&[("a", FieldValue::Int(1))]), &mut conflicts);
+        b.append(
+            "t",
+            1,
+            "d1",
+            &fv(&[("a", FieldValue::Float(2.5)), ("b", FieldValue::Bool(true))]),
+            &mut conflicts,
+        );
+        b.append(
+            "t",
+            3,
+            "d1",
+            &fv(&[("a", FieldValue::Str("x".into())), ("b", FieldValue::Bool(false))]),
+            &mut conflicts,
+        );
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].column, "a");
+        assert_eq!(
+            b.schemas()["t"],
+            vec![("a".into(), FieldType::Float), ("b".into(), FieldType::Bool)]
+        );
+        let sealed = b.seal().unwrap();
+        assert_eq!(sealed.len(), 1);
+        let (hour, batch) = &sealed[0].hours[0];
+        assert_eq!(*hour, 0);
+        assert_eq!(batch.num_rows(), 3);
+        // Sorted by (device, time): d1@1, d1@3, d2@2.
+        assert_eq!(column_f64(batch, "a").unwrap(), vec![Some(2.5), None, Some(1.0)]);
+        assert_eq!(batch.schema().field(0).name(), "time");
+        assert_eq!(b.rows(), 0);
+    }
+
+    #[test]
+    fn rows_split_at_hour_boundaries() {
+        let mut b = Buffer::new("gw", Schemas::new());
+        let mut c = Vec::new();
+        for t in [HOUR_US + 5, 10, HOUR_US - 1, 2 * HOUR_US] {
+            b.append("t", t, "d", &fv(&[("v", FieldValue::Int(t))]), &mut c);
+        }
+        let sealed = b.seal().unwrap();
+        let hours: Vec<(i64, usize)> = sealed[0].hours.iter().map(|(h, b)| (*h, b.num_rows())).collect();
+        assert_eq!(hours, vec![(0, 2), (HOUR_US, 1), (2 * HOUR_US, 1)]);
+    }
+}

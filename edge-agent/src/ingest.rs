@@ -1,0 +1,481 @@
+//! The ingest loop: device data → WAL → Arrow buffer → sealed Parquet in the outbox.
+//!
+//! One task owns the WAL and the buffer. It takes whatever events are queued (up to a
+//! batch), appends each row to the WAL and to the buffer, and fsyncs once for the batch
+//! (group commit; `wal.fsync_interval` lets rows of several batches share one fsync). Only
+//! after that fsync are rows counted and bucket writes and endpoint calls confirmed to their
+//! devices. Sealing (Parquet encoding and writing) runs on a blocking thread while ingest
+//! goes on into a fresh buffer and WAL segment; one seal is in flight at a time.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+use twinlake_sdk::pson::{Value, ValueRef};
+
+use crate::Error;
+use crate::buffer::{Buffer, Conflict, Schemas, SealedTable};
+use crate::config::{BufferSection, WalSection};
+use crate::listener::{Acker, DeviceEvent, DeviceEventKind, DeviceKey};
+use crate::metrics::Metrics;
+use crate::model::{FieldValue, flatten, table_name};
+use crate::outbox::{Outbox, State};
+use crate::wal::{RecordKind, Wal, WalRecord};
+
+/// Events taken off the queue per batch at most.
+const MAX_BATCH: usize = 8192;
+/// The table endpoint calls are recorded in.
+pub const ENDPOINT_TABLE: &str = "endpoint_calls";
+
+/// An endpoint call waiting for the cloud.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointCall {
+    pub device: DeviceKey,
+    pub endpoint: String,
+    pub payload: Option<Value>,
+    pub at: SystemTime,
+}
+
+/// Endpoint calls for the cloud link: bounded, the oldest dropped (and counted) when full.
+#[derive(Debug, Clone)]
+pub struct EndpointQueue {
+    inner: Arc<(Mutex<VecDeque<EndpointCall>>, Notify)>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl EndpointQueue {
+    /// A queue of `capacity` calls.
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::default(),
+            capacity: capacity.max(1),
+            metrics,
+        }
+    }
+
+    fn push(&self, call: EndpointCall) {
+        if let Ok(mut q) = self.inner.0.lock() {
+            if q.len() >= self.capacity {
+                q.pop_front();
+                self.metrics.endpoint_queue_dropped.inc();
+            }
+            q.push_back(call);
+        }
+        self.inner.1.notify_one();
+    }
+
+    /// The next call, waiting for one.
+    pub async fn pop(&self) -> EndpointCall {
+        loop {
+            let notified = self.inner.1.notified();
+            if let Some(c) = self.inner.0.lock().ok().and_then(|mut q| q.pop_front()) {
+                return c;
+            }
+            notified.await;
+        }
+    }
+
+    /// Calls waiting.
+    pub fn len(&self) -> usize {
+        self.inner.0.lock().map(|q| q.len()).unwrap_or_default()
+    }
+
+    /// Whether none is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A seal being written, kept whole so a failed write can be tried again.
+struct SealJob {
+    seq: u64,
+    tables: Arc<Vec<SealedTable>>,
+    schemas: Schemas,
+}
+
+/// The ingest loop's state.
+pub struct Ingest {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) wal: Wal,
+    pub(crate) buffer: Buffer,
+    pub(crate) outbox: Outbox,
+    pub(crate) wal_cfg: WalSection,
+    pub(crate) buffer_cfg: BufferSection,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) sealed_tx: watch::Sender<u64>,
+    pub(crate) endpoints: EndpointQueue,
+    pending_acks: Vec<Acker>,
+    unsynced_rows: u64,
+    unsynced_values: u64,
+    unsynced_bytes: u64,
+    sync_at: Option<Instant>,
+    sealing: Option<JoinHandle<Result<(), Error>>>,
+    sealing_job: Option<SealJob>,
+    retry: Option<(Instant, SealJob)>,
+    scratch: Vec<u8>,
+    conflicts: Vec<Conflict>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("buffer", &self.buffer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn micros(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
+    }
+}
+
+/// Applies one WAL record to the buffer; returns the values stored.
+fn apply(buffer: &mut Buffer, rec: &WalRecord<'_>, conflicts: &mut Vec<Conflict>, metrics: &Metrics) -> u64 {
+    let value = match ValueRef::decode(rec.payload) {
+        Ok(v) => v,
+        Err(e) => {
+            metrics.rejected_payloads.inc();
+            warn!(table = rec.table, device = rec.device, error = %e, "undecodable payload in the WAL; skipped");
+            return 0;
+        }
+    };
+    let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = Vec::new();
+    flatten(value, rec.kind == RecordKind::Stream, &mut fields);
+    buffer.append(rec.table, rec.time_us, rec.device, &fields, conflicts);
+    fields.len() as u64
+}
+
+impl Ingest {
+    /// Recovers from `data_dir`: drops unfinished seals, replays the WAL into a fresh buffer.
+    pub fn open(
+        gateway: &str,
+        data_dir: PathBuf,
+        outbox: Outbox,
+        wal_cfg: WalSection,
+        buffer_cfg: BufferSection,
+        metrics: Arc<Metrics>,
+        endpoints: EndpointQueue,
+    ) -> Result<(Self, watch::Receiver<u64>), Error> {
+        let state = State::load(&data_dir)?;
+        outbox.recover(state.sealed_through)?;
+        let mut buffer = Buffer::new(gateway, state.schemas.clone());
+        let mut conflicts = Vec::new();
+        let (wal, replay) = Wal::open(
+            &data_dir.join("wal"),
+            wal_cfg.segment_bytes,
+            state.sealed_through,
+            |_, rec| {
+                apply(&mut buffer, &rec, &mut conflicts, &metrics);
+            },
+        )?;
+        if replay.records > 0 || replay.truncated_bytes > 0 {
+            info!(
+                records = replay.records,
+                segments = replay.segments,
+                truncated_bytes = replay.truncated_bytes,
+                "recovered rows from the WAL"
+            );
+        }
+        metrics.buffer_rows.set(buffer.rows() as i64);
+        let (sealed_tx, sealed_rx) = watch::channel(state.sealed_through);
+        Ok((
+            Self {
+                data_dir,
+                wal,
+                buffer,
+                outbox,
+                wal_cfg,
+                buffer_cfg,
+                metrics,
+                sealed_tx,
+                endpoints,
+                pending_acks: Vec::new(),
+                unsynced_rows: 0,
+                unsynced_values: 0,
+                unsynced_bytes: 0,
+                sync_at: None,
+                sealing: None,
+                sealing_job: None,
+                retry: None,
+                scratch: Vec::new(),
+                conflicts,
+            },
+            sealed_rx,
+        ))
+    }
+
+    /// Rows in the buffer.
+    pub fn buffered_rows(&self) -> usize {
+        self.buffer.rows()
+    }
+
+    /// Runs until `stop` turns true; then takes what is still queued, syncs and seals it all.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<DeviceEvent>,
+        mut on_connect: impl FnMut(&DeviceKey),
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    self.handle(ev, &mut on_connect);
+                    let mut n = 1;
+                    while n < MAX_BATCH {
+                        let Ok(ev) = events.try_recv() else { break };
+                        self.handle(ev, &mut on_connect);
+                        n += 1;
+                    }
+                    if self.unsynced_rows > 0 && self.sync_at.is_none() {
+                        self.sync_at = Some(Instant::now() + self.wal_cfg.fsync_interval);
+                    }
+                    if self.wal_cfg.fsync_interval.is_zero() {
+                        self.sync().await;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.sync_at.unwrap_or_else(Instant::now)), if self.sync_at.is_some() => {
+                    self.sync().await;
+                }
+                res = wait_seal(&mut self.sealing), if self.sealing.is_some() => self.seal_finished(res),
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            self.maybe_seal().await;
+        }
+        // Shutdown: the listener has stopped, so what is queued is all there is.
+        while let Ok(ev) = events.try_recv() {
+            self.handle(ev, &mut on_connect);
+        }
+        self.sync().await;
+        self.finish_sealing().await;
+        if self.buffer.rows() > 0 {
+            self.start_seal()?;
+            self.finish_sealing().await;
+        }
+        if self.retry.is_some() {
+            return Err(Error::Corrupt(
+                "the last seal could not be written; its rows stay in the WAL".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for the seal in flight and any retries (a few, then gives up).
+    async fn finish_sealing(&mut self) {
+        for _ in 0..5 {
+            if self.sealing.is_some() {
+                let res = wait_seal(&mut self.sealing).await;
+                self.seal_finished(res);
+            }
+            match self.retry.take() {
+                Some((_, job)) => self.spawn_seal(job),
+                None => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: DeviceEvent, on_connect: &mut impl FnMut(&DeviceKey)) {
+        let time_us = micros(ev.at);
+        let (kind, table, payload, ack) = match ev.kind {
+            DeviceEventKind::Stream { path, payload, .. } => (RecordKind::Stream, table_name(&path), payload, None),
+            DeviceEventKind::Bucket { bucket, payload, ack } => {
+                (RecordKind::Record, table_name(&[bucket]), payload, ack)
+            }
+            DeviceEventKind::Endpoint { endpoint, payload, ack } => {
+                self.metrics.endpoint_calls.inc();
+                let json = payload.as_ref().map(|p| twinlake_sdk::json::to_json(p).to_string());
+                let row = Value::object()
+                    .with("endpoint", endpoint.as_str())
+                    .with("payload", json.map(Value::Str).unwrap_or(Value::Null));
+                self.endpoints.push(EndpointCall {
+                    device: ev.device.clone(),
+                    endpoint,
+                    payload,
+                    at: ev.at,
+                });
+                (RecordKind::Record, ENDPOINT_TABLE.to_owned(), Some(row), ack)
+            }
+            DeviceEventKind::Connected { .. } => {
+                on_connect(&ev.device);
+                return;
+            }
+            _ => return,
+        };
+        let Some(payload) = payload.filter(|p| !p.is_unset()) else {
+            if let Some(a) = ack {
+                a.ack(true);
+            }
+            return;
+        };
+        self.scratch.clear();
+        payload.encode_into(&mut self.scratch);
+        let rec = WalRecord {
+            kind,
+            time_us,
+            table: &table,
+            device: &ev.device.device,
+            payload: &self.scratch,
+        };
+        if let Err(e) = self.wal.append(&rec) {
+            error!(error = %e, "cannot write the WAL; the row is refused");
+            if let Some(a) = ack {
+                a.ack(false);
+            }
+            return;
+        }
+        let values = apply(&mut self.buffer, &rec, &mut self.conflicts, &self.metrics);
+        for c in self.conflicts.drain(..) {
+            self.metrics.schema_conflicts.inc();
+            warn!(device = %ev.device, conflict = %c, "schema conflict; value dropped");
+        }
+        self.unsynced_rows += 1;
+        self.unsynced_values += values;
+        self.unsynced_bytes += self.scratch.len() as u64;
+        if let Some(a) = ack {
+            self.pending_acks.push(a);
+        }
+    }
+
+    /// Makes everything appended so far durable, then counts it and confirms it.
+    async fn sync(&mut self) {
+        self.sync_at = None;
+        if self.unsynced_rows == 0 && self.pending_acks.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let res = match self.wal.flush().and_then(|_| self.wal.sync_handle()) {
+            Ok(file) => tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(e) => Err(e),
+        };
+        self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        let ok = match res {
+            Ok(()) => true,
+            Err(e) => {
+                error!(error = %e, "WAL fsync failed; unconfirmed rows may be lost in a crash");
+                false
+            }
+        };
+        if ok {
+            self.metrics.rows_in.inc_by(self.unsynced_rows);
+            self.metrics.values_in.inc_by(self.unsynced_values);
+            self.metrics.bytes_in.inc_by(self.unsynced_bytes);
+            self.metrics.wal_bytes.inc_by(self.unsynced_bytes);
+        }
+        for a in self.pending_acks.drain(..) {
+            a.ack(ok);
+        }
+        self.unsynced_rows = 0;
+        self.unsynced_values = 0;
+        self.unsynced_bytes = 0;
+        self.metrics.buffer_rows.set(self.buffer.rows() as i64);
+    }
+
+    async fn maybe_seal(&mut self) {
+        if let Some((at, _)) = &self.retry
+            && Instant::now() >= *at
+            && self.sealing.is_none()
+            && let Some((_, job)) = self.retry.take()
+        {
+            self.spawn_seal(job);
+        }
+        let due = self.buffer.rows() >= self.buffer_cfg.max_rows
+            || self.buffer.bytes() >= self.buffer_cfg.max_bytes
+            || self
+                .buffer
+                .oldest()
+                .is_some_and(|t| t.elapsed() >= self.buffer_cfg.max_age);
+        if due && self.sealing.is_none() && self.retry.is_none() {
+            self.sync().await;
+            if let Err(e) = self.start_seal() {
+                error!(error = %e, "cannot start a seal");
+            }
+        } else if self.wal.segment_full() && self.sync_at.is_none() {
+            // Rows stay in the buffer; the next seal covers every finished segment.
+            if let Err(e) = self.wal.rotate() {
+                error!(error = %e, "cannot start a new WAL segment");
+            }
+        }
+    }
+
+    /// Seals the buffer: everything is durable in segments up to the one just finished.
+    fn start_seal(&mut self) -> Result<(), Error> {
+        let seq = self.wal.rotate()?;
+        let tables = self.buffer.seal()?;
+        self.metrics.buffer_rows.set(0);
+        let job = SealJob {
+            seq,
+            tables: Arc::new(tables),
+            schemas: self.buffer.schemas().clone(),
+        };
+        self.spawn_seal(job);
+        Ok(())
+    }
+
+    fn spawn_seal(&mut self, job: SealJob) {
+        let outbox = self.outbox.clone();
+        let data_dir = self.data_dir.clone();
+        let wal_dir = data_dir.join("wal");
+        let tables = job.tables.clone();
+        let schemas = job.schemas.clone();
+        let seq = job.seq;
+        let metrics = self.metrics.clone();
+        let handle = tokio::task::spawn_blocking(move || {
+            let m = outbox.write_seal(seq, &tables)?;
+            State {
+                sealed_through: seq,
+                schemas,
+            }
+            .save(&data_dir)?;
+            crate::wal::remove_segments_through(&wal_dir, seq)?;
+            metrics.files_written.inc_by(m.files.len() as u64);
+            metrics.bytes_written.inc_by(m.files.iter().map(|f| f.bytes).sum());
+            info!(
+                seq,
+                files = m.files.len(),
+                rows = m.files.iter().map(|f| f.rows).sum::<u64>(),
+                "sealed"
+            );
+            Ok(())
+        });
+        self.sealing = Some(handle);
+        self.sealing_job = Some(job);
+    }
+
+    fn seal_finished(&mut self, res: Result<(), Error>) {
+        self.sealing = None;
+        let Some(job) = self.sealing_job.take() else { return };
+        match res {
+            Ok(()) => {
+                let _ = self.sealed_tx.send(job.seq);
+            }
+            Err(e) => {
+                error!(seq = job.seq, error = %e, "writing a seal failed; retrying in 5 s (its rows stay in the WAL)");
+                self.retry = Some((Instant::now() + Duration::from_secs(5), job));
+            }
+        }
+    }
+}
+
+/// The outcome of the seal in flight; never ready when there is none.
+async fn wait_seal(handle: &mut Option<JoinHandle<Result<(), Error>>>) -> Result<(), Error> {
+    match handle {
+        Some(h) => h
+            .await
+            .unwrap_or_else(|e| Err(Error::Corrupt(format!("the seal task failed: {e}")))),
+        None => std::future::pending().await,
+    }
+}

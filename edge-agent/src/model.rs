@@ -1,0 +1,244 @@
+//! The data model: how a PSON payload becomes a row of a table.
+//!
+//! One table per resource or bucket. Every row has `time` (µs, UTC), `device` and
+//! `gateway`, then the payload's fields, flattened (ARCHITECTURE.md, "Data model"):
+//! * A stream's `{"out": v}` or `{"in": v}` wrapper is taken off; an in/out resource's
+//!   `{"in": a, "out": b}` keeps both as prefixes `in.` and `out.`.
+//! * An object gives one column per key; nested keys are joined with `.`.
+//! * A scalar gives the column `value`.
+//! * An array is kept whole, as JSON text in a string column.
+//! * Null and unset values are nulls. Integers above `i64::MAX` become floats.
+//! * A field named like a fixed column (`time`, `device`, `gateway`) gets a `_` prefix.
+
+use std::borrow::Cow;
+
+use twinlake_sdk::pson::{ObjectRef, ValueRef};
+
+/// The type of a field column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    Bool,
+    Int,
+    Float,
+    Str,
+    Bytes,
+}
+
+/// One field value of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue<'a> {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Bytes(&'a [u8]),
+}
+
+impl FieldValue<'_> {
+    /// Its column type.
+    pub fn field_type(&self) -> FieldType {
+        match self {
+            FieldValue::Bool(_) => FieldType::Bool,
+            FieldValue::Int(_) => FieldType::Int,
+            FieldValue::Float(_) => FieldType::Float,
+            FieldValue::Str(_) => FieldType::Str,
+            FieldValue::Bytes(_) => FieldType::Bytes,
+        }
+    }
+}
+
+/// The fixed columns every table starts with.
+pub const FIXED_COLUMNS: [&str; 3] = ["time", "device", "gateway"];
+
+/// Flattens a payload into `(column, value)` pairs, appended to `out` (cleared first).
+/// `stream` says whether the payload came from a resource stream (with the in/out wrapper).
+pub fn flatten<'a>(payload: ValueRef<'a>, stream: bool, out: &mut Vec<(Cow<'a, str>, FieldValue<'a>)>) {
+    out.clear();
+    if stream && let ValueRef::Object(o) = payload {
+        let mut it = o.iter();
+        // {"out": v} or {"in": v}: the value itself.
+        if let (Some(("out" | "in", v)), None) = (it.next(), it.next()) {
+            return flatten_value(v, None, out);
+        }
+    }
+    flatten_value(payload, None, out);
+}
+
+fn flatten_value<'a>(v: ValueRef<'a>, prefix: Option<&str>, out: &mut Vec<(Cow<'a, str>, FieldValue<'a>)>) {
+    match v {
+        ValueRef::Object(o) => flatten_object(o, prefix, out),
+        other => {
+            if let Some(fv) = scalar(other) {
+                let name = match prefix {
+                    Some(p) => Cow::Owned(p.to_owned()),
+                    None => Cow::Borrowed("value"),
+                };
+                out.push((name, fv));
+            }
+        }
+    }
+}
+
+fn flatten_object<'a>(o: ObjectRef<'a>, prefix: Option<&str>, out: &mut Vec<(Cow<'a, str>, FieldValue<'a>)>) {
+    for (k, v) in o.iter() {
+        match prefix {
+            None => {
+                let name: Cow<'a, str> = if FIXED_COLUMNS.contains(&k) {
+                    Cow::Owned(format!("_{k}"))
+                } else {
+                    Cow::Borrowed(k)
+                };
+                match v {
+                    ValueRef::Object(inner) => flatten_object(inner, Some(&name), out),
+                    other => {
+                        if let Some(fv) = scalar(other) {
+                            out.push((name, fv));
+                        }
+                    }
+                }
+            }
+            Some(p) => {
+                let name = format!("{p}.{k}");
+                match v {
+                    ValueRef::Object(inner) => flatten_object(inner, Some(&name), out),
+                    other => {
+                        if let Some(fv) = scalar(other) {
+                            out.push((Cow::Owned(name), fv));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn scalar(v: ValueRef<'_>) -> Option<FieldValue<'_>> {
+    Some(match v {
+        ValueRef::Null | ValueRef::Unset => return None,
+        ValueRef::Bool(b) => FieldValue::Bool(b),
+        ValueRef::Int(i) => FieldValue::Int(i),
+        ValueRef::UInt(u) => FieldValue::Float(u as f64),
+        ValueRef::Float(f) => FieldValue::Float(f64::from(f)),
+        ValueRef::Double(d) => FieldValue::Float(d),
+        ValueRef::Str(s) => FieldValue::Str(Cow::Borrowed(s)),
+        ValueRef::Bytes(b) => FieldValue::Bytes(b),
+        ValueRef::Array(_) => FieldValue::Str(Cow::Owned(twinlake_sdk::json::ref_to_json(v).to_string())),
+        ValueRef::Object(_) => return None,
+    })
+}
+
+/// A table name from a resource path or bucket id: `/`-joined segments, with anything
+/// but ASCII letters, digits, `_`, `-` and `.` replaced by `_` (it names a directory).
+pub fn table_name<S: AsRef<str>>(path: &[S]) -> String {
+    let mut name = String::new();
+    for (i, seg) in path.iter().enumerate() {
+        if i > 0 {
+            name.push('_');
+        }
+        name.extend(seg.as_ref().chars().map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        }));
+    }
+    if name.is_empty() || name.starts_with('.') {
+        name.insert(0, '_');
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use twinlake_sdk::pson::Value;
+
+    use super::*;
+
+    fn flat(v: &Value, stream: bool) -> Vec<(String, FieldValue<'static>)> {
+        let bytes = v.to_bytes();
+        let r = ValueRef::decode(&bytes).unwrap();
+        let mut out = Vec::new();
+        flatten(r, stream, &mut out);
+        out.into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    FieldValue::Str(s) => FieldValue::Str(Cow::Owned(s.into_owned())),
+                    FieldValue::Bytes(b) => FieldValue::Str(Cow::Owned(format!("{b:?}"))),
+                    FieldValue::Bool(b) => FieldValue::Bool(b),
+                    FieldValue::Int(i) => FieldValue::Int(i),
+                    FieldValue::Float(f) => FieldValue::Float(f),
+                };
+                (k.into_owned(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn object_under_out_gives_one_column_per_key() {
+        let v = Value::object().with("out", Value::object().with("temp", 21.5).with("hum", 40));
+        assert_eq!(
+            flat(&v, true),
+            vec![
+                ("temp".into(), FieldValue::Float(21.5)),
+                ("hum".into(), FieldValue::Int(40))
+            ]
+        );
+    }
+
+    #[test]
+    fn scalar_becomes_value_and_nested_keys_join_with_dots() {
+        assert_eq!(
+            flat(&Value::object().with("out", 7), true),
+            vec![("value".into(), FieldValue::Int(7))]
+        );
+        let v = Value::object().with(
+            "gps",
+            Value::object()
+                .with("lat", 1.5)
+                .with("fix", Value::object().with("ok", true)),
+        );
+        assert_eq!(
+            flat(&v, false),
+            vec![
+                ("gps.lat".into(), FieldValue::Float(1.5)),
+                ("gps.fix.ok".into(), FieldValue::Bool(true))
+            ]
+        );
+    }
+
+    #[test]
+    fn in_out_keeps_prefixes_and_reserved_names_are_escaped() {
+        let v = Value::object().with("in", Value::object().with("a", 1)).with("out", 2);
+        assert_eq!(
+            flat(&v, true),
+            vec![("in.a".into(), FieldValue::Int(1)), ("out".into(), FieldValue::Int(2))]
+        );
+        let v = Value::object()
+            .with("time", 5)
+            .with("device", "x")
+            .with("n", Value::Null);
+        assert_eq!(
+            flat(&v, false),
+            vec![
+                ("_time".into(), FieldValue::Int(5)),
+                ("_device".into(), FieldValue::Str("x".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn arrays_are_json_text() {
+        let v = Value::object().with("xs", Value::Array(vec![Value::Int(1), Value::Int(2)]));
+        assert_eq!(flat(&v, false), vec![("xs".into(), FieldValue::Str("[1,2]".into()))]);
+    }
+
+    #[test]
+    fn table_names_are_safe_directory_names() {
+        assert_eq!(table_name(&["temp"]), "temp");
+        assert_eq!(table_name(&["cfg", "level"]), "cfg_level");
+        assert_eq!(table_name(&["a/b", "..", "é"]), "a_b_____");
+        assert_eq!(table_name::<&str>(&[]), "_");
+    }
+}

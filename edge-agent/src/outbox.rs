@@ -1,0 +1,324 @@
+//! Sealed Parquet files waiting for upload, and the agent's checkpoint.
+//!
+//! A seal of WAL segments up to `seq` becomes the directory `outbox/<seq>/`, holding the
+//! files at their object-store paths (`<table>/date=YYYY-MM-DD/hour=HH/<gateway>-<seq>.parquet`)
+//! and a `MANIFEST.json`. It is written as `outbox/.tmp-<seq>/`, every file fsynced, and
+//! renamed into place: a seal is there whole or not at all. Then `state.json` records
+//! `sealed_through = seq` with the schemas, and only then are the WAL segments deleted.
+//! On start, temporary directories and seals past the checkpoint are removed (their rows
+//! are still in the WAL and will be sealed again under a new number).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::buffer::{Schemas, SealedTable};
+use crate::config::ParquetSection;
+use crate::wal::sync_dir;
+
+/// What the agent has made durable in Parquet: the checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Every WAL segment at or before this is in the outbox or uploaded.
+    pub sealed_through: u64,
+    /// Every table's columns so far.
+    pub schemas: Schemas,
+}
+
+impl State {
+    /// Reads `state.json`, or the empty state if there is none.
+    pub fn load(data_dir: &Path) -> Result<Self, Error> {
+        let path = data_dir.join("state.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(Error::ReadFile { path, source }),
+        }
+    }
+
+    /// Writes `state.json` atomically and durably.
+    pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
+        let tmp = data_dir.join("state.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, data_dir.join("state.json"))?;
+        sync_dir(data_dir)
+    }
+}
+
+/// The manifest of one seal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub seq: u64,
+    /// Milliseconds since the epoch.
+    pub sealed_at_ms: u64,
+    pub files: Vec<FileEntry>,
+}
+
+/// One Parquet file of a seal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// The object-store path, relative to the lake's root.
+    pub path: String,
+    pub table: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub min_time_us: i64,
+    pub max_time_us: i64,
+}
+
+/// The outbox directory.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    dir: PathBuf,
+    gateway: String,
+    props: WriterProperties,
+}
+
+const MANIFEST: &str = "MANIFEST.json";
+
+fn seq_name(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+/// Writer settings: zstd, page statistics, sorted by (device, time), delta-encoded time.
+pub fn writer_properties(cfg: &ParquetSection) -> Result<WriterProperties, Error> {
+    let level = ZstdLevel::try_new(cfg.zstd_level).map_err(|e| Error::Config(format!("parquet.zstd_level: {e}")))?;
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(cfg.row_group_rows))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(vec![
+            SortingColumn {
+                column_idx: 1,
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: 0,
+                descending: false,
+                nulls_first: false,
+            },
+        ]))
+        .set_column_dictionary_enabled(ColumnPath::from("time"), false)
+        .set_column_encoding(ColumnPath::from("time"), Encoding::DELTA_BINARY_PACKED)
+        .set_created_by(format!("twinlake-edge {}", env!("CARGO_PKG_VERSION")))
+        .build())
+}
+
+/// Encodes batches as one Parquet file in memory.
+pub fn encode_parquet(batches: &[RecordBatch], props: &WriterProperties) -> Result<Vec<u8>, Error> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props.clone()))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
+    Ok(out)
+}
+
+/// The object path of a table's file for an hour, `hour_us` being the hour's start.
+pub fn object_path(table: &str, hour_us: i64, gateway: &str, seq: u64) -> String {
+    let secs = hour_us.div_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let hour = secs.rem_euclid(86_400) / 3600;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{table}/date={y:04}-{m:02}-{d:02}/hour={hour:02}/{gateway}-{}.parquet",
+        seq_name(seq)
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Outbox {
+    /// The outbox under `data_dir`.
+    pub fn new(data_dir: &Path, gateway: &str, props: WriterProperties) -> std::io::Result<Self> {
+        let dir = data_dir.join("outbox");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            gateway: gateway.to_owned(),
+            props,
+        })
+    }
+
+    /// Removes half-written seals and seals past `sealed_through`.
+    pub fn recover(&self, sealed_through: u64) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = name.starts_with(".tmp-") || name.parse::<u64>().is_ok_and(|s| s > sealed_through);
+            if stale {
+                tracing::info!(seal = %name, "removing an unfinished seal; its rows are still in the WAL");
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Writes a seal: every table's hours as Parquet files, then the manifest, then the
+    /// rename that commits it.
+    pub fn write_seal(&self, seq: u64, tables: &[SealedTable]) -> Result<Manifest, Error> {
+        let tmp = self.dir.join(format!(".tmp-{}", seq_name(seq)));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let mut manifest = Manifest {
+            seq,
+            sealed_at_ms: now_ms(),
+            files: Vec::new(),
+        };
+        let mut dirs = Vec::new();
+        for t in tables {
+            for (hour, batch) in &t.hours {
+                let rel = object_path(&t.table, *hour, &self.gateway, seq);
+                let path = tmp.join(&rel);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                    dirs.push(parent.to_owned());
+                }
+                let bytes = encode_parquet(std::slice::from_ref(batch), &self.props)?;
+                let mut f = File::create(&path)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                let (min, max) = time_range(batch);
+                manifest.files.push(FileEntry {
+                    path: rel,
+                    table: t.table.clone(),
+                    rows: batch.num_rows() as u64,
+                    bytes: bytes.len() as u64,
+                    min_time_us: min,
+                    max_time_us: max,
+                });
+            }
+        }
+        let mut f = File::create(tmp.join(MANIFEST))?;
+        f.write_all(&serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        dirs.sort();
+        dirs.dedup();
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        sync_dir(&tmp)?;
+        std::fs::rename(&tmp, self.dir.join(seq_name(seq)))?;
+        sync_dir(&self.dir)?;
+        Ok(manifest)
+    }
+
+    /// Committed seals, oldest first.
+    pub fn seals(&self) -> std::io::Result<Vec<u64>> {
+        let mut v: Vec<u64> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// A seal's manifest, with only the files still waiting.
+    pub fn pending(&self, seq: u64) -> Result<Manifest, Error> {
+        let dir = self.dir.join(seq_name(seq));
+        let path = dir.join(MANIFEST);
+        let bytes = std::fs::read(&path).map_err(|source| Error::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
+        let mut m: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+        m.files.retain(|f| dir.join(&f.path).exists());
+        Ok(m)
+    }
+
+    /// The local path of a seal's file.
+    pub fn local_path(&self, seq: u64, rel: &str) -> PathBuf {
+        self.dir.join(seq_name(seq)).join(rel)
+    }
+
+    /// Deletes a seal's directory.
+    pub fn remove_seal(&self, seq: u64) -> std::io::Result<()> {
+        std::fs::remove_dir_all(self.dir.join(seq_name(seq)))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Bytes of Parquet waiting, per seal.
+    pub fn sizes(&self) -> Result<BTreeMap<u64, u64>, Error> {
+        let mut out = BTreeMap::new();
+        for seq in self.seals()? {
+            let m = self.pending(seq)?;
+            out.insert(seq, m.files.iter().map(|f| f.bytes).sum());
+        }
+        Ok(out)
+    }
+}
+
+fn time_range(batch: &RecordBatch) -> (i64, i64) {
+    use arrow::array::TimestampMicrosecondArray;
+    let Some(t) = batch
+        .column_by_name("time")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+    else {
+        return (0, 0);
+    };
+    let min = arrow::compute::min(t).unwrap_or_default();
+    let max = arrow::compute::max(t).unwrap_or_default();
+    (min, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_hive_style() {
+        // 2024-02-29 13:xx UTC
+        let hour = 1_709_211_600_000_000;
+        assert_eq!(
+            object_path("temp", hour, "gw-1", 42),
+            "temp/date=2024-02-29/hour=13/gw-1-00000000000000000042.parquet"
+        );
+        assert_eq!(
+            object_path("t", 0, "g", 1),
+            "t/date=1970-01-01/hour=00/g-00000000000000000001.parquet"
+        );
+        assert_eq!(
+            object_path("t", -3_600_000_000, "g", 1),
+            "t/date=1969-12-31/hour=23/g-00000000000000000001.parquet"
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! The device registry: who may connect, with credentials stored only as salted hashes.
+//!
+//! A credential is kept as `pbkdf2-sha256$<iterations>$<salt>$<hash>` (base64 without
+//! padding), made by `twinlake hash-credential`. Checking one costs the iterations, so a
+//! credential that checked out is remembered as a SHA-256 digest for the life of the process:
+//! a reconnect storm after a network blip costs one hash each, not one PBKDF2.
+//!
+//! Failed attempts are counted per client address; past `max_failures` within the window,
+//! the address is refused without a check until its lockout ends ([`RateLimiter`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+use ring::{digest, pbkdf2};
+
+use crate::listener::session::Credentials;
+use crate::listener::{Authenticator, DeviceKey};
+
+/// Iterations for new hashes. Device credentials are usually machine-made random strings;
+/// this keeps a guessed one expensive without making a fleet's first connects slow.
+pub const DEFAULT_ITERATIONS: u32 = 20_000;
+const ALG: pbkdf2::Algorithm = pbkdf2::PBKDF2_HMAC_SHA256;
+const PREFIX: &str = "pbkdf2-sha256";
+
+/// A parsed credential hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialHash {
+    iterations: NonZeroU32,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl std::fmt::Debug for CredentialHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialHash")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialHash {
+    /// Hashes a credential with a fresh random salt.
+    pub fn new(credential: &str, iterations: u32) -> Self {
+        let iterations = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
+        let mut salt = vec![0u8; 16];
+        // SystemRandom only fails when the OS has no entropy source at all.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt).is_err() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            salt = digest::digest(&digest::SHA256, format!("{now:?}{credential}").as_bytes())
+                .as_ref()
+                .iter()
+                .take(16)
+                .copied()
+                .collect();
+        }
+        let mut hash = vec![0u8; 32];
+        pbkdf2::derive(ALG, iterations, &salt, credential.as_bytes(), &mut hash);
+        Self { iterations, salt, hash }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = s.split('$');
+        let (Some(PREFIX), Some(iter), Some(salt), Some(hash), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "a credential hash looks like {PREFIX}$<iterations>$<salt>$<hash> (make one with `twinlake hash-credential`)"
+            ));
+        };
+        let iterations = iter
+            .parse::<u32>()
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| format!("bad iteration count {iter:?}"))?;
+        let salt = B64.decode(salt).map_err(|e| format!("bad salt: {e}"))?;
+        let hash = B64.decode(hash).map_err(|e| format!("bad hash: {e}"))?;
+        if salt.len() < 8 || hash.len() < 16 {
+            return Err("salt or hash too short".into());
+        }
+        Ok(Self { iterations, salt, hash })
+    }
+
+    /// Whether `credential` matches, in constant time.
+    pub fn verify(&self, credential: &str) -> bool {
+        pbkdf2::verify(ALG, self.iterations, &self.salt, credential.as_bytes(), &self.hash).is_ok()
+    }
+}
+
+impl std::fmt::Display for CredentialHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{PREFIX}${}${}${}",
+            self.iterations,
+            B64.encode(&self.salt),
+            B64.encode(&self.hash)
+        )
+    }
+}
+
+/// The devices that may connect.
+#[derive(Debug, Default)]
+pub struct DeviceRegistry {
+    devices: HashMap<DeviceKey, CredentialHash>,
+    /// SHA-256 of credentials that already checked out.
+    verified: Mutex<HashMap<DeviceKey, digest::Digest>>,
+}
+
+impl DeviceRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a device.
+    pub fn insert(&mut self, user: &str, device: &str, hash: CredentialHash) {
+        let key = DeviceKey::new(user, device);
+        if let Ok(mut v) = self.verified.lock() {
+            v.remove(&key);
+        }
+        self.devices.insert(key, hash);
+    }
+
+    /// Adds a device with a plaintext credential (hashed here): tests and the demo.
+    pub fn with(mut self, user: &str, device: &str, credential: &str) -> Self {
+        self.insert(user, device, CredentialHash::new(credential, 1_000));
+        self
+    }
+
+    /// How many devices are registered.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether no device is registered.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+}
+
+impl Authenticator for DeviceRegistry {
+    fn authenticate(&self, c: &Credentials) -> bool {
+        let key = DeviceKey::new(&c.user, &c.device);
+        let Some(hash) = self.devices.get(&key) else {
+            return false;
+        };
+        let seen = digest::digest(&digest::SHA256, c.credential.as_bytes());
+        if let Ok(v) = self.verified.lock()
+            && let Some(known) = v.get(&key)
+            && constant_time_eq(known.as_ref(), seen.as_ref())
+        {
+            return true;
+        }
+        let ok = hash.verify(&c.credential);
+        if ok && let Ok(mut v) = self.verified.lock() {
+            v.insert(key, seen);
+        }
+        ok
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts failed authentications per client address and locks out repeat offenders.
+#[derive(Debug)]
+pub struct RateLimiter {
+    max_failures: u32,
+    window: Duration,
+    lockout: Duration,
+    state: Mutex<HashMap<IpAddr, Strikes>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Strikes {
+    since: Instant,
+    count: u32,
+    locked_until: Option<Instant>,
+}
+
+/// Entries kept before old ones are pruned: bounds memory under a spray of addresses.
+const MAX_TRACKED: usize = 65_536;
+
+impl RateLimiter {
+    /// `max_failures` within `window` lock an address out for `lockout`.
+    pub fn new(max_failures: u32, window: Duration, lockout: Duration) -> Self {
+        Self {
+            max_failures: max_failures.max(1),
+            window,
+            lockout,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Whether `ip` is locked out now.
+    pub fn is_locked(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&ip).and_then(|e| e.locked_until))
+            .is_some_and(|until| until > now)
+    }
+
+    /// Records a failure; true when it locks the address out.
+    pub fn failure(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        if state.len() >= MAX_TRACKED {
+            let window = self.window;
+            state.retain(|_, e| now.duration_since(e.since) < window || e.locked_until.is_some_and(|u| u > now));
+        }
+        let e = state.entry(ip).or_insert(Strikes {
+            since: now,
+            count: 0,
+            locked_until: None,
+        });
+        if now.duration_since(e.since) >= self.window && e.locked_until.is_none_or(|u| u <= now) {
+            *e = Strikes {
+                since: now,
+                count: 0,
+                locked_until: None,
+            };
+        }
+        e.count += 1;
+        if e.count >= self.max_failures {
+            e.locked_until = Some(now + self.lockout);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets an address's failures after it authenticated.
+    pub fn success(&self, ip: IpAddr) {
+        if let Ok(mut s) = self.state.lock()
+            && s.get(&ip).is_some_and(|e| e.locked_until.is_none())
+        {
+            s.remove(&ip);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(user: &str, device: &str, credential: &str) -> Credentials {
+        Credentials {
+            user: user.into(),
+            device: device.into(),
+            credential: credential.into(),
+        }
+    }
+
+    #[test]
+    fn hash_round_trips_and_verifies() {
+        let h = CredentialHash::new("s3cr3t!", 1000);
+        let text = h.to_string();
+        assert!(text.starts_with("pbkdf2-sha256$1000$"));
+        let back = CredentialHash::parse(&text).unwrap();
+        assert_eq!(back, h);
+        assert!(back.verify("s3cr3t!"));
+        assert!(!back.verify("s3cr3t"));
+        // Two hashes of one credential differ by salt.
+        assert_ne!(CredentialHash::new("s3cr3t!", 1000).to_string(), text);
+    }
+
+    #[test]
+    fn bad_hashes_are_refused_with_a_reason() {
+        for bad in [
+            "",
+            "plain",
+            "pbkdf2-sha256$0$AAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAA",
+            "pbkdf2-sha256$10$!!$AA",
+            "md5$1$a$b",
+        ] {
+            assert!(CredentialHash::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registry_checks_user_device_and_credential() {
+        let r = DeviceRegistry::new().with("alice", "sensor1", "s3cr3t!");
+        assert!(r.authenticate(&creds("alice", "sensor1", "s3cr3t!")));
+        // Second time through the remembered digest.
+        assert!(r.authenticate(&creds("alice", "sensor1", "s3cr3t!")));
+        assert!(!r.authenticate(&creds("alice", "sensor1", "wrong")));
+        assert!(!r.authenticate(&creds("bob", "sensor1", "s3cr3t!")));
+        assert!(!r.authenticate(&creds("alice", "sensor2", "s3cr3t!")));
+    }
+
+    #[test]
+    fn limiter_locks_out_after_max_failures() {
+        let l = RateLimiter::new(3, Duration::from_secs(60), Duration::from_secs(60));
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let other: IpAddr = [10, 0, 0, 2].into();
+        assert!(!l.failure(ip));
+        assert!(!l.failure(ip));
+        assert!(!l.is_locked(ip));
+        assert!(l.failure(ip));
+        assert!(l.is_locked(ip));
+        assert!(!l.is_locked(other));
+        let short = RateLimiter::new(1, Duration::from_millis(1), Duration::from_millis(1));
+        assert!(short.failure(ip));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!short.is_locked(ip));
+    }
+}

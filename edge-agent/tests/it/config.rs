@@ -1,0 +1,49 @@
+//! The example configuration parses, and bad configurations fail with a clear message.
+
+use std::time::Duration;
+
+use twinlake_edge::EdgeConfig;
+
+#[test]
+fn the_example_config_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/edge-agent.example.toml");
+    let c = EdgeConfig::load(std::path::Path::new(path)).unwrap();
+    assert_eq!(c.gateway, "gw-1");
+    assert_eq!(c.listener.tcp, Some("0.0.0.0:25200".parse().unwrap()));
+    assert_eq!(c.listener.tls, Some("0.0.0.0:25202".parse().unwrap()));
+    assert_eq!(c.devices.len(), 1);
+    assert_eq!(c.streams.intervals["temp"], Duration::from_secs(1));
+    assert_eq!(c.streams.intervals["debug"], Duration::ZERO);
+    assert_eq!(c.wal.fsync_interval, Duration::from_millis(10));
+    assert_eq!(c.upload.ttl, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!(c.upload.options["aws_allow_http"], "true");
+}
+
+#[test]
+fn an_empty_config_is_the_defaults() {
+    let c = EdgeConfig::parse("").unwrap();
+    assert_eq!(c.listener.tcp, Some("0.0.0.0:25200".parse().unwrap()));
+    assert_eq!(c.listener.tls, None);
+    assert!(c.devices.is_empty());
+}
+
+#[test]
+fn bad_configs_say_what_is_wrong() {
+    for (text, says) in [
+        ("gatway = \"x\"", "unknown field"),
+        ("gateway = \"a/b\"", "gateway"),
+        ("[listener]\ntcp = \"nowhere\"", "nowhere"),
+        ("[listener]\ntls = \"0.0.0.0:25202\"", "tls_cert"),
+        ("[wal]\nfsync_interval = \"soon\"", "fsync_interval"),
+        ("[parquet]\nzstd_level = 99", "zstd_level"),
+        (
+            "[[devices]]\nuser = \"a\"\ndevice = \"b\"\ncredential_hash = \"plain\"",
+            "a/b",
+        ),
+    ] {
+        let err = EdgeConfig::parse(text).unwrap_err().to_string();
+        assert!(err.contains(says), "{text:?} gave {err:?}");
+    }
+    let off = EdgeConfig::parse("[listener]\ntcp = \"off\"").unwrap();
+    assert_eq!(off.listener.tcp, None);
+}

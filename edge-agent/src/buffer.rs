@@ -260,8 +260,7 @@ impl Buffer {
             let schema = self.schemas.entry(table.to_owned()).or_default();
             self.tables.insert(table.to_owned(), Table::new(schema));
         }
-        let schema = self.schemas.entry(table.to_owned()).or_default();
-        let Some(t) = self.tables.get_mut(table) else {
+        let (Some(schema), Some(t)) = (self.schemas.get_mut(table), self.tables.get_mut(table)) else {
             return;
         };
         let row = t.time.len();

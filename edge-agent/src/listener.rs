@@ -58,8 +58,13 @@ impl std::fmt::Display for DeviceKey {
 
 /// Decides whether a device may connect.
 pub trait Authenticator: Send + Sync + 'static {
-    /// Whether these credentials are valid.
+    /// Whether these credentials are valid. May be slow (a password hash).
     fn authenticate(&self, credentials: &Credentials) -> bool;
+
+    /// A cheap answer when there is one (a credential seen before), without the slow check.
+    fn quick_check(&self, _credentials: &Credentials) -> Option<bool> {
+        None
+    }
 }
 
 /// Listener settings.
@@ -199,7 +204,8 @@ impl PartialEq for Acker {
 #[derive(Debug)]
 enum Command {
     Request {
-        message: Message,
+        // Boxed: the queue's slots are allocated up front, so they are kept small.
+        message: Box<Message>,
         reply: oneshot::Sender<Reply>,
     },
     Ack {
@@ -224,6 +230,7 @@ struct Shared {
     properties: Mutex<HashMap<(DeviceKey, String), Value>>,
     events: mpsc::Sender<DeviceEvent>,
     next_conn: AtomicU64,
+    slow_auth: tokio::sync::Semaphore,
 }
 
 /// A bound listener, ready to [`DeviceListener::run`].
@@ -270,6 +277,7 @@ impl DeviceListener {
             properties: Mutex::default(),
             events,
             next_conn: AtomicU64::new(1),
+            slow_auth: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
         });
         Ok((Self { tcp, tls, shared }, rx))
     }
@@ -349,6 +357,10 @@ async fn accept_loop(
     while conns.join_next().await.is_some() {}
 }
 
+/// The first read of a busy connection, and the most one read takes.
+const READ_CHUNK: usize = 8192;
+const MAX_READ_CHUNK: usize = 256 << 10;
+
 /// Per-connection state outside the session.
 struct Conn {
     id: u64,
@@ -374,13 +386,15 @@ where
         tx_bytes: 0,
     };
     let mut decoder = FrameDecoder::new(shared.config.limits);
-    let mut buf = vec![0u8; 8192];
+    // The read buffer grows while the device is busy and is freed when it goes quiet, so an
+    // idle connection costs little memory (BENCHMARKS.md: agent memory per device).
+    let mut buf: Vec<u8> = Vec::new();
     let idle = shared.config.idle_timeout;
     let mut idle_deadline = Instant::now() + idle;
     let reason: String = loop {
         let next_request_deadline = conn.pending.values().map(|(d, _)| *d).min();
         tokio::select! {
-            read = rd.read(&mut buf) => {
+            read = rd.read_buf(&mut buf) => {
                 let n = match read {
                     Ok(0) => break "closed by device".into(),
                     Ok(n) => n,
@@ -388,16 +402,27 @@ where
                 };
                 conn.rx_bytes += n as u64;
                 idle_deadline = Instant::now() + idle;
-                decoder.push(buf.get(..n).unwrap_or_default());
-                if let Err(reason) = handle_frames(&mut decoder, &mut conn, &shared, &cmd_tx, peer, tls).await {
+                decoder.push(&buf);
+                let full = buf.len() >= buf.capacity();
+                buf.clear();
+                if full {
+                    // Busy: read bigger chunks next time.
+                    buf.reserve((n * 2).clamp(READ_CHUNK, MAX_READ_CHUNK));
+                } else if n < READ_CHUNK / 8 {
+                    buf = Vec::new();
+                }
+                // Boxed: the handling state lives only while frames are handled, not in
+                // every idle connection's task.
+                if let Err(reason) = Box::pin(handle_frames(&mut decoder, &mut conn, &shared, &cmd_tx, peer, tls)).await {
                     // Flush what the session still has to say (an auth refusal, say).
                     let _ = flush(&mut wr, &mut conn).await;
                     break reason;
                 }
+                decoder.release();
             }
             Some(cmd) = cmd_rx.recv() => match cmd {
                 Command::Request { message, reply } => {
-                    let sid = conn.session.request(message);
+                    let sid = conn.session.request(*message);
                     conn.pending.insert(sid, (Instant::now() + shared.config.request_timeout, reply));
                 }
                 Command::Ack { stream_id, ok } => conn.session.ack(stream_id, ok),
@@ -447,11 +472,19 @@ async fn handle_frames(
                     conn.session.reject();
                     return Err("authentication refused (rate limited)".into());
                 }
-                // Checking a hash takes CPU time: keep it off the async threads.
-                let auth = shared.auth.clone();
-                let ok = tokio::task::spawn_blocking(move || auth.authenticate(&creds))
-                    .await
-                    .unwrap_or(false);
+                let ok = match shared.auth.quick_check(&creds) {
+                    Some(ok) => ok,
+                    None => {
+                        // A hash check takes CPU time: off the async threads, and only as
+                        // many at once as there are cores, so a login storm neither stalls
+                        // connections nor piles up threads.
+                        let _permit = shared.slow_auth.acquire().await;
+                        let auth = shared.auth.clone();
+                        tokio::task::spawn_blocking(move || auth.authenticate(&creds))
+                            .await
+                            .unwrap_or(false)
+                    }
+                };
                 if !ok {
                     metrics.auth_failures.inc();
                     let locked = shared

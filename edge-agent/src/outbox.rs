@@ -93,12 +93,16 @@ fn seq_name(seq: u64) -> String {
     format!("{seq:020}")
 }
 
-/// Writer settings: zstd, page statistics, sorted by (device, time), delta-encoded time.
+/// Writer settings: zstd, page statistics, sorted by (device, time), delta-encoded time, and
+/// a 64 KiB dictionary limit: low-cardinality columns keep their dictionary, while
+/// high-cardinality floats (coordinates) fall back to plain early instead of carrying a
+/// 1 MiB dictionary page per file (2.43 → 2.16 bytes/value on TSBS readings; BENCHMARKS.md).
 pub fn writer_properties(cfg: &ParquetSection) -> Result<WriterProperties, Error> {
     let level = ZstdLevel::try_new(cfg.zstd_level).map_err(|e| Error::Config(format!("parquet.zstd_level: {e}")))?;
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(cfg.row_group_rows))
+        .set_dictionary_page_size_limit(64 << 10)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(vec![
             SortingColumn {

@@ -96,7 +96,10 @@ impl DeviceHandle {
         let offline = || Error::DeviceOffline(self.key.to_string());
         // A full command queue waits: the device is busy, and the reply deadline still holds.
         self.tx
-            .send(Command::Request { message, reply })
+            .send(Command::Request {
+                message: Box::new(message),
+                reply,
+            })
             .await
             .map_err(|_| offline())?;
         match rx.await {

@@ -177,6 +177,15 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Frees the buffer when everything in it has been decoded: an idle connection then
+    /// holds no buffer memory at all.
+    pub fn release(&mut self) {
+        if self.start >= self.buf.len() {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
     /// Bytes received but not yet decoded.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start

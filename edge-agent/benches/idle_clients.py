@@ -1,0 +1,34 @@
+"""Idle devices for the memory benchmark, in their own process.
+
+Usage: idle_clients.py HOST:PORT AUTH_HEX_FILE. Opens one connection per line of the file,
+sends that AUTH frame, reads the 4-byte answer, then holds every connection open (answering
+nothing) until stdin closes.
+"""
+import asyncio
+import resource
+import sys
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+host, port = sys.argv[1].rsplit(":", 1)
+frames = [bytes.fromhex(l.strip()) for l in open(sys.argv[2]) if l.strip()]
+
+
+async def one(frame, conns):
+    r, w = await asyncio.open_connection(host, int(port))
+    w.write(frame)
+    await w.drain()
+    assert await r.readexactly(4) == b"\x01\x02\x10\x01"
+    conns.append((r, w))
+
+
+async def main():
+    conns = []
+    for i in range(0, len(frames), 200):
+        await asyncio.gather(*(one(f, conns) for f in frames[i : i + 200]))
+    print("ready", len(conns), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+asyncio.run(main())

@@ -183,3 +183,46 @@ async fn bad_logins_are_counted_and_locked_out() {
     assert!(metric(&text, "twinlake_edge_auth_rate_limited_total") >= 1.0, "{text}");
     agent.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_calls_and_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lake::config(dir.path(), "memory:///", 1);
+    cfg.devices[0]
+        .properties
+        .insert("cfg".into(), toml::Value::Table(toml::toml! { x = 1 }));
+    let agent = lake::start(cfg).await;
+    let addr = agent.tcp;
+    let (confirmed, property) = tokio::task::spawn_blocking(move || {
+        let mut c =
+            twinlake_sdk::client::ClientConfig::new("127.0.0.1", addr.port(), lake::USER, "dev-0", lake::CREDENTIAL);
+        c.poll_interval = Duration::from_millis(5);
+        let mut client = twinlake_sdk::client::Client::new(c, lake::sensor());
+        client.wait_connected(Duration::from_secs(10)).unwrap();
+        let payload = twinlake_sdk::pson::Value::object().with("temp", 31.5);
+        let confirmed = client
+            .call_endpoint_confirmed("email_alert", Some(payload), Duration::from_secs(10))
+            .unwrap();
+        let property = client.get_property("cfg", Duration::from_secs(10)).unwrap();
+        (confirmed, property)
+    })
+    .await
+    .unwrap();
+    // Confirmed once durable; queued for the cloud; served from the config.
+    assert!(confirmed);
+    let call = tokio::time::timeout(Duration::from_secs(5), agent.endpoints.pop())
+        .await
+        .unwrap();
+    assert_eq!(
+        (call.device.device.as_str(), call.endpoint.as_str()),
+        ("dev-0", "email_alert")
+    );
+    assert_eq!(
+        call.payload,
+        Some(twinlake_sdk::pson::Value::object().with("temp", 31.5))
+    );
+    assert_eq!(property, Some(twinlake_sdk::pson::Value::object().with("x", 1)));
+    let text = agent.scrape().await;
+    assert_eq!(metric(&text, "twinlake_edge_endpoint_calls_total"), 1.0, "{text}");
+    agent.stop().await.unwrap();
+}

@@ -54,6 +54,7 @@ pub struct Running {
     pub tcp: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub store: (Arc<dyn object_store::ObjectStore>, object_store::path::Path),
+    pub endpoints: twinlake_edge::ingest::EndpointQueue,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -65,6 +66,7 @@ pub async fn start(config: EdgeConfig) -> Running {
         tcp: agent.tcp_addr().unwrap(),
         metrics_addr: agent.metrics_addr().unwrap(),
         store: agent.store(),
+        endpoints: agent.endpoint_calls(),
         stop,
         task: tokio::spawn(agent.run(async move {
             let _ = stopped.await;

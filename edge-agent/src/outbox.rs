@@ -187,6 +187,7 @@ impl Outbox {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale = name.starts_with(".tmp-") || name.parse::<u64>().is_ok_and(|s| s > sealed_through);
+            // `damaged-*` seals stay for an operator.
             if stale {
                 tracing::info!(seal = %name, "removing an unfinished seal; its rows are still in the WAL");
                 std::fs::remove_dir_all(entry.path())?;
@@ -255,14 +256,22 @@ impl Outbox {
         Ok(v)
     }
 
-    /// A seal's manifest, with only the files still waiting.
+    /// A seal's manifest, with only the files still waiting. A committed seal always has
+    /// its manifest, which [`remove_seal`](Self::remove_seal) deletes last; a seal
+    /// directory without one is the rest of an interrupted removal, with nothing waiting.
     pub fn pending(&self, seq: u64) -> Result<Manifest, Error> {
         let dir = self.dir.join(seq_name(seq));
         let path = dir.join(MANIFEST);
-        let bytes = std::fs::read(&path).map_err(|source| Error::ReadFile {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Manifest {
+                    seq,
+                    ..Manifest::default()
+                });
+            }
+            Err(source) => return Err(Error::ReadFile { path, source }),
+        };
         let mut m: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
         m.files.retain(|f| dir.join(&f.path).exists());
@@ -274,9 +283,31 @@ impl Outbox {
         self.dir.join(seq_name(seq)).join(rel)
     }
 
-    /// Deletes a seal's directory.
+    /// Deletes a seal's directory: its files first and the manifest last, so a crash in
+    /// between never leaves files without their manifest.
     pub fn remove_seal(&self, seq: u64) -> std::io::Result<()> {
-        std::fs::remove_dir_all(self.dir.join(seq_name(seq)))?;
+        let dir = self.dir.join(seq_name(seq));
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_name() == MANIFEST {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        sync_dir(&dir)?;
+        std::fs::remove_dir_all(&dir)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Moves a seal that cannot be read aside (`outbox/damaged-<seq>`), so it does not block
+    /// the ones after it; it is kept for an operator to look at.
+    pub fn quarantine(&self, seq: u64) -> std::io::Result<()> {
+        let name = seq_name(seq);
+        std::fs::rename(self.dir.join(&name), self.dir.join(format!("damaged-{name}")))?;
         sync_dir(&self.dir)
     }
 
@@ -324,5 +355,21 @@ mod tests {
             object_path("t", -3_600_000_000, "g", 1),
             "t/date=1969-12-31/hour=23/g-00000000000000000001.parquet"
         );
+    }
+}
+
+#[cfg(test)]
+mod removal_tests {
+    use super::*;
+
+    #[test]
+    fn a_seal_without_its_manifest_has_nothing_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::new(dir.path(), "gw", writer_properties(&ParquetSection::default()).unwrap()).unwrap();
+        std::fs::create_dir_all(dir.path().join("outbox/00000000000000000007/t/date=2024-01-01")).unwrap();
+        assert_eq!(outbox.seals().unwrap(), vec![7]);
+        assert!(outbox.pending(7).unwrap().files.is_empty());
+        outbox.remove_seal(7).unwrap();
+        assert!(outbox.seals().unwrap().is_empty());
     }
 }

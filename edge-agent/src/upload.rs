@@ -130,7 +130,17 @@ impl Uploader {
             self.metrics.upload_queue_bytes.set(0);
             return Ok(false);
         };
-        let m = self.outbox.pending(seq)?;
+        let m = match self.outbox.pending(seq) {
+            Ok(m) => m,
+            Err(Error::Corrupt(why)) => {
+                // Not retryable: set it aside so the seals after it still go up.
+                error!(seq, %why, "a sealed batch is unreadable; moved aside as outbox/damaged-<seq>");
+                self.metrics.dropped("damaged", 1, 0);
+                self.outbox.quarantine(seq)?;
+                return Ok(true);
+            }
+            Err(e) => return Err(e),
+        };
         let Some(file) = m.files.first() else {
             self.outbox.remove_seal(seq)?;
             debug!(seq, "seal uploaded");
@@ -159,7 +169,8 @@ impl Uploader {
         let mut files: i64 = 0;
         let mut seals = Vec::new();
         for seq in self.outbox.seals()?.into_iter().filter(|s| *s <= through) {
-            let m = self.outbox.pending(seq)?;
+            // An unreadable manifest is dealt with by the upload step.
+            let Ok(m) = self.outbox.pending(seq) else { continue };
             let bytes: u64 = m.files.iter().map(|f| f.bytes).sum();
             total += bytes;
             files += m.files.len() as i64;

@@ -163,6 +163,13 @@ fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean shutdown: {status:?}");
 
+    // Everything went up: no seal is left waiting in the outbox.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("data/outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "seals left in the outbox: {left:?}");
+
     let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
     let mut stack = vec![dir.path().join("lake")];
     while let Some(d) = stack.pop() {

@@ -1,10 +1,10 @@
 //! The ingest loop: device data → WAL → Arrow buffer → sealed Parquet in the outbox.
 //!
 //! One task owns the WAL and the buffer. It takes whatever events are queued (up to a
-//! batch), appends each row to the WAL and to the buffer, and fsyncs once for the batch
-//! (group commit; `wal.fsync_interval` lets rows of several batches share one fsync). Only
-//! after that fsync are rows counted and bucket writes and endpoint calls confirmed to their
-//! devices. Sealing (Parquet encoding and writing) runs on a blocking thread while ingest
+//! batch) and appends each row to the WAL and to the buffer. An fsync runs on a blocking
+//! thread while ingest goes on; everything appended meanwhile shares the next fsync (group
+//! commit; `wal.fsync_interval` bounds how long a row waits for one). Only after its fsync is a
+//! row counted and a bucket write or endpoint call confirmed to its device. Sealing (Parquet encoding and writing) runs on a blocking thread while ingest
 //! goes on into a fresh buffer and WAL segment; one seal is in flight at a time.
 
 use std::borrow::Cow;
@@ -93,6 +93,15 @@ impl EndpointQueue {
     }
 }
 
+/// Rows waiting for an fsync.
+struct Pending {
+    acks: Vec<Acker>,
+    rows: u64,
+    values: u64,
+    bytes: u64,
+    started: std::time::Instant,
+}
+
 /// A seal being written, kept whole so a failed write can be tried again.
 struct SealJob {
     seq: u64,
@@ -116,6 +125,7 @@ pub struct Ingest {
     unsynced_values: u64,
     unsynced_bytes: u64,
     sync_at: Option<Instant>,
+    inflight: Option<(JoinHandle<std::io::Result<()>>, Pending)>,
     sealing: Option<JoinHandle<Result<(), Error>>>,
     sealing_job: Option<SealJob>,
     retry: Option<(Instant, SealJob)>,
@@ -203,6 +213,7 @@ impl Ingest {
                 unsynced_values: 0,
                 unsynced_bytes: 0,
                 sync_at: None,
+                inflight: None,
                 sealing: None,
                 sealing_job: None,
                 retry: None,
@@ -242,11 +253,17 @@ impl Ingest {
                         self.sync_at = Some(Instant::now() + self.wal_cfg.fsync_interval);
                     }
                     if self.wal_cfg.fsync_interval.is_zero() {
-                        self.sync().await;
+                        self.start_sync();
                     }
                 }
-                _ = tokio::time::sleep_until(self.sync_at.unwrap_or_else(Instant::now)), if self.sync_at.is_some() => {
-                    self.sync().await;
+                _ = tokio::time::sleep_until(self.sync_at.unwrap_or_else(Instant::now)),
+                    if self.sync_at.is_some() && self.inflight.is_none() => self.start_sync(),
+                res = wait_sync(&mut self.inflight), if self.inflight.is_some() => {
+                    self.finish_sync(res);
+                    // Whatever arrived during that fsync goes into the next one at once.
+                    if self.unsynced_rows > 0 || !self.pending_acks.is_empty() {
+                        self.start_sync();
+                    }
                 }
                 res = wait_seal(&mut self.sealing), if self.sealing.is_some() => self.seal_finished(res),
                 _ = tick.tick() => {}
@@ -348,20 +365,33 @@ impl Ingest {
         }
     }
 
-    /// Makes everything appended so far durable, then counts it and confirms it.
-    async fn sync(&mut self) {
+    /// Starts an fsync of everything appended so far, unless one is running. Ingest goes on
+    /// meanwhile; what arrives during this fsync goes into the next one.
+    fn start_sync(&mut self) {
         self.sync_at = None;
-        if self.unsynced_rows == 0 && self.pending_acks.is_empty() {
+        if self.inflight.is_some() || (self.unsynced_rows == 0 && self.pending_acks.is_empty()) {
             return;
         }
-        let started = std::time::Instant::now();
-        let res = match self.wal.flush().and_then(|_| self.wal.sync_handle()) {
-            Ok(file) => tokio::task::spawn_blocking(move || file.sync_data())
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-            Err(e) => Err(e),
+        let batch = Pending {
+            acks: std::mem::take(&mut self.pending_acks),
+            rows: std::mem::take(&mut self.unsynced_rows),
+            values: std::mem::take(&mut self.unsynced_values),
+            bytes: std::mem::take(&mut self.unsynced_bytes),
+            started: std::time::Instant::now(),
         };
-        self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        let handle = match self.wal.flush().and_then(|_| self.wal.sync_handle()) {
+            Ok(file) => tokio::task::spawn_blocking(move || file.sync_data()),
+            Err(e) => tokio::task::spawn_blocking(move || Err(e)),
+        };
+        self.inflight = Some((handle, batch));
+    }
+
+    /// Counts and confirms the rows of a finished fsync.
+    fn finish_sync(&mut self, res: std::io::Result<()>) {
+        let Some((_, batch)) = self.inflight.take() else { return };
+        self.metrics
+            .wal_fsync_seconds
+            .observe(batch.started.elapsed().as_secs_f64());
         let ok = match res {
             Ok(()) => true,
             Err(e) => {
@@ -370,18 +400,31 @@ impl Ingest {
             }
         };
         if ok {
-            self.metrics.rows_in.inc_by(self.unsynced_rows);
-            self.metrics.values_in.inc_by(self.unsynced_values);
-            self.metrics.bytes_in.inc_by(self.unsynced_bytes);
-            self.metrics.wal_bytes.inc_by(self.unsynced_bytes);
+            self.metrics.rows_in.inc_by(batch.rows);
+            self.metrics.values_in.inc_by(batch.values);
+            self.metrics.bytes_in.inc_by(batch.bytes);
+            self.metrics.wal_bytes.inc_by(batch.bytes);
         }
-        for a in self.pending_acks.drain(..) {
+        for a in batch.acks {
             a.ack(ok);
         }
-        self.unsynced_rows = 0;
-        self.unsynced_values = 0;
-        self.unsynced_bytes = 0;
         self.metrics.buffer_rows.set(self.buffer.rows() as i64);
+    }
+
+    /// Makes everything appended so far durable: waits for the fsync in flight, then runs
+    /// one more for what came after it.
+    async fn sync(&mut self) {
+        for _ in 0..2 {
+            if self.inflight.is_some() {
+                let res = wait_sync(&mut self.inflight).await;
+                self.finish_sync(res);
+            }
+            self.start_sync();
+        }
+        if self.inflight.is_some() {
+            let res = wait_sync(&mut self.inflight).await;
+            self.finish_sync(res);
+        }
     }
 
     async fn maybe_seal(&mut self) {
@@ -467,6 +510,14 @@ impl Ingest {
                 self.retry = Some((Instant::now() + Duration::from_secs(5), job));
             }
         }
+    }
+}
+
+/// The outcome of the fsync in flight; never ready when there is none.
+async fn wait_sync(inflight: &mut Option<(JoinHandle<std::io::Result<()>>, Pending)>) -> std::io::Result<()> {
+    match inflight {
+        Some((h, _)) => h.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        None => std::future::pending().await,
     }
 }
 

@@ -32,12 +32,20 @@ async fn devices_stream_into_parquet_in_the_object_store() {
         assert_eq!(a.len() as u64, RECORDS, "every record confirmed");
     }
 
-    let text = agent.scrape().await;
+    let mut text = agent.scrape().await;
     assert!(
         metric(&text, "twinlake_edge_rows_in_total") >= (DEVICES as u64 * RECORDS) as f64,
         "{text}"
     );
-    assert_eq!(metric(&text, "twinlake_edge_devices_connected"), 0.0);
+    // The devices have hung up; the agent notices within moments.
+    for _ in 0..100 {
+        if metric(&text, "twinlake_edge_devices_connected") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = agent.scrape().await;
+    }
+    assert_eq!(metric(&text, "twinlake_edge_devices_connected"), 0.0, "{text}");
     assert!(metric(&text, "twinlake_edge_wal_fsync_seconds_count") > 0.0);
     agent.stop().await.expect("clean shutdown");
 

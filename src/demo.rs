@@ -1,5 +1,5 @@
-//! `twinlake demo`: the device listener on TCP and TLS, a simulated fleet, live streams and
-//! control, all on embedded defaults.
+//! `twinlake demo`: the edge agent (device listener on TCP and TLS, WAL, Parquet lake) with a
+//! simulated fleet, live streams and control, all on embedded defaults.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use twinlake_edge::listener::{DeviceEventKind, DeviceHandle, DeviceListener, Devices, ListenerConfig, tls_acceptor};
-use twinlake_edge::registry::DeviceRegistry;
+use twinlake_edge::config::DeviceEntry;
+use twinlake_edge::listener::{DeviceEventKind, DeviceHandle, Devices};
+use twinlake_edge::registry::CredentialHash;
+use twinlake_edge::{EdgeAgent, EdgeConfig};
 use twinlake_sdk::json::to_json;
-use twinlake_sdk::pson::Value;
 
 use crate::sim;
 
@@ -22,6 +23,9 @@ pub struct DemoArgs {
     /// Address for the TLS device listener.
     #[arg(long, default_value = "127.0.0.1:25202")]
     pub tls: SocketAddr,
+    /// Address for Prometheus metrics.
+    #[arg(long, default_value = "127.0.0.1:9600")]
+    pub metrics: SocketAddr,
     /// Simulated devices.
     #[arg(long, default_value_t = 3)]
     pub devices: usize,
@@ -46,25 +50,45 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join("twinlake-demo");
     std::fs::create_dir_all(&dir)?;
     let ca_path = dir.join("device-listener.pem");
+    let key_path = dir.join("device-listener.key");
     std::fs::write(&ca_path, cert.cert.pem())?;
-    let acceptor = tls_acceptor(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&key_path, cert.signing_key.serialize_pem())?;
 
-    let mut registry = DeviceRegistry::new();
-    for i in 1..=args.devices.max(1) {
-        registry = registry.with(USER, &format!("sensor-{i}"), CREDENTIAL);
-    }
-    // A slot for a real device: the stock Thinger client or our SDK example.
-    registry = registry.with(USER, "my-device", CREDENTIAL);
-    let config = ListenerConfig {
-        tcp: Some(args.tcp),
-        tls: Some((args.tls, acceptor)),
-        ..ListenerConfig::default()
+    // The edge agent on embedded defaults: the WAL and outbox under the demo directory, the
+    // lake beside them.
+    let lake = dir.join("lake");
+    let mut config = EdgeConfig {
+        gateway: "demo-gw".into(),
+        data_dir: dir.join("edge"),
+        ..EdgeConfig::default()
     };
-    let (listener, mut events) = DeviceListener::bind(config, Arc::new(registry)).await?;
-    let devices = listener.devices();
-    let (tcp, tls) = (listener.tcp_addr(), listener.tls_addr());
+    config.listener.tcp = Some(args.tcp);
+    config.listener.tls = Some(args.tls);
+    config.listener.tls_cert = Some(ca_path.clone());
+    config.listener.tls_key = Some(key_path);
+    config.metrics.addr = Some(args.metrics);
+    config.streams.default_interval = Duration::from_secs(1);
+    config.buffer.max_age = Duration::from_secs(10);
+    config.upload.url = format!("file://{}", lake.display());
+    let hash = CredentialHash::new(CREDENTIAL, 1_000).to_string();
+    // The fleet, and a slot for a real device: the stock Thinger client or our SDK example.
+    let names = (1..=args.devices.max(1))
+        .map(|i| format!("sensor-{i}"))
+        .chain(["my-device".to_string()]);
+    config.devices = names
+        .map(|device| DeviceEntry {
+            user: USER.into(),
+            device,
+            credential_hash: hash.clone(),
+            properties: Default::default(),
+        })
+        .collect();
+    let agent = EdgeAgent::start(config).await?;
+    let devices = agent.devices();
+    let mut events = agent.watch();
+    let (tcp, tls, metrics) = (agent.tcp_addr(), agent.tls_addr(), agent.metrics_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(listener.run(async move {
+    let server = tokio::spawn(agent.run(async move {
         let _ = stop_rx.await;
     }));
 
@@ -86,6 +110,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             tcp.port()
         );
     }
+    println!("  metrics           http://{}/metrics", fmt_addr(metrics));
+    println!("  Parquet lake      {} (sealed every 10 s)", lake.display());
+    println!(
+        "  query it          duckdb -c \"SELECT device, count(*), avg(value) FROM read_parquet('{}/temp/**/*.parquet', hive_partitioning = true) GROUP BY device\"",
+        lake.display()
+    );
     println!("  Ctrl-C stops.\n");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -113,12 +143,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            Some(ev) = events.recv() => {
+            ev = events.recv() => {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        println!("(skipped {n} events)");
+                        continue;
+                    }
+                    Err(_) => break,
+                };
                 let device = ev.device.device.clone();
                 match ev.kind {
                     DeviceEventKind::Connected { peer, tls } => {
                         println!("{device:<12} connected from {peer}{}", if tls { " over TLS" } else { "" });
-                        tokio::spawn(subscribe(devices.clone(), device));
+                        tokio::spawn(describe_and_light(devices.clone(), device));
                     }
                     DeviceEventKind::Disconnected { reason, .. } => println!("{device:<12} disconnected: {reason}"),
                     DeviceEventKind::Stream { path, payload, .. } => {
@@ -142,7 +180,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(());
-    let _ = server.await;
+    if let Ok(Err(e)) = server.await {
+        println!("the agent stopped with an error: {e}");
+    }
     for t in threads {
         let _ = t.join();
     }
@@ -150,25 +190,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On connect: describe the device, stream every output each second and every input on
-/// change, then switch its LED on from the platform.
-async fn subscribe(devices: Devices, device: String) {
+/// On connect (the agent has started its streams): show what the device offers, then switch
+/// its LED on from the platform.
+async fn describe_and_light(devices: Devices, device: String) {
     let Some(h) = devices.get(USER, &device) else { return };
-    let api = match h.describe().await {
-        Ok(api) => api,
+    match h.describe().await {
+        Ok(api) => println!("{device:<12} resources {}", to_json(&api)),
         Err(e) => return println!("{device:<12} describe failed: {e}"),
-    };
-    println!("{device:<12} resources {}", to_json(&api));
-    let Some(resources) = api.as_object() else { return };
-    for (name, entry) in resources {
-        let result = match entry.get("fn").and_then(Value::as_i64) {
-            Some(3) => h.start_stream(&[name], Some(Duration::from_secs(1))).await,
-            Some(2) => h.start_stream(&[name], None).await,
-            _ => Ok(()),
-        };
-        if let Err(e) = result {
-            println!("{device:<12} cannot stream {name}: {e}");
-        }
     }
     write_led(&h, &device, true).await;
 }

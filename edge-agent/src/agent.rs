@@ -175,6 +175,12 @@ impl EdgeAgent {
         self.endpoints.clone()
     }
 
+    /// Every device event as it arrives: connects, disconnects, stream values, bucket
+    /// writes. A receiver that falls behind loses the oldest (`Lagged`); ingest never waits.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<DeviceEvent> {
+        self.ingest.tap.subscribe()
+    }
+
     /// The object store and the lake's prefix in it.
     pub fn store(&self) -> (Arc<dyn ObjectStore>, ObjectPath) {
         (self.store.clone(), self.prefix.clone())

@@ -120,6 +120,7 @@ pub struct Ingest {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sealed_tx: watch::Sender<u64>,
     pub(crate) endpoints: EndpointQueue,
+    pub(crate) tap: tokio::sync::broadcast::Sender<DeviceEvent>,
     pending_acks: Vec<Acker>,
     unsynced_rows: u64,
     unsynced_values: u64,
@@ -208,6 +209,7 @@ impl Ingest {
                 metrics,
                 sealed_tx,
                 endpoints,
+                tap: tokio::sync::broadcast::channel(1024).0,
                 pending_acks: Vec::new(),
                 unsynced_rows: 0,
                 unsynced_values: 0,
@@ -304,6 +306,11 @@ impl Ingest {
     }
 
     fn handle(&mut self, ev: DeviceEvent, on_connect: &mut impl FnMut(&DeviceKey)) {
+        // Watchers (the demo, later the cloud link) see every event; it costs a clone only
+        // while someone watches. A slow watcher misses events, it never slows ingest.
+        if self.tap.receiver_count() > 0 {
+            let _ = self.tap.send(ev.clone());
+        }
         let time_us = micros(ev.at);
         let (kind, table, payload, ack) = match ev.kind {
             DeviceEventKind::Stream { path, payload, .. } => (RecordKind::Stream, table_name(&path), payload, None),

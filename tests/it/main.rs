@@ -19,6 +19,8 @@ fn demo_runs_the_fleet() {
             "127.0.0.1:0",
             "--tls",
             "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
             "--devices",
             "2",
         ])
@@ -37,10 +39,14 @@ fn demo_runs_the_fleet() {
         "temp     {\"out\":",
         "led      ← true (written from the platform)",
         "led      {\"in\":true}",
+        "Parquet lake",
         "stopped",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
+    // On the way out the agent sealed what it had into the lake.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sealed"), "no seal in the logs:\n{stderr}");
 }
 
 #[test]

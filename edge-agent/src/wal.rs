@@ -20,6 +20,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
+use twinlake_sdk::varint;
 
 const MAGIC: &[u8; 8] = b"TLWAL\x01\r\n";
 const HEADER: usize = 8;
@@ -92,36 +93,16 @@ impl<'a> WalRecord<'a> {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    let mut n = s.len() as u64;
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            break;
-        }
-        out.push(b | 0x80);
-    }
+    // A Vec sink never runs out of room.
+    let _ = varint::write_u64(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
 
 fn get_str(buf: &[u8]) -> Option<(&str, &[u8])> {
-    let mut n: u64 = 0;
-    let mut i = 0;
-    loop {
-        let b = *buf.get(i)?;
-        n |= u64::from(b & 0x7f) << (7 * i);
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if i >= 5 {
-            return None;
-        }
-    }
-    let n = usize::try_from(n).ok()?;
-    let s = buf.get(i..i.checked_add(n)?)?;
-    Some((std::str::from_utf8(s).ok()?, buf.get(i + n..)?))
+    let (n, used) = varint::decode_u32(buf).ok()?;
+    let rest = buf.get(used..)?;
+    let (s, rest) = rest.split_at_checked(usize::try_from(n).ok()?)?;
+    Some((std::str::from_utf8(s).ok()?, rest))
 }
 
 /// Walks a segment's bytes: calls `f` for every valid record and returns how many bytes

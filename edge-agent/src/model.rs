@@ -59,22 +59,19 @@ pub fn flatten<'a>(payload: ValueRef<'a>, stream: bool, out: &mut Vec<(Cow<'a, s
         let mut it = o.iter();
         // {"out": v} or {"in": v}: the value itself.
         if let (Some(("out" | "in", v)), None) = (it.next(), it.next()) {
-            return flatten_value(v, None, out);
+            return flatten_value(v, out);
         }
     }
-    flatten_value(payload, None, out);
+    flatten_value(payload, out);
 }
 
-fn flatten_value<'a>(v: ValueRef<'a>, prefix: Option<&str>, out: &mut Vec<(Cow<'a, str>, FieldValue<'a>)>) {
+/// A top-level value: an object's keys become columns, a scalar becomes `value`.
+fn flatten_value<'a>(v: ValueRef<'a>, out: &mut Vec<(Cow<'a, str>, FieldValue<'a>)>) {
     match v {
-        ValueRef::Object(o) => flatten_object(o, prefix, out),
+        ValueRef::Object(o) => flatten_object(o, None, out),
         other => {
             if let Some(fv) = scalar(other) {
-                let name = match prefix {
-                    Some(p) => Cow::Owned(p.to_owned()),
-                    None => Cow::Borrowed("value"),
-                };
-                out.push((name, fv));
+                out.push((Cow::Borrowed("value"), fv));
             }
         }
     }
@@ -82,31 +79,16 @@ fn flatten_value<'a>(v: ValueRef<'a>, prefix: Option<&str>, out: &mut Vec<(Cow<'
 
 fn flatten_object<'a>(o: ObjectRef<'a>, prefix: Option<&str>, out: &mut Vec<(Cow<'a, str>, FieldValue<'a>)>) {
     for (k, v) in o.iter() {
-        match prefix {
-            None => {
-                let name: Cow<'a, str> = if FIXED_COLUMNS.contains(&k) {
-                    Cow::Owned(format!("_{k}"))
-                } else {
-                    Cow::Borrowed(k)
-                };
-                match v {
-                    ValueRef::Object(inner) => flatten_object(inner, Some(&name), out),
-                    other => {
-                        if let Some(fv) = scalar(other) {
-                            out.push((name, fv));
-                        }
-                    }
-                }
-            }
-            Some(p) => {
-                let name = format!("{p}.{k}");
-                match v {
-                    ValueRef::Object(inner) => flatten_object(inner, Some(&name), out),
-                    other => {
-                        if let Some(fv) = scalar(other) {
-                            out.push((Cow::Owned(name), fv));
-                        }
-                    }
+        let name: Cow<'a, str> = match prefix {
+            None if FIXED_COLUMNS.contains(&k) => Cow::Owned(format!("_{k}")),
+            None => Cow::Borrowed(k),
+            Some(p) => Cow::Owned(format!("{p}.{k}")),
+        };
+        match v {
+            ValueRef::Object(inner) => flatten_object(inner, Some(&name), out),
+            other => {
+                if let Some(fv) = scalar(other) {
+                    out.push((name, fv));
                 }
             }
         }

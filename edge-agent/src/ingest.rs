@@ -93,14 +93,23 @@ impl EndpointQueue {
     }
 }
 
-/// Rows waiting for an fsync.
+/// Rows appended to the WAL and waiting for an fsync, with the confirmations they owe.
+#[derive(Default)]
 struct Pending {
     acks: Vec<Acker>,
     rows: u64,
     values: u64,
     bytes: u64,
-    started: std::time::Instant,
 }
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.rows == 0 && self.acks.is_empty()
+    }
+}
+
+/// An fsync running on a blocking thread, the rows it makes durable, and when it began.
+type Inflight = (JoinHandle<std::io::Result<()>>, Pending, std::time::Instant);
 
 /// A seal being written, kept whole so a failed write can be tried again.
 struct SealJob {
@@ -121,12 +130,9 @@ pub struct Ingest {
     pub(crate) sealed_tx: watch::Sender<u64>,
     pub(crate) endpoints: EndpointQueue,
     pub(crate) tap: tokio::sync::broadcast::Sender<DeviceEvent>,
-    pending_acks: Vec<Acker>,
-    unsynced_rows: u64,
-    unsynced_values: u64,
-    unsynced_bytes: u64,
+    unsynced: Pending,
     sync_at: Option<Instant>,
-    inflight: Option<(JoinHandle<std::io::Result<()>>, Pending)>,
+    inflight: Option<Inflight>,
     sealing: Option<JoinHandle<Result<(), Error>>>,
     sealing_job: Option<SealJob>,
     retry: Option<(Instant, SealJob)>,
@@ -210,10 +216,7 @@ impl Ingest {
                 sealed_tx,
                 endpoints,
                 tap: tokio::sync::broadcast::channel(1024).0,
-                pending_acks: Vec::new(),
-                unsynced_rows: 0,
-                unsynced_values: 0,
-                unsynced_bytes: 0,
+                unsynced: Pending::default(),
                 sync_at: None,
                 inflight: None,
                 sealing: None,
@@ -224,11 +227,6 @@ impl Ingest {
             },
             sealed_rx,
         ))
-    }
-
-    /// Rows in the buffer.
-    pub fn buffered_rows(&self) -> usize {
-        self.buffer.rows()
     }
 
     /// Runs until `stop` turns true; then takes what is still queued, syncs and seals it all.
@@ -251,7 +249,7 @@ impl Ingest {
                         self.handle(ev, &mut on_connect);
                         n += 1;
                     }
-                    if self.unsynced_rows > 0 && self.sync_at.is_none() {
+                    if self.unsynced.rows > 0 && self.sync_at.is_none() {
                         self.sync_at = Some(Instant::now() + self.wal_cfg.fsync_interval);
                     }
                     if self.wal_cfg.fsync_interval.is_zero() {
@@ -263,9 +261,7 @@ impl Ingest {
                 res = wait_sync(&mut self.inflight), if self.inflight.is_some() => {
                     self.finish_sync(res);
                     // Whatever arrived during that fsync goes into the next one at once.
-                    if self.unsynced_rows > 0 || !self.pending_acks.is_empty() {
-                        self.start_sync();
-                    }
+                    self.start_sync();
                 }
                 res = wait_seal(&mut self.sealing), if self.sealing.is_some() => self.seal_finished(res),
                 _ = tick.tick() => {}
@@ -364,11 +360,11 @@ impl Ingest {
             self.metrics.schema_conflicts.inc();
             warn!(device = %ev.device, conflict = %c, "schema conflict; value dropped");
         }
-        self.unsynced_rows += 1;
-        self.unsynced_values += values;
-        self.unsynced_bytes += self.scratch.len() as u64;
+        self.unsynced.rows += 1;
+        self.unsynced.values += values;
+        self.unsynced.bytes += self.scratch.len() as u64;
         if let Some(a) = ack {
-            self.pending_acks.push(a);
+            self.unsynced.acks.push(a);
         }
     }
 
@@ -376,29 +372,23 @@ impl Ingest {
     /// meanwhile; what arrives during this fsync goes into the next one.
     fn start_sync(&mut self) {
         self.sync_at = None;
-        if self.inflight.is_some() || (self.unsynced_rows == 0 && self.pending_acks.is_empty()) {
+        if self.inflight.is_some() || self.unsynced.is_empty() {
             return;
         }
-        let batch = Pending {
-            acks: std::mem::take(&mut self.pending_acks),
-            rows: std::mem::take(&mut self.unsynced_rows),
-            values: std::mem::take(&mut self.unsynced_values),
-            bytes: std::mem::take(&mut self.unsynced_bytes),
-            started: std::time::Instant::now(),
-        };
+        let batch = std::mem::take(&mut self.unsynced);
         let handle = match self.wal.flush().and_then(|_| self.wal.sync_handle()) {
             Ok(file) => tokio::task::spawn_blocking(move || file.sync_data()),
             Err(e) => tokio::task::spawn_blocking(move || Err(e)),
         };
-        self.inflight = Some((handle, batch));
+        self.inflight = Some((handle, batch, std::time::Instant::now()));
     }
 
     /// Counts and confirms the rows of a finished fsync.
     fn finish_sync(&mut self, res: std::io::Result<()>) {
-        let Some((_, batch)) = self.inflight.take() else { return };
-        self.metrics
-            .wal_fsync_seconds
-            .observe(batch.started.elapsed().as_secs_f64());
+        let Some((_, batch, started)) = self.inflight.take() else {
+            return;
+        };
+        self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
         let ok = match res {
             Ok(()) => true,
             Err(e) => {
@@ -421,13 +411,12 @@ impl Ingest {
     /// Makes everything appended so far durable: waits for the fsync in flight, then runs
     /// one more for what came after it.
     async fn sync(&mut self) {
-        for _ in 0..2 {
-            if self.inflight.is_some() {
-                let res = wait_sync(&mut self.inflight).await;
-                self.finish_sync(res);
-            }
-            self.start_sync();
-        }
+        self.wait_inflight().await;
+        self.start_sync();
+        self.wait_inflight().await;
+    }
+
+    async fn wait_inflight(&mut self) {
         if self.inflight.is_some() {
             let res = wait_sync(&mut self.inflight).await;
             self.finish_sync(res);
@@ -521,9 +510,9 @@ impl Ingest {
 }
 
 /// The outcome of the fsync in flight; never ready when there is none.
-async fn wait_sync(inflight: &mut Option<(JoinHandle<std::io::Result<()>>, Pending)>) -> std::io::Result<()> {
+async fn wait_sync(inflight: &mut Option<Inflight>) -> std::io::Result<()> {
     match inflight {
-        Some((h, _)) => h.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        Some((h, _, _)) => h.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
         None => std::future::pending().await,
     }
 }

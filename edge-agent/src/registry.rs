@@ -146,6 +146,18 @@ impl DeviceRegistry {
     }
 }
 
+impl DeviceRegistry {
+    /// Whether `seen` (a credential's digest) is the one that last checked out for `key`.
+    /// A different credential still gets the full check.
+    fn remembered(&self, key: &DeviceKey, seen: &digest::Digest) -> bool {
+        self.verified
+            .lock()
+            .ok()
+            .and_then(|v| v.get(key).map(|known| constant_time_eq(known.as_ref(), seen.as_ref())))
+            .unwrap_or(false)
+    }
+}
+
 impl Authenticator for DeviceRegistry {
     fn quick_check(&self, c: &Credentials) -> Option<bool> {
         let key = DeviceKey::new(&c.user, &c.device);
@@ -153,21 +165,18 @@ impl Authenticator for DeviceRegistry {
             return Some(false);
         }
         let seen = digest::digest(&digest::SHA256, c.credential.as_bytes());
-        let v = self.verified.lock().ok()?;
-        let known = v.get(&key)?;
-        // A different credential than the one that checked out still gets the full check.
-        constant_time_eq(known.as_ref(), seen.as_ref()).then_some(true)
+        self.remembered(&key, &seen).then_some(true)
     }
 
     fn authenticate(&self, c: &Credentials) -> bool {
-        if let Some(ok) = self.quick_check(c) {
-            return ok;
-        }
         let key = DeviceKey::new(&c.user, &c.device);
         let Some(hash) = self.devices.get(&key) else {
             return false;
         };
         let seen = digest::digest(&digest::SHA256, c.credential.as_bytes());
+        if self.remembered(&key, &seen) {
+            return true;
+        }
         let ok = hash.verify(&c.credential);
         if ok && let Ok(mut v) = self.verified.lock() {
             v.insert(key, seen);

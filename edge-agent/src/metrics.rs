@@ -8,7 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// Why files or rows were dropped.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,90 +50,67 @@ impl Default for Metrics {
     }
 }
 
+/// Registers a metric and hands it back, so each is named once, where it is made.
+fn add<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     /// A fresh set, registered under the `twinlake_edge_` prefix.
     pub fn new() -> Self {
-        let mut m = Self {
-            rows_in: Counter::default(),
-            values_in: Counter::default(),
-            bytes_in: Counter::default(),
-            rejected_payloads: Counter::default(),
-            schema_conflicts: Counter::default(),
-            wal_bytes: Counter::default(),
-            wal_fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
-            buffer_rows: Gauge::default(),
-            files_written: Counter::default(),
-            bytes_written: Counter::default(),
-            files_uploaded: Counter::default(),
-            bytes_uploaded: Counter::default(),
-            upload_failures: Counter::default(),
-            upload_queue_files: Gauge::default(),
-            upload_queue_bytes: Gauge::default(),
-            dropped_files: Family::default(),
-            dropped_rows: Family::default(),
-            auth_failures: Counter::default(),
-            auth_rate_limited: Counter::default(),
-            devices_connected: Gauge::default(),
-            endpoint_calls: Counter::default(),
-            endpoint_queue_dropped: Counter::default(),
-            registry: Registry::with_prefix("twinlake_edge"),
-        };
-        let r = &mut m.registry;
-        r.register("rows_in", "Rows accepted (durable in the WAL)", m.rows_in.clone());
-        r.register("values_in", "Field values accepted", m.values_in.clone());
-        r.register("payload_bytes_in", "PSON payload bytes accepted", m.bytes_in.clone());
-        r.register(
-            "rejected_payloads",
-            "Payloads that could not be decoded",
-            m.rejected_payloads.clone(),
-        );
-        r.register(
-            "schema_conflicts",
-            "Values dropped for clashing with their column's type",
-            m.schema_conflicts.clone(),
-        );
-        r.register("wal_bytes", "Bytes written to the WAL", m.wal_bytes.clone());
-        r.register("wal_fsync_seconds", "WAL fsync latency", m.wal_fsync_seconds.clone());
-        r.register("buffer_rows", "Rows in the Arrow buffer", m.buffer_rows.clone());
-        r.register("files_written", "Parquet files sealed", m.files_written.clone());
-        r.register("parquet_bytes_written", "Parquet bytes sealed", m.bytes_written.clone());
-        r.register("files_uploaded", "Parquet files uploaded", m.files_uploaded.clone());
-        r.register("bytes_uploaded", "Parquet bytes uploaded", m.bytes_uploaded.clone());
-        r.register("upload_failures", "Failed upload attempts", m.upload_failures.clone());
-        r.register(
-            "upload_queue_files",
-            "Files waiting for upload",
-            m.upload_queue_files.clone(),
-        );
-        r.register(
-            "upload_queue_bytes",
-            "Bytes waiting for upload",
-            m.upload_queue_bytes.clone(),
-        );
-        r.register("dropped_files", "Files dropped before upload", m.dropped_files.clone());
-        r.register("dropped_rows", "Rows dropped before upload", m.dropped_rows.clone());
-        r.register("auth_failures", "Refused device logins", m.auth_failures.clone());
-        r.register(
-            "auth_rate_limited",
-            "Logins refused unchecked during a lockout",
-            m.auth_rate_limited.clone(),
-        );
-        r.register(
-            "devices_connected",
-            "Devices connected now",
-            m.devices_connected.clone(),
-        );
-        r.register(
-            "endpoint_calls",
-            "Endpoint calls from devices",
-            m.endpoint_calls.clone(),
-        );
-        r.register(
-            "endpoint_queue_dropped",
-            "Endpoint calls dropped from the full cloud queue",
-            m.endpoint_queue_dropped.clone(),
-        );
-        m
+        let mut registry = Registry::with_prefix("twinlake_edge");
+        let r = &mut registry;
+        Self {
+            rows_in: add(r, "rows_in", "Rows accepted (durable in the WAL)", Counter::default()),
+            values_in: add(r, "values_in", "Field values accepted", Counter::default()),
+            bytes_in: add(r, "payload_bytes_in", "PSON payload bytes accepted", Counter::default()),
+            rejected_payloads: add(
+                r,
+                "rejected_payloads",
+                "Payloads that could not be decoded",
+                Counter::default(),
+            ),
+            schema_conflicts: add(
+                r,
+                "schema_conflicts",
+                "Values dropped for clashing with their column's type",
+                Counter::default(),
+            ),
+            wal_bytes: add(r, "wal_bytes", "Bytes written to the WAL", Counter::default()),
+            wal_fsync_seconds: add(
+                r,
+                "wal_fsync_seconds",
+                "WAL fsync latency",
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            ),
+            buffer_rows: add(r, "buffer_rows", "Rows in the Arrow buffer", Gauge::default()),
+            files_written: add(r, "files_written", "Parquet files sealed", Counter::default()),
+            bytes_written: add(r, "parquet_bytes_written", "Parquet bytes sealed", Counter::default()),
+            files_uploaded: add(r, "files_uploaded", "Parquet files uploaded", Counter::default()),
+            bytes_uploaded: add(r, "bytes_uploaded", "Parquet bytes uploaded", Counter::default()),
+            upload_failures: add(r, "upload_failures", "Failed upload attempts", Counter::default()),
+            upload_queue_files: add(r, "upload_queue_files", "Files waiting for upload", Gauge::default()),
+            upload_queue_bytes: add(r, "upload_queue_bytes", "Bytes waiting for upload", Gauge::default()),
+            dropped_files: add(r, "dropped_files", "Files dropped before upload", Family::default()),
+            dropped_rows: add(r, "dropped_rows", "Rows dropped before upload", Family::default()),
+            auth_failures: add(r, "auth_failures", "Refused device logins", Counter::default()),
+            auth_rate_limited: add(
+                r,
+                "auth_rate_limited",
+                "Logins refused unchecked during a lockout",
+                Counter::default(),
+            ),
+            devices_connected: add(r, "devices_connected", "Devices connected now", Gauge::default()),
+            endpoint_calls: add(r, "endpoint_calls", "Endpoint calls from devices", Counter::default()),
+            endpoint_queue_dropped: add(
+                r,
+                "endpoint_queue_dropped",
+                "Endpoint calls dropped from the full cloud queue",
+                Counter::default(),
+            ),
+            registry,
+        }
     }
 
     /// The text exposition format.

@@ -161,10 +161,7 @@ impl Uploader {
     /// Applies the TTL and the disk cap to committed seals, oldest first, and updates the
     /// queue gauges.
     fn enforce_limits(&self, through: u64) -> Result<(), Error> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+        let now_ms = crate::outbox::now_ms();
         let mut total: u64 = 0;
         let mut files: i64 = 0;
         let mut seals = Vec::new();

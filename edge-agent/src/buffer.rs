@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryBuilder, BooleanBuilder, DictionaryArray, Float64Array, Float64Builder, Int64Array,
-    Int64Builder, RecordBatch, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondArray, UInt32Array,
+    Array, ArrayRef, BinaryBuilder, BooleanBuilder, DictionaryArray, Float64Builder, Int64Array, Int64Builder,
+    RecordBatch, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
@@ -400,20 +400,22 @@ fn split_hours(
     Ok(out)
 }
 
-/// Reads a float or int column as f64 values, for tests and tools.
-pub fn column_f64(batch: &RecordBatch, name: &str) -> Option<Vec<Option<f64>>> {
-    let col = batch.column_by_name(name)?;
-    if let Some(a) = col.as_any().downcast_ref::<Float64Array>() {
-        return Some(a.iter().collect());
-    }
-    col.as_any()
-        .downcast_ref::<Int64Array>()
-        .map(|a| a.iter().map(|v| v.map(|x| x as f64)).collect())
-}
-
 #[cfg(test)]
 mod tests {
+    use arrow::array::Float64Array;
+
     use super::*;
+
+    /// A float or int column as f64 values.
+    fn column_f64(batch: &RecordBatch, name: &str) -> Option<Vec<Option<f64>>> {
+        let col = batch.column_by_name(name)?;
+        if let Some(a) = col.as_any().downcast_ref::<Float64Array>() {
+            return Some(a.iter().collect());
+        }
+        col.as_any()
+            .downcast_ref::<Int64Array>()
+            .map(|a| a.iter().map(|v| v.map(|x| x as f64)).collect())
+    }
 
     fn fv(pairs: &[(&'static str, FieldValue<'static>)]) -> Vec<(Cow<'static, str>, FieldValue<'static>)> {
         pairs.iter().map(|(k, v)| (Cow::Borrowed(*k), v.clone())).collect()

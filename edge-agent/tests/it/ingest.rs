@@ -103,19 +103,18 @@ async fn devices_stream_into_parquet_in_the_object_store() {
             assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{path} is not sorted");
         }
     }
-    let temp_rows: usize = files
-        .iter()
-        .filter(|(k, _)| k.starts_with("temp/"))
-        .flat_map(|(_, b)| b)
-        .map(|b| b.num_rows())
-        .sum();
+    let rows_of = |table: &str| -> usize {
+        let prefix = format!("{table}/");
+        files
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .flat_map(|(_, b)| b)
+            .map(|b| b.num_rows())
+            .sum()
+    };
+    let temp_rows = rows_of("temp");
     assert!(temp_rows >= DEVICES, "each device's temp was sampled: {temp_rows}");
-    let led_rows: usize = files
-        .iter()
-        .filter(|(k, _)| k.starts_with("led/"))
-        .flat_map(|(_, b)| b)
-        .map(|b| b.num_rows())
-        .sum();
+    let led_rows = rows_of("led");
     assert!(led_rows >= 1, "the led input streamed on connect");
 
     // zstd, statistics and sorting metadata in every file.

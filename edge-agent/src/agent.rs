@@ -90,11 +90,7 @@ impl EdgeAgent {
                 max_body: l.max_frame_bytes,
                 ..FrameLimits::DEFAULT
             },
-            auth_limiter: Some(Arc::new(RateLimiter::new(
-                config.auth.max_failures,
-                config.auth.failure_window,
-                config.auth.lockout,
-            ))),
+            auth_limiter: Some(Arc::new(RateLimiter::from_config(&config.auth))),
             metrics: metrics.clone(),
             ..ListenerConfig::default()
         };

@@ -30,6 +30,7 @@ use session::{Credentials, Session, SessionEvent};
 pub use tls::{ServerTls, tls_acceptor};
 
 use crate::Error;
+use crate::config::AuthSection;
 use crate::metrics::Metrics;
 use crate::registry::RateLimiter;
 
@@ -104,11 +105,7 @@ impl Default for ListenerConfig {
             limits: FrameLimits::DEFAULT,
             event_capacity: 4096,
             command_capacity: 64,
-            auth_limiter: Some(Arc::new(RateLimiter::new(
-                5,
-                Duration::from_secs(60),
-                Duration::from_secs(60),
-            ))),
+            auth_limiter: Some(Arc::new(RateLimiter::from_config(&AuthSection::default()))),
             metrics: Arc::default(),
         }
     }
@@ -577,7 +574,7 @@ async fn device_request(
             payload,
             ack,
         } => {
-            route_call(shared, key, &device, &path, payload.clone(), ack, cmd_tx.clone());
+            route_call(shared, key, &device, &path, payload.clone(), acker(ack));
             emit(
                 shared,
                 key,
@@ -606,8 +603,7 @@ fn route_call(
     target: &str,
     path: &[String],
     payload: Option<Value>,
-    ack: Option<u32>,
-    cmd_tx: mpsc::Sender<Command>,
+    ack: Option<Acker>,
 ) {
     let handle = Devices::new(shared.clone()).get(&from.user, target);
     let path = path.to_vec();
@@ -619,8 +615,8 @@ fn route_call(
             }
             None => false,
         };
-        if let Some(stream_id) = ack {
-            let _ = cmd_tx.send(Command::Ack { stream_id, ok }).await;
+        if let Some(a) = ack {
+            a.ack(ok);
         }
     });
 }

@@ -18,6 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use ring::{digest, pbkdf2};
 
+use crate::config::AuthSection;
 use crate::listener::session::Credentials;
 use crate::listener::{Authenticator, DeviceKey};
 
@@ -217,6 +218,11 @@ impl RateLimiter {
             lockout,
             state: Mutex::default(),
         }
+    }
+
+    /// The limiter an `[auth]` section describes.
+    pub fn from_config(auth: &AuthSection) -> Self {
+        Self::new(auth.max_failures, auth.failure_window, auth.lockout)
     }
 
     /// Whether `ip` is locked out now.

@@ -1,29 +1,39 @@
-//! `twinlake demo`: the edge agent (device listener on TCP and TLS, WAL, Parquet lake) with a
-//! simulated fleet, live streams and control, all on embedded defaults.
+//! `twinlake demo`: the cloud, one edge agent linked to it over WebSocket/TLS, and a
+//! simulated fleet on the agent, all on loopback with embedded defaults (a local-directory
+//! lake, redb). Prints the URLs and curl lines to try.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use twinlake_edge::config::DeviceEntry;
-use twinlake_edge::listener::{DeviceEventKind, DeviceHandle, Devices};
-use twinlake_edge::registry::CredentialHash;
+use serde_json::json;
+use twinlake_cloud::api::{NewDevice, register_device};
+use twinlake_cloud::auth::{Scope, sha256_hex};
+use twinlake_cloud::config::{GatewayEntry, TokenEntry};
+use twinlake_cloud::{Cloud, CloudConfig};
 use twinlake_edge::{EdgeAgent, EdgeConfig};
-use twinlake_sdk::json::to_json;
+use twinlake_twin::{EventKind, TwinKey};
 
 use crate::sim;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Address for the plain TCP device listener (the Thinger port).
+    /// The cloud API (HTTPS, WebSocket, and the gateway link).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub api: SocketAddr,
+    /// The edge agent's device listener (the Thinger port), where the fleet connects.
     #[arg(long, default_value = "127.0.0.1:25200")]
     pub tcp: SocketAddr,
-    /// Address for the TLS device listener.
+    /// The edge agent's TLS device listener.
     #[arg(long, default_value = "127.0.0.1:25202")]
     pub tls: SocketAddr,
-    /// Address for Prometheus metrics.
+    /// The cloud's own device listener, for devices without a gateway.
+    #[arg(long, default_value = "127.0.0.1:25300")]
+    pub cloud_devices: SocketAddr,
+    /// Prometheus metrics of the edge agent; the cloud's are on the next port.
     #[arg(long, default_value = "127.0.0.1:9600")]
     pub metrics: SocketAddr,
     /// Simulated devices.
@@ -32,10 +42,17 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub seconds: Option<u64>,
+    /// Where everything is kept.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("twinlake-demo"))]
+    pub dir: std::path::PathBuf,
 }
 
 const USER: &str = "demo";
 const CREDENTIAL: &str = "twinlake";
+/// The demo's API token. A real cloud makes a random one at first start.
+const TOKEN: &str = "twinlake-demo-token";
+const GATEWAY: &str = "demo-gw";
+const GATEWAY_TOKEN: &str = "twinlake-demo-gateway-token";
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
@@ -44,76 +61,133 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .block_on(demo(args))
 }
 
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    // A self-signed certificate for the TLS port, written where a client can pick it up.
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), args.tls.ip().to_string()])?;
-    let dir = std::env::temp_dir().join("twinlake-demo");
-    std::fs::create_dir_all(&dir)?;
-    let ca_path = dir.join("device-listener.pem");
-    let key_path = dir.join("device-listener.key");
-    std::fs::write(&ca_path, cert.cert.pem())?;
-    std::fs::write(&key_path, cert.signing_key.serialize_pem())?;
+fn self_signed(dir: &Path, name: &str, ip: std::net::IpAddr) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), ip.to_string()])?;
+    let crt = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&crt, cert.cert.pem())?;
+    std::fs::write(&key, cert.signing_key.serialize_pem())?;
+    Ok((crt, key))
+}
 
-    // The edge agent on embedded defaults: the WAL and outbox under the demo directory, the
-    // lake beside them.
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = args.dir.clone();
+    std::fs::create_dir_all(&dir)?;
     let lake = dir.join("lake");
-    let mut config = EdgeConfig {
-        gateway: "demo-gw".into(),
+    std::fs::create_dir_all(&lake)?;
+    let lake_url = format!("file://{}", lake.display());
+    let (cloud_crt, cloud_key) = self_signed(&dir, "cloud", args.api.ip())?;
+    let (dev_crt, dev_key) = self_signed(&dir, "device-listener", args.tls.ip())?;
+
+    // The cloud: HTTPS API and link, its own device listener, twins in redb.
+    let mut cc = CloudConfig {
+        data_dir: dir.join("cloud"),
+        ..CloudConfig::default()
+    };
+    cc.http.addr = args.api;
+    cc.http.tls_cert = Some(cloud_crt.clone());
+    cc.http.tls_key = Some(cloud_key);
+    cc.metrics.addr = Some(SocketAddr::new(args.metrics.ip(), args.metrics.port() + 1));
+    cc.tokens = vec![TokenEntry {
+        name: "demo".into(),
+        sha256: sha256_hex(TOKEN),
+        scopes: vec![Scope::Admin],
+    }];
+    cc.gateways = vec![GatewayEntry {
+        id: GATEWAY.into(),
+        token_sha256: sha256_hex(GATEWAY_TOKEN),
+    }];
+    cc.edge.data_dir = dir.join("cloud").join("edge");
+    cc.edge.listener.tcp = Some(args.cloud_devices);
+    cc.edge.upload.url = lake_url.clone();
+    cc.edge.buffer.max_age = Duration::from_secs(10);
+    let cloud = Cloud::start(cc).await?;
+    let state = cloud.state();
+    let api = cloud.http_addr().unwrap_or(args.api);
+    let cloud_metrics = cloud.metrics_addr();
+    let (stop_cloud_tx, stop_cloud_rx) = tokio::sync::oneshot::channel::<()>();
+    let cloud_task = tokio::spawn(cloud.run(async move {
+        let _ = stop_cloud_rx.await;
+    }));
+
+    // The registry: the fleet and a slot for your own device behind the gateway, and one
+    // device that connects straight to the cloud.
+    let names: Vec<String> = (1..=args.devices.max(1))
+        .map(|i| format!("sensor-{i}"))
+        .chain(["my-device".to_string()])
+        .collect();
+    let st = state.clone();
+    let fleet = names.clone();
+    tokio::task::spawn_blocking(move || {
+        for (device, gateway) in fleet
+            .into_iter()
+            .map(|d| (d, Some(GATEWAY.to_string())))
+            .chain([("direct-device".to_string(), None)])
+        {
+            let req = NewDevice {
+                device,
+                gateway,
+                credential: Some(CREDENTIAL.into()),
+                tags: json!({"site": "demo-lab"}).as_object().cloned().unwrap_or_default(),
+                ..NewDevice::default()
+            };
+            // Already there from an earlier run: fine.
+            let _ = register_device(&st, USER, req);
+        }
+    })
+    .await?;
+
+    // The edge agent, linked to the cloud over wss:// with the gateway token. Its registry
+    // comes from the cloud.
+    let mut ec = EdgeConfig {
+        gateway: GATEWAY.into(),
         data_dir: dir.join("edge"),
         ..EdgeConfig::default()
     };
-    config.listener.tcp = Some(args.tcp);
-    config.listener.tls = Some(args.tls);
-    config.listener.tls_cert = Some(ca_path.clone());
-    config.listener.tls_key = Some(key_path);
-    config.metrics.addr = Some(args.metrics);
-    config.streams.default_interval = Duration::from_secs(1);
-    config.buffer.max_age = Duration::from_secs(10);
-    config.upload.url = format!("file://{}", lake.display());
-    let hash = CredentialHash::new(CREDENTIAL, 1_000).to_string();
-    // The fleet, and a slot for a real device: the stock Thinger client or our SDK example.
-    let names = (1..=args.devices.max(1))
-        .map(|i| format!("sensor-{i}"))
-        .chain(["my-device".to_string()]);
-    config.devices = names
-        .map(|device| DeviceEntry {
-            user: USER.into(),
-            device,
-            credential_hash: hash.clone(),
-            properties: Default::default(),
-        })
-        .collect();
-    let agent = EdgeAgent::start(config).await?;
-    let devices = agent.devices();
-    let mut events = agent.watch();
+    ec.listener.tcp = Some(args.tcp);
+    ec.listener.tls = Some(args.tls);
+    ec.listener.tls_cert = Some(dev_crt.clone());
+    ec.listener.tls_key = Some(dev_key);
+    ec.metrics.addr = Some(args.metrics);
+    ec.streams.default_interval = Duration::from_secs(1);
+    ec.buffer.max_age = Duration::from_secs(10);
+    ec.upload.url = lake_url;
+    ec.link.url = format!("wss://{api}/v1/gateway/link");
+    ec.link.token = GATEWAY_TOKEN.into();
+    ec.link.ca_file = Some(cloud_crt.clone());
+    let agent = EdgeAgent::start(ec).await?;
     let (tcp, tls, metrics) = (agent.tcp_addr(), agent.tls_addr(), agent.metrics_addr());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(agent.run(async move {
-        let _ = stop_rx.await;
+    let (stop_edge_tx, stop_edge_rx) = tokio::sync::oneshot::channel::<()>();
+    let edge_task = tokio::spawn(agent.run(async move {
+        let _ = stop_edge_rx.await;
     }));
 
+    let base = format!("https://{api}");
+    let curl = format!("curl -s --cacert {} -H 'Authorization: Bearer {TOKEN}'", cloud_crt.display());
     println!("Twinlake demo");
-    println!("  device listener   tcp://{}  tls://{}", fmt_addr(tcp), fmt_addr(tls));
-    println!("  TLS certificate   {}", ca_path.display());
+    println!("  cloud API          {base}   (token {TOKEN}, OpenAPI at {base}/v1/openapi.json)");
+    println!("  gateway link       wss://{api}/v1/gateway/link  ← edge agent {GATEWAY}");
+    println!("  device listeners   edge tcp://{}  tls://{}   cloud (no gateway) tcp://{}", fmt_addr(tcp), fmt_addr(tls), args.cloud_devices);
     println!(
-        "  credentials       user {USER:?}, devices sensor-1..sensor-{} and my-device, credential {CREDENTIAL:?}",
+        "  credentials        user {USER:?}, devices sensor-1..sensor-{} and my-device (edge), direct-device (cloud), credential {CREDENTIAL:?}",
         args.devices
     );
     println!(
-        "  your own device   cargo run -p twinlake-sdk --example sensor -- {} {USER} my-device {CREDENTIAL}",
+        "  your own device    cargo run -p twinlake-sdk --example sensor -- {} {USER} my-device {CREDENTIAL}",
         fmt_addr(tcp)
     );
-    if let Some(tcp) = tcp {
-        println!(
-            "  stock Thinger client  host {}, port {}, user {USER}, device my-device, credential {CREDENTIAL}",
-            tcp.ip(),
-            tcp.port()
-        );
-    }
-    println!("  metrics           http://{}/metrics", fmt_addr(metrics));
-    println!("  Parquet lake      {} (sealed every 10 s)", lake.display());
+    println!("  metrics            http://{}/metrics (edge)  http://{}/metrics (cloud)", fmt_addr(metrics), fmt_addr(cloud_metrics));
+    println!("  Parquet lake       {} (sealed every 10 s)", lake.display());
+    println!();
+    println!("Try:");
+    println!("  {curl} {base}/v1/users/{USER}/devices/sensor-1/twin");
+    println!("  {curl} -X PATCH {base}/v1/users/{USER}/devices/sensor-1/twin -d '{{\"desired\":{{\"led\":true}}}}'   # the LED follows");
+    println!("  {curl} -X POST {base}/v3/users/{USER}/devices/sensor-1/resources/led -d false   # live write");
+    println!("  {curl} {base}/v3/users/{USER}/devices/sensor-1/resources/temp   # live read");
+    println!("  {curl} -X POST {base}/v2/users/{USER}/devices/sensor-1/in_out -d '{{\"in\":{{\"value1\":2,\"value2\":3}}}}'");
+    println!("  {curl} -N {base}/v1/events   # every twin change, as Server-Sent Events");
     println!(
-        "  query it          duckdb -c \"SELECT device, count(*), avg(value) FROM read_parquet('{}/temp/**/*.parquet', hive_partitioning = true) GROUP BY device\"",
+        "  duckdb -c \"SELECT device, count(*), avg(value) FROM read_parquet('{}/temp/**/*.parquet', hive_partitioning = true) GROUP BY device\"",
         lake.display()
     );
     println!("  Ctrl-C stops.\n");
@@ -132,9 +206,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let deadline = args
         .seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    let period = Duration::from_secs(5);
-    let mut control = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let period = Duration::from_secs(10);
+    let mut toggle = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(3), period);
     let mut led_on = true;
+    let mut feed = state.twins.subscribe();
     loop {
         let until = async {
             match deadline {
@@ -143,7 +218,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            ev = events.recv() => {
+            ev = feed.recv() => {
                 let ev = match ev {
                     Ok(ev) => ev,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -152,60 +227,51 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                     }
                     Err(_) => break,
                 };
-                let device = ev.device.device.clone();
+                let device = &ev.key.device;
                 match ev.kind {
-                    DeviceEventKind::Connected { peer, tls } => {
-                        println!("{device:<12} connected from {peer}{}", if tls { " over TLS" } else { "" });
-                        tokio::spawn(describe_and_light(devices.clone(), device));
+                    EventKind::Reported => {
+                        if let Some((path, value)) = &ev.reported {
+                            println!("{device:<14} reported {path:<7} {value}   (twin v{})", ev.version);
+                        }
                     }
-                    DeviceEventKind::Disconnected { reason, .. } => println!("{device:<12} disconnected: {reason}"),
-                    DeviceEventKind::Stream { path, payload, .. } => {
-                        println!("{device:<12} {:<8} {}", path.join("/"), payload.as_ref().map(to_json).unwrap_or_default());
-                    }
-                    other => println!("{device:<12} {other:?}"),
+                    EventKind::Connection => match ev.online {
+                        Some(true) => println!("{device:<14} online"),
+                        Some(false) => println!("{device:<14} offline"),
+                        None => {}
+                    },
+                    EventKind::Desired => println!("{device:<14} desired  {}", ev.json),
+                    _ => {}
                 }
             }
-            _ = control.tick() => {
-                led_on = !led_on;
-                for key in devices.list() {
-                    if let Some(h) = devices.get(&key.user, &key.device) {
-                        let device = key.device.clone();
-                        tokio::spawn(async move { write_led(&h, &device, led_on).await });
-                    }
+            _ = toggle.tick() => {
+                // Desired state from the platform: the applier writes it to the device.
+                let key = TwinKey::new(USER, "sensor-1");
+                let patch = json!({"led": led_on}).as_object().cloned().unwrap_or_default();
+                let twins = state.twins.clone();
+                let r = tokio::task::spawn_blocking(move || twins.write(|t| t.patch_desired(&key, &patch, None))).await;
+                if let Ok(Err(e)) = r {
+                    println!("cannot set the desired LED: {e}");
                 }
+                led_on = !led_on;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = until => break,
         }
     }
     stop.store(true, Ordering::SeqCst);
-    let _ = stop_tx.send(());
-    if let Ok(Err(e)) = server.await {
-        println!("the agent stopped with an error: {e}");
+    let _ = stop_edge_tx.send(());
+    if let Ok(Err(e)) = edge_task.await {
+        println!("the edge agent stopped with an error: {e}");
+    }
+    let _ = stop_cloud_tx.send(());
+    if let Ok(Err(e)) = cloud_task.await {
+        println!("the cloud stopped with an error: {e}");
     }
     for t in threads {
         let _ = t.join();
     }
     println!("stopped");
     Ok(())
-}
-
-/// On connect (the agent has started its streams): show what the device offers, then switch
-/// its LED on from the platform.
-async fn describe_and_light(devices: Devices, device: String) {
-    let Some(h) = devices.get(USER, &device) else { return };
-    match h.describe().await {
-        Ok(api) => println!("{device:<12} resources {}", to_json(&api)),
-        Err(e) => return println!("{device:<12} describe failed: {e}"),
-    }
-    write_led(&h, &device, true).await;
-}
-
-async fn write_led(h: &DeviceHandle, device: &str, on: bool) {
-    match h.write(&["led"], on.into()).await {
-        Ok(()) => println!("{device:<12} led      ← {on} (written from the platform)"),
-        Err(e) => println!("{device:<12} led write failed: {e}"),
-    }
 }
 
 fn fmt_addr(a: Option<SocketAddr>) -> String {

@@ -1,5 +1,6 @@
 //! `twinlake`: the one binary. Thin CLI wiring over the library crates.
 
+mod cloud;
 mod demo;
 mod edge;
 mod sim;
@@ -19,14 +20,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run everything on embedded defaults: the device listener and a simulated fleet.
+    /// Run everything on embedded defaults: the cloud, an edge agent and a simulated fleet.
     Demo(demo::DemoArgs),
+    /// Run the cloud: registry, twins, gateway link, REST and streaming API.
+    Cloud(cloud::CloudArgs),
     /// Run the edge agent: device listener, WAL, Parquet, upload.
     Edge(edge::EdgeArgs),
     /// Run simulated devices against a listener.
     Sim(sim::SimArgs),
     /// Print the stored form of a device credential, for the registry.
     HashCredential(edge::HashArgs),
+    /// Print the SHA-256 of an API or gateway token, for cloud.toml.
+    HashToken(cloud::HashTokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // RUST_LOG picks the levels; TWINLAKE_LOG_FORMAT=json gives one JSON object per line.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,twinlake=info,twinlake_edge=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,twinlake=info,twinlake_edge=info,twinlake_cloud=info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -45,8 +50,10 @@ fn main() -> anyhow::Result<()> {
     }
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
+        Command::Cloud(args) => cloud::run(args),
         Command::Edge(args) => edge::run(args),
         Command::Sim(args) => sim::run(args),
         Command::HashCredential(args) => edge::hash(args),
+        Command::HashToken(args) => cloud::hash(args),
     }
 }

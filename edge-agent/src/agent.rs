@@ -12,7 +12,9 @@ use twinlake_sdk::frame::FrameLimits;
 use twinlake_sdk::pson::Value;
 
 use crate::Error;
-use crate::config::{EdgeConfig, StreamsSection};
+use crate::config::{EdgeConfig, LinkSection, StreamsSection};
+use crate::link::client::{ApiCache, feed};
+use crate::link::{Connector, LinkClient, Uplink, WsConnector};
 use crate::ingest::{EndpointQueue, Ingest};
 use crate::listener::{DeviceEvent, DeviceKey, DeviceListener, Devices, ListenerConfig, tls_acceptor};
 use crate::metrics::Metrics;
@@ -34,6 +36,13 @@ pub struct EdgeAgent {
     upload_deadline: Duration,
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
+    gateway: String,
+    data_dir: std::path::PathBuf,
+    registry: Arc<DeviceRegistry>,
+    uplink: Uplink,
+    apis: ApiCache,
+    link: Option<Arc<dyn Connector>>,
+    link_cfg: LinkSection,
 }
 
 impl std::fmt::Debug for EdgeAgent {
@@ -59,14 +68,11 @@ impl EdgeAgent {
     pub async fn start(config: EdgeConfig) -> Result<Self, Error> {
         let metrics = Arc::new(Metrics::new());
         std::fs::create_dir_all(&config.data_dir)?;
-        let mut registry = DeviceRegistry::new();
+        let registry = Arc::new(DeviceRegistry::new());
         for d in &config.devices {
             let hash = CredentialHash::parse(&d.credential_hash)
                 .map_err(|e| Error::Config(format!("device {}/{}: {e}", d.user, d.device)))?;
             registry.insert(&d.user, &d.device, hash);
-        }
-        if registry.is_empty() {
-            warn!("no devices are registered: every login will be refused");
         }
         let l = &config.listener;
         let tls = match (l.tls, &l.tls_cert, &l.tls_key) {
@@ -94,7 +100,7 @@ impl EdgeAgent {
             metrics: metrics.clone(),
             ..ListenerConfig::default()
         };
-        let (listener, events) = DeviceListener::bind(listener_config, Arc::new(registry)).await?;
+        let (listener, events) = DeviceListener::bind(listener_config, registry.clone()).await?;
         let devices = listener.devices();
         for d in &config.devices {
             for (name, v) in &d.properties {
@@ -114,12 +120,19 @@ impl EdgeAgent {
             endpoints.clone(),
         )?;
         let (store, prefix) = open_store(&config.upload, &config.data_dir)?;
+        let uplink = Uplink::new(config.link.max_waiting_files, metrics.clone());
+        let link: Option<Arc<dyn Connector>> = if config.link.url.is_empty() {
+            None
+        } else {
+            Some(Arc::new(WsConnector::from_config(&config.link)?))
+        };
         let uploader = Uploader {
             outbox,
             store: store.clone(),
             prefix: prefix.clone(),
             cfg: config.upload.clone(),
             metrics: metrics.clone(),
+            announce: None,
         };
         let metrics_listener = match config.metrics.addr {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -138,7 +151,25 @@ impl EdgeAgent {
             upload_deadline: config.shutdown.upload_deadline,
             store,
             prefix,
+            gateway: config.gateway.clone(),
+            data_dir: config.data_dir.clone(),
+            registry,
+            uplink,
+            apis: ApiCache::default(),
+            link,
+            link_cfg: config.link.clone(),
         })
+    }
+
+    /// Links the agent to a cloud through `connector` instead of `link.url` (a cloud that
+    /// runs the agent in its own process).
+    pub fn set_link(&mut self, connector: Arc<dyn Connector>) {
+        self.link = Some(connector);
+    }
+
+    /// The device registry (configured devices plus what the cloud synced).
+    pub fn registry(&self) -> Arc<DeviceRegistry> {
+        self.registry.clone()
     }
 
     /// The bound TCP device address.
@@ -184,15 +215,46 @@ impl EdgeAgent {
 
     /// Serves until `shutdown` completes. Then: stop accepting and close connections,
     /// sync the WAL and seal the buffer, and upload for up to `shutdown.upload_deadline`.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
+        let (stop_link, stop_link_rx) = watch::channel(false);
+        let streams = Arc::new(self.streams);
+        let uplink = self.link.is_some().then(|| self.uplink.clone());
+        if self.registry.is_empty() && self.link.is_none() {
+            warn!("no devices are registered and there is no cloud link: every login will be refused");
+        }
+        let link_task = self.link.take().map(|connector| {
+            self.uploader.announce = Some((self.gateway.clone(), self.uplink.clone()));
+            tokio::spawn(feed(self.ingest.tap.subscribe(), self.uplink.clone(), self.metrics.clone()));
+            let client = LinkClient {
+                gateway: self.gateway.clone(),
+                connector,
+                cfg: self.link_cfg.clone(),
+                uplink: self.uplink.clone(),
+                endpoints: self.endpoints.clone(),
+                devices: self.listener.devices(),
+                registry: self.registry.clone(),
+                registry_file: self.data_dir.join("registry.json"),
+                streams: streams.clone(),
+                apis: self.apis.clone(),
+                metrics: self.metrics.clone(),
+            };
+            client.load_registry();
+            tokio::spawn(client.run(stop_link_rx))
+        });
         let (stop_upload, stop_upload_rx) = watch::channel(Stop::Running);
         let (stop_metrics, mut stop_metrics_rx) = watch::channel(false);
 
         let devices = self.listener.devices();
-        let streams = Arc::new(self.streams);
+        let apis = self.apis.clone();
         let on_connect = move |key: &DeviceKey| {
-            tokio::spawn(start_streams(devices.clone(), key.clone(), streams.clone()));
+            tokio::spawn(start_streams(
+                devices.clone(),
+                key.clone(),
+                streams.clone(),
+                apis.clone(),
+                uplink.clone(),
+            ));
         };
         let ingest = tokio::spawn(self.ingest.run(self.events, on_connect, stop_ingest_rx));
         let uploader = tokio::spawn(self.uploader.run(self.sealed, stop_upload_rx));
@@ -216,6 +278,18 @@ impl EdgeAgent {
             .unwrap_or_else(|e| Err(Error::Corrupt(format!("the ingest task failed: {e}"))));
         let _ = stop_upload.send(Stop::DrainUntil(tokio::time::Instant::now() + self.upload_deadline));
         let _ = uploader.await;
+        if let Some(t) = link_task {
+            // A moment for the last file commits to reach the cloud.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while self.metrics.link_connected.get() > 0
+                && (!self.uplink.is_empty() || self.metrics.link_unacked_frames.get() > 0)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = stop_link.send(true);
+            let _ = t.await;
+        }
         let _ = stop_metrics.send(true);
         if let Some(t) = metrics_task {
             let _ = t.await;
@@ -227,7 +301,13 @@ impl EdgeAgent {
 
 /// After a device connects: describe it, then stream its outputs at their intervals and
 /// its inputs on change.
-async fn start_streams(devices: Devices, key: DeviceKey, cfg: Arc<StreamsSection>) {
+async fn start_streams(
+    devices: Devices,
+    key: DeviceKey,
+    cfg: Arc<StreamsSection>,
+    apis: ApiCache,
+    uplink: Option<Uplink>,
+) {
     let Some(handle) = devices.get(&key.user, &key.device) else {
         return;
     };
@@ -238,6 +318,12 @@ async fn start_streams(devices: Devices, key: DeviceKey, cfg: Arc<StreamsSection
             return;
         }
     };
+    if let Ok(mut a) = apis.lock() {
+        a.insert(key.clone(), api.clone());
+    }
+    if let Some(u) = &uplink {
+        u.described(&key, twinlake_sdk::json::to_json(&api));
+    }
     let mut resources = Vec::new();
     walk_api(&api, &mut Vec::new(), &mut resources);
     for (path, io) in resources {

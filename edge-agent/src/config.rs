@@ -23,7 +23,7 @@ pub struct EdgeConfig {
     pub data_dir: PathBuf,
     pub listener: ListenerSection,
     pub auth: AuthSection,
-    /// The device registry. Later synced from the cloud; for now, the config.
+    /// Devices configured here. With a cloud link, the cloud's registry is added to these.
     pub devices: Vec<DeviceEntry>,
     pub streams: StreamsSection,
     pub wal: WalSection,
@@ -32,6 +32,7 @@ pub struct EdgeConfig {
     pub upload: UploadSection,
     pub metrics: MetricsSection,
     pub shutdown: ShutdownSection,
+    pub link: LinkSection,
 }
 
 impl Default for EdgeConfig {
@@ -49,6 +50,7 @@ impl Default for EdgeConfig {
             upload: UploadSection::default(),
             metrics: MetricsSection::default(),
             shutdown: ShutdownSection::default(),
+            link: LinkSection::default(),
         }
     }
 }
@@ -100,6 +102,18 @@ impl EdgeConfig {
                 "parquet.zstd_level {} is outside 1..=22",
                 self.parquet.zstd_level
             ));
+        }
+        if !self.link.url.is_empty() {
+            let url = url::Url::parse(&self.link.url).map_err(|e| Error::Config(format!("link.url {:?}: {e}", self.link.url)))?;
+            if !matches!(url.scheme(), "ws" | "wss") {
+                return bad(format!("link.url {:?}: use ws:// or wss://", self.link.url));
+            }
+            if self.link.token.is_empty() {
+                return bad("link.url needs link.token (the gateway token the cloud issued)".into());
+            }
+        }
+        if self.link.max_unacked == 0 {
+            return bad("link.max_unacked must be at least 1".into());
         }
         let mut seen = std::collections::HashSet::new();
         for d in &self.devices {
@@ -337,6 +351,43 @@ impl Default for ShutdownSection {
     fn default() -> Self {
         Self {
             upload_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[link]`: the connection out to the cloud.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkSection {
+    /// The cloud's gateway endpoint, `wss://host:port/v1/gateway/link`; empty for no link.
+    pub url: String,
+    /// The gateway token the cloud issued for this gateway.
+    pub token: String,
+    /// A PEM file of certificates to trust for `wss://` instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (a self-signed test cloud). Never in production.
+    pub insecure: bool,
+    /// Batches sent and not yet acknowledged, at most; past it, what waits coalesces.
+    pub max_unacked: usize,
+    /// File commits waiting for the cloud, at most (the oldest are dropped past it).
+    pub max_waiting_files: usize,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for LinkSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            token: String::new(),
+            ca_file: None,
+            insecure: false,
+            max_unacked: 32,
+            max_waiting_files: 100_000,
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
         }
     }
 }

@@ -20,6 +20,8 @@ pub enum Error {
     DeviceError { device: String, path: String },
     #[error("device {0} disconnected before answering")]
     Disconnected(String),
+    #[error("cloud link: {0}")]
+    Link(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("damaged state: {0}")]
@@ -42,6 +44,7 @@ impl Error {
             Error::DeviceOffline(_)
                 | Error::DeviceTimeout { .. }
                 | Error::Disconnected(_)
+                | Error::Link(_)
                 | Error::ObjectStore(_)
                 | Error::Io(_)
         )

@@ -82,6 +82,16 @@ impl EndpointQueue {
         }
     }
 
+    /// The next call if one waits.
+    pub fn try_pop(&self) -> Option<EndpointCall> {
+        self.inner.0.lock().ok().and_then(|mut q| q.pop_front())
+    }
+
+    /// Waits until a call may have arrived.
+    pub async fn notified(&self) {
+        self.inner.1.notified().await;
+    }
+
     /// Calls waiting.
     pub fn len(&self) -> usize {
         self.inner.0.lock().map(|q| q.len()).unwrap_or_default()

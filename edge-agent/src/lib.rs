@@ -17,6 +17,7 @@ pub mod buffer;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod model;

@@ -41,6 +41,14 @@ pub struct Metrics {
     pub devices_connected: Gauge,
     pub endpoint_calls: Counter,
     pub endpoint_queue_dropped: Counter,
+    pub link_connected: Gauge,
+    pub link_connects: Counter,
+    pub link_frames_sent: Counter,
+    pub link_items_sent: Counter,
+    pub link_unacked_frames: Gauge,
+    pub link_events_missed: Counter,
+    pub link_files_dropped: Counter,
+    pub link_requests: Counter,
     registry: Registry,
 }
 
@@ -109,6 +117,24 @@ impl Metrics {
                 "Endpoint calls dropped from the full cloud queue",
                 Counter::default(),
             ),
+            link_connected: add(r, "link_connected", "1 while the cloud link is up", Gauge::default()),
+            link_connects: add(r, "link_connects", "Cloud link sessions established", Counter::default()),
+            link_frames_sent: add(r, "link_frames_sent", "Batches sent to the cloud (resends included)", Counter::default()),
+            link_items_sent: add(r, "link_items_sent", "Items sent to the cloud (resends included)", Counter::default()),
+            link_unacked_frames: add(r, "link_unacked_frames", "Batches sent and not yet acknowledged", Gauge::default()),
+            link_events_missed: add(
+                r,
+                "link_events_missed",
+                "Device events the link fell too far behind to see",
+                Counter::default(),
+            ),
+            link_files_dropped: add(
+                r,
+                "link_files_dropped",
+                "File commits dropped from the full queue for the cloud",
+                Counter::default(),
+            ),
+            link_requests: add(r, "link_requests", "Requests from the cloud", Counter::default()),
             registry,
         }
     }

@@ -164,8 +164,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Milliseconds since the epoch: a manifest's `sealed_at_ms` and the TTL clock.
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    ms_since_epoch(std::time::SystemTime::now())
+}
+
+/// Milliseconds since the epoch (0 before it).
+pub fn ms_since_epoch(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }

@@ -8,10 +8,10 @@
 //! Failed attempts are counted per client address; past `max_failures` within the window,
 //! the address is refused without a check until its lockout ends ([`RateLimiter`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -107,10 +107,12 @@ impl std::fmt::Display for CredentialHash {
     }
 }
 
-/// The devices that may connect.
+/// The devices that may connect: the configured ones, plus the ones the cloud syncs.
 #[derive(Debug, Default)]
 pub struct DeviceRegistry {
-    devices: HashMap<DeviceKey, CredentialHash>,
+    devices: RwLock<HashMap<DeviceKey, CredentialHash>>,
+    /// The devices the cloud manages (the last full sync).
+    from_cloud: Mutex<HashSet<DeviceKey>>,
     /// SHA-256 of credentials that already checked out.
     verified: Mutex<HashMap<DeviceKey, digest::Digest>>,
 }
@@ -122,28 +124,56 @@ impl DeviceRegistry {
     }
 
     /// Adds (or replaces) a device.
-    pub fn insert(&mut self, user: &str, device: &str, hash: CredentialHash) {
+    pub fn insert(&self, user: &str, device: &str, hash: CredentialHash) {
         let key = DeviceKey::new(user, device);
         if let Ok(mut v) = self.verified.lock() {
             v.remove(&key);
         }
-        self.devices.insert(key, hash);
+        if let Ok(mut d) = self.devices.write() {
+            d.insert(key, hash);
+        }
     }
 
     /// Adds a device with a plaintext credential (hashed here): tests and the demo.
-    pub fn with(mut self, user: &str, device: &str, credential: &str) -> Self {
+    pub fn with(self, user: &str, device: &str, credential: &str) -> Self {
         self.insert(user, device, CredentialHash::new(credential, 1_000));
         self
     }
 
+    /// Replaces the devices the cloud manages with `entries`. Returns the devices that were
+    /// removed or whose credential changed (their connections should close).
+    pub fn sync_cloud(&self, entries: Vec<(DeviceKey, CredentialHash)>) -> Vec<DeviceKey> {
+        let (Ok(mut devices), Ok(mut cloud), Ok(mut verified)) =
+            (self.devices.write(), self.from_cloud.lock(), self.verified.lock())
+        else {
+            return Vec::new();
+        };
+        let next: HashSet<DeviceKey> = entries.iter().map(|(k, _)| k.clone()).collect();
+        let mut changed = Vec::new();
+        for gone in cloud.difference(&next) {
+            devices.remove(gone);
+            verified.remove(gone);
+            changed.push(gone.clone());
+        }
+        for (key, hash) in entries {
+            if devices.get(&key).is_some_and(|old| *old != hash) {
+                verified.remove(&key);
+                changed.push(key.clone());
+            }
+            devices.insert(key, hash);
+        }
+        *cloud = next;
+        changed
+    }
+
     /// How many devices are registered.
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.devices.read().map(|d| d.len()).unwrap_or_default()
     }
 
     /// Whether no device is registered.
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
+        self.len() == 0
     }
 }
 
@@ -162,7 +192,7 @@ impl DeviceRegistry {
 impl Authenticator for DeviceRegistry {
     fn quick_check(&self, c: &Credentials) -> Option<bool> {
         let key = DeviceKey::new(&c.user, &c.device);
-        if !self.devices.contains_key(&key) {
+        if !self.devices.read().is_ok_and(|d| d.contains_key(&key)) {
             return Some(false);
         }
         let seen = digest::digest(&digest::SHA256, c.credential.as_bytes());
@@ -171,7 +201,7 @@ impl Authenticator for DeviceRegistry {
 
     fn authenticate(&self, c: &Credentials) -> bool {
         let key = DeviceKey::new(&c.user, &c.device);
-        let Some(hash) = self.devices.get(&key) else {
+        let Some(hash) = self.devices.read().ok().and_then(|d| d.get(&key).cloned()) else {
             return false;
         };
         let seen = digest::digest(&digest::SHA256, c.credential.as_bytes());

@@ -62,6 +62,8 @@ pub struct Uploader {
     pub prefix: ObjectPath,
     pub cfg: UploadSection,
     pub metrics: Arc<Metrics>,
+    /// Where landed files are announced to the cloud: the gateway id and the uplink.
+    pub announce: Option<(String, crate::link::Uplink)>,
 }
 
 impl Uploader {
@@ -152,6 +154,9 @@ impl Uploader {
         let dest = ObjectPath::from(format!("{}/{}", self.prefix, file.path).trim_start_matches('/'));
         self.store.put(&dest, bytes::Bytes::from(bytes).into()).await?;
         tokio::fs::remove_file(&local).await?;
+        if let Some((gateway, uplink)) = &self.announce {
+            uplink.file(gateway, file.clone());
+        }
         self.metrics.files_uploaded.inc();
         self.metrics.bytes_uploaded.inc_by(len);
         debug!(path = %dest, bytes = len, "uploaded");

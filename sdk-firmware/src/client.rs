@@ -269,12 +269,7 @@ impl Client {
         sock.set_nodelay(true)?;
         let conn = match &self.config.tls {
             Tls::Off => Conn::Tcp(sock),
-            Tls::Verify(roots) => Conn::Tls(Box::new(tls_stream(
-                sock,
-                &self.config.host,
-                Verifier::Roots(roots.clone()),
-            )?)),
-            Tls::Insecure => Conn::Tls(Box::new(tls_stream(sock, &self.config.host, Verifier::None)?)),
+            tls => Conn::Tls(Box::new(tls_stream(sock, &self.config.host, tls)?)),
         };
         self.conn = Some(conn);
         self.stats.connects += 1;
@@ -412,31 +407,33 @@ impl Client {
     }
 }
 
-enum Verifier {
-    Roots(Arc<RootCertStore>),
-    None,
-}
-
-fn tls_stream(
-    sock: TcpStream,
-    host: &str,
-    verifier: Verifier,
-) -> Result<StreamOwned<ClientConnection, TcpStream>, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(ClientError::Tls)?;
-    let config = match verifier {
-        Verifier::Roots(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
-        Verifier::None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth(),
-    };
+fn tls_stream(sock: TcpStream, host: &str, tls: &Tls) -> Result<StreamOwned<ClientConnection, TcpStream>, ClientError> {
+    let config = tls
+        .client_config()?
+        .ok_or_else(|| ClientError::Config("TLS is off".into()))?;
     let name =
         ServerName::try_from(host.to_owned()).map_err(|e| ClientError::Config(format!("server name {host}: {e}")))?;
-    let conn = ClientConnection::new(Arc::new(config), name).map_err(ClientError::Tls)?;
+    let conn = ClientConnection::new(config, name).map_err(ClientError::Tls)?;
     Ok(StreamOwned::new(conn, sock))
+}
+
+impl Tls {
+    /// The rustls client configuration (ring provider) this choice means; `None` when off.
+    pub fn client_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(ClientError::Tls)?;
+        let config = match self {
+            Tls::Off => return Ok(None),
+            Tls::Verify(roots) => builder.with_root_certificates(roots.clone()).with_no_client_auth(),
+            Tls::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+                .with_no_client_auth(),
+        };
+        Ok(Some(Arc::new(config)))
+    }
 }
 
 /// Accepts any certificate but still checks the handshake signatures.

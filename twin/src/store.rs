@@ -38,6 +38,8 @@ pub enum EventKind {
     Reported,
     Desired,
     Connection,
+    /// The device described its resources (after it connected).
+    Described,
     Tags,
     Deleted,
 }
@@ -50,6 +52,7 @@ impl EventKind {
             Self::Reported => "reported",
             Self::Desired => "desired",
             Self::Connection => "connection",
+            Self::Described => "described",
             Self::Tags => "tags",
             Self::Deleted => "deleted",
         }
@@ -349,30 +352,34 @@ impl TwinTxn<'_> {
         Ok(next)
     }
 
-    /// Changes the connection state (creating the twin of a device seen for the first time);
-    /// `resources` replaces the device's description when given.
-    pub fn set_connection(
-        &mut self,
-        key: &TwinKey,
-        at_ms: u64,
-        resources: Option<Json>,
-        f: impl FnOnce(&mut Connection),
-    ) -> Result<u64, TwinError> {
+    /// Changes the connection state (creating the twin of a device seen for the first time).
+    pub fn set_connection(&mut self, key: &TwinKey, at_ms: u64, f: impl FnOnce(&mut Connection)) -> Result<u64, TwinError> {
         let c = self.load(key)?;
         let twin = c.twin.get_or_insert_with(|| Twin::new(key, at_ms));
         f(&mut twin.connection);
         let seen = twin.connection.last_seen.unwrap_or(0).max(at_ms);
         twin.connection.last_seen = Some(seen);
-        if let Some(r) = resources {
-            c.bytes += estimate(&r);
-            twin.resources = Some(r);
-        }
         twin.version += 1;
         twin.updated = at_ms.max(twin.updated);
         c.dirty = true;
         let (version, online) = (twin.version, twin.connection.online);
         let body = json!({ "connection": twin.connection });
         self.event(key, version, EventKind::Connection, at_ms, body, None, Some(online));
+        Ok(version)
+    }
+
+    /// Records the device's description of its resources.
+    pub fn describe(&mut self, key: &TwinKey, at_ms: u64, resources: Json) -> Result<u64, TwinError> {
+        let c = self.load(key)?;
+        let twin = c.twin.get_or_insert_with(|| Twin::new(key, at_ms));
+        c.bytes += estimate(&resources);
+        twin.resources = Some(resources.clone());
+        twin.version += 1;
+        twin.updated = at_ms.max(twin.updated);
+        c.dirty = true;
+        let (version, online) = (twin.version, twin.connection.online);
+        let body = json!({ "resources": resources });
+        self.event(key, version, EventKind::Described, at_ms, body, None, Some(online));
         Ok(version)
     }
 

@@ -105,10 +105,11 @@ fn the_change_feed_carries_each_committed_change() {
     let mut feed = s.subscribe();
     let key = TwinKey::new("u", "d");
     s.write(|t| {
-        t.set_connection(&key, 5, Some(json!({"led": {"fn": 2}})), |c| {
+        t.set_connection(&key, 5, |c| {
             c.online = true;
             c.gateway = Some("gw".into());
         })?;
+        t.describe(&key, 5, json!({"led": {"fn": 2}}))?;
         t.report(&key, "temp", json!({"out": 1}), 6)?;
         t.report(&key, "temp", json!(2), 7)
     })
@@ -118,12 +119,7 @@ fn the_change_feed_carries_each_committed_change() {
     let kinds: Vec<EventKind> = std::iter::from_fn(|| feed.try_recv().ok()).map(|e| e.kind).collect();
     assert_eq!(
         kinds,
-        [
-            EventKind::Connection,
-            EventKind::Reported,
-            EventKind::Reported,
-            EventKind::Desired
-        ]
+        [EventKind::Connection, EventKind::Described, EventKind::Reported, EventKind::Reported, EventKind::Desired]
     );
     s.write(|t| t.report(&key, "led", json!(true), 8)).unwrap();
     let e = feed.try_recv().unwrap();
@@ -131,6 +127,6 @@ fn the_change_feed_carries_each_committed_change() {
     assert_eq!(j["event"], "reported");
     assert_eq!(j["state"]["reported"]["led"], json!(true));
     assert_eq!(j["delta"], json!({}), "the delta cleared: {j}");
-    assert_eq!(j["version"], json!(5));
+    assert_eq!(j["version"], json!(6));
     assert_eq!(e.reported, Some(("led".into(), json!(true))));
 }

@@ -1,0 +1,199 @@
+//! API tokens and scopes.
+//!
+//! A token is `tl_` + 43 characters of base64url (32 random bytes); only its SHA-256 is
+//! stored. Every route needs one, as `Authorization: Bearer <token>` or `?authorization=`
+//! (the Thinger convention, for WebSockets and EventSource, which cannot set headers). A
+//! missing or unknown token gets 401; a token without the route's scope gets 403. `admin`
+//! holds every scope.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::server::AppState;
+use crate::store::TokenRecord;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// Read devices, twins, properties, endpoints and live values; subscribe to streams.
+    Read,
+    /// Change twins' desired state.
+    WriteDesired,
+    /// Write inputs, call and run resources, set properties, call endpoints.
+    Control,
+    /// Everything, including the registry, tokens, gateways and endpoint definitions.
+    Admin,
+}
+
+impl Scope {
+    /// Parses the config / API spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A new random token with `prefix` (`tl_` for API tokens, `tlg_` for gateways).
+pub fn new_token(prefix: &str) -> String {
+    let mut b = [0u8; 32];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
+}
+
+/// The known API tokens, by hash, in memory (loaded from the `tokens` table).
+#[derive(Debug, Default, Clone)]
+pub struct Tokens(Arc<RwLock<HashMap<String, TokenRecord>>>);
+
+impl Tokens {
+    pub fn insert(&self, sha: String, rec: TokenRecord) {
+        if let Ok(mut t) = self.0.write() {
+            t.insert(sha, rec);
+        }
+    }
+    pub fn remove_named(&self, name: &str) -> Vec<String> {
+        let Ok(mut t) = self.0.write() else { return Vec::new() };
+        let shas: Vec<String> = t.iter().filter(|(_, r)| r.name == name).map(|(k, _)| k.clone()).collect();
+        for s in &shas {
+            t.remove(s);
+        }
+        shas
+    }
+    pub fn lookup(&self, token: &str) -> Option<TokenRecord> {
+        self.0.read().ok()?.get(&sha256_hex(token)).cloned()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.read().map(|t| t.is_empty()).unwrap_or(true)
+    }
+    pub fn list(&self) -> Vec<TokenRecord> {
+        let mut v: Vec<TokenRecord> = self.0.read().map(|t| t.values().cloned().collect()).unwrap_or_default();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+/// Who is calling: a checked token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl Principal {
+    /// 403 unless the token holds `scope` (or admin).
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {:?} lacks the {} scope",
+                    self.name,
+                    serde_json::to_value(scope)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                ),
+            ))
+        }
+    }
+}
+
+/// The token a request carries: the Bearer header, else `?authorization=`.
+pub fn bearer(parts: &Parts) -> Option<String> {
+    if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let s = h.to_str().ok()?;
+        let t = s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer "))?;
+        return Some(t.trim().to_owned());
+    }
+    let q = parts.uri.query()?;
+    url_query(q, "authorization")
+}
+
+/// One query parameter, percent-decoded.
+pub fn url_query(q: &str, name: &str) -> Option<String> {
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl FromRequestParts<Arc<AppState>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+        let token = bearer(parts).ok_or_else(|| {
+            unauthorized("a token is needed: Authorization: Bearer <token>, or ?authorization=<token>")
+        })?;
+        let rec = state
+            .tokens
+            .lookup(&token)
+            .ok_or_else(|| unauthorized("the token is not valid"))?;
+        Ok(Principal {
+            name: rec.name,
+            scopes: rec.scopes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_parse_and_tokens_hash() {
+        assert_eq!(Scope::parse("write-desired"), Some(Scope::WriteDesired));
+        assert_eq!(Scope::parse("root"), None);
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let t = new_token("tl_");
+        assert!(t.starts_with("tl_") && t.len() == 46, "{t}");
+        assert_eq!(url_query("a=1&authorization=x%2By+z", "authorization").as_deref(), Some("x+y z"));
+    }
+}

@@ -1,0 +1,234 @@
+//! The cloud's configuration file (`twinlake cloud --config cloud.toml`).
+//!
+//! Every key has a default, so an empty file runs a development cloud;
+//! `deploy/cloud.example.toml` shows them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use twinlake_edge::EdgeConfig;
+
+use crate::Error;
+use crate::auth::Scope;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// Where the database (`cloud.redb`: registry, twins, tokens) and the in-process edge
+    /// pipeline's files live.
+    pub data_dir: PathBuf,
+    pub http: HttpSection,
+    pub twins: TwinsSection,
+    pub link: LinkServerSection,
+    pub webhooks: WebhookSection,
+    /// API tokens to create at start (stored hashed; the file holds only their SHA-256).
+    pub tokens: Vec<TokenEntry>,
+    /// Gateways allowed to link, with the SHA-256 of their tokens.
+    pub gateways: Vec<GatewayEntry>,
+    /// The cloud's own device listener for devices without a gateway: the edge pipeline,
+    /// in-process, under the gateway id `edge.gateway` (default `cloud`). `listener.tcp =
+    /// "off"` (and no TLS) turns it off.
+    pub edge: EdgeConfig,
+    pub metrics: MetricsSection,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        let data_dir = PathBuf::from("twinlake-cloud-data");
+        let mut edge = EdgeConfig {
+            gateway: "cloud".into(),
+            data_dir: data_dir.join("edge"),
+            ..EdgeConfig::default()
+        };
+        edge.metrics.addr = None;
+        Self {
+            data_dir,
+            http: HttpSection::default(),
+            twins: TwinsSection::default(),
+            link: LinkServerSection::default(),
+            webhooks: WebhookSection::default(),
+            tokens: Vec::new(),
+            gateways: Vec::new(),
+            edge,
+            metrics: MetricsSection::default(),
+        }
+    }
+}
+
+impl CloudConfig {
+    /// Reads and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let mut config: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        // The in-process pipeline's metrics are served with the cloud's; where `[edge]`
+        // leaves them out, its id and directory follow the cloud's.
+        config.edge.metrics.addr = None;
+        let stock = EdgeConfig::default();
+        if config.edge.gateway == stock.gateway {
+            config.edge.gateway = "cloud".into();
+        }
+        if config.edge.data_dir == stock.data_dir {
+            config.edge.data_dir = config.data_dir.join("edge");
+        }
+        if !config.edge.link.url.is_empty() {
+            return Err(Error::Config("edge.link: the in-process edge is linked in-process".into()));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return bad("http.tls_cert and http.tls_key go together".into());
+        }
+        if self.twins.max_doc_bytes < 1024 {
+            return bad("twins.max_doc_bytes must be at least 1024".into());
+        }
+        for t in &self.tokens {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!(
+                    "tokens {:?}: sha256 must be 64 hex digits (twinlake hash-token)",
+                    t.name
+                ));
+            }
+            if t.scopes.is_empty() {
+                return bad(format!("tokens {:?}: give it at least one scope", t.name));
+            }
+        }
+        for g in &self.gateways {
+            if g.id.is_empty() || g.token_sha256.len() != 64 {
+                return bad(format!(
+                    "gateways {:?}: needs an id and token_sha256 (64 hex digits)",
+                    g.id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[http]`: the API (REST, SSE, WebSocket) and the gateway link endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub addr: SocketAddr,
+    /// PEM files; with both, the API serves HTTPS (and the link `wss://`).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How long a live resource call may take before 504.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The largest request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[twins]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwinsSection {
+    /// The largest twin document, in bytes.
+    pub max_doc_bytes: usize,
+}
+
+impl Default for TwinsSection {
+    fn default() -> Self {
+        Self {
+            max_doc_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[link]`: the server end of the gateway link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkServerSection {
+    /// Requests to one gateway in flight at most; more wait (and time out).
+    pub max_inflight: usize,
+}
+
+impl Default for LinkServerSection {
+    fn default() -> Self {
+        Self { max_inflight: 1024 }
+    }
+}
+
+/// `[webhooks]`: how endpoint calls are delivered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per call before it is dropped (counted).
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    /// Calls waiting for delivery, at most (the oldest are dropped past it, counted).
+    pub max_queued: u64,
+}
+
+impl Default for WebhookSection {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            attempts: 5,
+            retry_min: Duration::from_millis(500),
+            max_queued: 100_000,
+        }
+    }
+}
+
+/// One `[[tokens]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub name: String,
+    /// Hex SHA-256 of the token (`twinlake hash-token TOKEN`).
+    pub sha256: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// One `[[gateways]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayEntry {
+    pub id: String,
+    /// Hex SHA-256 of the gateway's token.
+    pub token_sha256: String,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `/metrics` and `/healthz`, without a token; keep it on a private address.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], 9601))),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Making devices follow their twins, and resource streams for subscribers.
+//!
+//! **Desired state.** The applier reads the change feed. When a twin's desired state changes,
+//! or its device comes online (or describes itself), it writes every desired input that
+//! reported does not match to the device, through its gateway. The device's input stream
+//! then reports the new value and the delta clears. Nothing is queued per device: the
+//! twin is the queue, so a device that was offline gets what is pending when it returns.
+//!
+//! **Resource streams.** Subscribers to a device resource share one device stream at the
+//! fastest interval any of them asked for; the last one to leave stops it (the edge goes
+//! back to its own ingest stream for that resource).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+use twinlake_edge::link::Op;
+use twinlake_twin::{EventKind, TwinKey};
+
+use crate::server::AppState;
+
+/// Runs the desired-state applier until the cloud stops.
+pub async fn apply_desired(state: Arc<AppState>) {
+    let mut feed = state.twins.subscribe();
+    let mut stop = state.stop.subscribe();
+    let busy: Arc<Mutex<HashSet<TwinKey>>> = Arc::default();
+    let again: Arc<Mutex<HashSet<TwinKey>>> = Arc::default();
+    loop {
+        let ev = tokio::select! {
+            ev = feed.recv() => ev,
+            _ = stop.changed() => return,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "the desired-state applier fell behind; checking every online twin");
+                let online: Vec<TwinKey> = state
+                    .twins
+                    .list(None)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|t| t.connection.online && !t.delta().is_empty())
+                    .map(|t| t.key())
+                    .collect();
+                for key in online {
+                    spawn_sync(&state, key, &busy, &again);
+                }
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let wanted = match ev.kind {
+            EventKind::Desired => true,
+            EventKind::Connection | EventKind::Described => ev.online == Some(true),
+            _ => false,
+        };
+        if wanted {
+            spawn_sync(&state, ev.key, &busy, &again);
+        }
+    }
+}
+
+/// One sync per device at a time; a change during it runs it again after.
+fn spawn_sync(
+    state: &Arc<AppState>,
+    key: TwinKey,
+    busy: &Arc<Mutex<HashSet<TwinKey>>>,
+    again: &Arc<Mutex<HashSet<TwinKey>>>,
+) {
+    let first = busy.lock().map(|mut b| b.insert(key.clone())).unwrap_or(false);
+    if !first {
+        if let Ok(mut a) = again.lock() {
+            a.insert(key);
+        }
+        return;
+    }
+    let (state, busy, again) = (state.clone(), busy.clone(), again.clone());
+    tokio::spawn(async move {
+        loop {
+            sync_device(&state, &key).await;
+            let rerun = again.lock().map(|mut a| a.remove(&key)).unwrap_or(false);
+            if !rerun {
+                break;
+            }
+        }
+        if let Ok(mut b) = busy.lock() {
+            b.remove(&key);
+        }
+    });
+}
+
+/// Writes each desired input that reported does not match.
+async fn sync_device(state: &AppState, key: &TwinKey) {
+    let Ok(Some(twin)) = state.twins.get(key) else { return };
+    if !twin.connection.online {
+        return;
+    }
+    for path in twin.delta().keys() {
+        let kind = twin.resource_kind(path);
+        if twin.resources.is_some() && !matches!(kind, Some(2 | 4)) {
+            debug!(device = %key, %path, "desired field is not an input of the device; left as is");
+            continue;
+        }
+        // The whole desired value: a partial delta of an object input is not a value.
+        let Some(value) = twin.desired.get(path).cloned() else { continue };
+        let op = Op::Write {
+            path: path.clone(),
+            value: value.clone(),
+        };
+        match state.gateways.request(key, op, state.cfg.http.request_timeout).await {
+            Ok(_) => {
+                state.metrics.desired_writes.inc();
+                info!(device = %key, %path, %value, "desired value written to the device");
+                // Reported follows from the device's input stream. For a device that does
+                // not stream its inputs, read the value back if it has not arrived soon.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let arrived = state
+                    .twins
+                    .get(key)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|t| t.reported.get(path) == Some(&value));
+                if !arrived
+                    && kind != Some(4)
+                    && let Ok(Some(v)) = state
+                        .gateways
+                        .request(key, Op::Template { path: path.clone() }, state.cfg.http.request_timeout)
+                        .await
+                {
+                    crate::api::record_reported(state, key, path, v).await;
+                }
+            }
+            Err(e) => {
+                state.metrics.desired_failures.inc();
+                warn!(device = %key, %path, error = %e, "cannot write the desired value; it stays pending");
+            }
+        }
+    }
+}
+
+/// Subscribers per device resource, sharing one device stream.
+#[derive(Debug, Default)]
+pub struct StreamHub {
+    subs: Mutex<HashMap<(TwinKey, String), Vec<(u64, Option<Duration>)>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A subscription; dropping it leaves.
+#[derive(Debug)]
+pub struct StreamGuard {
+    state: Arc<AppState>,
+    key: TwinKey,
+    path: String,
+    id: u64,
+}
+
+fn fastest(subs: &[(u64, Option<Duration>)]) -> Option<Duration> {
+    subs.iter().filter_map(|(_, iv)| *iv).min()
+}
+
+impl StreamHub {
+    /// Joins the stream on `key`'s `path` at `interval` (`None`: on change); starts or speeds
+    /// up the device stream when needed. The device's answer is returned.
+    pub async fn join(
+        state: &Arc<AppState>,
+        key: &TwinKey,
+        path: &str,
+        interval: Option<Duration>,
+    ) -> Result<StreamGuard, crate::gateway::ControlError> {
+        let hub = &state.hub;
+        let id = hub.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (before, after) = {
+            let Ok(mut subs) = hub.subs.lock() else {
+                return Err(crate::gateway::ControlError::Offline("stream hub unavailable".into()));
+            };
+            let list = subs.entry((key.clone(), path.to_owned())).or_default();
+            let before = (!list.is_empty()).then(|| fastest(list));
+            list.push((id, interval));
+            (before, fastest(list))
+        };
+        let guard = StreamGuard {
+            state: state.clone(),
+            key: key.clone(),
+            path: path.to_owned(),
+            id,
+        };
+        if before != Some(after) {
+            let op = Op::StartStream {
+                path: path.to_owned(),
+                interval_ms: after.map(|d| d.as_millis() as u64),
+            };
+            state
+                .gateways
+                .request(key, op, state.cfg.http.request_timeout)
+                .await?;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let hub = &self.state.hub;
+        let k = (self.key.clone(), self.path.clone());
+        let change = {
+            let Ok(mut subs) = hub.subs.lock() else { return };
+            let Some(list) = subs.get_mut(&k) else { return };
+            let before = fastest(list);
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                subs.remove(&k);
+                Some(None)
+            } else {
+                let after = fastest(list);
+                (after != before).then_some(Some(after))
+            }
+        };
+        let Some(next) = change else { return };
+        let op = match next {
+            None => Op::StopStream { path: self.path.clone() },
+            Some(iv) => Op::StartStream {
+                path: self.path.clone(),
+                interval_ms: iv.map(|d| d.as_millis() as u64),
+            },
+        };
+        let (state, key) = (self.state.clone(), self.key.clone());
+        tokio::spawn(async move {
+            if let Err(e) = state.gateways.request(&key, op, state.cfg.http.request_timeout).await {
+                debug!(device = %key, error = %e, "cannot change the device stream");
+            }
+        });
+    }
+}
+
+/// What a stream subscriber receives for one value.
+pub fn stream_message(key: &TwinKey, path: &str, value: &Json, at: u64) -> String {
+    serde_json::json!({
+        "user": key.user,
+        "device": key.device,
+        "resource": path,
+        "ts": at,
+        "value": value,
+    })
+    .to_string()
+}

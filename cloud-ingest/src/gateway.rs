@@ -1,0 +1,485 @@
+//! The cloud end of the gateway link (protocol: `twinlake_edge::link`), and routing live
+//! requests to devices through the gateway they are connected to.
+//!
+//! Each linked gateway has one session task. It applies batches in arrival order: the
+//! batches waiting are taken together and applied in one redb transaction with the
+//! gateway's new sequence number, so a batch is applied exactly once however often it is
+//! sent. Replies to requests are matched by id; a request whose gateway or device is gone
+//! fails at once (offline), one that gets no answer fails at its deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+use twinlake_edge::link::{Down, ErrorKind, Item, LinkIo, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up};
+use twinlake_twin::{TwinError, TwinKey, unwrap_io};
+
+use crate::Error;
+use crate::server::AppState;
+use crate::store::{self, DeviceRecord, FILES, LINK_SEQ, LinkSeq, PROPERTIES, WEBHOOKS, WebhookJob};
+
+/// Why a live request failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlError {
+    /// The device (or its gateway) is not connected.
+    Offline(String),
+    /// No answer within the deadline.
+    Timeout(Duration),
+    /// The device or the edge refused.
+    Remote(RemoteError),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Offline(m) => f.write_str(m),
+            Self::Timeout(d) => write!(f, "the device did not answer within {} ms", d.as_millis()),
+            Self::Remote(e) => f.write_str(&e.message),
+        }
+    }
+}
+
+/// One linked gateway.
+#[derive(Debug)]
+struct Session {
+    tx: mpsc::Sender<String>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    epoch: u64,
+}
+
+/// The linked gateways and where each device is.
+#[derive(Debug)]
+pub struct Gateways {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    located: Mutex<HashMap<TwinKey, String>>,
+    next_id: AtomicU64,
+    next_epoch: AtomicU64,
+    /// Bumped when the registry changes, so every session resends its gateway's devices.
+    pub registry_version: watch::Sender<u64>,
+}
+
+impl Default for Gateways {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            located: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            next_epoch: AtomicU64::new(1),
+            registry_version: watch::channel(0).0,
+        }
+    }
+}
+
+impl Gateways {
+    /// The gateway a device is online at.
+    pub fn location(&self, key: &TwinKey) -> Option<String> {
+        self.located.lock().ok()?.get(key).cloned()
+    }
+
+    /// Where devices are, as the twins say after a restart (until gateways report again).
+    pub fn locate(&self, key: TwinKey, gateway: Option<String>) {
+        if let Ok(mut l) = self.located.lock() {
+            match gateway {
+                Some(g) => {
+                    l.insert(key, g);
+                }
+                None => {
+                    l.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The linked gateways' ids.
+    pub fn linked(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .sessions
+            .lock()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Tells every session the registry changed.
+    pub fn registry_changed(&self) {
+        self.registry_version.send_modify(|v| *v += 1);
+    }
+
+    /// Sends `op` to a device through its gateway and waits up to `timeout` for the answer.
+    pub async fn request(&self, key: &TwinKey, op: Op, timeout: Duration) -> Result<Option<Json>, ControlError> {
+        let gateway = self
+            .location(key)
+            .ok_or_else(|| ControlError::Offline(format!("device {key} is not connected")))?;
+        let session = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&gateway).cloned())
+            .ok_or_else(|| ControlError::Offline(format!("device {key}'s gateway {gateway} is not linked")))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = session.pending.lock() {
+            p.insert(id, tx);
+        }
+        let msg = Down::Request {
+            id,
+            user: key.user.clone(),
+            device: key.device.clone(),
+            op,
+        };
+        let forget = || {
+            if let Ok(mut p) = session.pending.lock() {
+                p.remove(&id);
+            }
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sent = tokio::time::timeout_at(deadline, session.tx.send(encode(&msg))).await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                forget();
+                return Err(ControlError::Offline(format!("gateway {gateway}'s link closed")));
+            }
+            Err(_) => {
+                forget();
+                return Err(ControlError::Timeout(timeout));
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) if r.ok => Ok(r.value),
+            Ok(Ok(r)) => Err(ControlError::Remote(r.error.unwrap_or(RemoteError {
+                kind: ErrorKind::DeviceError,
+                message: "the request failed".into(),
+            }))),
+            Ok(Err(_)) => Err(ControlError::Offline(format!("gateway {gateway}'s link closed"))),
+            Err(_) => {
+                forget();
+                Err(ControlError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+fn encode(msg: &Down) -> String {
+    serde_json::to_string(msg).unwrap_or_default()
+}
+
+/// The devices a gateway may accept, with their properties.
+pub fn registry_for(state: &AppState, gateway: &str) -> Result<Vec<RegistryEntry>, Error> {
+    let devices: Vec<(String, DeviceRecord)> = state.db.scan(store::DEVICES, "")?;
+    let mut out = Vec::new();
+    for (_, d) in devices {
+        let mine = match &d.gateway {
+            Some(g) => g == gateway,
+            None => gateway == state.local_gateway,
+        };
+        if !mine || !d.enabled {
+            continue;
+        }
+        let props: Vec<(String, Json)> = state.db.scan(PROPERTIES, &format!("{}/{}/", d.user, d.device))?;
+        let properties = props
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.rsplit_once('/')?.1.to_owned(), v)))
+            .collect();
+        out.push(RegistryEntry {
+            user: d.user,
+            device: d.device,
+            credential_hash: Some(d.credential_hash),
+            properties,
+        });
+    }
+    Ok(out)
+}
+
+/// Serves one gateway's link until it closes. `gateway` is the id its token proved.
+pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
+    let hello = match tokio::time::timeout(Duration::from_secs(10), io.rx.recv()).await {
+        Ok(Some(text)) => serde_json::from_str::<Up>(&text),
+        _ => {
+            warn!(%gateway, "no hello on the link");
+            return;
+        }
+    };
+    let session_id = match hello {
+        Ok(Up::Hello {
+            gateway: g,
+            session,
+            protocol,
+        }) if g == gateway && protocol == PROTOCOL => session,
+        Ok(Up::Hello { gateway: g, protocol, .. }) => {
+            warn!(%gateway, claimed = %g, protocol, "a hello for another gateway or protocol; closing");
+            return;
+        }
+        other => {
+            warn!(%gateway, ?other, "expected a hello; closing");
+            return;
+        }
+    };
+    let stored: LinkSeq = match state.db.get(LINK_SEQ, &gateway) {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => {
+            warn!(%gateway, error = %e, "cannot read the link state; closing");
+            return;
+        }
+    };
+    let mut acked = if stored.session == session_id { stored.acked } else { 0 };
+    if io.tx.send(encode(&Down::Welcome { acked })).await.is_err() {
+        return;
+    }
+    let session = Arc::new(Session {
+        tx: io.tx.clone(),
+        pending: Mutex::default(),
+        epoch: state.gateways.next_epoch.fetch_add(1, Ordering::Relaxed),
+    });
+    if let Ok(mut s) = state.gateways.sessions.lock() {
+        s.insert(gateway.clone(), session.clone());
+    }
+    state.metrics.gateways_linked.inc();
+    info!(%gateway, session = %session_id, acked, "gateway linked");
+
+    let mut registry = state.gateways.registry_version.subscribe();
+    registry.mark_changed();
+    let mut stop = state.stop.subscribe();
+    // The in-process pipeline flushes after the cloud stops; its session ends with it.
+    let remote = gateway != state.local_gateway;
+    loop {
+        tokio::select! {
+            _ = stop.changed(), if remote => break,
+            msg = io.rx.recv() => {
+                let Some(text) = msg else { break };
+                let mut batches = Vec::new();
+                handle(&state, &session, &text, &mut batches);
+                // Whatever else has arrived joins the same transaction.
+                while batches.len() < 64 {
+                    let Ok(text) = io.rx.try_recv() else { break };
+                    handle(&state, &session, &text, &mut batches);
+                }
+                if batches.is_empty() {
+                    continue;
+                }
+                let st = state.clone();
+                let (gw, sid) = (gateway.clone(), session_id.clone());
+                let applied = tokio::task::spawn_blocking(move || apply(&st, &gw, &sid, acked, batches)).await;
+                match applied {
+                    Ok(Ok(through)) => {
+                        acked = through;
+                        if io.tx.send(encode(&Down::Ack { through })).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        // Not acknowledged: the gateway sends it again after a reconnect.
+                        warn!(%gateway, error = %e, "cannot apply a batch; dropping the link");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(%gateway, error = %e, "the apply task failed; dropping the link");
+                        break;
+                    }
+                }
+            }
+            changed = registry.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                match registry_for(&state, &gateway) {
+                    Ok(devices) => {
+                        if io.tx.send(encode(&Down::Registry { devices })).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => warn!(%gateway, error = %e, "cannot read the registry"),
+                }
+            }
+        }
+    }
+    if let Ok(mut s) = state.gateways.sessions.lock()
+        && s.get(&gateway).is_some_and(|cur| cur.epoch == session.epoch)
+    {
+        s.remove(&gateway);
+    }
+    state.metrics.gateways_linked.dec();
+    info!(%gateway, "gateway link closed");
+}
+
+/// A message from the gateway: replies are handed over at once, batches collected.
+fn handle(state: &AppState, session: &Session, text: &str, batches: &mut Vec<(u64, Vec<Item>)>) {
+    match serde_json::from_str::<Up>(text) {
+        Ok(Up::Batch { seq, items }) => batches.push((seq, items)),
+        Ok(Up::Reply(r)) => {
+            let waiter = session.pending.lock().ok().and_then(|mut p| p.remove(&r.id));
+            if let Some(w) = waiter {
+                let _ = w.send(r);
+            }
+        }
+        Ok(Up::Hello { .. }) => debug!("a second hello; ignored"),
+        Err(e) => {
+            state.metrics.link_bad_messages.inc();
+            warn!(error = %e, "ignored a message that is not the link protocol");
+        }
+    }
+}
+
+/// Applies the batches past `acked` in one transaction; returns the new `acked`.
+fn apply(state: &AppState, gateway: &str, session: &str, acked: u64, batches: Vec<(u64, Vec<Item>)>) -> Result<u64, Error> {
+    let mut through = acked;
+    let mut moves: Vec<(TwinKey, Option<String>)> = Vec::new();
+    let mut webhooks = 0u64;
+    let mut items_applied = 0u64;
+    let max_queued = state.cfg.webhooks.max_queued;
+    state.twins.write(|t| -> Result<(), Error> {
+        for (seq, items) in batches {
+            if seq <= through {
+                state.metrics.link_duplicate_batches.inc();
+                continue;
+            }
+            for item in items {
+                items_applied += 1;
+                apply_item(state, t, gateway, item, &mut moves, &mut webhooks, max_queued)?;
+            }
+            through = seq;
+        }
+        let rec = LinkSeq {
+            session: session.to_owned(),
+            acked: through,
+        };
+        t.transaction()
+            .open_table(LINK_SEQ)?
+            .insert(gateway, store::encode(&rec).as_slice())?;
+        Ok(())
+    })?;
+    for (key, at) in moves {
+        state.gateways.locate(key, at);
+    }
+    state.metrics.link_items.inc_by(items_applied);
+    if webhooks > 0 {
+        state.webhook_wake.notify_one();
+    }
+    Ok(through)
+}
+
+fn apply_item(
+    state: &AppState,
+    t: &mut twinlake_twin::TwinTxn<'_>,
+    gateway: &str,
+    item: Item,
+    moves: &mut Vec<(TwinKey, Option<String>)>,
+    webhooks: &mut u64,
+    max_queued: u64,
+) -> Result<(), Error> {
+    match item {
+        Item::Presence {
+            user,
+            device,
+            online,
+            at,
+            ip,
+            rx_bytes,
+            tx_bytes,
+            ..
+        } => {
+            let key = TwinKey::new(&user, &device);
+            let (was_online, was_here) = match t.get(&key)? {
+                Some(tw) => (tw.connection.online, tw.connection.gateway.as_deref() == Some(gateway)),
+                None => (false, false),
+            };
+            if !online && !was_here {
+                // A late goodbye from a gateway the device has left.
+                return Ok(());
+            }
+            if online && was_online && was_here {
+                // A gateway repeating what it said (after a reconnect): nothing changed.
+                moves.push((key, Some(gateway.to_owned())));
+                return Ok(());
+            }
+            let gw = gateway.to_owned();
+            t.set_connection(&key, at, |c| {
+                c.online = online;
+                c.gateway = Some(gw);
+                if online {
+                    c.connected_at = Some(at);
+                    if ip.is_some() {
+                        c.ip = ip;
+                    }
+                } else {
+                    c.rx_bytes = rx_bytes;
+                    c.tx_bytes = tx_bytes;
+                }
+            })?;
+            moves.push((key, online.then(|| gateway.to_owned())));
+        }
+        Item::Described { user, device, resources } => {
+            let key = TwinKey::new(&user, &device);
+            t.describe(&key, twinlake_twin::now_ms(), resources)?;
+        }
+        Item::Reported {
+            user,
+            device,
+            path,
+            at,
+            value,
+        } => {
+            let key = TwinKey::new(&user, &device);
+            match t.report(&key, &path, unwrap_io(value), at) {
+                Ok(_) => {
+                    state.metrics.twin_updates.inc();
+                }
+                Err(TwinError::TooLarge { key, bytes, limit }) => {
+                    state.metrics.twin_rejected.inc();
+                    warn!(%key, %path, bytes, limit, "reported value dropped: the twin would be too large");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Item::Endpoint {
+            user,
+            device,
+            endpoint,
+            at,
+            payload,
+        } => {
+            let job = WebhookJob {
+                user,
+                device,
+                endpoint,
+                at,
+                payload,
+                attempts: 0,
+            };
+            let mut table = t.transaction().open_table(WEBHOOKS)?;
+            let next = redb::ReadableTable::last(&table)?.map_or(1, |(k, _)| k.value() + 1);
+            table.insert(next, store::encode(&job).as_slice())?;
+            if redb::ReadableTableMetadata::len(&table)? > max_queued
+                && let Some((k, _)) = table.pop_first()?
+            {
+                state.metrics.webhooks_dropped.inc();
+                warn!(job = k.value(), "webhook queue full; dropped the oldest endpoint call");
+            }
+            *webhooks += 1;
+        }
+        Item::Property {
+            user,
+            device,
+            property,
+            value,
+        } => {
+            let key = format!("{user}/{device}/{property}");
+            t.transaction()
+                .open_table(PROPERTIES)?
+                .insert(key.as_str(), store::encode(&value).as_slice())?;
+        }
+        Item::File { gateway: g, file } => {
+            let rec = serde_json::json!({ "gateway": g, "file": file });
+            t.transaction()
+                .open_table(FILES)?
+                .insert(file.path.as_str(), store::encode(&rec).as_slice())?;
+            state.metrics.files_committed.inc();
+        }
+    }
+    Ok(())
+}

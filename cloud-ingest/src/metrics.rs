@@ -1,0 +1,69 @@
+//! The cloud's Prometheus metrics (`twinlake_cloud_*`), served with the in-process edge
+//! pipeline's (`twinlake_edge_*`) on the metrics address.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Metric, Registry};
+
+/// Every metric the cloud keeps.
+#[derive(Debug)]
+pub struct CloudMetrics {
+    pub gateways_linked: Gauge,
+    pub link_items: Counter,
+    pub link_duplicate_batches: Counter,
+    pub link_bad_messages: Counter,
+    pub twin_updates: Counter,
+    pub twin_rejected: Counter,
+    pub files_committed: Counter,
+    pub desired_writes: Counter,
+    pub desired_failures: Counter,
+    pub live_requests: Counter,
+    pub webhooks_delivered: Counter,
+    pub webhooks_failed: Counter,
+    pub webhooks_dropped: Counter,
+    pub subscribers: Gauge,
+    registry: Registry,
+}
+
+fn add<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+impl Default for CloudMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("twinlake_cloud");
+        let r = &mut registry;
+        Self {
+            gateways_linked: add(r, "gateways_linked", "Gateways linked now", Gauge::default()),
+            link_items: add(r, "link_items", "Items applied from gateway batches", Counter::default()),
+            link_duplicate_batches: add(
+                r,
+                "link_duplicate_batches",
+                "Batches received again and skipped",
+                Counter::default(),
+            ),
+            link_bad_messages: add(r, "link_bad_messages", "Link messages that did not parse", Counter::default()),
+            twin_updates: add(r, "twin_reported_updates", "Reported values applied to twins", Counter::default()),
+            twin_rejected: add(r, "twin_rejected", "Reported values refused (document too large)", Counter::default()),
+            files_committed: add(r, "files_committed", "Parquet files announced by gateways", Counter::default()),
+            desired_writes: add(r, "desired_writes", "Desired values written to devices", Counter::default()),
+            desired_failures: add(r, "desired_failures", "Desired values that could not be written", Counter::default()),
+            live_requests: add(r, "live_requests", "Live resource requests from the API", Counter::default()),
+            webhooks_delivered: add(r, "webhooks_delivered", "Endpoint calls delivered", Counter::default()),
+            webhooks_failed: add(r, "webhooks_failed", "Failed webhook attempts", Counter::default()),
+            webhooks_dropped: add(r, "webhooks_dropped", "Endpoint calls given up on", Counter::default()),
+            subscribers: add(r, "stream_subscribers", "SSE and WebSocket subscribers now", Gauge::default()),
+            registry,
+        }
+    }
+}
+
+impl CloudMetrics {
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}

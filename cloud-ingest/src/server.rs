@@ -1,0 +1,322 @@
+//! Starting and running the cloud: the database, the in-process edge pipeline, the HTTP(S)
+//! server and the background tasks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+use twinlake_edge::EdgeAgent;
+use twinlake_edge::link::{Connector, LinkIo};
+use twinlake_twin::{Limits, TwinStore};
+
+use crate::Error;
+use crate::auth::{Scope, Tokens, new_token, sha256_hex};
+use crate::config::CloudConfig;
+use crate::control::StreamHub;
+use crate::gateway::Gateways;
+use crate::metrics::CloudMetrics;
+use crate::store::{Db, GATEWAYS, GatewayRecord, TOKENS, TokenRecord};
+
+/// Everything the handlers and tasks share.
+#[derive(Debug)]
+pub struct AppState {
+    pub cfg: CloudConfig,
+    pub db: Db,
+    pub twins: TwinStore,
+    pub gateways: Gateways,
+    pub tokens: Tokens,
+    pub hub: StreamHub,
+    pub webhook_wake: Notify,
+    pub metrics: CloudMetrics,
+    pub http: reqwest::Client,
+    /// The in-process pipeline's gateway id (devices registered without a gateway).
+    pub local_gateway: String,
+    pub edge_metrics: Option<Arc<twinlake_edge::metrics::Metrics>>,
+    /// Turns true when the cloud stops; long-lived tasks (sockets, streams) end on it.
+    pub stop: watch::Sender<bool>,
+}
+
+/// A started cloud: database open, sockets bound. [`Cloud::run`] serves.
+pub struct Cloud {
+    state: Arc<AppState>,
+    http: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    metrics: Option<TcpListener>,
+    edge: Option<EdgeAgent>,
+    initial_token: Option<String>,
+}
+
+impl std::fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cloud").field("http", &self.http_addr()).finish_non_exhaustive()
+    }
+}
+
+/// The in-process pipeline's link: a channel pair instead of a WebSocket.
+struct LocalConnector {
+    state: Arc<AppState>,
+}
+
+impl Connector for LocalConnector {
+    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<LinkIo, twinlake_edge::Error>> + Send + '_>> {
+        Box::pin(async move {
+            let (edge, cloud) = LinkIo::pair(256);
+            tokio::spawn(crate::gateway::serve(self.state.clone(), self.state.local_gateway.clone(), cloud));
+            Ok(edge)
+        })
+    }
+
+    fn target(&self) -> String {
+        "in-process".into()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+}
+
+impl Cloud {
+    /// Opens the database, creates configured tokens and gateways, starts the in-process
+    /// edge pipeline and binds the sockets.
+    pub async fn start(cfg: CloudConfig) -> Result<Self, Error> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let db = Db::open(&cfg.data_dir.join("cloud.redb"))?;
+        let twins = TwinStore::open(
+            db.0.clone(),
+            Limits {
+                max_doc_bytes: cfg.twins.max_doc_bytes,
+                ..Limits::default()
+            },
+        )?;
+        let now = twinlake_twin::now_ms();
+        for t in &cfg.tokens {
+            let rec = TokenRecord {
+                name: t.name.clone(),
+                scopes: t.scopes.clone(),
+                created: now,
+            };
+            db.put(TOKENS, &t.sha256.to_ascii_lowercase(), &rec)?;
+        }
+        for g in &cfg.gateways {
+            let rec = GatewayRecord {
+                id: g.id.clone(),
+                token_sha256: g.token_sha256.to_ascii_lowercase(),
+                created: now,
+            };
+            db.put(GATEWAYS, &g.id, &rec)?;
+        }
+        let tokens = Tokens::default();
+        for (sha, rec) in db.scan::<TokenRecord>(TOKENS, "")? {
+            tokens.insert(sha, rec);
+        }
+        let mut initial_token = None;
+        if tokens.is_empty() {
+            let token = new_token("tl_");
+            let rec = TokenRecord {
+                name: "admin".into(),
+                scopes: vec![Scope::Admin],
+                created: now,
+            };
+            let sha = sha256_hex(&token);
+            db.put(TOKENS, &sha, &rec)?;
+            tokens.insert(sha, rec);
+            warn!("no API token existed; created an admin token (shown once on stdout)");
+            initial_token = Some(token);
+        }
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+
+        let edge_enabled = cfg.edge.listener.tcp.is_some() || cfg.edge.listener.tls.is_some();
+        let edge = if edge_enabled {
+            Some(EdgeAgent::start(cfg.edge.clone()).await?)
+        } else {
+            None
+        };
+        let state = Arc::new(AppState {
+            local_gateway: cfg.edge.gateway.clone(),
+            edge_metrics: edge.as_ref().map(EdgeAgent::metrics),
+            cfg,
+            db,
+            twins,
+            gateways: Gateways::default(),
+            tokens,
+            hub: StreamHub::default(),
+            webhook_wake: Notify::new(),
+            metrics: CloudMetrics::default(),
+            http,
+            stop: watch::channel(false).0,
+        });
+        // Until gateways report again, devices are where their twins last saw them.
+        for t in state.twins.list(None)? {
+            if t.connection.online {
+                state.gateways.locate(t.key(), t.connection.gateway.clone());
+            }
+        }
+        let mut edge = edge;
+        if let Some(e) = edge.as_mut() {
+            e.set_link(Arc::new(LocalConnector { state: state.clone() }));
+        }
+        let tls = match (&state.cfg.http.tls_cert, &state.cfg.http.tls_key) {
+            (Some(c), Some(k)) => {
+                let cert = std::fs::read(c).map_err(|e| Error::Config(format!("{}: {e}", c.display())))?;
+                let key = std::fs::read(k).map_err(|e| Error::Config(format!("{}: {e}", k.display())))?;
+                let acceptor = twinlake_edge::listener::tls_acceptor(&cert, &key).map_err(|e| Error::Tls(e.to_string()))?;
+                Some(acceptor.0)
+            }
+            _ => None,
+        };
+        let http_listener = bind(state.cfg.http.addr).await?;
+        let metrics = match state.cfg.metrics.addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        Ok(Self {
+            state,
+            http: http_listener,
+            tls,
+            metrics,
+            edge,
+            initial_token,
+        })
+    }
+
+    /// The API address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.local_addr().ok()
+    }
+
+    /// Whether the API is HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The cloud's own device listener (TCP, then TLS).
+    pub fn device_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        self.edge.as_ref().map_or((None, None), |e| (e.tcp_addr(), e.tls_addr()))
+    }
+
+    /// The metrics address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The admin token made at the first start, if this start made one.
+    pub fn initial_token(&self) -> Option<&str> {
+        self.initial_token.as_deref()
+    }
+
+    /// The shared state (for tests and benchmarks).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes: stop accepting, close the device listener and
+    /// flush the in-process pipeline, then return.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+        let state = self.state;
+        let stop_rx = state.stop.subscribe();
+        tokio::spawn(crate::control::apply_desired(state.clone()));
+        tokio::spawn(crate::webhook::run(state.clone()));
+        let edge_task = self.edge.map(|e| {
+            let mut rx = stop_rx.clone();
+            tokio::spawn(e.run(async move {
+                let _ = rx.changed().await;
+            }))
+        });
+        if let Some(l) = self.metrics {
+            let st = state.clone();
+            let mut rx = stop_rx.clone();
+            tokio::spawn(async move {
+                let app = crate::api::metrics_router(st);
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.changed().await;
+                    })
+                    .await;
+            });
+        }
+        let app = crate::api::router(state.clone());
+        info!(addr = ?self.http.local_addr().ok(), tls = self.tls.is_some(), "cloud API listening");
+        let serve = serve_http(self.http, self.tls, app, stop_rx.clone());
+        let server = tokio::spawn(serve);
+        shutdown.await;
+        info!("shutting down");
+        let _ = state.stop.send(true);
+        let _ = server.await;
+        if let Some(t) = edge_task {
+            match t.await {
+                Ok(Err(e)) => warn!(error = %e, "the in-process edge pipeline stopped with an error"),
+                Err(e) => warn!(error = %e, "the in-process edge pipeline failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+        // The database closes when the last task holding the state ends: wait for them, so
+        // a new start in the same process can open it.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&state) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&state) > 1 {
+            warn!(holders = Arc::strong_count(&state) - 1, "tasks still hold the cloud state after shutdown");
+        }
+        Ok(())
+    }
+}
+
+/// Accepts HTTP (or HTTPS) connections until `stop`, each served by hyper with upgrades
+/// (WebSockets). Open connections (streams) end when the process does.
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let (sock, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = sock.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(sock)).await
+                    else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(sock), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,405 @@
+//! Live streams: twin changes and device resource values over Server-Sent Events and
+//! WebSocket, and the WebSocket pump of the gateway link.
+//!
+//! - `GET /v1/events` (SSE, or WebSocket when upgraded): every twin change, optionally
+//!   `?user=` / `?device=`.
+//! - `GET /v1/users/{u}/devices/{d}/twin/events` (SSE or WebSocket): one device's twin changes.
+//! - `GET /v1/users/{u}/devices/{d}/streams/{res…}?interval=1s` (SSE): a resource's values.
+//!   The device is asked to stream it at that interval (or on change without one) while
+//!   anyone listens.
+//! - `GET /v3/users/{u}/devices/{d}/resources` upgraded to a WebSocket: the Thinger console
+//!   protocol. The client sends `{"resource":"temp","interval":5,"enabled":true}` (seconds)
+//!   and `enabled:false` to stop; every message it gets carries `resource`.
+//!
+//! A subscriber that falls behind the change feed's capacity skips what it missed (an SSE
+//! comment or WebSocket message says how many) rather than slow anyone down.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::debug;
+use twinlake_edge::link::{LinkIo, Op};
+use twinlake_twin::{EventKind, TwinEvent, TwinKey};
+
+use crate::auth::{Principal, Scope, url_query};
+use crate::control::{StreamGuard, StreamHub, stream_message};
+use crate::error::ApiError;
+use crate::server::AppState;
+
+type St = State<Arc<AppState>>;
+
+/// Which twin events a subscriber wants.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    user: Option<String>,
+    device: Option<String>,
+}
+
+impl Filter {
+    fn wants(&self, e: &TwinEvent) -> bool {
+        self.user.as_ref().is_none_or(|u| *u == e.key.user) && self.device.as_ref().is_none_or(|d| *d == e.key.device)
+    }
+}
+
+/// Counts a subscriber while it lives.
+struct Subscriber(Arc<AppState>);
+
+impl Subscriber {
+    fn new(s: &Arc<AppState>) -> Self {
+        s.metrics.subscribers.inc();
+        Self(s.clone())
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.metrics.subscribers.dec();
+    }
+}
+
+fn is_upgrade(req: &Request) -> bool {
+    req.headers()
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Twin changes as an SSE stream.
+fn sse(state: &Arc<AppState>, filter: Filter) -> Response {
+    let rx = state.twins.subscribe();
+    let guard = Subscriber::new(state);
+    let stream = futures_util::stream::unfold((rx, filter, guard), |(mut rx, filter, guard)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if filter.wants(&e) => {
+                    let ev = Event::default().event(e.kind.as_str()).data(&*e.json);
+                    return Some((Ok::<Event, Infallible>(ev), (rx, filter, guard)));
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    let ev = Event::default().comment(format!("skipped {n} events"));
+                    return Some((Ok(ev), (rx, filter, guard)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Twin changes over a WebSocket.
+async fn ws_events(state: Arc<AppState>, filter: Filter, socket: WebSocket) {
+    let mut rx = state.twins.subscribe();
+    let mut stop = state.stop.subscribe();
+    let _guard = Subscriber::new(&state);
+    let (mut tx, mut incoming) = socket.split();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            e = rx.recv() => {
+                let text = match e {
+                    Ok(e) if filter.wants(&e) => e.json.to_string(),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => serde_json::json!({ "skipped": n }).to_string(),
+                    Err(RecvError::Closed) => break,
+                };
+                if tx.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
+            m = incoming.next() => match m {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+async fn events_or_ws(state: Arc<AppState>, filter: Filter, req: Request) -> Result<Response, ApiError> {
+    if is_upgrade(&req) {
+        let (mut parts, _) = req.into_parts();
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        return Ok(ws.on_upgrade(move |socket| ws_events(state, filter, socket)));
+    }
+    Ok(sse(&state, filter))
+}
+
+/// `GET /v1/events`
+pub async fn all_events(p: Principal, State(s): St, q: RawQuery, req: Request) -> Result<Response, ApiError> {
+    p.require(Scope::Read)?;
+    let q = q.0.unwrap_or_default();
+    let filter = Filter {
+        user: url_query(&q, "user"),
+        device: url_query(&q, "device"),
+    };
+    events_or_ws(s, filter, req).await
+}
+
+/// `GET /v1/users/{u}/devices/{d}/twin/events`
+pub async fn twin_events(
+    p: Principal,
+    State(s): St,
+    Path((u, d)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    p.require(Scope::Read)?;
+    if s.twins.get(&TwinKey::new(&u, &d))?.is_none() {
+        return Err(ApiError::not_found(format!("no twin for device {u}/{d}")));
+    }
+    let filter = Filter {
+        user: Some(u),
+        device: Some(d),
+    };
+    events_or_ws(s, filter, req).await
+}
+
+fn parse_interval(q: &str) -> Result<Option<Duration>, ApiError> {
+    match url_query(q, "interval") {
+        None => Ok(None),
+        Some(s) => {
+            let d = match s.parse::<u64>() {
+                Ok(secs) => Duration::from_secs(secs),
+                Err(_) => humantime_serde::re::humantime::parse_duration(&s)
+                    .map_err(|e| ApiError::bad_request(format!("interval {s:?}: {e}")))?,
+            };
+            if d < Duration::from_millis(100) {
+                return Err(ApiError::bad_request("interval: at least 100ms"));
+            }
+            Ok(Some(d))
+        }
+    }
+}
+
+/// The values of one resource from the change feed, at most one per `interval`.
+struct ResourceFeed {
+    rx: broadcast::Receiver<TwinEvent>,
+    key: TwinKey,
+    path: String,
+    interval: Option<Duration>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl ResourceFeed {
+    async fn next(&mut self) -> Option<Result<String, u64>> {
+        loop {
+            match self.rx.recv().await {
+                Ok(e) if e.kind == EventKind::Reported && e.key == self.key => {
+                    let Some((path, value)) = &e.reported else { continue };
+                    if *path != self.path {
+                        continue;
+                    }
+                    let now = tokio::time::Instant::now();
+                    // A little slack: samples at exactly the interval must not be skipped.
+                    if let (Some(iv), Some(last)) = (self.interval, self.last)
+                        && now < last + iv.mul_f64(0.8)
+                    {
+                        continue;
+                    }
+                    self.last = Some(now);
+                    let at = serde_json::from_str::<serde_json::Value>(&e.json)
+                        .ok()
+                        .and_then(|j| j.get("timestamp").and_then(serde_json::Value::as_u64))
+                        .unwrap_or_default();
+                    return Some(Ok(stream_message(&self.key, path, value, at)));
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => return Some(Err(n)),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// `GET /v1/users/{u}/devices/{d}/streams/{res…}?interval=`
+pub async fn resource_sse(
+    p: Principal,
+    State(s): St,
+    Path((u, d, path)): Path<(String, String, String)>,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    p.require(Scope::Read)?;
+    let interval = parse_interval(&q.0.unwrap_or_default())?;
+    let key = TwinKey::new(&u, &d);
+    let feed = ResourceFeed {
+        rx: s.twins.subscribe(),
+        key: key.clone(),
+        path: path.clone(),
+        interval,
+        last: None,
+    };
+    let guard = StreamHub::join(&s, &key, &path, interval)
+        .await
+        .map_err(|e| live_error(&s, &key, &path, e))?;
+    let sub = Subscriber::new(&s);
+    let stream = futures_util::stream::unfold((feed, guard, sub), |(mut feed, guard, sub)| async move {
+        let ev = match feed.next().await? {
+            Ok(text) => Event::default().event("value").data(text),
+            Err(n) => Event::default().comment(format!("skipped {n} events")),
+        };
+        Some((Ok::<Event, Infallible>(ev), (feed, guard, sub)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn live_error(s: &AppState, key: &TwinKey, path: &str, e: crate::gateway::ControlError) -> ApiError {
+    use axum::http::StatusCode;
+    match e {
+        crate::gateway::ControlError::Offline(m) => {
+            if s.twins.get(key).ok().flatten().is_none() {
+                ApiError::not_found(format!("no device {key}"))
+            } else {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m)
+            }
+        }
+        crate::gateway::ControlError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        crate::gateway::ControlError::Remote(r) => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("cannot stream {path:?}: {}", r.message))
+        }
+    }
+}
+
+/// `GET /v3/users/{u}/devices/{d}/resources`: describe, or the Thinger stream WebSocket.
+pub async fn v3_resources(
+    p: Principal,
+    State(s): St,
+    Path((u, d)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    p.require(Scope::Read)?;
+    let key = TwinKey::new(&u, &d);
+    if is_upgrade(&req) {
+        let (mut parts, _) = req.into_parts();
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        return Ok(ws.on_upgrade(move |socket| thinger_ws(s, key, socket)));
+    }
+    match s.gateways.request(&key, Op::Describe, s.cfg.http.request_timeout).await {
+        Ok(v) => Ok(axum::Json(v.unwrap_or_default()).into_response()),
+        Err(e) => Err(live_error(&s, &key, "", e)),
+    }
+}
+
+/// The Thinger console stream protocol over one WebSocket.
+async fn thinger_ws(state: Arc<AppState>, key: TwinKey, socket: WebSocket) {
+    let _sub = Subscriber::new(&state);
+    let (mut tx, mut incoming) = socket.split();
+    let mut rx = state.twins.subscribe();
+    let mut stop = state.stop.subscribe();
+    // resource → (guard, interval, last sent)
+    let mut subs: HashMap<String, (StreamGuard, Option<Duration>, Option<tokio::time::Instant>)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            m = incoming.next() => {
+                let text = match m {
+                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => continue,
+                };
+                let reply = match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(cmd) => {
+                        let resource = cmd.get("resource").and_then(|r| r.as_str()).unwrap_or("").to_owned();
+                        let enabled = cmd.get("enabled").and_then(serde_json::Value::as_bool).unwrap_or(true);
+                        let interval = cmd
+                            .get("interval")
+                            .and_then(serde_json::Value::as_f64)
+                            .filter(|s| *s > 0.0)
+                            .map(|s| Duration::from_secs_f64(s.max(0.1)));
+                        if resource.is_empty() {
+                            serde_json::json!({ "error": "send {\"resource\": name, \"interval\": seconds, \"enabled\": true}" })
+                        } else if !enabled {
+                            subs.remove(&resource);
+                            serde_json::json!({ "resource": resource, "enabled": false })
+                        } else {
+                            subs.remove(&resource);
+                            match StreamHub::join(&state, &key, &resource, interval).await {
+                                Ok(g) => {
+                                    subs.insert(resource.clone(), (g, interval, None));
+                                    serde_json::json!({ "resource": resource, "enabled": true })
+                                }
+                                Err(e) => serde_json::json!({ "resource": resource, "error": e.to_string() }),
+                            }
+                        }
+                    }
+                    Err(e) => serde_json::json!({ "error": format!("not JSON: {e}") }),
+                };
+                if tx.send(Message::Text(reply.to_string().into())).await.is_err() {
+                    break;
+                }
+            }
+            e = rx.recv() => {
+                let e = match e {
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                };
+                if e.kind != EventKind::Reported || e.key != key {
+                    continue;
+                }
+                let Some((path, value)) = &e.reported else { continue };
+                let Some((_, interval, last)) = subs.get_mut(path) else { continue };
+                let now = tokio::time::Instant::now();
+                if let (Some(iv), Some(l)) = (*interval, *last)
+                    && now < l + iv.mul_f64(0.8)
+                {
+                    continue;
+                }
+                *last = Some(now);
+                let msg = stream_message(&key, path, value, twinlake_twin::now_ms());
+                if tx.send(Message::Text(msg.into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    debug!(device = %key, "stream socket closed");
+}
+
+/// Moves the gateway link between its WebSocket and the session task.
+pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let mut stop = state.stop.subscribe();
+    let (edge, cloud) = LinkIo::pair(256);
+    let LinkIo { tx: to_cloud, rx: mut from_cloud } = edge;
+    let session = tokio::spawn(crate::gateway::serve(state, gateway, cloud));
+    let writer = tokio::spawn(async move {
+        while let Some(text) = from_cloud.recv().await {
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => match m {
+                Some(Ok(m)) => m,
+                _ => break,
+            },
+            _ = stop.changed() => break,
+        };
+        match msg {
+            Message::Text(t) => {
+                if to_cloud.send(t.to_string()).await.is_err() {
+                    break;
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    drop(to_cloud);
+    let _ = session.await;
+    writer.abort();
+}

@@ -1,0 +1,614 @@
+//! The edge end of the link: dial, resend what the cloud has not acknowledged, send what
+//! waits, answer requests, apply registry updates. See the parent module for the protocol.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value as Json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{debug, info, warn};
+use twinlake_sdk::json::{from_json, to_json};
+use twinlake_sdk::pson::Value;
+
+use super::{Down, ErrorKind, Item, MAX_BATCH_ITEMS, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up, Uplink};
+use crate::Error;
+use crate::config::{LinkSection, StreamsSection};
+use crate::ingest::EndpointQueue;
+use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey, Devices};
+use crate::metrics::Metrics;
+use crate::registry::{CredentialHash, DeviceRegistry};
+
+/// One established link: text frames in and out. Dropping `tx` closes it.
+#[derive(Debug)]
+pub struct LinkIo {
+    pub tx: mpsc::Sender<String>,
+    pub rx: mpsc::Receiver<String>,
+}
+
+impl LinkIo {
+    /// Two connected ends, for a cloud running in the same process.
+    pub fn pair(capacity: usize) -> (LinkIo, LinkIo) {
+        let (a_tx, a_rx) = mpsc::channel(capacity);
+        let (b_tx, b_rx) = mpsc::channel(capacity);
+        (LinkIo { tx: a_tx, rx: b_rx }, LinkIo { tx: b_tx, rx: a_rx })
+    }
+}
+
+/// A way to reach the cloud.
+pub trait Connector: Send + Sync + 'static {
+    /// Opens one link.
+    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<LinkIo, Error>> + Send + '_>>;
+    /// Where it goes, for logs.
+    fn target(&self) -> String;
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The link over WebSocket (`ws://` or `wss://`), with the gateway token as a Bearer header.
+#[derive(Clone)]
+pub struct WsConnector {
+    url: url::Url,
+    token: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for WsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsConnector").field("url", &self.url.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl WsConnector {
+    /// From the `[link]` section: `wss://` trusts `ca_file` if given, else the system's roots.
+    pub fn from_config(cfg: &LinkSection) -> Result<Self, Error> {
+        let url = url::Url::parse(&cfg.url).map_err(|e| Error::Config(format!("link.url {:?}: {e}", cfg.url)))?;
+        let tls = match url.scheme() {
+            "ws" => None,
+            "wss" => {
+                let choice = if cfg.insecure {
+                    twinlake_sdk::client::Tls::Insecure
+                } else if let Some(ca) = &cfg.ca_file {
+                    let pem = std::fs::read(ca).map_err(|source| Error::ReadFile {
+                        path: ca.clone(),
+                        source,
+                    })?;
+                    twinlake_sdk::client::Tls::from_ca_pem(&pem).map_err(|e| Error::Tls(e.to_string()))?
+                } else {
+                    let mut roots = rustls::RootCertStore::empty();
+                    for cert in rustls_native_certs::load_native_certs().certs {
+                        let _ = roots.add(cert);
+                    }
+                    twinlake_sdk::client::Tls::Verify(Arc::new(roots))
+                };
+                choice.client_config().map_err(|e| Error::Tls(e.to_string()))?
+            }
+            other => return Err(Error::Config(format!("link.url: scheme {other:?} is not ws or wss"))),
+        };
+        Ok(Self {
+            url,
+            token: cfg.token.clone(),
+            tls,
+        })
+    }
+
+    async fn open(&self) -> Result<LinkIo, Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let host = self
+            .url
+            .host_str()
+            .ok_or_else(|| Error::Config("link.url has no host".into()))?
+            .to_owned();
+        let port = self.url.port_or_known_default().unwrap_or(443);
+        let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| Error::Link(format!("connecting to {host}:{port} timed out")))??;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match &self.tls {
+            None => Box::new(tcp),
+            Some(cfg) => {
+                let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .map_err(|e| Error::Tls(format!("server name {host}: {e}")))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone());
+                Box::new(tls.connect(name, tcp).await?)
+            }
+        };
+        let mut req = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Error::Link(e.to_string()))?;
+        let auth = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| Error::Config("link.token holds characters a header cannot".into()))?;
+        req.headers_mut().insert("authorization", auth);
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(req, stream))
+            .await
+            .map_err(|_| Error::Link("the WebSocket handshake timed out".into()))?
+            .map_err(|e| Error::Link(format!("WebSocket handshake: {e}")))?;
+        let (mut sink, mut stream) = ws.split();
+        let (mine, theirs) = LinkIo::pair(256);
+        let LinkIo { tx: to_edge, rx: mut from_edge } = theirs;
+        // Writer: frames out, plus a ping every 15 s so a dead peer shows up.
+        tokio::spawn(async move {
+            use tokio_tungstenite::tungstenite::Message;
+            let mut ping = tokio::time::interval(Duration::from_secs(15));
+            loop {
+                let msg = tokio::select! {
+                    m = from_edge.recv() => match m {
+                        Some(text) => Message::Text(text.into()),
+                        None => break,
+                    },
+                    _ = ping.tick() => Message::Ping(Vec::new().into()),
+                };
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        // Reader: text frames in; anything from the cloud (pongs too) shows it is alive.
+        tokio::spawn(async move {
+            use tokio_tungstenite::tungstenite::Message;
+            loop {
+                let next = tokio::time::timeout(Duration::from_secs(45), stream.next()).await;
+                match next {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        if to_edge.send(t.to_string()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => break,
+                    Ok(Some(Ok(_))) => {}
+                    Err(_) => {
+                        warn!("the cloud link was silent for 45 s; reconnecting");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(mine)
+    }
+}
+
+impl Connector for WsConnector {
+    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<LinkIo, Error>> + Send + '_>> {
+        Box::pin(self.open())
+    }
+
+    fn target(&self) -> String {
+        self.url.to_string()
+    }
+}
+
+/// Each connected device's description, as the agent last read it.
+pub type ApiCache = Arc<Mutex<std::collections::HashMap<DeviceKey, Value>>>;
+
+/// The link task's parts.
+pub struct LinkClient {
+    pub gateway: String,
+    pub connector: Arc<dyn Connector>,
+    pub cfg: LinkSection,
+    pub uplink: Uplink,
+    pub endpoints: EndpointQueue,
+    pub devices: Devices,
+    pub registry: Arc<DeviceRegistry>,
+    /// Where the registry the cloud sent is kept, so devices can log in before the next link.
+    pub registry_file: PathBuf,
+    pub streams: Arc<StreamsSection>,
+    pub apis: ApiCache,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for LinkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkClient")
+            .field("gateway", &self.gateway)
+            .field("target", &self.connector.target())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns device events into what goes up, until the tap closes.
+pub async fn feed(mut tap: broadcast::Receiver<DeviceEvent>, uplink: Uplink, metrics: Arc<Metrics>) {
+    loop {
+        let ev = match tap.recv().await {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                metrics.link_events_missed.inc_by(n);
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let at = crate::outbox::ms_since_epoch(ev.at);
+        let key = ev.device;
+        match ev.kind {
+            DeviceEventKind::Connected { peer, .. } => uplink.presence(
+                &key,
+                Item::Presence {
+                    user: key.user.clone(),
+                    device: key.device.clone(),
+                    online: true,
+                    at,
+                    ip: Some(peer.ip().to_string()),
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    reason: None,
+                },
+            ),
+            DeviceEventKind::Disconnected {
+                reason,
+                rx_bytes,
+                tx_bytes,
+            } => uplink.presence(
+                &key,
+                Item::Presence {
+                    user: key.user.clone(),
+                    device: key.device.clone(),
+                    online: false,
+                    at,
+                    ip: None,
+                    rx_bytes,
+                    tx_bytes,
+                    reason: Some(reason),
+                },
+            ),
+            DeviceEventKind::Stream { path, payload, .. } => {
+                let value = payload.as_ref().map(to_json).unwrap_or(Json::Null);
+                uplink.reported(&key, path.join("/"), at, value);
+            }
+            DeviceEventKind::PropertySet { property, payload } => {
+                let value = payload.as_ref().map(to_json).unwrap_or(Json::Null);
+                uplink.property(&key, property, value);
+            }
+            DeviceEventKind::Endpoint { .. } | DeviceEventKind::Bucket { .. } | DeviceEventKind::CallDevice { .. } => {}
+        }
+    }
+}
+
+/// Batches sent and not yet acknowledged.
+struct Unacked {
+    frames: VecDeque<(u64, String)>,
+}
+
+impl LinkClient {
+    /// Loads the registry the cloud sent last time, if any.
+    pub fn load_registry(&self) {
+        let Ok(bytes) = std::fs::read(&self.registry_file) else { return };
+        match serde_json::from_slice::<Vec<RegistryEntry>>(&bytes) {
+            Ok(entries) => {
+                self.apply_registry(&entries);
+                info!(devices = entries.len(), "loaded the registry the cloud sent last");
+            }
+            Err(e) => warn!(path = %self.registry_file.display(), error = %e, "cannot read the saved registry"),
+        }
+    }
+
+    /// Keeps the link up until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let session = random_hex(8);
+        let mut next_seq: u64 = 1;
+        let mut unacked = Unacked {
+            frames: VecDeque::new(),
+        };
+        let mut backoff = self.cfg.reconnect_min;
+        let target = self.connector.target();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let io = tokio::select! {
+                r = self.connector.connect() => r,
+                _ = stop.changed() => return,
+            };
+            let io = match io {
+                Ok(io) => io,
+                Err(e) => {
+                    warn!(%target, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the cloud");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(self.cfg.reconnect_max);
+                    continue;
+                }
+            };
+            match self.session(io, &session, &mut next_seq, &mut unacked, &mut stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.link_connected.set(0);
+                    warn!(%target, error = %e, "the cloud link dropped; reconnecting");
+                    backoff = self.cfg.reconnect_min;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection: hello/welcome, resend, then serve until it drops (`Err`) or the agent
+    /// stops (`Ok`).
+    async fn session(
+        &self,
+        mut io: LinkIo,
+        session: &str,
+        next_seq: &mut u64,
+        unacked: &mut Unacked,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let hello = Up::Hello {
+            gateway: self.gateway.clone(),
+            session: session.to_owned(),
+            protocol: PROTOCOL,
+        };
+        send(&io, &hello).await?;
+        let first = tokio::time::timeout(Duration::from_secs(10), io.rx.recv())
+            .await
+            .map_err(|_| Error::Link("no welcome from the cloud within 10 s".into()))?
+            .ok_or_else(|| Error::Link("the cloud closed the link during the handshake".into()))?;
+        let acked = match serde_json::from_str::<Down>(&first) {
+            Ok(Down::Welcome { acked }) => acked,
+            Ok(other) => return Err(Error::Link(format!("expected a welcome, got {other:?}"))),
+            Err(e) => return Err(Error::Link(format!("a bad welcome: {e}"))),
+        };
+        unacked.frames.retain(|(seq, _)| *seq > acked);
+        if *next_seq <= acked {
+            // The cloud saw more of this session than we sent: a bug on one side; carry on
+            // past it rather than have every new batch ignored.
+            warn!(acked, next_seq, "the cloud acknowledged batches this agent never sent");
+            *next_seq = acked + 1;
+        }
+        for (_, frame) in &unacked.frames {
+            io.tx.send(frame.clone()).await.map_err(|_| closed())?;
+            self.metrics.link_frames_sent.inc();
+        }
+        self.metrics.link_connected.set(1);
+        self.metrics.link_connects.inc();
+        info!(target = %self.connector.target(), resent = unacked.frames.len(), "cloud link up");
+
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(256);
+        let mut items = Vec::with_capacity(MAX_BATCH_ITEMS);
+        loop {
+            // Send while there is room and something waits.
+            while unacked.frames.len() < self.cfg.max_unacked
+                && (!self.uplink.is_empty() || !self.endpoints.is_empty())
+            {
+                items.clear();
+                while items.len() < MAX_BATCH_ITEMS {
+                    let Some(call) = self.endpoints.try_pop() else { break };
+                    items.push(Item::Endpoint {
+                        user: call.device.user,
+                        device: call.device.device,
+                        endpoint: call.endpoint,
+                        at: crate::outbox::ms_since_epoch(call.at),
+                        payload: call.payload.as_ref().map(to_json),
+                    });
+                }
+                self.uplink.take(MAX_BATCH_ITEMS, &mut items);
+                if items.is_empty() {
+                    break;
+                }
+                let seq = *next_seq;
+                *next_seq += 1;
+                let frame = encode(&Up::Batch {
+                    seq,
+                    items: std::mem::take(&mut items),
+                });
+                io.tx.send(frame.clone()).await.map_err(|_| closed())?;
+                self.metrics.link_frames_sent.inc();
+                unacked.frames.push_back((seq, frame));
+                self.metrics.link_unacked_frames.set(unacked.frames.len() as i64);
+            }
+            let room = unacked.frames.len() < self.cfg.max_unacked;
+            tokio::select! {
+                msg = io.rx.recv() => {
+                    let Some(text) = msg else { return Err(closed()) };
+                    self.handle_down(&text, unacked, &reply_tx);
+                }
+                Some(reply) = reply_rx.recv() => send(&io, &Up::Reply(reply)).await?,
+                _ = self.uplink.notified(), if room => {}
+                _ = self.endpoints.notified(), if room => {}
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+
+    fn handle_down(&self, text: &str, unacked: &mut Unacked, replies: &mpsc::Sender<Reply>) {
+        let msg = match serde_json::from_str::<Down>(text) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "ignored a message from the cloud that is not the link protocol");
+                return;
+            }
+        };
+        match msg {
+            Down::Ack { through } => {
+                while unacked.frames.front().is_some_and(|(seq, _)| *seq <= through) {
+                    unacked.frames.pop_front();
+                }
+                self.metrics.link_unacked_frames.set(unacked.frames.len() as i64);
+            }
+            Down::Registry { devices } => {
+                self.apply_registry(&devices);
+                let path = self.registry_file.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = save_json(&path, &devices) {
+                        warn!(path = %path.display(), error = %e, "cannot save the registry");
+                    }
+                });
+            }
+            Down::Request { id, user, device, op } => {
+                self.metrics.link_requests.inc();
+                let devices = self.devices.clone();
+                let streams = self.streams.clone();
+                let apis = self.apis.clone();
+                let replies = replies.clone();
+                tokio::spawn(async move {
+                    let key = DeviceKey::new(&user, &device);
+                    let reply = match execute(&devices, &streams, &apis, &key, op).await {
+                        Ok(value) => Reply {
+                            id,
+                            ok: true,
+                            value,
+                            error: None,
+                        },
+                        Err(error) => Reply {
+                            id,
+                            ok: false,
+                            value: None,
+                            error: Some(error),
+                        },
+                    };
+                    let _ = replies.send(reply).await;
+                });
+            }
+            Down::Welcome { .. } => debug!("a second welcome; ignored"),
+        }
+    }
+
+    /// Replaces the cloud-managed devices with `entries`; devices whose credential changed
+    /// or that were removed are disconnected.
+    fn apply_registry(&self, entries: &[RegistryEntry]) {
+        let mut parsed = Vec::with_capacity(entries.len());
+        for e in entries {
+            let Some(h) = &e.credential_hash else { continue };
+            match CredentialHash::parse(h) {
+                Ok(hash) => parsed.push((DeviceKey::new(&e.user, &e.device), hash)),
+                Err(why) => warn!(device = %format!("{}/{}", e.user, e.device), %why, "the cloud sent a bad credential hash"),
+            }
+            for (name, v) in &e.properties {
+                self.devices.set_property(&e.user, &e.device, name, from_json(v));
+            }
+        }
+        for key in self.registry.sync_cloud(parsed) {
+            if let Some(h) = self.devices.get(&key.user, &key.device) {
+                info!(device = %key, "credential changed or device removed; disconnecting it");
+                h.close();
+            }
+        }
+    }
+}
+
+fn closed() -> Error {
+    Error::Link("the link closed".into())
+}
+
+fn encode(msg: &Up) -> String {
+    // Our own enums of strings, numbers and JSON values always serialize.
+    serde_json::to_string(msg).unwrap_or_default()
+}
+
+async fn send(io: &LinkIo, msg: &Up) -> Result<(), Error> {
+    io.tx.send(encode(msg)).await.map_err(|_| closed())
+}
+
+fn save_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(v).map_err(std::io::Error::other)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn remote(e: Error) -> RemoteError {
+    let kind = match &e {
+        Error::DeviceOffline(_) | Error::Disconnected(_) => ErrorKind::Offline,
+        Error::DeviceTimeout { .. } => ErrorKind::Timeout,
+        Error::DeviceError { .. } => ErrorKind::DeviceError,
+        _ => ErrorKind::BadRequest,
+    };
+    RemoteError {
+        kind,
+        message: e.to_string(),
+    }
+}
+
+/// Carries out one request on a connected device.
+async fn execute(
+    devices: &Devices,
+    streams: &StreamsSection,
+    apis: &ApiCache,
+    key: &DeviceKey,
+    op: Op,
+) -> Result<Option<Json>, RemoteError> {
+    if let Op::SetProperty { property, value } = &op {
+        devices.set_property(&key.user, &key.device, property, from_json(value));
+        return Ok(None);
+    }
+    let h = devices.get(&key.user, &key.device).ok_or_else(|| RemoteError {
+        kind: ErrorKind::Offline,
+        message: format!("device {key} is not connected to this gateway"),
+    })?;
+    let split = |p: &str| -> Vec<String> { p.split('/').filter(|s| !s.is_empty()).map(String::from).collect() };
+    let out = |v: Option<Value>| v.as_ref().map(to_json);
+    let r = match op {
+        Op::Describe => h.describe().await.map(|v| Some(to_json(&v))),
+        Op::Template { path } => {
+            let p = split(&path);
+            h.template(&refs(&p)).await.map(|v| Some(to_json(&v)))
+        }
+        Op::Read { path } => h.read(&refs(&split(&path))).await.map(out),
+        Op::Write { path, value } => h.write(&refs(&split(&path)), from_json(&value)).await.map(|()| None),
+        Op::Call { path, input } => h.call(&refs(&split(&path)), input.as_ref().map(from_json)).await.map(out),
+        Op::Run { path } => h.run(&refs(&split(&path))).await.map(|()| None),
+        Op::StartStream { path, interval_ms } => {
+            let own = ingest_interval(streams, apis, key, &path);
+            let wanted = interval_ms.map(Duration::from_millis);
+            // The device keeps one stream per resource: the faster of the two wins.
+            let interval = match (wanted, own) {
+                (Some(w), Some(Some(o))) => Some(w.min(o)),
+                (w, _) => w,
+            };
+            h.start_stream(&refs(&split(&path)), interval).await.map(|()| None)
+        }
+        Op::StopStream { path } => {
+            let p = split(&path);
+            match ingest_interval(streams, apis, key, &path) {
+                Some(own) => h.start_stream(&refs(&p), own).await.map(|()| None),
+                None => h.stop_stream(&refs(&p)).await.map(|()| None),
+            }
+        }
+        Op::SetProperty { .. } => Ok(None),
+    };
+    r.map_err(remote)
+}
+
+fn refs(p: &[String]) -> Vec<&str> {
+    p.iter().map(String::as_str).collect()
+}
+
+/// The stream the agent itself keeps on a resource: `Some(Some(iv))` sampled, `Some(None)`
+/// on change, `None` none.
+fn ingest_interval(cfg: &StreamsSection, apis: &ApiCache, key: &DeviceKey, path: &str) -> Option<Option<Duration>> {
+    let io = apis.lock().ok().and_then(|a| {
+        let mut node = a.get(key)?;
+        let mut kind = None;
+        for seg in path.split('/') {
+            let e = node.get(seg)?;
+            kind = e.get("fn").and_then(Value::as_i64);
+            node = e.get("/").unwrap_or(&Value::Null);
+        }
+        kind
+    })?;
+    match io {
+        3 => {
+            let iv = cfg.intervals.get(path).copied().unwrap_or(cfg.default_interval);
+            (!iv.is_zero()).then_some(Some(iv))
+        }
+        2 if cfg.inputs && cfg.intervals.get(path).is_none_or(|iv| !iv.is_zero()) => Some(None),
+        _ => None,
+    }
+}

@@ -61,7 +61,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .block_on(demo(args))
 }
 
-fn self_signed(dir: &Path, name: &str, ip: std::net::IpAddr) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+fn self_signed(
+    dir: &Path,
+    name: &str,
+    ip: std::net::IpAddr,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), ip.to_string()])?;
     let crt = dir.join(format!("{name}.pem"));
     let key = dir.join(format!("{name}.key"));
@@ -163,11 +167,19 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }));
 
     let base = format!("https://{api}");
-    let curl = format!("curl -s --cacert {} -H 'Authorization: Bearer {TOKEN}'", cloud_crt.display());
+    let curl = format!(
+        "curl -s --cacert {} -H 'Authorization: Bearer {TOKEN}'",
+        cloud_crt.display()
+    );
     println!("Twinlake demo");
     println!("  cloud API          {base}   (token {TOKEN}, OpenAPI at {base}/v1/openapi.json)");
     println!("  gateway link       wss://{api}/v1/gateway/link  ← edge agent {GATEWAY}");
-    println!("  device listeners   edge tcp://{}  tls://{}   cloud (no gateway) tcp://{}", fmt_addr(tcp), fmt_addr(tls), args.cloud_devices);
+    println!(
+        "  device listeners   edge tcp://{}  tls://{}   cloud (no gateway) tcp://{}",
+        fmt_addr(tcp),
+        fmt_addr(tls),
+        args.cloud_devices
+    );
     println!(
         "  credentials        user {USER:?}, devices sensor-1..sensor-{} and my-device (edge), direct-device (cloud), credential {CREDENTIAL:?}",
         args.devices
@@ -176,15 +188,23 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "  your own device    cargo run -p twinlake-sdk --example sensor -- {} {USER} my-device {CREDENTIAL}",
         fmt_addr(tcp)
     );
-    println!("  metrics            http://{}/metrics (edge)  http://{}/metrics (cloud)", fmt_addr(metrics), fmt_addr(cloud_metrics));
+    println!(
+        "  metrics            http://{}/metrics (edge)  http://{}/metrics (cloud)",
+        fmt_addr(metrics),
+        fmt_addr(cloud_metrics)
+    );
     println!("  Parquet lake       {} (sealed every 10 s)", lake.display());
     println!();
     println!("Try:");
     println!("  {curl} {base}/v1/users/{USER}/devices/sensor-1/twin");
-    println!("  {curl} -X PATCH {base}/v1/users/{USER}/devices/sensor-1/twin -d '{{\"desired\":{{\"led\":true}}}}'   # the LED follows");
+    println!(
+        "  {curl} -X PATCH {base}/v1/users/{USER}/devices/sensor-1/twin -d '{{\"desired\":{{\"led\":true}}}}'   # the LED follows"
+    );
     println!("  {curl} -X POST {base}/v3/users/{USER}/devices/sensor-1/resources/led -d false   # live write");
     println!("  {curl} {base}/v3/users/{USER}/devices/sensor-1/resources/temp   # live read");
-    println!("  {curl} -X POST {base}/v2/users/{USER}/devices/sensor-1/in_out -d '{{\"in\":{{\"value1\":2,\"value2\":3}}}}'");
+    println!(
+        "  {curl} -X POST {base}/v2/users/{USER}/devices/sensor-1/in_out -d '{{\"in\":{{\"value1\":2,\"value2\":3}}}}'"
+    );
     println!("  {curl} -N {base}/v1/events   # every twin change, as Server-Sent Events");
     println!(
         "  duckdb -c \"SELECT device, count(*), avg(value) FROM read_parquet('{}/temp/**/*.parquet', hive_partitioning = true) GROUP BY device\"",

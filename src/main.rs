@@ -38,8 +38,9 @@ fn main() -> anyhow::Result<()> {
     // One rustls provider for the whole process, installed before any TLS is used.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // RUST_LOG picks the levels; TWINLAKE_LOG_FORMAT=json gives one JSON object per line.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,twinlake=info,twinlake_edge=info,twinlake_cloud=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,twinlake=info,twinlake_edge=info,twinlake_cloud=info")
+    });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -39,26 +39,44 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/users/{u}/devices", get(list_devices).post(create_device))
         .route(
             "/v1/users/{u}/devices/{d}",
-            get(get_device).patch(update_device).put(update_device).delete(delete_device),
+            get(get_device)
+                .patch(update_device)
+                .put(update_device)
+                .delete(delete_device),
         )
         .route("/v1/users/{u}/devices/{d}/stats", get(stats))
         .route("/v1/users/{u}/devices/{d}/twin", get(get_twin).patch(patch_twin))
-        .route("/v1/users/{u}/devices/{d}/twin/events", get(crate::streams::twin_events))
-        .route("/v1/users/{u}/devices/{d}/streams/{*path}", get(crate::streams::resource_sse))
+        .route(
+            "/v1/users/{u}/devices/{d}/twin/events",
+            get(crate::streams::twin_events),
+        )
+        .route(
+            "/v1/users/{u}/devices/{d}/streams/{*path}",
+            get(crate::streams::resource_sse),
+        )
         .route("/v1/twins", get(list_twins))
         .route("/v1/events", get(crate::streams::all_events))
         .route("/v3/users/{u}/devices/{d}/resources", get(crate::streams::v3_resources))
-        .route("/v3/users/{u}/devices/{d}/resources/{*path}", get(v3_read).post(v3_post))
+        .route(
+            "/v3/users/{u}/devices/{d}/resources/{*path}",
+            get(v3_read).post(v3_post),
+        )
         .route("/v2/users/{u}/devices/{d}/{*path}", get(v2_get).post(v2_post))
         .route("/v3/users/{u}/devices/{d}/properties", get(list_properties))
         .route(
             "/v3/users/{u}/devices/{d}/properties/{p}",
-            get(get_property).put(put_property).post(put_property).delete(delete_property),
+            get(get_property)
+                .put(put_property)
+                .post(put_property)
+                .delete(delete_property),
         )
         .route("/v1/users/{u}/endpoints", get(list_endpoints))
         .route(
             "/v1/users/{u}/endpoints/{e}",
-            get(get_endpoint).put(put_endpoint).post(put_endpoint).delete(delete_endpoint),
+            get(get_endpoint)
+                .put(put_endpoint)
+                .post(put_endpoint)
+                .delete(delete_endpoint),
         )
         .route("/v1/users/{u}/endpoints/{e}/call", post(call_endpoint))
         .route("/v1/tokens", get(list_tokens).post(create_token))
@@ -133,9 +151,7 @@ fn now() -> u64 {
 }
 
 /// Runs blocking storage work off the async runtime.
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
-) -> Result<R, ApiError> {
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, ApiError> + Send + 'static) -> Result<R, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::from(crate::Error::Storage(e.to_string())))?
@@ -466,12 +482,20 @@ async fn patch_twin(
     let if_match = match headers.get(header::IF_MATCH) {
         None => None,
         Some(h) => {
-            let t = h.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
+            let t = h
+                .to_str()
+                .unwrap_or("")
+                .trim()
+                .trim_start_matches("W/")
+                .trim_matches('"');
             if t == "*" {
                 None
             } else {
                 Some(t.parse::<u64>().map_err(|_| {
-                    ApiError::new(StatusCode::PRECONDITION_FAILED, "If-Match must be a twin version (its ETag)")
+                    ApiError::new(
+                        StatusCode::PRECONDITION_FAILED,
+                        "If-Match must be a twin version (its ETag)",
+                    )
                 })?)
             }
         }
@@ -521,7 +545,13 @@ fn control_error(s: &AppState, key: &TwinKey, path: &str, e: ControlError) -> Ap
     let known = || s.twins.get(key).ok().flatten();
     match e {
         ControlError::Offline(m) => match known() {
-            None if s.db.get::<DeviceRecord>(DEVICES, &key.to_string()).ok().flatten().is_none() => {
+            None if s
+                .db
+                .get::<DeviceRecord>(DEVICES, &key.to_string())
+                .ok()
+                .flatten()
+                .is_none() =>
+            {
                 ApiError::not_found(format!("no device {key}"))
             }
             _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
@@ -607,7 +637,16 @@ async fn v3_post(
         body_json(&body)?
     };
     let key = live_key(&u, &d);
-    let v = live(&s, &key, Op::Call { path: path.clone(), input }, &path).await?;
+    let v = live(
+        &s,
+        &key,
+        Op::Call {
+            path: path.clone(),
+            input,
+        },
+        &path,
+    )
+    .await?;
     Ok(raw_reply(v))
 }
 
@@ -645,7 +684,16 @@ async fn v2_post(
         other => other,
     });
     let key = live_key(&u, &d);
-    let v = live(&s, &key, Op::Call { path: path.clone(), input }, &path).await?;
+    let v = live(
+        &s,
+        &key,
+        Op::Call {
+            path: path.clone(),
+            input,
+        },
+        &path,
+    )
+    .await?;
     Ok(match v {
         Some(v) => axum::Json(json!({ "out": v })).into_response(),
         None => StatusCode::OK.into_response(),
@@ -667,10 +715,9 @@ async fn list_properties(p: Principal, State(s): St, Path((u, d)): Path<(String,
 
 async fn get_property(p: Principal, State(s): St, Path((u, d, prop)): Path<(String, String, String)>) -> ApiResult {
     p.require(Scope::Read)?;
-    let v: Json = s
-        .db
-        .get(PROPERTIES, &format!("{u}/{d}/{prop}"))?
-        .ok_or_else(|| ApiError::not_found(format!("device {u}/{d} has no property {prop:?}")))?;
+    let v: Json =
+        s.db.get(PROPERTIES, &format!("{u}/{d}/{prop}"))?
+            .ok_or_else(|| ApiError::not_found(format!("device {u}/{d} has no property {prop:?}")))?;
     ok(json!({ "property": prop, "value": v }))
 }
 
@@ -717,10 +764,9 @@ async fn list_endpoints(p: Principal, State(s): St, Path(u): Path<String>) -> Ap
 
 async fn get_endpoint(p: Principal, State(s): St, Path((u, e)): Path<(String, String)>) -> ApiResult {
     p.require(Scope::Read)?;
-    let def: EndpointDef = s
-        .db
-        .get(ENDPOINTS, &format!("{u}/{e}"))?
-        .ok_or_else(|| ApiError::not_found(format!("no endpoint {e}")))?;
+    let def: EndpointDef =
+        s.db.get(ENDPOINTS, &format!("{u}/{e}"))?
+            .ok_or_else(|| ApiError::not_found(format!("no endpoint {e}")))?;
     ok(serde_json::to_value(def).unwrap_or_default())
 }
 
@@ -754,10 +800,9 @@ async fn delete_endpoint(p: Principal, State(s): St, Path((u, e)): Path<(String,
 /// POST `/v1/users/{u}/endpoints/{e}/call`: what a device's CALL_ENDPOINT does.
 async fn call_endpoint(p: Principal, State(s): St, Path((u, e)): Path<(String, String)>, body: Bytes) -> ApiResult {
     p.require(Scope::Control)?;
-    let _: EndpointDef = s
-        .db
-        .get(ENDPOINTS, &format!("{u}/{e}"))?
-        .ok_or_else(|| ApiError::not_found(format!("no endpoint {e}")))?;
+    let _: EndpointDef =
+        s.db.get(ENDPOINTS, &format!("{u}/{e}"))?
+            .ok_or_else(|| ApiError::not_found(format!("no endpoint {e}")))?;
     let job = WebhookJob {
         user: u,
         device: String::new(),
@@ -884,7 +929,10 @@ async fn delete_gateway(p: Principal, State(s): St, Path(id): Path<String>) -> A
 async fn gateway_link(State(s): St, req: axum::extract::Request) -> ApiResult {
     let (mut parts, _) = req.into_parts();
     let token = crate::auth::bearer(&parts).ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "a gateway token is needed (Authorization: Bearer)")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a gateway token is needed (Authorization: Bearer)",
+        )
     })?;
     let sha = sha256_hex(&token);
     let gws: Vec<(String, GatewayRecord)> = s.db.scan(GATEWAYS, "")?;

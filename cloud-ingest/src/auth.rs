@@ -53,10 +53,7 @@ pub fn sha256_hex(s: &str) -> String {
 pub fn new_token(prefix: &str) -> String {
     let mut b = [0u8; 32];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-    )
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
 /// The known API tokens, by hash, in memory (loaded from the `tokens` table).
@@ -71,7 +68,11 @@ impl Tokens {
     }
     pub fn remove_named(&self, name: &str) -> Vec<String> {
         let Ok(mut t) = self.0.write() else { return Vec::new() };
-        let shas: Vec<String> = t.iter().filter(|(_, r)| r.name == name).map(|(k, _)| k.clone()).collect();
+        let shas: Vec<String> = t
+            .iter()
+            .filter(|(_, r)| r.name == name)
+            .map(|(k, _)| k.clone())
+            .collect();
         for s in &shas {
             t.remove(s);
         }
@@ -194,6 +195,9 @@ mod tests {
         );
         let t = new_token("tl_");
         assert!(t.starts_with("tl_") && t.len() == 46, "{t}");
-        assert_eq!(url_query("a=1&authorization=x%2By+z", "authorization").as_deref(), Some("x+y z"));
+        assert_eq!(
+            url_query("a=1&authorization=x%2By+z", "authorization").as_deref(),
+            Some("x+y z")
+        );
     }
 }

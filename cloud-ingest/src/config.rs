@@ -79,7 +79,9 @@ impl CloudConfig {
             config.edge.data_dir = config.data_dir.join("edge");
         }
         if !config.edge.link.url.is_empty() {
-            return Err(Error::Config("edge.link: the in-process edge is linked in-process".into()));
+            return Err(Error::Config(
+                "edge.link: the in-process edge is linked in-process".into(),
+            ));
         }
         config.validate()?;
         Ok(config)

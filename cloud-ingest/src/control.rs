@@ -36,7 +36,10 @@ pub async fn apply_desired(state: Arc<AppState>) {
         let ev = match ev {
             Ok(ev) => ev,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                warn!(missed = n, "the desired-state applier fell behind; checking every online twin");
+                warn!(
+                    missed = n,
+                    "the desired-state applier fell behind; checking every online twin"
+                );
                 let online: Vec<TwinKey> = state
                     .twins
                     .list(None)
@@ -105,7 +108,9 @@ async fn sync_device(state: &AppState, key: &TwinKey) {
             continue;
         }
         // The whole desired value: a partial delta of an object input is not a value.
-        let Some(value) = twin.desired.get(path).cloned() else { continue };
+        let Some(value) = twin.desired.get(path).cloned() else {
+            continue;
+        };
         let op = Op::Write {
             path: path.clone(),
             value: value.clone(),
@@ -192,10 +197,7 @@ impl StreamHub {
                 path: path.to_owned(),
                 interval_ms: after.map(|d| d.as_millis() as u64),
             };
-            state
-                .gateways
-                .request(key, op, state.cfg.http.request_timeout)
-                .await?;
+            state.gateways.request(key, op, state.cfg.http.request_timeout).await?;
         }
         Ok(guard)
     }
@@ -220,7 +222,9 @@ impl Drop for StreamGuard {
         };
         let Some(next) = change else { return };
         let op = match next {
-            None => Op::StopStream { path: self.path.clone() },
+            None => Op::StopStream {
+                path: self.path.clone(),
+            },
             Some(iv) => Op::StartStream {
                 path: self.path.clone(),
                 interval_ms: iv.map(|d| d.as_millis() as u64),

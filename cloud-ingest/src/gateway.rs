@@ -211,7 +211,9 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
             session,
             protocol,
         }) if g == gateway && protocol == PROTOCOL => session,
-        Ok(Up::Hello { gateway: g, protocol, .. }) => {
+        Ok(Up::Hello {
+            gateway: g, protocol, ..
+        }) => {
             warn!(%gateway, claimed = %g, protocol, "a hello for another gateway or protocol; closing");
             return;
         }
@@ -326,7 +328,13 @@ fn handle(state: &AppState, session: &Session, text: &str, batches: &mut Vec<(u6
 }
 
 /// Applies the batches past `acked` in one transaction; returns the new `acked`.
-fn apply(state: &AppState, gateway: &str, session: &str, acked: u64, batches: Vec<(u64, Vec<Item>)>) -> Result<u64, Error> {
+fn apply(
+    state: &AppState,
+    gateway: &str,
+    session: &str,
+    acked: u64,
+    batches: Vec<(u64, Vec<Item>)>,
+) -> Result<u64, Error> {
     let mut through = acked;
     let mut moves: Vec<(TwinKey, Option<String>)> = Vec::new();
     let mut webhooks = 0u64;
@@ -413,7 +421,11 @@ fn apply_item(
             })?;
             moves.push((key, online.then(|| gateway.to_owned())));
         }
-        Item::Described { user, device, resources } => {
+        Item::Described {
+            user,
+            device,
+            resources,
+        } => {
             let key = TwinKey::new(&user, &device);
             t.describe(&key, twinlake_twin::now_ms(), resources)?;
         }

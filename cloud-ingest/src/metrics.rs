@@ -36,24 +36,69 @@ impl Default for CloudMetrics {
         let r = &mut registry;
         Self {
             gateways_linked: add(r, "gateways_linked", "Gateways linked now", Gauge::default()),
-            link_items: add(r, "link_items", "Items applied from gateway batches", Counter::default()),
+            link_items: add(
+                r,
+                "link_items",
+                "Items applied from gateway batches",
+                Counter::default(),
+            ),
             link_duplicate_batches: add(
                 r,
                 "link_duplicate_batches",
                 "Batches received again and skipped",
                 Counter::default(),
             ),
-            link_bad_messages: add(r, "link_bad_messages", "Link messages that did not parse", Counter::default()),
-            twin_updates: add(r, "twin_reported_updates", "Reported values applied to twins", Counter::default()),
-            twin_rejected: add(r, "twin_rejected", "Reported values refused (document too large)", Counter::default()),
-            files_committed: add(r, "files_committed", "Parquet files announced by gateways", Counter::default()),
-            desired_writes: add(r, "desired_writes", "Desired values written to devices", Counter::default()),
-            desired_failures: add(r, "desired_failures", "Desired values that could not be written", Counter::default()),
-            live_requests: add(r, "live_requests", "Live resource requests from the API", Counter::default()),
+            link_bad_messages: add(
+                r,
+                "link_bad_messages",
+                "Link messages that did not parse",
+                Counter::default(),
+            ),
+            twin_updates: add(
+                r,
+                "twin_reported_updates",
+                "Reported values applied to twins",
+                Counter::default(),
+            ),
+            twin_rejected: add(
+                r,
+                "twin_rejected",
+                "Reported values refused (document too large)",
+                Counter::default(),
+            ),
+            files_committed: add(
+                r,
+                "files_committed",
+                "Parquet files announced by gateways",
+                Counter::default(),
+            ),
+            desired_writes: add(
+                r,
+                "desired_writes",
+                "Desired values written to devices",
+                Counter::default(),
+            ),
+            desired_failures: add(
+                r,
+                "desired_failures",
+                "Desired values that could not be written",
+                Counter::default(),
+            ),
+            live_requests: add(
+                r,
+                "live_requests",
+                "Live resource requests from the API",
+                Counter::default(),
+            ),
             webhooks_delivered: add(r, "webhooks_delivered", "Endpoint calls delivered", Counter::default()),
             webhooks_failed: add(r, "webhooks_failed", "Failed webhook attempts", Counter::default()),
             webhooks_dropped: add(r, "webhooks_dropped", "Endpoint calls given up on", Counter::default()),
-            subscribers: add(r, "stream_subscribers", "SSE and WebSocket subscribers now", Gauge::default()),
+            subscribers: add(
+                r,
+                "stream_subscribers",
+                "SSE and WebSocket subscribers now",
+                Gauge::default(),
+            ),
             registry,
         }
     }

@@ -52,7 +52,9 @@ pub struct Cloud {
 
 impl std::fmt::Debug for Cloud {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cloud").field("http", &self.http_addr()).finish_non_exhaustive()
+        f.debug_struct("Cloud")
+            .field("http", &self.http_addr())
+            .finish_non_exhaustive()
     }
 }
 
@@ -65,7 +67,11 @@ impl Connector for LocalConnector {
     fn connect(&self) -> Pin<Box<dyn Future<Output = Result<LinkIo, twinlake_edge::Error>> + Send + '_>> {
         Box::pin(async move {
             let (edge, cloud) = LinkIo::pair(256);
-            tokio::spawn(crate::gateway::serve(self.state.clone(), self.state.local_gateway.clone(), cloud));
+            tokio::spawn(crate::gateway::serve(
+                self.state.clone(),
+                self.state.local_gateway.clone(),
+                cloud,
+            ));
             Ok(edge)
         })
     }
@@ -76,7 +82,9 @@ impl Connector for LocalConnector {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
 }
 
 impl Cloud {
@@ -165,7 +173,8 @@ impl Cloud {
             (Some(c), Some(k)) => {
                 let cert = std::fs::read(c).map_err(|e| Error::Config(format!("{}: {e}", c.display())))?;
                 let key = std::fs::read(k).map_err(|e| Error::Config(format!("{}: {e}", k.display())))?;
-                let acceptor = twinlake_edge::listener::tls_acceptor(&cert, &key).map_err(|e| Error::Tls(e.to_string()))?;
+                let acceptor =
+                    twinlake_edge::listener::tls_acceptor(&cert, &key).map_err(|e| Error::Tls(e.to_string()))?;
                 Some(acceptor.0)
             }
             _ => None,
@@ -197,7 +206,9 @@ impl Cloud {
 
     /// The cloud's own device listener (TCP, then TLS).
     pub fn device_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
-        self.edge.as_ref().map_or((None, None), |e| (e.tcp_addr(), e.tls_addr()))
+        self.edge
+            .as_ref()
+            .map_or((None, None), |e| (e.tcp_addr(), e.tls_addr()))
     }
 
     /// The metrics address.
@@ -262,7 +273,10 @@ impl Cloud {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         if Arc::strong_count(&state) > 1 {
-            warn!(holders = Arc::strong_count(&state) - 1, "tasks still hold the cloud state after shutdown");
+            warn!(
+                holders = Arc::strong_count(&state) - 1,
+                "tasks still hold the cloud state after shutdown"
+            );
         }
         Ok(())
     }

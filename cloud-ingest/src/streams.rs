@@ -371,7 +371,10 @@ pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket)
     let (mut sink, mut stream) = socket.split();
     let mut stop = state.stop.subscribe();
     let (edge, cloud) = LinkIo::pair(256);
-    let LinkIo { tx: to_cloud, rx: mut from_cloud } = edge;
+    let LinkIo {
+        tx: to_cloud,
+        rx: mut from_cloud,
+    } = edge;
     let session = tokio::spawn(crate::gateway::serve(state, gateway, cloud));
     let writer = tokio::spawn(async move {
         while let Some(text) = from_cloud.recv().await {

@@ -197,7 +197,10 @@ mod tests {
             attempts: 0,
         };
         assert_eq!(
-            render(r#"{"dev":"{{device}}","p":{{payload}},"t":{{payload.t}},"s":"{{payload.s}}","x":{{payload.n.x}},"k":"{{other}}","at":{{timestamp}}"#, &job),
+            render(
+                r#"{"dev":"{{device}}","p":{{payload}},"t":{{payload.t}},"s":"{{payload.s}}","x":{{payload.n.x}},"k":"{{other}}","at":{{timestamp}}"#,
+                &job
+            ),
             r#"{"dev":"d","p":{"t":21.5,"s":"hi","n":{"x":1}},"t":21.5,"s":"hi","x":1,"k":"{{other}}","at":7"#
         );
         assert_eq!(render("open {{", &job), "open {{");

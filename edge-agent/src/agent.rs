@@ -13,9 +13,9 @@ use twinlake_sdk::pson::Value;
 
 use crate::Error;
 use crate::config::{EdgeConfig, LinkSection, StreamsSection};
+use crate::ingest::{EndpointQueue, Ingest};
 use crate::link::client::{ApiCache, feed};
 use crate::link::{Connector, LinkClient, Uplink, WsConnector};
-use crate::ingest::{EndpointQueue, Ingest};
 use crate::listener::{DeviceEvent, DeviceKey, DeviceListener, Devices, ListenerConfig, tls_acceptor};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, writer_properties};
@@ -225,7 +225,11 @@ impl EdgeAgent {
         }
         let link_task = self.link.take().map(|connector| {
             self.uploader.announce = Some((self.gateway.clone(), self.uplink.clone()));
-            tokio::spawn(feed(self.ingest.tap.subscribe(), self.uplink.clone(), self.metrics.clone()));
+            tokio::spawn(feed(
+                self.ingest.tap.subscribe(),
+                self.uplink.clone(),
+                self.metrics.clone(),
+            ));
             let client = LinkClient {
                 gateway: self.gateway.clone(),
                 connector,

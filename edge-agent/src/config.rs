@@ -104,7 +104,8 @@ impl EdgeConfig {
             ));
         }
         if !self.link.url.is_empty() {
-            let url = url::Url::parse(&self.link.url).map_err(|e| Error::Config(format!("link.url {:?}: {e}", self.link.url)))?;
+            let url = url::Url::parse(&self.link.url)
+                .map_err(|e| Error::Config(format!("link.url {:?}: {e}", self.link.url)))?;
             if !matches!(url.scheme(), "ws" | "wss") {
                 return bad(format!("link.url {:?}: use ws:// or wss://", self.link.url));
             }

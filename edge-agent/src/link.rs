@@ -108,7 +108,11 @@ pub enum Item {
         reason: Option<String>,
     },
     /// A device's resource description (`api`), read after it connected.
-    Described { user: String, device: String, resources: Json },
+    Described {
+        user: String,
+        device: String,
+        resources: Json,
+    },
     /// A resource value from a stream (the newest, if several waited).
     Reported {
         user: String,
@@ -341,7 +345,12 @@ impl Uplink {
         let Ok(mut w) = self.inner.0.lock() else { return };
         let room = |out: &Vec<Item>| out.len() < max;
         take_map(&mut w.presence, out, max, |_, item| item);
-        let described: Vec<DeviceKey> = w.described.keys().take(max.saturating_sub(out.len())).cloned().collect();
+        let described: Vec<DeviceKey> = w
+            .described
+            .keys()
+            .take(max.saturating_sub(out.len()))
+            .cloned()
+            .collect();
         for key in described {
             if let Some(resources) = w.described.remove(&key) {
                 out.push(Item::Described {
@@ -412,9 +421,10 @@ mod tests {
             r#"{"type":"batch","seq":7,"items":[{"kind":"reported","user":"u","device":"d","path":"temp","at":5,"value":21.5}]}"#
         );
         assert_eq!(serde_json::from_str::<Up>(&s).unwrap(), up);
-        let down: Down =
-            serde_json::from_str(r#"{"type":"request","id":1,"user":"u","device":"d","op":"write","path":"led","value":true}"#)
-                .unwrap();
+        let down: Down = serde_json::from_str(
+            r#"{"type":"request","id":1,"user":"u","device":"d","op":"write","path":"led","value":true}"#,
+        )
+        .unwrap();
         assert_eq!(
             down,
             Down::Request {

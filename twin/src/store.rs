@@ -353,7 +353,12 @@ impl TwinTxn<'_> {
     }
 
     /// Changes the connection state (creating the twin of a device seen for the first time).
-    pub fn set_connection(&mut self, key: &TwinKey, at_ms: u64, f: impl FnOnce(&mut Connection)) -> Result<u64, TwinError> {
+    pub fn set_connection(
+        &mut self,
+        key: &TwinKey,
+        at_ms: u64,
+        f: impl FnOnce(&mut Connection),
+    ) -> Result<u64, TwinError> {
         let c = self.load(key)?;
         let twin = c.twin.get_or_insert_with(|| Twin::new(key, at_ms));
         f(&mut twin.connection);

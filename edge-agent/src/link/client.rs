@@ -61,7 +61,9 @@ pub struct WsConnector {
 
 impl std::fmt::Debug for WsConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsConnector").field("url", &self.url.as_str()).finish_non_exhaustive()
+        f.debug_struct("WsConnector")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,9 +108,12 @@ impl WsConnector {
             .ok_or_else(|| Error::Config("link.url has no host".into()))?
             .to_owned();
         let port = self.url.port_or_known_default().unwrap_or(443);
-        let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
-            .await
-            .map_err(|_| Error::Link(format!("connecting to {host}:{port} timed out")))??;
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| Error::Link(format!("connecting to {host}:{port} timed out")))??;
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Io> = match &self.tls {
             None => Box::new(tcp),
@@ -134,7 +139,10 @@ impl WsConnector {
             .map_err(|e| Error::Link(format!("WebSocket handshake: {e}")))?;
         let (mut sink, mut stream) = ws.split();
         let (mine, theirs) = LinkIo::pair(256);
-        let LinkIo { tx: to_edge, rx: mut from_edge } = theirs;
+        let LinkIo {
+            tx: to_edge,
+            rx: mut from_edge,
+        } = theirs;
         // Writer: frames out, plus a ping every 15 s so a dead peer shows up.
         tokio::spawn(async move {
             use tokio_tungstenite::tungstenite::Message;
@@ -280,7 +288,9 @@ struct Unacked {
 impl LinkClient {
     /// Loads the registry the cloud sent last time, if any.
     pub fn load_registry(&self) {
-        let Ok(bytes) = std::fs::read(&self.registry_file) else { return };
+        let Ok(bytes) = std::fs::read(&self.registry_file) else {
+            return;
+        };
         match serde_json::from_slice::<Vec<RegistryEntry>>(&bytes) {
             Ok(entries) => {
                 self.apply_registry(&entries);
@@ -378,8 +388,7 @@ impl LinkClient {
         let mut items = Vec::with_capacity(MAX_BATCH_ITEMS);
         loop {
             // Send while there is room and something waits.
-            while unacked.frames.len() < self.cfg.max_unacked
-                && (!self.uplink.is_empty() || !self.endpoints.is_empty())
+            while unacked.frames.len() < self.cfg.max_unacked && (!self.uplink.is_empty() || !self.endpoints.is_empty())
             {
                 items.clear();
                 while items.len() < MAX_BATCH_ITEMS {
@@ -482,7 +491,9 @@ impl LinkClient {
             let Some(h) = &e.credential_hash else { continue };
             match CredentialHash::parse(h) {
                 Ok(hash) => parsed.push((DeviceKey::new(&e.user, &e.device), hash)),
-                Err(why) => warn!(device = %format!("{}/{}", e.user, e.device), %why, "the cloud sent a bad credential hash"),
+                Err(why) => {
+                    warn!(device = %format!("{}/{}", e.user, e.device), %why, "the cloud sent a bad credential hash")
+                }
             }
             for (name, v) in &e.properties {
                 self.devices.set_property(&e.user, &e.device, name, from_json(v));
@@ -562,7 +573,10 @@ async fn execute(
         }
         Op::Read { path } => h.read(&refs(&split(&path))).await.map(out),
         Op::Write { path, value } => h.write(&refs(&split(&path)), from_json(&value)).await.map(|()| None),
-        Op::Call { path, input } => h.call(&refs(&split(&path)), input.as_ref().map(from_json)).await.map(out),
+        Op::Call { path, input } => h
+            .call(&refs(&split(&path)), input.as_ref().map(from_json))
+            .await
+            .map(out),
         Op::Run { path } => h.run(&refs(&split(&path))).await.map(|()| None),
         Op::StartStream { path, interval_ms } => {
             let own = ingest_interval(streams, apis, key, &path);

@@ -119,7 +119,13 @@ fn the_change_feed_carries_each_committed_change() {
     let kinds: Vec<EventKind> = std::iter::from_fn(|| feed.try_recv().ok()).map(|e| e.kind).collect();
     assert_eq!(
         kinds,
-        [EventKind::Connection, EventKind::Described, EventKind::Reported, EventKind::Reported, EventKind::Desired]
+        [
+            EventKind::Connection,
+            EventKind::Described,
+            EventKind::Reported,
+            EventKind::Reported,
+            EventKind::Desired
+        ]
     );
     s.write(|t| t.report(&key, "led", json!(true), 8)).unwrap();
     let e = feed.try_recv().unwrap();

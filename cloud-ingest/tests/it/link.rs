@@ -1,0 +1,266 @@
+//! The gateway link: replayed batches apply once; the edge rides out a cloud restart.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use twinlake_edge::link::{Down, Item, LinkIo, PROTOCOL, Up};
+use twinlake_twin::TwinKey;
+
+use crate::support::*;
+
+async fn recv(io: &mut LinkIo) -> Down {
+    let t = tokio::time::timeout(Duration::from_secs(5), io.rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&t).unwrap()
+}
+
+async fn send(io: &LinkIo, m: &Up) {
+    io.tx.send(serde_json::to_string(m).unwrap()).await.unwrap();
+}
+
+fn reported(device: &str, v: f64) -> Item {
+    Item::Reported {
+        user: USER.into(),
+        device: device.into(),
+        path: "temp".into(),
+        at: 1_000,
+        value: json!({"out": v}),
+    }
+}
+
+/// Drives `gateway::serve` with scripted link frames: a batch the cloud already applied,
+/// sent again after a reconnect, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_is_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let state = cloud.state.clone();
+    let hello = Up::Hello {
+        gateway: GATEWAY.into(),
+        session: "s1".into(),
+        protocol: PROTOCOL,
+    };
+    let (mut edge, server) = LinkIo::pair(16);
+    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
+    send(&edge, &hello).await;
+    assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 0 });
+    send(
+        &edge,
+        &Up::Batch {
+            seq: 1,
+            items: vec![reported("x", 1.0)],
+        },
+    )
+    .await;
+    loop {
+        if let Down::Ack { through } = recv(&mut edge).await {
+            assert_eq!(through, 1);
+            break;
+        }
+    }
+    drop(edge);
+    let key = TwinKey::new(USER, "x");
+    let v1 = state.twins.get(&key).unwrap().unwrap().version;
+
+    // Reconnect: the cloud says where it is, and a resent batch 1 is skipped.
+    let (mut edge, server) = LinkIo::pair(16);
+    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
+    send(&edge, &hello).await;
+    assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 1 });
+    send(
+        &edge,
+        &Up::Batch {
+            seq: 1,
+            items: vec![reported("x", 1.0)],
+        },
+    )
+    .await;
+    send(
+        &edge,
+        &Up::Batch {
+            seq: 2,
+            items: vec![reported("x", 2.0)],
+        },
+    )
+    .await;
+    let mut through = 0;
+    while through < 2 {
+        if let Down::Ack { through: t } = recv(&mut edge).await {
+            through = t;
+        }
+    }
+    let t = state.twins.get(&key).unwrap().unwrap();
+    assert_eq!(t.version, v1 + 1, "only batch 2 applied");
+    assert_eq!(t.reported["temp"], json!(2.0));
+    assert!(
+        state
+            .metrics
+            .encode()
+            .contains("twinlake_cloud_link_duplicate_batches_total 1")
+    );
+
+    // A new session of the agent (a restart) starts again at 1.
+    let (mut edge, server) = LinkIo::pair(16);
+    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
+    send(
+        &edge,
+        &Up::Hello {
+            gateway: GATEWAY.into(),
+            session: "s2".into(),
+            protocol: PROTOCOL,
+        },
+    )
+    .await;
+    assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 0 });
+    // A hello for another gateway than the token's is refused.
+    let (mut edge2, server) = LinkIo::pair(16);
+    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
+    send(
+        &edge2,
+        &Up::Hello {
+            gateway: "someone-else".into(),
+            session: "s3".into(),
+            protocol: PROTOCOL,
+        },
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), edge2.rx.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    drop((edge, edge2, state));
+    cloud.stop().await;
+}
+
+/// Stop the cloud, keep the edge and its devices working, start the cloud again: the edge
+/// reconnects and what happened meanwhile arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_edge_rides_out_a_cloud_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let (cloud, edge, api) = cloud_and_edge(dir.path(), &["stay", "leave"]).await;
+    let addr = cloud.addr;
+    let (url, mut hooks) = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(body);
+                    "ok"
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (url, rx)
+    };
+    let (s, _) = api
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{USER}/endpoints/ping"),
+            Some(ADMIN),
+            Some(json!({"url": url})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let stay = TestDevice::start(edge.tcp, "stay");
+    let leave = TestDevice::start(edge.tcp, "leave");
+    wait_online(&api, "stay").await;
+    wait_online(&api, "leave").await;
+    let before = api.twin("stay").await["version"].as_u64().unwrap();
+
+    cloud.stop().await;
+    // While the cloud is away: one device leaves, the other streams and calls an endpoint,
+    // and the edge seals and uploads files.
+    leave.stop();
+    stay.with(|t| {
+        t.call_endpoint("ping", Some(twinlake_sdk::pson::Value::from(7)), true);
+    });
+    let files_before = edge.metrics.files_uploaded.get();
+    eventually(15, "files uploaded while the cloud is down", || {
+        let n = edge.metrics.files_uploaded.get();
+        async move { (n > files_before).then_some(()) }
+    })
+    .await;
+    assert_eq!(edge.metrics.link_connected.get(), 0, "the link is down");
+
+    // The cloud comes back on the same address.
+    let mut cfg = cfg;
+    cfg.http.addr = addr;
+    let cloud = TestCloud::start(cfg).await;
+    let api = cloud.api();
+    eventually(15, "the edge relinks", || {
+        let up = edge.metrics.link_connected.get() == 1;
+        async move { up.then_some(()) }
+    })
+    .await;
+    eventually(10, "queued presence arrives", || async {
+        (api.twin("leave").await["connection"]["online"] == json!(false)).then_some(())
+    })
+    .await;
+    eventually(10, "queued values arrive", || async {
+        let v = api.twin("stay").await["version"].as_u64()?;
+        (v > before).then_some(())
+    })
+    .await;
+    let hook = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hook, "7");
+    // Delivered once: no second call arrives.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(hooks.try_recv().is_err(), "the endpoint call was delivered once");
+
+    // Every file in the lake is in the cloud's file table once (keys are unique), and every
+    // announced file is in the lake.
+    let mut lake = BTreeSet::new();
+    for e in walk(&edge.lake) {
+        if e.extension().is_some_and(|x| x == "parquet") {
+            lake.insert(e.strip_prefix(&edge.lake).unwrap().to_string_lossy().into_owned());
+        }
+    }
+    let state = cloud.state.clone();
+    let files = eventually(10, "every file announced", || {
+        let files: BTreeSet<String> = state
+            .db
+            .scan::<serde_json::Value>(twinlake_cloud::store::FILES, "")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let lake = lake.clone();
+        async move { (files == lake).then_some(files) }
+    })
+    .await;
+    assert!(!files.is_empty());
+    drop(state);
+
+    drop(stay);
+    edge.stop().await;
+    cloud.stop().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

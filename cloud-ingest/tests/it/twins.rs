@@ -1,0 +1,190 @@
+//! Twins follow devices; desired state reaches them; twins outlive the cloud.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twin_follows_streams_and_desired_reaches_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, edge, api) = cloud_and_edge(dir.path(), &["d1"]).await;
+    let dev = TestDevice::start(edge.tcp, "d1");
+    wait_online(&api, "d1").await;
+
+    // Streamed outputs show up in reported, with metadata and a rising version.
+    let first = eventually(10, "temp reported", || async {
+        let t = api.twin("d1").await;
+        t["state"]["reported"]["temp"]
+            .as_f64()
+            .map(|v| (v, t["version"].as_u64().unwrap()))
+    })
+    .await;
+    let later = eventually(10, "a later temp", || async {
+        let t = api.twin("d1").await;
+        let v = t["state"]["reported"]["temp"].as_f64()?;
+        (v > first.0).then(|| {
+            (
+                t["version"].as_u64().unwrap(),
+                t["metadata"]["reported"]["temp"]["timestamp"].as_u64(),
+            )
+        })
+    })
+    .await;
+    assert!(later.0 > first.1, "the version rises");
+    assert!(later.1.is_some(), "per-field timestamps");
+    let t = api.twin("d1").await;
+    assert_eq!(t["connection"]["gateway"], json!(GATEWAY));
+    assert_eq!(t["tags"]["site"], json!("lab"));
+    assert_eq!(
+        t["state"]["reported"]["led"],
+        json!(false),
+        "the input stream reports the LED"
+    );
+
+    // PATCH desired: the device's LED switches and reported follows; the delta clears.
+    let (s, j) = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{USER}/devices/d1/twin"),
+            Some(DESIRED),
+            Some(json!({"desired": {"led": true}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["state"]["delta"], json!({"led": true}));
+    eventually(10, "the device's LED is on", || {
+        let on = dev.led.load(std::sync::atomic::Ordering::Relaxed);
+        async move { on.then_some(()) }
+    })
+    .await;
+    eventually(10, "reported follows and the delta clears", || async {
+        let t = api.twin("d1").await;
+        (t["state"]["reported"]["led"] == json!(true) && t["state"]["delta"] == json!({})).then_some(())
+    })
+    .await;
+
+    drop(dev);
+    edge.stop().await;
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn desired_set_while_offline_is_applied_on_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, edge, api) = cloud_and_edge(dir.path(), &["d2"]).await;
+    let dev = TestDevice::start(edge.tcp, "d2");
+    wait_online(&api, "d2").await;
+    dev.stop();
+    eventually(10, "d2 offline", || async {
+        (api.twin("d2").await["connection"]["online"] == json!(false)).then_some(())
+    })
+    .await;
+
+    let (s, j) = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{USER}/devices/d2/twin"),
+            Some(DESIRED),
+            Some(json!({"desired": {"led": true}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    // Nothing can happen while it is away.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(api.twin("d2").await["state"]["delta"], json!({"led": true}));
+
+    let dev = TestDevice::start(edge.tcp, "d2");
+    eventually(10, "the LED is on after the reconnect", || {
+        let on = dev.led.load(std::sync::atomic::Ordering::Relaxed);
+        async move { on.then_some(()) }
+    })
+    .await;
+    eventually(10, "the delta clears", || async {
+        (api.twin("d2").await["state"]["delta"] == json!({})).then_some(())
+    })
+    .await;
+    drop(dev);
+    edge.stop().await;
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twins_survive_a_cloud_restart_and_versions_guard_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let cloud = TestCloud::start(cfg.clone()).await;
+    let api = cloud.api();
+    // A device straight on the cloud's own listener (no gateway).
+    api.register("direct", None).await;
+    let dev = TestDevice::start(cloud.devices.unwrap(), "direct");
+    wait_online(&api, "direct").await;
+    eventually(10, "temp reported", || async {
+        api.twin("direct").await["state"]["reported"]["temp"].as_f64()
+    })
+    .await;
+    let path = format!("/v1/users/{USER}/devices/direct/twin");
+    let (_, t) = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(ADMIN),
+            Some(json!({"desired": {"cfg": {"rate": 5}}})),
+        )
+        .await;
+    let version = t["version"].as_u64().unwrap();
+
+    // Optimistic concurrency: a stale If-Match is 412, a stale body version 409.
+    let stale = api
+        .client
+        .patch(format!("{}{path}", api.base))
+        .bearer_auth(ADMIN)
+        .header("if-match", format!("\"{}\"", version.saturating_sub(1)))
+        .body(json!({"desired": {"x": 1}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let (s, _) = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(ADMIN),
+            Some(json!({"desired": {"x": 1}, "version": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    // The document size is bounded with a clear error.
+    let (s, j) = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(ADMIN),
+            Some(json!({"desired": {"blob": "x".repeat(70_000)}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{j}");
+    assert!(j["error"]["message"].as_str().unwrap().contains("limit"), "{j}");
+
+    drop(dev);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = api.twin("direct").await;
+    cloud.stop().await;
+
+    let cloud = TestCloud::start(cfg).await;
+    let api = cloud.api();
+    let after = api.twin("direct").await;
+    for field in ["version", "state", "metadata", "tags", "resources"] {
+        assert_eq!(after[field], before[field], "{field} after the restart");
+    }
+    assert_eq!(after["state"]["desired"]["cfg"], json!({"rate": 5}));
+    // The device comes back and the twin carries on from where it was.
+    let dev = TestDevice::start(cloud.devices.unwrap(), "direct");
+    eventually(10, "a newer version after the reconnect", || async {
+        let v = api.twin("direct").await["version"].as_u64()?;
+        (v > before["version"].as_u64().unwrap()).then_some(())
+    })
+    .await;
+    drop(dev);
+    cloud.stop().await;
+}

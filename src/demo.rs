@@ -33,9 +33,12 @@ pub struct DemoArgs {
     /// The cloud's own device listener, for devices without a gateway.
     #[arg(long, default_value = "127.0.0.1:25300")]
     pub cloud_devices: SocketAddr,
-    /// Prometheus metrics of the edge agent; the cloud's are on the next port.
+    /// Prometheus metrics of the edge agent.
     #[arg(long, default_value = "127.0.0.1:9600")]
     pub metrics: SocketAddr,
+    /// Prometheus metrics of the cloud.
+    #[arg(long, default_value = "127.0.0.1:9601")]
+    pub cloud_metrics: SocketAddr,
     /// Simulated devices.
     #[arg(long, default_value_t = 3)]
     pub devices: usize,
@@ -91,7 +94,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     cc.http.addr = args.api;
     cc.http.tls_cert = Some(cloud_crt.clone());
     cc.http.tls_key = Some(cloud_key);
-    cc.metrics.addr = Some(SocketAddr::new(args.metrics.ip(), args.metrics.port() + 1));
+    cc.metrics.addr = Some(args.cloud_metrics);
     cc.tokens = vec![TokenEntry {
         name: "demo".into(),
         sha256: sha256_hex(TOKEN),
@@ -161,6 +164,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     ec.link.ca_file = Some(cloud_crt.clone());
     let agent = EdgeAgent::start(ec).await?;
     let (tcp, tls, metrics) = (agent.tcp_addr(), agent.tls_addr(), agent.metrics_addr());
+    let registry = agent.registry();
     let (stop_edge_tx, stop_edge_rx) = tokio::sync::oneshot::channel::<()>();
     let edge_task = tokio::spawn(agent.run(async move {
         let _ = stop_edge_rx.await;
@@ -212,6 +216,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("  Ctrl-C stops.\n");
 
+    // The fleet logs in once the gateway has its registry from the cloud.
+    let wait = tokio::time::Instant::now() + Duration::from_secs(10);
+    while registry.is_empty() && tokio::time::Instant::now() < wait {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let sim_args = sim::SimArgs {
         connect: fmt_addr(tcp),

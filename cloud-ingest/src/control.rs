@@ -146,10 +146,13 @@ async fn sync_device(state: &AppState, key: &TwinKey) {
     }
 }
 
+/// The subscribers of one device resource: (subscription id, the interval it asked for).
+type Subscribers = Vec<(u64, Option<Duration>)>;
+
 /// Subscribers per device resource, sharing one device stream.
 #[derive(Debug, Default)]
 pub struct StreamHub {
-    subs: Mutex<HashMap<(TwinKey, String), Vec<(u64, Option<Duration>)>>>,
+    subs: Mutex<HashMap<(TwinKey, String), Subscribers>>,
     next: std::sync::atomic::AtomicU64,
 }
 

@@ -393,11 +393,7 @@ pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket)
             _ = stop.changed() => break,
         };
         match msg {
-            Message::Text(t) => {
-                if to_cloud.send(t.to_string()).await.is_err() {
-                    break;
-                }
-            }
+            Message::Text(t) if to_cloud.send(t.to_string()).await.is_err() => break,
             Message::Close(_) => break,
             _ => {}
         }

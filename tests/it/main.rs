@@ -6,46 +6,53 @@ mod crash;
 
 use std::process::Command;
 
-/// The README's main command, for a few seconds on free ports: devices connect, are
-/// described, stream, and take a write from the platform.
+/// The README's main command, for a few seconds on free ports: the cloud starts, the edge
+/// agent links to it, the fleet connects and streams into the twins, and a desired LED
+/// state set from the platform reaches a device and comes back as reported.
 #[test]
-fn demo_runs_the_fleet() {
+fn demo_runs_cloud_edge_and_fleet() {
+    let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_twinlake"))
+        .args(["demo", "--seconds", "7", "--devices", "2", "--dir"])
+        .arg(dir.path())
         .args([
-            "demo",
-            "--seconds",
-            "4",
+            "--api",
+            "127.0.0.1:0",
             "--tcp",
             "127.0.0.1:0",
             "--tls",
             "127.0.0.1:0",
+            "--cloud-devices",
+            "127.0.0.1:0",
             "--metrics",
             "127.0.0.1:0",
-            "--devices",
-            "2",
+            "--cloud-metrics",
+            "127.0.0.1:0",
         ])
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
     for want in [
-        "sensor-1     connected",
-        "sensor-2     connected",
-        r#"resources {"temp":{"al":0,"fn":3},"hum":{"al":0,"fn":3},"led":{"al":0,"fn":2},"in_out":{"al":0,"fn":4}}"#,
-        "temp     {\"out\":",
-        "led      ← true (written from the platform)",
-        "led      {\"in\":true}",
+        "cloud API          https://127.0.0.1:",
+        "curl -s --cacert",
+        "sensor-1       online",
+        "sensor-2       online",
+        "sensor-1       reported temp",
+        "sensor-1       desired",
+        "sensor-1       reported led     true",
         "Parquet lake",
         "stopped",
     ] {
-        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}\n{stderr}");
     }
+    assert!(stderr.contains("cloud link up"), "the edge linked over wss:\n{stderr}");
+    assert!(
+        !stderr.contains("authentication failed"),
+        "the fleet waited for its registry:\n{stderr}"
+    );
     // On the way out the agent sealed what it had into the lake.
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sealed"), "no seal in the logs:\n{stderr}");
 }
 

@@ -1,5 +1,7 @@
 //! End-to-end over real sockets: the cloud, an edge agent linked to it over WebSocket, and
 //! SDK devices on TCP.
+// Test code: a failed expectation should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod auth;
 mod link;

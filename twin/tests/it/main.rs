@@ -1,4 +1,5 @@
 //! The twin store against a real redb file.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 

@@ -234,3 +234,41 @@ impl Default for MetricsSection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let c = CloudConfig::parse(include_str!("../../deploy/cloud.example.toml")).unwrap();
+        assert_eq!(c.tokens.len(), 2);
+        assert_eq!(c.gateways.first().map(|g| g.id.as_str()), Some("gw-1"));
+        assert_eq!(c.edge.gateway, "cloud");
+        assert!(c.edge.metrics.addr.is_none(), "served with the cloud's");
+        assert_eq!(c.edge.upload.url, "s3://twinlake-lake/prod");
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        for (text, want) in [
+            ("[http]\nport = 1", "unknown field `port`"),
+            (
+                "[[tokens]]\nname = \"x\"\nsha256 = \"abc\"\nscopes = [\"read\"]",
+                "64 hex digits",
+            ),
+            (
+                "[[tokens]]\nname = \"x\"\nsha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nscopes = [\"root\"]",
+                "unknown variant `root`",
+            ),
+            ("[http]\ntls_cert = \"/x\"", "go together"),
+            ("[edge.link]\nurl = \"ws://x\"\ntoken = \"t\"", "in-process"),
+            ("[twins]\nmax_doc_bytes = 10", "at least 1024"),
+        ] {
+            let e = CloudConfig::parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let defaults = CloudConfig::parse("").unwrap();
+        assert_eq!(defaults.edge.data_dir, defaults.data_dir.join("edge"));
+    }
+}

@@ -1,0 +1,546 @@
+//! Cloud benchmarks. `cargo bench -p twinlake-cloud --bench cloud [rtt|twins|fanout|memory]`
+//! prints Markdown for BENCHMARKS.md; each measures its peer or floor in the same run.
+//! Without `--bench` (under `cargo test --all-targets`) every section runs on tiny inputs as
+//! a smoke test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use twinlake_cloud::auth::{Scope, sha256_hex};
+use twinlake_cloud::config::{GatewayEntry, TokenEntry};
+use twinlake_cloud::store::{DEVICES, DeviceRecord};
+use twinlake_cloud::{AppState, Cloud, CloudConfig};
+use twinlake_edge::registry::CredentialHash;
+use twinlake_edge::{EdgeAgent, EdgeConfig};
+use twinlake_sdk::client::{Client, ClientConfig};
+use twinlake_sdk::device::Thing;
+use twinlake_sdk::frame::Message;
+use twinlake_twin::{Limits, TwinKey, TwinStore};
+
+const TOKEN: &str = "bench-token";
+const GW_TOKEN: &str = "bench-gw-token";
+const USER: &str = "bench";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("TWINLAKE_PYTHON").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python")),
+        PathBuf::from,
+    )
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn cloud_config(dir: &Path) -> CloudConfig {
+    let mut c = CloudConfig {
+        data_dir: dir.join("cloud"),
+        ..CloudConfig::default()
+    };
+    c.http.addr = "127.0.0.1:0".parse().unwrap();
+    c.metrics.addr = None;
+    c.tokens = vec![TokenEntry {
+        name: "bench".into(),
+        sha256: sha256_hex(TOKEN),
+        scopes: vec![Scope::Admin],
+    }];
+    c.gateways = vec![GatewayEntry {
+        id: "gw".into(),
+        token_sha256: sha256_hex(GW_TOKEN),
+    }];
+    c.edge.listener.tcp = Some("127.0.0.1:0".parse().unwrap());
+    c.edge.upload.url = format!("file://{}", dir.join("lake").display());
+    c.edge.streams.default_interval = Duration::ZERO;
+    c.edge.streams.inputs = false;
+    c
+}
+
+/// Registers devices straight into the registry table (cheap hashes: this is about memory
+/// and latency, not login cost).
+fn register(state: &AppState, names: &[String], gateway: Option<&str>, credential: &str) {
+    let hash = CredentialHash::new(credential, 1_000).to_string();
+    let tx = state.db.0.begin_write().unwrap();
+    {
+        let mut t = tx.open_table(DEVICES).unwrap();
+        for d in names {
+            let rec = DeviceRecord {
+                user: USER.into(),
+                device: d.clone(),
+                name: String::new(),
+                description: String::new(),
+                gateway: gateway.map(String::from),
+                tags: Default::default(),
+                attributes: Default::default(),
+                enabled: true,
+                credential_hash: hash.clone(),
+                created: 0,
+            };
+            t.insert(
+                format!("{USER}/{d}").as_str(),
+                serde_json::to_vec(&rec).unwrap().as_slice(),
+            )
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    state.gateways.registry_changed();
+}
+
+struct Running {
+    state: Arc<AppState>,
+    addr: SocketAddr,
+    devices: Option<SocketAddr>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), twinlake_cloud::Error>>,
+}
+
+async fn start_cloud(cfg: CloudConfig) -> Running {
+    let cloud = Cloud::start(cfg).await.unwrap();
+    let (addr, devices, state) = (cloud.http_addr().unwrap(), cloud.device_addrs().0, cloud.state());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(cloud.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        state,
+        addr,
+        devices,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        drop(self.state);
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn device_thread(addr: SocketAddr, device: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let mut thing = Thing::default();
+    let n = Arc::new(AtomicU64::new(0));
+    thing.resource("temp").output(move |out| {
+        *out = (20.0 + (n.fetch_add(1, Ordering::Relaxed) % 100) as f64 / 10.0).into();
+    });
+    let mut cfg = ClientConfig::new(&addr.ip().to_string(), addr.port(), USER, device, "bench-credential");
+    cfg.reconnect_min = Duration::from_millis(100);
+    cfg.poll_interval = Duration::from_millis(50);
+    std::thread::spawn(move || {
+        let mut client = Client::new(cfg, thing);
+        client.run(&stop, |_| {});
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (percentile(&v, 0.5), percentile(&v, 0.99))
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Live control round trip: REST → cloud → (link) → edge → device → back, against the same
+/// read sent straight over the device's TCP connection from the agent that holds it.
+fn rtt(full: bool) {
+    let n = if full { 3000 } else { 20 };
+    let warm = if full { 300 } else { 5 };
+    let rt = rt();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = start_cloud(cloud_config(dir.path())).await;
+        register(&cloud.state, &["via-gw".into()], Some("gw"), "bench-credential");
+        register(&cloud.state, &["direct".into()], None, "bench-credential");
+        let mut ec = EdgeConfig {
+            gateway: "gw".into(),
+            data_dir: dir.path().join("edge"),
+            ..EdgeConfig::default()
+        };
+        ec.listener.tcp = Some("127.0.0.1:0".parse().unwrap());
+        ec.metrics.addr = None;
+        ec.streams.default_interval = Duration::ZERO;
+        ec.streams.inputs = false;
+        ec.upload.url = format!("file://{}", dir.path().join("lake").display());
+        ec.link.url = format!("ws://{}/v1/gateway/link", cloud.addr);
+        ec.link.token = GW_TOKEN.into();
+        let agent = EdgeAgent::start(ec).await.unwrap();
+        let (edge_tcp, edge_devices, registry) = (agent.tcp_addr().unwrap(), agent.devices(), agent.registry());
+        let (estop, estopped) = tokio::sync::oneshot::channel::<()>();
+        let edge = tokio::spawn(agent.run(async move {
+            let _ = estopped.await;
+        }));
+        while registry.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let t1 = device_thread(edge_tcp, "via-gw", stop.clone());
+        let t2 = device_thread(cloud.devices.unwrap(), "direct", stop.clone());
+        let handle = edge_devices
+            .wait_for(USER, "via-gw", Duration::from_secs(10))
+            .await
+            .unwrap();
+        // Wait until the cloud routes to both.
+        let http = reqwest::Client::new();
+        for d in ["via-gw", "direct"] {
+            let url = format!("http://{}/v3/users/{USER}/devices/{d}/resources/temp", cloud.addr);
+            loop {
+                let r = http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+                if r.status() == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        let mut floor = Vec::with_capacity(n);
+        let mut via_gw = Vec::with_capacity(n);
+        let mut direct = Vec::with_capacity(n);
+        let mut http_only = Vec::with_capacity(n);
+        let gw_url = format!("http://{}/v3/users/{USER}/devices/via-gw/resources/temp", cloud.addr);
+        let direct_url = format!("http://{}/v3/users/{USER}/devices/direct/resources/temp", cloud.addr);
+        let twin_url = format!("http://{}/v1/users/{USER}/devices/via-gw/stats", cloud.addr);
+        // Interleaved, so load and noise hit every path alike.
+        for i in 0..(n + warm) {
+            let t = Instant::now();
+            handle.read(&["temp"]).await.unwrap();
+            let a = t.elapsed();
+            let t = Instant::now();
+            let r = http.get(&gw_url).bearer_auth(TOKEN).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+            let b = t.elapsed();
+            let t = Instant::now();
+            let r = http.get(&direct_url).bearer_auth(TOKEN).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+            let c = t.elapsed();
+            let t = Instant::now();
+            let r = http.get(&twin_url).bearer_auth(TOKEN).send().await.unwrap();
+            let _ = r.bytes().await.unwrap();
+            let d = t.elapsed();
+            if i >= warm {
+                floor.push(a);
+                via_gw.push(b);
+                direct.push(c);
+                http_only.push(d);
+            }
+        }
+        let (f50, f99) = summary(floor);
+        let (g50, g99) = summary(via_gw);
+        let (d50, d99) = summary(direct);
+        let (h50, h99) = summary(http_only);
+        println!("\n### Live control round trip ({n} sequential reads of an output, loopback)\n");
+        println!("| path | p50 | p99 | p50 ÷ floor | p99 ÷ floor |");
+        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| floor: the agent's own request on the device's TCP connection | {} | {} | 1.00 | 1.00 |",
+            us(f50),
+            us(f99)
+        );
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        println!(
+            "| REST → cloud → WebSocket link → edge agent → device | {} | {} | {:.2} | {:.2} |",
+            us(g50),
+            us(g99),
+            ratio(g50, f50),
+            ratio(g99, f99)
+        );
+        println!(
+            "| REST → cloud → in-process pipeline → device (no gateway) | {} | {} | {:.2} | {:.2} |",
+            us(d50),
+            us(d99),
+            ratio(d50, f50),
+            ratio(d99, f99)
+        );
+        println!(
+            "| REST alone: GET …/stats (token check, redb read, JSON) | {} | {} | – | – |",
+            us(h50),
+            us(h99)
+        );
+        stop.store(true, Ordering::Relaxed);
+        let _ = (t1.join(), t2.join());
+        let _ = estop.send(());
+        let _ = edge.await;
+        cloud.stop().await;
+    });
+}
+
+/// Persisted twin updates per second, against redb committing the same bytes.
+fn twins(full: bool) {
+    let devices = 1000;
+    let total: usize = if full { 200_000 } else { 200 };
+    println!("\n### Twin update throughput (persisted: each transaction is a durable redb commit)\n");
+    println!("| updates per transaction | twin updates/s | redb alone, same commits and bytes | ratio |");
+    println!("|---:|---:|---:|---:|");
+    for batch in [1usize, 10, 100, 1000] {
+        let n = if batch == 1 { total / 50 } else { total };
+        let n = n.max(batch);
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        let store = TwinStore::open(db, Limits::default()).unwrap();
+        let keys: Vec<TwinKey> = (0..devices).map(|i| TwinKey::new(USER, &format!("dev-{i}"))).collect();
+        // Give every twin a realistic body first.
+        store
+            .write(|t| {
+                for k in &keys {
+                    for r in ["temp", "hum", "pressure", "led"] {
+                        t.report(k, r, json!(1.0), 1)?;
+                    }
+                }
+                Ok::<_, twinlake_twin::TwinError>(())
+            })
+            .unwrap();
+        let doc_bytes = store.get(&keys[0]).unwrap().unwrap().encode().len();
+        let t = Instant::now();
+        let mut i = 0usize;
+        while i < n {
+            store
+                .write(|tx| {
+                    for j in 0..batch {
+                        let k = &keys[(i + j) % devices];
+                        tx.report(k, "temp", json!(20.0 + (i + j) as f64 / 1000.0), (i + j) as u64)?;
+                    }
+                    Ok::<_, twinlake_twin::TwinError>(())
+                })
+                .unwrap();
+            i += batch;
+        }
+        let ours = n as f64 / t.elapsed().as_secs_f64();
+
+        // The floor: redb writing documents of the same size, same commits.
+        let db = redb::Database::create(dir.path().join("raw.redb")).unwrap();
+        let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raw");
+        let body = vec![b'x'; doc_bytes];
+        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        let t = Instant::now();
+        let mut i = 0usize;
+        while i < n {
+            let tx = db.begin_write().unwrap();
+            {
+                let mut tb = tx.open_table(table).unwrap();
+                for j in 0..batch {
+                    tb.insert(names[(i + j) % devices].as_str(), body.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+            i += batch;
+        }
+        let raw = n as f64 / t.elapsed().as_secs_f64();
+        println!("| {batch} | {ours:.0} | {raw:.0} | {:.2} |", ours / raw);
+    }
+}
+
+/// Server-Sent Events fan-out: subscribers × twin updates per second delivered.
+fn fanout(full: bool) {
+    let subs_list: &[usize] = if full { &[10, 100, 1000] } else { &[2] };
+    let updates: usize = if full { 20_000 } else { 100 };
+    println!("\n### SSE fan-out (subscribers on /v1/events, in the same process; updates in batches of 100)\n");
+    println!("| subscribers | updates/s committed | events delivered/s | delivered ÷ (subscribers × committed) |");
+    println!("|---:|---:|---:|---:|");
+    for &subs in subs_list {
+        let rt = rt();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = cloud_config(dir.path());
+            cfg.edge.listener.tcp = None;
+            let cloud = start_cloud(cfg).await;
+            let received = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            let ready = Arc::new(AtomicU64::new(0));
+            for _ in 0..subs {
+                let (received, ready, addr) = (received.clone(), ready.clone(), cloud.addr);
+                tasks.push(tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let req = format!(
+                        "GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n"
+                    );
+                    s.write_all(req.as_bytes()).await.unwrap();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut first = true;
+                    loop {
+                        let Ok(k) = s.read(&mut buf).await else { break };
+                        if k == 0 {
+                            break;
+                        }
+                        if first {
+                            ready.fetch_add(1, Ordering::Relaxed);
+                            first = false;
+                        }
+                        let events = buf[..k].windows(15).filter(|w| w == b"event: reported").count();
+                        received.fetch_add(events as u64, Ordering::Relaxed);
+                    }
+                }));
+            }
+            while cloud.state.metrics.subscribers.get() < subs as i64 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let twins = cloud.state.twins.clone();
+            let t = Instant::now();
+            let producer = tokio::task::spawn_blocking(move || {
+                let mut i = 0;
+                while i < updates {
+                    twins
+                        .write(|tx| {
+                            for j in 0..100 {
+                                let k = TwinKey::new(USER, &format!("dev-{}", (i + j) % 1000));
+                                tx.report(&k, "temp", json!((i + j) as f64), (i + j) as u64)?;
+                            }
+                            Ok::<_, twinlake_twin::TwinError>(())
+                        })
+                        .unwrap();
+                    i += 100;
+                }
+            });
+            producer.await.unwrap();
+            let committed_s = t.elapsed().as_secs_f64();
+            let want = (subs * updates) as u64;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut last = 0;
+            while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = received.load(Ordering::Relaxed);
+                if now == last && t.elapsed().as_secs_f64() > committed_s + 2.0 {
+                    break; // nothing more is coming (a subscriber lagged and skipped)
+                }
+                last = now;
+            }
+            let got = received.load(Ordering::Relaxed);
+            let total_s = t.elapsed().as_secs_f64();
+            println!(
+                "| {subs} | {:.0} | {:.0} | {:.3} |",
+                updates as f64 / committed_s,
+                got as f64 / total_s.max(committed_s),
+                got as f64 / want as f64
+            );
+            for t in tasks {
+                t.abort();
+            }
+            cloud.stop().await;
+        });
+    }
+}
+
+/// Cloud RSS per idle device on its own device listener (clients in another process).
+fn memory(full: bool) {
+    if !full {
+        return;
+    }
+    println!(
+        "\n### Cloud memory per connected device (idle devices on the cloud's own listener, clients in another process)\n"
+    );
+    println!("| devices | RSS before | RSS connected | per device |");
+    println!("|---:|---:|---:|---:|");
+    for n in [1000usize, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let auth_file = dir.path().join("auth.hex");
+        let names: Vec<String> = (0..n).map(|i| format!("dev-{i}")).collect();
+        let lines: Vec<String> = names
+            .iter()
+            .map(|d| {
+                Message::auth(USER, d, "k")
+                    .to_frame()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .collect();
+        std::fs::write(&auth_file, lines.join("\n")).unwrap();
+        let rt = rt();
+        let (before, after) = rt.block_on(async {
+            let mut cfg = cloud_config(dir.path());
+            cfg.edge.listener.idle_timeout = Duration::from_secs(600);
+            cfg.edge.auth.max_failures = u32::MAX;
+            let cloud = start_cloud(cfg).await;
+            register(&cloud.state, &names, None, "k");
+            // The in-process pipeline has the registry and the twins exist.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let before = rss_bytes();
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../edge-agent/benches/idle_clients.py");
+            let mut child = Command::new(python())
+                .arg(script)
+                .arg(cloud.devices.unwrap().to_string())
+                .arg(&auth_file)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python for the idle clients");
+            let state = cloud.state.clone();
+            let online = move || {
+                state
+                    .twins
+                    .list(Some(USER))
+                    .unwrap()
+                    .iter()
+                    .filter(|t| t.connection.online)
+                    .count()
+            };
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while online() < n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // Let the on-connect describe requests time out (the clients never answer).
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            let after = rss_bytes();
+            drop(child.stdin.take());
+            let _ = child.wait();
+            cloud.stop().await;
+            (before, after)
+        });
+        println!(
+            "| {n} | {:.1} MiB | {:.1} MiB | {:.0} B |",
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0,
+            after.saturating_sub(before) as f64 / n as f64
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let picked: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let run = |name: &str| !full || picked.is_empty() || picked.contains(&name);
+    if run("rtt") {
+        rtt(full);
+    }
+    if run("twins") {
+        twins(full);
+    }
+    if run("fanout") {
+        fanout(full);
+    }
+    if run("memory") {
+        memory(full);
+    }
+}

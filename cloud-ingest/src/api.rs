@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 use twinlake_edge::link::{ErrorKind, LINK_PATH, Op};
 use twinlake_edge::registry::{CredentialHash, DEFAULT_ITERATIONS};
-use twinlake_twin::{TwinError, TwinKey, unwrap_io};
+use twinlake_twin::{TwinError, TwinKey};
 
 use crate::auth::{Principal, Scope, new_token, sha256_hex};
 use crate::error::ApiError;
@@ -521,15 +521,6 @@ async fn patch_twin(
     }
 }
 
-/// Records a value read from a device as reported (in the background).
-pub async fn record_reported(state: &AppState, key: &TwinKey, path: &str, value: Json) {
-    let value = unwrap_io(value);
-    let at = now();
-    let twins = state.twins.clone();
-    let (key, path) = (key.clone(), path.to_owned());
-    let _ = tokio::task::spawn_blocking(move || twins.write(|t| t.report(&key, &path, value, at))).await;
-}
-
 // ---- live resources ----
 
 /// Sends a live request and maps its failures to HTTP.
@@ -596,11 +587,7 @@ fn raw_reply(v: Option<Json>) -> Response {
 async fn read_value(s: &Arc<AppState>, key: &TwinKey, path: &str) -> Result<Option<Json>, ApiError> {
     let v = live(s, key, Op::Read { path: path.to_owned() }, path).await?;
     if let Some(v) = &v {
-        let kind = s.twins.get(key).ok().flatten().and_then(|t| t.resource_kind(path));
-        if kind == Some(3) {
-            let (s, key, path, v) = (s.clone(), key.clone(), path.to_owned(), v.clone());
-            tokio::spawn(async move { record_reported(&s, &key, &path, v).await });
-        }
+        s.read_reports.push(key, path, v.clone(), true);
     }
     Ok(v)
 }

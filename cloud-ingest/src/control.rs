@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 use twinlake_edge::link::Op;
 use twinlake_twin::{EventKind, TwinKey};
@@ -135,7 +135,7 @@ async fn sync_device(state: &AppState, key: &TwinKey) {
                         .request(key, Op::Template { path: path.clone() }, state.cfg.http.request_timeout)
                         .await
                 {
-                    crate::api::record_reported(state, key, path, v).await;
+                    state.read_reports.push(key, path, v, false);
                 }
             }
             Err(e) => {
@@ -252,4 +252,86 @@ pub fn stream_message(key: &TwinKey, path: &str, value: &Json, at: u64) -> Strin
         "value": value,
     })
     .to_string()
+}
+
+/// One value read live from a device, to record as reported.
+#[derive(Debug)]
+struct ReadValue {
+    key: TwinKey,
+    path: String,
+    value: Json,
+    at: u64,
+    /// Record it only if the device described the resource as an output.
+    only_outputs: bool,
+}
+
+/// Values read live from devices, recorded as reported off the request path, many per commit.
+/// Bounded: when full, a read value is not recorded (streams report the resource anyway).
+#[derive(Debug)]
+pub struct ReadReports {
+    tx: mpsc::Sender<ReadValue>,
+    rx: Mutex<Option<mpsc::Receiver<ReadValue>>>,
+}
+
+impl Default for ReadReports {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        Self {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl ReadReports {
+    /// Queues a value read from `key`'s `path`.
+    pub fn push(&self, key: &TwinKey, path: &str, value: Json, only_outputs: bool) {
+        let _ = self.tx.try_send(ReadValue {
+            key: key.clone(),
+            path: path.to_owned(),
+            value: twinlake_twin::unwrap_io(value),
+            at: twinlake_twin::now_ms(),
+            only_outputs,
+        });
+    }
+}
+
+/// Records queued read values until the cloud stops.
+pub async fn record_reads(state: Arc<AppState>) {
+    let Some(mut rx) = state.read_reports.rx.lock().ok().and_then(|mut r| r.take()) else {
+        return;
+    };
+    let mut stop = state.stop.subscribe();
+    loop {
+        let first = tokio::select! {
+            v = rx.recv() => match v {
+                Some(v) => v,
+                None => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(v) => batch.push(v),
+                Err(_) => break,
+            }
+        }
+        let twins = state.twins.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            twins.write(|t| {
+                for v in batch {
+                    let wanted = !v.only_outputs || t.get(&v.key)?.and_then(|tw| tw.resource_kind(&v.path)) == Some(3);
+                    if wanted {
+                        t.report(&v.key, &v.path, v.value, v.at)?;
+                    }
+                }
+                Ok::<_, twinlake_twin::TwinError>(())
+            })
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            debug!(error = %e, "cannot record values read from devices");
+        }
+    }
 }

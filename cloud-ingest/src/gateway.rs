@@ -105,6 +105,16 @@ impl Gateways {
         v
     }
 
+    /// Hands a reply to the request waiting for it. Returns whether one was.
+    pub fn complete(&self, gateway: &str, reply: Reply) -> bool {
+        let session = self.sessions.lock().ok().and_then(|s| s.get(gateway).cloned());
+        let waiter = session.and_then(|s| s.pending.lock().ok().and_then(|mut p| p.remove(&reply.id)));
+        match waiter {
+            Some(w) => w.send(reply).is_ok(),
+            None => false,
+        }
+    }
+
     /// Tells every session the registry changed.
     pub fn registry_changed(&self) {
         self.registry_version.send_modify(|v| *v += 1);

@@ -16,7 +16,7 @@ use twinlake_twin::{Limits, TwinStore};
 use crate::Error;
 use crate::auth::{Scope, Tokens, new_token, sha256_hex};
 use crate::config::CloudConfig;
-use crate::control::StreamHub;
+use crate::control::{ReadReports, StreamHub};
 use crate::gateway::Gateways;
 use crate::metrics::CloudMetrics;
 use crate::store::{Db, GATEWAYS, GatewayRecord, TOKENS, TokenRecord};
@@ -30,6 +30,7 @@ pub struct AppState {
     pub gateways: Gateways,
     pub tokens: Tokens,
     pub hub: StreamHub,
+    pub read_reports: ReadReports,
     pub webhook_wake: Notify,
     pub metrics: CloudMetrics,
     pub http: reqwest::Client,
@@ -154,6 +155,7 @@ impl Cloud {
             gateways: Gateways::default(),
             tokens,
             hub: StreamHub::default(),
+            read_reports: ReadReports::default(),
             webhook_wake: Notify::new(),
             metrics: CloudMetrics::default(),
             http,
@@ -233,6 +235,7 @@ impl Cloud {
         let stop_rx = state.stop.subscribe();
         tokio::spawn(crate::control::apply_desired(state.clone()));
         tokio::spawn(crate::webhook::run(state.clone()));
+        tokio::spawn(crate::control::record_reads(state.clone()));
         let edge_task = self.edge.map(|e| {
             let mut rx = stop_rx.clone();
             tokio::spawn(e.run(async move {

@@ -375,7 +375,7 @@ pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket)
         tx: to_cloud,
         rx: mut from_cloud,
     } = edge;
-    let session = tokio::spawn(crate::gateway::serve(state, gateway, cloud));
+    let session = tokio::spawn(crate::gateway::serve(state.clone(), gateway.clone(), cloud));
     let writer = tokio::spawn(async move {
         while let Some(text) = from_cloud.recv().await {
             if sink.send(Message::Text(text.into())).await.is_err() {
@@ -392,6 +392,14 @@ pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket)
             },
             _ = stop.changed() => break,
         };
+        // Replies go to their waiting request here, not behind batches being applied.
+        if let Message::Text(t) = &msg
+            && t.as_str().starts_with(r#"{"type":"reply""#)
+            && let Ok(twinlake_edge::link::Up::Reply(r)) = serde_json::from_str(t.as_str())
+        {
+            state.gateways.complete(&gateway, r);
+            continue;
+        }
         match msg {
             Message::Text(t) if to_cloud.send(t.to_string()).await.is_err() => break,
             Message::Close(_) => break,

@@ -384,7 +384,6 @@ impl LinkClient {
         self.metrics.link_connects.inc();
         info!(target = %self.connector.target(), resent = unacked.frames.len(), "cloud link up");
 
-        let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(256);
         let mut items = Vec::with_capacity(MAX_BATCH_ITEMS);
         loop {
             // Send while there is room and something waits.
@@ -420,9 +419,8 @@ impl LinkClient {
             tokio::select! {
                 msg = io.rx.recv() => {
                     let Some(text) = msg else { return Err(closed()) };
-                    self.handle_down(&text, unacked, &reply_tx);
+                    self.handle_down(&text, unacked, &io.tx);
                 }
-                Some(reply) = reply_rx.recv() => send(&io, &Up::Reply(reply)).await?,
                 _ = self.uplink.notified(), if room => {}
                 _ = self.endpoints.notified(), if room => {}
                 _ = stop.changed() => return Ok(()),
@@ -430,7 +428,8 @@ impl LinkClient {
         }
     }
 
-    fn handle_down(&self, text: &str, unacked: &mut Unacked, replies: &mpsc::Sender<Reply>) {
+    /// Answers go straight to the link's writer from the task that ran the request.
+    fn handle_down(&self, text: &str, unacked: &mut Unacked, replies: &mpsc::Sender<String>) {
         let msg = match serde_json::from_str::<Down>(text) {
             Ok(m) => m,
             Err(e) => {
@@ -476,7 +475,7 @@ impl LinkClient {
                             error: Some(error),
                         },
                     };
-                    let _ = replies.send(reply).await;
+                    let _ = replies.send(encode(&Up::Reply(reply))).await;
                 });
             }
             Down::Welcome { .. } => debug!("a second welcome; ignored"),

@@ -384,8 +384,7 @@ fn fanout(full: bool) {
                     s.write_all(req.as_bytes()).await.unwrap();
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut first = true;
-                    loop {
-                        let Ok(k) = s.read(&mut buf).await else { break };
+                    while let Ok(k) = s.read(&mut buf).await {
                         if k == 0 {
                             break;
                         }

@@ -6,6 +6,7 @@ mod config;
 mod exchange;
 mod ingest;
 mod lake;
+mod link_props;
 mod s3;
 mod sdk_device;
 mod support;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -532,7 +532,8 @@ async fn live(s: &Arc<AppState>, key: &TwinKey, op: Op, path: &str) -> Result<Op
     }
 }
 
-fn control_error(s: &AppState, key: &TwinKey, path: &str, e: ControlError) -> ApiError {
+/// How a failed live request shows in HTTP.
+pub(crate) fn control_error(s: &AppState, key: &TwinKey, path: &str, e: ControlError) -> ApiError {
     let known = || s.twins.get(key).ok().flatten();
     match e {
         ControlError::Offline(m) => match known() {
@@ -928,9 +929,7 @@ async fn gateway_link(State(s): St, req: axum::extract::Request) -> ApiResult {
         .find(|(_, g)| g.token_sha256 == sha)
         .map(|(id, _)| id)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "the gateway token is not valid"))?;
-    let ws = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &s)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("the gateway link is a WebSocket: {e}")))?;
+    let ws = crate::streams::ws_upgrade(&mut parts, &s).await?;
     Ok(ws
         .max_message_size(64 << 20)
         .on_upgrade(move |socket| crate::streams::pump_link(s, gateway, socket)))

@@ -30,6 +30,7 @@ use tracing::debug;
 use twinlake_edge::link::{LinkIo, Op};
 use twinlake_twin::{EventKind, TwinEvent, TwinKey};
 
+use crate::api::control_error;
 use crate::auth::{Principal, Scope, url_query};
 use crate::control::{StreamGuard, StreamHub, stream_message};
 use crate::error::ApiError;
@@ -70,6 +71,42 @@ fn is_upgrade(req: &Request) -> bool {
     req.headers()
         .get(axum::http::header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// The WebSocket upgrade of a request, or 400 saying why it is not one.
+pub(crate) async fn ws_upgrade(
+    parts: &mut axum::http::request::Parts,
+    state: &Arc<AppState>,
+) -> Result<WebSocketUpgrade, ApiError> {
+    WebSocketUpgrade::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("this route wants a WebSocket: {e}")))
+}
+
+/// At most one value per `interval` (none: every value), with a little slack so samples
+/// that arrive at exactly the interval are not skipped.
+#[derive(Debug, Default)]
+struct Throttle {
+    interval: Option<Duration>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Throttle {
+    fn new(interval: Option<Duration>) -> Self {
+        Self { interval, last: None }
+    }
+
+    /// Whether a value arriving now goes out (and if so, counts it).
+    fn due(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if let (Some(iv), Some(last)) = (self.interval, self.last)
+            && now < last + iv.mul_f64(0.8)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
 }
 
 /// Twin changes as an SSE stream.
@@ -126,9 +163,7 @@ async fn ws_events(state: Arc<AppState>, filter: Filter, socket: WebSocket) {
 async fn events_or_ws(state: Arc<AppState>, filter: Filter, req: Request) -> Result<Response, ApiError> {
     if is_upgrade(&req) {
         let (mut parts, _) = req.into_parts();
-        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &state)
-            .await
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let ws = ws_upgrade(&mut parts, &state).await?;
         return Ok(ws.on_upgrade(move |socket| ws_events(state, filter, socket)));
     }
     Ok(sse(&state, filter))
@@ -185,8 +220,7 @@ struct ResourceFeed {
     rx: broadcast::Receiver<TwinEvent>,
     key: TwinKey,
     path: String,
-    interval: Option<Duration>,
-    last: Option<tokio::time::Instant>,
+    throttle: Throttle,
 }
 
 impl ResourceFeed {
@@ -198,19 +232,10 @@ impl ResourceFeed {
                     if *path != self.path {
                         continue;
                     }
-                    let now = tokio::time::Instant::now();
-                    // A little slack: samples at exactly the interval must not be skipped.
-                    if let (Some(iv), Some(last)) = (self.interval, self.last)
-                        && now < last + iv.mul_f64(0.8)
-                    {
+                    if !self.throttle.due() {
                         continue;
                     }
-                    self.last = Some(now);
-                    let at = serde_json::from_str::<serde_json::Value>(&e.json)
-                        .ok()
-                        .and_then(|j| j.get("timestamp").and_then(serde_json::Value::as_u64))
-                        .unwrap_or_default();
-                    return Some(Ok(stream_message(&self.key, path, value, at)));
+                    return Some(Ok(stream_message(&self.key, path, value, e.at)));
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => return Some(Err(n)),
@@ -234,12 +259,11 @@ pub async fn resource_sse(
         rx: s.twins.subscribe(),
         key: key.clone(),
         path: path.clone(),
-        interval,
-        last: None,
+        throttle: Throttle::new(interval),
     };
     let guard = StreamHub::join(&s, &key, &path, interval)
         .await
-        .map_err(|e| live_error(&s, &key, &path, e))?;
+        .map_err(|e| control_error(&s, &key, &path, e))?;
     let sub = Subscriber::new(&s);
     let stream = futures_util::stream::unfold((feed, guard, sub), |(mut feed, guard, sub)| async move {
         let ev = match feed.next().await? {
@@ -249,23 +273,6 @@ pub async fn resource_sse(
         Some((Ok::<Event, Infallible>(ev), (feed, guard, sub)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
-}
-
-fn live_error(s: &AppState, key: &TwinKey, path: &str, e: crate::gateway::ControlError) -> ApiError {
-    use axum::http::StatusCode;
-    match e {
-        crate::gateway::ControlError::Offline(m) => {
-            if s.twins.get(key).ok().flatten().is_none() {
-                ApiError::not_found(format!("no device {key}"))
-            } else {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m)
-            }
-        }
-        crate::gateway::ControlError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
-        crate::gateway::ControlError::Remote(r) => {
-            ApiError::new(StatusCode::NOT_FOUND, format!("cannot stream {path:?}: {}", r.message))
-        }
-    }
 }
 
 /// `GET /v3/users/{u}/devices/{d}/resources`: describe, or the Thinger stream WebSocket.
@@ -279,14 +286,12 @@ pub async fn v3_resources(
     let key = TwinKey::new(&u, &d);
     if is_upgrade(&req) {
         let (mut parts, _) = req.into_parts();
-        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &s)
-            .await
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let ws = ws_upgrade(&mut parts, &s).await?;
         return Ok(ws.on_upgrade(move |socket| thinger_ws(s, key, socket)));
     }
     match s.gateways.request(&key, Op::Describe, s.cfg.http.request_timeout).await {
         Ok(v) => Ok(axum::Json(v.unwrap_or_default()).into_response()),
-        Err(e) => Err(live_error(&s, &key, "", e)),
+        Err(e) => Err(control_error(&s, &key, "", e)),
     }
 }
 
@@ -296,8 +301,8 @@ async fn thinger_ws(state: Arc<AppState>, key: TwinKey, socket: WebSocket) {
     let (mut tx, mut incoming) = socket.split();
     let mut rx = state.twins.subscribe();
     let mut stop = state.stop.subscribe();
-    // resource → (guard, interval, last sent)
-    let mut subs: HashMap<String, (StreamGuard, Option<Duration>, Option<tokio::time::Instant>)> = HashMap::new();
+    // resource → (its subscription, what it lets through)
+    let mut subs: HashMap<String, (StreamGuard, Throttle)> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -325,7 +330,7 @@ async fn thinger_ws(state: Arc<AppState>, key: TwinKey, socket: WebSocket) {
                             subs.remove(&resource);
                             match StreamHub::join(&state, &key, &resource, interval).await {
                                 Ok(g) => {
-                                    subs.insert(resource.clone(), (g, interval, None));
+                                    subs.insert(resource.clone(), (g, Throttle::new(interval)));
                                     serde_json::json!({ "resource": resource, "enabled": true })
                                 }
                                 Err(e) => serde_json::json!({ "resource": resource, "error": e.to_string() }),
@@ -348,15 +353,11 @@ async fn thinger_ws(state: Arc<AppState>, key: TwinKey, socket: WebSocket) {
                     continue;
                 }
                 let Some((path, value)) = &e.reported else { continue };
-                let Some((_, interval, last)) = subs.get_mut(path) else { continue };
-                let now = tokio::time::Instant::now();
-                if let (Some(iv), Some(l)) = (*interval, *last)
-                    && now < l + iv.mul_f64(0.8)
-                {
+                let Some((_, throttle)) = subs.get_mut(path) else { continue };
+                if !throttle.due() {
                     continue;
                 }
-                *last = Some(now);
-                let msg = stream_message(&key, path, value, twinlake_twin::now_ms());
+                let msg = stream_message(&key, path, value, e.at);
                 if tx.send(Message::Text(msg.into())).await.is_err() {
                     break;
                 }

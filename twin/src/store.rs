@@ -65,6 +65,8 @@ pub struct TwinEvent {
     pub key: TwinKey,
     pub version: u64,
     pub kind: EventKind,
+    /// When it happened (the reading's time for `Reported`), ms since the epoch.
+    pub at: u64,
     /// For `Reported`: the resource path and its new value.
     pub reported: Option<(String, Json)>,
     /// For `Connection`: whether the device is now online.
@@ -410,6 +412,7 @@ impl TwinTxn<'_> {
             key: key.clone(),
             version,
             kind,
+            at: at_ms,
             reported,
             online,
             json: Arc::from(body.to_string()),

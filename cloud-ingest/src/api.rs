@@ -23,8 +23,7 @@ use crate::error::ApiError;
 use crate::gateway::ControlError;
 use crate::server::AppState;
 use crate::store::{
-    DEVICES, DeviceRecord, ENDPOINTS, EndpointDef, GATEWAYS, GatewayRecord, PROPERTIES, TOKENS, TokenRecord, WEBHOOKS,
-    WebhookJob,
+    DEVICES, DeviceRecord, ENDPOINTS, EndpointDef, GATEWAYS, GatewayRecord, PROPERTIES, TOKENS, TokenRecord, WebhookJob,
 };
 
 type St = State<Arc<AppState>>;
@@ -802,14 +801,7 @@ async fn call_endpoint(p: Principal, State(s): St, Path((u, e)): Path<(String, S
     let st = s.clone();
     blocking(move || {
         let tx = st.db.0.begin_write().map_err(crate::Error::from)?;
-        {
-            let mut t = tx.open_table(WEBHOOKS).map_err(crate::Error::from)?;
-            let next = redb::ReadableTable::last(&t)
-                .map_err(crate::Error::from)?
-                .map_or(1, |(k, _)| k.value() + 1);
-            t.insert(next, crate::store::encode(&job).as_slice())
-                .map_err(crate::Error::from)?;
-        }
+        crate::webhook::enqueue(&st, &tx, &job)?;
         tx.commit().map_err(crate::Error::from)?;
         Ok(())
     })

@@ -20,7 +20,7 @@ use twinlake_twin::{TwinError, TwinKey, unwrap_io};
 
 use crate::Error;
 use crate::server::AppState;
-use crate::store::{self, DeviceRecord, FILES, LINK_SEQ, LinkSeq, PROPERTIES, WEBHOOKS, WebhookJob};
+use crate::store::{self, DeviceRecord, FILES, LINK_SEQ, LinkSeq, PROPERTIES, WebhookJob};
 
 /// Why a live request failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +49,21 @@ struct Session {
     tx: mpsc::Sender<String>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     epoch: u64,
+}
+
+impl Session {
+    /// Stops waiting for request `id`; returns its waiter if it was still waiting.
+    fn take(&self, id: u64) -> Option<oneshot::Sender<Reply>> {
+        self.pending.lock().ok().and_then(|mut p| p.remove(&id))
+    }
+
+    /// Hands a reply to the request waiting for it. Returns whether one was.
+    fn complete(&self, reply: Reply) -> bool {
+        match self.take(reply.id) {
+            Some(w) => w.send(reply).is_ok(),
+            None => false,
+        }
+    }
 }
 
 /// The linked gateways and where each device is.
@@ -108,11 +123,7 @@ impl Gateways {
     /// Hands a reply to the request waiting for it. Returns whether one was.
     pub fn complete(&self, gateway: &str, reply: Reply) -> bool {
         let session = self.sessions.lock().ok().and_then(|s| s.get(gateway).cloned());
-        let waiter = session.and_then(|s| s.pending.lock().ok().and_then(|mut p| p.remove(&reply.id)));
-        match waiter {
-            Some(w) => w.send(reply).is_ok(),
-            None => false,
-        }
+        session.is_some_and(|s| s.complete(reply))
     }
 
     /// Tells every session the registry changed.
@@ -143,9 +154,7 @@ impl Gateways {
             op,
         };
         let forget = || {
-            if let Ok(mut p) = session.pending.lock() {
-                p.remove(&id);
-            }
+            session.take(id);
         };
         let deadline = tokio::time::Instant::now() + timeout;
         let sent = tokio::time::timeout_at(deadline, session.tx.send(encode(&msg))).await;
@@ -324,10 +333,7 @@ fn handle(state: &AppState, session: &Session, text: &str, batches: &mut Vec<(u6
     match serde_json::from_str::<Up>(text) {
         Ok(Up::Batch { seq, items }) => batches.push((seq, items)),
         Ok(Up::Reply(r)) => {
-            let waiter = session.pending.lock().ok().and_then(|mut p| p.remove(&r.id));
-            if let Some(w) = waiter {
-                let _ = w.send(r);
-            }
+            session.complete(r);
         }
         Ok(Up::Hello { .. }) => debug!("a second hello; ignored"),
         Err(e) => {
@@ -349,7 +355,6 @@ fn apply(
     let mut moves: Vec<(TwinKey, Option<String>)> = Vec::new();
     let mut webhooks = 0u64;
     let mut items_applied = 0u64;
-    let max_queued = state.cfg.webhooks.max_queued;
     state.twins.write(|t| -> Result<(), Error> {
         for (seq, items) in batches {
             if seq <= through {
@@ -358,7 +363,7 @@ fn apply(
             }
             for item in items {
                 items_applied += 1;
-                apply_item(state, t, gateway, item, &mut moves, &mut webhooks, max_queued)?;
+                apply_item(state, t, gateway, item, &mut moves, &mut webhooks)?;
             }
             through = seq;
         }
@@ -388,7 +393,6 @@ fn apply_item(
     item: Item,
     moves: &mut Vec<(TwinKey, Option<String>)>,
     webhooks: &mut u64,
-    max_queued: u64,
 ) -> Result<(), Error> {
     match item {
         Item::Presence {
@@ -473,15 +477,7 @@ fn apply_item(
                 payload,
                 attempts: 0,
             };
-            let mut table = t.transaction().open_table(WEBHOOKS)?;
-            let next = redb::ReadableTable::last(&table)?.map_or(1, |(k, _)| k.value() + 1);
-            table.insert(next, store::encode(&job).as_slice())?;
-            if redb::ReadableTableMetadata::len(&table)? > max_queued
-                && let Some((k, _)) = table.pop_first()?
-            {
-                state.metrics.webhooks_dropped.inc();
-                warn!(job = k.value(), "webhook queue full; dropped the oldest endpoint call");
-            }
+            crate::webhook::enqueue(state, t.transaction(), &job)?;
             *webhooks += 1;
         }
         Item::Property {

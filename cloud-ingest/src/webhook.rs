@@ -77,6 +77,21 @@ pub async fn run(state: Arc<AppState>) {
     }
 }
 
+/// Queues an endpoint call in `tx` (committed by the caller). Past `webhooks.max_queued`
+/// the oldest call is dropped, counted and logged.
+pub fn enqueue(state: &AppState, tx: &redb::WriteTransaction, job: &WebhookJob) -> Result<(), Error> {
+    let mut table = tx.open_table(WEBHOOKS)?;
+    let next = table.last()?.map_or(1, |(k, _)| k.value() + 1);
+    table.insert(next, store::encode(job).as_slice())?;
+    if redb::ReadableTableMetadata::len(&table)? > state.cfg.webhooks.max_queued
+        && let Some((k, _)) = table.pop_first()?
+    {
+        state.metrics.webhooks_dropped.inc();
+        warn!(job = k.value(), "webhook queue full; dropped the oldest endpoint call");
+    }
+    Ok(())
+}
+
 fn next_job(state: &AppState) -> Result<Option<(u64, WebhookJob)>, Error> {
     let tx = state.db.0.begin_read()?;
     let t = tx.open_table(WEBHOOKS)?;

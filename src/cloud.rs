@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use twinlake_cloud::{Cloud, CloudConfig};
 
-use crate::edge::shutdown_signal;
+use crate::edge::{fmt, shutdown_signal};
 
 #[derive(Debug, Args)]
 pub struct CloudArgs {
@@ -52,8 +52,4 @@ pub fn run(args: CloudArgs) -> anyhow::Result<()> {
 pub fn hash(args: HashTokenArgs) -> anyhow::Result<()> {
     println!("{}", twinlake_cloud::auth::sha256_hex(&args.token));
     Ok(())
-}
-
-fn fmt(a: Option<std::net::SocketAddr>) -> String {
-    a.map_or_else(|| "off".into(), |a| a.to_string())
 }

@@ -49,7 +49,8 @@ pub fn hash(args: HashArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fmt(a: Option<std::net::SocketAddr>) -> String {
+/// An address, or "off".
+pub fn fmt(a: Option<std::net::SocketAddr>) -> String {
     a.map_or_else(|| "off".into(), |a| a.to_string())
 }
 

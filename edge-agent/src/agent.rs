@@ -333,18 +333,8 @@ async fn start_streams(
     for (path, io) in resources {
         let joined = path.join("/");
         let p: Vec<&str> = path.iter().map(String::as_str).collect();
-        let interval = match io {
-            // Output: sampled.
-            3 => {
-                let iv = cfg.intervals.get(&joined).copied().unwrap_or(cfg.default_interval);
-                if iv.is_zero() {
-                    continue;
-                }
-                Some(iv)
-            }
-            // Input: on change.
-            2 if cfg.inputs && cfg.intervals.get(&joined).is_none_or(|iv| !iv.is_zero()) => None,
-            _ => continue,
+        let Some(interval) = cfg.own_stream(&joined, io) else {
+            continue;
         };
         match handle.start_stream(&p, interval).await {
             Ok(()) => debug!(device = %key, resource = %joined, ?interval, "stream started"),

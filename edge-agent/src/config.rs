@@ -214,6 +214,21 @@ pub struct StreamsSection {
     pub inputs: bool,
 }
 
+impl StreamsSection {
+    /// The stream the agent keeps on a resource of kind `io` (the `api` `fn` code):
+    /// `Some(Some(interval))` sampled (outputs), `Some(None)` on change (inputs), `None` none.
+    pub fn own_stream(&self, path: &str, io: i64) -> Option<Option<Duration>> {
+        match io {
+            3 => {
+                let iv = self.intervals.get(path).copied().unwrap_or(self.default_interval);
+                (!iv.is_zero()).then_some(Some(iv))
+            }
+            2 if self.inputs && self.intervals.get(path).is_none_or(|iv| !iv.is_zero()) => Some(None),
+            _ => None,
+        }
+    }
+}
+
 impl Default for StreamsSection {
     fn default() -> Self {
         Self {

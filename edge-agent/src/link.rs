@@ -345,21 +345,11 @@ impl Uplink {
         let Ok(mut w) = self.inner.0.lock() else { return };
         let room = |out: &Vec<Item>| out.len() < max;
         take_map(&mut w.presence, out, max, |_, item| item);
-        let described: Vec<DeviceKey> = w
-            .described
-            .keys()
-            .take(max.saturating_sub(out.len()))
-            .cloned()
-            .collect();
-        for key in described {
-            if let Some(resources) = w.described.remove(&key) {
-                out.push(Item::Described {
-                    user: key.user,
-                    device: key.device,
-                    resources,
-                });
-            }
-        }
+        take_map(&mut w.described, out, max, |key, resources| Item::Described {
+            user: key.user,
+            device: key.device,
+            resources,
+        });
         take_map(&mut w.reported, out, max, |(key, path), (at, value)| Item::Reported {
             user: key.user,
             device: key.device,

@@ -603,8 +603,8 @@ fn refs(p: &[String]) -> Vec<&str> {
     p.iter().map(String::as_str).collect()
 }
 
-/// The stream the agent itself keeps on a resource: `Some(Some(iv))` sampled, `Some(None)`
-/// on change, `None` none.
+/// The stream the agent itself keeps on a resource of a connected device (see
+/// [`StreamsSection::own_stream`]), from the device's description.
 fn ingest_interval(cfg: &StreamsSection, apis: &ApiCache, key: &DeviceKey, path: &str) -> Option<Option<Duration>> {
     let io = apis.lock().ok().and_then(|a| {
         let mut node = a.get(key)?;
@@ -616,12 +616,5 @@ fn ingest_interval(cfg: &StreamsSection, apis: &ApiCache, key: &DeviceKey, path:
         }
         kind
     })?;
-    match io {
-        3 => {
-            let iv = cfg.intervals.get(path).copied().unwrap_or(cfg.default_interval);
-            (!iv.is_zero()).then_some(Some(iv))
-        }
-        2 if cfg.inputs && cfg.intervals.get(path).is_none_or(|iv| !iv.is_zero()) => Some(None),
-        _ => None,
-    }
+    cfg.own_stream(path, io)
 }

@@ -583,6 +583,11 @@ fn raw_reply(v: Option<Json>) -> Response {
     }
 }
 
+/// The Thinger v2 reply: `{"out": value}`, or 200 with an empty body.
+fn out_reply(v: Option<Json>) -> Response {
+    raw_reply(v.map(|v| json!({ "out": v })))
+}
+
 /// Reads a value; records it in the twin when the resource is an output.
 async fn read_value(s: &Arc<AppState>, key: &TwinKey, path: &str) -> Result<Option<Json>, ApiError> {
     let v = live(s, key, Op::Read { path: path.to_owned() }, path).await?;
@@ -651,10 +656,7 @@ async fn v2_get(p: Principal, State(s): St, Path((u, d, path)): Path<(String, St
         return Ok(raw_reply(v));
     }
     let v = read_value(&s, &key, &path).await?;
-    Ok(match v {
-        Some(v) => axum::Json(json!({ "out": v })).into_response(),
-        None => StatusCode::OK.into_response(),
-    })
+    Ok(out_reply(v))
 }
 
 /// POST `/v2/…/{res…}` with `{"in": value}` (a bare value is accepted too): writes or calls;
@@ -681,10 +683,7 @@ async fn v2_post(
         &path,
     )
     .await?;
-    Ok(match v {
-        Some(v) => axum::Json(json!({ "out": v })).into_response(),
-        None => StatusCode::OK.into_response(),
-    })
+    Ok(out_reply(v))
 }
 
 // ---- properties ----

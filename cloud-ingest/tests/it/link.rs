@@ -32,6 +32,19 @@ fn reported(device: &str, v: f64) -> Item {
     }
 }
 
+/// Opens a scripted link to the cloud's gateway session and says hello as `session`.
+async fn link(state: &std::sync::Arc<twinlake_cloud::AppState>, gateway: &str, session: &str) -> LinkIo {
+    let (edge, server) = LinkIo::pair(16);
+    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
+    let hello = Up::Hello {
+        gateway: gateway.into(),
+        session: session.into(),
+        protocol: PROTOCOL,
+    };
+    send(&edge, &hello).await;
+    edge
+}
+
 /// Drives `gateway::serve` with scripted link frames: a batch the cloud already applied,
 /// sent again after a reconnect, changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,14 +52,7 @@ async fn a_batch_sent_again_is_applied_once() {
     let dir = tempfile::tempdir().unwrap();
     let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
     let state = cloud.state.clone();
-    let hello = Up::Hello {
-        gateway: GATEWAY.into(),
-        session: "s1".into(),
-        protocol: PROTOCOL,
-    };
-    let (mut edge, server) = LinkIo::pair(16);
-    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
-    send(&edge, &hello).await;
+    let mut edge = link(&state, GATEWAY, "s1").await;
     assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 0 });
     send(
         &edge,
@@ -67,9 +73,7 @@ async fn a_batch_sent_again_is_applied_once() {
     let v1 = state.twins.get(&key).unwrap().unwrap().version;
 
     // Reconnect: the cloud says where it is, and a resent batch 1 is skipped.
-    let (mut edge, server) = LinkIo::pair(16);
-    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
-    send(&edge, &hello).await;
+    let mut edge = link(&state, GATEWAY, "s1").await;
     assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 1 });
     send(
         &edge,
@@ -104,30 +108,10 @@ async fn a_batch_sent_again_is_applied_once() {
     );
 
     // A new session of the agent (a restart) starts again at 1.
-    let (mut edge, server) = LinkIo::pair(16);
-    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
-    send(
-        &edge,
-        &Up::Hello {
-            gateway: GATEWAY.into(),
-            session: "s2".into(),
-            protocol: PROTOCOL,
-        },
-    )
-    .await;
+    let mut edge = link(&state, GATEWAY, "s2").await;
     assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 0 });
     // A hello for another gateway than the token's is refused.
-    let (mut edge2, server) = LinkIo::pair(16);
-    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
-    send(
-        &edge2,
-        &Up::Hello {
-            gateway: "someone-else".into(),
-            session: "s3".into(),
-            protocol: PROTOCOL,
-        },
-    )
-    .await;
+    let mut edge2 = link(&state, "someone-else", "s3").await;
     assert!(
         tokio::time::timeout(Duration::from_secs(5), edge2.rx.recv())
             .await
@@ -146,23 +130,7 @@ async fn the_edge_rides_out_a_cloud_restart() {
     let cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
     let (cloud, edge, api) = cloud_and_edge(dir.path(), &["stay", "leave"]).await;
     let addr = cloud.addr;
-    let (url, mut hooks) = {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |body: String| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(body);
-                    "ok"
-                }
-            }),
-        );
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", l.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(l, app).await });
-        (url, rx)
-    };
+    let (url, mut hooks) = receiver().await;
     let (s, _) = api
         .call(
             Method::PUT,
@@ -212,11 +180,11 @@ async fn the_edge_rides_out_a_cloud_restart() {
         (v > before).then_some(())
     })
     .await;
-    let hook = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
+    let (who, hook) = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(hook, "7");
+    assert_eq!((who.as_str(), hook.as_str()), ("stay", "7"));
     // Delivered once: no second call arrives.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(hooks.try_recv().is_err(), "the endpoint call was delivered once");

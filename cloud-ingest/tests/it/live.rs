@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value as Json, json};
-use tokio::sync::mpsc;
 
 use crate::support::*;
 
@@ -126,30 +125,6 @@ async fn live_read_write_call_and_run_through_every_path() {
     drop(dev);
     edge.stop().await;
     cloud.stop().await;
-}
-
-/// A local HTTP receiver: every request's body.
-async fn receiver() -> (String, mpsc::UnboundedReceiver<(String, String)>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let tx = tx.clone();
-            async move {
-                let dev = headers
-                    .get("x-twinlake-device")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                let _ = tx.send((dev, body));
-                "ok"
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
-    (url, rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -359,3 +359,27 @@ pub fn logs() {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     }
 }
+
+/// A local webhook receiver: each request's `x-twinlake-device` header and body.
+pub async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let dev = headers
+                    .get("x-twinlake-device")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = tx.send((dev, body));
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, rx)
+}

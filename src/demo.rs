@@ -104,7 +104,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         id: GATEWAY.into(),
         token_sha256: sha256_hex(GATEWAY_TOKEN),
     }];
-    cc.edge.data_dir = dir.join("cloud").join("edge");
     cc.edge.listener.tcp = Some(args.cloud_devices);
     cc.edge.upload.url = lake_url.clone();
     cc.edge.buffer.max_age = Duration::from_secs(10);

@@ -40,7 +40,8 @@ impl Default for CloudConfig {
         let data_dir = PathBuf::from("twinlake-cloud-data");
         let mut edge = EdgeConfig {
             gateway: "cloud".into(),
-            data_dir: data_dir.join("edge"),
+            // Empty: `<data_dir>/edge`, whatever `data_dir` is set to (see `edge_config`).
+            data_dir: PathBuf::new(),
             ..EdgeConfig::default()
         };
         edge.metrics.addr = None;
@@ -65,6 +66,17 @@ impl CloudConfig {
         Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
+    /// The in-process pipeline's configuration, its directory resolved: an empty
+    /// `edge.data_dir` means `<data_dir>/edge`, so a cloud given only a `data_dir` (in a file
+    /// or in code) never shares its pipeline's WAL with another cloud.
+    pub fn edge_config(&self) -> EdgeConfig {
+        let mut edge = self.edge.clone();
+        if edge.data_dir.as_os_str().is_empty() {
+            edge.data_dir = self.data_dir.join("edge");
+        }
+        edge
+    }
+
     /// Parses and checks TOML text.
     pub fn parse(text: &str) -> Result<Self, Error> {
         let mut config: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
@@ -76,7 +88,7 @@ impl CloudConfig {
             config.edge.gateway = "cloud".into();
         }
         if config.edge.data_dir == stock.data_dir {
-            config.edge.data_dir = config.data_dir.join("edge");
+            config.edge.data_dir = PathBuf::new();
         }
         if !config.edge.link.url.is_empty() {
             return Err(Error::Config(
@@ -269,6 +281,12 @@ mod tests {
             assert!(e.contains(want), "{text:?}: {e}");
         }
         let defaults = CloudConfig::parse("").unwrap();
-        assert_eq!(defaults.edge.data_dir, defaults.data_dir.join("edge"));
+        assert_eq!(defaults.edge_config().data_dir, defaults.data_dir.join("edge"));
+        // Set in code, not a file: the pipeline follows the cloud's directory too.
+        let in_code = CloudConfig {
+            data_dir: "/srv/a".into(),
+            ..CloudConfig::default()
+        };
+        assert_eq!(in_code.edge_config().data_dir, PathBuf::from("/srv/a/edge"));
     }
 }

@@ -142,7 +142,7 @@ impl Cloud {
 
         let edge_enabled = cfg.edge.listener.tcp.is_some() || cfg.edge.listener.tls.is_some();
         let edge = if edge_enabled {
-            Some(EdgeAgent::start(cfg.edge.clone()).await?)
+            Some(EdgeAgent::start(cfg.edge_config()).await?)
         } else {
             None
         };

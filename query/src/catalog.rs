@@ -1,0 +1,399 @@
+//! The catalog of committed Parquet files: what each holds (table, partition, gateway and
+//! seal, time and device range, rows, bytes, columns), durable in redb.
+//!
+//! Files arrive from the gateway link (the edge announces each upload), from compaction
+//! (which swaps many files for one in a single transaction) or from a listing of the object
+//! store ([`rebuild`]), which recovers a lost catalog. Every entry is read from the file's
+//! own footer, so the catalog never trusts a description it was merely sent. A path that
+//! compaction replaced stays remembered ([`REPLACED`]): an edge that uploads it again after a
+//! crash does not bring its rows back twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+#[allow(deprecated)]
+use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::file::statistics::Statistics;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::QueryError;
+
+/// Object path (relative to the lake root) → [`FileMeta`] as JSON.
+pub const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("lake_files");
+/// Object path → the compacted file that replaced it.
+pub const REPLACED: TableDefinition<&str, &str> = TableDefinition::new("lake_replaced");
+
+/// One committed Parquet file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Relative to the lake root: `<table>/date=YYYY-MM-DD/hour=HH/<gateway>-<seal>.parquet`.
+    pub path: String,
+    pub table: String,
+    /// The hour partition's start, µs since the epoch.
+    pub hour_us: i64,
+    /// The gateway that wrote it and its seal number (`None` for compacted or foreign files).
+    pub gateway: Option<String>,
+    pub seal: Option<u64>,
+    pub min_time_us: i64,
+    pub max_time_us: i64,
+    pub device_min: Option<String>,
+    pub device_max: Option<String>,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Column names and types, in file order.
+    pub columns: Vec<(String, ColumnType)>,
+    /// 0 for an edge file, 1 for a compacted one.
+    #[serde(default)]
+    pub level: u8,
+}
+
+/// The column types of the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Time,
+    Tag,
+    Bool,
+    Int,
+    Float,
+    Str,
+    Bytes,
+}
+
+impl ColumnType {
+    /// The Arrow type a table column of this type has.
+    pub fn data_type(self) -> DataType {
+        match self {
+            ColumnType::Time => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnType::Tag => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Int => DataType::Int64,
+            ColumnType::Float => DataType::Float64,
+            ColumnType::Str => DataType::Utf8,
+            ColumnType::Bytes => DataType::Binary,
+        }
+    }
+
+    /// The lake type of an Arrow type; `None` for types the lake does not hold.
+    pub fn of(dt: &DataType) -> Option<Self> {
+        Some(match dt {
+            DataType::Timestamp(_, _) => ColumnType::Time,
+            DataType::Dictionary(_, v) if matches!(v.as_ref(), DataType::Utf8 | DataType::LargeUtf8) => ColumnType::Tag,
+            DataType::Boolean => ColumnType::Bool,
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => ColumnType::Int,
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => ColumnType::Int,
+            DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::UInt64 => ColumnType::Float,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::Str,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => ColumnType::Bytes,
+            _ => return None,
+        })
+    }
+
+    /// The type two files' columns of one name share: an int widens to a float, and any
+    /// other clash is read as text.
+    pub fn merge(self, other: Self) -> Self {
+        use ColumnType::*;
+        match (self, other) {
+            (a, b) if a == b => a,
+            (Int, Float) | (Float, Int) => Float,
+            (Tag, Str) | (Str, Tag) => Tag,
+            _ => Str,
+        }
+    }
+}
+
+/// A table's schema from its files' columns: `time`, `device`, `gateway` first, then the
+/// rest in the order they first appear.
+pub fn merge_schema<'a>(columns: impl IntoIterator<Item = &'a [(String, ColumnType)]>) -> SchemaRef {
+    let mut order: Vec<String> = vec!["time".into(), "device".into(), "gateway".into()];
+    let mut types: BTreeMap<String, ColumnType> = BTreeMap::from([
+        ("time".into(), ColumnType::Time),
+        ("device".into(), ColumnType::Tag),
+        ("gateway".into(), ColumnType::Tag),
+    ]);
+    for cols in columns {
+        for (name, ty) in cols {
+            match types.get_mut(name) {
+                Some(t) => *t = t.merge(*ty),
+                None => {
+                    order.push(name.clone());
+                    types.insert(name.clone(), *ty);
+                }
+            }
+        }
+    }
+    let fields: Vec<Field> = order
+        .iter()
+        .map(|n| {
+            let ty = types.get(n).copied().unwrap_or(ColumnType::Str);
+            Field::new(n, ty.data_type(), !matches!(n.as_str(), "time" | "device" | "gateway"))
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// An edge file's gateway and seal number.
+pub type Origin = (String, u64);
+
+/// What a lake path says: table, hour start, and (for an edge file) gateway and seal.
+pub fn parse_path(path: &str) -> Option<(String, i64, Option<Origin>)> {
+    let mut parts = path.rsplitn(4, '/');
+    let file = parts.next()?;
+    let hour = parts.next()?.strip_prefix("hour=")?;
+    let date = parts.next()?.strip_prefix("date=")?;
+    let table = parts.next()?;
+    if table.is_empty() || table.contains('/') {
+        return None;
+    }
+    let hour: i64 = hour.parse().ok().filter(|h| (0..24).contains(h))?;
+    let days = days_from_date(date)?;
+    let stem = file.strip_suffix(".parquet")?;
+    let origin = stem
+        .rsplit_once('-')
+        .and_then(|(gw, seq)| Some((gw.to_owned(), seq.parse::<u64>().ok()?)))
+        .filter(|(gw, _)| !gw.is_empty());
+    Some((table.to_owned(), (days * 24 + hour) * 3_600_000_000, origin))
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` date (proleptic Gregorian).
+fn days_from_date(s: &str) -> Option<i64> {
+    let mut it = s.split('-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let d: i64 = it.next()?.parse().ok()?;
+    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// Reads a file's footer and describes it. `path` is relative to the lake root `prefix`.
+pub async fn describe(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &ObjectPath,
+    path: &str,
+    size: Option<u64>,
+) -> Result<FileMeta, QueryError> {
+    let (table, hour_us, origin) =
+        parse_path(path).ok_or_else(|| QueryError::Catalog(format!("{path}: not a lake path")))?;
+    let full = full_path(prefix, path);
+    let size = match size {
+        Some(s) => s,
+        None => store.head(&full).await?.size,
+    };
+    // The object_store reader is deprecated upstream in favour of hand-written readers;
+    // it is still the plain way to read one footer.
+    #[allow(deprecated)]
+    let reader = ParquetObjectReader::new(store.clone(), full).with_file_size(size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let schema = builder.schema().clone();
+    let meta = builder.metadata().clone();
+    let mut columns = Vec::new();
+    for f in schema.fields() {
+        if let Some(t) = ColumnType::of(f.data_type()) {
+            columns.push((f.name().clone(), t));
+        }
+    }
+    let parquet_schema = meta.file_metadata().schema_descr();
+    let leaf = |name: &str| (0..parquet_schema.num_columns()).find(|i| parquet_schema.column(*i).name() == name);
+    let (time_idx, device_idx) = (leaf("time"), leaf("device"));
+    let (mut tmin, mut tmax) = (i64::MAX, i64::MIN);
+    let (mut dmin, mut dmax): (Option<String>, Option<String>) = (None, None);
+    let mut rows = 0u64;
+    for rg in meta.row_groups() {
+        rows += rg.num_rows().max(0) as u64;
+        if let Some(Statistics::Int64(s)) = time_idx.and_then(|i| rg.column(i).statistics()) {
+            if let (Some(a), Some(b)) = (s.min_opt(), s.max_opt()) {
+                tmin = tmin.min(*a);
+                tmax = tmax.max(*b);
+            }
+        } else if rg.num_rows() > 0 {
+            // Without statistics nothing can be pruned: the whole hour.
+            tmin = tmin.min(hour_us);
+            tmax = tmax.max(hour_us + 3_599_999_999);
+        }
+        if let Some(Statistics::ByteArray(s)) = device_idx.and_then(|i| rg.column(i).statistics()) {
+            if let (Some(a), Some(b)) = (s.min_opt(), s.max_opt()) {
+                let (a, b) = (String::from_utf8_lossy(a.data()), String::from_utf8_lossy(b.data()));
+                if dmin.as_deref().is_none_or(|m| *a < *m) {
+                    dmin = Some(a.into_owned());
+                }
+                if dmax.as_deref().is_none_or(|m| *b > *m) {
+                    dmax = Some(b.into_owned());
+                }
+            }
+        } else if rg.num_rows() > 0 {
+            dmin = Some(String::new());
+            dmax = Some("\u{10FFFF}".into());
+        }
+    }
+    if rows == 0 {
+        (tmin, tmax) = (hour_us, hour_us);
+    }
+    let compacted = meta
+        .file_metadata()
+        .key_value_metadata()
+        .is_some_and(|kv| kv.iter().any(|k| k.key == "twinlake.compacted"));
+    Ok(FileMeta {
+        path: path.to_owned(),
+        table,
+        hour_us,
+        gateway: origin.as_ref().filter(|_| !compacted).map(|o| o.0.clone()),
+        seal: origin.filter(|_| !compacted).map(|o| o.1),
+        min_time_us: tmin,
+        max_time_us: tmax,
+        device_min: dmin,
+        device_max: dmax,
+        rows,
+        bytes: size,
+        columns,
+        level: u8::from(compacted),
+    })
+}
+
+/// `prefix/path` as an object path.
+pub fn full_path(prefix: &ObjectPath, path: &str) -> ObjectPath {
+    let p = prefix.as_ref();
+    if p.is_empty() {
+        ObjectPath::from(path)
+    } else {
+        ObjectPath::from(format!("{p}/{path}"))
+    }
+}
+
+/// The durable half of the catalog.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    db: Arc<Database>,
+}
+
+impl Catalog {
+    /// Opens (creating) the catalog's tables in `db`.
+    pub fn open(db: Arc<Database>) -> Result<Self, QueryError> {
+        let tx = db.begin_write()?;
+        tx.open_table(FILES)?;
+        tx.open_table(REPLACED)?;
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Every file, and the set of replaced paths.
+    pub fn load(&self) -> Result<Vec<FileMeta>, QueryError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(FILES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            match serde_json::from_slice::<FileMeta>(v.value()) {
+                Ok(m) => out.push(m),
+                Err(e) => tracing::error!(path = k.value(), error = %e, "unreadable catalog entry; skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether compaction replaced `path`.
+    pub fn replaced(&self, path: &str) -> Result<bool, QueryError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(REPLACED)?.get(path)?.is_some())
+    }
+
+    /// Whether `path` is catalogued.
+    pub fn contains(&self, path: &str) -> Result<bool, QueryError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(FILES)?.get(path)?.is_some())
+    }
+
+    /// Records files and removes others, in one transaction; removed paths are remembered
+    /// as replaced by `replaced_by` when given.
+    pub fn swap(&self, add: &[FileMeta], remove: &[String], replaced_by: Option<&str>) -> Result<(), QueryError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut files = tx.open_table(FILES)?;
+            let mut replaced = tx.open_table(REPLACED)?;
+            for path in remove {
+                files.remove(path.as_str())?;
+                if let Some(by) = replaced_by {
+                    replaced.insert(path.as_str(), by)?;
+                }
+            }
+            for m in add {
+                let bytes = serde_json::to_vec(m).map_err(|e| QueryError::Catalog(e.to_string()))?;
+                files.insert(m.path.as_str(), bytes.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Lists the lake under `prefix` and describes every Parquet file not yet in `known`.
+pub async fn list_new(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &ObjectPath,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<Vec<FileMeta>, QueryError> {
+    let listed: Vec<_> = store.list(Some(prefix)).try_collect().await?;
+    let mut out = Vec::new();
+    for obj in listed {
+        let full = obj.location.as_ref();
+        let rel = full
+            .strip_prefix(prefix.as_ref())
+            .map(|r| r.trim_start_matches('/'))
+            .unwrap_or(full);
+        if !rel.ends_with(".parquet") || known(rel) || parse_path(rel).is_none() {
+            continue;
+        }
+        match describe(store, prefix, rel, Some(obj.size)).await {
+            Ok(m) => out.push(m),
+            Err(e) => tracing::warn!(path = rel, error = %e, "unreadable Parquet file in the lake; skipped"),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lake_paths_parse() {
+        let (t, h, o) = parse_path("temp/date=2024-02-29/hour=13/gw-1-00000000000000000042.parquet").unwrap();
+        assert_eq!(t, "temp");
+        assert_eq!(h, 1_709_211_600_000_000);
+        assert_eq!(o, Some(("gw-1".into(), 42)));
+        let (_, h, o) = parse_path("t/date=1969-12-31/hour=23/compacted-abc.parquet").unwrap();
+        assert_eq!(h, -3_600_000_000);
+        assert_eq!(o, None);
+        assert!(parse_path("t/date=2024-13-01/hour=00/g-1.parquet").is_none());
+        assert!(parse_path("a/b/date=2024-01-01/hour=00/g-1.parquet").is_none());
+        assert!(parse_path("date=2024-01-01/hour=00/g-1.parquet").is_none());
+        assert!(parse_path("t/date=2024-01-01/hour=24/g-1.parquet").is_none());
+    }
+
+    #[test]
+    fn schemas_merge_by_widening() {
+        let a = vec![("v".to_string(), ColumnType::Int), ("s".to_string(), ColumnType::Str)];
+        let b = vec![
+            ("v".to_string(), ColumnType::Float),
+            ("s".to_string(), ColumnType::Bool),
+        ];
+        let s = merge_schema([a.as_slice(), b.as_slice()]);
+        let names: Vec<_> = s.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["time", "device", "gateway", "v", "s"]);
+        assert_eq!(s.field(3).data_type(), &DataType::Float64);
+        assert_eq!(s.field(4).data_type(), &DataType::Utf8);
+    }
+}

@@ -1,0 +1,203 @@
+//! Compaction: the many small files edges write per hour partition are merged into one
+//! file sorted by (device, time), and the catalog swaps to it in one transaction. Queries
+//! planned before the swap keep reading the old files, which are deleted after a grace
+//! period. Query time stays flat as files accumulate (BENCHMARKS.md, "Query time against
+//! file count").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::file::metadata::KeyValue;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::QueryError;
+use crate::catalog::{self, FileMeta, merge_schema};
+use crate::lake::{Lake, conform};
+
+/// When partitions are compacted.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionConfig {
+    pub enabled: bool,
+    /// How often the compactor looks.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A partition with this many edge files is compacted even while its hour is current.
+    pub min_files: usize,
+    /// An hour partition this long past its end is compacted once it has two files.
+    #[serde(with = "humantime_serde")]
+    pub cold_after: Duration,
+    /// How long replaced files stay for queries already running.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// zstd level of compacted files.
+    pub zstd_level: i32,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(30),
+            min_files: 8,
+            cold_after: Duration::from_secs(600),
+            grace: Duration::from_secs(120),
+            zstd_level: 3,
+        }
+    }
+}
+
+/// The partitions due: `(table, hour)`.
+pub fn due(lake: &Lake, cfg: &CompactionConfig, now_us: i64) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for table in lake.table_names() {
+        let mut by_hour: std::collections::BTreeMap<i64, (usize, usize)> = Default::default();
+        for f in lake.files(&table) {
+            let e = by_hour.entry(f.hour_us).or_default();
+            e.0 += 1;
+            if f.level == 0 {
+                e.1 += 1;
+            }
+        }
+        for (hour, (all, edge)) in by_hour {
+            let ended_ago = now_us - (hour + 3_600_000_000);
+            let cold = ended_ago > cfg.cold_after.as_micros() as i64;
+            if all > 1 && (edge >= cfg.min_files || (cold && edge > 0)) {
+                out.push((table.clone(), hour));
+            }
+        }
+    }
+    out
+}
+
+async fn read(lake: &Lake, f: &FileMeta) -> Result<Vec<RecordBatch>, QueryError> {
+    let (store, prefix) = lake.store();
+    let path = catalog::full_path(prefix, &f.path);
+    #[allow(deprecated)]
+    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store.clone(), path).with_file_size(f.bytes);
+    let stream = parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder::new(reader)
+        .await?
+        .with_batch_size(64 * 1024)
+        .build()?;
+    Ok(stream.try_collect().await?)
+}
+
+/// Merges every file of `table`'s `hour` partition into one. Returns the new file, or
+/// `None` when there was nothing to merge.
+pub async fn compact_partition(
+    lake: &Arc<Lake>,
+    table: &str,
+    hour_us: i64,
+    cfg: &CompactionConfig,
+) -> Result<Option<FileMeta>, QueryError> {
+    let files: Vec<_> = lake.files(table).into_iter().filter(|f| f.hour_us == hour_us).collect();
+    if files.len() < 2 {
+        return Ok(None);
+    }
+    let schema = merge_schema(files.iter().map(|f| f.columns.as_slice()));
+    let mut batches = Vec::new();
+    for f in &files {
+        for b in read(lake, f).await? {
+            batches.push(conform(&b, &schema)?);
+        }
+    }
+    let all = concat_batches(&schema, &batches)?;
+    drop(batches);
+    let sorted = if all.num_rows() > 0 {
+        let sort: Vec<SortColumn> = ["device", "time"]
+            .iter()
+            .filter_map(|c| all.column_by_name(c))
+            .map(|c| SortColumn {
+                values: c.clone(),
+                options: None,
+            })
+            .collect();
+        let idx = lexsort_to_indices(&sort, None)?;
+        take_record_batch(&all, &idx)?
+    } else {
+        all
+    };
+    let mut section = twinlake_edge::config::ParquetSection {
+        zstd_level: cfg.zstd_level,
+        ..Default::default()
+    };
+    section.row_group_rows = section.row_group_rows.max(64 * 1024);
+    let props = twinlake_edge::outbox::writer_properties(&section)
+        .map_err(|e| QueryError::Catalog(format!("writer settings: {e}")))?
+        .into_builder()
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "twinlake.compacted".into(),
+            files.len().to_string(),
+        )]))
+        .build();
+    let mut bytes = Vec::new();
+    {
+        let mut w = AsyncArrowWriter::try_new(&mut bytes, sorted.schema(), Some(props))?;
+        w.write(&sorted).await?;
+        w.close().await?;
+    }
+    let first = files.first().map(|f| f.path.clone()).unwrap_or_default();
+    let dir = first.rsplit_once('/').map(|(d, _)| d.to_owned()).unwrap_or_default();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default();
+    let rel = format!("{dir}/compacted-{stamp}.parquet");
+    let (store, prefix) = lake.store();
+    let size = bytes.len() as u64;
+    store
+        .put(&catalog::full_path(prefix, &rel), bytes::Bytes::from(bytes).into())
+        .await?;
+    let meta = catalog::describe(store, prefix, &rel, Some(size)).await?;
+    let removed: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    lake.swap(table, meta.clone(), &removed)?;
+    info!(
+        table,
+        files = files.len(),
+        rows = meta.rows,
+        bytes = meta.bytes,
+        path = %rel,
+        "compacted a partition"
+    );
+    // Delete the old files once running queries are done with them.
+    let store = store.clone();
+    let prefix = prefix.clone();
+    let grace = cfg.grace;
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        for p in removed {
+            if let Err(e) = store.delete(&catalog::full_path(&prefix, &p)).await {
+                warn!(path = %p, error = %e, "cannot delete a compacted file");
+            }
+        }
+    });
+    Ok(Some(meta))
+}
+
+/// Compacts due partitions every `cfg.interval` until `stop` turns true.
+pub async fn run(lake: Arc<Lake>, cfg: CompactionConfig, mut stop: watch::Receiver<bool>) {
+    if !cfg.enabled {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.interval) => {}
+            _ = stop.changed() => return,
+        }
+        let now = crate::now_us();
+        for (table, hour) in due(&lake, &cfg, now) {
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = compact_partition(&lake, &table, hour, &cfg).await {
+                warn!(%table, hour, error = %e, "compaction failed; will retry");
+            }
+        }
+    }
+}

@@ -1,0 +1,759 @@
+//! Gap filling, as InfluxDB 3 does it:
+//!
+//! ```sql
+//! SELECT date_bin_gapfill(INTERVAL '1 minute', time) AS minute, device,
+//!        locf(avg(temp)) AS temp, interpolate(max(hum)) AS hum, count(*) AS n
+//! FROM climate
+//! WHERE time >= '2024-01-01T00:00:00Z' AND time < '2024-01-01T01:00:00Z'
+//! GROUP BY minute, device
+//! ```
+//!
+//! Every bucket of the WHERE clause's time range appears for every group; a bucket with no
+//! rows has nulls, or the last value carried forward (`locf`), or the value linearly
+//! interpolated between its neighbours (`interpolate`). The lower bound is required, the
+//! upper one defaults to `now()`.
+//!
+//! An analyzer rule ([`GapFillRule`]) turns `date_bin_gapfill` in a GROUP BY into `date_bin`
+//! and puts a [`GapFill`] node over the aggregate; the projection above loses its
+//! `locf`/`interpolate` wrappers, which become the node's fill strategies. [`GapFillExec`]
+//! fills the aggregate's (small) output in one pass.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, UInt32Array, new_null_array};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::{DFSchema, DFSchemaRef, DataFusionError, Result, ScalarValue, plan_err};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    Aggregate, BinaryExpr, Expr, Extension, LogicalPlan, Operator, Projection, UserDefinedLogicalNode,
+    UserDefinedLogicalNodeCore,
+};
+use datafusion::optimizer::AnalyzerRule;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+
+pub const DATE_BIN_GAPFILL: &str = "date_bin_gapfill";
+pub const LOCF: &str = "locf";
+pub const INTERPOLATE: &str = "interpolate";
+
+/// Output rows one gap fill may make at most.
+pub const MAX_ROWS: usize = 10_000_000;
+
+/// How a column's empty buckets are filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub enum Fill {
+    Null,
+    Locf,
+    Interpolate,
+}
+
+/// The logical node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GapFill {
+    input: LogicalPlan,
+    schema: DFSchemaRef,
+    /// The bucket column and the group key columns, by index in the input.
+    time: usize,
+    keys: Vec<usize>,
+    /// Columns filled other than with nulls.
+    fills: Vec<(usize, Fill)>,
+    stride: Expr,
+    origin: Option<Expr>,
+    lo: Expr,
+    hi: Expr,
+    hi_inclusive: bool,
+}
+
+impl PartialOrd for GapFill {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        (self == other).then_some(std::cmp::Ordering::Equal)
+    }
+}
+
+impl GapFill {
+    fn exprs(&self) -> Vec<Expr> {
+        let mut v = vec![self.stride.clone(), self.lo.clone(), self.hi.clone()];
+        v.extend(self.origin.clone());
+        v
+    }
+}
+
+/// The input schema with every column nullable but the bucket and the keys.
+fn nullable_schema(input: &DFSchema, time: usize, keys: &[usize]) -> Result<DFSchemaRef> {
+    let fields = input
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            let nullable = f.is_nullable() || (i != time && !keys.contains(&i));
+            (q.cloned(), Arc::new(f.as_ref().clone().with_nullable(nullable)))
+        })
+        .collect();
+    Ok(Arc::new(DFSchema::new_with_metadata(fields, input.metadata().clone())?))
+}
+
+impl UserDefinedLogicalNodeCore for GapFill {
+    fn name(&self) -> &str {
+        "GapFill"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        self.exprs()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "GapFill: stride={}, range=[{}, {}{}, fills={:?}",
+            self.stride,
+            self.lo,
+            self.hi,
+            if self.hi_inclusive { "]" } else { ")" },
+            self.fills
+        )
+    }
+
+    fn with_exprs_and_inputs(&self, exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let mut exprs = exprs.into_iter();
+        let mut inputs = inputs.into_iter();
+        let (Some(stride), Some(lo), Some(hi), Some(input)) = (exprs.next(), exprs.next(), exprs.next(), inputs.next())
+        else {
+            return plan_err!("GapFill: wrong number of expressions or inputs");
+        };
+        Ok(Self {
+            schema: nullable_schema(input.schema(), self.time, &self.keys)?,
+            input,
+            stride,
+            lo,
+            hi,
+            origin: exprs.next(),
+            ..self.clone()
+        })
+    }
+}
+
+fn gapfill_call(e: &Expr) -> Option<&ScalarFunction> {
+    match e {
+        Expr::ScalarFunction(f) if f.func.name() == DATE_BIN_GAPFILL => Some(f),
+        Expr::Alias(a) => gapfill_call(&a.expr),
+        _ => None,
+    }
+}
+
+fn has_gapfill(agg: &Aggregate) -> bool {
+    agg.group_expr.iter().any(|e| gapfill_call(e).is_some())
+}
+
+/// The analyzer rule that plans gap filling.
+#[derive(Debug, Default)]
+pub struct GapFillRule;
+
+impl AnalyzerRule for GapFillRule {
+    fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> {
+        let plan = plan.transform_up_with_subqueries(|n| rewrite(n, config))?.data;
+        let mut misplaced = false;
+        plan.apply_with_subqueries(|n| {
+            if let LogicalPlan::Aggregate(a) = n
+                && has_gapfill(a)
+            {
+                misplaced = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if misplaced {
+            return plan_err!("date_bin_gapfill must be a GROUP BY key of a plain SELECT (no HAVING)");
+        }
+        Ok(plan)
+    }
+
+    fn name(&self) -> &str {
+        "gap_fill"
+    }
+}
+
+/// The time bounds the filters under `plan` put on column `time`.
+fn time_bounds(plan: &LogicalPlan, time: &str) -> (Option<Expr>, Option<(Expr, bool)>) {
+    let mut lo = None;
+    let mut hi = None;
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Filter(f) => {
+                for c in split_conjunction(&f.predicate) {
+                    bound(c, time, &mut lo, &mut hi);
+                }
+                node = &f.input;
+            }
+            LogicalPlan::Projection(p) => node = &p.input,
+            LogicalPlan::SubqueryAlias(s) => node = &s.input,
+            LogicalPlan::TableScan(t) => {
+                for c in &t.filters {
+                    bound(c, time, &mut lo, &mut hi);
+                }
+                break;
+            }
+            _ => break,
+        }
+    }
+    (lo, hi)
+}
+
+fn is_time_col(e: &Expr, time: &str) -> bool {
+    match e {
+        Expr::Column(c) => c.name == time,
+        Expr::Cast(c) => is_time_col(&c.expr, time),
+        _ => false,
+    }
+}
+
+fn bound(e: &Expr, time: &str, lo: &mut Option<Expr>, hi: &mut Option<(Expr, bool)>) {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (other, op) = if is_time_col(left, time) && right.column_refs().is_empty() {
+                (right.as_ref(), *op)
+            } else if is_time_col(right, time) && left.column_refs().is_empty() {
+                match op.swap() {
+                    Some(o) => (left.as_ref(), o),
+                    None => return,
+                }
+            } else {
+                return;
+            };
+            match op {
+                Operator::Gt | Operator::GtEq => *lo = Some(other.clone()),
+                Operator::Lt => *hi = Some((other.clone(), false)),
+                Operator::LtEq => *hi = Some((other.clone(), true)),
+                Operator::Eq => {
+                    *lo = Some(other.clone());
+                    *hi = Some((other.clone(), true));
+                }
+                _ => {}
+            }
+        }
+        Expr::Between(b)
+            if !b.negated
+                && is_time_col(&b.expr, time)
+                && b.low.column_refs().is_empty()
+                && b.high.column_refs().is_empty() =>
+        {
+            *lo = Some(b.low.as_ref().clone());
+            *hi = Some((b.high.as_ref().clone(), true));
+        }
+        _ => {}
+    }
+}
+
+fn rewrite(node: LogicalPlan, config: &ConfigOptions) -> Result<Transformed<LogicalPlan>> {
+    let LogicalPlan::Projection(proj) = &node else {
+        return Ok(Transformed::no(node));
+    };
+    let LogicalPlan::Aggregate(agg) = proj.input.as_ref() else {
+        return Ok(Transformed::no(node));
+    };
+    let Some(gi) = agg.group_expr.iter().position(|e| gapfill_call(e).is_some()) else {
+        return Ok(Transformed::no(node));
+    };
+    let call = agg
+        .group_expr
+        .get(gi)
+        .and_then(gapfill_call)
+        .cloned()
+        .ok_or_else(|| DataFusionError::Internal("gapfill".into()))?;
+    let mut args = call.args.clone().into_iter();
+    let (Some(stride), Some(time_expr)) = (args.next(), args.next()) else {
+        return plan_err!("date_bin_gapfill(interval, time[, origin]) takes two or three arguments");
+    };
+    let origin = args.next();
+    let Some(time_col) = time_expr.column_refs().into_iter().next().map(|c| c.name.clone()) else {
+        return plan_err!("date_bin_gapfill: the second argument must be a time column");
+    };
+    let (lo, hi) = time_bounds(&agg.input, &time_col);
+    let Some(lo) = lo else {
+        return plan_err!(
+            "date_bin_gapfill needs a lower bound on {time_col} in WHERE, such as {time_col} >= now() - interval '1 hour'"
+        );
+    };
+    let (hi, hi_inclusive) = hi.unwrap_or_else(|| (datafusion::functions::datetime::now(config).call(vec![]), true));
+
+    // date_bin under the name the projection refers to.
+    let mut group_expr = agg.group_expr.clone();
+    let binned = datafusion::functions::datetime::date_bin().call(call.args.clone());
+    if let Some(g) = group_expr.get_mut(gi) {
+        let old_name = g.schema_name().to_string();
+        *g = binned.alias(old_name);
+    }
+    let new_agg = LogicalPlan::Aggregate(Aggregate::try_new(
+        agg.input.clone(),
+        group_expr,
+        agg.aggr_expr.clone(),
+    )?);
+    let agg_schema = new_agg.schema().clone();
+    let n_groups = agg.group_expr.len();
+    let keys: Vec<usize> = (0..n_groups).filter(|i| *i != gi).collect();
+
+    let mut fills = Vec::new();
+    let mut exprs = Vec::with_capacity(proj.expr.len());
+    for e in &proj.expr {
+        let (inner, name) = match e {
+            Expr::Alias(a) => (a.expr.as_ref(), a.name.clone()),
+            other => (other, other.schema_name().to_string()),
+        };
+        let fill = match inner {
+            Expr::ScalarFunction(f) if f.func.name() == LOCF => Some(Fill::Locf),
+            Expr::ScalarFunction(f) if f.func.name() == INTERPOLATE => Some(Fill::Interpolate),
+            _ => None,
+        };
+        let (Some(fill), Expr::ScalarFunction(f)) = (fill, inner) else {
+            exprs.push(e.clone());
+            continue;
+        };
+        let Some(Expr::Column(c)) = f.args.first() else {
+            return plan_err!(
+                "{}() takes an aggregate of the query, such as locf(avg(temp))",
+                f.func.name()
+            );
+        };
+        let idx = agg_schema.index_of_column(c)?;
+        if idx < n_groups {
+            return plan_err!("{}() fills an aggregate, not a GROUP BY key", f.func.name());
+        }
+        fills.push((idx, fill));
+        exprs.push(Expr::Column(c.clone()).alias(name));
+    }
+    let gap = GapFill {
+        schema: nullable_schema(&agg_schema, gi, &keys)?,
+        input: new_agg,
+        time: gi,
+        keys,
+        fills,
+        stride,
+        origin,
+        lo,
+        hi,
+        hi_inclusive,
+    };
+    let filled = LogicalPlan::Extension(Extension { node: Arc::new(gap) });
+    Ok(Transformed::yes(LogicalPlan::Projection(Projection::try_new(
+        exprs,
+        Arc::new(filled),
+    )?)))
+}
+
+/// Plans [`GapFill`] nodes.
+#[derive(Debug, Default)]
+pub struct GapFillPlanner;
+
+#[async_trait::async_trait]
+impl ExtensionPlanner for GapFillPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn datafusion::catalog::Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(g) = node.as_any().downcast_ref::<GapFill>() else {
+            return Ok(None);
+        };
+        let (Some(input), Some(logical)) = (physical_inputs.first(), logical_inputs.first()) else {
+            return plan_err!("GapFill needs one input");
+        };
+        let schema = logical.schema();
+        let phys = |e: &Expr| planner.create_physical_expr(e, schema, session, planning_ctx);
+        let out_schema: SchemaRef = Arc::new(g.schema.as_arrow().clone());
+        Ok(Some(Arc::new(GapFillExec {
+            input: Arc::new(CoalescePartitionsExec::new(input.clone())),
+            properties: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(out_schema.clone()),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Final,
+                Boundedness::Bounded,
+            )),
+            schema: out_schema,
+            time: g.time,
+            keys: g.keys.clone(),
+            fills: g.fills.clone(),
+            stride: phys(&g.stride)?,
+            origin: g.origin.as_ref().map(phys).transpose()?,
+            lo: phys(&g.lo)?,
+            hi: phys(&g.hi)?,
+            hi_inclusive: g.hi_inclusive,
+        })))
+    }
+}
+
+/// Fills the gaps of its input (collected whole: an aggregate's output).
+#[derive(Debug)]
+pub struct GapFillExec {
+    input: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+    schema: SchemaRef,
+    time: usize,
+    keys: Vec<usize>,
+    fills: Vec<(usize, Fill)>,
+    stride: Arc<dyn PhysicalExpr>,
+    origin: Option<Arc<dyn PhysicalExpr>>,
+    lo: Arc<dyn PhysicalExpr>,
+    hi: Arc<dyn PhysicalExpr>,
+    hi_inclusive: bool,
+}
+
+impl DisplayAs for GapFillExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "GapFillExec: fills={:?}", self.fills)
+    }
+}
+
+impl ExecutionPlan for GapFillExec {
+    fn name(&self) -> &'static str {
+        "GapFillExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for e in [&self.stride, &self.lo, &self.hi]
+            .into_iter()
+            .chain(self.origin.as_ref())
+        {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(input) = children.into_iter().next() else {
+            return plan_err!("GapFillExec needs one input");
+        };
+        Ok(Arc::new(GapFillExec {
+            input,
+            properties: self.properties.clone(),
+            schema: self.schema.clone(),
+            time: self.time,
+            keys: self.keys.clone(),
+            fills: self.fills.clone(),
+            stride: self.stride.clone(),
+            origin: self.origin.clone(),
+            lo: self.lo.clone(),
+            hi: self.hi.clone(),
+            hi_inclusive: self.hi_inclusive,
+        }))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return plan_err!("GapFillExec has one partition");
+        }
+        let input = self.input.clone();
+        let schema = self.schema.clone();
+        let empty = RecordBatch::new_empty(input.schema());
+        let scalar = |e: &Arc<dyn PhysicalExpr>| -> Result<ScalarValue> {
+            match e.evaluate(&empty)? {
+                datafusion::logical_expr::ColumnarValue::Scalar(s) => Ok(s),
+                datafusion::logical_expr::ColumnarValue::Array(a) if a.len() == 1 => ScalarValue::try_from_array(&a, 0),
+                _ => plan_err!("gap filling: the time range and interval must be constants"),
+            }
+        };
+        let params = Params {
+            time: self.time,
+            keys: self.keys.clone(),
+            fills: self.fills.clone(),
+            stride: scalar(&self.stride)?,
+            origin: self.origin.as_ref().map(scalar).transpose()?,
+            lo: scalar(&self.lo)?,
+            hi: scalar(&self.hi)?,
+            hi_inclusive: self.hi_inclusive,
+        };
+        let out_schema = schema.clone();
+        let fut = async move {
+            let batches = datafusion::physical_plan::collect(input, context).await?;
+            let input_schema = batches.first().map(|b| b.schema());
+            let batch = match input_schema {
+                Some(s) => concat_batches(&s, &batches)?,
+                None => RecordBatch::new_empty(Arc::new(Schema::new(
+                    out_schema.fields().iter().cloned().collect::<Vec<_>>(),
+                ))),
+            };
+            fill(&batch, &params, &out_schema)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(fut),
+        )))
+    }
+}
+
+struct Params {
+    time: usize,
+    keys: Vec<usize>,
+    fills: Vec<(usize, Fill)>,
+    stride: ScalarValue,
+    origin: Option<ScalarValue>,
+    lo: ScalarValue,
+    hi: ScalarValue,
+    hi_inclusive: bool,
+}
+
+fn unit_ns(u: TimeUnit) -> i64 {
+    match u {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1000,
+        TimeUnit::Nanosecond => 1,
+    }
+}
+
+/// A timestamp scalar in `unit`.
+fn to_unit(v: &ScalarValue, unit: TimeUnit) -> Result<i64> {
+    let ns: i128 = match v {
+        ScalarValue::TimestampSecond(Some(x), _) => i128::from(*x) * 1_000_000_000,
+        ScalarValue::TimestampMillisecond(Some(x), _) => i128::from(*x) * 1_000_000,
+        ScalarValue::TimestampMicrosecond(Some(x), _) => i128::from(*x) * 1000,
+        ScalarValue::TimestampNanosecond(Some(x), _) => i128::from(*x),
+        ScalarValue::Utf8(Some(s)) => {
+            let t = ScalarValue::Utf8(Some(s.clone())).cast_to(&DataType::Timestamp(TimeUnit::Nanosecond, None))?;
+            return to_unit(&t, unit);
+        }
+        other => return plan_err!("gap filling: {other} is not a time"),
+    };
+    Ok((ns.div_euclid(i128::from(unit_ns(unit)))) as i64)
+}
+
+fn stride_in(v: &ScalarValue, unit: TimeUnit) -> Result<i64> {
+    let ns: i128 = match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            i128::from(i.days) * 86_400_000_000_000 + i128::from(i.nanoseconds)
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            i128::from(i.days) * 86_400_000_000_000 + i128::from(i.milliseconds) * 1_000_000
+        }
+        ScalarValue::DurationSecond(Some(x)) => i128::from(*x) * 1_000_000_000,
+        ScalarValue::DurationMillisecond(Some(x)) => i128::from(*x) * 1_000_000,
+        ScalarValue::DurationMicrosecond(Some(x)) => i128::from(*x) * 1000,
+        ScalarValue::DurationNanosecond(Some(x)) => i128::from(*x),
+        other => return plan_err!("gap filling needs a fixed interval (no months or years), not {other}"),
+    };
+    let s = ns / i128::from(unit_ns(unit));
+    if s <= 0 {
+        return plan_err!("gap filling needs a positive interval");
+    }
+    Ok(s as i64)
+}
+
+/// One output row: the input row it copies (if any) and its bucket time.
+#[derive(Clone, Copy)]
+struct Out {
+    src: Option<u32>,
+    time: Option<i64>,
+    group_row: u32,
+}
+
+fn fill(batch: &RecordBatch, p: &Params, out_schema: &SchemaRef) -> Result<RecordBatch> {
+    let time_field = out_schema.field(p.time);
+    let DataType::Timestamp(unit, tz) = time_field.data_type() else {
+        return plan_err!("date_bin_gapfill: the bucket column is not a timestamp");
+    };
+    let unit = *unit;
+    let stride = stride_in(&p.stride, unit)?;
+    let origin = p.origin.as_ref().map(|o| to_unit(o, unit)).transpose()?.unwrap_or(0);
+    let bin = |t: i64| origin + (t - origin).div_euclid(stride) * stride;
+    let first = bin(to_unit(&p.lo, unit)?);
+    let hi = to_unit(&p.hi, unit)?;
+    let last = bin(if p.hi_inclusive { hi } else { hi - 1 });
+    let buckets = if last < first {
+        0
+    } else {
+        ((last - first) / stride + 1) as usize
+    };
+
+    // Sort by keys, then time.
+    let time_col = arrow::compute::cast(batch.column(p.time), &DataType::Int64)?;
+    let mut sort: Vec<SortColumn> = p
+        .keys
+        .iter()
+        .map(|k| SortColumn {
+            values: batch.column(*k).clone(),
+            options: None,
+        })
+        .collect();
+    sort.push(SortColumn {
+        values: time_col.clone(),
+        options: None,
+    });
+    let order = if batch.num_rows() > 0 {
+        lexsort_to_indices(&sort, None)?
+    } else {
+        UInt32Array::from(Vec::<u32>::new())
+    };
+    let times = take(&time_col, &order, None)?;
+    let times = times
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| DataFusionError::Internal("gapfill: time as int64".into()))?;
+    let key_cols: Vec<ArrayRef> = p
+        .keys
+        .iter()
+        .map(|k| take(batch.column(*k), &order, None))
+        .collect::<std::result::Result<_, _>>()?;
+    let converter = RowConverter::new(key_cols.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
+    let rows = converter.convert_columns(&key_cols)?;
+
+    // Group boundaries in sorted order.
+    let n = batch.num_rows();
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for i in 1..=n {
+        if i == n || (!key_cols.is_empty() && rows.row(i) != rows.row(i - 1)) {
+            if i > start {
+                groups.push((start, i));
+            }
+            start = i;
+        }
+    }
+    if groups.len().saturating_mul(buckets) > MAX_ROWS {
+        return plan_err!(
+            "gap filling would make {} groups x {buckets} buckets, more than {MAX_ROWS} rows: use a larger interval or a shorter range",
+            groups.len()
+        );
+    }
+
+    let mut out: Vec<Out> = Vec::with_capacity(groups.len() * buckets + n);
+    let mut group_of: Vec<(usize, usize)> = Vec::with_capacity(groups.len());
+    for &(s, e) in &groups {
+        let begin = out.len();
+        let mut j = s;
+        let row = |j: usize| Out {
+            src: Some(j as u32),
+            time: times.is_valid(j).then(|| times.value(j)),
+            group_row: s as u32,
+        };
+        for b in 0..buckets {
+            let t = first + b as i64 * stride;
+            while j < e && (times.is_null(j) || times.value(j) < t) {
+                out.push(row(j));
+                j += 1;
+            }
+            if j < e && times.is_valid(j) && times.value(j) == t {
+                out.push(row(j));
+                j += 1;
+            } else {
+                out.push(Out {
+                    src: None,
+                    time: Some(t),
+                    group_row: s as u32,
+                });
+            }
+        }
+        while j < e {
+            out.push(row(j));
+            j += 1;
+        }
+        group_of.push((begin, out.len()));
+    }
+
+    let sorted = |c: usize| take(batch.column(c), &order, None);
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(out_schema.fields().len());
+    for (c, field) in out_schema.fields().iter().enumerate() {
+        let col: ArrayRef = if c == p.time {
+            let t = Int64Array::from(out.iter().map(|o| o.time).collect::<Vec<_>>());
+            arrow::compute::cast(&t, &DataType::Timestamp(unit, tz.clone()))?
+        } else if p.keys.contains(&c) {
+            let idx = UInt32Array::from(out.iter().map(|o| o.group_row).collect::<Vec<_>>());
+            take(&sorted(c)?, &idx, None)?
+        } else if n == 0 {
+            new_null_array(field.data_type(), out.len())
+        } else {
+            let values = sorted(c)?;
+            let how = p.fills.iter().find(|(i, _)| *i == c).map_or(Fill::Null, |(_, f)| *f);
+            match how {
+                Fill::Null => take(
+                    &values,
+                    &UInt32Array::from(out.iter().map(|o| o.src).collect::<Vec<_>>()),
+                    None,
+                )?,
+                Fill::Locf => {
+                    let mut idx = Vec::with_capacity(out.len());
+                    for &(b, e) in &group_of {
+                        let mut last = None;
+                        for o in out.get(b..e).unwrap_or_default() {
+                            if let Some(j) = o.src.filter(|j| values.is_valid(*j as usize)) {
+                                last = Some(j);
+                            }
+                            idx.push(o.src.filter(|j| values.is_valid(*j as usize)).or(last));
+                        }
+                    }
+                    take(&values, &UInt32Array::from(idx), None)?
+                }
+                Fill::Interpolate => {
+                    let f = arrow::compute::cast(&values, &DataType::Float64)?;
+                    let f = f
+                        .as_any()
+                        .downcast_ref::<Float64Array>()
+                        .ok_or_else(|| DataFusionError::Internal("interpolate: as float".into()))?;
+                    let mut vals: Vec<Option<f64>> = out
+                        .iter()
+                        .map(|o| o.src.filter(|j| f.is_valid(*j as usize)).map(|j| f.value(j as usize)))
+                        .collect();
+                    for &(b, e) in &group_of {
+                        // Known points of the group; the rows between two are interpolated.
+                        let known: Vec<(usize, i64, f64)> = (b..e)
+                            .filter_map(|k| Some((k, out.get(k)?.time?, (*vals.get(k)?)?)))
+                            .collect();
+                        for w in known.windows(2) {
+                            let &[(k0, t0, v0), (k1, t1, v1)] = w else { continue };
+                            for q in k0 + 1..k1 {
+                                if let (Some(slot), Some(tq)) = (vals.get_mut(q), out.get(q).and_then(|o| o.time)) {
+                                    *slot = Some(v0 + (v1 - v0) * (tq - t0) as f64 / (t1 - t0).max(1) as f64);
+                                }
+                            }
+                        }
+                    }
+                    let filled: ArrayRef = Arc::new(Float64Array::from(vals));
+                    arrow::compute::cast(&filled, field.data_type())?
+                }
+            }
+        };
+        columns.push(col);
+    }
+    let schema = Arc::new(Schema::new(
+        out_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect::<Vec<Field>>(),
+    ));
+    Ok(RecordBatch::try_new(schema, columns)?)
+}

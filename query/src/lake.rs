@@ -1,0 +1,720 @@
+//! The lake as DataFusion sees it: committed files from the catalog plus fresh rows that
+//! edges sent but have not committed yet, one table per resource or bucket.
+//!
+//! **Exactly once.** An edge sends each row it made durable together with its WAL segment
+//! number, and later announces the Parquet file that holds it, named
+//! `<table>/date=…/hour=…/<gateway>-<seal>.parquet`. A seal takes every WAL segment up to its
+//! number, so when the file for `(gateway, seal, table, hour)` is catalogued, the fresh rows
+//! of that gateway, table and hour from segments `<= seal` are dropped, under the same lock
+//! that query snapshots take. A query therefore sees a row either fresh or in its file,
+//! never both and never neither (while the link is up).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use twinlake_edge::buffer::{Buffer, Schemas};
+use twinlake_edge::model::{FieldType, flatten};
+use twinlake_sdk::pson::ValueRef;
+
+use crate::QueryError;
+use crate::catalog::{self, Catalog, ColumnType, FileMeta, merge_schema};
+
+const HOUR_US: i64 = 3_600_000_000;
+
+/// One fresh row as an edge sent it.
+#[derive(Debug, Clone)]
+pub struct FreshRow<'a> {
+    pub time_us: i64,
+    pub device: &'a str,
+    /// The PSON payload.
+    pub payload: ValueRef<'a>,
+}
+
+/// Bounds on fresh rows.
+#[derive(Debug, Clone, Copy)]
+pub struct FreshLimits {
+    /// Rows held at most; past it the oldest chunks go (counted).
+    pub max_rows: usize,
+    /// Fresh rows whose file never came (a seal the edge dropped) go after this long.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for FreshLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: 5_000_000,
+            max_age: std::time::Duration::from_secs(3 * 3600),
+        }
+    }
+}
+
+/// Fresh rows of one table from one gateway's WAL segment and hour.
+#[derive(Debug, Clone)]
+struct Chunk {
+    gateway: Arc<str>,
+    segment: u64,
+    hour_us: i64,
+    min_us: i64,
+    max_us: i64,
+    batch: RecordBatch,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct TableState {
+    files: BTreeMap<String, Arc<FileMeta>>,
+    /// Rows still arriving, per (gateway, segment): sealed into chunks when a query looks.
+    open: HashMap<(Arc<str>, u64), (Buffer, Instant)>,
+    chunks: Vec<Chunk>,
+    fresh_rows: usize,
+    /// Columns of fresh rows, in arrival order.
+    fresh_columns: Vec<(String, ColumnType)>,
+    schema: Option<SchemaRef>,
+}
+
+impl TableState {
+    fn schema(&mut self) -> SchemaRef {
+        if let Some(s) = &self.schema {
+            return s.clone();
+        }
+        let s = merge_schema(
+            self.files
+                .values()
+                .map(|f| f.columns.as_slice())
+                .chain(std::iter::once(self.fresh_columns.as_slice())),
+        );
+        self.schema = Some(s.clone());
+        s
+    }
+
+    /// Seals rows still open into chunks.
+    fn seal_open(&mut self) {
+        for ((gateway, segment), (mut buf, at)) in self.open.drain() {
+            let Ok(tables) = buf.seal() else { continue };
+            for t in tables {
+                for (hour_us, batch) in t.hours {
+                    let (min_us, max_us) = time_range(&batch);
+                    self.chunks.push(Chunk {
+                        gateway: gateway.clone(),
+                        segment,
+                        hour_us,
+                        min_us,
+                        max_us,
+                        batch,
+                        at,
+                    });
+                }
+            }
+        }
+    }
+
+    fn drop_chunks(&mut self, keep: impl Fn(&Chunk) -> bool) -> usize {
+        let before = self.fresh_rows;
+        self.chunks.retain(|c| keep(c));
+        self.fresh_rows = self.chunks.iter().map(|c| c.batch.num_rows()).sum::<usize>()
+            + self.open.values().map(|(b, _)| b.rows()).sum::<usize>();
+        before.saturating_sub(self.fresh_rows)
+    }
+}
+
+fn time_range(batch: &RecordBatch) -> (i64, i64) {
+    use arrow::array::TimestampMicrosecondArray;
+    let Some(t) = batch.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+        return (i64::MIN, i64::MAX);
+    };
+    (
+        arrow::compute::min(t).unwrap_or(i64::MIN),
+        arrow::compute::max(t).unwrap_or(i64::MAX),
+    )
+}
+
+fn column_type(t: FieldType) -> ColumnType {
+    match t {
+        FieldType::Bool => ColumnType::Bool,
+        FieldType::Int => ColumnType::Int,
+        FieldType::Float => ColumnType::Float,
+        FieldType::Str => ColumnType::Str,
+        FieldType::Bytes => ColumnType::Bytes,
+    }
+}
+
+/// Counters the lake keeps.
+#[derive(Debug, Default)]
+pub struct LakeCounters {
+    pub fresh_rows_in: std::sync::atomic::AtomicU64,
+    pub fresh_rows_dropped: std::sync::atomic::AtomicU64,
+    pub files_committed: std::sync::atomic::AtomicU64,
+    pub files_ignored: std::sync::atomic::AtomicU64,
+}
+
+/// The lake: its catalog, its object store and the fresh rows.
+#[derive(Debug)]
+pub struct Lake {
+    catalog: Catalog,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    url: ObjectStoreUrl,
+    tables: Mutex<BTreeMap<String, TableState>>,
+    limits: FreshLimits,
+    pub counters: LakeCounters,
+}
+
+/// What a query reads of one table: files and fresh batches, under one snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub files: Vec<Arc<FileMeta>>,
+    pub fresh: Vec<RecordBatch>,
+}
+
+/// The part of a query's filters that prunes: a time range (µs, inclusive) and devices.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pruning {
+    pub min_us: Option<i64>,
+    pub max_us: Option<i64>,
+    pub devices: Option<Vec<String>>,
+}
+
+impl Lake {
+    /// The lake at `prefix` in `store`, with the catalog in `db`. Loads the catalog.
+    pub fn open(
+        db: Arc<redb::Database>,
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+        limits: FreshLimits,
+    ) -> Result<Arc<Self>, QueryError> {
+        let catalog = Catalog::open(db)?;
+        let files = catalog.load()?;
+        let url = ObjectStoreUrl::parse("lake://twinlake").map_err(QueryError::from)?;
+        let lake = Self {
+            catalog,
+            store,
+            prefix,
+            url,
+            tables: Mutex::default(),
+            limits,
+            counters: LakeCounters::default(),
+        };
+        {
+            let mut tables = lake.lock();
+            for f in files {
+                let t = tables.entry(f.table.clone()).or_default();
+                t.files.insert(f.path.clone(), Arc::new(f));
+            }
+        }
+        Ok(Arc::new(lake))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TableState>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The object store and the lake's prefix in it.
+    pub fn store(&self) -> (&Arc<dyn ObjectStore>, &ObjectPath) {
+        (&self.store, &self.prefix)
+    }
+
+    /// The URL the store is registered under in DataFusion.
+    pub fn url(&self) -> &ObjectStoreUrl {
+        &self.url
+    }
+
+    /// The durable catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Table names (with committed files or fresh rows).
+    pub fn table_names(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, t)| !t.files.is_empty() || t.fresh_rows > 0)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// A table's schema, if it exists.
+    pub fn schema(&self, table: &str) -> Option<SchemaRef> {
+        let mut tables = self.lock();
+        let t = tables.get_mut(table)?;
+        if t.files.is_empty() && t.fresh_rows == 0 {
+            return None;
+        }
+        Some(t.schema())
+    }
+
+    /// Every catalogued file of a table.
+    pub fn files(&self, table: &str) -> Vec<Arc<FileMeta>> {
+        self.lock()
+            .get(table)
+            .map(|t| t.files.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Rows of fresh data held, over all tables.
+    pub fn fresh_rows(&self) -> usize {
+        self.lock().values().map(|t| t.fresh_rows).sum()
+    }
+
+    /// Takes fresh rows a gateway sent: `stream` says whether the payloads carry the
+    /// in/out wrapper of a resource stream.
+    pub fn add_fresh(&self, gateway: &str, table: &str, segment: u64, stream: bool, rows: &[FreshRow<'_>]) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut tables = self.lock();
+        let t = tables.entry(table.to_owned()).or_default();
+        let gw: Arc<str> = Arc::from(gateway);
+        let schemas: Schemas = BTreeMap::from([(
+            table.to_owned(),
+            t.fresh_columns
+                .iter()
+                .filter_map(|(n, c)| Some((n.clone(), field_type(*c)?)))
+                .collect(),
+        )]);
+        let (buf, _) = t
+            .open
+            .entry((gw, segment))
+            .or_insert_with(|| (Buffer::new(gateway, schemas), Instant::now()));
+        let mut fields = Vec::new();
+        let mut conflicts = Vec::new();
+        for r in rows {
+            flatten(r.payload, stream, &mut fields);
+            buf.append(table, r.time_us, r.device, &fields, &mut conflicts);
+        }
+        let cols: Vec<(String, ColumnType)> = buf
+            .schemas()
+            .get(table)
+            .map(|s| s.iter().map(|(n, f)| (n.clone(), column_type(*f))).collect())
+            .unwrap_or_default();
+        let mut changed = false;
+        for (n, c) in cols {
+            match t.fresh_columns.iter_mut().find(|(m, _)| *m == n) {
+                Some((_, have)) if *have != c => {
+                    *have = have.merge(c);
+                    changed = true;
+                }
+                Some(_) => {}
+                None => {
+                    t.fresh_columns.push((n, c));
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            t.schema = None;
+        }
+        t.fresh_rows += rows.len();
+        self.counters
+            .fresh_rows_in
+            .fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        drop(tables);
+        self.enforce_limits();
+    }
+
+    /// Drops the oldest fresh chunks past the row bound, and chunks past their age.
+    fn enforce_limits(&self) {
+        let mut tables = self.lock();
+        let total: usize = tables.values().map(|t| t.fresh_rows).sum();
+        let max_age = self.limits.max_age;
+        let mut dropped = 0;
+        for t in tables.values_mut() {
+            if t.chunks.iter().any(|c| c.at.elapsed() > max_age) {
+                dropped += t.drop_chunks(|c| c.at.elapsed() <= max_age);
+            }
+        }
+        let mut over = total.saturating_sub(dropped).saturating_sub(self.limits.max_rows);
+        if over > 0 {
+            for t in tables.values_mut() {
+                t.seal_open();
+            }
+            while over > 0 {
+                // The oldest chunk of all tables.
+                let oldest = tables
+                    .iter()
+                    .flat_map(|(name, t)| t.chunks.iter().enumerate().map(move |(i, c)| (c.at, name.clone(), i)))
+                    .min_by_key(|(at, _, _)| *at);
+                let Some((_, name, i)) = oldest else { break };
+                let Some(t) = tables.get_mut(&name) else { break };
+                let rows = if i < t.chunks.len() {
+                    t.chunks.remove(i).batch.num_rows()
+                } else {
+                    break;
+                };
+                t.fresh_rows = t.fresh_rows.saturating_sub(rows);
+                over = over.saturating_sub(rows);
+                dropped += rows;
+            }
+        }
+        if dropped > 0 {
+            self.counters
+                .fresh_rows_dropped
+                .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                rows = dropped,
+                "fresh rows dropped (bound or age); their files have not come"
+            );
+        }
+    }
+
+    /// Catalogues a file an edge announced (its path relative to the lake root): reads its
+    /// footer, records it, and drops the fresh rows it holds. A path compaction already
+    /// replaced is a re-upload: it is deleted instead. Returns whether it was added.
+    pub async fn commit(&self, path: &str, size: Option<u64>) -> Result<bool, QueryError> {
+        if self.catalog.replaced(path)? {
+            let _ = self.store.delete(&catalog::full_path(&self.prefix, path)).await;
+            self.counters
+                .files_ignored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(false);
+        }
+        let meta = catalog::describe(&self.store, &self.prefix, path, size).await?;
+        self.catalog.swap(std::slice::from_ref(&meta), &[], None)?;
+        self.insert_file(meta);
+        self.counters
+            .files_committed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn insert_file(&self, meta: FileMeta) {
+        let mut tables = self.lock();
+        let t = tables.entry(meta.table.clone()).or_default();
+        if let (Some(gw), Some(seal)) = (meta.gateway.as_deref(), meta.seal) {
+            t.seal_open();
+            let hour = meta.hour_us;
+            t.drop_chunks(|c| !(&*c.gateway == gw && c.segment <= seal && c.hour_us == hour));
+        }
+        t.schema = None;
+        t.files.insert(meta.path.clone(), Arc::new(meta));
+    }
+
+    /// Swaps `remove` for `add` (compaction), durably and then in one step for queries.
+    pub fn swap(&self, table: &str, add: FileMeta, remove: &[String]) -> Result<(), QueryError> {
+        self.catalog.swap(std::slice::from_ref(&add), remove, Some(&add.path))?;
+        let mut tables = self.lock();
+        let t = tables.entry(table.to_owned()).or_default();
+        for p in remove {
+            t.files.remove(p);
+        }
+        t.schema = None;
+        t.files.insert(add.path.clone(), Arc::new(add));
+        Ok(())
+    }
+
+    /// Lists the object store and catalogues every file the catalog lacks: recovery
+    /// after the catalog was lost, or files whose announcement never came.
+    pub async fn rebuild(&self) -> Result<usize, QueryError> {
+        let known: std::collections::HashSet<String> =
+            self.lock().values().flat_map(|t| t.files.keys().cloned()).collect();
+        let catalog = self.catalog.clone();
+        let new = catalog::list_new(&self.store, &self.prefix, &|p| {
+            known.contains(p) || catalog.replaced(p).unwrap_or(false)
+        })
+        .await?;
+        let n = new.len();
+        self.catalog.swap(&new, &[], None)?;
+        for m in new {
+            self.insert_file(m);
+        }
+        Ok(n)
+    }
+
+    /// The files and fresh batches a query of `table` reads, pruned.
+    pub fn snapshot(&self, table: &str, pruning: &Pruning) -> Snapshot {
+        let mut tables = self.lock();
+        let Some(t) = tables.get_mut(table) else {
+            return Snapshot {
+                files: Vec::new(),
+                fresh: Vec::new(),
+            };
+        };
+        t.seal_open();
+        let in_range =
+            |lo: i64, hi: i64| pruning.min_us.is_none_or(|m| hi >= m) && pruning.max_us.is_none_or(|m| lo <= m);
+        let files = t
+            .files
+            .values()
+            .filter(|f| in_range(f.min_time_us, f.max_time_us))
+            .filter(|f| match (&pruning.devices, &f.device_min, &f.device_max) {
+                (Some(ds), Some(lo), Some(hi)) => ds.iter().any(|d| d >= lo && d <= hi),
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        let fresh = t
+            .chunks
+            .iter()
+            .filter(|c| in_range(c.min_us, c.max_us))
+            .map(|c| c.batch.clone())
+            .collect();
+        Snapshot { files, fresh }
+    }
+}
+
+fn field_type(c: ColumnType) -> Option<FieldType> {
+    Some(match c {
+        ColumnType::Bool => FieldType::Bool,
+        ColumnType::Int => FieldType::Int,
+        ColumnType::Float => FieldType::Float,
+        ColumnType::Str => FieldType::Str,
+        ColumnType::Bytes => FieldType::Bytes,
+        ColumnType::Time | ColumnType::Tag => return None,
+    })
+}
+
+/// A batch with exactly `schema`'s columns: missing ones null, others cast.
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, QueryError> {
+    let rows = batch.num_rows();
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let col = match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => c.clone(),
+            Some(c) => arrow::compute::cast(c, f.data_type())?,
+            None => new_null_array(f.data_type(), rows),
+        };
+        cols.push(col);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// A time literal as µs since the epoch.
+fn literal_us(v: &ScalarValue) -> Option<i64> {
+    Some(match v {
+        ScalarValue::TimestampSecond(Some(x), _) => x.checked_mul(1_000_000)?,
+        ScalarValue::TimestampMillisecond(Some(x), _) => x.checked_mul(1000)?,
+        ScalarValue::TimestampMicrosecond(Some(x), _) => *x,
+        ScalarValue::TimestampNanosecond(Some(x), _) => x.div_euclid(1000),
+        _ => return None,
+    })
+}
+
+fn literal_str(v: &ScalarValue) -> Option<String> {
+    match v {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+            Some(s.clone())
+        }
+        ScalarValue::Dictionary(_, inner) => literal_str(inner),
+        _ => None,
+    }
+}
+
+fn column_name(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Column(c) => Some(c.name.as_str()),
+        Expr::Cast(c) => column_name(&c.expr),
+        Expr::TryCast(c) => column_name(&c.expr),
+        _ => None,
+    }
+}
+
+impl Pruning {
+    /// What `filters` (a conjunction) say about time and device.
+    pub fn from_filters(filters: &[Expr]) -> Self {
+        let mut p = Pruning::default();
+        for f in filters {
+            p.add(f);
+        }
+        p
+    }
+
+    fn lower(&mut self, us: i64) {
+        self.min_us = Some(self.min_us.map_or(us, |m| m.max(us)));
+    }
+
+    fn upper(&mut self, us: i64) {
+        self.max_us = Some(self.max_us.map_or(us, |m| m.min(us)));
+    }
+
+    fn add(&mut self, e: &Expr) {
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if *op == Operator::And {
+                    self.add(left);
+                    self.add(right);
+                    return;
+                }
+                let (col, lit, op) = match (column_name(left), right.as_ref(), column_name(right), left.as_ref()) {
+                    (Some(c), Expr::Literal(v, _), _, _) => (c, v, *op),
+                    (_, _, Some(c), Expr::Literal(v, _)) => match op.swap() {
+                        Some(o) => (c, v, o),
+                        None => return,
+                    },
+                    _ => return,
+                };
+                match col {
+                    "time" => {
+                        let Some(us) = literal_us(lit) else { return };
+                        match op {
+                            Operator::Gt | Operator::GtEq => self.lower(us),
+                            Operator::Lt | Operator::LtEq => self.upper(us),
+                            Operator::Eq => {
+                                self.lower(us);
+                                self.upper(us);
+                            }
+                            _ => {}
+                        }
+                    }
+                    "device" if op == Operator::Eq => {
+                        if let Some(s) = literal_str(lit) {
+                            self.devices = Some(vec![s]);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Expr::Between(b) if !b.negated && column_name(&b.expr) == Some("time") => {
+                if let (Expr::Literal(lo, _), Expr::Literal(hi, _)) = (b.low.as_ref(), b.high.as_ref())
+                    && let (Some(lo), Some(hi)) = (literal_us(lo), literal_us(hi))
+                {
+                    self.lower(lo);
+                    self.upper(hi);
+                }
+            }
+            Expr::InList(l) if !l.negated && column_name(&l.expr) == Some("device") => {
+                let mut ds = Vec::new();
+                for e in &l.list {
+                    match e {
+                        Expr::Literal(v, _) => match literal_str(v) {
+                            Some(s) => ds.push(s),
+                            None => return,
+                        },
+                        _ => return,
+                    }
+                }
+                self.devices = Some(ds);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One lake table for DataFusion.
+#[derive(Debug)]
+pub struct LakeTable {
+    lake: Arc<Lake>,
+    name: String,
+    schema: SchemaRef,
+}
+
+impl LakeTable {
+    /// The table `name` as it is now (its schema is fixed for this planning).
+    pub fn new(lake: Arc<Lake>, name: &str) -> Option<Self> {
+        let schema = lake.schema(name)?;
+        Some(Self {
+            lake,
+            name: name.to_owned(),
+            schema,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for LakeTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let pruning = Pruning::from_filters(filters);
+        let snap = self.lake.snapshot(&self.name, &pruning);
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !snap.files.is_empty() {
+            let n = state.config().target_partitions().max(1);
+            let mut groups: Vec<Vec<PartitionedFile>> = (0..n.min(snap.files.len())).map(|_| Vec::new()).collect();
+            // Largest first, each to the lightest group.
+            let mut files = snap.files;
+            files.sort_by_key(|f| std::cmp::Reverse(f.bytes));
+            let mut weights = vec![0u64; groups.len()];
+            for f in files {
+                let (i, _) = weights.iter().enumerate().min_by_key(|(_, w)| **w).unwrap_or((0, &0));
+                if let (Some(g), Some(w)) = (groups.get_mut(i), weights.get_mut(i)) {
+                    g.push(PartitionedFile::new(
+                        catalog::full_path(&self.lake.prefix, &f.path).to_string(),
+                        f.bytes,
+                    ));
+                    *w += f.bytes;
+                }
+            }
+            let source = ParquetSource::new(self.schema.clone())
+                .with_table_parquet_options(state.table_options().parquet.clone());
+            let config = FileScanConfigBuilder::new(self.lake.url.clone(), Arc::new(source))
+                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+            inputs.push(format.create_physical_plan(state, config).await?);
+        }
+        if !snap.fresh.is_empty() {
+            let batches = snap
+                .fresh
+                .iter()
+                .map(|b| conform(b, &self.schema))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            inputs.push(MemorySourceConfig::try_new_exec(
+                &[batches],
+                self.schema.clone(),
+                projection.cloned(),
+            )?);
+        }
+        if inputs.is_empty() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+/// Whether `dt` is the lake's time type.
+pub fn is_time(dt: &DataType) -> bool {
+    matches!(dt, DataType::Timestamp(_, _))
+}
+
+/// Checks a DF schema can be built from a table schema (used by tests and the planner).
+pub fn df_schema(schema: &SchemaRef) -> Result<DFSchema, QueryError> {
+    Ok(DFSchema::try_from(schema.as_ref().clone())?)
+}
+
+/// The hour partition of a time.
+pub fn hour_of(us: i64) -> i64 {
+    us.div_euclid(HOUR_US) * HOUR_US
+}

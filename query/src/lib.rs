@@ -1,0 +1,66 @@
+//! Twinlake SQL: DataFusion over the Parquet lake, fresh rows from the edges, the twins and
+//! the device registry, served over HTTP, the Postgres wire protocol and Flight SQL.
+//!
+//! * [`catalog`]: the durable catalog of committed files, rebuildable from a listing.
+//! * [`lake`]: fresh rows, pruning, and the table provider that reads both exactly once.
+//! * [`system`]: the `twins` and `devices` tables.
+//! * [`functions`], [`gapfill`]: `time_bucket`, `first`/`last`, JSON access, gap filling.
+//! * [`engine`]: the session every surface plans in.
+//! * [`pg`]: the Postgres wire listener.
+
+pub mod catalog;
+pub mod compact;
+pub mod engine;
+pub mod functions;
+pub mod gapfill;
+pub mod lake;
+pub mod pg;
+pub mod system;
+
+pub use engine::Engine;
+
+/// Now, µs since the epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+pub use lake::{FreshLimits, FreshRow, Lake};
+
+/// What can go wrong in the query crate.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("catalog: {0}")]
+    Catalog(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+macro_rules! storage_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for QueryError {
+            fn from(e: $t) -> Self {
+                QueryError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_errors!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

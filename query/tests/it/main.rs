@@ -1,0 +1,7 @@
+//! The query crate's tests: one binary (each binary that links DataFusion costs a slow link).
+// Test code: a failed expectation should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod lake;
+mod slt;
+mod support;

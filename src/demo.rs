@@ -40,6 +40,12 @@ pub struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:9601")]
     pub cloud_metrics: SocketAddr,
     /// Simulated devices.
+    /// The Postgres wire (psql, Grafana, JDBC); 5433 so a local PostgreSQL keeps 5432.
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pub postgres: SocketAddr,
+    /// Arrow Flight SQL (ADBC, notebooks).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub flight: SocketAddr,
     #[arg(long, default_value_t = 3)]
     pub devices: usize,
     /// Stop after this many seconds (default: run until Ctrl-C).
@@ -105,12 +111,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         token_sha256: sha256_hex(GATEWAY_TOKEN),
     }];
     cc.edge.listener.tcp = Some(args.cloud_devices);
-    cc.edge.upload.url = lake_url.clone();
+    cc.lake.url = lake_url.clone();
+    cc.sql.postgres_addr = Some(args.postgres);
+    cc.sql.flight_addr = Some(args.flight);
     cc.edge.buffer.max_age = Duration::from_secs(10);
     let cloud = Cloud::start(cc).await?;
     let state = cloud.state();
     let api = cloud.http_addr().unwrap_or(args.api);
     let cloud_metrics = cloud.metrics_addr();
+    let (pg, flight) = (
+        cloud.postgres_addr().unwrap_or(args.postgres),
+        cloud.flight_addr().unwrap_or(args.flight),
+    );
     let (stop_cloud_tx, stop_cloud_rx) = tokio::sync::oneshot::channel::<()>();
     let cloud_task = tokio::spawn(cloud.run(async move {
         let _ = stop_cloud_rx.await;
@@ -197,6 +209,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         fmt_addr(cloud_metrics)
     );
     println!("  Parquet lake       {} (sealed every 10 s)", lake.display());
+    println!(
+        "  SQL                psql \"host={} port={} dbname=twinlake user={USER} password={TOKEN} sslmode=require\"",
+        pg.ip(),
+        pg.port()
+    );
+    println!(
+        "                     Flight SQL grpc+tls://{flight} (ADBC: adbc.flight.sql.authorization_header = \"Bearer {TOKEN}\")"
+    );
+    println!(
+        "  Grafana            PostgreSQL data source: Host {pg}, Database twinlake, User {USER}, Password {TOKEN},"
+    );
+    println!("                     TLS/SSL Mode require, Version 15, TimescaleDB off; a panel:");
+    println!(
+        "                     SELECT $__timeGroupAlias(time, '10s'), device AS metric, avg(value) AS temp FROM temp WHERE $__timeFilter(time) GROUP BY 1, 2 ORDER BY 1"
+    );
     println!();
     println!("Try:");
     println!("  {curl} {base}/v1/users/{USER}/devices/sensor-1/twin");
@@ -209,6 +236,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "  {curl} -X POST {base}/v2/users/{USER}/devices/sensor-1/in_out -d '{{\"in\":{{\"value1\":2,\"value2\":3}}}}'"
     );
     println!("  {curl} -N {base}/v1/events   # every twin change, as Server-Sent Events");
+    println!(
+        "  {curl} {base}/v1/sql -d \"SELECT device, count(*), round(avg(value), 2) AS avg FROM temp WHERE time > now() - interval '1 minute' GROUP BY device\""
+    );
+    println!(
+        "  {curl} {base}/v1/sql -d \"SELECT t.device, t.in_sync, last(h.value, h.time) AS temp FROM twins t JOIN temp h ON h.device = t.device GROUP BY 1, 2\""
+    );
     println!(
         "  duckdb -c \"SELECT device, count(*), avg(value) FROM read_parquet('{}/temp/**/*.parquet', hive_partitioning = true) GROUP BY device\"",
         lake.display()

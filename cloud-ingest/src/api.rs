@@ -34,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.http.max_body_bytes;
     Router::new()
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/sql", axum::routing::post(crate::sql::post_sql))
         .route("/v1/devices", get(list_all_devices))
         .route("/v1/users/{u}/devices", get(list_devices).post(create_device))
         .route(

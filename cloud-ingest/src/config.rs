@@ -33,6 +33,8 @@ pub struct CloudConfig {
     /// "off"` (and no TLS) turns it off.
     pub edge: EdgeConfig,
     pub metrics: MetricsSection,
+    pub lake: LakeSection,
+    pub sql: SqlSection,
 }
 
 impl Default for CloudConfig {
@@ -55,6 +57,8 @@ impl Default for CloudConfig {
             gateways: Vec::new(),
             edge,
             metrics: MetricsSection::default(),
+            lake: LakeSection::default(),
+            sql: SqlSection::default(),
         }
     }
 }
@@ -74,7 +78,26 @@ impl CloudConfig {
         if edge.data_dir.as_os_str().is_empty() {
             edge.data_dir = self.data_dir.join("edge");
         }
+        if edge.upload.url.is_empty() {
+            // The in-process pipeline writes where SQL reads.
+            edge.upload.url = self.lake.url.clone();
+            edge.upload.options = self.lake.options.clone();
+            if edge.upload.url.is_empty() {
+                edge.upload.url = self.lake_dir_url();
+            }
+        }
         edge
+    }
+
+    /// `<data_dir>/lake` as a `file://` URL (the lake when `lake.url` is empty).
+    pub fn lake_dir_url(&self) -> String {
+        let dir = self.data_dir.join("lake");
+        let abs = if dir.is_absolute() {
+            dir
+        } else {
+            std::env::current_dir().unwrap_or_default().join(dir)
+        };
+        url::Url::from_directory_path(&abs).map_or_else(|_| format!("file://{}/", abs.display()), |u| u.to_string())
     }
 
     /// Parses and checks TOML text.
@@ -155,6 +178,66 @@ impl Default for HttpSection {
             max_body_bytes: 1 << 20,
         }
     }
+}
+
+/// `[lake]`: the object store SQL reads, which gateways upload to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeSection {
+    /// `s3://bucket/prefix`, `gs://…`, `az://…` or `file:///…`; empty: `<data_dir>/lake`.
+    pub url: String,
+    /// object_store options for the URL (credentials, endpoint, region).
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// `[sql]`: the query surfaces and their limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlSection {
+    /// The Postgres wire listener (psql, Grafana, JDBC); "off" for none. TLS when `[http]`
+    /// has a certificate.
+    #[serde(deserialize_with = "optional_addr")]
+    pub postgres_addr: Option<SocketAddr>,
+    /// The Arrow Flight SQL listener (ADBC, notebooks); "off" for none.
+    #[serde(deserialize_with = "optional_addr")]
+    pub flight_addr: Option<SocketAddr>,
+    /// Rows one HTTP query may return; more is an error (413) asking for a LIMIT.
+    pub max_rows: usize,
+    /// How long one HTTP query may run.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Fresh rows (sent by gateways, not yet in files) held for queries, at most.
+    pub fresh_max_rows: usize,
+    /// How long a fresh row whose file never came is kept.
+    #[serde(with = "humantime_serde")]
+    pub fresh_max_age: Duration,
+    /// List the lake at start to catalog files whose announcement was lost.
+    pub rebuild_on_start: bool,
+    pub compaction: twinlake_query::compact::CompactionConfig,
+}
+
+impl Default for SqlSection {
+    fn default() -> Self {
+        let fresh = twinlake_query::FreshLimits::default();
+        Self {
+            postgres_addr: Some(SocketAddr::from(([127, 0, 0, 1], 5432))),
+            flight_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            max_rows: 1_000_000,
+            timeout: Duration::from_secs(60),
+            fresh_max_rows: fresh.max_rows,
+            fresh_max_age: fresh.max_age,
+            rebuild_on_start: true,
+            compaction: Default::default(),
+        }
+    }
+}
+
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "off" || s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// `[twins]`
@@ -258,7 +341,14 @@ mod tests {
         assert_eq!(c.gateways.first().map(|g| g.id.as_str()), Some("gw-1"));
         assert_eq!(c.edge.gateway, "cloud");
         assert!(c.edge.metrics.addr.is_none(), "served with the cloud's");
-        assert_eq!(c.edge.upload.url, "s3://twinlake-lake/prod");
+        assert_eq!(c.lake.url, "s3://twinlake-lake/prod");
+        assert_eq!(
+            c.edge_config().upload.url,
+            "s3://twinlake-lake/prod",
+            "the pipeline writes where SQL reads"
+        );
+        assert_eq!(c.sql.postgres_addr, Some("0.0.0.0:5432".parse().unwrap()));
+        assert!(c.sql.compaction.enabled);
     }
 
     #[test]
@@ -275,6 +365,8 @@ mod tests {
             ),
             ("[http]\ntls_cert = \"/x\"", "go together"),
             ("[edge.link]\nurl = \"ws://x\"\ntoken = \"t\"", "in-process"),
+            ("[sql]\npostgres_addr = \"nowhere\"", "invalid socket address"),
+            ("[sql.compaction]\nevery = \"1s\"", "unknown field `every`"),
             ("[twins]\nmax_doc_bytes = 10", "at least 1024"),
         ] {
             let e = CloudConfig::parse(text).unwrap_err().to_string();

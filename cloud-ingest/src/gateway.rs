@@ -352,8 +352,7 @@ fn apply(
     batches: Vec<(u64, Vec<Item>)>,
 ) -> Result<u64, Error> {
     let mut through = acked;
-    let mut moves: Vec<(TwinKey, Option<String>)> = Vec::new();
-    let mut webhooks = 0u64;
+    let mut after = After::default();
     let mut items_applied = 0u64;
     state.twins.write(|t| -> Result<(), Error> {
         for (seq, items) in batches {
@@ -363,7 +362,7 @@ fn apply(
             }
             for item in items {
                 items_applied += 1;
-                apply_item(state, t, gateway, item, &mut moves, &mut webhooks)?;
+                apply_item(state, t, gateway, item, &mut after)?;
             }
             through = seq;
         }
@@ -376,14 +375,67 @@ fn apply(
             .insert(gateway, store::encode(&rec).as_slice())?;
         Ok(())
     })?;
-    for (key, at) in moves {
+    for (key, at) in after.moves {
         state.gateways.locate(key, at);
     }
     state.metrics.link_items.inc_by(items_applied);
-    if webhooks > 0 {
+    if after.webhooks > 0 {
         state.webhook_wake.notify_one();
     }
+    // Fresh rows are for queries only (in memory): taken once their batch is committed, so
+    // a batch sent again after a reconnect brings none twice.
+    for (table, segment, stream, rows) in after.rows {
+        add_fresh(state, gateway, &table, segment, stream, &rows);
+    }
+    if after.files > 0 {
+        state.catalog_wake.notify_one();
+    }
     Ok(through)
+}
+
+/// What a committed batch still has to do outside the transaction.
+#[derive(Default)]
+struct After {
+    moves: Vec<(TwinKey, Option<String>)>,
+    webhooks: u64,
+    files: u64,
+    rows: Vec<FreshRows>,
+}
+
+/// Fresh rows of one table and WAL segment: (table, segment, stream, `[time µs, device, payload]`).
+type FreshRows = (String, u64, bool, Vec<(i64, String, serde_json::Value)>);
+
+fn add_fresh(
+    state: &AppState,
+    gateway: &str,
+    table: &str,
+    segment: u64,
+    stream: bool,
+    rows: &[(i64, String, serde_json::Value)],
+) {
+    let encoded: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|(_, _, v)| twinlake_sdk::json::from_json(v).to_bytes())
+        .collect();
+    let fresh: Vec<twinlake_query::FreshRow<'_>> = rows
+        .iter()
+        .zip(&encoded)
+        .filter_map(|((at, device, _), bytes)| {
+            Some(twinlake_query::FreshRow {
+                time_us: *at,
+                device,
+                payload: twinlake_sdk::pson::ValueRef::decode(bytes).ok()?,
+            })
+        })
+        .collect();
+    state.metrics.fresh_rows.inc_by(fresh.len() as u64);
+    state.sql.lake().add_fresh(
+        gateway,
+        &twinlake_edge::model::table_name(&[table]),
+        segment,
+        stream,
+        &fresh,
+    );
 }
 
 fn apply_item(
@@ -391,8 +443,7 @@ fn apply_item(
     t: &mut twinlake_twin::TwinTxn<'_>,
     gateway: &str,
     item: Item,
-    moves: &mut Vec<(TwinKey, Option<String>)>,
-    webhooks: &mut u64,
+    after: &mut After,
 ) -> Result<(), Error> {
     match item {
         Item::Presence {
@@ -416,7 +467,7 @@ fn apply_item(
             }
             if online && was_online && was_here {
                 // A gateway repeating what it said (after a reconnect): nothing changed.
-                moves.push((key, Some(gateway.to_owned())));
+                after.moves.push((key, Some(gateway.to_owned())));
                 return Ok(());
             }
             let gw = gateway.to_owned();
@@ -433,7 +484,7 @@ fn apply_item(
                     c.tx_bytes = tx_bytes;
                 }
             })?;
-            moves.push((key, online.then(|| gateway.to_owned())));
+            after.moves.push((key, online.then(|| gateway.to_owned())));
         }
         Item::Described {
             user,
@@ -478,7 +529,7 @@ fn apply_item(
                 attempts: 0,
             };
             crate::webhook::enqueue(state, t.transaction(), &job)?;
-            *webhooks += 1;
+            after.webhooks += 1;
         }
         Item::Property {
             user,
@@ -497,7 +548,14 @@ fn apply_item(
                 .open_table(FILES)?
                 .insert(file.path.as_str(), store::encode(&rec).as_slice())?;
             state.metrics.files_committed.inc();
+            after.files += 1;
         }
+        Item::Rows {
+            table,
+            segment,
+            stream,
+            rows,
+        } => after.rows.push((table, segment, stream, rows)),
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod server;
+pub mod sql;
 pub mod store;
 pub mod streams;
 pub mod webhook;

@@ -39,6 +39,10 @@ pub struct AppState {
     pub edge_metrics: Option<Arc<twinlake_edge::metrics::Metrics>>,
     /// Turns true when the cloud stops; long-lived tasks (sockets, streams) end on it.
     pub stop: watch::Sender<bool>,
+    /// SQL over the lake, twins and registry.
+    pub sql: twinlake_query::Engine,
+    /// Wakes the cataloguer when file commits arrive.
+    pub catalog_wake: Notify,
 }
 
 /// A started cloud: database open, sockets bound. [`Cloud::run`] serves.
@@ -49,6 +53,8 @@ pub struct Cloud {
     metrics: Option<TcpListener>,
     edge: Option<EdgeAgent>,
     initial_token: Option<String>,
+    postgres: Option<TcpListener>,
+    flight: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -140,6 +146,7 @@ impl Cloud {
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
 
+        let sql = crate::sql::open(&cfg, &db, &twins)?;
         let edge_enabled = cfg.edge.listener.tcp.is_some() || cfg.edge.listener.tls.is_some();
         let edge = if edge_enabled {
             Some(EdgeAgent::start(cfg.edge_config()).await?)
@@ -160,6 +167,8 @@ impl Cloud {
             metrics: CloudMetrics::default(),
             http,
             stop: watch::channel(false).0,
+            sql,
+            catalog_wake: Notify::new(),
         });
         // Until gateways report again, devices are where their twins last saw them.
         for t in state.twins.list(None)? {
@@ -186,6 +195,14 @@ impl Cloud {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
+        let postgres = match state.cfg.sql.postgres_addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let flight = match state.cfg.sql.flight_addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
         Ok(Self {
             state,
             http: http_listener,
@@ -193,6 +210,8 @@ impl Cloud {
             metrics,
             edge,
             initial_token,
+            postgres,
+            flight,
         })
     }
 
@@ -211,6 +230,16 @@ impl Cloud {
         self.edge
             .as_ref()
             .map_or((None, None), |e| (e.tcp_addr(), e.tls_addr()))
+    }
+
+    /// The Postgres wire address.
+    pub fn postgres_addr(&self) -> Option<SocketAddr> {
+        self.postgres.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The Flight SQL address.
+    pub fn flight_addr(&self) -> Option<SocketAddr> {
+        self.flight.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The metrics address.
@@ -236,6 +265,48 @@ impl Cloud {
         tokio::spawn(crate::control::apply_desired(state.clone()));
         tokio::spawn(crate::webhook::run(state.clone()));
         tokio::spawn(crate::control::record_reads(state.clone()));
+        // Tasks that hold the database through the SQL engine: awaited on the way out, so a
+        // new start in the same process can open it.
+        let mut sql_tasks = vec![tokio::spawn(crate::sql::catalogue(state.clone()))];
+        sql_tasks.push(tokio::spawn(twinlake_query::compact::run(
+            state.sql.lake().clone(),
+            state.cfg.sql.compaction.clone(),
+            stop_rx.clone(),
+        )));
+        let pem = match (&state.cfg.http.tls_cert, &state.cfg.http.tls_key) {
+            (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
+            _ => None,
+        };
+        if let Some(l) = self.postgres {
+            let tls = match &pem {
+                Some((c, k)) => Some(
+                    twinlake_edge::listener::tls_acceptor(c, k)
+                        .map_err(|e| Error::Tls(e.to_string()))?
+                        .0,
+                ),
+                None => None,
+            };
+            let pg = twinlake_query::pg::serve(
+                state.sql.context().clone(),
+                l,
+                tls,
+                crate::sql::token_check(&state.tokens),
+                stop_rx.clone(),
+            )
+            .map_err(|e| Error::Config(format!("postgres listener: {e}")))?;
+            sql_tasks.push(pg.task);
+        }
+        if let Some(l) = self.flight {
+            let flight = twinlake_query::flight::serve(
+                state.sql.clone(),
+                l,
+                pem.clone(),
+                crate::sql::token_check(&state.tokens),
+                stop_rx.clone(),
+            )
+            .map_err(|e| Error::Config(format!("Flight SQL listener: {e}")))?;
+            sql_tasks.push(flight.task);
+        }
         let edge_task = self.edge.map(|e| {
             let mut rx = stop_rx.clone();
             tokio::spawn(e.run(async move {
@@ -262,6 +333,10 @@ impl Cloud {
         info!("shutting down");
         let _ = state.stop.send(true);
         let _ = server.await;
+        for t in sql_tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
+        state.sql.close();
         if let Some(t) = edge_task {
             match t.await {
                 Ok(Err(e)) => warn!(error = %e, "the in-process edge pipeline stopped with an error"),

@@ -120,7 +120,11 @@ impl EdgeAgent {
             endpoints.clone(),
         )?;
         let (store, prefix) = open_store(&config.upload, &config.data_dir)?;
-        let uplink = Uplink::new(config.link.max_waiting_files, metrics.clone());
+        let uplink = Uplink::new(
+            config.link.max_waiting_files,
+            config.link.max_waiting_rows,
+            metrics.clone(),
+        );
         let link: Option<Arc<dyn Connector>> = if config.link.url.is_empty() {
             None
         } else {
@@ -225,6 +229,9 @@ impl EdgeAgent {
         }
         let link_task = self.link.take().map(|connector| {
             self.uploader.announce = Some((self.gateway.clone(), self.uplink.clone()));
+            if self.uplink.sends_rows() {
+                self.ingest.fresh = Some(self.uplink.clone());
+            }
             tokio::spawn(feed(
                 self.ingest.tap.subscribe(),
                 self.uplink.clone(),

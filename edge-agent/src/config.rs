@@ -387,6 +387,9 @@ pub struct LinkSection {
     pub max_unacked: usize,
     /// File commits waiting for the cloud, at most (the oldest are dropped past it).
     pub max_waiting_files: usize,
+    /// Fresh rows (durable here, not yet in a file) waiting for the cloud, at most; past it
+    /// the oldest are dropped (the cloud sees them once their file lands). 0: send none.
+    pub max_waiting_rows: usize,
     #[serde(with = "humantime_serde")]
     pub reconnect_min: Duration,
     #[serde(with = "humantime_serde")]
@@ -402,6 +405,7 @@ impl Default for LinkSection {
             insecure: false,
             max_unacked: 32,
             max_waiting_files: 100_000,
+            max_waiting_rows: 200_000,
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
         }

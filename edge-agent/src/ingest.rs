@@ -103,14 +103,19 @@ impl EndpointQueue {
     }
 }
 
-/// Rows appended to the WAL and waiting for an fsync, with the confirmations they owe.
+/// Rows appended to the WAL and waiting for an fsync, with the confirmations they owe and
+/// the rows for the cloud link.
 #[derive(Default)]
 struct Pending {
     acks: Vec<Acker>,
     rows: u64,
     values: u64,
     bytes: u64,
+    fresh: Vec<FreshRow>,
 }
+
+/// A row for the cloud: (table, WAL segment, stream, time µs, device, payload).
+type FreshRow = (Arc<str>, u64, bool, i64, String, serde_json::Value);
 
 impl Pending {
     fn is_empty(&self) -> bool {
@@ -140,6 +145,8 @@ pub struct Ingest {
     pub(crate) sealed_tx: watch::Sender<u64>,
     pub(crate) endpoints: EndpointQueue,
     pub(crate) tap: tokio::sync::broadcast::Sender<DeviceEvent>,
+    /// Where durable rows go for the cloud to query before their file lands.
+    pub(crate) fresh: Option<crate::link::Uplink>,
     unsynced: Pending,
     sync_at: Option<Instant>,
     inflight: Option<Inflight>,
@@ -226,6 +233,7 @@ impl Ingest {
                 sealed_tx,
                 endpoints,
                 tap: tokio::sync::broadcast::channel(1024).0,
+                fresh: None,
                 unsynced: Pending::default(),
                 sync_at: None,
                 inflight: None,
@@ -376,6 +384,16 @@ impl Ingest {
         if let Some(a) = ack {
             self.unsynced.acks.push(a);
         }
+        if self.fresh.is_some() {
+            self.unsynced.fresh.push((
+                Arc::from(table.as_str()),
+                self.wal.current_segment(),
+                kind == RecordKind::Stream,
+                time_us,
+                ev.device.device.clone(),
+                twinlake_sdk::json::to_json(&payload),
+            ));
+        }
     }
 
     /// Starts an fsync of everything appended so far, unless one is running. Ingest goes on
@@ -406,6 +424,9 @@ impl Ingest {
                 false
             }
         };
+        if ok && let Some(up) = &self.fresh {
+            up.rows(batch.fresh);
+        }
         if ok {
             self.metrics.rows_in.inc_by(batch.rows);
             self.metrics.values_in.inc_by(batch.values);

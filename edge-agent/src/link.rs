@@ -6,7 +6,7 @@
 //! ```text
 //! edge → cloud   hello {gateway, session, protocol}
 //! cloud → edge   welcome {acked}                    the last batch seq it applied for this session
-//! edge → cloud   batch {seq, items[]}               presence, described, reported, endpoint, property, file
+//! edge → cloud   batch {seq, items[]}               presence, described, reported, endpoint, property, rows, file
 //! cloud → edge   ack {through}                      cumulative
 //! cloud → edge   registry {devices[]}               the full set of this gateway's devices
 //! cloud → edge   request {id, user, device, op}     describe/read/write/call/run/stream/property
@@ -137,6 +137,17 @@ pub enum Item {
         property: String,
         value: Json,
     },
+    /// Rows made durable in the WAL, for the cloud to query before their file lands.
+    /// `segment` is their WAL segment: they are in the first seal numbered at or above it.
+    Rows {
+        table: String,
+        segment: u64,
+        /// Payloads of a resource stream (with the in/out wrapper).
+        #[serde(default)]
+        stream: bool,
+        /// `[time µs, device, payload]`.
+        rows: Vec<(i64, String, Json)>,
+    },
     /// A Parquet file that landed in the object store.
     File {
         gateway: String,
@@ -233,13 +244,25 @@ pub struct RegistryEntry {
 ///
 /// Bounded: reported values by (device, resource), presence and descriptions by device,
 /// properties by (device, property); file commits in a queue of `max_files` that drops the
-/// oldest (counted in `link_files_dropped`; the cloud's catalog can be rebuilt from a listing).
+/// oldest (counted in `link_files_dropped`; the cloud's catalog can be rebuilt from a listing);
+/// fresh rows in a queue of `max_rows` that drops the oldest (counted in `link_rows_dropped`;
+/// the cloud sees those rows when their file lands).
+///
+/// Rows go before files: a file's rows always reach the cloud before the file does, so the
+/// cloud never keeps a fresh row its file already holds.
 #[derive(Debug, Clone)]
 pub struct Uplink {
     inner: Arc<(Mutex<Waiting>, Notify)>,
     max_files: usize,
+    max_rows: usize,
     metrics: Arc<Metrics>,
 }
+
+/// One fresh row waiting: (table, segment, stream, time µs, device, payload).
+type WaitingRow = (Arc<str>, u64, bool, i64, String, Json);
+
+/// Rows per `rows` item at most.
+const ROWS_PER_ITEM: usize = 512;
 
 #[derive(Debug, Default)]
 struct Waiting {
@@ -247,23 +270,53 @@ struct Waiting {
     described: HashMap<DeviceKey, Json>,
     reported: HashMap<(DeviceKey, String), (u64, Json)>,
     properties: HashMap<(DeviceKey, String), Json>,
+    rows: VecDeque<WaitingRow>,
     files: VecDeque<Item>,
 }
 
 impl Waiting {
     fn len(&self) -> usize {
-        self.presence.len() + self.described.len() + self.reported.len() + self.properties.len() + self.files.len()
+        self.presence.len()
+            + self.described.len()
+            + self.reported.len()
+            + self.properties.len()
+            + self.rows.len().div_ceil(ROWS_PER_ITEM)
+            + self.files.len()
     }
 }
 
 impl Uplink {
-    /// An empty uplink queue holding at most `max_files` file commits.
-    pub fn new(max_files: usize, metrics: Arc<Metrics>) -> Self {
+    /// An empty uplink queue holding at most `max_files` file commits and `max_rows` rows.
+    pub fn new(max_files: usize, max_rows: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::default(),
             max_files: max_files.max(1),
+            max_rows,
             metrics,
         }
+    }
+
+    /// Whether fresh rows are sent at all.
+    pub fn sends_rows(&self) -> bool {
+        self.max_rows > 0
+    }
+
+    /// Rows made durable, for the cloud to query before their file lands.
+    pub fn rows(&self, rows: impl IntoIterator<Item = WaitingRow>) {
+        if self.max_rows == 0 {
+            return;
+        }
+        let metrics = self.metrics.clone();
+        let max = self.max_rows;
+        self.with(|w| {
+            for r in rows {
+                if w.rows.len() >= max {
+                    w.rows.pop_front();
+                    metrics.link_rows_dropped.inc();
+                }
+                w.rows.push_back(r);
+            }
+        });
     }
 
     fn with(&self, f: impl FnOnce(&mut Waiting)) {
@@ -340,7 +393,7 @@ impl Uplink {
     }
 
     /// Takes up to `max` items: presence first (a device's connect comes before its values),
-    /// then descriptions, values, properties and files.
+    /// then descriptions, values, properties, fresh rows and files.
     pub fn take(&self, max: usize, out: &mut Vec<Item>) {
         let Ok(mut w) = self.inner.0.lock() else { return };
         let room = |out: &Vec<Item>| out.len() < max;
@@ -364,6 +417,29 @@ impl Uplink {
             value,
         });
         while room(out) {
+            let Some((table, segment, stream, ..)) = w.rows.front().cloned() else {
+                break;
+            };
+            let mut rows = Vec::new();
+            while rows.len() < ROWS_PER_ITEM {
+                match w.rows.front() {
+                    Some((t, s, st, ..)) if *t == table && *s == segment && *st == stream => {}
+                    _ => break,
+                }
+                let Some((_, _, _, at, device, value)) = w.rows.pop_front() else {
+                    break;
+                };
+                rows.push((at, device, value));
+            }
+            out.push(Item::Rows {
+                table: table.to_string(),
+                segment,
+                stream,
+                rows,
+            });
+        }
+        // Files only once every row before them is out.
+        while room(out) && w.rows.is_empty() {
             let Some(f) = w.files.pop_front() else { break };
             out.push(f);
         }
@@ -432,7 +508,7 @@ mod tests {
 
     #[test]
     fn the_uplink_keeps_the_newest_value_and_bounds_files() {
-        let u = Uplink::new(2, Arc::default());
+        let u = Uplink::new(2, 10, Arc::default());
         let k = DeviceKey::new("u", "d");
         u.reported(&k, "temp".into(), 2, json!(2));
         u.reported(&k, "temp".into(), 1, json!(1));

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub link_unacked_frames: Gauge,
     pub link_events_missed: Counter,
     pub link_files_dropped: Counter,
+    pub link_rows_dropped: Counter,
     pub link_requests: Counter,
     registry: Registry,
 }
@@ -152,6 +153,12 @@ impl Metrics {
                 r,
                 "link_files_dropped",
                 "File commits dropped from the full queue for the cloud",
+                Counter::default(),
+            ),
+            link_rows_dropped: add(
+                r,
+                "link_rows_dropped",
+                "Fresh rows dropped from the full queue for the cloud (their files still go)",
                 Counter::default(),
             ),
             link_requests: add(r, "link_requests", "Requests from the cloud", Counter::default()),

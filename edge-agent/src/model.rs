@@ -101,13 +101,48 @@ fn scalar(v: ValueRef<'_>) -> Option<FieldValue<'_>> {
         ValueRef::Bool(b) => FieldValue::Bool(b),
         ValueRef::Int(i) => FieldValue::Int(i),
         ValueRef::UInt(u) => FieldValue::Float(u as f64),
-        ValueRef::Float(f) => FieldValue::Float(f64::from(f)),
+        ValueRef::Float(f) => FieldValue::Float(widen(f)),
         ValueRef::Double(d) => FieldValue::Float(d),
         ValueRef::Str(s) => FieldValue::Str(Cow::Borrowed(s)),
         ValueRef::Bytes(b) => FieldValue::Bytes(b),
         ValueRef::Array(_) => FieldValue::Str(Cow::Owned(twinlake_sdk::json::ref_to_json(v).to_string())),
         ValueRef::Object(_) => return None,
     })
+}
+
+/// An f32 as the f64 with the same shortest decimal form: PSON sends `20.1` as an f32
+/// (the stock clients do for any value within 1e-5 of one), and the reader means 20.1,
+/// not 20.100000381469727.
+pub fn widen(f: f32) -> f64 {
+    if !f.is_finite() {
+        return f64::from(f);
+    }
+    let mut buf = [0u8; 32];
+    let mut w = Cursor { buf: &mut buf, len: 0 };
+    if std::fmt::Write::write_fmt(&mut w, format_args!("{f:e}")).is_err() {
+        return f64::from(f);
+    }
+    let len = w.len;
+    std::str::from_utf8(buf.get(..len).unwrap_or_default())
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::from(f))
+}
+
+/// A fixed buffer for formatting without allocating.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl std::fmt::Write for Cursor<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// A table name from a resource path or bucket id: `/`-joined segments, with anything
@@ -208,6 +243,16 @@ mod tests {
                 ("_device".into(), FieldValue::Str("x".into()))
             ]
         );
+    }
+
+    #[test]
+    fn floats_keep_their_decimal_form() {
+        assert_eq!(widen(20.1), 20.1);
+        assert_eq!(widen(-0.3), -0.3);
+        assert_eq!(widen(1e-30), 1e-30);
+        assert!(widen(f32::NAN).is_nan());
+        assert_eq!(widen(f32::INFINITY), f64::INFINITY);
+        assert_eq!(widen(f32::MAX), 3.4028235e38);
     }
 
     #[test]

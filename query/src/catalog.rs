@@ -343,7 +343,7 @@ impl Catalog {
 pub async fn list_new(
     store: &Arc<dyn ObjectStore>,
     prefix: &ObjectPath,
-    known: &dyn Fn(&str) -> bool,
+    known: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Vec<FileMeta>, QueryError> {
     let listed: Vec<_> = store.list(Some(prefix)).try_collect().await?;
     let mut out = Vec::new();

@@ -111,8 +111,9 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine over `lake`, `twins` and `devices`.
     pub fn new(lake: Arc<Lake>, twins: TwinStore, devices: Arc<dyn DeviceDirectory>) -> Result<Self, QueryError> {
+        // information_schema is ours (crate::pg::PgInformationSchema): PostgreSQL type names.
         let mut config = SessionConfig::new()
-            .with_information_schema(true)
+            .with_information_schema(false)
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
             .with_create_default_catalog_and_schema(true);
         let opts = config.options_mut();
@@ -140,6 +141,10 @@ impl Engine {
             .catalog(CATALOG)
             .ok_or_else(|| QueryError::Catalog("no default catalog".into()))?;
         catalog.register_schema(SCHEMA, Arc::new(schema))?;
+        catalog.register_schema(
+            "information_schema",
+            Arc::new(crate::pg::PgInformationSchema::new(ctx.state().catalog_list())),
+        )?;
         crate::functions::register(&ctx);
         crate::pg::setup_catalog(&ctx)?;
         Ok(Self {
@@ -156,6 +161,17 @@ impl Engine {
     /// The lake.
     pub fn lake(&self) -> &Arc<Lake> {
         &self.lake
+    }
+
+    /// Lets go of the lake and the twins: the Postgres catalog (datafusion-pg-catalog) keeps
+    /// the session's catalog list alive in a reference cycle, so without this the catalog's
+    /// database would stay open after the engine is dropped. Queries fail after it.
+    pub fn close(&self) {
+        if let Some(catalog) = self.ctx.catalog(CATALOG) {
+            for schema in [SCHEMA, "information_schema", "pg_catalog"] {
+                let _ = catalog.deregister_schema(schema, true);
+            }
+        }
     }
 
     /// Plans `sql` (one statement).

@@ -6,14 +6,17 @@
 //! * [`system`]: the `twins` and `devices` tables.
 //! * [`functions`], [`gapfill`]: `time_bucket`, `first`/`last`, JSON access, gap filling.
 //! * [`engine`]: the session every surface plans in.
-//! * [`pg`]: the Postgres wire listener.
+//! * [`pg`]: the Postgres wire listener; [`flight`]: Arrow Flight SQL; [`output`]: HTTP result
+//!   encodings.
 
 pub mod catalog;
 pub mod compact;
 pub mod engine;
+pub mod flight;
 pub mod functions;
 pub mod gapfill;
 pub mod lake;
+pub mod output;
 pub mod pg;
 pub mod system;
 

@@ -197,7 +197,7 @@ impl<S: Source + 'static> TableProvider for StateTable<S> {
     }
 
     fn table_type(&self) -> TableType {
-        TableType::View
+        TableType::Base
     }
 
     async fn scan(

@@ -28,6 +28,10 @@ fn demo_runs_cloud_edge_and_fleet() {
             "127.0.0.1:0",
             "--cloud-metrics",
             "127.0.0.1:0",
+            "--postgres",
+            "127.0.0.1:0",
+            "--flight",
+            "127.0.0.1:0",
         ])
         .output()
         .expect("runs");
@@ -43,6 +47,8 @@ fn demo_runs_cloud_edge_and_fleet() {
         "sensor-1       desired",
         "sensor-1       reported led     true",
         "Parquet lake",
+        "psql \"host=127.0.0.1 port=",
+        "Grafana            PostgreSQL data source",
         "stopped",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}\n{stderr}");

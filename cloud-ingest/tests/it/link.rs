@@ -189,8 +189,8 @@ async fn the_edge_rides_out_a_cloud_restart() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(hooks.try_recv().is_err(), "the endpoint call was delivered once");
 
-    // Every file in the lake is in the cloud's file table once (keys are unique), and every
-    // announced file is in the lake.
+    // Every file in the lake is in the cloud's SQL catalog once (paths are unique), and
+    // every catalogued file is in the lake.
     let mut lake = BTreeSet::new();
     for e in walk(&edge.lake) {
         if e.extension().is_some_and(|x| x == "parquet") {
@@ -198,13 +198,13 @@ async fn the_edge_rides_out_a_cloud_restart() {
         }
     }
     let state = cloud.state.clone();
-    let files = eventually(10, "every file announced", || {
-        let files: BTreeSet<String> = state
-            .db
-            .scan::<serde_json::Value>(twinlake_cloud::store::FILES, "")
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
+    let files = eventually(10, "every file catalogued", || {
+        let sql = state.sql.lake().clone();
+        let files: BTreeSet<String> = sql
+            .table_names()
+            .iter()
+            .flat_map(|t| sql.files(t))
+            .map(|f| f.path.clone())
             .collect();
         let lake = lake.clone();
         async move { (files == lake).then_some(files) }

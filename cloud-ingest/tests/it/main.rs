@@ -6,6 +6,7 @@
 mod auth;
 mod link;
 mod live;
+mod sql;
 mod streams;
 mod support;
 mod twins;

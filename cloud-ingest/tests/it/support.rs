@@ -51,7 +51,9 @@ pub fn cloud_config(dir: &Path, addr: SocketAddr) -> CloudConfig {
         token_sha256: sha256_hex(GATEWAY_TOKEN),
     }];
     c.edge.listener.tcp = Some("127.0.0.1:0".parse().unwrap());
-    c.edge.upload.url = format!("file://{}", dir.join("lake").display());
+    c.lake.url = format!("file://{}", dir.join("lake").display());
+    c.sql.postgres_addr = Some("127.0.0.1:0".parse().unwrap());
+    c.sql.flight_addr = Some("127.0.0.1:0".parse().unwrap());
     c.edge.streams.default_interval = Duration::from_millis(300);
     c.edge.streams.intervals.insert("slow".into(), Duration::ZERO);
     c.edge.buffer.max_age = Duration::from_millis(500);
@@ -61,6 +63,9 @@ pub fn cloud_config(dir: &Path, addr: SocketAddr) -> CloudConfig {
 /// A running cloud.
 pub struct TestCloud {
     pub addr: SocketAddr,
+    pub postgres: Option<SocketAddr>,
+    #[allow(dead_code)]
+    pub flight: Option<SocketAddr>,
     pub devices: Option<SocketAddr>,
     pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
@@ -72,6 +77,7 @@ impl TestCloud {
         let cloud = Cloud::start(cfg).await.expect("cloud starts");
         let addr = cloud.http_addr().unwrap();
         let devices = cloud.device_addrs().0;
+        let (postgres, flight) = (cloud.postgres_addr(), cloud.flight_addr());
         let state = cloud.state();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cloud.run(async move {
@@ -79,6 +85,8 @@ impl TestCloud {
         }));
         Self {
             addr,
+            postgres,
+            flight,
             devices,
             state,
             stop: Some(stop),
@@ -248,6 +256,8 @@ type Command = Box<dyn FnOnce(&mut Thing) + Send>;
 /// (sum and product), `reboot` (run, counted) and `slow` (an output that takes 2 s).
 pub struct TestDevice {
     pub led: Arc<AtomicBool>,
+    /// Every `temp` value the device produced, and when.
+    pub produced: Arc<std::sync::Mutex<Vec<(f64, std::time::Instant)>>>,
     pub reboots: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     commands: std_mpsc::Sender<Command>,
@@ -260,8 +270,14 @@ impl TestDevice {
         let reboots = Arc::new(AtomicU64::new(0));
         let mut thing = Thing::default();
         let n = Arc::new(AtomicU64::new(0));
+        let produced = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = produced.clone();
         thing.resource("temp").output(move |out| {
-            *out = (20.0 + n.fetch_add(1, Ordering::Relaxed) as f64 / 10.0).into();
+            let v = 20.0 + n.fetch_add(1, Ordering::Relaxed) as f64 / 10.0;
+            if let Ok(mut l) = log.lock() {
+                l.push((v, std::time::Instant::now()));
+            }
+            *out = v.into();
         });
         thing.resource("led").input_bool(led.clone());
         thing.resource("in_out").input_output(|input, out| {
@@ -296,6 +312,7 @@ impl TestDevice {
         });
         Self {
             led,
+            produced,
             reboots,
             stop,
             commands,

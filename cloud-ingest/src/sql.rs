@@ -1,0 +1,308 @@
+//! SQL in the cloud: the engine over the lake, twins and registry; the cataloguer that turns
+//! file commits from gateways into catalog entries; and `POST /v1/sql`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use redb::{ReadableDatabase, ReadableTable};
+use serde::Deserialize;
+use tracing::{debug, warn};
+use twinlake_query::output::{Encoder, Format};
+use twinlake_query::system::{DeviceDirectory, DeviceRow};
+use twinlake_query::{Engine, FreshLimits, Lake};
+use twinlake_twin::TwinStore;
+
+use crate::Error;
+use crate::auth::{Principal, Scope, Tokens};
+use crate::config::CloudConfig;
+use crate::error::ApiError;
+use crate::server::AppState;
+use crate::store::{DEVICES, Db, DeviceRecord, FILES};
+
+/// The registry as the `devices` table sees it.
+#[derive(Debug)]
+struct Registry(Db);
+
+impl DeviceDirectory for Registry {
+    fn devices(&self) -> Vec<DeviceRow> {
+        match self.0.scan::<DeviceRecord>(DEVICES, "") {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|(_, d)| DeviceRow {
+                    user: d.user,
+                    device: d.device,
+                    name: d.name,
+                    description: d.description,
+                    gateway: d.gateway,
+                    enabled: d.enabled,
+                    tags: d.tags,
+                    attributes: d.attributes,
+                    created: d.created,
+                })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot read the registry for SQL");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Opens the lake (`[lake]`) and the engine over it.
+pub fn open(cfg: &CloudConfig, db: &Db, twins: &TwinStore) -> Result<Engine, Error> {
+    let upload = twinlake_edge::config::UploadSection {
+        url: if cfg.lake.url.is_empty() {
+            cfg.lake_dir_url()
+        } else {
+            cfg.lake.url.clone()
+        },
+        options: cfg.lake.options.clone(),
+        ..Default::default()
+    };
+    let (store, prefix) = twinlake_edge::upload::open_store(&upload, &cfg.data_dir)?;
+    let limits = FreshLimits {
+        max_rows: cfg.sql.fresh_max_rows,
+        max_age: cfg.sql.fresh_max_age,
+    };
+    let lake = Lake::open(db.0.clone(), store, prefix, limits).map_err(|e| Error::Storage(e.to_string()))?;
+    Engine::new(lake, twins.clone(), Arc::new(Registry(db.clone())))
+        .map_err(|e| Error::Config(format!("SQL engine: {e}")))
+}
+
+/// A token check for the Postgres and Flight listeners: any token with the read scope.
+pub fn token_check(tokens: &Tokens) -> twinlake_query::pg::TokenCheck {
+    let tokens = tokens.clone();
+    Arc::new(move |t: &str| {
+        tokens
+            .lookup(t)
+            .is_some_and(|r| r.scopes.contains(&Scope::Read) || r.scopes.contains(&Scope::Admin))
+    })
+}
+
+/// Catalogues the files gateways announced (the `files` inbox), oldest first, until the
+/// cloud stops; a file that cannot be read yet stays and is tried again.
+pub async fn catalogue(state: Arc<AppState>) {
+    let mut stop = state.stop.subscribe();
+    if state.cfg.sql.rebuild_on_start {
+        match state.sql.lake().rebuild().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "catalogued files found by listing the lake"),
+            Err(e) => warn!(error = %e, "cannot list the lake"),
+        }
+    }
+    loop {
+        let pending = match inbox(&state.db) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot read the file inbox");
+                Vec::new()
+            }
+        };
+        let mut failed = false;
+        for (path, bytes) in pending {
+            match state.sql.lake().commit(&path, bytes).await {
+                Ok(added) => {
+                    if added {
+                        state.metrics.files_catalogued.inc();
+                    }
+                    if let Err(e) = state.db.delete(FILES, &path) {
+                        warn!(%path, error = %e, "cannot clear the file inbox");
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    debug!(%path, error = %e, "cannot catalogue a file yet");
+                }
+            }
+        }
+        let wait = if failed {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(30)
+        };
+        tokio::select! {
+            _ = state.catalog_wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The inbox: path → size, as the gateway announced it.
+fn inbox(db: &Db) -> Result<Vec<(String, Option<u64>)>, Error> {
+    let tx = db.0.begin_read()?;
+    let t = tx.open_table(FILES)?;
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        let size = serde_json::from_slice::<serde_json::Value>(v.value())
+            .ok()
+            .and_then(|j| j.pointer("/file/bytes").and_then(|b| b.as_u64()));
+        out.push((k.value().to_owned(), size));
+    }
+    Ok(out)
+}
+
+/// `POST /v1/sql` parameters (query string or JSON body).
+#[derive(Debug, Default, Deserialize)]
+pub struct SqlParams {
+    #[serde(default)]
+    sql: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// Bytes of results held to answer with a clean status before streaming the rest.
+const PREFETCH_BYTES: usize = 4 << 20;
+
+fn sql_error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError::new(status, msg.into())
+}
+
+/// `POST /v1/sql`: the SQL as the body (text) or `{"sql": …, "format": …}`; `format` (or
+/// Accept) is json, ndjson, csv or arrow. A result past `sql.max_rows` is 413, a query past
+/// `sql.timeout` 504 (both with a JSON error) as long as no byte has gone out.
+pub async fn post_sql(
+    p: Principal,
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<SqlParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    p.require(Scope::Read)?;
+    s.metrics.sql_queries.inc();
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body_params: SqlParams = if is_json {
+        serde_json::from_slice(&body).map_err(|e| sql_error(StatusCode::BAD_REQUEST, format!("body: {e}")))?
+    } else {
+        SqlParams {
+            sql: (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned()),
+            format: None,
+        }
+    };
+    let sql = body_params
+        .sql
+        .or(q.sql)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            sql_error(
+                StatusCode::BAD_REQUEST,
+                "no SQL: send it as the body or as {\"sql\": …}",
+            )
+        })?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Format::parse);
+    let format = match body_params.format.or(q.format) {
+        Some(f) => Format::parse(&f).ok_or_else(|| {
+            sql_error(
+                StatusCode::BAD_REQUEST,
+                format!("format {f:?}: use json, ndjson, csv or arrow"),
+            )
+        })?,
+        None => accept.unwrap_or(Format::Json),
+    };
+    let max_rows = s.cfg.sql.max_rows;
+    let deadline = tokio::time::Instant::now() + s.cfg.sql.timeout;
+    let timeout_msg = format!("the query ran past sql.timeout ({:?})", s.cfg.sql.timeout);
+    let run = async {
+        let df = s.sql.sql(&sql).await?;
+        let df = df.limit(0, Some(max_rows.saturating_add(1)))?;
+        Ok::<_, twinlake_query::QueryError>(df.execute_stream().await?)
+    };
+    let mut stream = match tokio::time::timeout_at(deadline, run).await {
+        Ok(Ok(st)) => st,
+        Ok(Err(e)) => {
+            s.metrics.sql_errors.inc();
+            return Err(sql_error(StatusCode::BAD_REQUEST, e.to_string()));
+        }
+        Err(_) => {
+            s.metrics.sql_errors.inc();
+            return Err(sql_error(StatusCode::GATEWAY_TIMEOUT, timeout_msg));
+        }
+    };
+    let mut enc = Encoder::new(format, stream.schema());
+    let too_many = move || format!("the result has more than {max_rows} rows (sql.max_rows): add a LIMIT or aggregate");
+    // Prefetch: small results get a status that reflects the whole query.
+    let mut head: Vec<Bytes> = Vec::new();
+    let mut held = 0usize;
+    let mut done = false;
+    while held < PREFETCH_BYTES {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                s.metrics.sql_errors.inc();
+                return Err(sql_error(StatusCode::GATEWAY_TIMEOUT, timeout_msg));
+            }
+            Ok(None) => {
+                done = true;
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                s.metrics.sql_errors.inc();
+                return Err(sql_error(StatusCode::BAD_REQUEST, e.to_string()));
+            }
+            Ok(Some(Ok(batch))) => {
+                if enc.rows() + batch.num_rows() > max_rows {
+                    s.metrics.sql_errors.inc();
+                    return Err(sql_error(StatusCode::PAYLOAD_TOO_LARGE, too_many()));
+                }
+                let bytes = enc
+                    .batch(&batch)
+                    .map_err(|e| sql_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                held += bytes.len();
+                head.push(Bytes::from(bytes));
+            }
+        }
+    }
+    let content_type = format.content_type();
+    if done {
+        let tail = enc
+            .finish()
+            .map_err(|e| sql_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        head.push(Bytes::from(tail));
+        let body: Vec<u8> = head.concat();
+        return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
+    }
+    // Large: stream the rest; a limit hit now ends the body early (an incomplete response).
+    let rest = futures_util::stream::unfold(
+        (stream, enc, false),
+        move |(mut stream, mut enc, finished)| async move {
+            if finished {
+                return None;
+            }
+            let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => Some(Err(std::io::Error::other("the query ran past sql.timeout"))),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some(Err(std::io::Error::other(e.to_string()))),
+                Ok(Some(Ok(batch))) => {
+                    if enc.rows() + batch.num_rows() > max_rows {
+                        Some(Err(std::io::Error::other(too_many())))
+                    } else {
+                        Some(enc.batch(&batch).map(Bytes::from).map_err(std::io::Error::other))
+                    }
+                }
+            };
+            match next {
+                Some(item) => Some((item, (stream, enc, false))),
+                None => {
+                    let tail = enc.finish().map(Bytes::from).map_err(std::io::Error::other);
+                    Some((tail, (stream, enc, true)))
+                }
+            }
+        },
+    );
+    let body = futures_util::stream::iter(head.into_iter().map(Ok::<_, std::io::Error>)).chain(rest);
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from_stream(body))
+        .map_err(|e| sql_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}

@@ -310,12 +310,6 @@ impl Catalog {
         Ok(tx.open_table(REPLACED)?.get(path)?.is_some())
     }
 
-    /// Whether `path` is catalogued.
-    pub fn contains(&self, path: &str) -> Result<bool, QueryError> {
-        let tx = self.db.begin_read()?;
-        Ok(tx.open_table(FILES)?.get(path)?.is_some())
-    }
-
     /// Records files and removes others, in one transaction; removed paths are remembered
     /// as replaced by `replaced_by` when given.
     pub fn swap(&self, add: &[FileMeta], remove: &[String], replaced_by: Option<&str>) -> Result<(), QueryError> {

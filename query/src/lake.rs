@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -36,8 +36,6 @@ use twinlake_sdk::pson::ValueRef;
 
 use crate::QueryError;
 use crate::catalog::{self, Catalog, ColumnType, FileMeta, merge_schema};
-
-const HOUR_US: i64 = 3_600_000_000;
 
 /// One fresh row as an edge sent it.
 #[derive(Debug, Clone)]
@@ -702,19 +700,4 @@ impl TableProvider for LakeTable {
         }
         UnionExec::try_new(inputs)
     }
-}
-
-/// Whether `dt` is the lake's time type.
-pub fn is_time(dt: &DataType) -> bool {
-    matches!(dt, DataType::Timestamp(_, _))
-}
-
-/// Checks a DF schema can be built from a table schema (used by tests and the planner).
-pub fn df_schema(schema: &SchemaRef) -> Result<DFSchema, QueryError> {
-    Ok(DFSchema::try_from(schema.as_ref().clone())?)
-}
-
-/// The hour partition of a time.
-pub fn hour_of(us: i64) -> i64 {
-    us.div_euclid(HOUR_US) * HOUR_US
 }

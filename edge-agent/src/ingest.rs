@@ -111,11 +111,8 @@ struct Pending {
     rows: u64,
     values: u64,
     bytes: u64,
-    fresh: Vec<FreshRow>,
+    fresh: Vec<crate::link::FreshRow>,
 }
-
-/// A row for the cloud: (table, WAL segment, stream, time µs, device, payload).
-type FreshRow = (Arc<str>, u64, bool, i64, String, serde_json::Value);
 
 impl Pending {
     fn is_empty(&self) -> bool {

@@ -258,8 +258,8 @@ pub struct Uplink {
     metrics: Arc<Metrics>,
 }
 
-/// One fresh row waiting: (table, segment, stream, time µs, device, payload).
-type WaitingRow = (Arc<str>, u64, bool, i64, String, Json);
+/// One fresh row for the cloud: (table, WAL segment, stream, time µs, device, payload).
+pub type FreshRow = (Arc<str>, u64, bool, i64, String, Json);
 
 /// Rows per `rows` item at most.
 const ROWS_PER_ITEM: usize = 512;
@@ -270,7 +270,7 @@ struct Waiting {
     described: HashMap<DeviceKey, Json>,
     reported: HashMap<(DeviceKey, String), (u64, Json)>,
     properties: HashMap<(DeviceKey, String), Json>,
-    rows: VecDeque<WaitingRow>,
+    rows: VecDeque<FreshRow>,
     files: VecDeque<Item>,
 }
 
@@ -302,7 +302,7 @@ impl Uplink {
     }
 
     /// Rows made durable, for the cloud to query before their file lands.
-    pub fn rows(&self, rows: impl IntoIterator<Item = WaitingRow>) {
+    pub fn rows(&self, rows: impl IntoIterator<Item = FreshRow>) {
         if self.max_rows == 0 {
             return;
         }

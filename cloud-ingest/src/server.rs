@@ -50,6 +50,8 @@ pub struct Cloud {
     state: Arc<AppState>,
     http: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The API certificate and key (PEM), for Flight SQL's TLS.
+    pem: Option<(Vec<u8>, Vec<u8>)>,
     metrics: Option<TcpListener>,
     edge: Option<EdgeAgent>,
     initial_token: Option<String>,
@@ -180,15 +182,21 @@ impl Cloud {
         if let Some(e) = edge.as_mut() {
             e.set_link(Arc::new(LocalConnector { state: state.clone() }));
         }
-        let tls = match (&state.cfg.http.tls_cert, &state.cfg.http.tls_key) {
+        let pem = match (&state.cfg.http.tls_cert, &state.cfg.http.tls_key) {
             (Some(c), Some(k)) => {
                 let cert = std::fs::read(c).map_err(|e| Error::Config(format!("{}: {e}", c.display())))?;
                 let key = std::fs::read(k).map_err(|e| Error::Config(format!("{}: {e}", k.display())))?;
-                let acceptor =
-                    twinlake_edge::listener::tls_acceptor(&cert, &key).map_err(|e| Error::Tls(e.to_string()))?;
-                Some(acceptor.0)
+                Some((cert, key))
             }
             _ => None,
+        };
+        let tls = match &pem {
+            Some((cert, key)) => Some(
+                twinlake_edge::listener::tls_acceptor(cert, key)
+                    .map_err(|e| Error::Tls(e.to_string()))?
+                    .0,
+            ),
+            None => None,
         };
         let http_listener = bind(state.cfg.http.addr).await?;
         let metrics = match state.cfg.metrics.addr {
@@ -207,6 +215,7 @@ impl Cloud {
             state,
             http: http_listener,
             tls,
+            pem,
             metrics,
             edge,
             initial_token,
@@ -273,23 +282,12 @@ impl Cloud {
             state.cfg.sql.compaction.clone(),
             stop_rx.clone(),
         )));
-        let pem = match (&state.cfg.http.tls_cert, &state.cfg.http.tls_key) {
-            (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
-            _ => None,
-        };
         if let Some(l) = self.postgres {
-            let tls = match &pem {
-                Some((c, k)) => Some(
-                    twinlake_edge::listener::tls_acceptor(c, k)
-                        .map_err(|e| Error::Tls(e.to_string()))?
-                        .0,
-                ),
-                None => None,
-            };
+            // The API's certificate, so sslmode=require works wherever HTTPS does.
             let pg = twinlake_query::pg::serve(
                 state.sql.context().clone(),
                 l,
-                tls,
+                self.tls.clone(),
                 crate::sql::token_check(&state.tokens),
                 stop_rx.clone(),
             )
@@ -300,7 +298,7 @@ impl Cloud {
             let flight = twinlake_query::flight::serve(
                 state.sql.clone(),
                 l,
-                pem.clone(),
+                self.pem.clone(),
                 crate::sql::token_check(&state.tokens),
                 stop_rx.clone(),
             )

@@ -17,6 +17,21 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 #[allow(deprecated)]
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+
+/// A reader of the lake file at `path` (relative to `prefix`) of `size` bytes: its footer
+/// read, its rows ready to stream.
+#[allow(deprecated)]
+pub async fn open_file(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &ObjectPath,
+    path: &str,
+    size: u64,
+) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>, QueryError> {
+    // The object_store reader is deprecated upstream in favour of hand-written readers;
+    // it is still the plain way to read one file.
+    let reader = ParquetObjectReader::new(store.clone(), full_path(prefix, path)).with_file_size(size);
+    Ok(ParquetRecordBatchStreamBuilder::new(reader).await?)
+}
 use parquet::file::statistics::Statistics;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -188,16 +203,11 @@ pub async fn describe(
 ) -> Result<FileMeta, QueryError> {
     let (table, hour_us, origin) =
         parse_path(path).ok_or_else(|| QueryError::Catalog(format!("{path}: not a lake path")))?;
-    let full = full_path(prefix, path);
     let size = match size {
         Some(s) => s,
-        None => store.head(&full).await?.size,
+        None => store.head(&full_path(prefix, path)).await?.size,
     };
-    // The object_store reader is deprecated upstream in favour of hand-written readers;
-    // it is still the plain way to read one footer.
-    #[allow(deprecated)]
-    let reader = ParquetObjectReader::new(store.clone(), full).with_file_size(size);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let builder = open_file(store, prefix, path, size).await?;
     let schema = builder.schema().clone();
     let meta = builder.metadata().clone();
     let mut columns = Vec::new();

@@ -78,10 +78,7 @@ pub fn due(lake: &Lake, cfg: &CompactionConfig, now_us: i64) -> Vec<(String, i64
 
 async fn read(lake: &Lake, f: &FileMeta) -> Result<Vec<RecordBatch>, QueryError> {
     let (store, prefix) = lake.store();
-    let path = catalog::full_path(prefix, &f.path);
-    #[allow(deprecated)]
-    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store.clone(), path).with_file_size(f.bytes);
-    let stream = parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder::new(reader)
+    let stream = catalog::open_file(store, prefix, &f.path, f.bytes)
         .await?
         .with_batch_size(64 * 1024)
         .build()?;

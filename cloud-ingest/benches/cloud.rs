@@ -4,9 +4,11 @@
 //! a smoke test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "../../edge-agent/benches/common.rs"]
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +23,6 @@ use twinlake_edge::registry::CredentialHash;
 use twinlake_edge::{EdgeAgent, EdgeConfig};
 use twinlake_sdk::client::{Client, ClientConfig};
 use twinlake_sdk::device::Thing;
-use twinlake_sdk::frame::Message;
 use twinlake_twin::{Limits, TwinKey, TwinStore};
 
 const TOKEN: &str = "bench-token";
@@ -34,22 +35,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("TWINLAKE_PYTHON").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python")),
-        PathBuf::from,
-    )
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn cloud_config(dir: &Path) -> CloudConfig {
@@ -458,19 +443,7 @@ fn memory(full: bool) {
     println!("|---:|---:|---:|---:|");
     for n in [1000usize, 10_000] {
         let dir = tempfile::tempdir().unwrap();
-        let auth_file = dir.path().join("auth.hex");
         let names: Vec<String> = (0..n).map(|i| format!("dev-{i}")).collect();
-        let lines: Vec<String> = names
-            .iter()
-            .map(|d| {
-                Message::auth(USER, d, "k")
-                    .to_frame()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            })
-            .collect();
-        std::fs::write(&auth_file, lines.join("\n")).unwrap();
         let rt = rt();
         let (before, after) = rt.block_on(async {
             let mut cfg = cloud_config(dir.path());
@@ -480,16 +453,8 @@ fn memory(full: bool) {
             register(&cloud.state, &names, None, "k");
             // The in-process pipeline has the registry and the twins exist.
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let before = rss_bytes();
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../edge-agent/benches/idle_clients.py");
-            let mut child = Command::new(python())
-                .arg(script)
-                .arg(cloud.devices.unwrap().to_string())
-                .arg(&auth_file)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("python for the idle clients");
+            let before = common::rss_bytes();
+            let mut child = common::idle_clients(dir.path(), &cloud.devices.unwrap().to_string(), USER, &names, "k");
             let state = cloud.state.clone();
             let online = move || {
                 state
@@ -506,18 +471,13 @@ fn memory(full: bool) {
             }
             // Let the on-connect describe requests time out (the clients never answer).
             tokio::time::sleep(Duration::from_secs(12)).await;
-            let after = rss_bytes();
+            let after = common::rss_bytes();
             drop(child.stdin.take());
             let _ = child.wait();
             cloud.stop().await;
             (before, after)
         });
-        println!(
-            "| {n} | {:.1} MiB | {:.1} MiB | {:.0} B |",
-            before as f64 / 1048576.0,
-            after as f64 / 1048576.0,
-            after.saturating_sub(before) as f64 / n as f64
-        );
+        common::memory_row(n, before, after);
     }
 }
 

@@ -15,11 +15,13 @@
 // A measurement harness, not a path for untrusted input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "common.rs"]
+mod common;
 mod tsbs;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,13 +40,6 @@ use twinlake_sdk::pson::{Value, ValueRef};
 
 const START_US: i64 = 1_451_606_400_000_000; // 2016-01-01T00:00:00Z, as TSBS
 
-fn python() -> PathBuf {
-    std::env::var_os("TWINLAKE_PYTHON").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python")),
-        PathBuf::from,
-    )
-}
-
 fn reading_payload(v: &[f64; 7]) -> Vec<u8> {
     Value::Object(
         tsbs::FIELD_NAMES
@@ -54,15 +49,6 @@ fn reading_payload(v: &[f64; 7]) -> Vec<u8> {
             .collect(),
     )
     .to_bytes()
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn read_dir_batches(root: &Path) -> Vec<(PathBuf, Vec<RecordBatch>)> {
@@ -160,7 +146,7 @@ fn storage(full: bool) {
     }
     // The peer, over the very same rows.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pyarrow_storage.py");
-    match Command::new(python())
+    match Command::new(common::python())
         .arg(script)
         .arg(dir.path().join("readings"))
         .output()
@@ -327,17 +313,7 @@ fn memory(full: bool) {
     println!("|---:|---:|---:|---:|");
     for &n in counts {
         let dir = tempfile::tempdir().unwrap();
-        let auth_file = dir.path().join("auth.hex");
-        let lines: Vec<String> = (0..n)
-            .map(|i| {
-                Message::auth("bench", &format!("dev-{i}"), "k")
-                    .to_frame()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            })
-            .collect();
-        std::fs::write(&auth_file, lines.join("\n")).unwrap();
+        let names: Vec<String> = (0..n).map(|i| format!("dev-{i}")).collect();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -354,34 +330,21 @@ fn memory(full: bool) {
                 let _ = stopped.await;
             }));
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let before = rss_bytes();
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/idle_clients.py");
-            let mut child = Command::new(python())
-                .arg(script)
-                .arg(addr.to_string())
-                .arg(&auth_file)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("python for the idle clients");
+            let before = common::rss_bytes();
+            let mut child = common::idle_clients(dir.path(), &addr.to_string(), "bench", &names, "k");
             while metrics.devices_connected.get() < n as i64 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // Let the on-connect describe requests time out (the clients never answer).
             tokio::time::sleep(Duration::from_millis(2500)).await;
-            let after = rss_bytes();
+            let after = common::rss_bytes();
             drop(child.stdin.take());
             let _ = child.wait();
             let _ = stop.send(());
             let _ = run.await;
             (before, after)
         });
-        println!(
-            "| {n} | {:.1} MiB | {:.1} MiB | {:.0} B |",
-            before as f64 / 1048576.0,
-            after as f64 / 1048576.0,
-            after.saturating_sub(before) as f64 / n as f64
-        );
+        common::memory_row(n, before, after);
     }
 }
 

@@ -13,6 +13,9 @@
 // Bench code: a failed expectation should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "../../edge-agent/benches/common.rs"]
+#[allow(dead_code)]
+mod common;
 #[path = "../../edge-agent/benches/tsbs.rs"]
 #[allow(dead_code)]
 mod tsbs;
@@ -291,20 +294,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn python() -> Option<String> {
-    if let Ok(p) = std::env::var("TWINLAKE_PYTHON") {
-        return Some(p);
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
-    Path::new(venv).exists().then(|| venv.to_string())
-}
-
 /// Times the peers over the same files: `{engine: {query: ms}}`.
 fn peers(lake: &Path, tags_file: &Path, queries: &[(&str, String, String)], runs: usize) -> Json {
-    let Some(py) = python() else {
+    let py = common::python();
+    if !py.exists() {
         eprintln!("no Python with duckdb (.venv): peers skipped");
         return json!({});
-    };
+    }
     // DuckDB's name for date_bin (its buckets also align to the epoch for these intervals).
     let peer_sql = |q: &str| q.replace("date_bin(", "time_bucket(");
     let spec = json!({

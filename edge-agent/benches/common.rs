@@ -1,0 +1,64 @@
+//! Helpers the benchmark harnesses share (the edge's, the cloud's and the SQL one include
+//! this file with `#[path]`): the test Python, process memory, and idle Thinger clients in
+//! another process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use twinlake_sdk::frame::Message;
+
+/// The Python with the benchmark peers (`.venv`, made by `scripts/test`), or `TWINLAKE_PYTHON`.
+pub fn python() -> PathBuf {
+    std::env::var_os("TWINLAKE_PYTHON").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python")),
+        PathBuf::from,
+    )
+}
+
+/// This process's resident memory.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Starts idle Thinger clients (edge-agent/benches/idle_clients.py), one per device of
+/// `user` with `credential`, against `addr`; they stay until their stdin closes.
+pub fn idle_clients(dir: &Path, addr: &str, user: &str, devices: &[String], credential: &str) -> Child {
+    let auth_file = dir.join("auth.hex");
+    let lines: Vec<String> = devices
+        .iter()
+        .map(|d| {
+            Message::auth(user, d, credential)
+                .to_frame()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect();
+    std::fs::write(&auth_file, lines.join("\n")).expect("the auth file");
+    Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../edge-agent/benches/idle_clients.py"
+        ))
+        .arg(addr)
+        .arg(&auth_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python for the idle clients")
+}
+
+/// One row of a memory table: devices, RSS before and after, bytes per device.
+pub fn memory_row(n: usize, before: u64, after: u64) {
+    println!(
+        "| {n} | {:.1} MiB | {:.1} MiB | {:.0} B |",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / n as f64
+    );
+}

@@ -35,6 +35,15 @@ pub fn register(ctx: &SessionContext) {
     }
 }
 
+/// A text argument (coerced to Utf8 by the function's signature) as a column of `rows`.
+pub(crate) fn text_column(function: &str, v: &ColumnarValue, rows: usize) -> Result<StringArray> {
+    v.to_array(rows)?
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| datafusion::error::DataFusionError::Execution(format!("{function}: text arguments expected")))
+}
+
 /// A scalar function under another name.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Renamed {
@@ -243,12 +252,11 @@ impl ScalarUDFImpl for JsonGet {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
-        let arrays: Vec<ArrayRef> = args.args.iter().map(|a| a.to_array(rows)).collect::<Result<_>>()?;
-        let strs: Vec<&StringArray> = arrays
+        let strs: Vec<StringArray> = args
+            .args
             .iter()
-            .map(|a| a.as_any().downcast_ref::<StringArray>())
-            .collect::<Option<_>>()
-            .ok_or_else(|| datafusion::error::DataFusionError::Execution("json_get: text arguments expected".into()))?;
+            .map(|a| text_column(self.name(), a, rows))
+            .collect::<Result<_>>()?;
         let Some((doc, keys)) = strs.split_first() else {
             return exec_err!("json_get needs arguments");
         };

@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringBuilder};
+use arrow::array::{Array, ArrayRef, StringBuilder};
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::common::{Result as DfResult, exec_err};
@@ -113,11 +113,7 @@ impl ScalarUDFImpl for CurrentSetting {
                 true
             ))))
         );
-        let names = first.to_array(rows)?;
-        let names = names
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .ok_or_else(|| datafusion::error::DataFusionError::Execution("current_setting: text expected".into()))?;
+        let names = crate::functions::text_column("current_setting", first, rows)?;
         let mut out = StringBuilder::new();
         for i in 0..rows {
             if names.is_null(i) {
@@ -134,8 +130,6 @@ impl ScalarUDFImpl for CurrentSetting {
         Ok(ColumnarValue::Array(arr))
     }
 }
-
-use arrow::array::Array;
 
 /// Checks a password (an API token).
 pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -460,11 +454,7 @@ impl ScalarUDFImpl for QuoteIdent {
         let Some(first) = args.args.first() else {
             return exec_err!("quote_ident(text) takes one argument");
         };
-        let names = first.to_array(rows)?;
-        let names = names
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .ok_or_else(|| datafusion::error::DataFusionError::Execution("quote_ident: text expected".into()))?;
+        let names = crate::functions::text_column("quote_ident", first, rows)?;
         let out: arrow::array::StringArray = names.iter().map(|n| n.map(quote_ident)).collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }

@@ -104,8 +104,8 @@ pub async fn catalogue(state: Arc<AppState>) {
             }
         };
         let mut failed = false;
-        for (path, bytes) in pending {
-            match state.sql.lake().commit(&path, bytes).await {
+        for (path, size) in pending {
+            match state.sql.lake().commit(&path, size).await {
                 Ok(added) => {
                     if added {
                         state.metrics.files_catalogued.inc();

@@ -280,17 +280,18 @@ impl Lake {
         let mut tables = self.lock();
         let t = tables.entry(table.to_owned()).or_default();
         let gw: Arc<str> = Arc::from(gateway);
-        let schemas: Schemas = BTreeMap::from([(
-            table.to_owned(),
-            t.fresh_columns
-                .iter()
-                .filter_map(|(n, c)| Some((n.clone(), field_type(*c)?)))
-                .collect(),
-        )]);
-        let (buf, _) = t
-            .open
-            .entry((gw, segment))
-            .or_insert_with(|| (Buffer::new(gateway, schemas), Instant::now()));
+        // A new segment's buffer starts from the columns seen so far (built only then).
+        let columns = &t.fresh_columns;
+        let (buf, _) = t.open.entry((gw, segment)).or_insert_with(|| {
+            let schemas: Schemas = BTreeMap::from([(
+                table.to_owned(),
+                columns
+                    .iter()
+                    .filter_map(|(n, c)| Some((n.clone(), field_type(*c)?)))
+                    .collect(),
+            )]);
+            (Buffer::new(gateway, schemas), Instant::now())
+        });
         let mut fields = Vec::new();
         let mut conflicts = Vec::new();
         for r in rows {

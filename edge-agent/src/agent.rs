@@ -20,6 +20,9 @@ use crate::listener::{DeviceEvent, DeviceKey, DeviceListener, Devices, ListenerC
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, writer_properties};
 use crate::registry::{CredentialHash, DeviceRegistry, RateLimiter};
+use crate::sources::Southbound;
+use crate::sources::lora::LoraSource;
+use crate::sources::mqtt::{MqttSource, Phase as MqttPhase};
 use crate::upload::{Stop, Uploader, open_store};
 
 /// A started agent: sockets bound, WAL replayed. [`EdgeAgent::run`] serves.
@@ -43,6 +46,9 @@ pub struct EdgeAgent {
     apis: ApiCache,
     link: Option<Arc<dyn Connector>>,
     link_cfg: LinkSection,
+    mqtt: Option<MqttSource>,
+    lora: Option<LoraSource>,
+    southbound: Arc<Southbound>,
 }
 
 impl std::fmt::Debug for EdgeAgent {
@@ -138,6 +144,34 @@ impl EdgeAgent {
             metrics: metrics.clone(),
             announce: None,
         };
+        let southbound = Arc::new(Southbound::default());
+        let mqtt = if config.mqtt.url.is_empty() {
+            None
+        } else {
+            Some(
+                MqttSource::new(
+                    &config.mqtt,
+                    &config.gateway,
+                    listener.events(),
+                    metrics.clone(),
+                    southbound.clone(),
+                )
+                .await?,
+            )
+        };
+        let lora = match config.lorawan.udp {
+            Some(addr) => Some(
+                LoraSource::bind(
+                    &config.lorawan,
+                    addr,
+                    &config.data_dir,
+                    listener.events(),
+                    metrics.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let metrics_listener = match config.metrics.addr {
             Some(addr) => Some(crate::metrics::bind(addr).await?),
             None => None,
@@ -162,6 +196,9 @@ impl EdgeAgent {
             apis: ApiCache::default(),
             link,
             link_cfg: config.link.clone(),
+            mqtt,
+            lora,
+            southbound,
         })
     }
 
@@ -184,6 +221,11 @@ impl EdgeAgent {
     /// The bound TLS device address.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.listener.tls_addr()
+    }
+
+    /// The bound LoRaWAN (packet forwarder) UDP address.
+    pub fn lorawan_addr(&self) -> Option<SocketAddr> {
+        self.lora.as_ref().and_then(LoraSource::local_addr)
     }
 
     /// The bound metrics address.
@@ -249,6 +291,7 @@ impl EdgeAgent {
                 streams: streams.clone(),
                 apis: self.apis.clone(),
                 metrics: self.metrics.clone(),
+                southbound: self.southbound.clone(),
             };
             client.load_registry();
             tokio::spawn(client.run(stop_link_rx))
@@ -281,12 +324,27 @@ impl EdgeAgent {
             })
         });
 
+        let (mqtt_phase, mqtt_phase_rx) = watch::channel(MqttPhase::Running);
+        let mqtt_task = self.mqtt.take().map(|m| tokio::spawn(m.run(mqtt_phase_rx)));
+        let (stop_lora, stop_lora_rx) = watch::channel(false);
+        let lora_task = self.lora.take().map(|l| tokio::spawn(l.run(stop_lora_rx)));
+
         self.listener.run(shutdown).await;
+        // The other sources stop taking messages; what ingest took it confirms below.
+        let _ = mqtt_phase.send(MqttPhase::Draining);
+        let _ = stop_lora.send(true);
+        if let Some(t) = lora_task {
+            let _ = t.await;
+        }
         info!("device connections closed; flushing the buffer");
         let _ = stop_ingest.send(true);
         let ingested = ingest
             .await
             .unwrap_or_else(|e| Err(Error::Corrupt(format!("the ingest task failed: {e}"))));
+        let _ = mqtt_phase.send(MqttPhase::Done);
+        if let Some(t) = mqtt_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
         let _ = stop_upload.send(Stop::DrainUntil(tokio::time::Instant::now() + self.upload_deadline));
         let _ = uploader.await;
         if let Some(t) = link_task {

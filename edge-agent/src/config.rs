@@ -33,6 +33,10 @@ pub struct EdgeConfig {
     pub metrics: MetricsSection,
     pub shutdown: ShutdownSection,
     pub link: LinkSection,
+    /// An MQTT broker to subscribe to (off unless `mqtt.url` is set).
+    pub mqtt: MqttSection,
+    /// LoRaWAN gateways' Semtech UDP packet forwarders (off unless `lorawan.udp` is set).
+    pub lorawan: LorawanSection,
 }
 
 impl Default for EdgeConfig {
@@ -51,6 +55,8 @@ impl Default for EdgeConfig {
             metrics: MetricsSection::default(),
             shutdown: ShutdownSection::default(),
             link: LinkSection::default(),
+            mqtt: MqttSection::default(),
+            lorawan: LorawanSection::default(),
         }
     }
 }
@@ -116,6 +122,8 @@ impl EdgeConfig {
         if self.link.max_unacked == 0 {
             return bad("link.max_unacked must be at least 1".into());
         }
+        self.mqtt.validate()?;
+        self.lorawan.validate()?;
         let mut seen = std::collections::HashSet::new();
         for d in &self.devices {
             crate::registry::CredentialHash::parse(&d.credential_hash)
@@ -445,5 +453,216 @@ mod addr_or_off {
         raw.parse().map(Some).map_err(|e| {
             serde::de::Error::custom(format!("{raw:?}: {e} (an address such as 0.0.0.0:25200, or \"off\")"))
         })
+    }
+}
+
+/// `[mqtt]`: subscribe to a broker (the gateway's Mosquitto, or any broker).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    /// `mqtt://host:1883` or `mqtts://host:8883`; empty for no MQTT source.
+    pub url: String,
+    /// The client id; the broker keeps this session (and the QoS 1 messages it holds) while
+    /// the agent is away. Default `twinlake-<gateway>`.
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    /// PEM certificates to trust for `mqtts://` instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) for brokers that want one.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// The account MQTT devices belong to (their twins' user).
+    pub user: String,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Where resource writes and desired values for MQTT devices are published: a template
+    /// with `{device}` and `{resource}`; the payload is the value as JSON. Empty: no control.
+    pub command_topic: String,
+    pub subscriptions: Vec<MqttSubscription>,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            user: "mqtt".into(),
+            keep_alive: Duration::from_secs(30),
+            command_topic: "twinlake/{device}/{resource}/set".into(),
+            subscriptions: Vec::new(),
+        }
+    }
+}
+
+/// `[[mqtt.subscriptions]]`: a topic template and how its payloads are read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSubscription {
+    /// `sensors/{device}/{resource}`; `+` ignores a level, a final `#` takes the rest.
+    pub topic: String,
+    #[serde(default)]
+    pub format: crate::sources::payload::Format,
+    /// The resource (table) when the topic has no `{resource}`; default per format.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// 1 (at least once, the default) or 0 (at most once).
+    #[serde(default = "one")]
+    pub qos: u8,
+}
+
+fn one() -> u8 {
+    1
+}
+
+impl MqttSection {
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::Config(format!("mqtt: {msg}")));
+        if self.url.is_empty() {
+            return Ok(());
+        }
+        let url = url::Url::parse(&self.url).map_err(|e| Error::Config(format!("mqtt.url {:?}: {e}", self.url)))?;
+        if !matches!(url.scheme(), "mqtt" | "mqtts" | "tcp" | "ssl") || url.host_str().is_none() {
+            return bad(format!("url {:?}: use mqtt://host:port or mqtts://host:port", self.url));
+        }
+        if self.subscriptions.is_empty() {
+            return bad("a url without [[mqtt.subscriptions]] receives nothing".into());
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return bad("client_cert and client_key go together".into());
+        }
+        if self.user.is_empty() {
+            return bad("user must not be empty".into());
+        }
+        for s in &self.subscriptions {
+            let t = crate::sources::topic::TopicTemplate::parse(&s.topic)
+                .map_err(|e| Error::Config(format!("mqtt.subscriptions: {e}")))?;
+            if !t.has_device() && !s.format.names_devices() {
+                return bad(format!(
+                    "topic {:?}: format {:?} needs {{device}} in the topic",
+                    s.topic, s.format
+                ));
+            }
+            if s.qos > 1 {
+                return bad(format!("topic {:?}: qos {} (use 0 or 1)", s.topic, s.qos));
+            }
+        }
+        if !self.command_topic.is_empty() {
+            let t = crate::sources::topic::TopicTemplate::parse(&self.command_topic)
+                .map_err(|e| Error::Config(format!("mqtt.command_topic: {e}")))?;
+            if !t.is_concrete() {
+                return bad(format!("command_topic {:?} may not hold + or #", self.command_topic));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[lorawan]`: the network-server side of the Semtech UDP packet forwarder (GWMP) and
+/// LoRaWAN 1.0.x for the devices listed here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LorawanSection {
+    /// The UDP address gateways send to (the protocol's port is 1700); `"off"` by default.
+    #[serde(with = "addr_or_off")]
+    pub udp: Option<SocketAddr>,
+    /// The account LoRaWAN devices belong to.
+    pub user: String,
+    /// The network id (3 bytes, hex) in join accepts; 000000 or 000001 are for private networks.
+    pub net_id: String,
+    /// The same uplink heard by several gateways within this window is stored once.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// RX1 delay (seconds) granted in join accepts and used for class A downlinks.
+    pub rx1_delay_s: u8,
+    /// Transmit power (dBm) for downlinks.
+    pub tx_power: i8,
+    pub devices: Vec<LoraDevice>,
+    pub profiles: Vec<LoraProfile>,
+}
+
+impl Default for LorawanSection {
+    fn default() -> Self {
+        Self {
+            udp: None,
+            user: "lorawan".into(),
+            net_id: "000013".into(),
+            dedup_window: Duration::from_secs(10),
+            rx1_delay_s: 1,
+            tx_power: 14,
+            devices: Vec::new(),
+            profiles: Vec::new(),
+        }
+    }
+}
+
+/// `[[lorawan.devices]]`: OTAA (`app_key`) or ABP (`dev_addr`, `nwk_skey`, `app_skey`).
+/// Keys are hex; they are never logged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraDevice {
+    pub dev_eui: String,
+    /// The device id in tables and twins; default the DevEUI in lowercase hex.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub join_eui: Option<String>,
+    #[serde(default)]
+    pub app_key: Option<crate::sources::lorawan::Secret>,
+    #[serde(default)]
+    pub dev_addr: Option<String>,
+    #[serde(default)]
+    pub nwk_skey: Option<crate::sources::lorawan::Secret>,
+    #[serde(default)]
+    pub app_skey: Option<crate::sources::lorawan::Secret>,
+    /// A profile's name; default: Cayenne LPP into the `lorawan` table.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// `[[lorawan.profiles]]`: how a kind of device's payload becomes fields, and where.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraProfile {
+    pub name: String,
+    /// The resource (table) its rows go to.
+    #[serde(default = "lorawan_table")]
+    pub table: String,
+    #[serde(flatten)]
+    pub codec: crate::sources::codec::Codec,
+}
+
+fn lorawan_table() -> String {
+    "lorawan".into()
+}
+
+impl LorawanSection {
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::Config(format!("lorawan: {msg}")));
+        if crate::sources::lorawan::hex_array::<3>(&self.net_id).is_none() {
+            return bad(format!("net_id {:?}: 6 hex digits", self.net_id));
+        }
+        if !(1..=15).contains(&self.rx1_delay_s) {
+            return bad(format!("rx1_delay_s {}: 1..=15", self.rx1_delay_s));
+        }
+        for p in &self.profiles {
+            p.codec
+                .validate()
+                .map_err(|e| Error::Config(format!("lorawan profile {:?}: {e}", p.name)))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.devices {
+            crate::sources::lorawan::DeviceConf::from_config(d, &self.profiles)
+                .map_err(|e| Error::Config(format!("lorawan device {}: {e}", d.dev_eui)))?;
+            if !seen.insert(d.dev_eui.to_ascii_lowercase()) {
+                return bad(format!("device {} is listed twice", d.dev_eui));
+            }
+        }
+        Ok(())
     }
 }

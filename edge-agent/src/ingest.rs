@@ -22,7 +22,7 @@ use twinlake_sdk::pson::{Value, ValueRef};
 use crate::Error;
 use crate::buffer::{Buffer, Conflict, Schemas, SealedTable};
 use crate::config::{BufferSection, WalSection};
-use crate::listener::{Acker, DeviceEvent, DeviceEventKind, DeviceKey};
+use crate::listener::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::metrics::Metrics;
 use crate::model::{FieldValue, flatten, table_name};
 use crate::outbox::{Outbox, State};
@@ -112,11 +112,53 @@ struct Pending {
     values: u64,
     bytes: u64,
     fresh: Vec<crate::link::FreshRow>,
+    /// Source messages whose rows and delivery record this fsync makes durable; their
+    /// acked record goes into the next one.
+    delivered: Vec<(Arc<str>, u16, Acker)>,
+    /// Source messages whose acked record this fsync makes durable: confirmed after it.
+    confirming: Vec<(Arc<str>, u16, Acker)>,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.rows == 0 && self.acks.is_empty()
+        self.rows == 0 && self.acks.is_empty() && self.delivered.is_empty() && self.confirming.is_empty()
+    }
+}
+
+/// Source messages (MQTT QoS 1) that are durable and whose confirmation has not been sent:
+/// (source, packet id) → hash. A broker that lost the confirmation in a crash sends the
+/// message again with DUP set and the same packet id; if it is here with the same hash, its
+/// rows are already stored and it is only confirmed.
+///
+/// Rebuilt on start from the WAL's delivery and acked records. The acked record is durable
+/// before the confirmation is sent, so what is here was certainly never confirmed; a crash
+/// between the acked record's fsync and the PUBACK leaves a duplicate, never a loss.
+pub type Unconfirmed = std::collections::HashMap<(Arc<str>, u16), u64>;
+
+fn delivery_payload(id: u16, hash: Option<u64>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&id.to_le_bytes());
+    if let Some(h) = hash {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+}
+
+/// Applies a bookkeeping record (delivery, acked) to the set of unconfirmed messages.
+pub fn track(unconfirmed: &mut Unconfirmed, rec: &WalRecord<'_>) {
+    let Some((id, rest)) = rec.payload.split_first_chunk::<2>() else {
+        return;
+    };
+    let key = (Arc::from(rec.table), u16::from_le_bytes(*id));
+    match rec.kind {
+        RecordKind::Delivery => {
+            if let Some(h) = rest.first_chunk::<8>() {
+                unconfirmed.insert(key, u64::from_le_bytes(*h));
+            }
+        }
+        RecordKind::Acked => {
+            unconfirmed.remove(&key);
+        }
+        RecordKind::Stream | RecordKind::Record => {}
     }
 }
 
@@ -152,6 +194,7 @@ pub struct Ingest {
     retry: Option<(Instant, SealJob)>,
     scratch: Vec<u8>,
     conflicts: Vec<Conflict>,
+    unconfirmed: Unconfirmed,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -200,12 +243,17 @@ impl Ingest {
         outbox.recover(state.sealed_through)?;
         let mut buffer = Buffer::new(gateway, state.schemas.clone());
         let mut conflicts = Vec::new();
+        let mut unconfirmed = Unconfirmed::new();
         let (wal, replay) = Wal::open(
             &data_dir.join("wal"),
             wal_cfg.segment_bytes,
             state.sealed_through,
             |_, rec| {
-                apply(&mut buffer, &rec, &mut conflicts, &metrics);
+                if rec.kind.is_row() {
+                    apply(&mut buffer, &rec, &mut conflicts, &metrics);
+                } else {
+                    track(&mut unconfirmed, &rec);
+                }
             },
         )?;
         if replay.records > 0 || replay.truncated_bytes > 0 {
@@ -239,6 +287,7 @@ impl Ingest {
                 retry: None,
                 scratch: Vec::new(),
                 conflicts,
+                unconfirmed,
             },
             sealed_rx,
         ))
@@ -342,6 +391,7 @@ impl Ingest {
                 });
                 (RecordKind::Record, ENDPOINT_TABLE.to_owned(), Some(row), ack)
             }
+            DeviceEventKind::Message { rows, delivery } => return self.handle_message(rows, delivery),
             DeviceEventKind::Connected { .. } => {
                 on_connect(&ev.device);
                 return;
@@ -354,43 +404,108 @@ impl Ingest {
             }
             return;
         };
-        self.scratch.clear();
-        payload.encode_into(&mut self.scratch);
-        let rec = WalRecord {
-            kind,
-            time_us,
-            table: &table,
-            device: &ev.device.device,
-            payload: &self.scratch,
-        };
-        if let Err(e) = self.wal.append(&rec) {
-            error!(error = %e, "cannot write the WAL; the row is refused");
+        if !self.append_row(kind, &table, &ev.device.device, time_us, &payload) {
             if let Some(a) = ack {
                 a.ack(false);
             }
             return;
         }
+        if let Some(a) = ack {
+            self.unsynced.acks.push(a);
+        }
+    }
+
+    /// A source's message: its rows, then (for a message to confirm) a delivery record, all
+    /// in this fsync. A redelivery of a message that is durable and unconfirmed stores
+    /// nothing and is only confirmed.
+    fn handle_message(&mut self, rows: Vec<SourceRow>, delivery: Option<Delivery>) {
+        if let Some(d) = &delivery
+            && d.redelivered
+            && self.unconfirmed.get(&(d.source.clone(), d.id)) == Some(&d.hash)
+        {
+            self.metrics.source("mqtt", "duplicate");
+            if let Some(d) = delivery {
+                self.unsynced.delivered.push((d.source, d.id, d.ack));
+            }
+            return;
+        }
+        let mut ok = true;
+        for r in rows {
+            if r.payload.is_unset() {
+                continue;
+            }
+            let table = table_name(&[r.resource.as_str()]);
+            if !self.append_row(RecordKind::Record, &table, &r.device, micros(r.at), &r.payload) {
+                ok = false;
+                break;
+            }
+        }
+        let Some(d) = delivery else { return };
+        if ok {
+            delivery_payload(d.id, Some(d.hash), &mut self.scratch);
+            ok = self.append_mark(RecordKind::Delivery, &d.source);
+        }
+        if !ok {
+            // Not confirmed: the broker sends it again once the session resumes.
+            d.ack.ack(false);
+            return;
+        }
+        self.unconfirmed.insert((d.source.clone(), d.id), d.hash);
+        self.unsynced.delivered.push((d.source, d.id, d.ack));
+    }
+
+    /// Appends a bookkeeping record whose payload is in `scratch`.
+    fn append_mark(&mut self, kind: RecordKind, source: &str) -> bool {
+        let rec = WalRecord {
+            kind,
+            time_us: 0,
+            table: source,
+            device: "",
+            payload: &self.scratch,
+        };
+        match self.wal.append(&rec) {
+            Ok(()) => true,
+            Err(e) => {
+                error!(error = %e, "cannot write the WAL; the message is not confirmed");
+                false
+            }
+        }
+    }
+
+    /// Appends one row to the WAL and the buffer; false if the WAL refused it.
+    fn append_row(&mut self, kind: RecordKind, table: &str, device: &str, time_us: i64, payload: &Value) -> bool {
+        self.scratch.clear();
+        payload.encode_into(&mut self.scratch);
+        let rec = WalRecord {
+            kind,
+            time_us,
+            table,
+            device,
+            payload: &self.scratch,
+        };
+        if let Err(e) = self.wal.append(&rec) {
+            error!(error = %e, "cannot write the WAL; the row is refused");
+            return false;
+        }
         let values = apply(&mut self.buffer, &rec, &mut self.conflicts, &self.metrics);
         for c in self.conflicts.drain(..) {
             self.metrics.schema_conflicts.inc();
-            warn!(device = %ev.device, conflict = %c, "schema conflict; value dropped");
+            warn!(device, conflict = %c, "schema conflict; value dropped");
         }
         self.unsynced.rows += 1;
         self.unsynced.values += values;
         self.unsynced.bytes += self.scratch.len() as u64;
-        if let Some(a) = ack {
-            self.unsynced.acks.push(a);
-        }
         if self.fresh.is_some() {
             self.unsynced.fresh.push((
-                Arc::from(table.as_str()),
+                Arc::from(table),
                 self.wal.current_segment(),
                 kind == RecordKind::Stream,
                 time_us,
-                ev.device.device.clone(),
-                twinlake_sdk::json::to_json(&payload),
+                device.to_owned(),
+                twinlake_sdk::json::to_json(payload),
             ));
         }
+        true
     }
 
     /// Starts an fsync of everything appended so far, unless one is running. Ingest goes on
@@ -433,6 +548,27 @@ impl Ingest {
         for a in batch.acks {
             a.ack(ok);
         }
+        // Delivered messages: their acked record goes into the next fsync, and only then is
+        // the confirmation sent. After a failed fsync nothing is confirmed; the broker sends
+        // those messages again when the session resumes.
+        for (source, id, ack) in batch.delivered {
+            if !ok {
+                ack.ack(false);
+                continue;
+            }
+            delivery_payload(id, None, &mut self.scratch);
+            if self.append_mark(RecordKind::Acked, &source) {
+                self.unsynced.confirming.push((source, id, ack));
+            } else {
+                ack.ack(false);
+            }
+        }
+        for (source, id, ack) in batch.confirming {
+            if ok {
+                self.unconfirmed.remove(&(source, id));
+            }
+            ack.ack(ok);
+        }
         self.metrics.buffer_rows.set(self.buffer.rows() as i64);
     }
 
@@ -440,8 +576,11 @@ impl Ingest {
     /// one more for what came after it.
     async fn sync(&mut self) {
         self.wait_inflight().await;
-        self.start_sync();
-        self.wait_inflight().await;
+        // Twice more: source messages need their rows' fsync and then their acked record's.
+        for _ in 0..2 {
+            self.start_sync();
+            self.wait_inflight().await;
+        }
     }
 
     async fn wait_inflight(&mut self) {
@@ -481,6 +620,20 @@ impl Ingest {
     /// Seals the buffer: everything is durable in segments up to the one just finished.
     fn start_seal(&mut self) -> Result<(), Error> {
         let seq = self.wal.rotate()?;
+        // The sealed segments go once the seal is written; the unconfirmed messages'
+        // delivery records must outlive them, so they are copied into the new segment, durably.
+        if !self.unconfirmed.is_empty() {
+            let marks: Vec<_> = self
+                .unconfirmed
+                .iter()
+                .map(|((s, id), h)| (s.clone(), *id, *h))
+                .collect();
+            for (source, id, hash) in marks {
+                delivery_payload(id, Some(hash), &mut self.scratch);
+                self.append_mark(RecordKind::Delivery, &source);
+            }
+            self.wal.sync()?;
+        }
         let tables = self.buffer.seal()?;
         self.metrics.buffer_rows.set(0);
         let job = SealJob {

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod registry;
+pub mod sources;
 pub mod upload;
 pub mod wal;
 

@@ -160,40 +160,91 @@ pub enum DeviceEventKind {
         path: Vec<String>,
         payload: Option<Value>,
     },
+    /// Rows from a source other than the listener (an MQTT message, a LoRaWAN uplink):
+    /// stored together, then `delivery` (if any) is confirmed once they are durable.
+    Message {
+        rows: Vec<SourceRow>,
+        delivery: Option<Delivery>,
+    },
 }
 
-/// Confirms one device request, later: the device gets REQUEST_OK or REQUEST_ERROR.
+/// One row a source produced: a resource's value at a time. It lands in the table named
+/// after the resource and is the resource's reported value in the device's twin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRow {
+    /// The device (of the event's user) the row is of.
+    pub device: String,
+    pub resource: String,
+    pub at: SystemTime,
+    pub payload: Value,
+}
+
+/// A message its source must confirm (an MQTT QoS 1 PUBLISH), and what identifies it if
+/// the source delivers it again after a crash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The source's name (one per configured broker).
+    pub source: Arc<str>,
+    /// The packet id the broker gave it.
+    pub id: u16,
+    /// A hash of the topic and payload.
+    pub hash: u64,
+    /// Whether the broker marked it as sent before (MQTT DUP).
+    pub redelivered: bool,
+    pub ack: Acker,
+}
+
+/// Confirms one request, later: a device gets REQUEST_OK or REQUEST_ERROR; a broker gets
+/// its PUBACK (see [`Acker::from_fn`]).
 #[derive(Clone)]
-pub struct Acker {
-    tx: mpsc::Sender<Command>,
-    stream_id: u32,
+pub struct Acker(AckTarget);
+
+#[derive(Clone)]
+enum AckTarget {
+    Device { tx: mpsc::Sender<Command>, stream_id: u32 },
+    Fn(Arc<dyn Fn(bool) + Send + Sync>),
 }
 
 impl Acker {
+    /// An acker that calls `f` with the outcome (a source's own confirmation).
+    pub fn from_fn(f: impl Fn(bool) + Send + Sync + 'static) -> Self {
+        Self(AckTarget::Fn(Arc::new(f)))
+    }
+
     /// Sends the confirmation. If the device is gone, there is no one to tell.
     pub fn ack(self, ok: bool) {
-        let cmd = Command::Ack {
-            stream_id: self.stream_id,
-            ok,
-        };
-        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(cmd) {
-            let tx = self.tx;
-            tokio::spawn(async move {
-                let _ = tx.send(cmd).await;
-            });
+        match self.0 {
+            AckTarget::Fn(f) => f(ok),
+            AckTarget::Device { tx, stream_id } => {
+                let cmd = Command::Ack { stream_id, ok };
+                if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(cmd) {
+                    tokio::spawn(async move {
+                        let _ = tx.send(cmd).await;
+                    });
+                }
+            }
         }
     }
 }
 
 impl std::fmt::Debug for Acker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Acker").field("stream_id", &self.stream_id).finish()
+        match &self.0 {
+            AckTarget::Device { stream_id, .. } => f.debug_struct("Acker").field("stream_id", stream_id).finish(),
+            AckTarget::Fn(_) => f.write_str("Acker(fn)"),
+        }
     }
 }
 
 impl PartialEq for Acker {
     fn eq(&self, other: &Self) -> bool {
-        self.stream_id == other.stream_id && self.tx.same_channel(&other.tx)
+        match (&self.0, &other.0) {
+            (AckTarget::Device { tx: a, stream_id: x }, AckTarget::Device { tx: b, stream_id: y }) => {
+                x == y && a.same_channel(b)
+            }
+            (AckTarget::Fn(a), AckTarget::Fn(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 }
 
@@ -292,6 +343,11 @@ impl DeviceListener {
     /// The connected devices.
     pub fn devices(&self) -> Devices {
         Devices::new(self.shared.clone())
+    }
+
+    /// A sender into the same event queue the listener's devices use (for other sources).
+    pub fn events(&self) -> mpsc::Sender<DeviceEvent> {
+        self.shared.events.clone()
     }
 
     /// Accepts devices until `shutdown` completes, then closes every connection.
@@ -527,9 +583,11 @@ async fn device_request(
     cmd_tx: &mpsc::Sender<Command>,
 ) {
     let acker = |ack: Option<u32>| {
-        ack.map(|stream_id| Acker {
-            tx: cmd_tx.clone(),
-            stream_id,
+        ack.map(|stream_id| {
+            Acker(AckTarget::Device {
+                tx: cmd_tx.clone(),
+                stream_id,
+            })
         })
     };
     let (kind, ack) = match event {

@@ -16,6 +16,16 @@ pub struct DropLabels {
     pub reason: &'static str,
 }
 
+/// What became of a message from a source other than the listener.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `mqtt` or `lorawan`.
+    pub source: &'static str,
+    /// `accepted`, `duplicate`, `undecodable`, `unmatched`, `unknown_device`, `bad_mic`,
+    /// `replay`, `join`, `join_refused`, `downlink`.
+    pub outcome: &'static str,
+}
+
 /// Every metric the agent keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -50,6 +60,7 @@ pub struct Metrics {
     pub link_files_dropped: Counter,
     pub link_rows_dropped: Counter,
     pub link_requests: Counter,
+    pub source_messages: Family<SourceLabels, Counter>,
     registry: Registry,
 }
 
@@ -162,8 +173,28 @@ impl Metrics {
                 Counter::default(),
             ),
             link_requests: add(r, "link_requests", "Requests from the cloud", Counter::default()),
+            source_messages: add(
+                r,
+                "source_messages",
+                "Messages from the MQTT and LoRaWAN sources, by outcome",
+                Family::default(),
+            ),
             registry,
         }
+    }
+
+    /// Counts one message of `source` with `outcome`.
+    pub fn source(&self, source: &'static str, outcome: &'static str) {
+        self.source_messages
+            .get_or_create(&SourceLabels { source, outcome })
+            .inc();
+    }
+
+    /// How many messages of `source` had `outcome`.
+    pub fn source_count(&self, source: &'static str, outcome: &'static str) -> u64 {
+        self.source_messages
+            .get_or_create(&SourceLabels { source, outcome })
+            .get()
     }
 
     /// The text exposition format.

@@ -35,6 +35,19 @@ pub enum RecordKind {
     Stream = 0,
     /// A bucket write or another record stored as is.
     Record = 1,
+    /// A source message whose rows precede this record: `table` is the source, the payload
+    /// is the message id (u16 LE) and a hash of it (u64 LE). Not a row.
+    Delivery = 2,
+    /// The confirmation of a [`RecordKind::Delivery`] is about to be sent: `table` is the
+    /// source, the payload the message id (u16 LE). Not a row.
+    Acked = 3,
+}
+
+impl RecordKind {
+    /// Whether records of this kind are rows (the rest is bookkeeping).
+    pub fn is_row(self) -> bool {
+        matches!(self, Self::Stream | Self::Record)
+    }
 }
 
 /// One log record, borrowed.
@@ -63,6 +76,8 @@ impl<'a> WalRecord<'a> {
         let kind = match kind {
             0 => RecordKind::Stream,
             1 => RecordKind::Record,
+            2 => RecordKind::Delivery,
+            3 => RecordKind::Acked,
             _ => return None,
         };
         let (time, rest) = rest.split_first_chunk::<8>()?;

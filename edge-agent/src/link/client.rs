@@ -212,6 +212,8 @@ pub struct LinkClient {
     pub streams: Arc<StreamsSection>,
     pub apis: ApiCache,
     pub metrics: Arc<Metrics>,
+    /// Devices of the MQTT source, reachable through their command topic.
+    pub southbound: Arc<crate::sources::Southbound>,
 }
 
 impl std::fmt::Debug for LinkClient {
@@ -274,6 +276,13 @@ pub async fn feed(mut tap: broadcast::Receiver<DeviceEvent>, uplink: Uplink, met
             DeviceEventKind::PropertySet { property, payload } => {
                 let value = payload.as_ref().map(to_json).unwrap_or(Json::Null);
                 uplink.property(&key, property, value);
+            }
+            DeviceEventKind::Message { rows, .. } => {
+                for r in rows {
+                    let at = crate::outbox::ms_since_epoch(r.at);
+                    let key = DeviceKey::new(&key.user, &r.device);
+                    uplink.reported(&key, r.resource, at, to_json(&r.payload));
+                }
             }
             DeviceEventKind::Endpoint { .. } | DeviceEventKind::Bucket { .. } | DeviceEventKind::CallDevice { .. } => {}
         }
@@ -458,10 +467,15 @@ impl LinkClient {
                 let devices = self.devices.clone();
                 let streams = self.streams.clone();
                 let apis = self.apis.clone();
+                let southbound = self.southbound.clone();
                 let replies = replies.clone();
                 tokio::spawn(async move {
                     let key = DeviceKey::new(&user, &device);
-                    let reply = match execute(&devices, &streams, &apis, &key, op).await {
+                    let result = match (devices.get(&key.user, &key.device), southbound.get(&key)) {
+                        (None, Some(control)) => foreign(&*control, &key, op),
+                        _ => execute(&devices, &streams, &apis, &key, op).await,
+                    };
+                    let reply = match result {
                         Ok(value) => Reply {
                             id,
                             ok: true,
@@ -597,6 +611,36 @@ async fn execute(
         Op::SetProperty { .. } => Ok(None),
     };
     r.map_err(remote)
+}
+
+/// A request for a device of another source (MQTT): writes go out through its control;
+/// there is nothing to read back from such a device but its twin.
+fn foreign(control: &dyn crate::sources::Control, key: &DeviceKey, op: Op) -> Result<Option<Json>, RemoteError> {
+    let bad = |message: String| RemoteError {
+        kind: ErrorKind::BadRequest,
+        message,
+    };
+    match op {
+        Op::Write { path, value } => control
+            .write(&key.device, &path, &value)
+            .map(|()| None)
+            .map_err(|message| RemoteError {
+                kind: ErrorKind::Offline,
+                message,
+            }),
+        Op::Run { path } => control
+            .write(&key.device, &path, &Json::Null)
+            .map(|()| None)
+            .map_err(bad),
+        Op::Call { path, input } => control
+            .write(&key.device, &path, input.as_ref().unwrap_or(&Json::Null))
+            .map(|()| None)
+            .map_err(bad),
+        Op::StartStream { .. } | Op::StopStream { .. } | Op::SetProperty { .. } => Ok(None),
+        Op::Describe | Op::Template { .. } | Op::Read { .. } => Err(bad(format!(
+            "device {key} publishes over MQTT: it cannot be read on demand; its twin holds what it reported"
+        ))),
+    }
 }
 
 fn refs(p: &[String]) -> Vec<&str> {

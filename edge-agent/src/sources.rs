@@ -1,0 +1,70 @@
+//! Sources other than the Thinger listener: an MQTT broker ([`mqtt`]) and LoRaWAN gateways
+//! speaking the Semtech UDP protocol ([`lora`]).
+//!
+//! Both turn what arrives into [`DeviceEventKind::Message`](crate::listener::DeviceEventKind)
+//! events on the listener's own queue, so their rows take the same path (WAL, Arrow buffer,
+//! Parquet, upload, fresh rows, twins) with the same metrics. Resource writes for their
+//! devices come back through [`Southbound`].
+//!
+//! ```text
+//! broker ─MQTT─▶ mqtt ─┐                    ┌▶ WAL ─▶ buffer ─▶ Parquet
+//! gateways ─UDP─▶ lora ─┼─ Message events ─▶ ingest
+//! devices ─TCP─▶ listener┘                    └▶ tap ─▶ twins (cloud link)
+//! ```
+
+pub mod codec;
+pub mod gwmp;
+pub mod lora;
+pub mod lorawan;
+pub mod mqtt;
+pub mod payload;
+pub mod sparkplug;
+pub mod topic;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value as Json;
+
+use crate::listener::DeviceKey;
+
+/// Carries a resource write to a device of a source (an MQTT command topic).
+pub trait Control: Send + Sync + std::fmt::Debug {
+    /// Sends `value` to `path` of `device`; `Err` says why it could not be sent.
+    fn write(&self, device: &str, path: &str, value: &Json) -> Result<(), String>;
+}
+
+/// The devices the sources have seen, with how to reach each of them.
+#[derive(Debug, Default)]
+pub struct Southbound {
+    routes: RwLock<HashMap<DeviceKey, Arc<dyn Control>>>,
+}
+
+impl Southbound {
+    /// Routes writes for `key` to `control`.
+    pub fn insert(&self, key: DeviceKey, control: Arc<dyn Control>) {
+        if let Ok(mut r) = self.routes.write() {
+            r.insert(key, control);
+        }
+    }
+
+    /// How to reach `key`, if a source has seen it.
+    pub fn get(&self, key: &DeviceKey) -> Option<Arc<dyn Control>> {
+        self.routes.read().ok()?.get(key).cloned()
+    }
+}
+
+/// A 64-bit FNV-1a hash (stable across runs and builds, unlike `DefaultHasher`).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // A separator, so ("ab", "c") and ("a", "bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

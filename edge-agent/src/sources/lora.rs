@@ -1,0 +1,343 @@
+//! The LoRaWAN source: a UDP socket for Semtech packet forwarders ([`super::gwmp`]) in
+//! front of the network-server logic ([`super::lorawan`]).
+//!
+//! PUSH_DATA is acknowledged at once, then each `rxpk` with a good CRC is handed to the
+//! network server. Taken uplinks become rows of the device's profile table with the radio
+//! metadata as columns (`rssi`, `snr`, `lora_gateway`, `frequency`, `data_rate`, `f_cnt`,
+//! `f_port`). Join accepts and ACKs go back as PULL_RESP to the address of the gateway's
+//! latest PULL_DATA, timed for RX1 from the uplink's `tmst`.
+//!
+//! Sessions (OTAA keys, frame counters, join nonces) live in `<data_dir>/lorawan/sessions.json`
+//! (mode 0600), written whole and fsynced: before a join accept is sent, and after every
+//! batch of uplinks. A crash between an uplink and that write can let a replay of that one
+//! uplink in once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use twinlake_sdk::pson::Value;
+
+use super::gwmp::{self, DataRate, GatewayEui, RxPk, TxPk, Up};
+use super::lorawan::{DeviceConf, Eui, NetworkServer, Outcome, Session, hex, hex_array};
+use super::payload::parse_rfc3339;
+use crate::Error;
+use crate::config::LorawanSection;
+use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
+use crate::metrics::Metrics;
+
+/// Class A join-accept delay 1 (LoRaWAN 1.0.x: 5 s).
+const JOIN_ACCEPT_DELAY1_US: u32 = 5_000_000;
+
+/// A bound, not yet serving LoRaWAN source.
+#[derive(Debug)]
+pub struct LoraSource {
+    socket: UdpSocket,
+    ns: NetworkServer,
+    store: PathBuf,
+    user: String,
+    tx_power: i8,
+    rx1_delay_us: u32,
+    events: mpsc::Sender<DeviceEvent>,
+    metrics: Arc<Metrics>,
+    pull_addr: HashMap<GatewayEui, SocketAddr>,
+    seen: HashSet<Eui>,
+    token: u16,
+}
+
+fn load_sessions(path: &Path) -> Result<HashMap<Eui, Session>, Error> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(source) => {
+            return Err(Error::ReadFile {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let raw: HashMap<String, Session> =
+        serde_json::from_slice(&text).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(k, v)| Some((hex_array::<8>(&k)?, v)))
+        .collect())
+}
+
+fn save_sessions(path: &Path, sessions: &HashMap<Eui, Session>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let raw: std::collections::BTreeMap<String, &Session> = sessions.iter().map(|(k, v)| (hex(k), v)).collect();
+    let bytes = serde_json::to_vec(&raw).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn random(b: &mut [u8]) {
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), b);
+}
+
+impl LoraSource {
+    /// Binds `lorawan.udp` and loads the devices and their kept sessions.
+    pub async fn bind(
+        cfg: &LorawanSection,
+        addr: SocketAddr,
+        data_dir: &Path,
+        events: mpsc::Sender<DeviceEvent>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
+        let dir = data_dir.join("lorawan");
+        std::fs::create_dir_all(&dir)?;
+        let store = dir.join("sessions.json");
+        let sessions = load_sessions(&store)?;
+        let devices = cfg
+            .devices
+            .iter()
+            .map(|d| {
+                DeviceConf::from_config(d, &cfg.profiles)
+                    .map_err(|e| Error::Config(format!("lorawan device {}: {e}", d.dev_eui)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let net_id = hex_array::<3>(&cfg.net_id).ok_or_else(|| Error::Config("lorawan.net_id".into()))?;
+        let ns = NetworkServer::new(devices, sessions, net_id, cfg.rx1_delay_s, cfg.dedup_window);
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        info!(addr = %socket.local_addr()?, devices = cfg.devices.len(), "LoRaWAN packet-forwarder socket bound");
+        Ok(Self {
+            socket,
+            ns,
+            store,
+            user: cfg.user.clone(),
+            tx_power: cfg.tx_power,
+            rx1_delay_us: u32::from(cfg.rx1_delay_s) * 1_000_000,
+            events,
+            metrics,
+            pull_addr: HashMap::new(),
+            seen: HashSet::new(),
+            token: 0,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
+    /// Serves until `stop` turns true; then stores the sessions.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let got = tokio::select! {
+                r = self.socket.recv_from(&mut buf) => r,
+                _ = stop.changed() => break,
+            };
+            let mut batch = Vec::new();
+            match got {
+                Ok((n, from)) => batch.push((buf.get(..n).unwrap_or_default().to_vec(), from)),
+                Err(e) => {
+                    warn!(error = %e, "UDP receive failed");
+                    continue;
+                }
+            }
+            // Whatever else is waiting joins this batch (one session write for all).
+            while batch.len() < 256 {
+                match self.socket.try_recv_from(&mut buf) {
+                    Ok((n, from)) => batch.push((buf.get(..n).unwrap_or_default().to_vec(), from)),
+                    Err(_) => break,
+                }
+            }
+            let mut out = Vec::new();
+            for (d, from) in batch {
+                self.datagram(&d, from, &mut out).await;
+            }
+            let changed = self.ns.take_changed();
+            if !changed.is_empty() {
+                self.persist().await;
+            }
+            // Downlinks only after the sessions they depend on are stored.
+            for (bytes, to) in out {
+                if let Err(e) = self.socket.send_to(&bytes, to).await {
+                    warn!(gateway = %to, error = %e, "cannot send a downlink");
+                }
+            }
+        }
+        self.persist().await;
+        debug!("LoRaWAN source stopped");
+    }
+
+    async fn persist(&self) {
+        let path = self.store.clone();
+        let sessions = self.ns.sessions().clone();
+        match tokio::task::spawn_blocking(move || save_sessions(&path, &sessions)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(path = %self.store.display(), error = %e, "cannot store the LoRaWAN sessions"),
+            Err(e) => warn!(error = %e, "the session writer failed"),
+        }
+    }
+
+    fn next_token(&mut self) -> [u8; 2] {
+        self.token = self.token.wrapping_add(1);
+        self.token.to_be_bytes()
+    }
+
+    async fn datagram(&mut self, d: &[u8], from: SocketAddr, out: &mut Vec<(Vec<u8>, SocketAddr)>) {
+        let up = match gwmp::parse(d) {
+            Ok(u) => u,
+            Err(e) => {
+                self.metrics.source("lorawan", "undecodable");
+                debug!(%from, error = %e, "bad GWMP datagram");
+                return;
+            }
+        };
+        match up {
+            Up::PullData { token, gateway } => {
+                if self.pull_addr.insert(gateway, from) != Some(from) {
+                    info!(%gateway, %from, "gateway downlink path");
+                }
+                let _ = self.socket.send_to(&gwmp::pull_ack(token), from).await;
+            }
+            Up::TxAck { gateway, error, .. } => match error {
+                None => self.metrics.source("lorawan", "downlink"),
+                Some(e) => {
+                    self.metrics.source("lorawan", "downlink_refused");
+                    warn!(%gateway, error = %e, "the gateway did not send a downlink");
+                }
+            },
+            Up::PushData {
+                token, gateway, rxpk, ..
+            } => {
+                let _ = self.socket.send_to(&gwmp::push_ack(token), from).await;
+                for rx in rxpk {
+                    match rx {
+                        Ok(rx) => self.rxpk(gateway, &rx, out).await,
+                        Err(why) => {
+                            self.metrics.source("lorawan", "undecodable");
+                            debug!(%gateway, %why, "rxpk skipped");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn rxpk(&mut self, gateway: GatewayEui, rx: &RxPk, out: &mut Vec<(Vec<u8>, SocketAddr)>) {
+        if !rx.crc_ok() {
+            self.metrics.source("lorawan", "bad_crc");
+            return;
+        }
+        let phy = match rx.payload() {
+            Ok(p) => p,
+            Err(why) => {
+                self.metrics.source("lorawan", "undecodable");
+                debug!(%gateway, %why, "rxpk skipped");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        match self.ns.uplink(&phy, Instant::now(), &mut random) {
+            Outcome::Uplink(up) => {
+                self.metrics.source("lorawan", "accepted");
+                let at = rx.time.as_deref().and_then(parse_rfc3339).unwrap_or(now);
+                let mut fields = up.fields;
+                let meta: [(&str, Option<Value>); 7] = [
+                    ("rssi", rx.rssi.map(Value::Double)),
+                    ("snr", rx.lsnr.map(Value::Double)),
+                    ("lora_gateway", Some(Value::Str(gateway.to_string()))),
+                    ("frequency", rx.freq.map(|f| Value::Int((f * 1e6).round() as i64))),
+                    ("data_rate", rx.datr.as_ref().map(|d| Value::Str(d.to_string()))),
+                    ("f_cnt", Some(Value::Int(i64::from(up.fcnt)))),
+                    ("f_port", up.f_port.map(|p| Value::Int(i64::from(p)))),
+                ];
+                for (k, v) in meta {
+                    if let Some(v) = v {
+                        fields = fields.with(k, v);
+                    }
+                }
+                if let Some(ack) = &up.ack {
+                    self.downlink(gateway, rx, ack, self.rx1_delay_us, out);
+                }
+                let key = DeviceKey::new(&self.user, &up.device);
+                if self.seen.insert(up.dev_eui) {
+                    let peer = self
+                        .pull_addr
+                        .get(&gateway)
+                        .copied()
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    let ev = DeviceEvent {
+                        device: key.clone(),
+                        at: now,
+                        kind: DeviceEventKind::Connected { peer, tls: false },
+                    };
+                    let _ = self.events.send(ev).await;
+                }
+                let ev = DeviceEvent {
+                    device: key,
+                    at: now,
+                    kind: DeviceEventKind::Message {
+                        rows: vec![SourceRow {
+                            device: up.device,
+                            resource: up.table,
+                            at,
+                            payload: fields,
+                        }],
+                        delivery: None,
+                    },
+                };
+                let _ = self.events.send(ev).await;
+            }
+            Outcome::Joined {
+                device,
+                dev_addr,
+                accept,
+                ..
+            } => {
+                self.metrics.source("lorawan", "join");
+                info!(%device, dev_addr = %format!("{dev_addr:08x}"), %gateway, "device joined");
+                self.downlink(gateway, rx, &accept, JOIN_ACCEPT_DELAY1_US, out);
+            }
+            Outcome::Duplicate => self.metrics.source("lorawan", "duplicate"),
+            Outcome::Rejected(why) => {
+                self.metrics.source("lorawan", why.outcome());
+                debug!(%gateway, reason = %why, "uplink rejected");
+            }
+        }
+    }
+
+    fn downlink(
+        &mut self,
+        gateway: GatewayEui,
+        rx: &RxPk,
+        phy: &[u8],
+        delay_us: u32,
+        out: &mut Vec<(Vec<u8>, SocketAddr)>,
+    ) {
+        let Some(to) = self.pull_addr.get(&gateway).copied() else {
+            warn!(%gateway, "no PULL_DATA from this gateway yet: a downlink cannot be sent");
+            return;
+        };
+        let mut txpk = TxPk::rx1(rx, phy, delay_us, self.tx_power);
+        if let DataRate::Fsk(_) = txpk.datr {
+            txpk.codr = None;
+        }
+        let token = self.next_token();
+        out.push((gwmp::pull_resp(token, &txpk), to));
+    }
+}

@@ -1,0 +1,373 @@
+//! The MQTT source: subscribes to a broker and feeds what arrives into ingest.
+//!
+//! **At least once.** The session is persistent (clean session off, a fixed client id) and
+//! acks are manual: a QoS 1 message is acknowledged only after its rows and a delivery
+//! record are fsynced in the WAL, and after a second record saying the ack is about to go
+//! (see [`crate::ingest::Unconfirmed`]). If the agent dies before the ack, the broker sends
+//! the message again, flagged DUP, with the same packet id; ingest finds it among the
+//! durable, unconfirmed messages and confirms it without storing its rows twice. The one
+//! gap is a crash between that second fsync and the PUBACK leaving the socket: then the
+//! redelivery is stored again (a duplicate, never a loss).
+//!
+//! **Backpressure.** The event queue into ingest is bounded; while it is full this loop
+//! waits, stops reading the socket, and the broker holds the messages.
+//!
+//! **Control.** Devices seen here get a route for resource writes (desired values): the
+//! value is published as JSON, QoS 1, to `command_topic` with `{device}` and `{resource}`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::payload::{Decoder, Format};
+use super::topic::TopicTemplate;
+use super::{Control, Southbound, fnv1a};
+use crate::Error;
+use crate::config::MqttSection;
+use crate::listener::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
+use crate::metrics::Metrics;
+
+/// How far along a shutdown the source is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Take no more messages (those not taken stay unacknowledged at the broker).
+    Draining,
+    /// Ingest has confirmed what it took: send the last acks and disconnect.
+    Done,
+}
+
+/// One subscription, parsed.
+#[derive(Debug, Clone)]
+struct Sub {
+    template: TopicTemplate,
+    format: Format,
+    resource: String,
+    qos: QoS,
+}
+
+/// A configured, not yet connected MQTT source.
+#[derive(Debug)]
+pub struct MqttSource {
+    options: MqttOptions,
+    subs: Vec<Sub>,
+    user: String,
+    name: Arc<str>,
+    peer: SocketAddr,
+    tls: bool,
+    command: Option<TopicTemplate>,
+    events: mpsc::Sender<DeviceEvent>,
+    metrics: Arc<Metrics>,
+    southbound: Arc<Southbound>,
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn tls_config(cfg: &MqttSection) -> Result<rustls::ClientConfig, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(ca) => {
+            for cert in CertificateDer::pem_slice_iter(&read(ca)?) {
+                let cert = cert.map_err(|e| Error::Tls(format!("{}: {e}", ca.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::Tls(format!("{}: {e}", ca.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&cfg.client_cert, &cfg.client_key) {
+        (Some(c), Some(k)) => {
+            let certs = CertificateDer::pem_slice_iter(&read(c)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Tls(format!("{}: {e}", c.display())))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&read(k)?).map_err(|e| Error::Tls(format!("{}: {e}", k.display())))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| Error::Tls(format!("client certificate: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+impl MqttSource {
+    /// Checks the section and reads its files; connects only in [`MqttSource::run`].
+    pub async fn new(
+        cfg: &MqttSection,
+        gateway: &str,
+        events: mpsc::Sender<DeviceEvent>,
+        metrics: Arc<Metrics>,
+        southbound: Arc<Southbound>,
+    ) -> Result<Self, Error> {
+        let url = url::Url::parse(&cfg.url).map_err(|e| Error::Config(format!("mqtt.url {:?}: {e}", cfg.url)))?;
+        let tls = matches!(url.scheme(), "mqtts" | "ssl");
+        let host = url
+            .host_str()
+            .ok_or_else(|| Error::Config("mqtt.url has no host".into()))?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+        let id = if cfg.client_id.is_empty() {
+            format!("twinlake-{gateway}")
+        } else {
+            cfg.client_id.clone()
+        };
+        let mut options = MqttOptions::new(id, host.clone(), port);
+        options
+            .set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(1 << 20, 1 << 20);
+        if !cfg.username.is_empty() {
+            options.set_credentials(cfg.username.clone(), cfg.password.clone());
+        }
+        if tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
+                tls_config(cfg)?,
+            ))));
+        }
+        let peer = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port)));
+        let mut subs = Vec::new();
+        for s in &cfg.subscriptions {
+            let template = TopicTemplate::parse(&s.topic).map_err(Error::Config)?;
+            subs.push(Sub {
+                template,
+                format: s.format,
+                resource: s
+                    .resource
+                    .clone()
+                    .unwrap_or_else(|| s.format.default_resource().to_owned()),
+                qos: if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+            });
+        }
+        let command = if cfg.command_topic.is_empty() {
+            None
+        } else {
+            Some(TopicTemplate::parse(&cfg.command_topic).map_err(Error::Config)?)
+        };
+        Ok(Self {
+            options,
+            subs,
+            user: cfg.user.clone(),
+            name: Arc::from(format!("mqtt:{}", url.as_str()).as_str()),
+            peer,
+            tls,
+            command,
+            events,
+            metrics,
+            southbound,
+        })
+    }
+
+    /// Serves until `phase` reaches [`Phase::Done`]: reconnects on its own (with backoff)
+    /// and subscribes again on every connection.
+    pub async fn run(self, mut phase: watch::Receiver<Phase>) {
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 4096);
+        let control: Option<Arc<dyn Control>> = self.command.clone().map(|t| {
+            Arc::new(CommandTopic {
+                template: t,
+                client: client.clone(),
+            }) as Arc<dyn Control>
+        });
+        let mut state = State {
+            decoder: Decoder::default(),
+            seen: HashSet::new(),
+            control,
+        };
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let current = *phase.borrow();
+            if current == Phase::Done {
+                break;
+            }
+            let polled = tokio::select! {
+                p = eventloop.poll() => p,
+                _ = phase.changed() => continue,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = Duration::from_millis(200);
+                    info!(broker = %self.peer, session_present = ack.session_present, "connected to the MQTT broker");
+                    let filters: Vec<_> = self
+                        .subs
+                        .iter()
+                        .map(|s| rumqttc::SubscribeFilter::new(s.template.filter(), s.qos))
+                        .collect();
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        warn!(error = %e, "cannot subscribe");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if current != Phase::Running {
+                        // Left unacknowledged: the broker sends it again next session.
+                        continue;
+                    }
+                    self.message(&client, &mut state, p).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    if s.return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        warn!("the broker refused a subscription");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(broker = %self.peer, error = %e, retry_in = ?backoff, "MQTT connection lost");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = phase.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        // Ingest has confirmed everything it took: the acks are queued ahead of this.
+        let _ = client.try_disconnect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
+                break;
+            }
+        }
+        debug!("MQTT source stopped");
+    }
+
+    async fn message(&self, client: &AsyncClient, state: &mut State, p: rumqttc::Publish) {
+        let now = SystemTime::now();
+        let matched = self
+            .subs
+            .iter()
+            .find_map(|s| s.template.captures(&p.topic).map(|c| (s, c)));
+        let rows = match matched {
+            None => {
+                self.metrics.source("mqtt", "unmatched");
+                Ok(Vec::new())
+            }
+            Some((sub, caps)) => state
+                .decoder
+                .decode(sub.format, &p.topic, &caps, &sub.resource, &p.payload, now),
+        };
+        let rows = match rows {
+            Ok(r) => r,
+            Err(why) => {
+                // Confirmed all the same: a message that cannot be read never will be.
+                self.metrics.source("mqtt", "undecodable");
+                warn!(topic = %p.topic, %why, "MQTT payload skipped");
+                Vec::new()
+            }
+        };
+        if !rows.is_empty() {
+            self.metrics.source("mqtt", "accepted");
+        }
+        // Devices seen for the first time: online in their twin, reachable for writes.
+        let mut first_device = None;
+        for r in &rows {
+            first_device.get_or_insert_with(|| r.device.clone());
+            if state.seen.insert(r.device.clone()) {
+                let key = DeviceKey::new(&self.user, &r.device);
+                if let Some(c) = &state.control {
+                    self.southbound.insert(key.clone(), c.clone());
+                }
+                let ev = DeviceEvent {
+                    device: key,
+                    at: now,
+                    kind: DeviceEventKind::Connected {
+                        peer: self.peer,
+                        tls: self.tls,
+                    },
+                };
+                if self.events.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let delivery = (p.qos != QoS::AtMostOnce).then(|| {
+            let client = client.clone();
+            let mut ackable = p.clone();
+            ackable.payload = Default::default();
+            Delivery {
+                source: self.name.clone(),
+                id: p.pkid,
+                hash: fnv1a(&[p.topic.as_bytes(), &p.payload]),
+                redelivered: p.dup,
+                ack: Acker::from_fn(move |ok| {
+                    if !ok {
+                        return;
+                    }
+                    if let Err(rumqttc::ClientError::TryRequest(_)) = client.try_ack(&ackable) {
+                        let (client, p) = (client.clone(), ackable.clone());
+                        tokio::spawn(async move {
+                            let _ = client.ack(&p).await;
+                        });
+                    }
+                }),
+            }
+        });
+        let rows = rows
+            .into_iter()
+            .map(|r| SourceRow {
+                device: r.device,
+                resource: r.resource,
+                at: r.at,
+                payload: r.payload,
+            })
+            .collect();
+        let ev = DeviceEvent {
+            device: DeviceKey::new(&self.user, first_device.as_deref().unwrap_or("")),
+            at: now,
+            kind: DeviceEventKind::Message { rows, delivery },
+        };
+        let _ = self.events.send(ev).await;
+    }
+}
+
+struct State {
+    decoder: Decoder,
+    seen: HashSet<String>,
+    control: Option<Arc<dyn Control>>,
+}
+
+/// Writes to MQTT devices: the value as JSON on the command topic.
+#[derive(Debug)]
+struct CommandTopic {
+    template: TopicTemplate,
+    client: AsyncClient,
+}
+
+impl Control for CommandTopic {
+    fn write(&self, device: &str, path: &str, value: &Json) -> Result<(), String> {
+        let topic = self.template.render(device, path);
+        let payload = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|e| format!("cannot publish the command: {e}"))
+    }
+}

@@ -223,6 +223,11 @@ impl EdgeAgent {
         self.listener.tls_addr()
     }
 
+    /// The devices of the MQTT source and how to reach them (resource writes).
+    pub fn southbound(&self) -> Arc<Southbound> {
+        self.southbound.clone()
+    }
+
     /// The bound LoRaWAN (packet forwarder) UDP address.
     pub fn lorawan_addr(&self) -> Option<SocketAddr> {
         self.lora.as_ref().and_then(LoraSource::local_addr)

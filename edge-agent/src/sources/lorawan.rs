@@ -395,35 +395,30 @@ impl NetworkServer {
                 for eui in candidates {
                     let Some(s) = self.sessions.get(&eui) else { continue };
                     let nwk = s.nwk_skey.aes();
-                    // The counters this frame may carry: the next after the last (with a
-                    // rollover of the low 16 bits), else the same low bits without one.
-                    let (fcnt, fresh) = match s.fcnt_up {
-                        None => (f16, true),
+                    // The counter this frame may carry: the next after the last, with the
+                    // low 16 bits rolled over if need be. A MIC that fits an older counter
+                    // (the same high bits, or the ones before a rollover) is a replay.
+                    let (next, older) = match s.fcnt_up {
+                        None => (Some(f16), None),
                         Some(last) => {
                             let same = (last & 0xffff_0000) | f16;
                             if same > last {
-                                (same, true)
+                                (Some(same), same.checked_sub(0x1_0000))
                             } else {
-                                let next = same.wrapping_add(0x1_0000);
-                                if next > last && enc.validate_mic(&nwk, next) {
-                                    (next, true)
-                                } else {
-                                    (same, false)
-                                }
+                                (same.checked_add(0x1_0000), Some(same))
                             }
                         }
                     };
-                    if !enc.validate_mic(&nwk, fcnt) {
+                    let Some(fcnt) = next.filter(|n| enc.validate_mic(&nwk, *n)) else {
+                        if let Some(o) = older.filter(|o| enc.validate_mic(&nwk, *o)) {
+                            replay = Some(Reject::Replay {
+                                device: self.name(&eui),
+                                fcnt: o,
+                                last: s.fcnt_up.unwrap_or_default(),
+                            });
+                        }
                         continue;
-                    }
-                    if !fresh {
-                        replay = Some(Reject::Replay {
-                            device: self.name(&eui),
-                            fcnt,
-                            last: s.fcnt_up.unwrap_or_default(),
-                        });
-                        continue;
-                    }
+                    };
                     return self.accept(eui, enc, fcnt);
                 }
                 Outcome::Rejected(replay.unwrap_or_else(|| Reject::BadMic(format!("DevAddr {dev_addr:08x}"))))

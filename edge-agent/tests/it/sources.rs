@@ -1,0 +1,633 @@
+//! The MQTT source against a real Mosquitto, and the LoRaWAN source over real UDP sockets
+//! with the spec's vectors and frames npm lora-packet makes: rows in the lake, metrics, and
+//! what goes back (commands, PUSH/PULL acks, join accepts, ACK downlinks).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value as Json, json};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use twinlake_edge::arrow::array::RecordBatch;
+use twinlake_edge::arrow::compute::cast;
+use twinlake_edge::arrow::datatypes::DataType;
+use twinlake_edge::arrow::util::display::array_value_to_string;
+use twinlake_edge::config::{LoraDevice, LoraProfile, MqttSubscription};
+use twinlake_edge::metrics::Metrics;
+use twinlake_edge::sources::codec::Codec;
+use twinlake_edge::sources::payload::Format;
+use twinlake_edge::{EdgeAgent, EdgeConfig, Error};
+use twinlake_sdk::pson::Value;
+
+use crate::lake::read_dir_lake;
+use crate::mosquitto::Mosquitto;
+
+const K1: &str = "2b7e151628aed2a6abf7158809cf4f3c";
+const K2: &str = "000102030405060708090a0b0c0d0e0f";
+
+fn base_config(dir: &Path) -> EdgeConfig {
+    let mut c = EdgeConfig {
+        gateway: "gw-src".into(),
+        data_dir: dir.join("data"),
+        ..EdgeConfig::default()
+    };
+    c.listener.tcp = None;
+    c.upload.url = format!("file://{}", dir.join("lake").display());
+    c.buffer.max_age = Duration::from_millis(300);
+    c.metrics.addr = None;
+    c
+}
+
+struct Agent {
+    metrics: Arc<Metrics>,
+    lorawan: Option<std::net::SocketAddr>,
+    southbound: Arc<twinlake_edge::sources::Southbound>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+async fn start(config: EdgeConfig) -> Agent {
+    let agent = EdgeAgent::start(config).await.expect("agent starts");
+    let (stop, stopped) = oneshot::channel::<()>();
+    Agent {
+        metrics: agent.metrics(),
+        lorawan: agent.lorawan_addr(),
+        southbound: agent.southbound(),
+        stop,
+        task: tokio::spawn(agent.run(async move {
+            let _ = stopped.await;
+        })),
+    }
+}
+
+impl Agent {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("stops in time")
+            .expect("join")
+            .expect("clean stop");
+    }
+
+    async fn wait_count(&self, source: &'static str, outcome: &'static str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.metrics.source_count(source, outcome);
+            if got >= n {
+                assert_eq!(got, n, "{source} {outcome}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "{source} {outcome}: {got} of {n}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Every row of `table` in the lake, as column → displayed value.
+fn rows(lake: &BTreeMap<String, Vec<RecordBatch>>, table: &str) -> Vec<BTreeMap<String, String>> {
+    let mut out = Vec::new();
+    for (path, batches) in lake {
+        if !path.starts_with(&format!("{table}/")) {
+            continue;
+        }
+        for b in batches {
+            for i in 0..b.num_rows() {
+                let mut row = BTreeMap::new();
+                for (f, col) in b.schema().fields().iter().zip(b.columns()) {
+                    // Shown without the zone (the display has no zone database).
+                    let col = match f.data_type() {
+                        DataType::Timestamp(unit, Some(_)) => cast(col, &DataType::Timestamp(*unit, None)).unwrap(),
+                        _ => col.clone(),
+                    };
+                    if col.is_valid(i) {
+                        row.insert(f.name().clone(), array_value_to_string(&col, i).unwrap());
+                    }
+                }
+                out.push(row);
+            }
+        }
+    }
+    out
+}
+
+fn sub(topic: &str, format: Format) -> MqttSubscription {
+    toml::from_str::<MqttSubscription>(&format!("topic = {topic:?}\nformat = {:?}", toml_format(format))).unwrap()
+}
+
+fn toml_format(f: Format) -> &'static str {
+    match f {
+        Format::Json => "json",
+        Format::Pson => "pson",
+        Format::Plain => "plain",
+        Format::Sparkplug => "sparkplug",
+        Format::Thingsboard => "thingsboard",
+        Format::ThingsboardGateway => "thingsboard_gateway",
+        Format::Chirpstack => "chirpstack",
+    }
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Every payload format through a real Mosquitto into the lake; a resource write for an
+/// MQTT device goes out on the command topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_payload_formats_land_in_the_lake() {
+    let broker = Mosquitto::start(20);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = base_config(dir.path());
+    c.mqtt.url = format!("mqtt://127.0.0.1:{}", broker.port);
+    c.mqtt.client_id = "edge-formats".into();
+    c.mqtt.subscriptions = vec![
+        sub("json/{device}/{resource}", Format::Json),
+        sub("pson/{device}/{resource}", Format::Pson),
+        sub("plain/{device}/{resource}", Format::Plain),
+        sub("spBv1.0/#", Format::Sparkplug),
+        sub("tb/{device}/v1/devices/me/telemetry", Format::Thingsboard),
+        sub("v1/gateway/telemetry", Format::ThingsboardGateway),
+        sub("application/+/device/+/event/up", Format::Chirpstack),
+    ];
+    let agent = start(c).await;
+
+    // The command topic, watched by a plain subscriber.
+    let mut opts = rumqttc::MqttOptions::new("test-commands", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
+    client
+        .subscribe("twinlake/+/+/set", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+                let _ = cmd_tx.send((p.topic.clone(), p.payload.to_vec())).await;
+            }
+        }
+    });
+    // Wait for the agent's subscriptions (its first message through proves them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.metrics.source_count("mqtt", "accepted") == 0 {
+        assert!(Instant::now() < deadline, "the MQTT source never took a message");
+        broker.publish_lines("json/probe/climate", 1, &[r#"{"temp":1}"#.into()]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let probes = agent.metrics.source_count("mqtt", "accepted");
+
+    let sparkplug_birth = {
+        use prost::Message as _;
+        use twinlake_edge::sources::sparkplug::{Metric, MetricValue, Payload};
+        Payload {
+            timestamp: Some(1_700_000_000_000),
+            metrics: vec![Metric {
+                name: Some("pressure".into()),
+                alias: Some(3),
+                datatype: Some(10),
+                value: Some(MetricValue::Double(1.5)),
+                ..Default::default()
+            }],
+            seq: Some(0),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let sparkplug_alias_data = {
+        use prost::Message as _;
+        use twinlake_edge::sources::sparkplug::{Metric, MetricValue, Payload};
+        Payload {
+            timestamp: Some(1_700_000_001_000),
+            metrics: vec![Metric {
+                alias: Some(3),
+                value: Some(MetricValue::Double(2.5)),
+                ..Default::default()
+            }],
+            seq: Some(2),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let chirpstack = json!({
+        "deduplicationId": "3ac7e3c4", "time": "2024-01-01T12:00:00Z",
+        "deviceInfo": {"applicationId": "f0c5", "devEui": "0004a30b001c0530", "deviceName": "field-7"},
+        "devAddr": "26011bda", "fCnt": 42, "fPort": 2, "dr": 5, "confirmed": true,
+        "data": "A2cBEA==",
+        "rxInfo": [{"gatewayId": "0016c001f153a14c", "rssi": -52, "snr": 13.75}],
+        "txInfo": {"frequency": 867300000}
+    });
+    let messages: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "json/d-json/climate",
+            br#"{"temp":21.5,"hum":40,"nested":{"a":1}}"#.to_vec(),
+        ),
+        (
+            "pson/d-pson/climate",
+            Value::object().with("temp", Value::Double(22.5)).to_bytes(),
+        ),
+        ("plain/d-plain/level", b"17".to_vec()),
+        ("plain/d-plain/state", b"open".to_vec()),
+        ("spBv1.0/plant1/NBIRTH/gw01", sparkplug_birth),
+        (
+            "spBv1.0/plant1/DDATA/gw01/sensor42",
+            hex(
+                "0880d095ffbc31121f0a0b74656d70657261747572651880d095ffbc31200a693333333333333b40120c0a066f6e6c696e65200b70011801",
+            ),
+        ),
+        ("spBv1.0/plant1/NDATA/gw01", sparkplug_alias_data),
+        (
+            "tb/d-tb/v1/devices/me/telemetry",
+            br#"{"ts":1451649600512,"values":{"speed":88}}"#.to_vec(),
+        ),
+        (
+            "v1/gateway/telemetry",
+            br#"{"Pump A":[{"ts":1451649600513,"values":{"rpm":1200}}]}"#.to_vec(),
+        ),
+        (
+            "application/f0c5/device/0004a30b001c0530/event/up",
+            serde_json::to_vec(&chirpstack).unwrap(),
+        ),
+        ("json/d-json/climate", b"{not json".to_vec()),
+    ];
+    let (publisher, mut pub_events) =
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("test-pub", "127.0.0.1", broker.port), 64);
+    tokio::spawn(async move { while pub_events.poll().await.is_ok() {} });
+    for (topic, payload) in &messages {
+        publisher
+            .publish(*topic, rumqttc::QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    agent.wait_count("mqtt", "accepted", probes + 10).await;
+    agent.wait_count("mqtt", "undecodable", 1).await;
+
+    // A resource write for an MQTT device: the value as JSON on its command topic.
+    let key = twinlake_edge::listener::DeviceKey::new("mqtt", "d-json");
+    let control = agent.southbound.get(&key).expect("the device has a route");
+    control.write("d-json", "led", &json!({"on": true})).unwrap();
+    let (topic, payload) = tokio::time::timeout(Duration::from_secs(5), cmd_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(topic, "twinlake/d-json/led/set");
+    assert_eq!(serde_json::from_slice::<Json>(&payload).unwrap(), json!({"on": true}));
+
+    agent.stop().await;
+    let lake = read_dir_lake(&dir.path().join("lake"));
+    let climate = rows(&lake, "climate");
+    let by_dev = |rows: &[BTreeMap<String, String>], d: &str| {
+        rows.iter().filter(|r| r["device"] == d).cloned().collect::<Vec<_>>()
+    };
+    let j = by_dev(&climate, "d-json");
+    assert_eq!(j.len(), 1);
+    assert_eq!(
+        (j[0]["temp"].as_str(), j[0]["hum"].as_str(), j[0]["nested.a"].as_str()),
+        ("21.5", "40", "1")
+    );
+    assert_eq!(by_dev(&climate, "d-pson")[0]["temp"], "22.5");
+    assert_eq!(rows(&lake, "level")[0]["value"], "17");
+    assert_eq!(rows(&lake, "state")[0]["value"], "open");
+    let sp = rows(&lake, "sparkplug");
+    let s42 = by_dev(&sp, "sensor42");
+    assert_eq!(
+        (s42[0]["temperature"].as_str(), s42[0]["online"].as_str()),
+        ("27.2", "true")
+    );
+    assert!(s42[0]["time"].starts_with("2023-11-14T22:13:20"), "{:?}", s42[0]);
+    let node = by_dev(&sp, "gw01");
+    let pressures: Vec<&str> = node.iter().map(|r| r["pressure"].as_str()).collect();
+    assert_eq!(pressures, ["1.5", "2.5"], "the NDATA alias resolves through the NBIRTH");
+    let tb = rows(&lake, "telemetry");
+    assert_eq!(by_dev(&tb, "d-tb")[0]["speed"], "88");
+    assert!(by_dev(&tb, "d-tb")[0]["time"].starts_with("2016-01-01T12:00:00.512"));
+    assert_eq!(by_dev(&tb, "Pump A")[0]["rpm"], "1200");
+    let cs = rows(&lake, "lorawan");
+    let cs = by_dev(&cs, "0004a30b001c0530");
+    assert_eq!(cs[0]["temperature_3"], "27.2");
+    assert_eq!(
+        (
+            cs[0]["f_cnt"].as_str(),
+            cs[0]["rssi"].as_str(),
+            cs[0]["lora_gateway"].as_str()
+        ),
+        ("42", "-52.0", "0016c001f153a14c")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// LoRaWAN
+
+/// Frames from npm lora-packet (edge-agent/tests/node, installed by scripts/test).
+fn lora_packet(requests: Json) -> Vec<Json> {
+    use std::io::Write as _;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        dir.join("node_modules/lora-packet").exists(),
+        "npm lora-packet is missing: run `npm ci --prefix edge-agent/tests/node` (scripts/test does)"
+    );
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("frames.js"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(requests.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn data_frame(dev_addr: &str, fcnt: u32, payload: &str, nwk: &str, app: &str, confirmed: bool) -> Json {
+    json!({"kind": "data", "confirmed": confirmed, "devAddr": dev_addr, "fcnt": fcnt, "port": 2,
+           "payload": payload, "nwkSKey": nwk, "appSKey": app})
+}
+
+/// A gateway: an "up" socket for PUSH_DATA and a "down" socket for PULL_DATA, as the
+/// Semtech packet forwarder has.
+struct Gateway {
+    eui: [u8; 8],
+    up: UdpSocket,
+    down: UdpSocket,
+    server: std::net::SocketAddr,
+    token: u16,
+}
+
+impl Gateway {
+    async fn new(eui: [u8; 8], server: std::net::SocketAddr) -> Self {
+        let g = Self {
+            eui,
+            up: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            down: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            server,
+            token: 0x1000,
+        };
+        let mut d = vec![2, 0xab, 0xcd, 2];
+        d.extend_from_slice(&g.eui);
+        g.down.send_to(&d, server).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), g.down.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], &[2, 0xab, 0xcd, 4], "PULL_ACK");
+        g
+    }
+
+    /// Sends rxpks in one PUSH_DATA; checks the PUSH_ACK echoes the token.
+    async fn push(&mut self, rxpk: Vec<Json>) {
+        self.token += 1;
+        let t = self.token.to_be_bytes();
+        let mut d = vec![2, t[0], t[1], 0];
+        d.extend_from_slice(&self.eui);
+        d.extend_from_slice(json!({"rxpk": rxpk}).to_string().as_bytes());
+        self.up.send_to(&d, self.server).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), self.up.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], &[2, t[0], t[1], 1], "PUSH_ACK");
+    }
+
+    /// The next PULL_RESP's txpk, answered with a TX_ACK.
+    async fn pull_resp(&self) -> Json {
+        let mut buf = vec![0u8; 4096];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), self.down.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((buf[0], buf[3]), (2, 3), "PULL_RESP");
+        let mut ack = vec![2, buf[1], buf[2], 5];
+        ack.extend_from_slice(&self.eui);
+        ack.extend_from_slice(br#"{"txpk_ack":{"error":"NONE"}}"#);
+        self.down.send_to(&ack, from).await.unwrap();
+        let j: Json = serde_json::from_slice(&buf[4..n]).unwrap();
+        j["txpk"].clone()
+    }
+}
+
+fn rxpk(phy_hex: &str, rssi: f64, lsnr: f64) -> Json {
+    let phy = hex(phy_hex);
+    json!({"time": "2024-01-01T12:00:00.000000Z", "tmst": 1_000_000u32, "chan": 2, "rfch": 0, "freq": 868.5,
+           "stat": 1, "modu": "LORA", "datr": "SF7BW125", "codr": "4/5", "rssi": rssi, "lsnr": lsnr,
+           "size": phy.len(), "data": base64::engine::general_purpose::STANDARD.encode(&phy)})
+}
+
+fn lora_device(eui: &str, name: &str) -> LoraDevice {
+    toml::from_str(&format!("dev_eui = {eui:?}\nname = {name:?}")).unwrap()
+}
+
+fn lora_config(dir: &Path) -> EdgeConfig {
+    let mut c = base_config(dir);
+    c.lorawan.udp = Some("127.0.0.1:0".parse().unwrap());
+    c.lorawan.dedup_window = Duration::from_millis(300);
+    let abp = |eui: &str, name: &str, addr: &str, nwk: &str, app: &str, profile: Option<&str>| LoraDevice {
+        dev_addr: Some(addr.into()),
+        nwk_skey: Some(toml::from_str::<BTreeMap<String, _>>(&format!("k = {nwk:?}")).unwrap()["k"]),
+        app_skey: Some(toml::from_str::<BTreeMap<String, _>>(&format!("k = {app:?}")).unwrap()["k"]),
+        profile: profile.map(String::from),
+        ..lora_device(eui, name)
+    };
+    c.lorawan.profiles = vec![LoraProfile {
+        name: "raw".into(),
+        table: "lora_raw".into(),
+        codec: Codec::Raw,
+    }];
+    c.lorawan.devices = vec![
+        abp(
+            "0000000000000001",
+            "v1",
+            "01020304",
+            &"02".repeat(16),
+            &"01".repeat(16),
+            Some("raw"),
+        ),
+        abp("0000000000000002", "v2", "26011bda", K1, K2, None),
+        abp("0000000000000003", "roll", "26000003", K1, K2, None),
+        LoraDevice {
+            join_eui: Some("70b3d57ed0000001".into()),
+            app_key: Some(toml::from_str::<BTreeMap<String, _>>(&format!("k = {K1:?}")).unwrap()["k"]),
+            ..lora_device("0004a30b001c0530", "otaa")
+        },
+    ];
+    c
+}
+
+/// The spec's vectors V1–V5 and lora-packet frames over real UDP: ABP with FCnt rollover,
+/// one uplink heard by two gateways, a bad MIC, a replay, an FSK rxpk, a confirmed uplink's
+/// ACK, an OTAA join end to end, and sessions that survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lorawan_over_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(lora_config(dir.path())).await;
+    let server = agent.lorawan.unwrap();
+    let mut gw_a = Gateway::new([0xaa, 0x55, 0x5a, 0, 0, 0, 1, 1], server).await;
+    let mut gw_b = Gateway::new([0xaa, 0x55, 0x5a, 0, 0, 0, 2, 2], server).await;
+
+    // V1: ABP, unconfirmed, "hello" through the raw profile.
+    gw_a.push(vec![rxpk("400403020180010001a694642615d6c3b582", -60.0, 7.0)])
+        .await;
+    agent.wait_count("lorawan", "accepted", 1).await;
+
+    // V2: confirmed, heard by both gateways: stored once, and acknowledged in RX1 through
+    // the gateway that was first.
+    let v2 = "80da1b0126002a00023a23613062961739";
+    gw_a.push(vec![rxpk(v2, -57.0, 9.5)]).await;
+    gw_b.push(vec![rxpk(v2, -90.0, -3.0)]).await;
+    agent.wait_count("lorawan", "accepted", 2).await;
+    agent.wait_count("lorawan", "duplicate", 1).await;
+    let txpk = gw_a.pull_resp().await;
+    assert_eq!(
+        (txpk["tmst"].as_u64(), txpk["ipol"].as_bool()),
+        (Some(2_000_000), Some(true))
+    );
+    let ack = base64::engine::general_purpose::STANDARD
+        .decode(txpk["data"].as_str().unwrap())
+        .unwrap();
+    let lorawan::parser::PhyPayload::Data(lorawan::parser::DataPayload::Encrypted(down)) =
+        lorawan::parser::parse(ack).unwrap()
+    else {
+        panic!("not a data frame")
+    };
+    use lorawan::parser::DataHeader as _;
+    assert!(!down.is_uplink() && down.fhdr().fctrl().ack(), "an ACK downlink");
+    assert!(down.validate_mic(&lorawan::keys::AES128(hex(K1).try_into().unwrap()), 0));
+
+    // V3: FCnt 0x00010005 on air as 5, after 42: the rollover of the low 16 bits.
+    gw_a.push(vec![rxpk("40da1b0126000500023561e379e395df1e", -57.0, 9.5)])
+        .await;
+    agent.wait_count("lorawan", "accepted", 3).await;
+
+    // lora-packet frames across a 16-bit rollover, then a replay and a bad MIC.
+    let frames = lora_packet(json!([
+        data_frame("26000003", 65534, "03670110", K1, K2, false),
+        data_frame("26000003", 65535, "03670111", K1, K2, false),
+        data_frame("26000003", 65536, "03670112", K1, K2, false),
+        data_frame("26000003", 65537, "03670113", K1, K2, false),
+        data_frame("26000003", 65538, "03670114", K1, K2, false),
+    ]));
+    let f: Vec<&str> = frames.iter().map(|f| f.as_str().unwrap()).collect();
+    for phy in &f[..4] {
+        gw_a.push(vec![rxpk(phy, -70.0, 5.0)]).await;
+    }
+    agent.wait_count("lorawan", "accepted", 7).await;
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the de-duplication window
+    gw_a.push(vec![rxpk(f[1], -70.0, 5.0)]).await;
+    agent.wait_count("lorawan", "replay", 1).await;
+    let mut bad = hex(f[4]);
+    *bad.last_mut().unwrap() ^= 0x55;
+    let bad: String = bad.iter().map(|b| format!("{b:02x}")).collect();
+    gw_a.push(vec![rxpk(&bad, -70.0, 5.0)]).await;
+    agent.wait_count("lorawan", "bad_mic", 1).await;
+
+    // An FSK rxpk (numeric datr, no lsnr, no codr) is read like any other.
+    let phy = hex(f[4]);
+    let fsk = json!({"tmst": 3_512_348_514u32, "chan": 9, "rfch": 1, "freq": 868.8, "stat": 1, "modu": "FSK",
+                     "datr": 50000, "rssi": -75, "size": phy.len(),
+                     "data": base64::engine::general_purpose::STANDARD.encode(&phy)});
+    gw_a.push(vec![fsk]).await;
+    agent.wait_count("lorawan", "accepted", 8).await;
+
+    // OTAA end to end: lora-packet's join request, our join accept in the RX1 window 5 s
+    // after the uplink, decrypted and checked by lora-packet, then an uplink with the keys.
+    let join = lora_packet(
+        json!([{"kind": "join", "appEui": "70b3d57ed0000001", "devEui": "0004a30b001c0530",
+                                   "devNonce": "a1b2", "appKey": K1}]),
+    );
+    gw_b.push(vec![rxpk(join[0].as_str().unwrap(), -80.0, 1.0)]).await;
+    let txpk = gw_b.pull_resp().await;
+    assert_eq!(txpk["tmst"].as_u64(), Some(6_000_000));
+    agent.wait_count("lorawan", "join", 1).await;
+    let ja = base64::engine::general_purpose::STANDARD
+        .decode(txpk["data"].as_str().unwrap())
+        .unwrap();
+    let ja_hex: String = ja.iter().map(|b| format!("{b:02x}")).collect();
+    let keys = lora_packet(json!([{"kind": "decrypt_join_accept", "phy": ja_hex, "appKey": K1, "devNonce": "a1b2"}]));
+    let keys = &keys[0];
+    assert_eq!(keys["micOk"], true, "lora-packet checks our join accept's MIC");
+    let addr = keys["devAddr"].as_str().unwrap().to_owned();
+    assert!(
+        addr.starts_with("26") || addr.starts_with("27"),
+        "NetID 000013 addresses: {addr}"
+    );
+    let (nwk, app) = (keys["nwkSKey"].as_str().unwrap(), keys["appSKey"].as_str().unwrap());
+    let up = lora_packet(json!([
+        data_frame(&addr, 1, "0367fff6", nwk, app, false),
+        data_frame(&addr, 2, "0367fff5", nwk, app, false),
+    ]));
+    gw_a.push(vec![rxpk(up[0].as_str().unwrap(), -66.0, 4.0)]).await;
+    agent.wait_count("lorawan", "accepted", 9).await;
+    agent.stop().await;
+
+    // After a restart the OTAA session and its counter are still there.
+    let agent = start(lora_config(dir.path())).await;
+    let mut gw_a = Gateway::new([0xaa, 0x55, 0x5a, 0, 0, 0, 1, 1], agent.lorawan.unwrap()).await;
+    gw_a.push(vec![rxpk(up[0].as_str().unwrap(), -66.0, 4.0)]).await;
+    agent.wait_count("lorawan", "replay", 1).await;
+    gw_a.push(vec![rxpk(up[1].as_str().unwrap(), -66.0, 4.0)]).await;
+    agent.wait_count("lorawan", "accepted", 1).await;
+    agent.stop().await;
+
+    let lake = read_dir_lake(&dir.path().join("lake"));
+    let raw = rows(&lake, "lora_raw");
+    assert_eq!(raw.len(), 1);
+    assert_eq!(
+        (raw[0]["device"].as_str(), raw[0]["payload"].as_str()),
+        ("v1", "68656c6c6f")
+    );
+    let mut lw: Vec<(String, String, String)> = rows(&lake, "lorawan")
+        .into_iter()
+        .map(|r| (r["device"].clone(), r["f_cnt"].clone(), r["temperature_3"].clone()))
+        .collect();
+    lw.sort();
+    let want: Vec<(String, String, String)> = [
+        ("otaa", "1", "-1.0"),
+        ("otaa", "2", "-1.1"),
+        ("roll", "65534", "27.2"),
+        ("roll", "65535", "27.3"),
+        ("roll", "65536", "27.4"),
+        ("roll", "65537", "27.5"),
+        ("roll", "65538", "27.6"),
+        ("v2", "42", "27.2"),
+        ("v2", "65541", "27.2"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(lw, want);
+    let all = rows(&lake, "lorawan");
+    let v2 = all.iter().find(|r| r["device"] == "v2" && r["f_cnt"] == "42").unwrap();
+    assert_eq!(
+        (
+            v2["rssi"].as_str(),
+            v2["snr"].as_str(),
+            v2["lora_gateway"].as_str(),
+            v2["frequency"].as_str(),
+            v2["data_rate"].as_str()
+        ),
+        ("-57.0", "9.5", "aa555a0000000101", "868500000", "SF7BW125")
+    );
+    assert!(v2["time"].starts_with("2024-01-01T12:00:00"));
+    let fsk = all.iter().find(|r| r["f_cnt"] == "65538").unwrap();
+    assert_eq!(fsk["data_rate"], "FSK50000");
+    assert!(!fsk.contains_key("snr"));
+    // Keys are never in the session file's neighbours: the log, the lake. The session file
+    // itself is private.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("data/lorawan/sessions.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "sessions.json is readable by its owner only");
+}

@@ -476,6 +476,12 @@ pub struct MqttSection {
     pub user: String,
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// How long the broker keeps the session (and queues QoS 1 messages) while the agent is away.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// QoS 1 messages the broker may have sent and not had acknowledged (MQTT 5 Receive
+    /// Maximum). A crash can store at most this many of them twice.
+    pub max_inflight: u16,
     /// Where resource writes and desired values for MQTT devices are published: a template
     /// with `{device}` and `{resource}`; the payload is the value as JSON. Empty: no control.
     pub command_topic: String,
@@ -494,6 +500,8 @@ impl Default for MqttSection {
             client_key: None,
             user: "mqtt".into(),
             keep_alive: Duration::from_secs(30),
+            session_expiry: Duration::from_secs(7 * 24 * 3600),
+            max_inflight: 256,
             command_topic: "twinlake/{device}/{resource}/set".into(),
             subscriptions: Vec::new(),
         }

@@ -20,7 +20,7 @@ use twinlake_sdk::pson::Value;
 const DEVICES: usize = 2;
 const ROUNDS: usize = 5;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -60,7 +60,7 @@ inputs = false
 }
 
 /// Starts the agent and waits for its ready line.
-fn start(config: &Path) -> Child {
+pub fn start(config: &Path) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_twinlake"))
         .args(["edge", "--config"])
         .arg(config)
@@ -170,13 +170,40 @@ fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
         .collect();
     assert!(left.is_empty(), "seals left in the outbox: {left:?}");
 
+    let seen = lake_counts(&dir.path().join("lake"), "readings");
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "rows stored twice: {dups:?}");
+    let mut total = 0;
+    for (d, seqs) in &acked {
+        total += seqs.len();
+        for s in seqs {
+            assert_eq!(
+                seen.get(&(format!("dev-{d}"), *s)),
+                Some(&1),
+                "confirmed row dev-{d}/{s} is missing"
+            );
+        }
+    }
+    assert!(total > 0, "no row was confirmed at all");
+    eprintln!(
+        "{total} confirmed rows over {ROUNDS} kills; {} rows in the lake",
+        seen.len()
+    );
+}
+
+/// How often each `(device, seq)` is in the Parquet files of `table` under `lake`.
+pub fn lake_counts(lake: &Path, table: &str) -> BTreeMap<(String, i64), usize> {
     let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
-    let mut stack = vec![dir.path().join("lake")];
+    let mut stack = vec![lake.join(table)];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
+                continue;
+            }
+            if p.extension().is_none_or(|x| x != "parquet") {
                 continue;
             }
             let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap())
@@ -196,22 +223,5 @@ fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
             }
         }
     }
-    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dups.is_empty(), "rows stored twice: {dups:?}");
-    let mut total = 0;
-    for (d, seqs) in &acked {
-        total += seqs.len();
-        for s in seqs {
-            assert_eq!(
-                seen.get(&(format!("dev-{d}"), *s)),
-                Some(&1),
-                "confirmed row dev-{d}/{s} is missing"
-            );
-        }
-    }
-    assert!(total > 0, "no row was confirmed at all");
-    eprintln!(
-        "{total} confirmed rows over {ROUNDS} kills; {} rows in the lake",
-        seen.len()
-    );
+    seen
 }

@@ -3,6 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod crash;
+#[path = "../../edge-agent/tests/it/mosquitto.rs"]
+mod mosquitto;
+mod mqtt_crash;
 
 use std::process::Command;
 

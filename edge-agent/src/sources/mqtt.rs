@@ -15,12 +15,15 @@
 //! **Control.** Devices seen here get a route for resource writes (desired values): the
 //! value is published as JSON, QoS 1, to `command_topic` with `{device}` and `{resource}`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, MqttOptions};
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value as Json;
@@ -64,6 +67,7 @@ pub struct MqttSource {
     peer: SocketAddr,
     tls: bool,
     command: Option<TopicTemplate>,
+    max_inflight: u16,
     events: mpsc::Sender<DeviceEvent>,
     metrics: Arc<Metrics>,
     southbound: Arc<Southbound>,
@@ -135,11 +139,15 @@ impl MqttSource {
             cfg.client_id.clone()
         };
         let mut options = MqttOptions::new(id, host.clone(), port);
+        // MQTT 5: the broker keeps the session (and its QoS 1 messages) while the agent is
+        // away, and sends at most `max_inflight` messages the agent has not acknowledged.
         options
             .set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
-            .set_clean_session(false)
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(u32::try_from(cfg.session_expiry.as_secs()).unwrap_or(u32::MAX)))
+            .set_receive_maximum(Some(cfg.max_inflight.max(1)))
             .set_manual_acks(true)
-            .set_max_packet_size(1 << 20, 1 << 20);
+            .set_max_packet_size(Some(1 << 20));
         if !cfg.username.is_empty() {
             options.set_credentials(cfg.username.clone(), cfg.password.clone());
         }
@@ -179,6 +187,7 @@ impl MqttSource {
             peer,
             tls,
             command,
+            max_inflight: cfg.max_inflight,
             events,
             metrics,
             southbound,
@@ -201,10 +210,30 @@ impl MqttSource {
             control,
         };
         let mut backoff = Duration::from_millis(200);
+        // Flow control: at most `window` messages passed to ingest whose PUBACK has not
+        // been written yet (the client library sends one request per poll while it reads
+        // many packets, so acks can fall far behind). A crash can store at most these twice.
+        // Past the window, messages wait in `held`; past `held`'s bound they are left
+        // unacknowledged and fetched again by reconnecting once everything is confirmed.
+        let window = u64::from(self.max_inflight.max(1));
+        let held_max = (window as usize).saturating_mul(16).max(1024);
+        let (mut forwarded, mut flushed) = (0u64, 0u64);
+        let mut held: VecDeque<Publish> = VecDeque::new();
+        let mut deferred = false;
         loop {
             let current = *phase.borrow();
             if current == Phase::Done {
                 break;
+            }
+            while current == Phase::Running && forwarded - flushed < window {
+                let Some(p) = held.pop_front() else { break };
+                forwarded += u64::from(p.qos != QoS::AtMostOnce);
+                self.message(&client, &mut state, p).await;
+            }
+            if deferred && held.is_empty() && forwarded == flushed {
+                deferred = false;
+                debug!("reconnecting to fetch the messages left unacknowledged while catching up");
+                let _ = client.try_disconnect();
             }
             let polled = tokio::select! {
                 p = eventloop.poll() => p,
@@ -217,30 +246,45 @@ impl MqttSource {
                     let filters: Vec<_> = self
                         .subs
                         .iter()
-                        .map(|s| rumqttc::SubscribeFilter::new(s.template.filter(), s.qos))
+                        .map(|s| Filter::new(s.template.filter(), s.qos))
                         .collect();
                     if let Err(e) = client.try_subscribe_many(filters) {
                         warn!(error = %e, "cannot subscribe");
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::PubAck(_))) => flushed = (flushed + 1).min(forwarded),
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if current != Phase::Running {
                         // Left unacknowledged: the broker sends it again next session.
                         continue;
                     }
-                    self.message(&client, &mut state, p).await;
+                    if held.len() >= held_max {
+                        self.metrics.source("mqtt", "deferred");
+                        deferred = true;
+                    } else {
+                        held.push_back(p);
+                    }
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
                     if s.return_codes
                         .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                        .any(|c| !matches!(c, SubscribeReasonCode::Success(_)))
                     {
                         warn!("the broker refused a subscription");
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    warn!(broker = %self.peer, error = %e, retry_in = ?backoff, "MQTT connection lost");
+                    // The broker sends what was not acknowledged again on the next session.
+                    held.clear();
+                    deferred = false;
+                    if !matches!(
+                        e,
+                        ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted)
+                    ) || current == Phase::Running
+                    {
+                        warn!(broker = %self.peer, error = %e, retry_in = ?backoff, "MQTT connection lost");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = phase.changed() => {}
@@ -253,19 +297,23 @@ impl MqttSource {
         let _ = client.try_disconnect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
+            if let Event::Outgoing(Outgoing::Disconnect) = ev {
                 break;
             }
         }
         debug!("MQTT source stopped");
     }
 
-    async fn message(&self, client: &AsyncClient, state: &mut State, p: rumqttc::Publish) {
+    async fn message(&self, client: &AsyncClient, state: &mut State, p: Publish) {
         let now = SystemTime::now();
+        let Ok(topic) = std::str::from_utf8(&p.topic) else {
+            self.metrics.source("mqtt", "undecodable");
+            return;
+        };
         let matched = self
             .subs
             .iter()
-            .find_map(|s| s.template.captures(&p.topic).map(|c| (s, c)));
+            .find_map(|s| s.template.captures(topic).map(|c| (s, c)));
         let rows = match matched {
             None => {
                 self.metrics.source("mqtt", "unmatched");
@@ -273,14 +321,14 @@ impl MqttSource {
             }
             Some((sub, caps)) => state
                 .decoder
-                .decode(sub.format, &p.topic, &caps, &sub.resource, &p.payload, now),
+                .decode(sub.format, topic, &caps, &sub.resource, &p.payload, now),
         };
         let rows = match rows {
             Ok(r) => r,
             Err(why) => {
                 // Confirmed all the same: a message that cannot be read never will be.
                 self.metrics.source("mqtt", "undecodable");
-                warn!(topic = %p.topic, %why, "MQTT payload skipped");
+                warn!(%topic, %why, "MQTT payload skipped");
                 Vec::new()
             }
         };
@@ -313,16 +361,17 @@ impl MqttSource {
             let client = client.clone();
             let mut ackable = p.clone();
             ackable.payload = Default::default();
+            ackable.properties = None;
             Delivery {
                 source: self.name.clone(),
                 id: p.pkid,
-                hash: fnv1a(&[p.topic.as_bytes(), &p.payload]),
+                hash: fnv1a(&[&p.topic, &p.payload]),
                 redelivered: p.dup,
                 ack: Acker::from_fn(move |ok| {
                     if !ok {
                         return;
                     }
-                    if let Err(rumqttc::ClientError::TryRequest(_)) = client.try_ack(&ackable) {
+                    if let Err(ClientError::TryRequest(_)) = client.try_ack(&ackable) {
                         let (client, p) = (client.clone(), ackable.clone());
                         tokio::spawn(async move {
                             let _ = client.ack(&p).await;

@@ -28,8 +28,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n\
-                 max_inflight_messages {max_inflight}\nlog_dest file {}\n",
-                dir.path().join("log").display()
+                 max_inflight_messages {max_inflight}\nlog_type all\nlog_dest stderr\n"
             ),
         )
         .unwrap();
@@ -41,7 +40,7 @@ impl Mosquitto {
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
             .spawn()
             .expect("mosquitto starts");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -54,35 +53,43 @@ impl Mosquitto {
 
     /// `mosquitto_pub` publishing each of `lines` as a message at `qos` to `topic`.
     pub fn publish_lines(&self, topic: &str, qos: u8, lines: &[String]) {
-        use std::io::Write as _;
-        let mut p = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-q",
-                &qos.to_string(),
-                "-t",
-                topic,
-                "-l",
-            ])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_pub runs");
-        {
-            let mut stdin = p.stdin.take().unwrap();
-            for l in lines {
-                writeln!(stdin, "{l}").unwrap();
-            }
-        }
-        assert!(p.wait().unwrap().success(), "mosquitto_pub failed");
+        publish_lines(self.port, topic, qos, lines);
     }
+}
+
+/// `mosquitto_pub` publishing each of `lines` as a message at `qos` to `topic` on the
+/// broker at `port`.
+pub fn publish_lines(port: u16, topic: &str, qos: u8, lines: &[String]) {
+    use std::io::Write as _;
+    let (port, qos) = (port.to_string(), qos.to_string());
+    let mut p = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", &qos, "-t", topic, "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    {
+        let mut stdin = p.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    assert!(p.wait().unwrap().success(), "mosquitto_pub failed");
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        // SIGTERM, so the log is flushed; then make sure.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::env::var_os("KEEP_MOSQUITTO_LOG").is_some() {
+            let _ = std::fs::copy(self._dir.path().join("log"), "/tmp/mosquitto.log");
+        }
     }
 }

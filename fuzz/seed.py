@@ -29,3 +29,15 @@ for i, v in enumerate([
     "21 00 00 04 20 5F A0 02 42", "6A 07 01 61 6A 03 01 62 40", "00", "78", "50", "60",
 ]):
     (values / f"spec{i}").write_bytes(hexs(v))
+
+# GWMP datagrams: the spec's PUSH_DATA (V2), PULL_DATA, TX_ACK, and PROTOCOL.TXT's FSK rxpk.
+gwmp = here / "corpus" / "gwmp_parse"
+gwmp.mkdir(parents=True, exist_ok=True)
+eui = bytes.fromhex("aa555a0000000101")
+for name, d in {
+    "push_v2": bytes.fromhex("02123400") + eui + b'{"rxpk":[{"time":"2024-01-01T12:00:00.000000Z","tmst":3512348611,"chan":2,"rfch":0,"freq":868.5,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/5","rssi":-57,"lsnr":9.5,"size":17,"data":"gNobASYAKgACOiNhMGKWFzk="}]}',
+    "push_fsk": bytes.fromhex("02000100") + eui + b'{"rxpk":[{"tmst":3512348514,"chan":9,"rfch":1,"freq":869.1,"stat":1,"modu":"FSK","datr":50000,"rssi":-75,"size":16,"data":"VEVTVF9QQUNLRVRfMTIzNA=="}],"stat":{"time":"2014-01-12 08:59:28 GMT","rxnb":2}}',
+    "pull": bytes.fromhex("02abcd02") + eui,
+    "txack": bytes.fromhex("02567805") + eui + b'{"txpk_ack":{"error":"NONE"}}',
+}.items():
+    (gwmp / name).write_bytes(d)

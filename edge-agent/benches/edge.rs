@@ -1,6 +1,6 @@
 //! Edge agent benchmarks, each against a peer measured in the same run on the same data.
 //!
-//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|memory]` prints Markdown for
+//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|memory|mqtt|lorawan]` prints Markdown for
 //! BENCHMARKS.md. Without `--bench` (as in `cargo test --all-targets`) every section runs
 //! on tiny inputs as a smoke test. The Python peers (pyarrow) and the idle-client load run
 //! with `TWINLAKE_PYTHON` (scripts/test makes `.venv`), default `.venv/bin/python`.
@@ -11,12 +11,21 @@
 //!   field values/s, against the Arrow→Parquet encode of the same rows.
 //! * memory: agent RSS with 1,000 and 10,000 idle connected devices (clients in another
 //!   process).
+//! * mqtt: a backlog of QoS 1 JSON readings queued in a real Mosquitto for a persistent
+//!   session, drained by the agent into Parquet, against the same backlog drained by
+//!   `mosquitto_sub` (QoS 1, output discarded): Mosquitto's own delivery rate.
+//! * lorawan: ABP uplinks (Cayenne LPP) as GWMP datagrams over UDP, checked, decrypted,
+//!   decoded and persisted, against the raw decode limit (MIC check, decryption and Cayenne
+//!   decode of the same frames in a loop).
 
 // A measurement harness, not a path for untrusted input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "common.rs"]
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/it/mosquitto.rs"]
+mod mosquitto;
 mod tsbs;
 
 use std::borrow::Cow;
@@ -348,6 +357,271 @@ fn memory(full: bool) {
     }
 }
 
+// ---------------------------------------------------------------- mqtt
+
+/// Runs `mosquitto_sub` on the session `id`; with `count`, until that many messages came.
+fn mosquitto_sub(port: u16, id: &str, count: Option<usize>) -> std::process::ExitStatus {
+    let mut c = Command::new("mosquitto_sub");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+        "-c",
+        "-i",
+        id,
+        "-t",
+        "trucks/#",
+    ]);
+    c.args(["-x", "604800"]);
+    match count {
+        Some(n) => c.args(["-C", &n.to_string()]),
+        None => c.args(["-W", "1"]),
+    };
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+}
+
+fn mqtt(full: bool) {
+    use twinlake_edge::config::MqttSubscription;
+    let n: usize = if full { 200_000 } else { 300 };
+    let broker = mosquitto::Mosquitto::start(0);
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"latitude":{:.5},"longitude":{:.5},"elevation":{},"velocity":{},"heading":{},"grade":{},"fuel_consumption":{:.1}}}"#,
+                52.0 + (i % 997) as f64 * 1e-4,
+                4.0 + (i % 991) as f64 * 1e-4,
+                i % 500,
+                i % 120,
+                i % 360,
+                i % 30,
+                (i % 400) as f64 / 10.0
+            )
+        })
+        .collect();
+    let publish = |lines: &[String]| {
+        // One publisher per truck topic group, so topics carry the device.
+        let per = lines.len().div_ceil(10);
+        for (t, chunk) in lines.chunks(per).enumerate() {
+            mosquitto::publish_lines(broker.port, &format!("trucks/truck-{t}/readings"), 1, chunk);
+        }
+    };
+
+    // The peer: Mosquitto delivering the backlog to mosquitto_sub.
+    let _ = mosquitto_sub(broker.port, "bench-sub", None);
+    publish(&lines);
+    let t = Instant::now();
+    assert!(mosquitto_sub(broker.port, "bench-sub", Some(n)).success());
+    let peer = t.elapsed().as_secs_f64();
+
+    // The agent on the same backlog.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = edge_config(dir.path(), 0);
+    c.listener.tcp = None;
+    c.mqtt.url = format!("mqtt://127.0.0.1:{}", broker.port);
+    c.mqtt.client_id = "bench-edge".into();
+    c.mqtt.subscriptions = vec![toml::from_str::<MqttSubscription>("topic = \"trucks/{device}/{resource}\"").unwrap()];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (accepted, total) = rt.block_on(async {
+        // A first run makes the session at the broker; then the backlog is queued.
+        let agent = EdgeAgent::start(c.clone()).await.unwrap();
+        let metrics = agent.metrics();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(agent.run(async move {
+            let _ = stopped.await;
+        }));
+        while metrics.rows_in.get() == 0 {
+            mosquitto::publish_lines(broker.port, "trucks/probe/readings", 1, &lines[..1]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = stop.send(());
+        run.await.unwrap().unwrap();
+        tokio::task::block_in_place(|| publish(&lines));
+
+        let agent = EdgeAgent::start(c).await.unwrap();
+        let metrics = agent.metrics();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let t = Instant::now();
+        let run = tokio::spawn(agent.run(async move {
+            let _ = stopped.await;
+        }));
+        while metrics.rows_in.get() < n as u64 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let accepted = t.elapsed().as_secs_f64();
+        let _ = stop.send(());
+        run.await.unwrap().unwrap();
+        (accepted, t.elapsed().as_secs_f64())
+    });
+    let lake = read_dir_batches(&dir.path().join("lake"));
+    let lake_rows: usize = lake.iter().flat_map(|(_, b)| b).map(|b| b.num_rows()).sum();
+    assert!(lake_rows >= n, "every message reached the lake ({lake_rows} of {n})");
+    println!("\n### MQTT ingest: a backlog of {n} QoS 1 JSON readings (7 numbers) in Mosquitto, drained\n");
+    println!("| consumer | seconds | messages/s | ratio to Mosquitto → mosquitto_sub |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| mosquitto_sub (QoS 1, output discarded) | {peer:.3} | {:.0} | 1.00 |",
+        n as f64 / peer
+    );
+    println!(
+        "| agent, durable in the WAL (acked after two fsyncs) | {accepted:.3} | {:.0} | {:.2} |",
+        n as f64 / accepted,
+        peer / accepted
+    );
+    println!(
+        "| agent, end to end (sealed, in the lake, stopped) | {total:.3} | {:.0} | {:.2} |",
+        n as f64 / total,
+        peer / total
+    );
+}
+
+// ---------------------------------------------------------------- lorawan
+
+fn lorawan(full: bool) {
+    use base64::Engine as _;
+    use lorawan::creator::DataPayloadCreator;
+    use lorawan::keys::{AppSKey, NewSKey};
+    use lorawan::parser::{DataHeader as _, DataPayload, FCtrl, FRMPayload, PhyPayload, parse};
+    use twinlake_edge::config::LoraDevice;
+    use twinlake_edge::sources::codec::Codec;
+
+    let (devices, per_device) = if full { (200u32, 250u32) } else { (4, 5) };
+    let total = (devices * per_device) as usize;
+    let nwk = [0x2bu8; 16];
+    let app = [0x01u8; 16];
+    // Frames in arrival order: every device's uplink k, then k+1.
+    let mut frames = Vec::with_capacity(total);
+    for k in 1..=per_device {
+        for d in 0..devices {
+            let addr = 0x2600_0000u32 + d;
+            let mut c = DataPayloadCreator::new();
+            c.set_uplink(true)
+                .set_confirmed(false)
+                .set_dev_addr(&addr.to_le_bytes())
+                .set_fctrl(&FCtrl::new(0, true))
+                .set_fcnt(k)
+                .set_f_port(2);
+            let t = 200 + (k % 100) as i16;
+            let payload = [1, 0x67, (t >> 8) as u8, t as u8, 2, 0x68, 90, 3, 0x02, 0x01, 0x2c];
+            frames.push(
+                c.build(&payload, &[], &NewSKey::from(nwk), &AppSKey::from(app))
+                    .unwrap()
+                    .to_vec(),
+            );
+        }
+    }
+    // The decode limit: MIC, decryption and Cayenne of the same frames, nothing else.
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for (i, f) in frames.iter().enumerate() {
+            let Ok(PhyPayload::Data(DataPayload::Encrypted(e))) = parse(f.clone()) else {
+                panic!()
+            };
+            let fcnt = u32::from(e.fhdr().fcnt());
+            assert!(e.validate_mic(&lorawan::keys::AES128(nwk), fcnt), "{i}");
+            let d = e.decrypt(None, Some(&lorawan::keys::AES128(app)), fcnt).unwrap();
+            let FRMPayload::Data(b) = d.frm_payload() else { panic!() };
+            std::hint::black_box(Codec::Cayenne.decode(b).unwrap());
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = edge_config(dir.path(), 0);
+    c.listener.tcp = None;
+    c.lorawan.udp = Some("127.0.0.1:0".parse().unwrap());
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    c.lorawan.devices = (0..devices)
+        .map(|d| {
+            toml::from_str::<LoraDevice>(&format!(
+                "dev_eui = \"{:016x}\"\ndev_addr = \"{:08x}\"\nnwk_skey = \"{}\"\napp_skey = \"{}\"",
+                0x70b3_d500_0000_0000u64 + u64::from(d),
+                0x2600_0000u32 + d,
+                hex(&nwk),
+                hex(&app)
+            ))
+            .unwrap()
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (accepted, e2e) = rt.block_on(async {
+        let agent = EdgeAgent::start(c).await.unwrap();
+        let server = agent.lorawan_addr().unwrap();
+        let metrics = agent.metrics();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(agent.run(async move {
+            let _ = stopped.await;
+        }));
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let eui = [0xaa, 0x55, 0x5a, 0, 0, 0, 1, 1];
+        let t = Instant::now();
+        // A forwarder's pace is set by its radio; here at most 32 datagrams wait for their
+        // PUSH_ACK, so the socket buffer never overflows.
+        let mut waiting = 0usize;
+        let mut buf = [0u8; 64];
+        for (i, f) in frames.iter().enumerate() {
+            let rx = serde_json::json!({"rxpk": [{"tmst": i as u32 * 1000, "freq": 868.1, "stat": 1, "modu": "LORA",
+                "datr": "SF7BW125", "codr": "4/5", "rssi": -60, "lsnr": 7.5, "size": f.len(),
+                "data": base64::engine::general_purpose::STANDARD.encode(f)}]});
+            let tok = (i as u16).to_be_bytes();
+            let mut d = vec![2, tok[0], tok[1], 0];
+            d.extend_from_slice(&eui);
+            d.extend_from_slice(rx.to_string().as_bytes());
+            sock.send_to(&d, server).await.unwrap();
+            waiting += 1;
+            while waiting >= 32 {
+                sock.recv(&mut buf).await.unwrap();
+                waiting -= 1;
+            }
+        }
+        while metrics.rows_in.get() < total as u64 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let accepted = t.elapsed().as_secs_f64();
+        let _ = stop.send(());
+        run.await.unwrap().unwrap();
+        assert_eq!(metrics.source_count("lorawan", "accepted"), total as u64);
+        (accepted, t.elapsed().as_secs_f64())
+    });
+    let lake = read_dir_batches(&dir.path().join("lake"));
+    let lake_rows: usize = lake.iter().flat_map(|(_, b)| b).map(|b| b.num_rows()).sum();
+    assert_eq!(lake_rows, total, "every uplink reached the lake");
+    println!(
+        "\n### LoRaWAN uplinks: {devices} ABP devices × {per_device} unconfirmed uplinks (Cayenne LPP, 3 values), one GWMP datagram each over UDP\n"
+    );
+    println!("| measure | seconds | uplinks/s |");
+    println!("|---|---:|---:|");
+    println!(
+        "| accepted: MIC, FCnt, decrypt, decode, durable in the WAL | {accepted:.3} | {:.0} |",
+        total as f64 / accepted
+    );
+    println!(
+        "| end to end (sealed, in the lake, stopped) | {e2e:.3} | {:.0} |",
+        total as f64 / e2e
+    );
+    println!(
+        "| decode limit: MIC + decrypt + Cayenne of the same frames, best of 3 | {best:.3} | {:.0} |",
+        total as f64 / best
+    );
+    println!("\nratio accepted ÷ decode limit: {:.2}", best / accepted);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let full = args.iter().any(|a| a == "--bench");
@@ -355,6 +629,8 @@ fn main() {
         // Under `cargo test --all-targets`: the Rust side on tiny inputs, as a smoke test.
         storage(false);
         ingest(false);
+        mqtt(false);
+        lorawan(false);
         return;
     }
     let picked: Vec<&str> = args
@@ -371,5 +647,11 @@ fn main() {
     }
     if run("memory") {
         memory(true);
+    }
+    if run("mqtt") {
+        mqtt(true);
+    }
+    if run("lorawan") {
+        lorawan(true);
     }
 }

@@ -466,7 +466,7 @@ pub struct MqttSection {
     /// the agent is away. Default `twinlake-<gateway>`.
     pub client_id: String,
     pub username: String,
-    pub password: String,
+    pub password: Hidden,
     /// PEM certificates to trust for `mqtts://` instead of the system's roots.
     pub ca_file: Option<PathBuf>,
     /// A client certificate and key (PEM) for brokers that want one.
@@ -494,7 +494,7 @@ impl Default for MqttSection {
             url: String::new(),
             client_id: String::new(),
             username: String::new(),
-            password: String::new(),
+            password: Hidden::default(),
             ca_file: None,
             client_cert: None,
             client_key: None,
@@ -641,8 +641,52 @@ pub struct LoraProfile {
     /// The resource (table) its rows go to.
     #[serde(default = "lorawan_table")]
     pub table: String,
-    #[serde(flatten)]
-    pub codec: crate::sources::codec::Codec,
+    /// `cayenne` (the default), `layout` (with `fields`) or `raw`.
+    #[serde(default)]
+    pub codec: CodecKind,
+    /// The fields of a `layout`.
+    #[serde(default)]
+    pub fields: Vec<crate::sources::codec::LayoutField>,
+}
+
+/// The codecs a [`LoraProfile`] can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CodecKind {
+    #[default]
+    Cayenne,
+    Layout,
+    Raw,
+}
+
+impl LoraProfile {
+    /// The profile's codec; the error says what is inconsistent.
+    pub fn codec(&self) -> Result<crate::sources::codec::Codec, String> {
+        use crate::sources::codec::Codec;
+        let codec = match self.codec {
+            CodecKind::Cayenne => Codec::Cayenne,
+            CodecKind::Raw => Codec::Raw,
+            CodecKind::Layout => Codec::Layout {
+                fields: self.fields.clone(),
+            },
+        };
+        if self.codec != CodecKind::Layout && !self.fields.is_empty() {
+            return Err("fields go with codec = \"layout\"".into());
+        }
+        codec.validate()?;
+        Ok(codec)
+    }
+}
+
+/// A secret in a configuration (a password): read as text, never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Hidden(pub String);
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
 }
 
 fn lorawan_table() -> String {
@@ -659,8 +703,7 @@ impl LorawanSection {
             return bad(format!("rx1_delay_s {}: 1..=15", self.rx1_delay_s));
         }
         for p in &self.profiles {
-            p.codec
-                .validate()
+            p.codec()
                 .map_err(|e| Error::Config(format!("lorawan profile {:?}: {e}", p.name)))?;
         }
         let mut seen = std::collections::HashSet::new();

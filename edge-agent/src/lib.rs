@@ -5,7 +5,8 @@
 //! against the [`registry`] (hashed credentials, rate-limited refusals). What they send is
 //! flattened into rows ([`model`]), written to a crash-safe [`wal`] and an Arrow [`buffer`],
 //! sealed into Parquet in the [`outbox`] and shipped to any object store by the [`upload`]
-//! loop. [`agent::EdgeAgent`] wires it all, with Prometheus [`metrics`].
+//! loop. MQTT brokers and LoRaWAN gateways feed the same path through the [`sources`].
+//! [`agent::EdgeAgent`] wires it all, with Prometheus [`metrics`].
 //!
 //! ```text
 //! devices ─TCP/TLS─▶ listener ─events─▶ ingest ─┬▶ WAL (fsync, group commit)

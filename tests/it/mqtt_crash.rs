@@ -132,8 +132,5 @@ fn sigkill_while_publishing_loses_no_mqtt_message() {
     );
     // The documented bound: a duplicate needs a kill between an acked record's fsync and
     // its PUBACK, and at most the broker's in-flight window is there at a time.
-    assert!(
-        dups.len() <= KILLS * MAX_INFLIGHT,
-        "too many duplicates: {dups:?}"
-    );
+    assert!(dups.len() <= KILLS * MAX_INFLIGHT, "too many duplicates: {dups:?}");
 }

@@ -118,7 +118,7 @@ impl DeviceConf {
                     .iter()
                     .find(|p| &p.name == name)
                     .ok_or_else(|| format!("profile {name:?} is not defined"))?;
-                (p.table.clone(), p.codec.clone())
+                (p.table.clone(), p.codec()?)
             }
         };
         Ok(Self {

@@ -149,7 +149,7 @@ impl MqttSource {
             .set_manual_acks(true)
             .set_max_packet_size(Some(1 << 20));
         if !cfg.username.is_empty() {
-            options.set_credentials(cfg.username.clone(), cfg.password.clone());
+            options.set_credentials(cfg.username.clone(), cfg.password.0.clone());
         }
         if tls {
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(

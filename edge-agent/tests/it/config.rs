@@ -40,6 +40,53 @@ fn bad_configs_say_what_is_wrong() {
             "[[devices]]\nuser = \"a\"\ndevice = \"b\"\ncredential_hash = \"plain\"",
             "a/b",
         ),
+        ("[mqtt]\nurl = \"http://x\"", "mqtt://"),
+        ("[mqtt]\nurl = \"mqtt://x\"", "subscriptions"),
+        (
+            "[mqtt]\nurl = \"mqtt://x\"\n[[mqtt.subscriptions]]\ntopic = \"a/#/b\"",
+            "last level",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://x\"\n[[mqtt.subscriptions]]\ntopic = \"a/+\"",
+            "{device}",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://x\"\n[[mqtt.subscriptions]]\ntopic = \"a/{device}\"\nformat = \"xml\"",
+            "xml",
+        ),
+        (
+            "[mqtt]\ncommand_topic = \"a/#\"\nurl = \"mqtt://x\"\n[[mqtt.subscriptions]]\ntopic = \"a/{device}\"",
+            "command_topic",
+        ),
+        ("[lorawan]\nnet_id = \"zz\"", "net_id"),
+        (
+            "[[lorawan.devices]]\ndev_eui = \"01\"\napp_key = \"00000000000000000000000000000000\"",
+            "dev_eui",
+        ),
+        (
+            "[[lorawan.devices]]\ndev_eui = \"0000000000000001\"\napp_key = \"0011\"",
+            "32 hex digits",
+        ),
+        (
+            "[[lorawan.devices]]\ndev_eui = \"0000000000000001\"\ndev_addr = \"01020304\"",
+            "ABP needs",
+        ),
+        (
+            "[[lorawan.devices]]\ndev_eui = \"0000000000000001\"\napp_key = \"00000000000000000000000000000000\"\nprofile = \"p\"",
+            "profile \"p\"",
+        ),
+        (
+            "[[lorawan.profiles]]\nname = \"p\"\ncodec = \"layout\"\nfields = []",
+            "at least one field",
+        ),
+        (
+            "[[lorawan.profiles]]\nname = \"p\"\ncodec = \"cayenne\"\nfeilds = 1",
+            "feilds",
+        ),
+        (
+            "[[lorawan.profiles]]\nname = \"p\"\nfields = [{ name = \"a\", offset = 0, type = \"u8\" }]",
+            "layout",
+        ),
     ] {
         let err = EdgeConfig::parse(text).unwrap_err().to_string();
         assert!(err.contains(says), "{text:?} gave {err:?}");

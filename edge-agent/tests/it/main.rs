@@ -4,6 +4,7 @@
 
 mod config;
 mod exchange;
+mod gwmp_props;
 mod ingest;
 mod lake;
 mod link_props;

@@ -17,7 +17,6 @@ use twinlake_edge::arrow::datatypes::DataType;
 use twinlake_edge::arrow::util::display::array_value_to_string;
 use twinlake_edge::config::{LoraDevice, LoraProfile, MqttSubscription};
 use twinlake_edge::metrics::Metrics;
-use twinlake_edge::sources::codec::Codec;
 use twinlake_edge::sources::payload::Format;
 use twinlake_edge::{EdgeAgent, EdgeConfig, Error};
 use twinlake_sdk::pson::Value;
@@ -439,11 +438,8 @@ fn lora_config(dir: &Path) -> EdgeConfig {
         profile: profile.map(String::from),
         ..lora_device(eui, name)
     };
-    c.lorawan.profiles = vec![LoraProfile {
-        name: "raw".into(),
-        table: "lora_raw".into(),
-        codec: Codec::Raw,
-    }];
+    c.lorawan.profiles =
+        vec![toml::from_str::<LoraProfile>("name = \"raw\"\ntable = \"lora_raw\"\ncodec = \"raw\"").unwrap()];
     c.lorawan.devices = vec![
         abp(
             "0000000000000001",

@@ -6,6 +6,9 @@
 mod auth;
 mod link;
 mod live;
+#[allow(dead_code)]
+#[path = "../../../edge-agent/tests/it/mosquitto.rs"]
+mod mosquitto;
 mod sql;
 mod streams;
 mod support;

@@ -188,3 +188,70 @@ async fn twins_survive_a_cloud_restart_and_versions_guard_writes() {
     drop(dev);
     cloud.stop().await;
 }
+
+/// An MQTT device behind the edge (a real Mosquitto): what it publishes becomes its twin's
+/// reported state, and a desired value set in the cloud is published to its command topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mqtt_device_gets_a_twin_and_its_desired_state_on_the_command_topic() {
+    use crate::mosquitto::{Mosquitto, publish_lines};
+    let broker = Mosquitto::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let api = &cloud.api();
+    let mut cfg = edge_config(dir.path(), cloud.addr);
+    cfg.mqtt.url = format!("mqtt://127.0.0.1:{}", broker.port);
+    cfg.mqtt.user = USER.into();
+    cfg.mqtt.subscriptions = vec![toml::from_str("topic = \"sensors/{device}/{resource}\"").unwrap()];
+    let edge = TestEdge::start(cfg).await;
+
+    // A command-topic subscriber with a session, so nothing published meanwhile is missed.
+    let port = broker.port;
+    let sub = move |extra: &[&str]| {
+        std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-c",
+                "-i",
+                "cmd-watch",
+            ])
+            .args(["-t", "twinlake/+/+/set", "-v"])
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    sub(&["-W", "1"]);
+
+    eventually(20, "the MQTT device's twin", || async move {
+        publish_lines(port, "sensors/m1/climate", 1, &[r#"{"temp":21.5}"#.into()]);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (s, t) = api.get(&format!("/v1/users/{USER}/devices/m1/twin")).await;
+        (s == StatusCode::OK
+            && t["state"]["reported"]["climate"]["temp"] == json!(21.5)
+            && t["connection"]["online"] == json!(true))
+        .then_some(())
+    })
+    .await;
+
+    let (s, j) = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{USER}/devices/m1/twin"),
+            Some(DESIRED),
+            Some(json!({"desired": {"led": true}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    let out = tokio::task::spawn_blocking(move || sub(&["-C", "1", "-W", "10"]))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "twinlake/m1/led/set true");
+
+    edge.stop().await;
+    cloud.stop().await;
+}

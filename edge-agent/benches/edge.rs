@@ -14,6 +14,7 @@
 //! * mqtt: a backlog of QoS 1 JSON readings queued in a real Mosquitto for a persistent
 //!   session, drained by the agent into Parquet, against the same backlog drained by
 //!   `mosquitto_sub` (QoS 1, output discarded): Mosquitto's own delivery rate.
+//!   `BENCH_N` sets the backlog (200,000), `BENCH_WINDOW` the agent's `mqtt.max_inflight`.
 //! * lorawan: ABP uplinks (Cayenne LPP) as GWMP datagrams over UDP, checked, decrypted,
 //!   decoded and persisted, against the raw decode limit (MIC check, decryption and Cayenne
 //!   decode of the same frames in a loop).
@@ -390,7 +391,14 @@ fn mosquitto_sub(port: u16, id: &str, count: Option<usize>) -> std::process::Exi
 
 fn mqtt(full: bool) {
     use twinlake_edge::config::MqttSubscription;
-    let n: usize = if full { 200_000 } else { 300 };
+    let n: usize = if full {
+        std::env::var("BENCH_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000)
+    } else {
+        300
+    };
     let broker = mosquitto::Mosquitto::start(0);
     let lines: Vec<String> = (0..n)
         .map(|i| {
@@ -427,6 +435,9 @@ fn mqtt(full: bool) {
     c.listener.tcp = None;
     c.mqtt.url = format!("mqtt://127.0.0.1:{}", broker.port);
     c.mqtt.client_id = "bench-edge".into();
+    if let Ok(v) = std::env::var("BENCH_WINDOW") {
+        c.mqtt.max_inflight = v.parse().unwrap();
+    }
     c.mqtt.subscriptions = vec![toml::from_str::<MqttSubscription>("topic = \"trucks/{device}/{resource}\"").unwrap()];
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

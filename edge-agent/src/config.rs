@@ -501,7 +501,7 @@ impl Default for MqttSection {
             user: "mqtt".into(),
             keep_alive: Duration::from_secs(30),
             session_expiry: Duration::from_secs(7 * 24 * 3600),
-            max_inflight: 256,
+            max_inflight: 1024,
             command_topic: "twinlake/{device}/{resource}/set".into(),
             subscriptions: Vec::new(),
         }

@@ -316,7 +316,9 @@ impl Ingest {
                     if self.unsynced.rows > 0 && self.sync_at.is_none() {
                         self.sync_at = Some(Instant::now() + self.wal_cfg.fsync_interval);
                     }
-                    if self.wal_cfg.fsync_interval.is_zero() {
+                    // Messages a source waits on (a broker holding back the next ones until
+                    // they are acknowledged) go to disk at once; there is nothing to gather.
+                    if self.wal_cfg.fsync_interval.is_zero() || !self.unsynced.delivered.is_empty() {
                         self.start_sync();
                     }
                 }

@@ -197,11 +197,12 @@ impl MqttSource {
     /// Serves until `phase` reaches [`Phase::Done`]: reconnects on its own (with backoff)
     /// and subscribes again on every connection.
     pub async fn run(self, mut phase: watch::Receiver<Phase>) {
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 4096);
+        let (mut client, mut eventloop) = AsyncClient::new(self.options.clone(), 4096);
+        let current_client = Arc::new(std::sync::Mutex::new(client.clone()));
         let control: Option<Arc<dyn Control>> = self.command.clone().map(|t| {
             Arc::new(CommandTopic {
                 template: t,
-                client: client.clone(),
+                client: current_client.clone(),
             }) as Arc<dyn Control>
         });
         let mut state = State {
@@ -231,9 +232,15 @@ impl MqttSource {
                 self.message(&client, &mut state, p).await;
             }
             if deferred && held.is_empty() && forwarded == flushed {
+                // Everything taken is acknowledged: a new connection on the same session
+                // gets the rest sent again.
                 deferred = false;
                 debug!("reconnecting to fetch the messages left unacknowledged while catching up");
-                let _ = client.try_disconnect();
+                close(&client, &mut eventloop).await;
+                (client, eventloop) = AsyncClient::new(self.options.clone(), 4096);
+                if let Ok(mut c) = current_client.lock() {
+                    *c = client.clone();
+                }
             }
             let polled = tokio::select! {
                 p = eventloop.poll() => p,
@@ -294,13 +301,7 @@ impl MqttSource {
             }
         }
         // Ingest has confirmed everything it took: the acks are queued ahead of this.
-        let _ = client.try_disconnect();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            if let Event::Outgoing(Outgoing::Disconnect) = ev {
-                break;
-            }
-        }
+        close(&client, &mut eventloop).await;
         debug!("MQTT source stopped");
     }
 
@@ -398,6 +399,15 @@ impl MqttSource {
     }
 }
 
+/// Disconnects cleanly: DISCONNECT goes after the PUBACKs already queued, and the socket is
+/// read until the broker closes it. Closing with unread data would make the kernel reset
+/// the connection, and the broker could lose PUBACKs it had not read yet.
+async fn close(client: &AsyncClient, eventloop: &mut rumqttc::v5::EventLoop) {
+    let _ = client.try_disconnect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {}
+}
+
 struct State {
     decoder: Decoder,
     seen: HashSet<String>,
@@ -408,14 +418,20 @@ struct State {
 #[derive(Debug)]
 struct CommandTopic {
     template: TopicTemplate,
-    client: AsyncClient,
+    /// The connection's client (replaced when the source reconnects on purpose).
+    client: Arc<std::sync::Mutex<AsyncClient>>,
 }
 
 impl Control for CommandTopic {
     fn write(&self, device: &str, path: &str, value: &Json) -> Result<(), String> {
         let topic = self.template.render(device, path);
         let payload = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-        self.client
+        let client = self
+            .client
+            .lock()
+            .map_err(|_| "the MQTT source stopped".to_owned())?
+            .clone();
+        client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
             .map_err(|e| format!("cannot publish the command: {e}"))
     }

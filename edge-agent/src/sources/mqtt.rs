@@ -1,13 +1,14 @@
 //! The MQTT source: subscribes to a broker and feeds what arrives into ingest.
 //!
-//! **At least once.** The session is persistent (clean session off, a fixed client id) and
-//! acks are manual: a QoS 1 message is acknowledged only after its rows and a delivery
-//! record are fsynced in the WAL, and after a second record saying the ack is about to go
-//! (see [`crate::ingest::Unconfirmed`]). If the agent dies before the ack, the broker sends
-//! the message again, flagged DUP, with the same packet id; ingest finds it among the
-//! durable, unconfirmed messages and confirms it without storing its rows twice. The one
-//! gap is a crash between that second fsync and the PUBACK leaving the socket: then the
-//! redelivery is stored again (a duplicate, never a loss).
+//! **At least once.** MQTT 5 with a persistent session (clean start off, a session expiry,
+//! a fixed client id) and manual acks: a QoS 1 message is acknowledged only after its rows
+//! and a delivery record are fsynced in the WAL, and after a second record saying the ack is
+//! about to go (see [`crate::ingest::Unconfirmed`]). If the agent dies before the ack, the
+//! broker sends the message again, flagged DUP, with the same packet id; ingest finds it
+//! among the durable, unconfirmed messages and confirms it without storing its rows twice.
+//! The one gap is a crash after that second fsync and before the broker has read the PUBACK:
+//! then the redelivery is stored again (a duplicate, never a loss). The Receive Maximum and a
+//! local window (`mqtt.max_inflight`) bound how many messages can be in that gap.
 //!
 //! **Backpressure.** The event queue into ingest is bounded; while it is full this loop
 //! waits, stops reading the socket, and the broker holds the messages.
@@ -197,12 +198,11 @@ impl MqttSource {
     /// Serves until `phase` reaches [`Phase::Done`]: reconnects on its own (with backoff)
     /// and subscribes again on every connection.
     pub async fn run(self, mut phase: watch::Receiver<Phase>) {
-        let (mut client, mut eventloop) = AsyncClient::new(self.options.clone(), 4096);
-        let current_client = Arc::new(std::sync::Mutex::new(client.clone()));
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 4096);
         let control: Option<Arc<dyn Control>> = self.command.clone().map(|t| {
             Arc::new(CommandTopic {
                 template: t,
-                client: current_client.clone(),
+                client: client.clone(),
             }) as Arc<dyn Control>
         });
         let mut state = State {
@@ -211,16 +211,15 @@ impl MqttSource {
             control,
         };
         let mut backoff = Duration::from_millis(200);
-        // Flow control: at most `window` messages passed to ingest whose PUBACK has not
-        // been written yet (the client library sends one request per poll while it reads
-        // many packets, so acks can fall far behind). A crash can store at most these twice.
-        // Past the window, messages wait in `held`; past `held`'s bound they are left
-        // unacknowledged and fetched again by reconnecting once everything is confirmed.
+        // Flow control: at most `window` messages passed to ingest whose PUBACK the client
+        // has reported written; the others wait in `held`. rumqttc writes one request per
+        // poll while it reads up to ten packets, so without this the PUBACKs of a fast stream
+        // fall far behind, and every one of those is a message a crash can store twice.
+        // `held` itself is bounded by the broker: it sends at most `max_inflight` (the
+        // Receive Maximum) messages it has no PUBACK for.
         let window = u64::from(self.max_inflight.max(1));
-        let held_max = (window as usize).saturating_mul(16).max(1024);
         let (mut forwarded, mut flushed) = (0u64, 0u64);
         let mut held: VecDeque<Publish> = VecDeque::new();
-        let mut deferred = false;
         loop {
             let current = *phase.borrow();
             if current == Phase::Done {
@@ -230,17 +229,6 @@ impl MqttSource {
                 let Some(p) = held.pop_front() else { break };
                 forwarded += u64::from(p.qos != QoS::AtMostOnce);
                 self.message(&client, &mut state, p).await;
-            }
-            if deferred && held.is_empty() && forwarded == flushed {
-                // Everything taken is acknowledged: a new connection on the same session
-                // gets the rest sent again.
-                deferred = false;
-                debug!("reconnecting to fetch the messages left unacknowledged while catching up");
-                close(&client, &mut eventloop).await;
-                (client, eventloop) = AsyncClient::new(self.options.clone(), 4096);
-                if let Ok(mut c) = current_client.lock() {
-                    *c = client.clone();
-                }
             }
             let polled = tokio::select! {
                 p = eventloop.poll() => p,
@@ -265,12 +253,7 @@ impl MqttSource {
                         // Left unacknowledged: the broker sends it again next session.
                         continue;
                     }
-                    if held.len() >= held_max {
-                        self.metrics.source("mqtt", "deferred");
-                        deferred = true;
-                    } else {
-                        held.push_back(p);
-                    }
+                    held.push_back(p);
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
                     if s.return_codes
@@ -284,7 +267,6 @@ impl MqttSource {
                 Err(e) => {
                     // The broker sends what was not acknowledged again on the next session.
                     held.clear();
-                    deferred = false;
                     if !matches!(
                         e,
                         ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted)
@@ -418,20 +400,14 @@ struct State {
 #[derive(Debug)]
 struct CommandTopic {
     template: TopicTemplate,
-    /// The connection's client (replaced when the source reconnects on purpose).
-    client: Arc<std::sync::Mutex<AsyncClient>>,
+    client: AsyncClient,
 }
 
 impl Control for CommandTopic {
     fn write(&self, device: &str, path: &str, value: &Json) -> Result<(), String> {
         let topic = self.template.render(device, path);
         let payload = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-        let client = self
-            .client
-            .lock()
-            .map_err(|_| "the MQTT source stopped".to_owned())?
-            .clone();
-        client
+        self.client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
             .map_err(|e| format!("cannot publish the command: {e}"))
     }

@@ -28,7 +28,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n\
-                 max_inflight_messages {max_inflight}\nlog_type all\nlog_dest stderr\n"
+                 max_inflight_messages {max_inflight}\nlog_dest stderr\n"
             ),
         )
         .unwrap();

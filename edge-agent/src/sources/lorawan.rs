@@ -263,6 +263,9 @@ pub struct NetworkServer {
 /// MHDR, AppNonce, NetID, DevAddr, DLSettings, RxDelay, MIC.
 const JOIN_ACCEPT_LEN: usize = 1 + 3 + 3 + 4 + 1 + 1 + 4;
 
+/// Frames remembered for de-duplication, at most.
+const MAX_RECENT: usize = 100_000;
+
 /// Only the latest join nonces are kept per device.
 const NONCES_KEPT: usize = 64;
 
@@ -347,6 +350,13 @@ impl NetworkServer {
         let h = fnv1a(&[phy]);
         if self.recent.contains_key(&h) {
             return true;
+        }
+        // A flood of distinct frames forgets the oldest early rather than growing without end.
+        if self.recent_order.len() >= MAX_RECENT
+            && let Some((t, old)) = self.recent_order.pop_front()
+            && self.recent.get(&old) == Some(&t)
+        {
+            self.recent.remove(&old);
         }
         self.recent.insert(h, now);
         self.recent_order.push_back((now, h));

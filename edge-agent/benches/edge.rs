@@ -560,7 +560,7 @@ fn lorawan(full: bool) {
     let mut c = edge_config(dir.path(), 0);
     c.listener.tcp = None;
     c.lorawan.udp = Some("127.0.0.1:0".parse().unwrap());
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    use twinlake_edge::sources::hex;
     c.lorawan.devices = (0..devices)
         .map(|d| {
             toml::from_str::<LoraDevice>(&format!(

@@ -696,7 +696,7 @@ fn lorawan_table() -> String {
 impl LorawanSection {
     fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::Config(format!("lorawan: {msg}")));
-        if crate::sources::lorawan::hex_array::<3>(&self.net_id).is_none() {
+        if crate::sources::hex_array::<3>(&self.net_id).is_none() {
             return bad(format!("net_id {:?}: 6 hex digits", self.net_id));
         }
         if !(1..=15).contains(&self.rx1_delay_s) {

@@ -54,6 +54,29 @@ impl Southbound {
     }
 }
 
+/// Lowercase hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Bytes from hex digits (`:`, `-` and spaces ignored), big-endian as written; `None` if
+/// a digit is not hex or one is left over.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = s.bytes().filter(|c| !b":- ".contains(c)).collect();
+    if !digits.len().is_multiple_of(2) || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
+}
+
+/// Exactly `N` bytes from hex digits, as [`unhex`] reads them.
+pub fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
+    unhex(s)?.try_into().ok()
+}
+
 /// A 64-bit FNV-1a hash (stable across runs and builds, unlike `DefaultHasher`).
 pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

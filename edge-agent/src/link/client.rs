@@ -544,7 +544,7 @@ fn save_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> std::io::Res
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::sources::hex(&b)
 }
 
 fn remote(e: Error) -> RemoteError {

@@ -24,8 +24,9 @@ use tracing::{debug, info, warn};
 use twinlake_sdk::pson::Value;
 
 use super::gwmp::{self, DataRate, GatewayEui, RxPk, TxPk, Up};
-use super::lorawan::{DeviceConf, Eui, NetworkServer, Outcome, Session, hex, hex_array};
+use super::lorawan::{DeviceConf, Eui, NetworkServer, Outcome, Session};
 use super::payload::parse_rfc3339;
+use super::{hex, hex_array};
 use crate::Error;
 use crate::config::LorawanSection;
 use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};

@@ -22,7 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use twinlake_sdk::pson::Value;
 
 use super::codec::Codec;
-use super::fnv1a;
+use super::{fnv1a, hex, hex_array};
 use crate::config::{LoraDevice, LoraProfile};
 
 /// A 128-bit key. Its `Debug` hides it; it is read from hex.
@@ -55,24 +55,6 @@ impl Secret {
     fn aes(&self) -> AES128 {
         AES128(self.0)
     }
-}
-
-/// Lowercase hex of `b`.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// `N` bytes from hex digits (`:`, `-` and spaces ignored), big-endian as written.
-pub fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let digits: Vec<u8> = s.bytes().filter(|c| !b":- ".contains(c)).collect();
-    if digits.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(digits.chunks(2)) {
-        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// An EUI-64 as written (big-endian).
@@ -582,10 +564,7 @@ mod tests {
     const K2: &str = "000102030405060708090a0b0c0d0e0f";
 
     fn h(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        crate::sources::unhex(s).unwrap()
     }
 
     fn abp(eui: &str, addr: u32, nwk: &str, app: &str) -> DeviceConf {

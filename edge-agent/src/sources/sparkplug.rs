@@ -197,10 +197,7 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        crate::sources::unhex(s).unwrap()
     }
 
     /// The spec's vector (npm `sparkplug-payload` 1.0.3): temperature Double 27.2 and

@@ -55,6 +55,9 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     pub store: (Arc<dyn object_store::ObjectStore>, object_store::path::Path),
     pub endpoints: twinlake_edge::ingest::EndpointQueue,
+    pub metrics: Arc<twinlake_edge::metrics::Metrics>,
+    pub lorawan: Option<SocketAddr>,
+    pub southbound: Arc<twinlake_edge::sources::Southbound>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -67,6 +70,9 @@ pub async fn start(config: EdgeConfig) -> Running {
         metrics_addr: agent.metrics_addr().unwrap(),
         store: agent.store(),
         endpoints: agent.endpoint_calls(),
+        metrics: agent.metrics(),
+        lorawan: agent.lorawan_addr(),
+        southbound: agent.southbound(),
         stop,
         task: tokio::spawn(agent.run(async move {
             let _ = stopped.await;

@@ -4,85 +4,55 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value as Json, json};
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
+use twinlake_edge::EdgeConfig;
 use twinlake_edge::arrow::array::RecordBatch;
 use twinlake_edge::arrow::compute::cast;
 use twinlake_edge::arrow::datatypes::DataType;
 use twinlake_edge::arrow::util::display::array_value_to_string;
 use twinlake_edge::config::{LoraDevice, LoraProfile, MqttSubscription};
-use twinlake_edge::metrics::Metrics;
 use twinlake_edge::sources::payload::Format;
-use twinlake_edge::{EdgeAgent, EdgeConfig, Error};
 use twinlake_sdk::pson::Value;
 
-use crate::lake::read_dir_lake;
+use crate::lake::{Running, read_dir_lake, start};
 use crate::mosquitto::Mosquitto;
 
 const K1: &str = "2b7e151628aed2a6abf7158809cf4f3c";
 const K2: &str = "000102030405060708090a0b0c0d0e0f";
 
+/// An agent with only a lake (its listener and metrics on free loopback ports).
 fn base_config(dir: &Path) -> EdgeConfig {
     let mut c = EdgeConfig {
         gateway: "gw-src".into(),
         data_dir: dir.join("data"),
         ..EdgeConfig::default()
     };
-    c.listener.tcp = None;
+    c.listener.tcp = Some("127.0.0.1:0".parse().unwrap());
+    c.metrics.addr = Some("127.0.0.1:0".parse().unwrap());
     c.upload.url = format!("file://{}", dir.join("lake").display());
     c.buffer.max_age = Duration::from_millis(300);
-    c.metrics.addr = None;
     c
 }
 
-struct Agent {
-    metrics: Arc<Metrics>,
-    lorawan: Option<std::net::SocketAddr>,
-    southbound: Arc<twinlake_edge::sources::Southbound>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), Error>>,
+async fn stop(agent: Running) {
+    agent.stop().await.expect("clean stop");
 }
 
-async fn start(config: EdgeConfig) -> Agent {
-    let agent = EdgeAgent::start(config).await.expect("agent starts");
-    let (stop, stopped) = oneshot::channel::<()>();
-    Agent {
-        metrics: agent.metrics(),
-        lorawan: agent.lorawan_addr(),
-        southbound: agent.southbound(),
-        stop,
-        task: tokio::spawn(agent.run(async move {
-            let _ = stopped.await;
-        })),
-    }
-}
-
-impl Agent {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("stops in time")
-            .expect("join")
-            .expect("clean stop");
-    }
-
-    async fn wait_count(&self, source: &'static str, outcome: &'static str, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let got = self.metrics.source_count(source, outcome);
-            if got >= n {
-                assert_eq!(got, n, "{source} {outcome}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "{source} {outcome}: {got} of {n}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+/// Waits until `source` counted exactly `n` messages with `outcome`.
+async fn wait_count(agent: &Running, source: &'static str, outcome: &'static str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = agent.metrics.source_count(source, outcome);
+        if got >= n {
+            assert_eq!(got, n, "{source} {outcome}");
+            return;
         }
+        assert!(Instant::now() < deadline, "{source} {outcome}: {got} of {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -130,10 +100,27 @@ fn toml_format(f: Format) -> &'static str {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    twinlake_edge::sources::unhex(s).unwrap()
+}
+
+/// A Sparkplug B payload with one Double metric under alias 3; births also name it (and
+/// give its datatype).
+fn sparkplug(timestamp: u64, seq: u64, birth: Option<(&str, u32)>, value: f64) -> Vec<u8> {
+    use prost::Message as _;
+    use twinlake_edge::sources::sparkplug::{Metric, MetricValue, Payload};
+    Payload {
+        timestamp: Some(timestamp),
+        metrics: vec![Metric {
+            name: birth.map(|(n, _)| n.to_owned()),
+            alias: Some(3),
+            datatype: birth.map(|(_, d)| d),
+            value: Some(MetricValue::Double(value)),
+            ..Default::default()
+        }],
+        seq: Some(seq),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 /// Every payload format through a real Mosquitto into the lake; a resource write for an
@@ -181,38 +168,8 @@ async fn mqtt_payload_formats_land_in_the_lake() {
     }
     let probes = agent.metrics.source_count("mqtt", "accepted");
 
-    let sparkplug_birth = {
-        use prost::Message as _;
-        use twinlake_edge::sources::sparkplug::{Metric, MetricValue, Payload};
-        Payload {
-            timestamp: Some(1_700_000_000_000),
-            metrics: vec![Metric {
-                name: Some("pressure".into()),
-                alias: Some(3),
-                datatype: Some(10),
-                value: Some(MetricValue::Double(1.5)),
-                ..Default::default()
-            }],
-            seq: Some(0),
-            ..Default::default()
-        }
-        .encode_to_vec()
-    };
-    let sparkplug_alias_data = {
-        use prost::Message as _;
-        use twinlake_edge::sources::sparkplug::{Metric, MetricValue, Payload};
-        Payload {
-            timestamp: Some(1_700_000_001_000),
-            metrics: vec![Metric {
-                alias: Some(3),
-                value: Some(MetricValue::Double(2.5)),
-                ..Default::default()
-            }],
-            seq: Some(2),
-            ..Default::default()
-        }
-        .encode_to_vec()
-    };
+    let sparkplug_birth = sparkplug(1_700_000_000_000, 0, Some(("pressure", 10)), 1.5);
+    let sparkplug_alias_data = sparkplug(1_700_000_001_000, 2, None, 2.5);
     let chirpstack = json!({
         "deduplicationId": "3ac7e3c4", "time": "2024-01-01T12:00:00Z",
         "deviceInfo": {"applicationId": "f0c5", "devEui": "0004a30b001c0530", "deviceName": "field-7"},
@@ -263,8 +220,8 @@ async fn mqtt_payload_formats_land_in_the_lake() {
             .await
             .unwrap();
     }
-    agent.wait_count("mqtt", "accepted", probes + 10).await;
-    agent.wait_count("mqtt", "undecodable", 1).await;
+    wait_count(&agent, "mqtt", "accepted", probes + 10).await;
+    wait_count(&agent, "mqtt", "undecodable", 1).await;
 
     // A resource write for an MQTT device: the value as JSON on its command topic.
     let key = twinlake_edge::listener::DeviceKey::new("mqtt", "d-json");
@@ -277,7 +234,7 @@ async fn mqtt_payload_formats_land_in_the_lake() {
     assert_eq!(topic, "twinlake/d-json/led/set");
     assert_eq!(serde_json::from_slice::<Json>(&payload).unwrap(), json!({"on": true}));
 
-    agent.stop().await;
+    stop(agent).await;
     let lake = read_dir_lake(&dir.path().join("lake"));
     let climate = rows(&lake, "climate");
     let by_dev = |rows: &[BTreeMap<String, String>], d: &str| {
@@ -474,15 +431,15 @@ async fn lorawan_over_udp() {
     // V1: ABP, unconfirmed, "hello" through the raw profile.
     gw_a.push(vec![rxpk("400403020180010001a694642615d6c3b582", -60.0, 7.0)])
         .await;
-    agent.wait_count("lorawan", "accepted", 1).await;
+    wait_count(&agent, "lorawan", "accepted", 1).await;
 
     // V2: confirmed, heard by both gateways: stored once, and acknowledged in RX1 through
     // the gateway that was first.
     let v2 = "80da1b0126002a00023a23613062961739";
     gw_a.push(vec![rxpk(v2, -57.0, 9.5)]).await;
     gw_b.push(vec![rxpk(v2, -90.0, -3.0)]).await;
-    agent.wait_count("lorawan", "accepted", 2).await;
-    agent.wait_count("lorawan", "duplicate", 1).await;
+    wait_count(&agent, "lorawan", "accepted", 2).await;
+    wait_count(&agent, "lorawan", "duplicate", 1).await;
     let txpk = gw_a.pull_resp().await;
     assert_eq!(
         (txpk["tmst"].as_u64(), txpk["ipol"].as_bool()),
@@ -503,7 +460,7 @@ async fn lorawan_over_udp() {
     // V3: FCnt 0x00010005 on air as 5, after 42: the rollover of the low 16 bits.
     gw_a.push(vec![rxpk("40da1b0126000500023561e379e395df1e", -57.0, 9.5)])
         .await;
-    agent.wait_count("lorawan", "accepted", 3).await;
+    wait_count(&agent, "lorawan", "accepted", 3).await;
 
     // lora-packet frames across a 16-bit rollover, then a replay and a bad MIC.
     let frames = lora_packet(json!([
@@ -517,15 +474,15 @@ async fn lorawan_over_udp() {
     for phy in &f[..4] {
         gw_a.push(vec![rxpk(phy, -70.0, 5.0)]).await;
     }
-    agent.wait_count("lorawan", "accepted", 7).await;
+    wait_count(&agent, "lorawan", "accepted", 7).await;
     tokio::time::sleep(Duration::from_millis(400)).await; // past the de-duplication window
     gw_a.push(vec![rxpk(f[1], -70.0, 5.0)]).await;
-    agent.wait_count("lorawan", "replay", 1).await;
+    wait_count(&agent, "lorawan", "replay", 1).await;
     let mut bad = hex(f[4]);
     *bad.last_mut().unwrap() ^= 0x55;
-    let bad: String = bad.iter().map(|b| format!("{b:02x}")).collect();
+    let bad = twinlake_edge::sources::hex(&bad);
     gw_a.push(vec![rxpk(&bad, -70.0, 5.0)]).await;
-    agent.wait_count("lorawan", "bad_mic", 1).await;
+    wait_count(&agent, "lorawan", "bad_mic", 1).await;
 
     // An FSK rxpk (numeric datr, no lsnr, no codr) is read like any other.
     let phy = hex(f[4]);
@@ -533,7 +490,7 @@ async fn lorawan_over_udp() {
                      "datr": 50000, "rssi": -75, "size": phy.len(),
                      "data": base64::engine::general_purpose::STANDARD.encode(&phy)});
     gw_a.push(vec![fsk]).await;
-    agent.wait_count("lorawan", "accepted", 8).await;
+    wait_count(&agent, "lorawan", "accepted", 8).await;
 
     // OTAA end to end: lora-packet's join request, our join accept in the RX1 window 5 s
     // after the uplink, decrypted and checked by lora-packet, then an uplink with the keys.
@@ -544,11 +501,11 @@ async fn lorawan_over_udp() {
     gw_b.push(vec![rxpk(join[0].as_str().unwrap(), -80.0, 1.0)]).await;
     let txpk = gw_b.pull_resp().await;
     assert_eq!(txpk["tmst"].as_u64(), Some(6_000_000));
-    agent.wait_count("lorawan", "join", 1).await;
+    wait_count(&agent, "lorawan", "join", 1).await;
     let ja = base64::engine::general_purpose::STANDARD
         .decode(txpk["data"].as_str().unwrap())
         .unwrap();
-    let ja_hex: String = ja.iter().map(|b| format!("{b:02x}")).collect();
+    let ja_hex = twinlake_edge::sources::hex(&ja);
     let keys = lora_packet(json!([{"kind": "decrypt_join_accept", "phy": ja_hex, "appKey": K1, "devNonce": "a1b2"}]));
     let keys = &keys[0];
     assert_eq!(keys["micOk"], true, "lora-packet checks our join accept's MIC");
@@ -563,17 +520,17 @@ async fn lorawan_over_udp() {
         data_frame(&addr, 2, "0367fff5", nwk, app, false),
     ]));
     gw_a.push(vec![rxpk(up[0].as_str().unwrap(), -66.0, 4.0)]).await;
-    agent.wait_count("lorawan", "accepted", 9).await;
-    agent.stop().await;
+    wait_count(&agent, "lorawan", "accepted", 9).await;
+    stop(agent).await;
 
     // After a restart the OTAA session and its counter are still there.
     let agent = start(lora_config(dir.path())).await;
     let mut gw_a = Gateway::new([0xaa, 0x55, 0x5a, 0, 0, 0, 1, 1], agent.lorawan.unwrap()).await;
     gw_a.push(vec![rxpk(up[0].as_str().unwrap(), -66.0, 4.0)]).await;
-    agent.wait_count("lorawan", "replay", 1).await;
+    wait_count(&agent, "lorawan", "replay", 1).await;
     gw_a.push(vec![rxpk(up[1].as_str().unwrap(), -66.0, 4.0)]).await;
-    agent.wait_count("lorawan", "accepted", 1).await;
-    agent.stop().await;
+    wait_count(&agent, "lorawan", "accepted", 1).await;
+    stop(agent).await;
 
     let lake = read_dir_lake(&dir.path().join("lake"));
     let raw = rows(&lake, "lora_raw");

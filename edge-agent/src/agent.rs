@@ -83,12 +83,7 @@ impl EdgeAgent {
         let l = &config.listener;
         let tls = match (l.tls, &l.tls_cert, &l.tls_key) {
             (Some(addr), Some(cert), Some(key)) => {
-                let read = |p: &std::path::Path| {
-                    std::fs::read(p).map_err(|source| Error::ReadFile {
-                        path: p.to_owned(),
-                        source,
-                    })
-                };
+                let read = crate::error::read_file;
                 Some((addr, tls_acceptor(&read(cert)?, &read(key)?)?))
             }
             _ => None,

@@ -36,6 +36,14 @@ pub enum Error {
     ObjectStore(#[from] object_store::Error),
 }
 
+/// Reads a whole file; the error names it.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 impl Error {
     /// Whether trying again later can help.
     pub fn is_retryable(&self) -> bool {

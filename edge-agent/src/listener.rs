@@ -27,7 +27,7 @@ use twinlake_sdk::pson::Value;
 
 pub use handle::{DeviceHandle, Devices};
 use session::{Credentials, Session, SessionEvent};
-pub use tls::{ServerTls, tls_acceptor};
+pub use tls::{ServerTls, client_roots, tls_acceptor};
 
 use crate::Error;
 use crate::config::AuthSection;

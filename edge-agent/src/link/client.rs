@@ -76,18 +76,8 @@ impl WsConnector {
             "wss" => {
                 let choice = if cfg.insecure {
                     twinlake_sdk::client::Tls::Insecure
-                } else if let Some(ca) = &cfg.ca_file {
-                    let pem = std::fs::read(ca).map_err(|source| Error::ReadFile {
-                        path: ca.clone(),
-                        source,
-                    })?;
-                    twinlake_sdk::client::Tls::from_ca_pem(&pem).map_err(|e| Error::Tls(e.to_string()))?
                 } else {
-                    let mut roots = rustls::RootCertStore::empty();
-                    for cert in rustls_native_certs::load_native_certs().certs {
-                        let _ = roots.add(cert);
-                    }
-                    twinlake_sdk::client::Tls::Verify(Arc::new(roots))
+                    twinlake_sdk::client::Tls::Verify(crate::listener::client_roots(cfg.ca_file.as_deref())?)
                 };
                 choice.client_config().map_err(|e| Error::Tls(e.to_string()))?
             }

@@ -1,4 +1,5 @@
-//! TLS for the device listener (rustls with the ring provider).
+//! TLS (rustls with the ring provider): the device listener's acceptor, and the roots the
+//! agent's own connections (cloud link, MQTT broker) trust.
 
 use std::sync::Arc;
 
@@ -15,6 +16,24 @@ pub struct ServerTls(pub TlsAcceptor);
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ServerTls")
+    }
+}
+
+/// The certificates to trust: those in the PEM file `ca_file`, else the system's roots.
+pub fn client_roots(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::RootCertStore>, Error> {
+    match ca_file {
+        Some(ca) => match twinlake_sdk::client::Tls::from_ca_pem(&crate::error::read_file(ca)?) {
+            Ok(twinlake_sdk::client::Tls::Verify(roots)) => Ok(roots),
+            Ok(_) => Err(Error::Tls(format!("{}: no roots", ca.display()))),
+            Err(e) => Err(Error::Tls(format!("{}: {e}", ca.display()))),
+        },
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            Ok(Arc::new(roots))
+        }
     }
 }
 

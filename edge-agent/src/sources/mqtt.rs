@@ -36,6 +36,7 @@ use super::topic::TopicTemplate;
 use super::{Control, Southbound, fnv1a};
 use crate::Error;
 use crate::config::MqttSection;
+use crate::error::read_file;
 use crate::listener::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::metrics::Metrics;
 
@@ -74,41 +75,19 @@ pub struct MqttSource {
     southbound: Arc<Southbound>,
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::ReadFile {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 fn tls_config(cfg: &MqttSection) -> Result<rustls::ClientConfig, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
-        Some(ca) => {
-            for cert in CertificateDer::pem_slice_iter(&read(ca)?) {
-                let cert = cert.map_err(|e| Error::Tls(format!("{}: {e}", ca.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::Tls(format!("{}: {e}", ca.display())))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
+    let roots = crate::listener::client_roots(cfg.ca_file.as_deref())?;
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_root_certificates(roots);
     match (&cfg.client_cert, &cfg.client_key) {
         (Some(c), Some(k)) => {
-            let certs = CertificateDer::pem_slice_iter(&read(c)?)
+            let certs = CertificateDer::pem_slice_iter(&read_file(c)?)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Error::Tls(format!("{}: {e}", c.display())))?;
-            let key =
-                PrivateKeyDer::from_pem_slice(&read(k)?).map_err(|e| Error::Tls(format!("{}: {e}", k.display())))?;
+            let key = PrivateKeyDer::from_pem_slice(&read_file(k)?)
+                .map_err(|e| Error::Tls(format!("{}: {e}", k.display())))?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| Error::Tls(format!("client certificate: {e}")))

@@ -48,13 +48,8 @@ impl State {
 
     /// Writes `state.json` atomically and durably.
     pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
-        let tmp = data_dir.join("state.json.tmp");
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, data_dir.join("state.json"))?;
-        sync_dir(data_dir)
+        crate::wal::write_file_atomic(&data_dir.join("state.json"), &bytes, 0o666)
     }
 }
 

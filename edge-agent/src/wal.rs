@@ -204,6 +204,27 @@ pub fn remove_segments_through(dir: &Path, seq: u64) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the new one, never
+/// a torn one: a temporary file created with `mode`, fsynced, renamed over `path`, and the
+/// directory fsynced.
+pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => Ok(()),
+    }
+}
+
 /// fsyncs a directory so new and removed entries are durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

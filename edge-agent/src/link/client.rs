@@ -525,10 +525,7 @@ async fn send(io: &LinkIo, msg: &Up) -> Result<(), Error> {
 }
 
 fn save_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(v).map_err(std::io::Error::other)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::wal::write_file_atomic(path, &serde_json::to_vec(v).map_err(std::io::Error::other)?, 0o666)
 }
 
 fn random_hex(bytes: usize) -> String {

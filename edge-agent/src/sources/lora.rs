@@ -71,24 +71,10 @@ fn load_sessions(path: &Path) -> Result<HashMap<Eui, Session>, Error> {
 }
 
 fn save_sessions(path: &Path, sessions: &HashMap<Eui, Session>) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let raw: std::collections::BTreeMap<String, &Session> = sessions.iter().map(|(k, v)| (hex(k), v)).collect();
     let bytes = serde_json::to_vec(&raw).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    // The keys are in it: readable by the agent's user only.
+    crate::wal::write_file_atomic(path, &bytes, 0o600)
 }
 
 fn random(b: &mut [u8]) {

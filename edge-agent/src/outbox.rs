@@ -157,6 +157,18 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// (year, month, day) to days since 1970-01-01, proleptic Gregorian (H. Hinnant's
+/// algorithm); the inverse of `civil_from_days`. Month and day are not range-checked.
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Milliseconds since the epoch: a manifest's `sealed_at_ms` and the TTL clock.
 pub(crate) fn now_ms() -> u64 {
     ms_since_epoch(std::time::SystemTime::now())
@@ -338,6 +350,15 @@ fn time_range(batch: &RecordBatch) -> (i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for z in (-800_000..800_000).step_by(97) {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, i64::from(m), i64::from(d)), z, "{y}-{m}-{d}");
+        }
+        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
+    }
 
     #[test]
     fn paths_are_hive_style() {

@@ -184,14 +184,7 @@ fn days_from_date(s: &str) -> Option<i64> {
     if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    Some(twinlake_edge::outbox::days_from_civil(y, m, d))
 }
 
 /// Reads a file's footer and describes it. `path` is relative to the lake root `prefix`.

@@ -135,14 +135,6 @@ impl Pending {
 /// between the acked record's fsync and the PUBACK leaves a duplicate, never a loss.
 pub type Unconfirmed = std::collections::HashMap<(Arc<str>, u16), u64>;
 
-fn delivery_payload(id: u16, hash: Option<u64>, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&id.to_le_bytes());
-    if let Some(h) = hash {
-        out.extend_from_slice(&h.to_le_bytes());
-    }
-}
-
 /// Applies a bookkeeping record (delivery, acked) to the set of unconfirmed messages.
 pub fn track(unconfirmed: &mut Unconfirmed, rec: &WalRecord<'_>) {
     let Some((id, rest)) = rec.payload.split_first_chunk::<2>() else {
@@ -444,8 +436,7 @@ impl Ingest {
         }
         let Some(d) = delivery else { return };
         if ok {
-            delivery_payload(d.id, Some(d.hash), &mut self.scratch);
-            ok = self.append_mark(RecordKind::Delivery, &d.source);
+            ok = self.append_mark(RecordKind::Delivery, &d.source, d.id, Some(d.hash));
         }
         if !ok {
             // Not confirmed: the broker sends it again once the session resumes.
@@ -456,8 +447,14 @@ impl Ingest {
         self.unsynced.delivered.push((d.source, d.id, d.ack));
     }
 
-    /// Appends a bookkeeping record whose payload is in `scratch`.
-    fn append_mark(&mut self, kind: RecordKind, source: &str) -> bool {
+    /// Appends a bookkeeping record: a message id (u16 LE) and, for a delivery, its hash
+    /// (u64 LE), as [`track`] reads them back.
+    fn append_mark(&mut self, kind: RecordKind, source: &str, id: u16, hash: Option<u64>) -> bool {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&id.to_le_bytes());
+        if let Some(h) = hash {
+            self.scratch.extend_from_slice(&h.to_le_bytes());
+        }
         let rec = WalRecord {
             kind,
             time_us: 0,
@@ -558,8 +555,7 @@ impl Ingest {
                 ack.ack(false);
                 continue;
             }
-            delivery_payload(id, None, &mut self.scratch);
-            if self.append_mark(RecordKind::Acked, &source) {
+            if self.append_mark(RecordKind::Acked, &source, id, None) {
                 self.unsynced.confirming.push((source, id, ack));
             } else {
                 ack.ack(false);
@@ -631,8 +627,7 @@ impl Ingest {
                 .map(|((s, id), h)| (s.clone(), *id, *h))
                 .collect();
             for (source, id, hash) in marks {
-                delivery_payload(id, Some(hash), &mut self.scratch);
-                self.append_mark(RecordKind::Delivery, &source);
+                self.append_mark(RecordKind::Delivery, &source, id, Some(hash));
             }
             self.wal.sync()?;
         }

@@ -28,15 +28,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
-    let hash = CredentialHash::new("k", 1000);
-    let mut text = format!(
-        r#"gateway = "gw-crash"
+/// The part of a crash test's agent config they share: data in `dir/data`, a lake in
+/// `dir/lake`, a quick fsync, seals every 300 ms and quick upload retries.
+pub fn crash_config(dir: &Path, gateway: &str) -> String {
+    format!(
+        r#"gateway = "{gateway}"
 data_dir = "{data}"
-[listener]
-tcp = "127.0.0.1:{port}"
-[metrics]
-addr = "off"
 [wal]
 fsync_interval = "2ms"
 [buffer]
@@ -44,12 +41,24 @@ max_age = "300ms"
 [upload]
 url = "file://{lake}"
 retry_min = "50ms"
-[streams]
-default_interval = "1h"
-inputs = false
 "#,
         data = dir.join("data").display(),
         lake = dir.join("lake").display(),
+    )
+}
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let hash = CredentialHash::new("k", 1000);
+    let mut text = crash_config(dir, "gw-crash");
+    text += &format!(
+        r#"[listener]
+tcp = "127.0.0.1:{port}"
+[metrics]
+addr = "off"
+[streams]
+default_interval = "1h"
+inputs = false
+"#
     );
     for d in 0..DEVICES {
         text += &format!("[[devices]]\nuser = \"u\"\ndevice = \"dev-{d}\"\ncredential_hash = \"{hash}\"\n");

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::crash::{free_port, lake_counts, start};
+use crate::crash::{crash_config, free_port, lake_counts, start};
 use crate::mosquitto::{Mosquitto, publish_lines};
 
 const MESSAGES: i64 = 6000;
@@ -20,20 +20,12 @@ const KILLS: usize = 4;
 const MAX_INFLIGHT: usize = 100;
 
 fn write_config(dir: &Path, broker: u16, metrics: u16) -> std::path::PathBuf {
-    let text = format!(
-        r#"gateway = "gw-mqtt"
-data_dir = "{data}"
-[listener]
+    let mut text = crash_config(dir, "gw-mqtt");
+    text += &format!(
+        r#"[listener]
 tcp = "off"
 [metrics]
 addr = "127.0.0.1:{metrics}"
-[wal]
-fsync_interval = "2ms"
-[buffer]
-max_age = "300ms"
-[upload]
-url = "file://{lake}"
-retry_min = "50ms"
 [mqtt]
 url = "mqtt://127.0.0.1:{broker}"
 client_id = "crash-edge"
@@ -41,9 +33,7 @@ max_inflight = {MAX_INFLIGHT}
 [[mqtt.subscriptions]]
 topic = "sensors/{{device}}/{{resource}}"
 format = "json"
-"#,
-        data = dir.join("data").display(),
-        lake = dir.join("lake").display(),
+"#
     );
     let path = dir.join("edge.toml");
     std::fs::write(&path, text).unwrap();

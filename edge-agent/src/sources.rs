@@ -24,9 +24,26 @@ pub mod topic;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use serde_json::Value as Json;
+use std::net::SocketAddr;
+use std::time::SystemTime;
 
-use crate::listener::DeviceKey;
+use serde_json::Value as Json;
+use tokio::sync::mpsc;
+
+use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey};
+
+/// Tells ingest (and through it the twins) that a source's device is online, the first
+/// time the source hears from it; false if ingest has stopped.
+pub async fn connected(
+    events: &mpsc::Sender<DeviceEvent>,
+    device: DeviceKey,
+    at: SystemTime,
+    peer: SocketAddr,
+    tls: bool,
+) -> bool {
+    let kind = DeviceEventKind::Connected { peer, tls };
+    events.send(DeviceEvent { device, at, kind }).await.is_ok()
+}
 
 /// Carries a resource write to a device of a source (an MQTT command topic).
 pub trait Control: Send + Sync + std::fmt::Debug {

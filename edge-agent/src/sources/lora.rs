@@ -26,7 +26,7 @@ use twinlake_sdk::pson::Value;
 use super::gwmp::{self, DataRate, GatewayEui, RxPk, TxPk, Up};
 use super::lorawan::{DeviceConf, Eui, NetworkServer, Outcome, Session};
 use super::payload::parse_rfc3339;
-use super::{hex, hex_array};
+use super::{connected, hex, hex_array};
 use crate::Error;
 use crate::config::LorawanSection;
 use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
@@ -268,12 +268,7 @@ impl LoraSource {
                         .get(&gateway)
                         .copied()
                         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let ev = DeviceEvent {
-                        device: key.clone(),
-                        at: now,
-                        kind: DeviceEventKind::Connected { peer, tls: false },
-                    };
-                    let _ = self.events.send(ev).await;
+                    connected(&self.events, key.clone(), now, peer, false).await;
                 }
                 let ev = DeviceEvent {
                     device: key,

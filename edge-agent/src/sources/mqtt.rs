@@ -33,11 +33,11 @@ use tracing::{debug, info, warn};
 
 use super::payload::{Decoder, Format};
 use super::topic::TopicTemplate;
-use super::{Control, Southbound, fnv1a};
+use super::{Control, Southbound, connected, fnv1a};
 use crate::Error;
 use crate::config::MqttSection;
 use crate::error::read_file;
-use crate::listener::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
+use crate::listener::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey};
 use crate::metrics::Metrics;
 
 /// How far along a shutdown the source is.
@@ -301,20 +301,13 @@ impl MqttSource {
         let mut first_device = None;
         for r in &rows {
             first_device.get_or_insert_with(|| r.device.clone());
-            if state.seen.insert(r.device.clone()) {
+            if !state.seen.contains(&r.device) {
+                state.seen.insert(r.device.clone());
                 let key = DeviceKey::new(&self.user, &r.device);
                 if let Some(c) = &state.control {
                     self.southbound.insert(key.clone(), c.clone());
                 }
-                let ev = DeviceEvent {
-                    device: key,
-                    at: now,
-                    kind: DeviceEventKind::Connected {
-                        peer: self.peer,
-                        tls: self.tls,
-                    },
-                };
-                if self.events.send(ev).await.is_err() {
+                if !connected(&self.events, key, now, self.peer, self.tls).await {
                     return;
                 }
             }
@@ -342,15 +335,6 @@ impl MqttSource {
                 }),
             }
         });
-        let rows = rows
-            .into_iter()
-            .map(|r| SourceRow {
-                device: r.device,
-                resource: r.resource,
-                at: r.at,
-                payload: r.payload,
-            })
-            .collect();
         let ev = DeviceEvent {
             device: DeviceKey::new(&self.user, first_device.as_deref().unwrap_or("")),
             at: now,

@@ -11,6 +11,7 @@ use twinlake_sdk::pson::Value;
 use super::codec::Codec;
 use super::sparkplug::{Aliases, Topic as SparkplugTopic};
 use super::topic::Captures;
+use crate::listener::SourceRow;
 
 /// How a subscription's payloads are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -52,15 +53,6 @@ impl Format {
     }
 }
 
-/// A row a message produced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decoded {
-    pub device: String,
-    pub resource: String,
-    pub at: SystemTime,
-    pub payload: Value,
-}
-
 /// State some formats keep between messages (Sparkplug aliases).
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -90,10 +82,10 @@ impl Decoder {
         resource: &str,
         bytes: &[u8],
         now: SystemTime,
-    ) -> Result<Vec<Decoded>, String> {
+    ) -> Result<Vec<SourceRow>, String> {
         let resource = captures.resource.unwrap_or(resource);
         let device = captures.device;
-        let row = |device: &str, at: SystemTime, payload: Value| Decoded {
+        let row = |device: &str, at: SystemTime, payload: Value| SourceRow {
             device: device.to_owned(),
             resource: resource.to_owned(),
             at,
@@ -161,7 +153,7 @@ impl Decoder {
                     return Ok(Vec::new());
                 }
                 // One row per timestamp, the metrics of that time as its columns.
-                let mut rows: Vec<Decoded> = Vec::new();
+                let mut rows: Vec<SourceRow> = Vec::new();
                 for s in samples {
                     let at = s.at_ms.map(ms).unwrap_or(now);
                     match rows.iter_mut().find(|r| r.at == at) {
@@ -208,7 +200,7 @@ fn thingsboard(j: &Json, now: SystemTime, emit: &mut dyn FnMut(SystemTime, Value
 }
 
 /// A ChirpStack v4 `event/up`.
-fn chirpstack(j: &Json, resource: &str, now: SystemTime) -> Result<Decoded, String> {
+fn chirpstack(j: &Json, resource: &str, now: SystemTime) -> Result<SourceRow, String> {
     let dev_eui = j
         .pointer("/deviceInfo/devEui")
         .and_then(Json::as_str)
@@ -260,7 +252,7 @@ fn chirpstack(j: &Json, resource: &str, now: SystemTime) -> Result<Decoded, Stri
     if let Some(f) = j.pointer("/txInfo/frequency").and_then(Json::as_i64) {
         row = row.with("frequency", Value::Int(f));
     }
-    Ok(Decoded {
+    Ok(SourceRow {
         device: dev_eui.to_ascii_lowercase(),
         resource: resource.to_owned(),
         at,
@@ -300,7 +292,7 @@ mod tests {
     use super::*;
     use crate::sources::topic::TopicTemplate;
 
-    fn run(format: Format, template: &str, topic: &str, bytes: &[u8]) -> Result<Vec<Decoded>, String> {
+    fn run(format: Format, template: &str, topic: &str, bytes: &[u8]) -> Result<Vec<SourceRow>, String> {
         let t = TopicTemplate::parse(template).unwrap();
         let c = t.captures(topic).unwrap();
         Decoder::default().decode(format, topic, &c, format.default_resource(), bytes, ms(5))

@@ -68,6 +68,17 @@ inputs = false
     path
 }
 
+/// SIGTERM, and the agent must shut down cleanly.
+pub fn terminate(mut child: Child) {
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean shutdown: {status:?}");
+}
+
 /// Starts the agent and waits for its ready line.
 pub fn start(config: &Path) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_twinlake"))
@@ -159,18 +170,12 @@ fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
         }
     }
     // A last, clean run: replay, seal, upload, and stop on SIGTERM.
-    let mut child = start(&config);
+    let child = start(&config);
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "clean shutdown: {status:?}");
+    terminate(child);
 
     // Everything went up: no seal is left waiting in the outbox.
     let left: Vec<_> = std::fs::read_dir(dir.path().join("data/outbox"))

@@ -8,10 +8,9 @@
 //! test prints how many it saw.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::crash::{crash_config, free_port, lake_counts, start};
+use crate::crash::{crash_config, free_port, lake_counts, start, terminate};
 use crate::mosquitto::{Mosquitto, publish_lines};
 
 const MESSAGES: i64 = 6000;
@@ -101,13 +100,7 @@ fn sigkill_while_publishing_loses_no_mqtt_message() {
         metrics,
         "twinlake_edge_source_messages_total{source=\"mqtt\",outcome=\"duplicate\"}",
     );
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "clean shutdown: {status:?}");
+    terminate(child);
 
     let seen = lake_counts(&dir.path().join("lake"), "crash");
     let missing: Vec<i64> = (0..MESSAGES)

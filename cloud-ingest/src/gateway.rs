@@ -375,9 +375,6 @@ fn apply(
             .insert(gateway, store::encode(&rec).as_slice())?;
         Ok(())
     })?;
-    for (key, at) in after.moves {
-        state.gateways.locate(key, at);
-    }
     state.metrics.link_items.inc_by(items_applied);
     if after.webhooks > 0 {
         state.webhook_wake.notify_one();
@@ -396,7 +393,6 @@ fn apply(
 /// What a committed batch still has to do outside the transaction.
 #[derive(Default)]
 struct After {
-    moves: Vec<(TwinKey, Option<String>)>,
     webhooks: u64,
     files: u64,
     rows: Vec<FreshRows>,
@@ -467,7 +463,7 @@ fn apply_item(
             }
             if online && was_online && was_here {
                 // A gateway repeating what it said (after a reconnect): nothing changed.
-                after.moves.push((key, Some(gateway.to_owned())));
+                state.gateways.locate(key, Some(gateway.to_owned()));
                 return Ok(());
             }
             let gw = gateway.to_owned();
@@ -484,7 +480,9 @@ fn apply_item(
                     c.tx_bytes = tx_bytes;
                 }
             })?;
-            after.moves.push((key, online.then(|| gateway.to_owned())));
+            // Located before the commit publishes the change: whoever acts on "online" (the
+            // desired-state applier) must find the device's gateway.
+            state.gateways.locate(key, online.then(|| gateway.to_owned()));
         }
         Item::Described {
             user,

@@ -71,6 +71,7 @@ async fn twin_follows_streams_and_desired_reaches_the_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn desired_set_while_offline_is_applied_on_reconnect() {
+    logs();
     let dir = tempfile::tempdir().unwrap();
     let (cloud, edge, api) = cloud_and_edge(dir.path(), &["d2"]).await;
     let dev = TestDevice::start(edge.tcp, "d2");

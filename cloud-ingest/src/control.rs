@@ -82,12 +82,27 @@ fn spawn_sync(
     }
     let (state, busy, again) = (state.clone(), busy.clone(), again.clone());
     tokio::spawn(async move {
+        let mut retries = 0u32;
         loop {
-            sync_device(&state, &key).await;
+            let transient = sync_device(&state, &key).await;
             let rerun = again.lock().map(|mut a| a.remove(&key)).unwrap_or(false);
-            if !rerun {
+            if rerun {
+                continue;
+            }
+            // Offline or silent while its twin says online (a link hiccup, a device busy
+            // reconnecting): try again a few times, 1, 2, 4, 8 s apart. A device that
+            // refuses the value is not asked again until something changes.
+            if !transient || retries >= RETRIES {
                 break;
             }
+            // A change meanwhile (in `again`) ends the wait early.
+            let until = tokio::time::Instant::now() + Duration::from_secs(1 << retries);
+            while tokio::time::Instant::now() < until
+                && !again.lock().map(|a| a.contains(&key)).unwrap_or(false)
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            retries += 1;
         }
         if let Ok(mut b) = busy.lock() {
             b.remove(&key);
@@ -95,11 +110,16 @@ fn spawn_sync(
     });
 }
 
-/// Writes each desired input that reported does not match.
-async fn sync_device(state: &AppState, key: &TwinKey) {
-    let Ok(Some(twin)) = state.twins.get(key) else { return };
+/// How often a write that failed for want of the device is tried again.
+const RETRIES: u32 = 4;
+
+/// Writes each desired input that reported does not match. Returns whether a write failed
+/// for a reason that may pass (offline, no answer).
+async fn sync_device(state: &AppState, key: &TwinKey) -> bool {
+    let mut transient = false;
+    let Ok(Some(twin)) = state.twins.get(key) else { return transient };
     if !twin.connection.online {
-        return;
+        return transient;
     }
     for path in twin.delta().keys() {
         let kind = twin.resource_kind(path);
@@ -140,10 +160,12 @@ async fn sync_device(state: &AppState, key: &TwinKey) {
             }
             Err(e) => {
                 state.metrics.desired_failures.inc();
+                transient |= !matches!(e, crate::gateway::ControlError::Remote(_));
                 warn!(device = %key, %path, error = %e, "cannot write the desired value; it stays pending");
             }
         }
     }
+    transient
 }
 
 /// The subscribers of one device resource: (subscription id, the interval it asked for).

@@ -97,9 +97,7 @@ fn spawn_sync(
             }
             // A change meanwhile (in `again`) ends the wait early.
             let until = tokio::time::Instant::now() + Duration::from_secs(1 << retries);
-            while tokio::time::Instant::now() < until
-                && !again.lock().map(|a| a.contains(&key)).unwrap_or(false)
-            {
+            while tokio::time::Instant::now() < until && !again.lock().map(|a| a.contains(&key)).unwrap_or(false) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             retries += 1;
@@ -117,7 +115,9 @@ const RETRIES: u32 = 4;
 /// for a reason that may pass (offline, no answer).
 async fn sync_device(state: &AppState, key: &TwinKey) -> bool {
     let mut transient = false;
-    let Ok(Some(twin)) = state.twins.get(key) else { return transient };
+    let Ok(Some(twin)) = state.twins.get(key) else {
+        return transient;
+    };
     if !twin.connection.online {
         return transient;
     }

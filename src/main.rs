@@ -38,8 +38,10 @@ fn main() -> anyhow::Result<()> {
     // One rustls provider for the whole process, installed before any TLS is used.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // RUST_LOG picks the levels; TWINLAKE_LOG_FORMAT=json gives one JSON object per line.
+    // The embedded MQTT broker (rumqttd) logs every client disconnect as an error: its log is
+    // off unless asked for (RUST_LOG=...,rumqttd=info).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,twinlake=info,twinlake_edge=info,twinlake_cloud=info")
+        tracing_subscriber::EnvFilter::new("warn,twinlake=info,twinlake_edge=info,twinlake_cloud=info,rumqttd=off")
     });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

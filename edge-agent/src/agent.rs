@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbox, writer_properties};
 use crate::registry::{CredentialHash, DeviceRegistry, RateLimiter};
 use crate::sources::Southbound;
+use crate::sources::broker::Embedded;
 use crate::sources::lora::LoraSource;
 use crate::sources::mqtt::{MqttSource, Phase as MqttPhase};
 use crate::upload::{Stop, Uploader, open_store};
@@ -47,6 +48,7 @@ pub struct EdgeAgent {
     link: Option<Arc<dyn Connector>>,
     link_cfg: LinkSection,
     mqtt: Option<MqttSource>,
+    mqtt_broker: Option<Embedded>,
     lora: Option<LoraSource>,
     southbound: Arc<Southbound>,
 }
@@ -140,12 +142,17 @@ impl EdgeAgent {
             announce: None,
         };
         let southbound = Arc::new(Southbound::default());
-        let mqtt = if config.mqtt.url.is_empty() {
+        let mqtt_broker = match &config.mqtt.embedded {
+            Some(b) => Some(crate::sources::broker::start(b, config.mqtt.max_inflight).await?),
+            None => None,
+        };
+        let mqtt = if config.mqtt.url.is_empty() && mqtt_broker.is_none() {
             None
         } else {
             Some(
                 MqttSource::new(
                     &config.mqtt,
+                    mqtt_broker.as_ref(),
                     &config.gateway,
                     listener.events(),
                     metrics.clone(),
@@ -192,6 +199,7 @@ impl EdgeAgent {
             link,
             link_cfg: config.link.clone(),
             mqtt,
+            mqtt_broker,
             lora,
             southbound,
         })
@@ -221,6 +229,11 @@ impl EdgeAgent {
     /// The devices of the MQTT source and how to reach them (resource writes).
     pub fn southbound(&self) -> Arc<Southbound> {
         self.southbound.clone()
+    }
+
+    /// Where devices reach the embedded MQTT broker: MQTT 3.1.1, and MQTT 5 if asked for.
+    pub fn mqtt_broker_addrs(&self) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        self.mqtt_broker.as_ref().map(|b| (b.listen, b.listen_v5))
     }
 
     /// The bound LoRaWAN (packet forwarder) UDP address.

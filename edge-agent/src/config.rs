@@ -460,7 +460,8 @@ mod addr_or_off {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttSection {
-    /// `mqtt://host:1883` or `mqtts://host:8883`; empty for no MQTT source.
+    /// `mqtt://host:1883` or `mqtts://host:8883`; empty for no MQTT source (or for the
+    /// embedded broker, with `[mqtt.embedded]`).
     pub url: String,
     /// The client id; the broker keeps this session (and the QoS 1 messages it holds) while
     /// the agent is away. Default `twinlake-<gateway>`.
@@ -486,6 +487,38 @@ pub struct MqttSection {
     /// with `{device}` and `{resource}`; the payload is the value as JSON. Empty: no control.
     pub command_topic: String,
     pub subscriptions: Vec<MqttSubscription>,
+    /// An MQTT broker inside the agent (rumqttd), for gateways that have none. The source
+    /// then subscribes to it (leave `url` empty).
+    pub embedded: Option<EmbeddedBroker>,
+}
+
+/// `[mqtt.embedded]`: the broker devices publish to when the gateway has no broker of its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedBroker {
+    /// Where devices connect with MQTT 3.1.1 (the protocol's port is 1883).
+    pub listen: SocketAddr,
+    /// Where devices connect with MQTT 5; `"off"` by default.
+    #[serde(with = "addr_or_off")]
+    pub listen_v5: Option<SocketAddr>,
+    /// Device accounts (username = password); empty: any client may connect.
+    pub users: BTreeMap<String, Hidden>,
+    /// The largest message a device may publish.
+    pub max_payload_bytes: usize,
+    /// Devices connected at once.
+    pub max_connections: usize,
+}
+
+impl Default for EmbeddedBroker {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listen_v5: None,
+            users: Default::default(),
+            max_payload_bytes: 256 * 1024,
+            max_connections: 10_000,
+        }
+    }
 }
 
 impl Default for MqttSection {
@@ -504,6 +537,7 @@ impl Default for MqttSection {
             max_inflight: 1024,
             command_topic: "twinlake/{device}/{resource}/set".into(),
             subscriptions: Vec::new(),
+            embedded: None,
         }
     }
 }
@@ -531,15 +565,34 @@ fn one() -> u8 {
 impl MqttSection {
     fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::Config(format!("mqtt: {msg}")));
-        if self.url.is_empty() {
+        if let Some(b) = &self.embedded {
+            if !self.url.is_empty() {
+                return bad(format!(
+                    "url {:?} and [mqtt.embedded] exclude each other: the source subscribes to the embedded broker",
+                    self.url
+                ));
+            }
+            if b.listen_v5.is_some_and(|v5| v5.port() != 0 && v5 == b.listen) {
+                return bad(format!("embedded.listen and embedded.listen_v5 are both {}", b.listen));
+            }
+            if b.max_payload_bytes < 64 || b.max_connections == 0 {
+                return bad("embedded.max_payload_bytes must be at least 64 and max_connections at least 1".into());
+            }
+            if let Some(u) = b.users.keys().find(|u| u.is_empty() || u.starts_with("twinlake-")) {
+                return bad(format!(
+                    "embedded.users: {u:?} is empty or in the agent's own 'twinlake-' namespace"
+                ));
+            }
+        } else if self.url.is_empty() {
             return Ok(());
-        }
-        let url = url::Url::parse(&self.url).map_err(|e| Error::Config(format!("mqtt.url {:?}: {e}", self.url)))?;
-        if !matches!(url.scheme(), "mqtt" | "mqtts" | "tcp" | "ssl") || url.host_str().is_none() {
-            return bad(format!("url {:?}: use mqtt://host:port or mqtts://host:port", self.url));
+        } else {
+            let url = url::Url::parse(&self.url).map_err(|e| Error::Config(format!("mqtt.url {:?}: {e}", self.url)))?;
+            if !matches!(url.scheme(), "mqtt" | "mqtts" | "tcp" | "ssl") || url.host_str().is_none() {
+                return bad(format!("url {:?}: use mqtt://host:port or mqtts://host:port", self.url));
+            }
         }
         if self.subscriptions.is_empty() {
-            return bad("a url without [[mqtt.subscriptions]] receives nothing".into());
+            return bad("a broker without [[mqtt.subscriptions]] gives nothing".into());
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return bad("client_cert and client_key go together".into());

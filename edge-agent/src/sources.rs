@@ -12,6 +12,7 @@
 //! devices ─TCP─▶ listener┘                    └▶ tap ─▶ twins (cloud link)
 //! ```
 
+pub mod broker;
 pub mod codec;
 pub mod gwmp;
 pub mod lora;
@@ -31,6 +32,18 @@ use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
 use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey};
+
+/// Fills `b` from the system's secure random source.
+pub fn random(b: &mut [u8]) {
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), b);
+}
+
+/// `bytes` secure random bytes as hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    random(&mut b);
+    hex(&b)
+}
 
 /// Tells ingest (and through it the twins) that a source's device is online, the first
 /// time the source hears from it; false if ingest has stopped.

@@ -301,7 +301,7 @@ impl LinkClient {
 
     /// Keeps the link up until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let session = random_hex(8);
+        let session = crate::sources::random_hex(8);
         let mut next_seq: u64 = 1;
         let mut unacked = Unacked {
             frames: VecDeque::new(),
@@ -526,12 +526,6 @@ async fn send(io: &LinkIo, msg: &Up) -> Result<(), Error> {
 
 fn save_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> std::io::Result<()> {
     crate::wal::write_file_atomic(path, &serde_json::to_vec(v).map_err(std::io::Error::other)?, 0o666)
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    crate::sources::hex(&b)
 }
 
 fn remote(e: Error) -> RemoteError {

@@ -77,10 +77,6 @@ fn save_sessions(path: &Path, sessions: &HashMap<Eui, Session>) -> std::io::Resu
     crate::wal::write_file_atomic(path, &bytes, 0o600)
 }
 
-fn random(b: &mut [u8]) {
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), b);
-}
-
 impl LoraSource {
     /// Binds `lorawan.udp` and loads the devices and their kept sessions.
     pub async fn bind(
@@ -239,7 +235,7 @@ impl LoraSource {
             }
         };
         let now = SystemTime::now();
-        match self.ns.uplink(&phy, Instant::now(), &mut random) {
+        match self.ns.uplink(&phy, Instant::now(), &mut super::random) {
             Outcome::Uplink(up) => {
                 self.metrics.source("lorawan", "accepted");
                 let at = rx.time.as_deref().and_then(parse_rfc3339).unwrap_or(now);

@@ -31,6 +31,7 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::broker::Embedded;
 use super::payload::{Decoder, Format};
 use super::topic::TopicTemplate;
 use super::{Control, Southbound, connected, fnv1a};
@@ -98,14 +99,17 @@ fn tls_config(cfg: &MqttSection) -> Result<rustls::ClientConfig, Error> {
 
 impl MqttSource {
     /// Checks the section and reads its files; connects only in [`MqttSource::run`].
+    /// With `embedded`, the source subscribes to that broker instead of `cfg.url`.
     pub async fn new(
         cfg: &MqttSection,
+        embedded: Option<&Embedded>,
         gateway: &str,
         events: mpsc::Sender<DeviceEvent>,
         metrics: Arc<Metrics>,
         southbound: Arc<Southbound>,
     ) -> Result<Self, Error> {
-        let url = url::Url::parse(&cfg.url).map_err(|e| Error::Config(format!("mqtt.url {:?}: {e}", cfg.url)))?;
+        let text = embedded.map_or_else(|| cfg.url.clone(), |e| format!("mqtt://{}", e.internal));
+        let url = url::Url::parse(&text).map_err(|e| Error::Config(format!("mqtt.url {text:?}: {e}")))?;
         let tls = matches!(url.scheme(), "mqtts" | "ssl");
         let host = url
             .host_str()
@@ -128,7 +132,9 @@ impl MqttSource {
             .set_receive_maximum(Some(cfg.max_inflight.max(1)))
             .set_manual_acks(true)
             .set_max_packet_size(Some(1 << 20));
-        if !cfg.username.is_empty() {
+        if let Some(e) = embedded {
+            options.set_credentials(e.username.clone(), e.password.clone());
+        } else if !cfg.username.is_empty() {
             options.set_credentials(cfg.username.clone(), cfg.password.0.clone());
         }
         if tls {
@@ -163,7 +169,11 @@ impl MqttSource {
             options,
             subs,
             user: cfg.user.clone(),
-            name: Arc::from(format!("mqtt:{}", url.as_str()).as_str()),
+            // The name keys the WAL's delivery records: stable across restarts.
+            name: Arc::from(match embedded {
+                Some(_) => "mqtt:embedded".to_owned(),
+                None => format!("mqtt:{}", url.as_str()),
+            }),
             peer,
             tls,
             command,

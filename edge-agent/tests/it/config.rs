@@ -58,6 +58,17 @@ fn bad_configs_say_what_is_wrong() {
             "[mqtt]\ncommand_topic = \"a/#\"\nurl = \"mqtt://x\"\n[[mqtt.subscriptions]]\ntopic = \"a/{device}\"",
             "command_topic",
         ),
+        (
+            "[mqtt]\nurl = \"mqtt://x\"\n[mqtt.embedded]\n[[mqtt.subscriptions]]\ntopic = \"a/{device}\"",
+            "exclude each other",
+        ),
+        ("[mqtt.embedded]", "subscriptions"),
+        (
+            "[mqtt.embedded]\nlisten = \"0.0.0.0:1883\"\nlisten_v5 = \"0.0.0.0:1883\"",
+            "both",
+        ),
+        ("[mqtt.embedded]\nusers = { twinlake-x = \"p\" }", "namespace"),
+        ("[mqtt.embedded]\nlisten = \"anywhere\"", "anywhere"),
         ("[lorawan]\nnet_id = \"zz\"", "net_id"),
         (
             "[[lorawan.devices]]\ndev_eui = \"01\"\napp_key = \"00000000000000000000000000000000\"",

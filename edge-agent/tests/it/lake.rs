@@ -57,6 +57,8 @@ pub struct Running {
     pub endpoints: twinlake_edge::ingest::EndpointQueue,
     pub metrics: Arc<twinlake_edge::metrics::Metrics>,
     pub lorawan: Option<SocketAddr>,
+    /// The embedded MQTT broker's device listeners (MQTT 3.1.1, MQTT 5).
+    pub mqtt_broker: Option<(SocketAddr, Option<SocketAddr>)>,
     pub southbound: Arc<twinlake_edge::sources::Southbound>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), Error>>,
@@ -72,6 +74,7 @@ pub async fn start(config: EdgeConfig) -> Running {
         endpoints: agent.endpoint_calls(),
         metrics: agent.metrics(),
         lorawan: agent.lorawan_addr(),
+        mqtt_broker: agent.mqtt_broker_addrs(),
         southbound: agent.southbound(),
         stop,
         task: tokio::spawn(agent.run(async move {

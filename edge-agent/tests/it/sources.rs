@@ -83,6 +83,37 @@ fn rows(lake: &BTreeMap<String, Vec<RecordBatch>>, table: &str) -> Vec<BTreeMap<
     out
 }
 
+/// Subscribes to `filter` with `opts`; what arrives comes out as (topic, payload).
+async fn watch_commands(
+    mut opts: rumqttc::MqttOptions,
+    filter: &str,
+) -> tokio::sync::mpsc::Receiver<(String, Vec<u8>)> {
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
+    client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(ev) = events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+                let _ = tx.send((p.topic.clone(), p.payload.to_vec())).await;
+            }
+        }
+    });
+    rx
+}
+
+/// Publishes probes with `probe` until the MQTT source takes one (its subscriptions are
+/// then in place).
+async fn wait_subscribed(agent: &Running, probe: impl Fn()) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.metrics.source_count("mqtt", "accepted") == 0 {
+        assert!(Instant::now() < deadline, "the MQTT source never took a message");
+        probe();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn sub(topic: &str, format: Format) -> MqttSubscription {
     toml::from_str::<MqttSubscription>(&format!("topic = {topic:?}\nformat = {:?}", toml_format(format))).unwrap()
 }
@@ -144,28 +175,12 @@ async fn mqtt_payload_formats_land_in_the_lake() {
     let agent = start(c).await;
 
     // The command topic, watched by a plain subscriber.
-    let mut opts = rumqttc::MqttOptions::new("test-commands", "127.0.0.1", broker.port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
-    client
-        .subscribe("twinlake/+/+/set", rumqttc::QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
-        while let Ok(ev) = events.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
-                let _ = cmd_tx.send((p.topic.clone(), p.payload.to_vec())).await;
-            }
-        }
-    });
-    // Wait for the agent's subscriptions (its first message through proves them).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while agent.metrics.source_count("mqtt", "accepted") == 0 {
-        assert!(Instant::now() < deadline, "the MQTT source never took a message");
+    let opts = rumqttc::MqttOptions::new("test-commands", "127.0.0.1", broker.port);
+    let mut cmd_rx = watch_commands(opts, "twinlake/+/+/set").await;
+    wait_subscribed(&agent, || {
         broker.publish_lines("json/probe/climate", 1, &[r#"{"temp":1}"#.into()]);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let probes = agent.metrics.source_count("mqtt", "accepted");
 
     let sparkplug_birth = sparkplug(1_700_000_000_000, 0, Some(("pressure", 10)), 1.5);
@@ -273,6 +288,94 @@ async fn mqtt_payload_formats_land_in_the_lake() {
             cs[0]["lora_gateway"].as_str()
         ),
         ("42", "-52.0", "0016c001f153a14c")
+    );
+}
+
+/// `mosquitto_pub` with a device account: one message, QoS 1, MQTT `version`
+/// ("mqttv311" or "mqttv5"). Whether the broker took it.
+fn account_pub(port: u16, version: &str, password: &str, topic: &str, message: &str) -> bool {
+    std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version, "-q", "1"])
+        .args(["-i", &format!("pub-{version}"), "-u", "sensor", "-P", password])
+        .args(["-t", topic, "-m", message])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("mosquitto_pub runs")
+        .success()
+}
+
+/// The embedded broker (rumqttd) for gateways without one: Mosquitto's own clients publish
+/// with a device account over MQTT 3.1.1 and MQTT 5, a wrong password is refused, the rows
+/// land in the lake, and a resource write reaches a device subscribed to its command topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_takes_devices_without_an_external_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = base_config(dir.path());
+    c.mqtt.embedded = Some(
+        toml::from_str("listen = \"127.0.0.1:0\"\nlisten_v5 = \"127.0.0.1:0\"\nusers = { sensor = \"s3cret\" }")
+            .unwrap(),
+    );
+    c.mqtt.subscriptions = vec![sub("json/{device}/{resource}", Format::Json)];
+    let agent = start(c).await;
+    let (v4, v5) = agent.mqtt_broker.expect("the embedded broker listens");
+    let v5 = v5.expect("and on MQTT 5");
+
+    // A device (rumqttc, MQTT 3.1.1) that listens on its command topic.
+    let mut opts = rumqttc::MqttOptions::new("d-v4", "127.0.0.1", v4.port());
+    opts.set_credentials("sensor", "s3cret");
+    let mut cmd_rx = watch_commands(opts, "twinlake/d-v4/+/set").await;
+    wait_subscribed(&agent, || {
+        account_pub(v4.port(), "mqttv311", "s3cret", "json/probe/climate", r#"{"temp":0}"#);
+    })
+    .await;
+    let probes = agent.metrics.source_count("mqtt", "accepted");
+
+    assert!(account_pub(
+        v4.port(),
+        "mqttv311",
+        "s3cret",
+        "json/d-v4/climate",
+        r#"{"temp":1.5}"#
+    ));
+    assert!(account_pub(
+        v5.port(),
+        "mqttv5",
+        "s3cret",
+        "json/d-v5/climate",
+        r#"{"temp":2.5}"#
+    ));
+    assert!(
+        !account_pub(v4.port(), "mqttv311", "wrong", "json/d-bad/climate", r#"{"temp":9}"#),
+        "a wrong password is refused"
+    );
+    wait_count(&agent, "mqtt", "accepted", probes + 2).await;
+
+    let key = twinlake_edge::listener::DeviceKey::new("mqtt", "d-v4");
+    let control = agent.southbound.get(&key).expect("the device has a route");
+    control.write("d-v4", "led", &json!(true)).unwrap();
+    let (topic, payload) = tokio::time::timeout(Duration::from_secs(5), cmd_rx.recv())
+        .await
+        .expect("the command reaches the device")
+        .unwrap();
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("twinlake/d-v4/led/set", b"true".as_slice())
+    );
+
+    stop(agent).await;
+    let lake = read_dir_lake(&dir.path().join("lake"));
+    let mut got: Vec<(String, String)> = rows(&lake, "climate")
+        .into_iter()
+        .filter(|r| r["device"] != "probe")
+        .map(|r| (r["device"].clone(), r["temp"].clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("d-v4".to_owned(), "1.5".to_owned()),
+            ("d-v5".to_owned(), "2.5".to_owned())
+        ]
     );
 }
 

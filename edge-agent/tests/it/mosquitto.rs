@@ -8,8 +8,26 @@ use std::time::{Duration, Instant};
 
 pub struct Mosquitto {
     pub port: u16,
+    /// The TLS listener's port (0 without one).
+    pub tls_port: u16,
     child: Child,
     _dir: tempfile::TempDir,
+}
+
+/// PEM files for a TLS listener that also wants a client certificate signed by `ca`.
+#[allow(dead_code)]
+pub struct TlsFiles<'a> {
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Mosquitto {
@@ -17,21 +35,38 @@ impl Mosquitto {
     /// queued for an absent persistent session, and `max_inflight` messages in flight per
     /// client (0 is no limit). Waits until the port takes connections.
     pub fn start(max_inflight: u32) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::launch(max_inflight, None)
+    }
+
+    /// As [`Mosquitto::start`], plus a TLS listener on `tls_port` that requires a client
+    /// certificate.
+    #[allow(dead_code)]
+    pub fn start_tls(tls: TlsFiles<'_>) -> Self {
+        Self::launch(0, Some(tls))
+    }
+
+    fn launch(max_inflight: u32, tls: Option<TlsFiles<'_>>) -> Self {
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n\
-                 max_inflight_messages {max_inflight}\nlog_dest stderr\n"
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n\
+             max_inflight_messages {max_inflight}\nlog_dest stderr\n"
+        );
+        let tls_port = match tls {
+            Some(t) => {
+                let p = free_port();
+                text.push_str(&format!(
+                    "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                    t.ca.display(),
+                    t.cert.display(),
+                    t.key.display()
+                ));
+                p
+            }
+            None => 0,
+        };
+        std::fs::write(&conf, text).unwrap();
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -44,11 +79,18 @@ impl Mosquitto {
             .spawn()
             .expect("mosquitto starts");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
+        for p in [port, tls_port].into_iter().filter(|p| *p != 0) {
+            while TcpStream::connect(("127.0.0.1", p)).is_err() {
+                assert!(Instant::now() < deadline, "mosquitto did not listen on {p}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Self { port, child, _dir: dir }
+        Self {
+            port,
+            tls_port,
+            child,
+            _dir: dir,
+        }
     }
 
     /// `mosquitto_pub` publishing each of `lines` as a message at `qos` to `topic`.

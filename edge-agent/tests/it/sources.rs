@@ -19,7 +19,7 @@ use twinlake_edge::sources::payload::Format;
 use twinlake_sdk::pson::Value;
 
 use crate::lake::{Running, read_dir_lake, start};
-use crate::mosquitto::Mosquitto;
+use crate::mosquitto::{Mosquitto, TlsFiles};
 
 const K1: &str = "2b7e151628aed2a6abf7158809cf4f3c";
 const K2: &str = "000102030405060708090a0b0c0d0e0f";
@@ -288,6 +288,88 @@ async fn mqtt_payload_formats_land_in_the_lake() {
             cs[0]["lora_gateway"].as_str()
         ),
         ("42", "-52.0", "0016c001f153a14c")
+    );
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in
+/// `dir`: (ca, server cert, server key, client cert, client key).
+fn test_pki(dir: &Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "twinlake test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf(vec!["127.0.0.1".into()]);
+    let (client, client_key) = leaf(vec!["edge-tls".into()]);
+    let files = [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", server),
+        ("server-key.pem", server_key),
+        ("client.pem", client),
+        ("client-key.pem", client_key),
+    ];
+    files.map(|(name, pem)| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    })
+}
+
+/// mqtts:// to a Mosquitto TLS listener that requires a client certificate: with our CA file
+/// and the client certificate the source subscribes and takes messages; without the
+/// certificate the broker refuses it and nothing arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key, client_cert, client_key] = test_pki(dir.path());
+    let broker = Mosquitto::start_tls(TlsFiles {
+        ca: &ca,
+        cert: &cert,
+        key: &key,
+    });
+    let config = |name: &str, with_cert: bool| {
+        let mut c = base_config(&dir.path().join(name));
+        c.mqtt.url = format!("mqtts://127.0.0.1:{}", broker.tls_port);
+        c.mqtt.client_id = format!("edge-{name}");
+        c.mqtt.ca_file = Some(ca.clone());
+        if with_cert {
+            c.mqtt.client_cert = Some(client_cert.clone());
+            c.mqtt.client_key = Some(client_key.clone());
+        }
+        c.mqtt.subscriptions = vec![sub("json/{device}/{resource}", Format::Json)];
+        c
+    };
+    let probe = || broker.publish_lines("json/probe/climate", 1, &[r#"{"temp":1}"#.into()]);
+
+    let without = start(config("no-cert", false)).await;
+    for _ in 0..10 {
+        probe();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        without.metrics.source_count("mqtt", "accepted"),
+        0,
+        "the broker wants a client certificate"
+    );
+    stop(without).await;
+
+    let with = start(config("cert", true)).await;
+    wait_subscribed(&with, probe).await;
+    stop(with).await;
+    let lake = read_dir_lake(&dir.path().join("cert/lake"));
+    assert!(
+        rows(&lake, "climate")
+            .iter()
+            .any(|r| r["device"] == "probe" && r["temp"] == "1")
     );
 }
 

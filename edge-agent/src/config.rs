@@ -481,7 +481,8 @@ pub struct MqttSection {
     #[serde(with = "humantime_serde")]
     pub session_expiry: Duration,
     /// QoS 1 messages the broker may have sent and not had acknowledged (MQTT 5 Receive
-    /// Maximum). A crash can store at most this many of them twice.
+    /// Maximum). A crash can store at most this many of them twice, and as many may wait in
+    /// memory; smaller windows cost rate (BENCHMARKS.md).
     pub max_inflight: u16,
     /// Where resource writes and desired values for MQTT devices are published: a template
     /// with `{device}` and `{resource}`; the payload is the value as JSON. Empty: no control.
@@ -534,7 +535,7 @@ impl Default for MqttSection {
             user: "mqtt".into(),
             keep_alive: Duration::from_secs(30),
             session_expiry: Duration::from_secs(7 * 24 * 3600),
-            max_inflight: 1024,
+            max_inflight: 4096,
             command_topic: "twinlake/{device}/{resource}/set".into(),
             subscriptions: Vec::new(),
             embedded: None,

@@ -487,6 +487,10 @@ pub struct MqttSection {
     /// Where resource writes and desired values for MQTT devices are published: a template
     /// with `{device}` and `{resource}`; the payload is the value as JSON. Empty: no control.
     pub command_topic: String,
+    /// A device not heard from for this long shows offline in its twin ("0s": never). A
+    /// Sparkplug NDEATH or DDEATH takes its node or device offline at once.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
     pub subscriptions: Vec<MqttSubscription>,
     /// An MQTT broker inside the agent (rumqttd), for gateways that have none. The source
     /// then subscribes to it (leave `url` empty).
@@ -537,6 +541,7 @@ impl Default for MqttSection {
             session_expiry: Duration::from_secs(7 * 24 * 3600),
             max_inflight: 4096,
             command_topic: "twinlake/{device}/{resource}/set".into(),
+            offline_after: Duration::from_secs(600),
             subscriptions: Vec::new(),
             embedded: None,
         }
@@ -644,6 +649,9 @@ pub struct LorawanSection {
     pub rx1_delay_s: u8,
     /// Transmit power (dBm) for downlinks.
     pub tx_power: i8,
+    /// A device not heard from for this long shows offline in its twin ("0s": never).
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
     pub devices: Vec<LoraDevice>,
     pub profiles: Vec<LoraProfile>,
 }
@@ -657,6 +665,7 @@ impl Default for LorawanSection {
             dedup_window: Duration::from_secs(10),
             rx1_delay_s: 1,
             tx_power: 14,
+            offline_after: Duration::from_secs(2 * 3600),
             devices: Vec::new(),
             profiles: Vec::new(),
         }

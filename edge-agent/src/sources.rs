@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
@@ -56,6 +56,74 @@ pub async fn connected(
 ) -> bool {
     let kind = DeviceEventKind::Connected { peer, tls };
     events.send(DeviceEvent { device, at, kind }).await.is_ok()
+}
+
+/// Tells ingest (and through it the twins) that a source's device went offline; false if
+/// ingest has stopped.
+pub async fn disconnected(events: &mpsc::Sender<DeviceEvent>, device: DeviceKey, at: SystemTime, reason: &str) -> bool {
+    let kind = DeviceEventKind::Disconnected {
+        reason: reason.to_owned(),
+        rx_bytes: 0,
+        tx_bytes: 0,
+    };
+    events.send(DeviceEvent { device, at, kind }).await.is_ok()
+}
+
+/// Which devices of a source are online: those heard from within `offline_after` (a source
+/// has no connection per device to watch). `offline_after` zero: online once heard, for good.
+#[derive(Debug)]
+pub struct Presence {
+    last: HashMap<String, Instant>,
+    offline_after: Duration,
+    checked: Instant,
+}
+
+impl Presence {
+    pub fn new(offline_after: Duration) -> Self {
+        Self {
+            last: HashMap::new(),
+            offline_after,
+            checked: Instant::now(),
+        }
+    }
+
+    /// Records that `device` was heard at `now`; true if it was offline (or never heard).
+    pub fn heard(&mut self, device: &str, now: Instant) -> bool {
+        match self.last.get_mut(device) {
+            Some(t) => {
+                *t = now;
+                false
+            }
+            None => {
+                self.last.insert(device.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    /// Forgets `device` (it said it is going); true if it was online.
+    pub fn gone(&mut self, device: &str) -> bool {
+        self.last.remove(device).is_some()
+    }
+
+    /// The devices silent for `offline_after` at `now`, forgotten (they are offline now).
+    /// Looks at most once a second.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        if self.offline_after.is_zero() || now.saturating_duration_since(self.checked) < Duration::from_secs(1) {
+            return Vec::new();
+        }
+        self.checked = now;
+        let limit = self.offline_after;
+        let mut gone = Vec::new();
+        self.last.retain(|d, t| {
+            let keep = now.saturating_duration_since(*t) < limit;
+            if !keep {
+                gone.push(d.clone());
+            }
+            keep
+        });
+        gone
+    }
 }
 
 /// Carries a resource write to a device of a source (an MQTT command topic).
@@ -120,4 +188,32 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_goes_offline_after_silence_and_back_on_the_next_message() {
+        let t0 = Instant::now();
+        let mut p = Presence::new(Duration::from_secs(60));
+        assert!(p.heard("a", t0), "first heard: online");
+        assert!(!p.heard("a", t0 + Duration::from_secs(30)));
+        assert!(p.heard("b", t0 + Duration::from_secs(30)));
+        assert!(
+            p.expire(t0 + Duration::from_millis(500)).is_empty(),
+            "checks once a second"
+        );
+        assert_eq!(p.expire(t0 + Duration::from_secs(89)), Vec::<String>::new());
+        let mut gone = p.expire(t0 + Duration::from_secs(91));
+        gone.sort();
+        assert_eq!(gone, ["a", "b"]);
+        assert!(p.heard("a", t0 + Duration::from_secs(95)), "back online");
+        assert!(p.gone("a"));
+        assert!(!p.gone("a"));
+        let mut never = Presence::new(Duration::ZERO);
+        never.heard("x", t0);
+        assert!(never.expire(t0 + Duration::from_secs(1 << 30)).is_empty());
+    }
 }

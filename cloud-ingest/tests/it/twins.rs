@@ -192,6 +192,7 @@ async fn twins_survive_a_cloud_restart_and_versions_guard_writes() {
 
 /// An MQTT device behind the edge (a real Mosquitto): what it publishes becomes its twin's
 /// reported state, and a desired value set in the cloud is published to its command topic.
+/// Silent for `mqtt.offline_after`, it shows offline; its next message brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mqtt_device_gets_a_twin_and_its_desired_state_on_the_command_topic() {
     use crate::mosquitto::{Mosquitto, publish_lines};
@@ -203,6 +204,8 @@ async fn mqtt_device_gets_a_twin_and_its_desired_state_on_the_command_topic() {
     cfg.mqtt.url = format!("mqtt://127.0.0.1:{}", broker.port);
     cfg.mqtt.user = USER.into();
     cfg.mqtt.subscriptions = vec![toml::from_str("topic = \"sensors/{device}/{resource}\"").unwrap()];
+    cfg.mqtt.offline_after = std::time::Duration::from_secs(3);
+    cfg.mqtt.keep_alive = std::time::Duration::from_secs(5);
     let edge = TestEdge::start(cfg).await;
 
     // A command-topic subscriber with a session, so nothing published meanwhile is missed.
@@ -252,6 +255,20 @@ async fn mqtt_device_gets_a_twin_and_its_desired_state_on_the_command_topic() {
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "twinlake/m1/led/set true");
+
+    // Silence: offline after offline_after (checked between MQTT events, so within a
+    // keep-alive of it). The next message: online again.
+    eventually(15, "the silent MQTT device goes offline", || async move {
+        (api.twin("m1").await["connection"]["online"] == json!(false)).then_some(())
+    })
+    .await;
+    publish_lines(port, "sensors/m1/climate", 1, &[r#"{"temp":22.5}"#.into()]);
+    eventually(10, "online again with its new value", || async move {
+        let t = api.twin("m1").await;
+        (t["connection"]["online"] == json!(true) && t["state"]["reported"]["climate"]["temp"] == json!(22.5))
+            .then_some(())
+    })
+    .await;
 
     edge.stop().await;
     cloud.stop().await;

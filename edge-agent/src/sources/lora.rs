@@ -12,11 +12,11 @@
 //! batch of uplinks. A crash between an uplink and that write can let a replay of that one
 //! uplink in once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -26,7 +26,7 @@ use twinlake_sdk::pson::Value;
 use super::gwmp::{self, DataRate, GatewayEui, RxPk, TxPk, Up};
 use super::lorawan::{DeviceConf, Eui, NetworkServer, Outcome, Session};
 use super::payload::parse_rfc3339;
-use super::{connected, hex, hex_array};
+use super::{Presence, connected, disconnected, hex, hex_array};
 use crate::Error;
 use crate::config::LorawanSection;
 use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
@@ -47,7 +47,7 @@ pub struct LoraSource {
     events: mpsc::Sender<DeviceEvent>,
     metrics: Arc<Metrics>,
     pull_addr: HashMap<GatewayEui, SocketAddr>,
-    seen: HashSet<Eui>,
+    presence: Presence,
     token: u16,
 }
 
@@ -114,7 +114,7 @@ impl LoraSource {
             events,
             metrics,
             pull_addr: HashMap::new(),
-            seen: HashSet::new(),
+            presence: Presence::new(cfg.offline_after),
             token: 0,
         })
     }
@@ -127,10 +127,20 @@ impl LoraSource {
     /// Serves until `stop` turns true; then stores the sessions.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut buf = vec![0u8; 65_536];
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let got = tokio::select! {
                 r = self.socket.recv_from(&mut buf) => r,
                 _ = stop.changed() => break,
+                // Devices silent for `offline_after` go offline.
+                _ = check.tick() => {
+                    for device in self.presence.expire(Instant::now()) {
+                        let key = DeviceKey::new(&self.user, &device);
+                        disconnected(&self.events, key, SystemTime::now(), "silent for lorawan.offline_after").await;
+                    }
+                    continue;
+                }
             };
             let mut batch = Vec::new();
             match got {
@@ -258,7 +268,7 @@ impl LoraSource {
                     self.downlink(gateway, rx, ack, self.rx1_delay_us, out);
                 }
                 let key = DeviceKey::new(&self.user, &up.device);
-                if self.seen.insert(up.dev_eui) {
+                if self.presence.heard(&up.device, Instant::now()) {
                     let peer = self
                         .pull_addr
                         .get(&gateway)

@@ -16,10 +16,10 @@
 //! **Control.** Devices seen here get a route for resource writes (desired values): the
 //! value is published as JSON, QoS 1, to `command_topic` with `{device}` and `{resource}`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
@@ -33,8 +33,9 @@ use tracing::{debug, info, warn};
 
 use super::broker::Embedded;
 use super::payload::{Decoder, Format};
+use super::sparkplug::Topic as SparkplugTopic;
 use super::topic::TopicTemplate;
-use super::{Control, Southbound, connected, fnv1a};
+use super::{Control, Presence, Southbound, connected, disconnected, fnv1a};
 use crate::Error;
 use crate::config::MqttSection;
 use crate::error::read_file;
@@ -71,6 +72,7 @@ pub struct MqttSource {
     tls: bool,
     command: Option<TopicTemplate>,
     max_inflight: u16,
+    offline_after: Duration,
     events: mpsc::Sender<DeviceEvent>,
     metrics: Arc<Metrics>,
     southbound: Arc<Southbound>,
@@ -178,6 +180,7 @@ impl MqttSource {
             tls,
             command,
             max_inflight: cfg.max_inflight,
+            offline_after: cfg.offline_after,
             events,
             metrics,
             southbound,
@@ -196,7 +199,7 @@ impl MqttSource {
         });
         let mut state = State {
             decoder: Decoder::default(),
-            seen: HashSet::new(),
+            presence: Presence::new(self.offline_after),
             control,
         };
         let mut backoff = Duration::from_millis(200);
@@ -218,6 +221,12 @@ impl MqttSource {
                 let Some(p) = held.pop_front() else { break };
                 forwarded += u64::from(p.qos != QoS::AtMostOnce);
                 self.message(&client, &mut state, p).await;
+            }
+            // Checked between events (keep-alive pings make one at least every keep_alive):
+            // a timer branch here would cancel a poll halfway through a write.
+            for device in state.presence.expire(Instant::now()) {
+                let key = DeviceKey::new(&self.user, &device);
+                disconnected(&self.events, key, SystemTime::now(), "silent for mqtt.offline_after").await;
             }
             let polled = tokio::select! {
                 p = eventloop.poll() => p,
@@ -286,6 +295,18 @@ impl MqttSource {
             .subs
             .iter()
             .find_map(|s| s.template.captures(topic).map(|c| (s, c)));
+        if let Some((sub, _)) = matched
+            && sub.format == Format::Sparkplug
+            && let Some(t) = SparkplugTopic::parse(topic)
+            && matches!(t.kind, "NDEATH" | "DDEATH")
+        {
+            // A death certificate: that node or device is offline now.
+            let device = t.device.unwrap_or(t.node);
+            if state.presence.gone(device) {
+                let key = DeviceKey::new(&self.user, device);
+                disconnected(&self.events, key, now, t.kind).await;
+            }
+        }
         let rows = match matched {
             None => {
                 self.metrics.source("mqtt", "unmatched");
@@ -307,12 +328,13 @@ impl MqttSource {
         if !rows.is_empty() {
             self.metrics.source("mqtt", "accepted");
         }
-        // Devices seen for the first time: online in their twin, reachable for writes.
+        // Devices heard for the first time (or again after going offline): online in their
+        // twin, reachable for writes.
         let mut first_device = None;
+        let heard = Instant::now();
         for r in &rows {
             first_device.get_or_insert_with(|| r.device.clone());
-            if !state.seen.contains(&r.device) {
-                state.seen.insert(r.device.clone());
+            if state.presence.heard(&r.device, heard) {
                 let key = DeviceKey::new(&self.user, &r.device);
                 if let Some(c) = &state.control {
                     self.southbound.insert(key.clone(), c.clone());
@@ -365,7 +387,7 @@ async fn close(client: &AsyncClient, eventloop: &mut rumqttc::v5::EventLoop) {
 
 struct State {
     decoder: Decoder,
-    seen: HashSet<String>,
+    presence: Presence,
     control: Option<Arc<dyn Control>>,
 }
 

@@ -60,6 +60,8 @@ pub struct Running {
     /// The embedded MQTT broker's device listeners (MQTT 3.1.1, MQTT 5).
     pub mqtt_broker: Option<(SocketAddr, Option<SocketAddr>)>,
     pub southbound: Arc<twinlake_edge::sources::Southbound>,
+    /// Every device event from the start.
+    pub watch: tokio::sync::broadcast::Receiver<twinlake_edge::listener::DeviceEvent>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -76,6 +78,7 @@ pub async fn start(config: EdgeConfig) -> Running {
         lorawan: agent.lorawan_addr(),
         mqtt_broker: agent.mqtt_broker_addrs(),
         southbound: agent.southbound(),
+        watch: agent.watch(),
         stop,
         task: tokio::spawn(agent.run(async move {
             let _ = stopped.await;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub struct Mosquitto {
     pub port: u16,
     /// The TLS listener's port (0 without one).
+    #[allow(dead_code)]
     pub tls_port: u16,
     child: Child,
     _dir: tempfile::TempDir,

@@ -238,6 +238,29 @@ async fn mqtt_payload_formats_land_in_the_lake() {
     wait_count(&agent, "mqtt", "accepted", probes + 10).await;
     wait_count(&agent, "mqtt", "undecodable", 1).await;
 
+    // A Sparkplug death certificate takes its device offline at once.
+    let mut watch = agent.watch.resubscribe();
+    publisher
+        .publish(
+            "spBv1.0/plant1/DDEATH/gw01/sensor42",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ev = watch.recv().await.unwrap();
+            if let twinlake_edge::listener::DeviceEventKind::Disconnected { reason, .. } = &ev.kind {
+                break (ev.device.to_string(), reason.clone());
+            }
+        }
+    })
+    .await
+    .expect("DDEATH: the device goes offline");
+    assert_eq!(gone, ("mqtt/sensor42".to_owned(), "DDEATH".to_owned()));
+
     // A resource write for an MQTT device: the value as JSON on its command topic.
     let key = twinlake_edge::listener::DeviceKey::new("mqtt", "d-json");
     let control = agent.southbound.get(&key).expect("the device has a route");
@@ -708,13 +731,41 @@ async fn lorawan_over_udp() {
     wait_count(&agent, "lorawan", "accepted", 9).await;
     stop(agent).await;
 
-    // After a restart the OTAA session and its counter are still there.
-    let agent = start(lora_config(dir.path())).await;
+    // After a restart the OTAA session and its counter are still there. Silent for
+    // `offline_after`, the device shows offline.
+    let mut c = lora_config(dir.path());
+    c.lorawan.offline_after = Duration::from_secs(1);
+    let mut agent = start(c).await;
     let mut gw_a = Gateway::new([0xaa, 0x55, 0x5a, 0, 0, 0, 1, 1], agent.lorawan.unwrap()).await;
     gw_a.push(vec![rxpk(up[0].as_str().unwrap(), -66.0, 4.0)]).await;
     wait_count(&agent, "lorawan", "replay", 1).await;
     gw_a.push(vec![rxpk(up[1].as_str().unwrap(), -66.0, 4.0)]).await;
     wait_count(&agent, "lorawan", "accepted", 1).await;
+    let mut presence = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ev = agent.watch.recv().await.unwrap();
+            match &ev.kind {
+                twinlake_edge::listener::DeviceEventKind::Connected { .. } => {
+                    presence.push(format!("{} online", ev.device));
+                }
+                twinlake_edge::listener::DeviceEventKind::Disconnected { reason, .. } => {
+                    presence.push(format!("{} offline: {reason}", ev.device));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the silent device goes offline");
+    assert_eq!(
+        presence,
+        [
+            "lorawan/otaa online",
+            "lorawan/otaa offline: silent for lorawan.offline_after"
+        ]
+    );
     stop(agent).await;
 
     let lake = read_dir_lake(&dir.path().join("lake"));

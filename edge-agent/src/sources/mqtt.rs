@@ -8,7 +8,10 @@
 //! among the durable, unconfirmed messages and confirms it without storing its rows twice.
 //! The one gap is a crash after that second fsync and before the broker has read the PUBACK:
 //! then the redelivery is stored again (a duplicate, never a loss). The Receive Maximum and a
-//! local window (`mqtt.max_inflight`) bound how many messages can be in that gap.
+//! local window (`mqtt.max_inflight`) bound how many messages can be in that gap. After a
+//! lost connection the acks of the old one are dropped, so a late one cannot acknowledge a
+//! newer message that reuses its packet id; the resent copies are confirmed instead (stored
+//! again if their first copy was already confirmed: a duplicate, never a loss).
 //!
 //! **Backpressure.** The event queue into ingest is bounded; while it is full this loop
 //! waits, stops reading the socket, and the broker holds the messages.
@@ -18,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rumqttc::v5::mqttbytes::QoS;
@@ -190,7 +193,8 @@ impl MqttSource {
     /// Serves until `phase` reaches [`Phase::Done`]: reconnects on its own (with backoff)
     /// and subscribes again on every connection.
     pub async fn run(self, mut phase: watch::Receiver<Phase>) {
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 4096);
+        // Room for a window of acks plus subscriptions and commands.
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), usize::from(self.max_inflight) + 1024);
         let control: Option<Arc<dyn Control>> = self.command.clone().map(|t| {
             Arc::new(CommandTopic {
                 template: t,
@@ -212,6 +216,14 @@ impl MqttSource {
         let window = u64::from(self.max_inflight.max(1));
         let (mut forwarded, mut flushed) = (0u64, 0u64);
         let mut held: VecDeque<Publish> = VecDeque::new();
+        // Which connection the acks are for. After a disconnect the broker sends every
+        // unacknowledged message again under its packet id; an ack from the old connection
+        // arriving late could then acknowledge a newer message that reuses that id before it
+        // is durable. So acks of an older connection are dropped (the resent copies carry
+        // their own), and rumqttc drops the PUBACKs still queued when the connection went.
+        // The check and the ack happen under the lock that the switch to a new connection
+        // takes, so no old ack can slip into the request queue after it was emptied.
+        let epoch = Arc::new(Mutex::new(0u64));
         loop {
             let current = *phase.borrow();
             if current == Phase::Done {
@@ -220,7 +232,7 @@ impl MqttSource {
             while current == Phase::Running && forwarded - flushed < window {
                 let Some(p) = held.pop_front() else { break };
                 forwarded += u64::from(p.qos != QoS::AtMostOnce);
-                self.message(&client, &mut state, p).await;
+                self.message(&client, &mut state, p, &epoch).await;
             }
             // Checked between events (keep-alive pings make one at least every keep_alive):
             // a timer branch here would cancel a poll halfway through a write.
@@ -264,7 +276,14 @@ impl MqttSource {
                 Ok(_) => {}
                 Err(e) => {
                     // The broker sends what was not acknowledged again on the next session.
+                    if let Ok(mut e) = epoch.lock() {
+                        *e += 1;
+                        // rumqttc dropped the queued PUBACKs when it saw the connection go;
+                        // this drops any that came in since.
+                        eventloop.clean();
+                    }
                     held.clear();
+                    (forwarded, flushed) = (0, 0);
                     if !matches!(
                         e,
                         ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted)
@@ -285,7 +304,7 @@ impl MqttSource {
         debug!("MQTT source stopped");
     }
 
-    async fn message(&self, client: &AsyncClient, state: &mut State, p: Publish) {
+    async fn message(&self, client: &AsyncClient, state: &mut State, p: Publish, epoch: &Arc<Mutex<u64>>) {
         let now = SystemTime::now();
         let Ok(topic) = std::str::from_utf8(&p.topic) else {
             self.metrics.source("mqtt", "undecodable");
@@ -346,6 +365,8 @@ impl MqttSource {
         }
         let delivery = (p.qos != QoS::AtMostOnce).then(|| {
             let client = client.clone();
+            let connection = epoch.lock().map(|e| *e).unwrap_or(u64::MAX);
+            let epoch = epoch.clone();
             let mut ackable = p.clone();
             ackable.payload = Default::default();
             ackable.properties = None;
@@ -355,13 +376,25 @@ impl MqttSource {
                 hash: fnv1a(&[&p.topic, &p.payload]),
                 redelivered: p.dup,
                 ack: Acker::from_fn(move |ok| {
-                    if !ok {
+                    let Ok(current) = epoch.lock() else { return };
+                    if !ok || *current != connection {
                         return;
                     }
+                    // The request queue holds a window of acks and more; should commands
+                    // have filled it, try again shortly, under the same check.
                     if let Err(ClientError::TryRequest(_)) = client.try_ack(&ackable) {
-                        let (client, p) = (client.clone(), ackable.clone());
+                        drop(current);
+                        let (client, p, epoch) = (client.clone(), ackable.clone(), epoch.clone());
                         tokio::spawn(async move {
-                            let _ = client.ack(&p).await;
+                            loop {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                let Ok(current) = epoch.lock() else { return };
+                                if *current != connection
+                                    || !matches!(client.try_ack(&p), Err(ClientError::TryRequest(_)))
+                                {
+                                    return;
+                                }
+                            }
                         });
                     }
                 }),

@@ -36,22 +36,37 @@ impl Mosquitto {
     /// queued for an absent persistent session, and `max_inflight` messages in flight per
     /// client (0 is no limit). Waits until the port takes connections.
     pub fn start(max_inflight: u32) -> Self {
-        Self::launch(max_inflight, None)
+        Self::launch(max_inflight, None, false)
     }
 
     /// As [`Mosquitto::start`], plus a TLS listener on `tls_port` that requires a client
     /// certificate.
     #[allow(dead_code)]
     pub fn start_tls(tls: TlsFiles<'_>) -> Self {
-        Self::launch(0, Some(tls))
+        Self::launch(0, Some(tls), false)
     }
 
-    fn launch(max_inflight: u32, tls: Option<TlsFiles<'_>>) -> Self {
+    /// As [`Mosquitto::start`], with persistence: sessions and their queued messages survive
+    /// [`Mosquitto::restart`].
+    #[allow(dead_code)]
+    pub fn start_persistent(max_inflight: u32) -> Self {
+        Self::launch(max_inflight, None, true)
+    }
+
+    fn launch(max_inflight: u32, tls: Option<TlsFiles<'_>>, persistent: bool) -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
+        let persistence = if persistent {
+            // Started as root, mosquitto runs as its own user, which must write the file.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            format!("persistence true\npersistence_location {}/\n", dir.path().display())
+        } else {
+            "persistence false\n".to_owned()
+        };
         let mut text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n\
+            "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}max_queued_messages 0\n\
              max_inflight_messages {max_inflight}\nlog_dest stderr\n"
         );
         let tls_port = match tls {
@@ -68,30 +83,47 @@ impl Mosquitto {
             None => 0,
         };
         std::fs::write(&conf, text).unwrap();
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("mosquitto is installed (scripts/test installs it from Debian)");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
-            .spawn()
-            .expect("mosquitto starts");
+        let child = spawn(dir.path());
+        let m = Self {
+            port,
+            tls_port,
+            child,
+            _dir: dir,
+        };
+        m.wait_listening();
+        m
+    }
+
+    fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        for p in [port, tls_port].into_iter().filter(|p| *p != 0) {
+        for p in [self.port, self.tls_port].into_iter().filter(|p| *p != 0) {
             while TcpStream::connect(("127.0.0.1", p)).is_err() {
                 assert!(Instant::now() < deadline, "mosquitto did not listen on {p}");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Self {
-            port,
-            tls_port,
-            child,
-            _dir: dir,
+    }
+
+    /// Stops the broker (SIGTERM: a persistent one saves its sessions) and starts it again
+    /// on the same ports.
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        self.terminate();
+        self.child = spawn(self._dir.path());
+        self.wait_listening();
+    }
+
+    fn terminate(&mut self) {
+        // SIGTERM, so the log is flushed (and sessions saved); then make sure.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// `mosquitto_pub` publishing each of `lines` as a message at `qos` to `topic`.
@@ -121,18 +153,29 @@ pub fn publish_lines(port: u16, topic: &str, qos: u8, lines: &[String]) {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        // SIGTERM, so the log is flushed; then make sure.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.terminate();
         if std::env::var_os("KEEP_MOSQUITTO_LOG").is_some() {
             let _ = std::fs::copy(self._dir.path().join("log"), "/tmp/mosquitto.log");
         }
     }
+}
+
+/// Runs `mosquitto -c dir/mosquitto.conf`, its log appended to `dir/log`.
+fn spawn(dir: &Path) -> Child {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is installed (scripts/test installs it from Debian)");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .unwrap();
+    Command::new(bin)
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mosquitto starts")
 }

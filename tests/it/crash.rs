@@ -17,16 +17,10 @@ use twinlake_sdk::client::{Client, ClientConfig};
 use twinlake_sdk::device::{Event, Thing};
 use twinlake_sdk::pson::Value;
 
+use crate::mosquitto::free_port;
+
 const DEVICES: usize = 2;
 const ROUNDS: usize = 5;
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The part of a crash test's agent config they share: data in `dir/data`, a lake in
 /// `dir/lake`, a quick fsync, seals every 300 ms and quick upload retries.

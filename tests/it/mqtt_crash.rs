@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::crash::{crash_config, free_port, lake_counts, start, terminate};
-use crate::mosquitto::{Mosquitto, publish_lines};
+use crate::crash::{crash_config, lake_counts, start, terminate};
+use crate::mosquitto::{Mosquitto, free_port, publish_lines};
 
 const MESSAGES: i64 = 6000;
 const KILLS: usize = 4;

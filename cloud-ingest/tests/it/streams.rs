@@ -98,15 +98,7 @@ async fn sse_and_websocket_deliver_twin_changes_and_resource_values() {
     wait_online(&api, "d5").await;
 
     // A desired change is an event too.
-    let (s, _) = api
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/v1/users/{USER}/devices/d5/twin"),
-            Some(DESIRED),
-            Some(json!({"desired": {"led": true}})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    api.set_desired("d5", json!({"led": true})).await;
     ws_until(&mut twin_ws, |j| j["event"] == json!("desired")).await;
     ws_until(&mut twin_ws, |j| j["state"]["reported"]["led"] == json!(true)).await;
 

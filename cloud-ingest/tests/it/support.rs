@@ -222,6 +222,21 @@ impl Api {
         j
     }
 
+    /// PATCHes `desired` into a device's twin with a token that may write desired state;
+    /// asserts that it was taken and returns the twin it answered with.
+    pub async fn set_desired(&self, device: &str, desired: Json) -> Json {
+        let (s, j) = self
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{USER}/devices/{device}/twin"),
+                Some(DESIRED),
+                Some(serde_json::json!({ "desired": desired })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        j
+    }
+
     /// Registers a device behind `gateway` (None: the cloud's own listener).
     pub async fn register(&self, device: &str, gateway: Option<&str>) {
         let (s, j) = self

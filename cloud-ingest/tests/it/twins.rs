@@ -43,15 +43,7 @@ async fn twin_follows_streams_and_desired_reaches_the_device() {
     );
 
     // PATCH desired: the device's LED switches and reported follows; the delta clears.
-    let (s, j) = api
-        .call(
-            Method::PATCH,
-            &format!("/v1/users/{USER}/devices/d1/twin"),
-            Some(DESIRED),
-            Some(json!({"desired": {"led": true}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{j}");
+    let j = api.set_desired("d1", json!({"led": true})).await;
     assert_eq!(j["state"]["delta"], json!({"led": true}));
     eventually(10, "the device's LED is on", || {
         let on = dev.led.load(std::sync::atomic::Ordering::Relaxed);
@@ -82,15 +74,7 @@ async fn desired_set_while_offline_is_applied_on_reconnect() {
     })
     .await;
 
-    let (s, j) = api
-        .call(
-            Method::PATCH,
-            &format!("/v1/users/{USER}/devices/d2/twin"),
-            Some(DESIRED),
-            Some(json!({"desired": {"led": true}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{j}");
+    api.set_desired("d2", json!({"led": true})).await;
     // Nothing can happen while it is away.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(api.twin("d2").await["state"]["delta"], json!({"led": true}));
@@ -242,15 +226,7 @@ async fn mqtt_device_gets_a_twin_and_its_desired_state_on_the_command_topic() {
     })
     .await;
 
-    let (s, j) = api
-        .call(
-            Method::PATCH,
-            &format!("/v1/users/{USER}/devices/m1/twin"),
-            Some(DESIRED),
-            Some(json!({"desired": {"led": true}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{j}");
+    api.set_desired("m1", json!({"led": true})).await;
     let out = tokio::task::spawn_blocking(move || sub(&["-C", "1", "-W", "10"]))
         .await
         .unwrap();

@@ -23,7 +23,8 @@ pub struct TlsFiles<'a> {
     pub key: &'a Path,
 }
 
-fn free_port() -> u16 {
+/// A loopback port free at the moment (shared with the root crate's crash tests).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

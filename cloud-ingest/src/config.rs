@@ -201,11 +201,18 @@ pub struct SqlSection {
     /// The Arrow Flight SQL listener (ADBC, notebooks); "off" for none.
     #[serde(deserialize_with = "optional_addr")]
     pub flight_addr: Option<SocketAddr>,
-    /// Rows one HTTP query may return; more is an error (413) asking for a LIMIT.
+    /// Rows one query may return, on every surface; more is an error asking for a LIMIT.
     pub max_rows: usize,
-    /// How long one HTTP query may run.
+    /// How long one query may run, on every surface; a client's `statement_timeout` can
+    /// only shorten it.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Memory one query may hold in sorts, joins and aggregates (bytes).
+    pub memory_per_query: usize,
+    /// Memory all queries together may hold (bytes).
+    pub memory_limit: usize,
+    /// Queries running at once; more wait for a slot until their timeout.
+    pub max_concurrent: usize,
     /// Fresh rows (sent by gateways, not yet in files) held for queries, at most.
     pub fresh_max_rows: usize,
     /// How long a fresh row whose file never came is kept.
@@ -219,11 +226,15 @@ pub struct SqlSection {
 impl Default for SqlSection {
     fn default() -> Self {
         let fresh = twinlake_query::FreshLimits::default();
+        let limits = twinlake_query::session::SqlLimits::default();
         Self {
             postgres_addr: Some(SocketAddr::from(([127, 0, 0, 1], 5432))),
             flight_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
-            max_rows: 1_000_000,
-            timeout: Duration::from_secs(60),
+            max_rows: limits.max_rows as usize,
+            timeout: limits.timeout,
+            memory_per_query: limits.memory_per_query,
+            memory_limit: limits.memory_total,
+            max_concurrent: limits.max_concurrent,
             fresh_max_rows: fresh.max_rows,
             fresh_max_age: fresh.max_age,
             rebuild_on_start: true,

@@ -285,7 +285,7 @@ impl Cloud {
         if let Some(l) = self.postgres {
             // The API's certificate, so sslmode=require works wherever HTTPS does.
             let pg = twinlake_query::pg::serve(
-                state.sql.context().clone(),
+                state.sql.clone(),
                 l,
                 self.tls.clone(),
                 crate::sql::token_check(&state.tokens),

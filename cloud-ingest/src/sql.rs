@@ -13,6 +13,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::Deserialize;
 use tracing::{debug, warn};
 use twinlake_query::output::{Encoder, Format};
+use twinlake_query::session::SqlLimits;
 use twinlake_query::system::{DeviceDirectory, DeviceRow};
 use twinlake_query::{Engine, FreshLimits, Lake};
 use twinlake_twin::TwinStore;
@@ -70,8 +71,15 @@ pub fn open(cfg: &CloudConfig, db: &Db, twins: &TwinStore) -> Result<Engine, Err
         max_age: cfg.sql.fresh_max_age,
     };
     let lake = Lake::open(db.0.clone(), store, prefix, limits).map_err(|e| Error::Storage(e.to_string()))?;
-    Engine::new(lake, twins.clone(), Arc::new(Registry(db.clone())))
-        .map_err(|e| Error::Config(format!("SQL engine: {e}")))
+    let engine = Engine::new(lake, twins.clone(), Arc::new(Registry(db.clone())))
+        .map_err(|e| Error::Config(format!("SQL engine: {e}")))?;
+    Ok(engine.with_limits(SqlLimits {
+        max_rows: cfg.sql.max_rows as u64,
+        timeout: cfg.sql.timeout,
+        memory_per_query: cfg.sql.memory_per_query,
+        memory_total: cfg.sql.memory_limit,
+        max_concurrent: cfg.sql.max_concurrent,
+    }))
 }
 
 /// A token check for the Postgres and Flight listeners: any token with the read scope.
@@ -164,9 +172,26 @@ fn sql_error(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError::new(status, msg.into())
 }
 
+/// A query error as an HTTP status: 403 for what SQL may not do here, 504 past the
+/// timeout, 413 past the row limit, 400 for the rest.
+fn query_error(e: twinlake_query::QueryError) -> ApiError {
+    use twinlake_query::session::{LimitError, limit_error};
+    let status = match &e {
+        twinlake_query::QueryError::Refused(_) => StatusCode::FORBIDDEN,
+        twinlake_query::QueryError::DataFusion(df) => match limit_error(df) {
+            Some(LimitError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Some(LimitError::TooManyRows(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            None => StatusCode::BAD_REQUEST,
+        },
+        _ => StatusCode::BAD_REQUEST,
+    };
+    sql_error(status, e.to_string())
+}
+
 /// `POST /v1/sql`: the SQL as the body (text) or `{"sql": …, "format": …}`; `format` (or
-/// Accept) is json, ndjson, csv or arrow. A result past `sql.max_rows` is 413, a query past
-/// `sql.timeout` 504 (both with a JSON error) as long as no byte has gone out.
+/// Accept) is json, ndjson, csv or arrow. One read-only statement in a session of its own.
+/// A result past `sql.max_rows` is 413, a query past `sql.timeout` 504 (both with a JSON
+/// error) as long as no byte has gone out; a statement SQL may not run here is 403.
 pub async fn post_sql(
     p: Principal,
     State(s): State<Arc<AppState>>,
@@ -211,50 +236,26 @@ pub async fn post_sql(
         })?,
         None => accept.unwrap_or(Format::Json),
     };
-    let max_rows = s.cfg.sql.max_rows;
-    let deadline = tokio::time::Instant::now() + s.cfg.sql.timeout;
-    let timeout_msg = format!("the query ran past sql.timeout ({:?})", s.cfg.sql.timeout);
-    let run = async {
-        let df = s.sql.sql(&sql).await?;
-        let df = df.limit(0, Some(max_rows.saturating_add(1)))?;
-        Ok::<_, twinlake_query::QueryError>(df.execute_stream().await?)
-    };
-    let mut stream = match tokio::time::timeout_at(deadline, run).await {
-        Ok(Ok(st)) => st,
-        Ok(Err(e)) => {
-            s.metrics.sql_errors.inc();
-            return Err(sql_error(StatusCode::BAD_REQUEST, e.to_string()));
-        }
-        Err(_) => {
-            s.metrics.sql_errors.inc();
-            return Err(sql_error(StatusCode::GATEWAY_TIMEOUT, timeout_msg));
-        }
-    };
+    let mut stream = s.sql.query(&sql, None).await.map_err(|e| {
+        s.metrics.sql_errors.inc();
+        query_error(e)
+    })?;
     let mut enc = Encoder::new(format, stream.schema());
-    let too_many = move || format!("the result has more than {max_rows} rows (sql.max_rows): add a LIMIT or aggregate");
     // Prefetch: small results get a status that reflects the whole query.
     let mut head: Vec<Bytes> = Vec::new();
     let mut held = 0usize;
     let mut done = false;
     while held < PREFETCH_BYTES {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Err(_) => {
-                s.metrics.sql_errors.inc();
-                return Err(sql_error(StatusCode::GATEWAY_TIMEOUT, timeout_msg));
-            }
-            Ok(None) => {
+        match stream.next().await {
+            None => {
                 done = true;
                 break;
             }
-            Ok(Some(Err(e))) => {
+            Some(Err(e)) => {
                 s.metrics.sql_errors.inc();
-                return Err(sql_error(StatusCode::BAD_REQUEST, e.to_string()));
+                return Err(query_error(e.into()));
             }
-            Ok(Some(Ok(batch))) => {
-                if enc.rows() + batch.num_rows() > max_rows {
-                    s.metrics.sql_errors.inc();
-                    return Err(sql_error(StatusCode::PAYLOAD_TOO_LARGE, too_many()));
-                }
+            Some(Ok(batch)) => {
                 let bytes = enc
                     .batch(&batch)
                     .map_err(|e| sql_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -273,33 +274,22 @@ pub async fn post_sql(
         return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
     }
     // Large: stream the rest; a limit hit now ends the body early (an incomplete response).
-    let rest = futures_util::stream::unfold(
-        (stream, enc, false),
-        move |(mut stream, mut enc, finished)| async move {
-            if finished {
-                return None;
+    let rest = futures_util::stream::unfold((stream, enc, false), |(mut stream, mut enc, finished)| async move {
+        if finished {
+            return None;
+        }
+        match stream.next().await {
+            Some(Ok(batch)) => {
+                let item = enc.batch(&batch).map(Bytes::from).map_err(std::io::Error::other);
+                Some((item, (stream, enc, false)))
             }
-            let next = match tokio::time::timeout_at(deadline, stream.next()).await {
-                Err(_) => Some(Err(std::io::Error::other("the query ran past sql.timeout"))),
-                Ok(None) => None,
-                Ok(Some(Err(e))) => Some(Err(std::io::Error::other(e.to_string()))),
-                Ok(Some(Ok(batch))) => {
-                    if enc.rows() + batch.num_rows() > max_rows {
-                        Some(Err(std::io::Error::other(too_many())))
-                    } else {
-                        Some(enc.batch(&batch).map(Bytes::from).map_err(std::io::Error::other))
-                    }
-                }
-            };
-            match next {
-                Some(item) => Some((item, (stream, enc, false))),
-                None => {
-                    let tail = enc.finish().map(Bytes::from).map_err(std::io::Error::other);
-                    Some((tail, (stream, enc, true)))
-                }
+            Some(Err(e)) => Some((Err(std::io::Error::other(e.to_string())), (stream, enc, true))),
+            None => {
+                let tail = enc.finish().map(Bytes::from).map_err(std::io::Error::other);
+                Some((tail, (stream, enc, true)))
             }
-        },
-    );
+        }
+    });
     let body = futures_util::stream::iter(head.into_iter().map(Ok::<_, std::io::Error>)).chain(rest);
     Response::builder()
         .header(header::CONTENT_TYPE, content_type)

@@ -395,7 +395,7 @@ async fn run(a: Args) {
     let engine = Engine::new(lake.clone(), twins, Arc::new(NoDevices)).unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let pg = twinlake_query::pg::serve(
-        engine.context().clone(),
+        engine.clone(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         None,
         Arc::new(|t: &str| t == "bench"),

@@ -1,22 +1,29 @@
-//! The SQL engine: one DataFusion session over the lake, the twins and the registry, with
-//! the time functions, gap filling, `information_schema` and the Postgres catalog that psql,
-//! Grafana and JDBC clients read.
+//! The SQL engine: DataFusion over the lake, the twins and the registry, with the time
+//! functions, gap filling, `information_schema` and the Postgres catalog that psql, Grafana
+//! and JDBC clients read. Every connection or request gets a session of its own, read-only
+//! and under the limits of [`crate::session`].
 
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session, TableProvider};
-use datafusion::error::Result as DfResult;
+use std::time::Duration;
+
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use twinlake_twin::TwinStore;
 
 use crate::QueryError;
 use crate::lake::{Lake, LakeTable};
+use crate::session::{CappedPool, Guarded, LakeOnly, LimitError, SqlLimits, read_only};
 use crate::system::{DeviceDirectory, DevicesTable, StateTable, TwinsTable};
 
 /// The catalog and schema every table is in.
@@ -30,8 +37,6 @@ struct LakeSchema {
     lake: Arc<Lake>,
     twins: Arc<StateTable<TwinsTable>>,
     devices: Arc<StateTable<DevicesTable>>,
-    /// Tables created with SQL (`CREATE TABLE … AS`, views): session scratch space.
-    scratch: MemorySchemaProvider,
 }
 
 const TWINS: &str = "twins";
@@ -44,7 +49,6 @@ impl SchemaProvider for LakeSchema {
         names.retain(|n| n != TWINS && n != DEVICES);
         names.push(TWINS.into());
         names.push(DEVICES.into());
-        names.extend(self.scratch.table_names());
         names.sort();
         names
     }
@@ -53,26 +57,12 @@ impl SchemaProvider for LakeSchema {
         Ok(match name {
             TWINS => Some(self.twins.clone()),
             DEVICES => Some(self.devices.clone()),
-            _ => match LakeTable::new(self.lake.clone(), name) {
-                Some(t) => Some(Arc::new(t)),
-                None => self.scratch.table(name).await?,
-            },
+            _ => LakeTable::new(self.lake.clone(), name).map(|t| Arc::new(t) as Arc<dyn TableProvider>),
         })
     }
 
-    fn register_table(&self, name: String, table: Arc<dyn TableProvider>) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if self.table_exist(&name) {
-            return datafusion::common::plan_err!("table {name} exists");
-        }
-        self.scratch.register_table(name, table)
-    }
-
-    fn deregister_table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        self.scratch.deregister_table(name)
-    }
-
     fn table_exist(&self, name: &str) -> bool {
-        name == TWINS || name == DEVICES || self.lake.schema(name).is_some() || self.scratch.table_exist(name)
+        name == TWINS || name == DEVICES || self.lake.schema(name).is_some()
     }
 }
 
@@ -93,23 +83,30 @@ impl QueryPlanner for Planner {
     }
 }
 
-/// The engine.
+/// The engine: a base session that owns the catalogs and functions, and a session per
+/// connection or request made from it ([`Engine::session`]).
 #[derive(Clone)]
 pub struct Engine {
-    ctx: Arc<SessionContext>,
+    base: Arc<SessionContext>,
     lake: Arc<Lake>,
+    limits: SqlLimits,
+    /// All queries' memory together.
+    pool: Arc<dyn MemoryPool>,
+    /// Query slots.
+    slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("lake", &self.lake)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl Engine {
-    /// An engine over `lake`, `twins` and `devices`.
+    /// An engine over `lake`, `twins` and `devices`, with the default limits.
     pub fn new(lake: Arc<Lake>, twins: TwinStore, devices: Arc<dyn DeviceDirectory>) -> Result<Self, QueryError> {
         // information_schema is ours (crate::pg::PgInformationSchema): PostgreSQL type names.
         let mut config = SessionConfig::new()
@@ -123,10 +120,14 @@ impl Engine {
         opts.execution.parquet.reorder_filters = true;
         opts.execution.time_zone = Some("UTC".into());
         let url = url::Url::parse(lake.url().as_str()).map_err(|e| QueryError::Catalog(e.to_string()))?;
+        let registry = Arc::new(LakeOnly::new(url, lake.store().0.clone()));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(registry)
+            .build_arc()?;
         let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(runtime)
             .with_default_features()
-            .with_object_store(&url, lake.store().0.clone())
             .with_query_planner(Arc::new(Planner))
             .build();
         let ctx = SessionContext::new_with_state(state);
@@ -135,7 +136,6 @@ impl Engine {
             lake: lake.clone(),
             twins: Arc::new(StateTable(TwinsTable::new(twins))),
             devices: Arc::new(StateTable(DevicesTable::new(devices))),
-            scratch: MemorySchemaProvider::new(),
         };
         let catalog = ctx
             .catalog(CATALOG)
@@ -147,15 +147,46 @@ impl Engine {
         )?;
         crate::functions::register(&ctx);
         crate::pg::setup_catalog(&ctx)?;
+        let limits = SqlLimits::default();
         Ok(Self {
-            ctx: Arc::new(ctx),
+            base: Arc::new(ctx),
             lake,
+            pool: Arc::new(GreedyMemoryPool::new(limits.memory_total)),
+            slots: Arc::new(Semaphore::new(limits.max_concurrent)),
+            limits,
         })
     }
 
-    /// The session every surface plans in.
-    pub fn context(&self) -> &Arc<SessionContext> {
-        &self.ctx
+    /// The same engine under `limits` (a new memory pool and query slots).
+    pub fn with_limits(mut self, limits: SqlLimits) -> Self {
+        self.pool = Arc::new(GreedyMemoryPool::new(limits.memory_total));
+        self.slots = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
+        self.limits = limits;
+        self
+    }
+
+    /// The limits every surface applies.
+    pub fn limits(&self) -> &SqlLimits {
+        &self.limits
+    }
+
+    /// A new session for one connection or request: the shared catalogs and functions, its
+    /// own settings, and its own share of the memory pool. Nothing set in it reaches another.
+    pub fn session(&self) -> Result<SessionContext, QueryError> {
+        let base = self.base.state();
+        let pool = Arc::new(CappedPool::new(self.pool.clone(), self.limits.memory_per_query));
+        let runtime = RuntimeEnvBuilder::from_runtime_env(base.runtime_env())
+            .with_memory_pool(pool)
+            .build_arc()?;
+        let state = SessionStateBuilder::new_from_existing(base)
+            .with_runtime_env(runtime)
+            .build();
+        Ok(SessionContext::new_with_state(state))
+    }
+
+    /// Waits for a query slot (`sql.max_concurrent`); none once the engine is closed.
+    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
     }
 
     /// The lake.
@@ -167,20 +198,77 @@ impl Engine {
     /// the session's catalog list alive in a reference cycle, so without this the catalog's
     /// database would stay open after the engine is dropped. Queries fail after it.
     pub fn close(&self) {
-        if let Some(catalog) = self.ctx.catalog(CATALOG) {
+        if let Some(catalog) = self.base.catalog(CATALOG) {
             for schema in [SCHEMA, "information_schema", "pg_catalog"] {
                 let _ = catalog.deregister_schema(schema, true);
             }
         }
     }
 
-    /// Plans `sql` (one statement).
+    /// Plans `sql` (one read-only statement) in `session`.
+    pub async fn plan(&self, session: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
+        let state = session.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        let plan = state.statement_to_plan(statement).await?;
+        check_read_only(&plan)?;
+        Ok(plan)
+    }
+
+    /// Plans `sql` in a new session (one request).
     pub async fn sql(&self, sql: &str) -> Result<DataFrame, QueryError> {
-        Ok(self.ctx.sql(sql).await?)
+        let session = self.session()?;
+        let plan = self.plan(&session, sql).await?;
+        Ok(session.execute_logical_plan(plan).await?)
+    }
+
+    /// Runs a checked `plan` in `session` under the limits: it waits for a query slot, and
+    /// ends with a [`LimitError`] at the deadline (the server's `sql.timeout`, or the
+    /// client's own if shorter) or past `sql.max_rows`.
+    pub async fn execute(
+        &self,
+        session: &SessionContext,
+        plan: LogicalPlan,
+        client_timeout: Option<Duration>,
+    ) -> Result<Guarded, QueryError> {
+        let timeout = self.limits.timeout_for(client_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let expired = || QueryError::from(DataFusionError::from(LimitError::Timeout(timeout)));
+        let permit = tokio::time::timeout_at(deadline, self.slot())
+            .await
+            .map_err(|_| expired())?
+            .ok_or_else(|| QueryError::Refused("the SQL engine is shutting down".into()))?;
+        let run = async {
+            let df = session.execute_logical_plan(plan).await?;
+            df.execute_stream().await
+        };
+        let stream = tokio::time::timeout_at(deadline, run).await.map_err(|_| expired())??;
+        Ok(Guarded::new(
+            stream,
+            deadline,
+            timeout,
+            self.limits.max_rows,
+            Arc::new(permit),
+        ))
+    }
+
+    /// Plans and runs `sql` in a new session under the limits.
+    pub async fn query(&self, sql: &str, client_timeout: Option<Duration>) -> Result<Guarded, QueryError> {
+        let session = self.session()?;
+        let plan = self.plan(&session, sql).await?;
+        self.execute(&session, plan, client_timeout).await
     }
 
     /// Runs `sql` and collects the result.
     pub async fn collect(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        Ok(self.sql(sql).await?.collect().await?)
+        use futures::TryStreamExt;
+        Ok(self.query(sql, None).await?.try_collect().await?)
     }
+}
+
+/// Refuses any plan that is not a read-only query.
+pub fn check_read_only(plan: &LogicalPlan) -> Result<(), QueryError> {
+    read_only()
+        .verify_plan(plan)
+        .map_err(|e| QueryError::Refused(format!("{e}: SQL is read-only here")))
 }

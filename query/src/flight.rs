@@ -63,6 +63,26 @@ fn status(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// A query error as a gRPC status: refusals are `PermissionDenied`, the deadline
+/// `DeadlineExceeded`, too many rows `ResourceExhausted`.
+fn query_status(e: crate::QueryError) -> Status {
+    use crate::session::{LimitError, limit_error};
+    match &e {
+        crate::QueryError::Refused(m) => Status::permission_denied(m.clone()),
+        crate::QueryError::DataFusion(df) => match limit_error(df) {
+            Some(LimitError::Timeout(_)) => Status::deadline_exceeded(e.to_string()),
+            Some(LimitError::TooManyRows(_)) => Status::resource_exhausted(e.to_string()),
+            None => status(e),
+        },
+        _ => status(e),
+    }
+}
+
+fn stream_status(e: datafusion::error::DataFusionError) -> arrow_flight::error::FlightError {
+    let status = query_status(crate::QueryError::DataFusion(e));
+    arrow_flight::error::FlightError::Tonic(Box::new(status))
+}
+
 impl FlightSql {
     pub fn new(engine: Engine, check: TokenCheck) -> Self {
         Self { engine, check }
@@ -95,7 +115,7 @@ impl FlightSql {
     /// The schema a statement's data will have on the wire: the encoder sends dictionary
     /// columns (device, gateway) as their values.
     async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
-        let df = self.engine.sql(sql).await.map_err(status)?;
+        let df = self.engine.sql(sql).await.map_err(query_status)?;
         Ok(hydrated(df.schema().as_arrow()))
     }
 
@@ -109,14 +129,16 @@ impl FlightSql {
     }
 
     async fn run(&self, sql: &str) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let df = self.engine.sql(sql).await.map_err(status)?;
-        let schema = hydrated(df.schema().as_arrow());
-        let stream = df.execute_stream().await.map_err(status)?;
-        let batches = stream.map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
+        let stream = self.engine.query(sql, None).await.map_err(query_status)?;
+        let schema = hydrated(&stream.schema());
+        let batches = stream.map_err(stream_status);
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)
-            .map_err(|e| Status::internal(e.to_string()));
+            .map_err(|e| match e {
+                arrow_flight::error::FlightError::Tonic(s) => *s,
+                other => Status::internal(other.to_string()),
+            });
         Ok(Response::new(Box::pin(flight)))
     }
 }

@@ -5,7 +5,8 @@
 //! * [`lake`]: fresh rows, pruning, and the table provider that reads both exactly once.
 //! * [`system`]: the `twins` and `devices` tables.
 //! * [`functions`], [`gapfill`]: `time_bucket`, `first`/`last`, JSON access, gap filling.
-//! * [`engine`]: the session every surface plans in.
+//! * [`engine`]: the sessions every surface plans in; [`session`]: what a session may do
+//!   (read only, the lake's store only) and its limits.
 //! * [`pg`]: the Postgres wire listener; [`flight`]: Arrow Flight SQL; [`output`]: HTTP result
 //!   encodings.
 
@@ -18,6 +19,7 @@ pub mod gapfill;
 pub mod lake;
 pub mod output;
 pub mod pg;
+pub mod session;
 pub mod system;
 
 pub use engine::Engine;
@@ -42,6 +44,9 @@ pub enum QueryError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    /// Refused before it ran: not read-only, not allowed, or not one statement.
+    #[error("{0}")]
+    Refused(String),
     #[error("catalog: {0}")]
     Catalog(String),
     #[error("storage: {0}")]

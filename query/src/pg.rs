@@ -2,14 +2,17 @@
 //! `datafusion-postgres` and its pgwire.
 //!
 //! * Login: any user name, the API token as the password (cleartext, so use TLS; the
-//!   listener offers TLS when the cloud has a certificate, as PostgreSQL does).
+//!   listener offers TLS when the cloud has a certificate, as PostgreSQL does). The token is
+//!   checked again before every statement.
+//! * Each connection has a session of its own, read-only and under the engine's limits
+//!   ([`guard`]); `SET` takes only the settings in [`SETTABLE`].
 //! * The session reports `server_version` 16.6, `DateStyle` ISO and UTF8, which psql and
 //!   PgJDBC check. `current_setting()` answers the settings Grafana and drivers probe.
 //! * `pg_catalog` and the `pg_*` functions come from `datafusion-pg-catalog`.
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, ArrayRef, StringBuilder};
 use arrow::datatypes::DataType;
@@ -20,6 +23,9 @@ use datafusion::prelude::SessionContext;
 use datafusion_postgres::DfSessionService;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::QueryHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::pgwire;
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::{
@@ -32,10 +38,14 @@ use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::QueryError;
 use crate::engine::CATALOG;
+use crate::{Engine, QueryError};
+
+mod guard;
+
+pub use guard::SETTABLE;
 
 /// The server version the session reports.
 pub const SERVER_VERSION: &str = "16.6";
@@ -134,10 +144,12 @@ impl ScalarUDFImpl for CurrentSetting {
 /// Checks a password (an API token).
 pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// Cleartext-password login where the password is an API token.
+/// Cleartext-password login where the password is an API token; the token is kept for the
+/// connection's guard, which checks it again before every statement.
 struct TokenStartup {
     check: TokenCheck,
-    params: DefaultServerParameterProvider,
+    params: Arc<DefaultServerParameterProvider>,
+    token: Arc<OnceLock<String>>,
 }
 
 #[async_trait]
@@ -164,7 +176,8 @@ impl StartupHandler for TokenStartup {
                     .unwrap_or_default()
                     .to_owned();
                 if (self.check)(&pwd.password) {
-                    finish_authentication(client, &self.params).await?;
+                    let _ = self.token.set(pwd.password);
+                    finish_authentication(client, self.params.as_ref()).await?;
                     debug!(%user, "postgres login");
                 } else {
                     return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -182,9 +195,37 @@ impl StartupHandler for TokenStartup {
     }
 }
 
+/// One connection's handlers: its own session, guard and login.
 struct Handlers {
-    session: Arc<DfSessionService>,
+    session: Arc<guard::Limited>,
     startup: Arc<TokenStartup>,
+}
+
+impl Handlers {
+    fn new(
+        engine: &Engine,
+        check: &TokenCheck,
+        params: &Arc<DefaultServerParameterProvider>,
+    ) -> Result<Self, QueryError> {
+        let token = Arc::new(OnceLock::new());
+        let ctx = Arc::new(engine.session()?);
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(guard::Guard::new(check.clone(), token.clone())),
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+        ];
+        Ok(Self {
+            session: Arc::new(guard::Limited {
+                inner: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+                engine: engine.clone(),
+            }),
+            startup: Arc::new(TokenStartup {
+                check: check.clone(),
+                params: params.clone(),
+                token,
+            }),
+        })
+    }
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -209,10 +250,10 @@ pub struct PgServer {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Serves the engine's session on `listener` until `stop` turns true. With `tls`, clients
-/// may upgrade (sslmode=require); without, they must use sslmode=disable.
+/// Serves the engine on `listener` until `stop` turns true, a session per connection. With
+/// `tls`, clients may upgrade (sslmode=require); without, they must use sslmode=disable.
 pub fn serve(
-    ctx: Arc<SessionContext>,
+    engine: Engine,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     check: TokenCheck,
@@ -221,10 +262,7 @@ pub fn serve(
     let addr = listener.local_addr()?;
     let mut params = DefaultServerParameterProvider::default();
     params.server_version = SERVER_VERSION.into();
-    let handlers = Arc::new(Handlers {
-        session: Arc::new(DfSessionService::new(ctx)),
-        startup: Arc::new(TokenStartup { check, params }),
-    });
+    let params = Arc::new(params);
     let acceptor = tls;
     info!(%addr, tls = acceptor.is_some(), "postgres wire listening");
     let task = tokio::spawn(async move {
@@ -233,11 +271,16 @@ pub fn serve(
                 accepted = listener.accept() => {
                     let Ok((socket, peer)) = accepted else { continue };
                     let _ = socket.set_nodelay(true);
-                    let handlers = handlers.clone();
+                    let handlers = match Handlers::new(&engine, &check, &params) {
+                        Ok(h) => Arc::new(h),
+                        Err(e) => {
+                            warn!(%peer, error = %e, "cannot open a SQL session");
+                            continue;
+                        }
+                    };
                     let acceptor = acceptor.clone();
                     let mut stop = stop.clone();
-                    // Connections end with the server (they hold the session, and with it the
-                    // catalog's database).
+                    // Connections end with the server.
                     tokio::spawn(async move {
                         tokio::select! {
                             r = pgwire::tokio::process_socket(socket, acceptor, handlers) => {

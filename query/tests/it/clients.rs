@@ -43,9 +43,8 @@ async fn servers() -> Servers {
     let fixture = standard().await;
     let (stop, stop_rx) = watch::channel(false);
     let check: twinlake_query::pg::TokenCheck = Arc::new(|t: &str| t == TOKEN);
-    let ctx = fixture.engine.context().clone();
     let pg = twinlake_query::pg::serve(
-        ctx.clone(),
+        fixture.engine.clone(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         None,
         check.clone(),
@@ -59,7 +58,7 @@ async fn servers() -> Servers {
             .unwrap()
             .0;
     let pg_tls = twinlake_query::pg::serve(
-        ctx,
+        fixture.engine.clone(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         Some(tls),
         check.clone(),

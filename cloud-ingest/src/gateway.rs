@@ -424,14 +424,12 @@ fn add_fresh(
             })
         })
         .collect();
+    let Ok(table) = twinlake_edge::model::table_name(&[table]) else {
+        tracing::warn!(%gateway, "fresh rows for a table name that breaks the naming rules were ignored");
+        return;
+    };
     state.metrics.fresh_rows.inc_by(fresh.len() as u64);
-    state.sql.lake().add_fresh(
-        gateway,
-        &twinlake_edge::model::table_name(&[table]),
-        segment,
-        stream,
-        &fresh,
-    );
+    state.sql.lake().add_fresh(gateway, &table, segment, stream, &fresh);
 }
 
 fn apply_item(

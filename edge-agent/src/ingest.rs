@@ -333,7 +333,9 @@ impl Ingest {
         }
         self.sync().await;
         self.finish_sealing().await;
-        if self.buffer.rows() > 0 {
+        // A seal that still fails keeps its WAL segments, and a later seal would delete them
+        // with its own: the rest stays in the WAL too, for the next start to seal.
+        if self.retry.is_none() && self.buffer.rows() > 0 {
             self.start_seal()?;
             self.finish_sealing().await;
         }
@@ -345,13 +347,19 @@ impl Ingest {
         Ok(())
     }
 
-    /// Waits for the seal in flight and any retries (a few, then gives up).
+    /// Waits for the seal in flight and up to five retries; a seal that still fails is left
+    /// in `retry`, never in flight.
     async fn finish_sealing(&mut self) {
-        for _ in 0..5 {
+        let mut tries = 0;
+        loop {
             if self.sealing.is_some() {
                 let res = wait_seal(&mut self.sealing).await;
                 self.seal_finished(res);
             }
+            if tries == 5 {
+                return;
+            }
+            tries += 1;
             match self.retry.take() {
                 Some((_, job)) => self.spawn_seal(job),
                 None => return,
@@ -383,7 +391,7 @@ impl Ingest {
                     payload,
                     at: ev.at,
                 });
-                (RecordKind::Record, ENDPOINT_TABLE.to_owned(), Some(row), ack)
+                (RecordKind::Record, Ok(ENDPOINT_TABLE.to_owned()), Some(row), ack)
             }
             DeviceEventKind::Message { rows, delivery } => return self.handle_message(rows, delivery),
             DeviceEventKind::Connected { .. } => {
@@ -391,6 +399,18 @@ impl Ingest {
                 return;
             }
             _ => return,
+        };
+        let table = match table {
+            Ok(t) => t,
+            Err(e) => {
+                // A name the lake cannot hold: refused and counted; the device hears an error.
+                self.metrics.refused("name", 1);
+                warn!(device = %ev.device.device, error = %e, "refused a row: its table name breaks the naming rules");
+                if let Some(a) = ack {
+                    a.ack(false);
+                }
+                return;
+            }
         };
         let Some(payload) = payload.filter(|p| !p.is_unset()) else {
             if let Some(a) = ack {
@@ -428,7 +448,12 @@ impl Ingest {
             if r.payload.is_unset() {
                 continue;
             }
-            let table = table_name(&[r.resource.as_str()]);
+            let Ok(table) = table_name(&[r.resource.as_str()]) else {
+                // Refused by the naming rules: counted, and the message is still confirmed
+                // (sending it again could not change the name).
+                self.metrics.refused("name", 1);
+                continue;
+            };
             if !self.append_row(RecordKind::Record, &table, &r.device, micros(r.at), &r.payload) {
                 ok = false;
                 break;
@@ -616,7 +641,14 @@ impl Ingest {
     }
 
     /// Seals the buffer: everything is durable in segments up to the one just finished.
+    /// Seals commit in order: while an earlier one is in flight or waits for a retry, a
+    /// later one would delete the earlier one's WAL segments with its own.
     fn start_seal(&mut self) -> Result<(), Error> {
+        if self.sealing.is_some() || self.retry.is_some() {
+            return Err(Error::Corrupt(
+                "a seal started while an earlier one was unfinished".into(),
+            ));
+        }
         let seq = self.wal.rotate()?;
         // The sealed segments go once the seal is written; the unconfirmed messages'
         // delivery records must outlive them, so they are copied into the new segment, durably.
@@ -659,6 +691,7 @@ impl Ingest {
             .save(&data_dir)?;
             crate::wal::remove_segments_through(&wal_dir, seq)?;
             metrics.files_written.inc_by(m.files.len() as u64);
+            metrics.quarantined_rows.inc_by(m.quarantined_rows);
             metrics.bytes_written.inc_by(m.files.iter().map(|f| f.bytes).sum());
             info!(
                 seq,

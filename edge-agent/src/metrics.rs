@@ -46,6 +46,10 @@ pub struct Metrics {
     pub upload_queue_bytes: Gauge,
     pub dropped_files: Family<DropLabels, Counter>,
     pub dropped_rows: Family<DropLabels, Counter>,
+    /// Rows refused where they entered, by rule (`name`, `columns`, `tables`).
+    pub refused_rows: Family<DropLabels, Counter>,
+    /// Rows of tables a seal could not write into the lake, kept in `quarantine/`.
+    pub quarantined_rows: Counter,
     pub auth_failures: Counter,
     pub auth_rate_limited: Counter,
     pub devices_connected: Gauge,
@@ -114,6 +118,18 @@ impl Metrics {
             upload_queue_bytes: add(r, "upload_queue_bytes", "Bytes waiting for upload", Gauge::default()),
             dropped_files: add(r, "dropped_files", "Files dropped before upload", Family::default()),
             dropped_rows: add(r, "dropped_rows", "Rows dropped before upload", Family::default()),
+            refused_rows: add(
+                r,
+                "refused_rows",
+                "Rows refused where they entered, by the rule they broke",
+                Family::default(),
+            ),
+            quarantined_rows: add(
+                r,
+                "quarantined_rows",
+                "Rows a seal could not write as Parquet, kept in quarantine/",
+                Counter::default(),
+            ),
             auth_failures: add(r, "auth_failures", "Refused device logins", Counter::default()),
             auth_rate_limited: add(
                 r,
@@ -202,6 +218,13 @@ impl Metrics {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
+    }
+
+    /// Counts `rows` refused for breaking `rule`.
+    pub fn refused(&self, rule: &'static str, rows: u64) {
+        self.refused_rows
+            .get_or_create(&DropLabels { reason: rule })
+            .inc_by(rows);
     }
 
     /// Counts a drop.

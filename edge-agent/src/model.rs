@@ -145,26 +145,65 @@ impl std::fmt::Write for Cursor<'_> {
     }
 }
 
-/// A table name from a resource path or bucket id: `/`-joined segments, with anything
-/// but ASCII letters, digits, `_`, `-` and `.` replaced by `_` (it names a directory).
-pub fn table_name<S: AsRef<str>>(path: &[S]) -> String {
+/// The longest table name, in bytes (it names a directory and prefixes every file name).
+pub const MAX_TABLE_NAME: usize = 64;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    TooLong,
+    /// A character outside `A-Z a-z 0-9 _ -`.
+    Character(char),
+}
+
+impl std::fmt::Display for NameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NameError::Empty => f.write_str("an empty name"),
+            NameError::TooLong => write!(f, "a table name over {MAX_TABLE_NAME} bytes"),
+            NameError::Character(c) => write!(f, "{c:?} in a name (use A-Z, a-z, 0-9, _ and -)"),
+        }
+    }
+}
+
+/// A table name from a resource path or bucket id: the segments joined with `_`.
+///
+/// The rules (ARCHITECTURE.md, "Data model"): every segment is non-empty and made of ASCII
+/// letters, digits, `_` and `-`, and the whole name is at most [`MAX_TABLE_NAME`] bytes.
+/// Anything else is refused where it enters rather than mapped, so two different names can
+/// never share a table and no name can make a file the disk refuses.
+pub fn table_name<S: AsRef<str>>(path: &[S]) -> Result<String, NameError> {
     let mut name = String::new();
     for (i, seg) in path.iter().enumerate() {
+        let seg = seg.as_ref();
+        if seg.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if let Some(c) = seg
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(NameError::Character(c));
+        }
         if i > 0 {
             name.push('_');
         }
-        name.extend(seg.as_ref().chars().map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        }));
+        name.push_str(seg);
+        if name.len() > MAX_TABLE_NAME {
+            return Err(NameError::TooLong);
+        }
     }
-    if name.is_empty() || name.starts_with('.') {
-        name.insert(0, '_');
+    if name.is_empty() {
+        return Err(NameError::Empty);
     }
-    name
+    Ok(name)
+}
+
+/// Whether `name` is a table name [`table_name`] could have made: what seals and replays
+/// check again, since a WAL written by an older version may hold any name.
+pub fn is_table_name(name: &str) -> bool {
+    table_name(&[name]).is_ok()
 }
 
 #[cfg(test)]
@@ -262,10 +301,22 @@ mod tests {
     }
 
     #[test]
-    fn table_names_are_safe_directory_names() {
-        assert_eq!(table_name(&["temp"]), "temp");
-        assert_eq!(table_name(&["cfg", "level"]), "cfg_level");
-        assert_eq!(table_name(&["a/b", "..", "é"]), "a_b_____");
-        assert_eq!(table_name::<&str>(&[]), "_");
+    fn table_names_are_checked_not_mapped() {
+        assert_eq!(table_name(&["temp"]), Ok("temp".into()));
+        assert_eq!(table_name(&["cfg", "level"]), Ok("cfg_level".into()));
+        assert_eq!(table_name(&["a-b_C9"]), Ok("a-b_C9".into()));
+        // Two names that used to map to one table are both refused.
+        assert_eq!(table_name(&["a.b"]), Err(NameError::Character('.')));
+        assert_eq!(table_name(&["a/b"]), Err(NameError::Character('/')));
+        assert_eq!(table_name(&["..", "x"]), Err(NameError::Character('.')));
+        assert_eq!(table_name(&["é"]), Err(NameError::Character('é')));
+        assert_eq!(table_name::<&str>(&[]), Err(NameError::Empty));
+        assert_eq!(table_name(&["a", ""]), Err(NameError::Empty));
+        assert_eq!(
+            table_name(&["x".repeat(MAX_TABLE_NAME)]).map(|n| n.len()),
+            Ok(MAX_TABLE_NAME)
+        );
+        assert_eq!(table_name(&["x".repeat(300)]), Err(NameError::TooLong));
+        assert_eq!(table_name(&["x".repeat(40), "y".repeat(40)]), Err(NameError::TooLong));
     }
 }

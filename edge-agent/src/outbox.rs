@@ -60,6 +60,20 @@ pub struct Manifest {
     /// Milliseconds since the epoch.
     pub sealed_at_ms: u64,
     pub files: Vec<FileEntry>,
+    /// Rows of tables that could not be written, kept in `quarantine/`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quarantined_rows: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Writes `bytes` to a new file at `path` and fsyncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// One Parquet file of a seal.
@@ -209,7 +223,9 @@ impl Outbox {
     }
 
     /// Writes a seal: every table's hours as Parquet files, then the manifest, then the
-    /// rename that commits it.
+    /// rename that commits it. A table whose files cannot be written (a name the disk
+    /// refuses, from a WAL older than the naming rules) never holds the others back and
+    /// never loses its rows: they go to `quarantine/` instead (see [`Outbox::quarantine_table`]).
     pub fn write_seal(&self, seq: u64, tables: &[SealedTable]) -> Result<Manifest, Error> {
         let tmp = self.dir.join(format!(".tmp-{}", seq_name(seq)));
         if tmp.exists() {
@@ -220,29 +236,24 @@ impl Outbox {
             seq,
             sealed_at_ms: now_ms(),
             files: Vec::new(),
+            quarantined_rows: 0,
         };
         let mut dirs = Vec::new();
-        for t in tables {
-            for (hour, batch) in &t.hours {
-                let rel = object_path(&t.table, *hour, &self.gateway, seq);
-                let path = tmp.join(&rel);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                    dirs.push(parent.to_owned());
+        for (i, t) in tables.iter().enumerate() {
+            let written = if crate::model::is_table_name(&t.table) {
+                self.write_table(&tmp, seq, t, &mut dirs)
+            } else {
+                Err(Error::Config(format!(
+                    "table name {:?} breaks the naming rules",
+                    t.table
+                )))
+            };
+            match written {
+                Ok(files) => manifest.files.extend(files),
+                Err(e) => {
+                    tracing::error!(seq, table = %t.table, error = %e, "cannot write a table's files; its rows go to quarantine/");
+                    manifest.quarantined_rows += self.quarantine_table(seq, i, t)?;
                 }
-                let bytes = encode_parquet(std::slice::from_ref(batch), &self.props)?;
-                let mut f = File::create(&path)?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
-                let (min, max) = time_range(batch);
-                manifest.files.push(FileEntry {
-                    path: rel,
-                    table: t.table.clone(),
-                    rows: batch.num_rows() as u64,
-                    bytes: bytes.len() as u64,
-                    min_time_us: min,
-                    max_time_us: max,
-                });
             }
         }
         let mut f = File::create(tmp.join(MANIFEST))?;
@@ -257,6 +268,74 @@ impl Outbox {
         std::fs::rename(&tmp, self.dir.join(seq_name(seq)))?;
         sync_dir(&self.dir)?;
         Ok(manifest)
+    }
+
+    /// One table's hour files in the seal being written; on an error, the files it wrote
+    /// are removed again.
+    fn write_table(
+        &self,
+        tmp: &Path,
+        seq: u64,
+        t: &SealedTable,
+        dirs: &mut Vec<PathBuf>,
+    ) -> Result<Vec<FileEntry>, Error> {
+        let mut files = Vec::new();
+        let mut write = || -> Result<(), Error> {
+            for (hour, batch) in &t.hours {
+                let rel = object_path(&t.table, *hour, &self.gateway, seq);
+                let path = tmp.join(&rel);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                    dirs.push(parent.to_owned());
+                }
+                let bytes = encode_parquet(std::slice::from_ref(batch), &self.props)?;
+                write_synced(&path, &bytes)?;
+                let (min, max) = time_range(batch);
+                files.push(FileEntry {
+                    path: rel,
+                    table: t.table.clone(),
+                    rows: batch.num_rows() as u64,
+                    bytes: bytes.len() as u64,
+                    min_time_us: min,
+                    max_time_us: max,
+                });
+            }
+            Ok(())
+        };
+        match write() {
+            Ok(()) => Ok(files),
+            Err(e) => {
+                for f in &files {
+                    let _ = std::fs::remove_file(tmp.join(&f.path));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps a table that could not be sealed: its rows as Parquet files in
+    /// `quarantine/<seq>-<n>-<hour>.parquet` beside the outbox, with the table's name in the
+    /// file's metadata (`twinlake.table`), fsynced before the seal commits. An operator
+    /// renames the table and moves the files into the lake; nothing uploads them.
+    fn quarantine_table(&self, seq: u64, n: usize, t: &SealedTable) -> Result<u64, Error> {
+        let dir = self.quarantine_dir();
+        std::fs::create_dir_all(&dir)?;
+        let mut rows = 0;
+        for (hour, batch) in &t.hours {
+            let meta = std::collections::HashMap::from([("twinlake.table".to_owned(), t.table.clone())]);
+            let schema = std::sync::Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
+            let batch = batch.clone().with_schema(schema)?;
+            let bytes = encode_parquet(std::slice::from_ref(&batch), &self.props)?;
+            write_synced(&dir.join(format!("{}-{n}-{hour}.parquet", seq_name(seq))), &bytes)?;
+            rows += batch.num_rows() as u64;
+        }
+        sync_dir(&dir)?;
+        Ok(rows)
+    }
+
+    /// Where tables that could not be sealed are kept.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.dir.with_file_name("quarantine")
     }
 
     /// Committed seals, oldest first.
@@ -392,5 +471,66 @@ mod removal_tests {
         assert!(outbox.pending(7).unwrap().files.is_empty());
         outbox.remove_seal(7).unwrap();
         assert!(outbox.seals().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod quarantine_tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+
+    fn table(name: &str, rows: i64) -> SealedTable {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampMicrosecondArray::from_iter_values(0..rows).with_timezone("UTC")),
+                Arc::new(Int64Array::from_iter_values(0..rows)),
+            ],
+        )
+        .unwrap();
+        SealedTable {
+            table: name.to_owned(),
+            hours: vec![(0, batch)],
+        }
+    }
+
+    /// A WAL from before the naming rules may hold a name no file can have: that table goes
+    /// to quarantine/ with its rows, and the rest of the seal is written as usual.
+    #[test]
+    fn a_table_that_cannot_be_written_is_quarantined_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::new(dir.path(), "gw", writer_properties(&ParquetSection::default()).unwrap()).unwrap();
+        let m = outbox
+            .write_seal(3, &[table(&"x".repeat(300), 5), table("ok", 2), table("a.b", 1)])
+            .unwrap();
+        assert_eq!(m.files.len(), 1);
+        assert_eq!(m.files[0].table, "ok");
+        assert_eq!(m.quarantined_rows, 6);
+        let kept: Vec<_> = std::fs::read_dir(outbox.quarantine_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(kept.len(), 2);
+        let mut rows = 0;
+        for p in kept {
+            let r =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(p).unwrap()).unwrap();
+            let name = r.schema().metadata().get("twinlake.table").cloned().unwrap();
+            assert!(name == "a.b" || name.len() == 300, "{name}");
+            rows += r.build().unwrap().map(|b| b.unwrap().num_rows()).sum::<usize>();
+        }
+        assert_eq!(rows, 6);
     }
 }

@@ -43,7 +43,12 @@ pub fn open_store(
     }
     let (store, prefix) = object_store::parse_url_opts(&url, cfg.options.iter())
         .map_err(|e| Error::Config(format!("upload.url {url}: {e}")))?;
-    Ok((Arc::from(store), prefix))
+    let store: Arc<dyn ObjectStore> = Arc::from(store);
+    // A local lake is durable only with fsyncs, which object_store's local store skips.
+    if url.scheme() == "file" {
+        return Ok((Arc::new(crate::durable::Durable::new(store)), prefix));
+    }
+    Ok((store, prefix))
 }
 
 /// Why the uploader stops.

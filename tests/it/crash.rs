@@ -41,7 +41,7 @@ retry_min = "50ms"
     )
 }
 
-fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+pub fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
     let hash = CredentialHash::new("k", 1000);
     let mut text = crash_config(dir, "gw-crash");
     text += &format!(
@@ -93,7 +93,7 @@ pub fn start(config: &Path) -> Child {
 
 /// Writes confirmed records from `next` on until the agent goes away; returns the confirmed
 /// ones and the next number to use.
-fn writer(port: u16, dev: usize, mut next: i64, stop: Arc<AtomicBool>) -> (Vec<i64>, i64) {
+pub fn writer(port: u16, dev: usize, mut next: i64, stop: Arc<AtomicBool>) -> (Vec<i64>, i64) {
     let mut cfg = ClientConfig::new("127.0.0.1", port, "u", &format!("dev-{dev}"), "k");
     cfg.poll_interval = Duration::from_millis(2);
     let mut client = Client::new(cfg, Thing::default());

@@ -98,7 +98,7 @@ impl Fixture {
         let mut paths = Vec::new();
         for sealed in buf.seal().unwrap() {
             for (hour, batch) in sealed.hours {
-                let path = object_path(&table_name(&[table]), hour, gateway, seal);
+                let path = object_path(&table_name(&[table]).unwrap(), hour, gateway, seal);
                 let bytes = encode_parquet(&[batch], &props).unwrap();
                 let full = self.dir.path().join("lake").join(&path);
                 std::fs::create_dir_all(full.parent().unwrap()).unwrap();

@@ -100,7 +100,7 @@ impl Throttle {
     fn due(&mut self) -> bool {
         let now = tokio::time::Instant::now();
         if let (Some(iv), Some(last)) = (self.interval, self.last)
-            && now < last + iv.mul_f64(0.8)
+            && last.checked_add(iv.mul_f64(0.8)).is_none_or(|next| now < next)
         {
             return false;
         }
@@ -198,6 +198,29 @@ pub async fn twin_events(
     events_or_ws(s, filter, req).await
 }
 
+/// The longest stream interval a client may ask for.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// A stream interval within 100 ms and [`MAX_INTERVAL`].
+fn check_interval(d: Duration) -> Result<Duration, String> {
+    if d < Duration::from_millis(100) || d > MAX_INTERVAL {
+        return Err(format!("interval: from 100ms to {}s", MAX_INTERVAL.as_secs()));
+    }
+    Ok(d)
+}
+
+/// A WebSocket command's interval in seconds (absent, 0 or less: none).
+fn ws_interval(cmd: &serde_json::Value) -> Result<Option<Duration>, String> {
+    match cmd.get("interval").and_then(serde_json::Value::as_f64) {
+        None => Ok(None),
+        Some(s) if s <= 0.0 => Ok(None),
+        Some(s) => Duration::try_from_secs_f64(s.max(0.1))
+            .map_err(|_| format!("interval {s}: not a duration"))
+            .and_then(check_interval)
+            .map(Some),
+    }
+}
+
 fn parse_interval(q: &str) -> Result<Option<Duration>, ApiError> {
     match url_query(q, "interval") {
         None => Ok(None),
@@ -207,10 +230,7 @@ fn parse_interval(q: &str) -> Result<Option<Duration>, ApiError> {
                 Err(_) => humantime_serde::re::humantime::parse_duration(&s)
                     .map_err(|e| ApiError::bad_request(format!("interval {s:?}: {e}")))?,
             };
-            if d < Duration::from_millis(100) {
-                return Err(ApiError::bad_request("interval: at least 100ms"));
-            }
-            Ok(Some(d))
+            check_interval(d).map(Some).map_err(ApiError::bad_request)
         }
     }
 }
@@ -316,18 +336,17 @@ async fn thinger_ws(state: Arc<AppState>, key: TwinKey, socket: WebSocket) {
                     Ok(cmd) => {
                         let resource = cmd.get("resource").and_then(|r| r.as_str()).unwrap_or("").to_owned();
                         let enabled = cmd.get("enabled").and_then(serde_json::Value::as_bool).unwrap_or(true);
-                        let interval = cmd
-                            .get("interval")
-                            .and_then(serde_json::Value::as_f64)
-                            .filter(|s| *s > 0.0)
-                            .map(|s| Duration::from_secs_f64(s.max(0.1)));
-                        if resource.is_empty() {
+                        let interval = ws_interval(&cmd);
+                        if let Err(e) = &interval {
+                            serde_json::json!({ "resource": resource, "error": e })
+                        } else if resource.is_empty() {
                             serde_json::json!({ "error": "send {\"resource\": name, \"interval\": seconds, \"enabled\": true}" })
                         } else if !enabled {
                             subs.remove(&resource);
                             serde_json::json!({ "resource": resource, "enabled": false })
                         } else {
                             subs.remove(&resource);
+                            let interval = interval.ok().flatten();
                             match StreamHub::join(&state, &key, &resource, interval).await {
                                 Ok(g) => {
                                     subs.insert(resource.clone(), (g, Throttle::new(interval)));
@@ -410,4 +429,35 @@ pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket)
     drop(to_cloud);
     let _ = session.await;
     writer.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Intervals that used to panic (`Duration::from_secs_f64`, an `Instant` overflow) are
+    /// refused with a message now (#13, finding 12).
+    #[test]
+    fn intervals_from_clients_are_bounded() {
+        for q in [
+            "interval=18446744073709551615",
+            "interval=100000000000000s",
+            "interval=10ms",
+        ] {
+            assert!(parse_interval(q).is_err(), "{q}");
+        }
+        assert_eq!(parse_interval("interval=5").unwrap(), Some(Duration::from_secs(5)));
+        assert_eq!(parse_interval("").unwrap(), None);
+        for v in [1e300, f64::MAX, 1e20] {
+            assert!(ws_interval(&serde_json::json!({ "interval": v })).is_err(), "{v}");
+        }
+        assert_eq!(ws_interval(&serde_json::json!({ "interval": -1 })).unwrap(), None);
+        assert_eq!(
+            ws_interval(&serde_json::json!({ "interval": 0.5 })).unwrap(),
+            Some(Duration::from_millis(500))
+        );
+        let mut t = Throttle::new(Some(Duration::MAX));
+        assert!(t.due());
+        assert!(!t.due());
+    }
 }

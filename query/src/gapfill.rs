@@ -549,7 +549,10 @@ fn to_unit(v: &ScalarValue, unit: TimeUnit) -> Result<i64> {
         }
         other => return plan_err!("gap filling: {other} is not a time"),
     };
-    Ok((ns.div_euclid(i128::from(unit_ns(unit)))) as i64)
+    match i64::try_from(ns.div_euclid(i128::from(unit_ns(unit)))) {
+        Ok(t) => Ok(t),
+        Err(_) => plan_err!("gap filling: {v} is out of range"),
+    }
 }
 
 fn stride_in(v: &ScalarValue, unit: TimeUnit) -> Result<i64> {
@@ -566,11 +569,10 @@ fn stride_in(v: &ScalarValue, unit: TimeUnit) -> Result<i64> {
         ScalarValue::DurationNanosecond(Some(x)) => i128::from(*x),
         other => return plan_err!("gap filling needs a fixed interval (no months or years), not {other}"),
     };
-    let s = ns / i128::from(unit_ns(unit));
-    if s <= 0 {
-        return plan_err!("gap filling needs a positive interval");
+    match i64::try_from(ns / i128::from(unit_ns(unit))) {
+        Ok(s) if s > 0 => Ok(s),
+        _ => plan_err!("gap filling needs a positive interval of at most 292 years"),
     }
-    Ok(s as i64)
 }
 
 /// One output row: the input row it copies (if any) and its bucket time.
@@ -589,14 +591,21 @@ fn fill(batch: &RecordBatch, p: &Params, out_schema: &SchemaRef) -> Result<Recor
     let unit = *unit;
     let stride = stride_in(&p.stride, unit)?;
     let origin = p.origin.as_ref().map(|o| to_unit(o, unit)).transpose()?.unwrap_or(0);
-    let bin = |t: i64| origin + (t - origin).div_euclid(stride) * stride;
-    let first = bin(to_unit(&p.lo, unit)?);
+    // In i128: a far origin or range must be an error, not an overflow.
+    let bin = |t: i64| -> Result<i64> {
+        let (t, o, st) = (i128::from(t), i128::from(origin), i128::from(stride));
+        match i64::try_from(o + (t - o).div_euclid(st) * st) {
+            Ok(b) => Ok(b),
+            Err(_) => plan_err!("gap filling: the time range is too far from the origin"),
+        }
+    };
+    let first = bin(to_unit(&p.lo, unit)?)?;
     let hi = to_unit(&p.hi, unit)?;
-    let last = bin(if p.hi_inclusive { hi } else { hi - 1 });
+    let last = bin(if p.hi_inclusive { hi } else { hi.saturating_sub(1) })?;
     let buckets = if last < first {
         0
     } else {
-        ((last - first) / stride + 1) as usize
+        usize::try_from((i128::from(last) - i128::from(first)) / i128::from(stride) + 1).unwrap_or(usize::MAX)
     };
 
     // Sort by keys, then time.
@@ -756,4 +765,29 @@ fn fill(batch: &RecordBatch, p: &Params, out_schema: &SchemaRef) -> Result<Recor
             .collect::<Vec<Field>>(),
     ));
     Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::IntervalMonthDayNano;
+
+    use super::*;
+
+    /// Intervals that used to panic (a division by zero once the stride wrapped to 0 in
+    /// 64 bits) or wrap: each is an error now (#13, finding 12).
+    #[test]
+    fn strides_out_of_range_are_errors() {
+        let iv =
+            |days: i32, nanos: i64| ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(0, days, nanos)));
+        // 2^64 µs exactly: truncated to 64 bits it was 0.
+        assert!(stride_in(&iv(213_503_982, 28_909_551_616_000), TimeUnit::Microsecond).is_err());
+        assert!(stride_in(&iv(i32::MAX, i64::MAX), TimeUnit::Nanosecond).is_err());
+        assert!(stride_in(&iv(0, 0), TimeUnit::Microsecond).is_err());
+        assert!(stride_in(&iv(-1, 0), TimeUnit::Microsecond).is_err());
+        assert_eq!(stride_in(&iv(1, 0), TimeUnit::Microsecond).unwrap(), 86_400_000_000);
+        let far = ScalarValue::TimestampNanosecond(Some(i64::MAX), None);
+        assert!(to_unit(&far, TimeUnit::Nanosecond).is_ok());
+        let sec = ScalarValue::TimestampSecond(Some(i64::MAX), None);
+        assert!(to_unit(&sec, TimeUnit::Nanosecond).is_err());
+    }
 }

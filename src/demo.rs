@@ -105,10 +105,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         name: "demo".into(),
         sha256: sha256_hex(TOKEN),
         scopes: vec![Scope::Admin],
+        user: None,
     }];
     cc.gateways = vec![GatewayEntry {
         id: GATEWAY.into(),
         token_sha256: sha256_hex(GATEWAY_TOKEN),
+        users: vec![USER.into()],
     }];
     cc.edge.listener.tcp = Some(args.cloud_devices);
     cc.lake.url = lake_url.clone();

@@ -48,10 +48,12 @@ fn cloud_config(dir: &Path) -> CloudConfig {
         name: "bench".into(),
         sha256: sha256_hex(TOKEN),
         scopes: vec![Scope::Admin],
+        user: None,
     }];
     c.gateways = vec![GatewayEntry {
         id: "gw".into(),
         token_sha256: sha256_hex(GW_TOKEN),
+        users: vec![USER.into()],
     }];
     c.edge.listener.tcp = Some("127.0.0.1:0".parse().unwrap());
     c.edge.upload.url = format!("file://{}", dir.join("lake").display());

@@ -84,7 +84,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/gateways", get(list_gateways).post(create_gateway))
         .route("/v1/gateways/{id}", delete(delete_gateway))
         .route(LINK_PATH, get(gateway_link))
+        .merge(crate::tenancy::router())
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::tenancy::guard,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -136,7 +141,7 @@ fn body_as<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> 
 }
 
 /// Ids: 1 to 64 of letters, digits, `-`, `_`, `.`.
-fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         Ok(())
     } else {
@@ -205,7 +210,8 @@ fn devices_json(state: &AppState, prefix: &str) -> Result<Json, ApiError> {
 
 async fn list_all_devices(p: Principal, State(s): St) -> ApiResult {
     p.require(Scope::Read)?;
-    ok(blocking(move || devices_json(&s, "")).await?)
+    let prefix = p.user.map(|u| format!("{u}/")).unwrap_or_default();
+    ok(blocking(move || devices_json(&s, &prefix)).await?)
 }
 
 async fn list_devices(p: Principal, State(s): St, Path(u): Path<String>) -> ApiResult {
@@ -243,6 +249,7 @@ pub struct NewDevice {
 pub fn register_device(s: &AppState, user: &str, req: NewDevice) -> Result<(DeviceRecord, String), ApiError> {
     check_id("user", user)?;
     check_id("device", &req.device)?;
+    crate::tenancy::ensure_user(s, user)?;
     let credential = req
         .credential
         .or(req.credentials)
@@ -441,7 +448,7 @@ async fn stats(p: Principal, State(s): St, Path((u, d)): Path<(String, String)>)
 
 async fn list_twins(p: Principal, State(s): St, q: axum::extract::RawQuery) -> ApiResult {
     p.require(Scope::Read)?;
-    let user = q.0.as_deref().and_then(|q| crate::auth::url_query(q, "user"));
+    let user = p.listing_user(q.0.as_deref().and_then(|q| crate::auth::url_query(q, "user")))?;
     let twins = blocking(move || Ok(s.twins.list(user.as_deref())?)).await?;
     ok(Json::Array(twins.iter().map(twinlake_twin::Twin::to_json).collect()))
 }
@@ -590,7 +597,28 @@ fn out_reply(v: Option<Json>) -> Response {
 }
 
 /// Reads a value; records it in the twin when the resource is an output.
-async fn read_value(s: &Arc<AppState>, key: &TwinKey, path: &str) -> Result<Option<Json>, ApiError> {
+/// A GET of a resource runs it on the device: reading an output (it samples a sensor) or
+/// an input needs `read`; a run resource or an input/output needs `control`, as a POST does.
+/// A device not described yet is asked for its description first.
+async fn require_for_get(p: &Principal, s: &Arc<AppState>, key: &TwinKey, path: &str) -> Result<(), ApiError> {
+    // A token that could do neither learns nothing about the device.
+    if p.require(Scope::Control).is_err() {
+        p.require(Scope::Read)?;
+    }
+    let described = s.twins.get(key)?.and_then(|t| t.resources);
+    let resources = match described {
+        Some(r) => r,
+        None => live(s, key, Op::Describe, "").await?.unwrap_or_default(),
+    };
+    match twinlake_twin::resource_kind(&resources, path) {
+        Some(1 | 4) => p.require(Scope::Control),
+        // Outputs, inputs, and what the device does not have (it answers 404).
+        _ => p.require(Scope::Read),
+    }
+}
+
+async fn read_value(p: &Principal, s: &Arc<AppState>, key: &TwinKey, path: &str) -> Result<Option<Json>, ApiError> {
+    require_for_get(p, s, key, path).await?;
     let v = live(s, key, Op::Read { path: path.to_owned() }, path).await?;
     if let Some(v) = &v {
         s.read_reports.push(key, path, v.clone(), true);
@@ -600,13 +628,13 @@ async fn read_value(s: &Arc<AppState>, key: &TwinKey, path: &str) -> Result<Opti
 
 /// GET `/v3/…/resources/{path}`: an output's raw value (or a template with a trailing `api`).
 async fn v3_read(p: Principal, State(s): St, Path((u, d, path)): Path<(String, String, String)>) -> ApiResult {
-    p.require(Scope::Read)?;
     let key = live_key(&u, &d);
     if let Some(res) = path.strip_suffix("/api") {
+        p.require(Scope::Read)?;
         let v = live(&s, &key, Op::Template { path: res.to_owned() }, res).await?;
         return Ok(raw_reply(v));
     }
-    Ok(raw_reply(read_value(&s, &key, &path).await?))
+    Ok(raw_reply(read_value(&p, &s, &key, &path).await?))
 }
 
 /// POST `/v3/…/resources/{path}` with a raw JSON body: writes an input, calls an in/out,
@@ -646,8 +674,10 @@ async fn v3_post(
 /// GET `/v2/…/{d}/api` describes; `/{res…}/api` gives the template; `/{res…}` reads an
 /// output as `{"out": v}` (and runs a run resource).
 async fn v2_get(p: Principal, State(s): St, Path((u, d, path)): Path<(String, String, String)>) -> ApiResult {
-    p.require(Scope::Read)?;
     let key = live_key(&u, &d);
+    if path == "api" || path.ends_with("/api") {
+        p.require(Scope::Read)?;
+    }
     if path == "api" {
         let v = live(&s, &key, Op::Describe, "").await?;
         return Ok(raw_reply(v));
@@ -656,7 +686,7 @@ async fn v2_get(p: Principal, State(s): St, Path((u, d, path)): Path<(String, St
         let v = live(&s, &key, Op::Template { path: res.to_owned() }, res).await?;
         return Ok(raw_reply(v));
     }
-    let v = read_value(&s, &key, &path).await?;
+    let v = read_value(&p, &s, &key, &path).await?;
     Ok(out_reply(v))
 }
 
@@ -813,7 +843,7 @@ async fn call_endpoint(p: Principal, State(s): St, Path((u, e)): Path<(String, S
 // ---- tokens and gateways ----
 
 async fn list_tokens(p: Principal, State(s): St) -> ApiResult {
-    p.require(Scope::Admin)?;
+    p.require_platform()?;
     ok(serde_json::to_value(s.tokens.list()).unwrap_or_default())
 }
 
@@ -822,14 +852,24 @@ async fn list_tokens(p: Principal, State(s): St) -> ApiResult {
 struct NewToken {
     name: String,
     scopes: Vec<Scope>,
+    /// The user the token belongs to (it must exist); left out: a platform token.
+    #[serde(default)]
+    user: Option<String>,
 }
 
 async fn create_token(p: Principal, State(s): St, body: Bytes) -> ApiResult {
-    p.require(Scope::Admin)?;
+    p.require_platform()?;
     let req: NewToken = body_as(&body)?;
     check_id("token name", &req.name)?;
     if req.scopes.is_empty() {
         return Err(ApiError::bad_request("give the token at least one scope"));
+    }
+    if let Some(u) = &req.user
+        && !crate::tenancy::user_exists(&s, u)?
+    {
+        return Err(ApiError::not_found(format!(
+            "no user {u:?}: create it with POST /v1/users"
+        )));
     }
     let token = new_token("tl_");
     let sha = sha256_hex(&token);
@@ -837,6 +877,7 @@ async fn create_token(p: Principal, State(s): St, body: Bytes) -> ApiResult {
         name: req.name,
         scopes: req.scopes,
         created: now(),
+        user: req.user,
     };
     s.db.put(TOKENS, &sha, &rec)?;
     s.tokens.insert(sha, rec.clone());
@@ -848,7 +889,7 @@ async fn create_token(p: Principal, State(s): St, body: Bytes) -> ApiResult {
 }
 
 async fn delete_token(p: Principal, State(s): St, Path(name): Path<String>) -> ApiResult {
-    p.require(Scope::Admin)?;
+    p.require_platform()?;
     let shas = s.tokens.remove_named(&name);
     if shas.is_empty() {
         return Err(ApiError::not_found(format!("no token {name:?}")));
@@ -860,7 +901,7 @@ async fn delete_token(p: Principal, State(s): St, Path(name): Path<String>) -> A
 }
 
 async fn list_gateways(p: Principal, State(s): St) -> ApiResult {
-    p.require(Scope::Admin)?;
+    p.require_platform()?;
     let linked = s.gateways.linked();
     let gws: Vec<(String, GatewayRecord)> = s.db.scan(GATEWAYS, "")?;
     let mut out: Vec<Json> = gws
@@ -875,10 +916,13 @@ async fn list_gateways(p: Principal, State(s): St) -> ApiResult {
 #[serde(deny_unknown_fields)]
 struct NewGateway {
     id: String,
+    /// Users whose unregistered (MQTT, LoRaWAN) devices it may speak for.
+    #[serde(default)]
+    users: Vec<String>,
 }
 
 async fn create_gateway(p: Principal, State(s): St, body: Bytes) -> ApiResult {
-    p.require(Scope::Admin)?;
+    p.require_platform()?;
     let req: NewGateway = body_as(&body)?;
     check_id("gateway", &req.id)?;
     if req.id == s.local_gateway {
@@ -889,6 +933,7 @@ async fn create_gateway(p: Principal, State(s): St, body: Bytes) -> ApiResult {
         id: req.id.clone(),
         token_sha256: sha256_hex(&token),
         created: now(),
+        users: req.users,
     };
     s.db.put(GATEWAYS, &req.id, &rec)?;
     Ok(json_response(
@@ -898,7 +943,7 @@ async fn create_gateway(p: Principal, State(s): St, body: Bytes) -> ApiResult {
 }
 
 async fn delete_gateway(p: Principal, State(s): St, Path(id): Path<String>) -> ApiResult {
-    p.require(Scope::Admin)?;
+    p.require_platform()?;
     if !s.db.delete(GATEWAYS, &id)? {
         return Err(ApiError::not_found(format!("no gateway {id}")));
     }

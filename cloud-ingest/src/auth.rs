@@ -96,9 +96,52 @@ impl Tokens {
 pub struct Principal {
     pub name: String,
     pub scopes: Vec<Scope>,
+    /// The user the token belongs to; none: a platform token.
+    pub user: Option<String>,
 }
 
 impl Principal {
+    /// Whether the token may see `user`'s devices.
+    pub fn sees(&self, user: &str) -> bool {
+        self.user.as_deref().is_none_or(|u| u == user)
+    }
+
+    /// 403 unless the token may see `user`'s devices.
+    pub fn require_user(&self, user: &str) -> Result<(), ApiError> {
+        if self.sees(user) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("token {:?} belongs to another user", self.name),
+            ))
+        }
+    }
+
+    /// The user a listing is limited to: the token's own, or (platform tokens) `asked`.
+    pub fn listing_user(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+        match (&self.user, asked) {
+            (None, asked) => Ok(asked),
+            (Some(own), None) => Ok(Some(own.clone())),
+            (Some(_), Some(asked)) => self.require_user(&asked).map(|()| Some(asked)),
+        }
+    }
+
+    /// 403 unless this is a platform admin token (tokens, gateways, users).
+    pub fn require_platform(&self) -> Result<(), ApiError> {
+        self.require(Scope::Admin)?;
+        match &self.user {
+            None => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {:?} belongs to a user; this needs a platform admin token",
+                    self.name
+                ),
+            )),
+        }
+    }
+
     /// 403 unless the token holds `scope` (or admin).
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
@@ -134,11 +177,13 @@ pub fn bearer(parts: &Parts) -> Option<String> {
 pub fn url_query(q: &str, name: &str) -> Option<String> {
     q.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| percent_decode(v))
+        (k == name).then(|| percent_decode(v, true))
     })
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` decoded; `+` is a space in a query string (`plus_space`), itself in a path. Bytes
+/// that do not make UTF-8 are replaced.
+pub(crate) fn percent_decode(s: &str, plus_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -149,7 +194,7 @@ fn percent_decode(s: &str) -> String {
                 out.push((h * 16 + l) as u8);
                 i += 3;
             }
-            (b'+', _, _) => {
+            (b'+', _, _) if plus_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -177,6 +222,7 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         Ok(Principal {
             name: rec.name,
             scopes: rec.scopes,
+            user: rec.user,
         })
     }
 }

@@ -166,6 +166,10 @@ pub struct HttpSection {
     pub request_timeout: Duration,
     /// The largest request body.
     pub max_body_bytes: usize,
+    /// The fastest a stream subscriber with only the `read` scope may make a device sample
+    /// (a `control` token may ask for faster).
+    #[serde(with = "humantime_serde")]
+    pub stream_min_interval: Duration,
 }
 
 impl Default for HttpSection {
@@ -176,6 +180,7 @@ impl Default for HttpSection {
             tls_key: None,
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 1 << 20,
+            stream_min_interval: Duration::from_secs(1),
         }
     }
 }
@@ -314,6 +319,9 @@ pub struct TokenEntry {
     /// Hex SHA-256 of the token (`twinlake hash-token TOKEN`).
     pub sha256: String,
     pub scopes: Vec<Scope>,
+    /// The user the token belongs to; left out: a platform token.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// One `[[gateways]]` entry.
@@ -323,6 +331,9 @@ pub struct GatewayEntry {
     pub id: String,
     /// Hex SHA-256 of the gateway's token.
     pub token_sha256: String,
+    /// Users whose unregistered (MQTT, LoRaWAN) devices the gateway may speak for.
+    #[serde(default)]
+    pub users: Vec<String>,
 }
 
 /// `[metrics]`

@@ -20,7 +20,10 @@ use twinlake_twin::{TwinError, TwinKey, unwrap_io};
 
 use crate::Error;
 use crate::server::AppState;
-use crate::store::{self, DeviceRecord, FILES, LINK_SEQ, LinkSeq, PROPERTIES, WebhookJob};
+use crate::store::{
+    self, DEVICES, DeviceRecord, FILES, GATEWAYS, GatewayRecord, LINK_SEQ, LinkSeq, PROPERTIES, WebhookJob,
+};
+use redb::ReadableTable;
 
 /// Why a live request failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -432,6 +435,39 @@ fn add_fresh(
     state.sql.lake().add_fresh(gateway, &table, segment, stream, &fresh);
 }
 
+/// The device an item speaks for, if it names one.
+fn speaks_for(item: &Item) -> Option<(&str, &str)> {
+    match item {
+        Item::Presence { user, device, .. }
+        | Item::Described { user, device, .. }
+        | Item::Reported { user, device, .. }
+        | Item::Endpoint { user, device, .. }
+        | Item::Property { user, device, .. } => Some((user, device)),
+        Item::Rows { .. } | Item::File { .. } => None,
+    }
+}
+
+/// Whether `gateway` may speak for `user/device`: the cloud's own pipeline always; a linked
+/// gateway for the devices registered to it, and for the unregistered (MQTT, LoRaWAN)
+/// devices of the users an admin bound it to.
+pub fn may_speak(state: &AppState, tx: &redb::WriteTransaction, gateway: &str, user: &str, device: &str) -> bool {
+    if gateway == state.local_gateway {
+        return true;
+    }
+    let lookup = |table: redb::TableDefinition<&str, &[u8]>, key: &str| -> Option<Vec<u8>> {
+        let t = tx.open_table(table).ok()?;
+        let v = t.get(key).ok()??;
+        Some(v.value().to_vec())
+    };
+    if let Some(bytes) = lookup(DEVICES, &format!("{user}/{device}")) {
+        return serde_json::from_slice::<DeviceRecord>(&bytes)
+            .is_ok_and(|d| d.gateway.as_deref().unwrap_or(&state.local_gateway) == gateway);
+    }
+    lookup(GATEWAYS, gateway)
+        .and_then(|b| serde_json::from_slice::<GatewayRecord>(&b).ok())
+        .is_some_and(|g| g.users.iter().any(|u| u == user))
+}
+
 fn apply_item(
     state: &AppState,
     t: &mut twinlake_twin::TwinTxn<'_>,
@@ -439,6 +475,23 @@ fn apply_item(
     item: Item,
     after: &mut After,
 ) -> Result<(), Error> {
+    let refused = match (&item, speaks_for(&item)) {
+        (_, Some((user, device))) => !may_speak(state, t.transaction(), gateway, user, device),
+        (Item::File { gateway: g, file }, None) => {
+            g != gateway
+                || !file
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|f| f.starts_with(&format!("{gateway}-")))
+        }
+        _ => false,
+    };
+    if refused {
+        state.metrics.gateway_refusals.inc();
+        warn!(%gateway, item = ?speaks_for(&item), "refused an item for a device or file that is not the gateway's");
+        return Ok(());
+    }
     match item {
         Item::Presence {
             user,

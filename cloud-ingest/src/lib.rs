@@ -25,6 +25,7 @@ pub mod server;
 pub mod sql;
 pub mod store;
 pub mod streams;
+pub mod tenancy;
 pub mod webhook;
 
 pub use config::CloudConfig;

@@ -26,6 +26,10 @@ pub struct CloudMetrics {
     pub webhooks_failed: Counter,
     pub webhooks_dropped: Counter,
     pub subscribers: Gauge,
+    /// Requests refused because the token belongs to another user.
+    pub tenant_refusals: Counter,
+    /// What a gateway sent for a device that is not its own, refused.
+    pub gateway_refusals: Counter,
     registry: Registry,
 }
 
@@ -40,6 +44,18 @@ impl Default for CloudMetrics {
         let r = &mut registry;
         Self {
             gateways_linked: add(r, "gateways_linked", "Gateways linked now", Gauge::default()),
+            tenant_refusals: add(
+                r,
+                "tenant_refusals",
+                "Requests refused because the token belongs to another user",
+                Counter::default(),
+            ),
+            gateway_refusals: add(
+                r,
+                "gateway_refusals",
+                "Items a gateway sent for devices that are not its own, refused",
+                Counter::default(),
+            ),
             link_items: add(
                 r,
                 "link_items",

@@ -115,6 +115,7 @@ impl Cloud {
                 name: t.name.clone(),
                 scopes: t.scopes.clone(),
                 created: now,
+                user: t.user.clone(),
             };
             db.put(TOKENS, &t.sha256.to_ascii_lowercase(), &rec)?;
         }
@@ -123,6 +124,7 @@ impl Cloud {
                 id: g.id.clone(),
                 token_sha256: g.token_sha256.to_ascii_lowercase(),
                 created: now,
+                users: g.users.clone(),
             };
             db.put(GATEWAYS, &g.id, &rec)?;
         }
@@ -137,6 +139,7 @@ impl Cloud {
                 name: "admin".into(),
                 scopes: vec![Scope::Admin],
                 created: now,
+                user: None,
             };
             let sha = sha256_hex(&token);
             db.put(TOKENS, &sha, &rec)?;

@@ -25,11 +25,16 @@ use crate::error::ApiError;
 use crate::server::AppState;
 use crate::store::{DEVICES, Db, DeviceRecord, FILES};
 
-/// The registry as the `devices` table sees it.
+/// The registry as the `devices` table sees it; devices without a gateway are at the
+/// cloud's own listener (`local`).
 #[derive(Debug)]
-struct Registry(Db);
+struct Registry(Db, String);
 
 impl DeviceDirectory for Registry {
+    fn local_gateway(&self) -> Option<String> {
+        Some(self.1.clone())
+    }
+
     fn devices(&self) -> Vec<DeviceRow> {
         match self.0.scan::<DeviceRecord>(DEVICES, "") {
             Ok(rows) => rows
@@ -71,8 +76,12 @@ pub fn open(cfg: &CloudConfig, db: &Db, twins: &TwinStore) -> Result<Engine, Err
         max_age: cfg.sql.fresh_max_age,
     };
     let lake = Lake::open(db.0.clone(), store, prefix, limits).map_err(|e| Error::Storage(e.to_string()))?;
-    let engine = Engine::new(lake, twins.clone(), Arc::new(Registry(db.clone())))
-        .map_err(|e| Error::Config(format!("SQL engine: {e}")))?;
+    let engine = Engine::new(
+        lake,
+        twins.clone(),
+        Arc::new(Registry(db.clone(), cfg.edge.gateway.clone())),
+    )
+    .map_err(|e| Error::Config(format!("SQL engine: {e}")))?;
     Ok(engine.with_limits(SqlLimits {
         max_rows: cfg.sql.max_rows as u64,
         timeout: cfg.sql.timeout,
@@ -82,13 +91,14 @@ pub fn open(cfg: &CloudConfig, db: &Db, twins: &TwinStore) -> Result<Engine, Err
     }))
 }
 
-/// A token check for the Postgres and Flight listeners: any token with the read scope.
+/// A token check for the Postgres and Flight listeners: any token with the read scope,
+/// seeing its user's rows (a platform token: everyone's).
 pub fn token_check(tokens: &Tokens) -> twinlake_query::pg::TokenCheck {
     let tokens = tokens.clone();
     Arc::new(move |t: &str| {
-        tokens
-            .lookup(t)
-            .is_some_and(|r| r.scopes.contains(&Scope::Read) || r.scopes.contains(&Scope::Admin))
+        let r = tokens.lookup(t)?;
+        (r.scopes.contains(&Scope::Read) || r.scopes.contains(&Scope::Admin))
+            .then_some(twinlake_query::pg::Access { user: r.user })
     })
 }
 
@@ -236,7 +246,7 @@ pub async fn post_sql(
         })?,
         None => accept.unwrap_or(Format::Json),
     };
-    let mut stream = s.sql.query(&sql, None).await.map_err(|e| {
+    let mut stream = s.sql.query_as(p.user.clone(), &sql, None).await.map_err(|e| {
         s.metrics.sql_errors.inc();
         query_error(e)
     })?;

@@ -10,6 +10,7 @@
 //! | `link_seq` | gateway id | [`LinkSeq`] JSON: the session and the last batch applied |
 //! | `webhooks` | u64 sequence | [`WebhookJob`] JSON: endpoint calls waiting for delivery |
 //! | `files` | object path | committed Parquet files, as gateways announced them |
+//! | `users` | user id | [`UserRecord`] JSON |
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub const GATEWAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateway
 pub const LINK_SEQ: TableDefinition<&str, &[u8]> = TableDefinition::new("link_seq");
 pub const WEBHOOKS: TableDefinition<u64, &[u8]> = TableDefinition::new("webhooks");
 pub const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +86,16 @@ pub struct TokenRecord {
     pub name: String,
     pub scopes: Vec<Scope>,
     pub created: u64,
+    /// The one user whose devices the token sees; none: a platform token (every user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// A user account: the `{u}` of `/v1/users/{u}/…`, made by a platform admin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub user: String,
+    pub created: u64,
 }
 
 /// A gateway allowed to link.
@@ -92,6 +104,10 @@ pub struct GatewayRecord {
     pub id: String,
     pub token_sha256: String,
     pub created: u64,
+    /// Users whose unregistered (MQTT, LoRaWAN) devices the gateway may speak for; its
+    /// registered devices it may always speak for. Set in the cloud, never by the gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
 }
 
 /// Where a gateway's batches stand.
@@ -138,6 +154,7 @@ impl Db {
         tx.open_table(LINK_SEQ)?;
         tx.open_table(WEBHOOKS)?;
         tx.open_table(FILES)?;
+        tx.open_table(USERS)?;
         tx.commit()?;
         Ok(Self(Arc::new(db)))
     }

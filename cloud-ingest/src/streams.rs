@@ -174,7 +174,7 @@ pub async fn all_events(p: Principal, State(s): St, q: RawQuery, req: Request) -
     p.require(Scope::Read)?;
     let q = q.0.unwrap_or_default();
     let filter = Filter {
-        user: url_query(&q, "user"),
+        user: p.listing_user(url_query(&q, "user"))?,
         device: url_query(&q, "device"),
     };
     events_or_ws(s, filter, req).await
@@ -218,6 +218,19 @@ fn ws_interval(cmd: &serde_json::Value) -> Result<Option<Duration>, String> {
             .map_err(|_| format!("interval {s}: not a duration"))
             .and_then(check_interval)
             .map(Some),
+    }
+}
+
+/// The interval a subscriber's stream asks the device for: what it asked, else the edge's
+/// default sampling (a start-stream without one would replace the device's sampling and
+/// silence the resource), and for a token without `control` never faster than
+/// `http.stream_min_interval`.
+fn stream_interval(s: &AppState, may_control: bool, asked: Option<Duration>) -> Duration {
+    let asked = asked.unwrap_or(s.cfg.edge.streams.default_interval);
+    if may_control {
+        asked
+    } else {
+        asked.max(s.cfg.http.stream_min_interval)
     }
 }
 
@@ -273,7 +286,8 @@ pub async fn resource_sse(
     q: RawQuery,
 ) -> Result<Response, ApiError> {
     p.require(Scope::Read)?;
-    let interval = parse_interval(&q.0.unwrap_or_default())?;
+    let asked = parse_interval(&q.0.unwrap_or_default())?;
+    let interval = Some(stream_interval(&s, p.require(Scope::Control).is_ok(), asked));
     let key = TwinKey::new(&u, &d);
     let feed = ResourceFeed {
         rx: s.twins.subscribe(),
@@ -307,7 +321,8 @@ pub async fn v3_resources(
     if is_upgrade(&req) {
         let (mut parts, _) = req.into_parts();
         let ws = ws_upgrade(&mut parts, &s).await?;
-        return Ok(ws.on_upgrade(move |socket| thinger_ws(s, key, socket)));
+        let may_control = p.require(Scope::Control).is_ok();
+        return Ok(ws.on_upgrade(move |socket| thinger_ws(s, key, may_control, socket)));
     }
     match s.gateways.request(&key, Op::Describe, s.cfg.http.request_timeout).await {
         Ok(v) => Ok(axum::Json(v.unwrap_or_default()).into_response()),
@@ -316,7 +331,7 @@ pub async fn v3_resources(
 }
 
 /// The Thinger console stream protocol over one WebSocket.
-async fn thinger_ws(state: Arc<AppState>, key: TwinKey, socket: WebSocket) {
+async fn thinger_ws(state: Arc<AppState>, key: TwinKey, may_control: bool, socket: WebSocket) {
     let _sub = Subscriber::new(&state);
     let (mut tx, mut incoming) = socket.split();
     let mut rx = state.twins.subscribe();
@@ -346,7 +361,7 @@ async fn thinger_ws(state: Arc<AppState>, key: TwinKey, socket: WebSocket) {
                             serde_json::json!({ "resource": resource, "enabled": false })
                         } else {
                             subs.remove(&resource);
-                            let interval = interval.ok().flatten();
+                            let interval = Some(stream_interval(&state, may_control, interval.ok().flatten()));
                             match StreamHub::join(&state, &key, &resource, interval).await {
                                 Ok(g) => {
                                     subs.insert(resource.clone(), (g, Throttle::new(interval)));

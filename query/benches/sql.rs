@@ -398,7 +398,7 @@ async fn run(a: Args) {
         engine.clone(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         None,
-        Arc::new(|t: &str| t == "bench"),
+        Arc::new(|t: &str| (t == "bench").then_some(twinlake_query::pg::Access { user: None })),
         stop_rx,
     )
     .unwrap();

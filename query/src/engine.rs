@@ -25,6 +25,7 @@ use crate::QueryError;
 use crate::lake::{Lake, LakeTable};
 use crate::session::{CappedPool, Guarded, LakeOnly, LimitError, SqlLimits, read_only};
 use crate::system::{DeviceDirectory, DevicesTable, StateTable, TwinsTable};
+use crate::tenant::{Ownership, Tenant, TenantTable};
 
 /// The catalog and schema every table is in.
 pub const CATALOG: &str = "twinlake";
@@ -35,6 +36,7 @@ pub const SCHEMA: &str = "public";
 #[derive(Debug)]
 struct LakeSchema {
     lake: Arc<Lake>,
+    owners: Arc<dyn Ownership>,
     twins: Arc<StateTable<TwinsTable>>,
     devices: Arc<StateTable<DevicesTable>>,
 }
@@ -57,7 +59,12 @@ impl SchemaProvider for LakeSchema {
         Ok(match name {
             TWINS => Some(self.twins.clone()),
             DEVICES => Some(self.devices.clone()),
-            _ => LakeTable::new(self.lake.clone(), name).map(|t| Arc::new(t) as Arc<dyn TableProvider>),
+            _ => LakeTable::new(self.lake.clone(), name).map(|t| {
+                Arc::new(TenantTable {
+                    inner: Arc::new(t),
+                    owners: self.owners.clone(),
+                }) as Arc<dyn TableProvider>
+            }),
         })
     }
 
@@ -132,8 +139,13 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(crate::gapfill::GapFillRule));
+        let owners = Arc::new(Owners {
+            twins: twins.clone(),
+            devices: devices.clone(),
+        });
         let schema = LakeSchema {
             lake: lake.clone(),
+            owners,
             twins: Arc::new(StateTable(TwinsTable::new(twins))),
             devices: Arc::new(StateTable(DevicesTable::new(devices))),
         };
@@ -170,17 +182,26 @@ impl Engine {
         &self.limits
     }
 
+    /// A new platform session (every user's rows) for one connection or request.
+    pub fn session(&self) -> Result<SessionContext, QueryError> {
+        self.session_for(None)
+    }
+
     /// A new session for one connection or request: the shared catalogs and functions, its
     /// own settings, and its own share of the memory pool. Nothing set in it reaches another.
-    pub fn session(&self) -> Result<SessionContext, QueryError> {
+    /// With a `user`, every table shows only that user's rows ([`crate::tenant`]).
+    pub fn session_for(&self, user: Option<String>) -> Result<SessionContext, QueryError> {
         let base = self.base.state();
         let pool = Arc::new(CappedPool::new(self.pool.clone(), self.limits.memory_per_query));
         let runtime = RuntimeEnvBuilder::from_runtime_env(base.runtime_env())
             .with_memory_pool(pool)
             .build_arc()?;
-        let state = SessionStateBuilder::new_from_existing(base)
+        let mut state = SessionStateBuilder::new_from_existing(base)
             .with_runtime_env(runtime)
             .build();
+        if let Some(user) = user {
+            state.config_mut().set_extension(Arc::new(Tenant { user }));
+        }
         Ok(SessionContext::new_with_state(state))
     }
 
@@ -252,9 +273,19 @@ impl Engine {
         ))
     }
 
-    /// Plans and runs `sql` in a new session under the limits.
+    /// Plans and runs `sql` in a new platform session under the limits.
     pub async fn query(&self, sql: &str, client_timeout: Option<Duration>) -> Result<Guarded, QueryError> {
-        let session = self.session()?;
+        self.query_as(None, sql, client_timeout).await
+    }
+
+    /// Plans and runs `sql` in a new session of `user` (none: platform) under the limits.
+    pub async fn query_as(
+        &self,
+        user: Option<String>,
+        sql: &str,
+        client_timeout: Option<Duration>,
+    ) -> Result<Guarded, QueryError> {
+        let session = self.session_for(user)?;
         let plan = self.plan(&session, sql).await?;
         self.execute(&session, plan, client_timeout).await
     }
@@ -263,6 +294,37 @@ impl Engine {
     pub async fn collect(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         use futures::TryStreamExt;
         Ok(self.query(sql, None).await?.try_collect().await?)
+    }
+}
+
+/// Who owns which devices: the registry's devices and where the twins were seen.
+#[derive(Debug)]
+struct Owners {
+    twins: TwinStore,
+    devices: Arc<dyn DeviceDirectory>,
+}
+
+impl Ownership for Owners {
+    fn devices_of(&self, user: &str) -> Vec<(String, String)> {
+        let local = self.devices.local_gateway();
+        let mut out: Vec<(String, String)> = self
+            .devices
+            .devices()
+            .into_iter()
+            .filter(|d| d.user == user)
+            .filter_map(|d| Some((d.gateway.or_else(|| local.clone())?, d.device)))
+            .collect();
+        match self.twins.list(Some(user)) {
+            Ok(twins) => out.extend(
+                twins
+                    .into_iter()
+                    .filter_map(|t| Some((t.connection.gateway?, t.device))),
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read the twins for a tenant's SQL"),
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 }
 

@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use crate::Engine;
-use crate::pg::TokenCheck;
+use crate::pg::{Access, TokenCheck};
 
 static SQL_INFO: LazyLock<Option<SqlInfoData>> = LazyLock::new(|| {
     let mut b = SqlInfoDataBuilder::new();
@@ -100,12 +100,15 @@ impl FlightSql {
         s.split_once(':').map(|(_, p)| p.to_owned())
     }
 
-    fn auth(&self, md: &MetadataMap) -> Result<String, Status> {
+    /// The call's token and what it may see.
+    fn auth(&self, md: &MetadataMap) -> Result<(String, Access), Status> {
         match Self::token(md) {
-            Some(t) if (self.check)(&t) => Ok(t),
-            Some(_) => Err(Status::unauthenticated(
-                "the token is not valid or lacks the read scope",
-            )),
+            Some(t) => match (self.check)(&t) {
+                Some(access) => Ok((t, access)),
+                None => Err(Status::unauthenticated(
+                    "the token is not valid or lacks the read scope",
+                )),
+            },
             None => Err(Status::unauthenticated(
                 "send `authorization: Bearer <token>` (an API token with the read scope)",
             )),
@@ -114,9 +117,10 @@ impl FlightSql {
 
     /// The schema a statement's data will have on the wire: the encoder sends dictionary
     /// columns (device, gateway) as their values.
-    async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
-        let df = self.engine.sql(sql).await.map_err(query_status)?;
-        Ok(hydrated(df.schema().as_arrow()))
+    async fn schema_of(&self, access: Access, sql: &str) -> Result<SchemaRef, Status> {
+        let session = self.engine.session_for(access.user).map_err(query_status)?;
+        let plan = self.engine.plan(&session, sql).await.map_err(query_status)?;
+        Ok(hydrated(plan.schema().as_arrow()))
     }
 
     fn info(schema: &SchemaRef, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
@@ -128,8 +132,12 @@ impl FlightSql {
             .with_ordered(true))
     }
 
-    async fn run(&self, sql: &str) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let stream = self.engine.query(sql, None).await.map_err(query_status)?;
+    async fn run(&self, access: Access, sql: &str) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let stream = self
+            .engine
+            .query_as(access.user, sql, None)
+            .await
+            .map_err(query_status)?;
         let schema = hydrated(&stream.schema());
         let batches = stream.map_err(stream_status);
         let flight = FlightDataEncoderBuilder::new()
@@ -171,7 +179,7 @@ impl FlightSqlService for FlightSql {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
-        let token = self.auth(request.metadata())?;
+        let (token, _) = self.auth(request.metadata())?;
         let out = futures::stream::iter([Ok(HandshakeResponse {
             protocol_version: 0,
             payload: token.clone().into_bytes().into(),
@@ -189,8 +197,8 @@ impl FlightSqlService for FlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth(request.metadata())?;
-        let schema = self.schema_of(&query.query).await?;
+        let (_, access) = self.auth(request.metadata())?;
+        let schema = self.schema_of(access, &query.query).await?;
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
         };
@@ -206,8 +214,8 @@ impl FlightSqlService for FlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth(request.metadata())?;
-        self.run(handle_sql(&ticket.statement_handle)?).await
+        let (_, access) = self.auth(request.metadata())?;
+        self.run(access, handle_sql(&ticket.statement_handle)?).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -215,8 +223,8 @@ impl FlightSqlService for FlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        self.auth(request.metadata())?;
-        let schema = self.schema_of(&query.query).await?;
+        let (_, access) = self.auth(request.metadata())?;
+        let schema = self.schema_of(access, &query.query).await?;
         let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
             .map_err(status)?;
@@ -252,8 +260,10 @@ impl FlightSqlService for FlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth(request.metadata())?;
-        let schema = self.schema_of(handle_sql(&cmd.prepared_statement_handle)?).await?;
+        let (_, access) = self.auth(request.metadata())?;
+        let schema = self
+            .schema_of(access, handle_sql(&cmd.prepared_statement_handle)?)
+            .await?;
         Ok(Response::new(Self::info(
             &schema,
             cmd.as_any().encode_to_vec(),
@@ -266,8 +276,8 @@ impl FlightSqlService for FlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth(request.metadata())?;
-        self.run(handle_sql(&cmd.prepared_statement_handle)?).await
+        let (_, access) = self.auth(request.metadata())?;
+        self.run(access, handle_sql(&cmd.prepared_statement_handle)?).await
     }
 
     async fn get_flight_info_sql_info(

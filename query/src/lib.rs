@@ -21,6 +21,7 @@ pub mod output;
 pub mod pg;
 pub mod session;
 pub mod system;
+pub mod tenant;
 
 pub use engine::Engine;
 

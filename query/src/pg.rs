@@ -141,8 +141,14 @@ impl ScalarUDFImpl for CurrentSetting {
     }
 }
 
-/// Checks a password (an API token).
-pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// What a valid token may see: one user's rows, or (no user) every user's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub user: Option<String>,
+}
+
+/// Checks a password (an API token): none when it may not read.
+pub type TokenCheck = Arc<dyn Fn(&str) -> Option<Access> + Send + Sync>;
 
 /// Cleartext-password login where the password is an API token; the token is kept for the
 /// connection's guard, which checks it again before every statement.
@@ -150,6 +156,8 @@ struct TokenStartup {
     check: TokenCheck,
     params: Arc<DefaultServerParameterProvider>,
     token: Arc<OnceLock<String>>,
+    /// The connection's session: it becomes the token's user's at login.
+    session: Arc<SessionContext>,
 }
 
 #[async_trait]
@@ -175,7 +183,11 @@ impl StartupHandler for TokenStartup {
                     .user()
                     .unwrap_or_default()
                     .to_owned();
-                if (self.check)(&pwd.password) {
+                if let Some(access) = (self.check)(&pwd.password) {
+                    if let Some(user) = access.user {
+                        let tenant = Arc::new(crate::tenant::Tenant { user });
+                        self.session.state_ref().write().config_mut().set_extension(tenant);
+                    }
                     let _ = self.token.set(pwd.password);
                     finish_authentication(client, self.params.as_ref()).await?;
                     debug!(%user, "postgres login");
@@ -216,13 +228,14 @@ impl Handlers {
         ];
         Ok(Self {
             session: Arc::new(guard::Limited {
-                inner: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+                inner: Arc::new(DfSessionService::new_with_hooks(ctx.clone(), hooks)),
                 engine: engine.clone(),
             }),
             startup: Arc::new(TokenStartup {
                 check: check.clone(),
                 params: params.clone(),
                 token,
+                session: ctx,
             }),
         })
     }

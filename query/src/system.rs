@@ -35,6 +35,12 @@ pub struct DeviceRow {
 /// Where the `devices` table comes from (the cloud's registry).
 pub trait DeviceDirectory: Send + Sync + std::fmt::Debug {
     fn devices(&self) -> Vec<DeviceRow>;
+
+    /// The gateway id rows of devices without a gateway (`gateway` none) carry: the cloud's
+    /// own listener.
+    fn local_gateway(&self) -> Option<String> {
+        None
+    }
 }
 
 fn ms_type() -> DataType {
@@ -120,10 +126,10 @@ impl Source for TwinsTable {
         self.schema.clone()
     }
 
-    fn batch(&self) -> datafusion::error::Result<RecordBatch> {
+    fn batch(&self, user: Option<&str>) -> datafusion::error::Result<RecordBatch> {
         let twins = self
             .store
-            .list(None)
+            .list(user)
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         self.twins_batch(&twins)
     }
@@ -158,8 +164,11 @@ impl Source for DevicesTable {
         self.schema.clone()
     }
 
-    fn batch(&self) -> datafusion::error::Result<RecordBatch> {
-        let rows = self.dir.devices();
+    fn batch(&self, user: Option<&str>) -> datafusion::error::Result<RecordBatch> {
+        let mut rows = self.dir.devices();
+        if let Some(u) = user {
+            rows.retain(|d| d.user == u);
+        }
         let s = |f: &dyn Fn(&DeviceRow) -> String| -> ArrayRef {
             Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
         };
@@ -180,10 +189,11 @@ impl Source for DevicesTable {
     }
 }
 
-/// Where a state table's rows come from: read whole when a query runs.
+/// Where a state table's rows come from: read whole when a query runs, only `user`'s when
+/// the session belongs to one.
 pub trait Source: Send + Sync + std::fmt::Debug {
     fn schema(&self) -> SchemaRef;
-    fn batch(&self) -> datafusion::error::Result<RecordBatch>;
+    fn batch(&self, user: Option<&str>) -> datafusion::error::Result<RecordBatch>;
 }
 
 /// A table of current state (twins, devices) for DataFusion.
@@ -202,12 +212,13 @@ impl<S: Source + 'static> TableProvider for StateTable<S> {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let batch = self.0.batch()?;
+        let tenant = crate::tenant::tenant_of(state);
+        let batch = self.0.batch(tenant.as_ref().map(|t| t.user.as_str()))?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             self.0.schema(),

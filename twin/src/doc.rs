@@ -52,6 +52,19 @@ pub struct Twin {
     pub updated: u64,
 }
 
+/// The `fn` code of the resource at `path` in a device's description (`api`): 1 run,
+/// 2 input, 3 output, 4 input/output.
+pub fn resource_kind(resources: &Json, path: &str) -> Option<i64> {
+    let mut node = resources;
+    let mut entry = None;
+    for seg in path.split('/') {
+        let e = node.get(seg)?;
+        entry = Some(e);
+        node = e.get("/").unwrap_or(&Json::Null);
+    }
+    entry?.get("fn")?.as_i64()
+}
+
 impl Twin {
     /// A new, empty twin.
     pub fn new(key: &TwinKey, now_ms: u64) -> Self {
@@ -79,14 +92,7 @@ impl Twin {
     /// The `fn` code of a resource in the device's description (1 run, 2 input, 3 output,
     /// 4 input/output), if the device described it.
     pub fn resource_kind(&self, path: &str) -> Option<i64> {
-        let mut node = self.resources.as_ref()?;
-        let mut entry = None;
-        for seg in path.split('/') {
-            let e = node.get(seg)?;
-            entry = Some(e);
-            node = e.get("/").unwrap_or(&Json::Null);
-        }
-        entry?.get("fn")?.as_i64()
+        resource_kind(self.resources.as_ref()?, path)
     }
 
     /// The document as the API serves it (the AWS shadow shape, plus connection and tags).

@@ -25,7 +25,7 @@
 pub mod doc;
 pub mod store;
 
-pub use doc::{Connection, Twin, unwrap_io};
+pub use doc::{Connection, Twin, resource_kind, unwrap_io};
 pub use store::{EventKind, Limits, TwinEvent, TwinStore, TwinTxn};
 
 /// A device's identity: its account and its id.

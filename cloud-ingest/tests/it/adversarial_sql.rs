@@ -54,14 +54,7 @@ async fn http(api: &Api, token: &str, sql: &str) -> (StatusCode, Json) {
 }
 
 async fn pg(addr: SocketAddr, token: &str) -> tokio_postgres::Client {
-    let cfg = format!(
-        "host={} port={} user=attacker password={token} dbname=twinlake sslmode=disable",
-        addr.ip(),
-        addr.port()
-    );
-    let (client, conn) = tokio_postgres::connect(&cfg, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
+    pg_connect(addr, token).await
 }
 
 /// The first value of the first row of a simple query.

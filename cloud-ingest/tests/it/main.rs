@@ -3,7 +3,9 @@
 // Test code: a failed expectation should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod adversarial_gateway;
 mod adversarial_sql;
+mod adversarial_tenancy;
 mod auth;
 mod link;
 mod live;

@@ -39,6 +39,7 @@ pub fn cloud_config(dir: &Path, addr: SocketAddr) -> CloudConfig {
         name: name.into(),
         sha256: sha256_hex(t),
         scopes: vec![s],
+        user: None,
     };
     c.tokens = vec![
         token("admin", ADMIN, Scope::Admin),
@@ -49,6 +50,7 @@ pub fn cloud_config(dir: &Path, addr: SocketAddr) -> CloudConfig {
     c.gateways = vec![GatewayEntry {
         id: GATEWAY.into(),
         token_sha256: sha256_hex(GATEWAY_TOKEN),
+        users: vec![USER.into()],
     }];
     c.edge.listener.tcp = Some("127.0.0.1:0".parse().unwrap());
     c.lake.url = format!("file://{}", dir.join("lake").display());
@@ -281,6 +283,11 @@ pub struct TestDevice {
 
 impl TestDevice {
     pub fn start(addr: SocketAddr, device: &str) -> Self {
+        Self::start_as(addr, USER, device)
+    }
+
+    /// The device `user/device`.
+    pub fn start_as(addr: SocketAddr, user: &str, device: &str) -> Self {
         let led = Arc::new(AtomicBool::new(false));
         let reboots = Arc::new(AtomicU64::new(0));
         let mut thing = Thing::default();
@@ -309,7 +316,7 @@ impl TestDevice {
             std::thread::sleep(Duration::from_secs(2));
             *out = Value::from(1);
         });
-        let mut cfg = ClientConfig::new(&addr.ip().to_string(), addr.port(), USER, device, CREDENTIAL);
+        let mut cfg = ClientConfig::new(&addr.ip().to_string(), addr.port(), user, device, CREDENTIAL);
         cfg.reconnect_min = Duration::from_millis(100);
         cfg.reconnect_max = Duration::from_millis(300);
         cfg.poll_interval = Duration::from_millis(10);
@@ -414,4 +421,16 @@ pub async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
     (url, rx)
+}
+
+/// A Postgres-wire client of the cloud with `token` as the password.
+pub async fn pg_connect(addr: SocketAddr, token: &str) -> tokio_postgres::Client {
+    let cfg = format!(
+        "host={} port={} user=client password={token} dbname=twinlake sslmode=disable",
+        addr.ip(),
+        addr.port()
+    );
+    let (client, conn) = tokio_postgres::connect(&cfg, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
 }

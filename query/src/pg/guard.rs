@@ -137,7 +137,7 @@ impl Guard {
 
     fn authorized(&self) -> PgWireResult<()> {
         match self.token.get() {
-            Some(t) if (self.check)(t) => Ok(()),
+            Some(t) if (self.check)(t).is_some() => Ok(()),
             _ => Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                 "FATAL".into(),
                 "28000".into(),

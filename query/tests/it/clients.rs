@@ -42,7 +42,8 @@ struct Servers {
 async fn servers() -> Servers {
     let fixture = standard().await;
     let (stop, stop_rx) = watch::channel(false);
-    let check: twinlake_query::pg::TokenCheck = Arc::new(|t: &str| t == TOKEN);
+    let check: twinlake_query::pg::TokenCheck =
+        Arc::new(|t: &str| (t == TOKEN).then_some(twinlake_query::pg::Access { user: None }));
     let pg = twinlake_query::pg::serve(
         fixture.engine.clone(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),

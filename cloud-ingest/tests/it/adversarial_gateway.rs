@@ -1,0 +1,101 @@
+//! A rogue gateway (#13, finding 4): a second linked gateway with a device of the same name
+//! as another gateway's. Its presence, reports and descriptions are refused and counted, live
+//! calls and desired writes keep going to the real device's gateway, the user's SQL never
+//! shows its rows, and the real device keeps working after it leaves.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use twinlake_cloud::auth::sha256_hex;
+use twinlake_cloud::config::GatewayEntry;
+use twinlake_edge::config::DeviceEntry;
+use twinlake_edge::registry::CredentialHash;
+
+use crate::support::*;
+
+const ROGUE: &str = "gw-rogue";
+const ROGUE_TOKEN: &str = "rogue-gateway-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rogue_gateway_cannot_speak_for_another_gateways_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.gateways.push(GatewayEntry {
+        id: ROGUE.into(),
+        token_sha256: sha256_hex(ROGUE_TOKEN),
+        users: Vec::new(),
+    });
+    let cloud = TestCloud::start(cfg).await;
+    let api = cloud.api();
+    api.register("d1", Some(GATEWAY)).await;
+    let edge = TestEdge::start(edge_config(dir.path(), cloud.addr)).await;
+    let real = TestDevice::start(edge.tcp, "d1");
+    wait_online(&api, "d1").await;
+
+    // The rogue: its own agent, with acme/d1 in its local registry.
+    let mut rc = edge_config(&dir.path().join("rogue"), cloud.addr);
+    rc.gateway = ROGUE.into();
+    rc.link.token = ROGUE_TOKEN.into();
+    rc.devices.push(DeviceEntry {
+        user: USER.into(),
+        device: "d1".into(),
+        credential_hash: CredentialHash::new(CREDENTIAL, 1000).to_string(),
+        properties: Default::default(),
+    });
+    let rogue_edge = TestEdge::start(rc).await;
+    let rogue = TestDevice::start(rogue_edge.tcp, "d1");
+    let state = cloud.state.clone();
+    eventually(15, "the rogue's items refused", || {
+        let n = state.metrics.gateway_refusals.get();
+        async move { (n >= 3).then_some(()) }
+    })
+    .await;
+
+    // The twin still places d1 at the real gateway.
+    let t = api.twin("d1").await;
+    assert_eq!(t["connection"]["gateway"], json!(GATEWAY), "{t}");
+    assert_eq!(t["connection"]["online"], json!(true), "{t}");
+    // A desired write reaches the real device, not the rogue's.
+    api.set_desired("d1", json!({"led": true})).await;
+    eventually(10, "the real LED on", || {
+        let on = real.led.load(Ordering::Relaxed);
+        async move { on.then_some(()) }
+    })
+    .await;
+    assert!(
+        !rogue.led.load(Ordering::Relaxed),
+        "the rogue received the desired write"
+    );
+    // A live write goes to the real device too.
+    let (s, j) = api
+        .call(
+            Method::POST,
+            &format!("/v3/users/{USER}/devices/d1/resources/led"),
+            Some(CONTROL),
+            Some(json!(false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert!(!real.led.load(Ordering::Relaxed));
+
+    // The rogue leaves; the real device's live calls still work.
+    rogue.stop();
+    rogue_edge.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, j) = api
+        .call(
+            Method::GET,
+            &format!("/v3/users/{USER}/devices/d1/resources/temp"),
+            Some(READ),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    let t = api.twin("d1").await;
+    assert_eq!(t["connection"]["gateway"], json!(GATEWAY), "{t}");
+    real.stop();
+    edge.stop().await;
+    cloud.stop().await;
+}

@@ -175,9 +175,28 @@ impl Cloud {
             sql,
             catalog_wake: Notify::new(),
         });
-        // Until gateways report again, devices are where their twins last saw them.
-        for t in state.twins.list(None)? {
-            if t.connection.online {
+        // Devices of the cloud's own listener are not connected to a process that just
+        // started (after a SIGKILL their twins still said online); their next login sets
+        // online and connected_at again. Devices at gateways are where their twins last saw
+        // them until the gateways report again.
+        let twins = state.twins.list(None)?;
+        let local = Some(state.local_gateway.as_str());
+        let stale: Vec<_> = twins
+            .iter()
+            .filter(|t| t.connection.online && t.connection.gateway.as_deref() == local)
+            .map(|t| (t.key(), t.connection.last_seen.unwrap_or(t.updated)))
+            .collect();
+        if !stale.is_empty() {
+            state.twins.write(|t| {
+                // At their last sighting: a restart is no sighting.
+                for (key, seen) in &stale {
+                    t.set_connection(key, *seen, |c| c.online = false)?;
+                }
+                Ok::<_, Error>(())
+            })?;
+        }
+        for t in twins {
+            if t.connection.online && t.connection.gateway.as_deref() != local {
                 state.gateways.locate(t.key(), t.connection.gateway.clone());
             }
         }

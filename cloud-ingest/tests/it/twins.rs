@@ -249,3 +249,32 @@ async fn mqtt_device_gets_a_twin_and_its_desired_state_on_the_command_topic() {
     edge.stop().await;
     cloud.stop().await;
 }
+
+/// After a SIGKILL the twins of the cloud's own listener still said online, and a device's
+/// reconnect did not renew `connected_at` (#13, finding 13). A twin left online when the
+/// cloud stopped stands in for that: the next start says offline, at its last sighting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_does_not_claim_the_clouds_own_devices_are_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let local = cfg.edge.gateway.clone();
+    let cloud = TestCloud::start(cfg.clone()).await;
+    let key = twinlake_twin::TwinKey::new(USER, "ghost");
+    cloud
+        .state
+        .twins
+        .write(|t| {
+            t.set_connection(&key, 1_000, |c| {
+                c.online = true;
+                c.gateway = Some(local.clone());
+                c.connected_at = Some(1_000);
+            })
+        })
+        .unwrap();
+    cloud.stop().await;
+    let cloud = TestCloud::start(cfg).await;
+    let t = cloud.api().twin("ghost").await;
+    assert_eq!(t["connection"]["online"], json!(false), "{t}");
+    assert_eq!(t["connection"]["last_seen"], json!(1_000), "{t}");
+    cloud.stop().await;
+}

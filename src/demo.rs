@@ -79,7 +79,8 @@ fn self_signed(
     let crt = dir.join(format!("{name}.pem"));
     let key = dir.join(format!("{name}.key"));
     std::fs::write(&crt, cert.cert.pem())?;
-    std::fs::write(&key, cert.signing_key.serialize_pem())?;
+    // The private key: readable by its owner only.
+    twinlake_edge::wal::write_file_atomic(&key, cert.signing_key.serialize_pem().as_bytes(), 0o600)?;
     Ok((crt, key))
 }
 

@@ -210,6 +210,8 @@ pub fn remove_segments_through(dir: &Path, seq: u64) -> std::io::Result<()> {
 pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
+    // A temporary file left by a crash keeps its old mode when reopened: start afresh.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)

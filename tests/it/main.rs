@@ -64,6 +64,27 @@ fn demo_runs_cloud_edge_and_fleet() {
     );
     // On the way out the agent sealed what it had into the lake.
     assert!(stderr.contains("sealed"), "no seal in the logs:\n{stderr}");
+    // Secrets are the owner's alone: TLS keys and the saved registry (credential hashes).
+    let mut secrets = 0;
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "key") || p.ends_with("registry.json") {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+                assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", p.display());
+                secrets += 1;
+            }
+        }
+    }
+    assert!(
+        secrets >= 2,
+        "no key or registry file found under {}",
+        dir.path().display()
+    );
 }
 
 #[test]

@@ -524,8 +524,9 @@ async fn send(io: &LinkIo, msg: &Up) -> Result<(), Error> {
     io.tx.send(encode(msg)).await.map_err(|_| closed())
 }
 
+/// The saved registry holds credential hashes: readable by the agent's user only.
 fn save_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> std::io::Result<()> {
-    crate::wal::write_file_atomic(path, &serde_json::to_vec(v).map_err(std::io::Error::other)?, 0o666)
+    crate::wal::write_file_atomic(path, &serde_json::to_vec(v).map_err(std::io::Error::other)?, 0o600)
 }
 
 fn remote(e: Error) -> RemoteError {

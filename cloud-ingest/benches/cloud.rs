@@ -451,6 +451,7 @@ fn memory(full: bool) {
             let mut cfg = cloud_config(dir.path());
             cfg.edge.listener.idle_timeout = Duration::from_secs(600);
             cfg.edge.auth.max_failures = u32::MAX;
+            cfg.edge.auth.max_failures_per_device = u32::MAX;
             let cloud = start_cloud(cfg).await;
             register(&cloud.state, &names, None, "k");
             // The in-process pipeline has the registry and the twins exist.

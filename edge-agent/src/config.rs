@@ -175,11 +175,14 @@ impl Default for ListenerSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
-    /// Failed attempts an address may make within `failure_window`...
+    /// Failed attempts an address may make within `failure_window` (many devices may share
+    /// one address behind NAT)...
     pub max_failures: u32,
+    /// ...and attempts at one device id, from any address...
+    pub max_failures_per_device: u32,
     #[serde(with = "humantime_serde")]
     pub failure_window: Duration,
-    /// ...before it is refused without a check for this long.
+    /// ...before the address or the device is refused without a check for this long.
     #[serde(with = "humantime_serde")]
     pub lockout: Duration,
 }
@@ -187,7 +190,8 @@ pub struct AuthSection {
 impl Default for AuthSection {
     fn default() -> Self {
         Self {
-            max_failures: 5,
+            max_failures: 20,
+            max_failures_per_device: 5,
             failure_window: Duration::from_secs(60),
             lockout: Duration::from_secs(60),
         }

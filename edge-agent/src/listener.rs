@@ -517,11 +517,11 @@ async fn handle_frames(
                 let key = DeviceKey::new(&creds.user, &creds.device);
                 let metrics = &shared.config.metrics;
                 if let Some(limiter) = &shared.config.auth_limiter
-                    && limiter.is_locked(peer.ip())
+                    && limiter.is_locked(peer.ip(), &key)
                 {
                     metrics.auth_failures.inc();
                     metrics.auth_rate_limited.inc();
-                    debug!(device = %key, %peer, "login refused unchecked: the address is locked out");
+                    debug!(device = %key, %peer, "login refused unchecked: the address or the device is locked out");
                     conn.session.reject();
                     return Err("authentication refused (rate limited)".into());
                 }
@@ -544,13 +544,13 @@ async fn handle_frames(
                         .config
                         .auth_limiter
                         .as_ref()
-                        .is_some_and(|l| l.failure(peer.ip()));
+                        .is_some_and(|l| l.failure(peer.ip(), &key));
                     warn!(device = %key, %peer, locked_out = locked, "authentication failed");
                     conn.session.reject();
                     return Err("authentication failed".into());
                 }
                 if let Some(limiter) = &shared.config.auth_limiter {
-                    limiter.success(peer.ip());
+                    limiter.success(&key);
                 }
                 conn.session.accept();
                 register(shared, conn.id, &key, cmd_tx.clone());

@@ -192,9 +192,8 @@ impl DeviceRegistry {
 impl Authenticator for DeviceRegistry {
     fn quick_check(&self, c: &Credentials) -> Option<bool> {
         let key = DeviceKey::new(&c.user, &c.device);
-        if !self.devices.read().is_ok_and(|d| d.contains_key(&key)) {
-            return Some(false);
-        }
+        // An unknown device goes the full way, as a wrong credential does: answering it
+        // quicker would tell an attacker which devices exist.
         let seen = digest::digest(&digest::SHA256, c.credential.as_bytes());
         self.remembered(&key, &seen).then_some(true)
     }
@@ -202,6 +201,8 @@ impl Authenticator for DeviceRegistry {
     fn authenticate(&self, c: &Credentials) -> bool {
         let key = DeviceKey::new(&c.user, &c.device);
         let Some(hash) = self.devices.read().ok().and_then(|d| d.get(&key).cloned()) else {
+            // The same work as a real check, against a hash no credential matches.
+            let _ = UNKNOWN_DEVICE.verify(&c.credential);
             return false;
         };
         let seen = digest::digest(&digest::SHA256, c.credential.as_bytes());
@@ -216,32 +217,36 @@ impl Authenticator for DeviceRegistry {
     }
 }
 
+/// What an unknown device's credential is checked against (random salt and credential).
+static UNKNOWN_DEVICE: std::sync::LazyLock<CredentialHash> =
+    std::sync::LazyLock::new(|| CredentialHash::new(&crate::sources::random_hex(16), DEFAULT_ITERATIONS));
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Counts failed authentications per client address and locks out repeat offenders.
+/// Failed authentications per key, with lockouts; bounded.
 #[derive(Debug)]
-pub struct RateLimiter {
+struct Strikes<K> {
     max_failures: u32,
     window: Duration,
     lockout: Duration,
-    state: Mutex<HashMap<IpAddr, Strikes>>,
+    state: Mutex<HashMap<K, Strike>>,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Strikes {
+struct Strike {
     since: Instant,
     count: u32,
     locked_until: Option<Instant>,
 }
 
-/// Entries kept before old ones are pruned: bounds memory under a spray of addresses.
+/// Entries kept before old ones are pruned: bounds memory under a spray of addresses or
+/// device ids.
 const MAX_TRACKED: usize = 65_536;
 
-impl RateLimiter {
-    /// `max_failures` within `window` lock an address out for `lockout`.
-    pub fn new(max_failures: u32, window: Duration, lockout: Duration) -> Self {
+impl<K: std::hash::Hash + Eq> Strikes<K> {
+    fn new(max_failures: u32, window: Duration, lockout: Duration) -> Self {
         Self {
             max_failures: max_failures.max(1),
             window,
@@ -250,23 +255,16 @@ impl RateLimiter {
         }
     }
 
-    /// The limiter an `[auth]` section describes.
-    pub fn from_config(auth: &AuthSection) -> Self {
-        Self::new(auth.max_failures, auth.failure_window, auth.lockout)
-    }
-
-    /// Whether `ip` is locked out now.
-    pub fn is_locked(&self, ip: IpAddr) -> bool {
+    fn is_locked(&self, key: &K) -> bool {
         let now = Instant::now();
         self.state
             .lock()
             .ok()
-            .and_then(|s| s.get(&ip).and_then(|e| e.locked_until))
+            .and_then(|s| s.get(key).and_then(|e| e.locked_until))
             .is_some_and(|until| until > now)
     }
 
-    /// Records a failure; true when it locks the address out.
-    pub fn failure(&self, ip: IpAddr) -> bool {
+    fn failure(&self, key: K) -> bool {
         let now = Instant::now();
         let Ok(mut state) = self.state.lock() else {
             return false;
@@ -275,13 +273,13 @@ impl RateLimiter {
             let window = self.window;
             state.retain(|_, e| now.duration_since(e.since) < window || e.locked_until.is_some_and(|u| u > now));
         }
-        let e = state.entry(ip).or_insert(Strikes {
+        let e = state.entry(key).or_insert(Strike {
             since: now,
             count: 0,
             locked_until: None,
         });
         if now.duration_since(e.since) >= self.window && e.locked_until.is_none_or(|u| u <= now) {
-            *e = Strikes {
+            *e = Strike {
                 since: now,
                 count: 0,
                 locked_until: None,
@@ -296,13 +294,59 @@ impl RateLimiter {
         }
     }
 
-    /// Forgets an address's failures after it authenticated.
-    pub fn success(&self, ip: IpAddr) {
+    fn forget(&self, key: &K) {
         if let Ok(mut s) = self.state.lock()
-            && s.get(&ip).is_some_and(|e| e.locked_until.is_none())
+            && s.get(key).is_some_and(|e| e.locked_until.is_none())
         {
-            s.remove(&ip);
+            s.remove(key);
         }
+    }
+}
+
+/// Counts failed logins per client address and per device id, and locks out either past
+/// its limit. A success forgets the device's failures only: an attacker with one valid
+/// device cannot wipe its address's record by logging that device in between guesses.
+#[derive(Debug)]
+pub struct RateLimiter {
+    addrs: Strikes<IpAddr>,
+    devices: Strikes<DeviceKey>,
+}
+
+impl RateLimiter {
+    /// `max_failures` per address and `per_device` per device id within `window` lock
+    /// either out for `lockout`.
+    pub fn new(max_failures: u32, per_device: u32, window: Duration, lockout: Duration) -> Self {
+        Self {
+            addrs: Strikes::new(max_failures, window, lockout),
+            devices: Strikes::new(per_device, window, lockout),
+        }
+    }
+
+    /// The limiter an `[auth]` section describes.
+    pub fn from_config(auth: &AuthSection) -> Self {
+        Self::new(
+            auth.max_failures,
+            auth.max_failures_per_device,
+            auth.failure_window,
+            auth.lockout,
+        )
+    }
+
+    /// Whether logins from `ip`, or of `device`, are locked out now.
+    pub fn is_locked(&self, ip: IpAddr, device: &DeviceKey) -> bool {
+        self.addrs.is_locked(&ip) || self.devices.is_locked(device)
+    }
+
+    /// Records a failure; true when it locks the address or the device out.
+    pub fn failure(&self, ip: IpAddr, device: &DeviceKey) -> bool {
+        let a = self.addrs.failure(ip);
+        let d = self.devices.failure(device.clone());
+        a || d
+    }
+
+    /// Forgets the device's failures after it authenticated.
+    pub fn success(&self, device: &DeviceKey) {
+        self.devices.forget(device);
     }
 }
 
@@ -356,19 +400,40 @@ mod tests {
     }
 
     #[test]
-    fn limiter_locks_out_after_max_failures() {
-        let l = RateLimiter::new(3, Duration::from_secs(60), Duration::from_secs(60));
+    fn limiter_locks_out_addresses_and_devices() {
+        let l = RateLimiter::new(3, 2, Duration::from_secs(60), Duration::from_secs(60));
         let ip: IpAddr = [10, 0, 0, 1].into();
         let other: IpAddr = [10, 0, 0, 2].into();
-        assert!(!l.failure(ip));
-        assert!(!l.failure(ip));
-        assert!(!l.is_locked(ip));
-        assert!(l.failure(ip));
-        assert!(l.is_locked(ip));
-        assert!(!l.is_locked(other));
-        let short = RateLimiter::new(1, Duration::from_millis(1), Duration::from_millis(1));
-        assert!(short.failure(ip));
+        let (a, b, c) = (
+            DeviceKey::new("u", "a"),
+            DeviceKey::new("u", "b"),
+            DeviceKey::new("u", "c"),
+        );
+        assert!(!l.failure(ip, &a));
+        assert!(!l.is_locked(ip, &a));
+        // The device's second failure locks the device, from any address.
+        assert!(l.failure(other, &a));
+        assert!(l.is_locked([10, 9, 9, 9].into(), &a));
+        assert!(!l.is_locked(other, &b));
+        // The address's third failure locks the address, for any device; a success of
+        // another device from it does not wipe that.
+        assert!(!l.failure(ip, &b));
+        l.success(&c);
+        assert!(l.failure(ip, &c));
+        assert!(l.is_locked(ip, &DeviceKey::new("u", "d")));
+        let short = RateLimiter::new(1, 1, Duration::from_millis(1), Duration::from_millis(1));
+        assert!(short.failure(ip, &a));
         std::thread::sleep(Duration::from_millis(5));
-        assert!(!short.is_locked(ip));
+        assert!(!short.is_locked(ip, &a));
+    }
+
+    /// An unknown device takes the same path as a wrong credential: a full hash check
+    /// (shown by structure, not by timing: it is never answered by the quick check).
+    #[test]
+    fn unknown_devices_get_the_full_check() {
+        let r = DeviceRegistry::new().with("alice", "sensor1", "s3cr3t!");
+        assert_eq!(r.quick_check(&creds("mallory", "nobody", "guess")), None);
+        assert!(!r.authenticate(&creds("mallory", "nobody", "guess")));
+        assert_eq!(r.quick_check(&creds("alice", "sensor1", "wrong")), None);
     }
 }

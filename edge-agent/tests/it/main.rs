@@ -2,6 +2,7 @@
 // Test code: a failed expectation should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod adversarial;
 mod config;
 mod exchange;
 mod gwmp_props;

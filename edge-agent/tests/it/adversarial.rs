@@ -1,0 +1,45 @@
+//! Login attacks on the device listener (#13, finding 9): a device id is locked after its
+//! own limit of guesses, and logging in an attacker's own valid device between guesses
+//! does not wipe its address's record (it did: any success cleared the address).
+
+use std::time::Duration;
+
+use crate::lake;
+
+/// Tries one login of `device` with `credential`; true if it was accepted.
+fn login(port: u16, device: &str, credential: &str) -> bool {
+    let mut c = twinlake_sdk::client::ClientConfig::new("127.0.0.1", port, lake::USER, device, credential);
+    c.poll_interval = Duration::from_millis(5);
+    let mut client = twinlake_sdk::client::Client::new(c, lake::sensor());
+    client.wait_connected(Duration::from_secs(2)).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_are_limited_per_address_and_per_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lake::config(dir.path(), "memory://", 3);
+    cfg.auth.max_failures = 4;
+    cfg.auth.max_failures_per_device = 2;
+    let agent = lake::start(cfg).await;
+    let port = agent.tcp.port();
+    let outcome = tokio::task::spawn_blocking(move || {
+        vec![
+            // Guesses at dev-0, each followed by the attacker's own good login of dev-1.
+            login(port, "dev-0", "wrong"),
+            login(port, "dev-1", lake::CREDENTIAL),
+            login(port, "dev-0", "wrong"),
+            // dev-0 is locked now (2 failures), even with its right credential.
+            login(port, "dev-0", lake::CREDENTIAL),
+            login(port, "dev-1", lake::CREDENTIAL),
+            login(port, "dev-2", "wrong"),
+            login(port, "dev-2", "wrong"),
+            // The address has 4 failures (the lock-out refusal counted none): locked for
+            // every device, the attacker's own too.
+            login(port, "dev-1", lake::CREDENTIAL),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome, vec![false, true, false, false, true, false, false, false]);
+    agent.stop().await.unwrap();
+}

@@ -170,6 +170,16 @@ pub struct HttpSection {
     /// (a `control` token may ask for faster).
     #[serde(with = "humantime_serde")]
     pub stream_min_interval: Duration,
+    /// A request's headers must arrive within this (slow-header attacks)...
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// ...and its body within this.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Open connections, in all...
+    pub max_connections: usize,
+    /// ...and from one address.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpSection {
@@ -181,6 +191,10 @@ impl Default for HttpSection {
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 1 << 20,
             stream_min_interval: Duration::from_secs(1),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
         }
     }
 }

@@ -347,7 +347,7 @@ impl Cloud {
         }
         let app = crate::api::router(state.clone());
         info!(addr = ?self.http.local_addr().ok(), tls = self.tls.is_some(), "cloud API listening");
-        let serve = serve_http(self.http, self.tls, app, stop_rx.clone());
+        let serve = serve_http(self.http, self.tls, app, state.cfg.http.clone(), stop_rx.clone());
         let server = tokio::spawn(serve);
         shutdown.await;
         info!("shutting down");
@@ -381,17 +381,24 @@ impl Cloud {
 }
 
 /// Accepts HTTP (or HTTPS) connections until `stop`, each served by hyper with upgrades
-/// (WebSockets). Open connections (streams) end when the process does.
+/// (WebSockets), under `http.max_connections(_per_ip)` and `http.header_timeout`. Open
+/// connections (streams) end when the process does.
 async fn serve_http(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
+    cfg: crate::config::HttpSection,
     mut stop: watch::Receiver<bool>,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    let caps = twinlake_edge::conn_limit::ConnLimiter::new(cfg.max_connections, cfg.max_connections_per_ip);
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        (cfg.body_timeout, cfg.max_body_bytes),
+        body_in_time,
+    ));
     loop {
-        let (sock, _peer) = tokio::select! {
+        let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -402,17 +409,25 @@ async fn serve_http(
             },
             _ = stop.changed() => return,
         };
+        let Some(permit) = caps.admit(peer.ip()) else {
+            tracing::debug!(%peer, "HTTP connection refused: http.max_connections(_per_ip) reached");
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let tls = tls.clone();
         let mut stop = stop.clone();
+        let header_timeout = cfg.header_timeout;
         tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _permit = permit;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
             match tls {
                 Some(acceptor) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(sock)).await
-                    else {
+                    let Ok(Ok(stream)) = tokio::time::timeout(header_timeout, acceptor.accept(sock)).await else {
                         return;
                     };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -430,5 +445,32 @@ async fn serve_http(
                 }
             }
         });
+    }
+}
+
+/// Reads a request's body within `http.body_timeout` (408 past it), so a client that sends
+/// its body a byte at a time cannot hold a connection and a handler; the body is bounded
+/// by `http.max_body_bytes` (413 past it).
+async fn body_in_time(
+    axum::extract::State((limit, max_bytes)): axum::extract::State<(std::time::Duration, usize)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // Upgrades (WebSockets) and bodiless requests go straight on.
+    let (parts, body) = req.into_parts();
+    if parts.headers.contains_key(axum::http::header::UPGRADE) || parts.method == axum::http::Method::GET {
+        return next.run(axum::extract::Request::from_parts(parts, body)).await;
+    }
+    match tokio::time::timeout(limit, axum::body::to_bytes(body, max_bytes)).await {
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(e)) => {
+            crate::error::ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
+        }
+        Err(_) => crate::error::ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within http.body_timeout ({limit:?})"),
+        )
+        .into_response(),
     }
 }

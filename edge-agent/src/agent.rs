@@ -95,6 +95,9 @@ impl EdgeAgent {
             tls,
             idle_timeout: l.idle_timeout,
             request_timeout: l.request_timeout,
+            login_timeout: l.login_timeout,
+            write_timeout: l.write_timeout,
+            conns: crate::conn_limit::ConnLimiter::new(l.max_connections, l.max_connections_per_ip),
             limits: FrameLimits {
                 max_body: l.max_frame_bytes,
                 ..FrameLimits::DEFAULT

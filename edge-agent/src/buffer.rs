@@ -183,6 +183,14 @@ impl Table {
     }
 }
 
+/// The most columns a table may grow to; values for more are dropped and counted.
+pub const MAX_COLUMNS: usize = 1024;
+/// The longest column name, in bytes (a payload key, joined with `.` when nested).
+pub const MAX_COLUMN_NAME: usize = 256;
+/// What one null costs in a column's buffers, at most (an 8-byte value slot; validity bits
+/// and offsets are less): back-filled nulls count toward `buffer.max_bytes`.
+const NULL_BYTES: usize = 8;
+
 /// All tables' buffered rows, and the schemas they have grown to.
 pub struct Buffer {
     gateway: String,
@@ -191,6 +199,9 @@ pub struct Buffer {
     rows: usize,
     bytes: usize,
     oldest: Option<std::time::Instant>,
+    /// Values dropped since the last [`Buffer::take_dropped`]: past [`MAX_COLUMNS`] or with
+    /// a name over [`MAX_COLUMN_NAME`].
+    dropped: u64,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -223,7 +234,18 @@ impl Buffer {
             rows: 0,
             bytes: 0,
             oldest: None,
+            dropped: 0,
         }
+    }
+
+    /// Whether `table` has a schema (has ever had rows).
+    pub fn knows(&self, table: &str) -> bool {
+        self.schemas.contains_key(table)
+    }
+
+    /// Values dropped by the column rules since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Rows buffered.
@@ -269,8 +291,14 @@ impl Buffer {
             let got = value.field_type();
             let idx = match t.index.get(name.as_ref()) {
                 Some(&i) => i,
+                None if t.columns.len() >= MAX_COLUMNS || name.len() > MAX_COLUMN_NAME => {
+                    self.dropped += 1;
+                    continue;
+                }
                 None => {
                     schema.push((name.to_string(), got));
+                    // The new column is back-filled with a null for every buffered row.
+                    bytes += row * NULL_BYTES;
                     t.add_column(name, got)
                 }
             };
@@ -299,6 +327,7 @@ impl Buffer {
         for col in &mut t.columns {
             if col.builder.len() == row {
                 col.builder.append_nulls(1);
+                bytes += NULL_BYTES;
             }
         }
         t.time.push(time_us);
@@ -467,5 +496,40 @@ mod tests {
         let sealed = b.seal().unwrap();
         let hours: Vec<(i64, usize)> = sealed[0].hours.iter().map(|(h, b)| (*h, b.num_rows())).collect();
         assert_eq!(hours, vec![(0, 2), (HOUR_US, 1), (2 * HOUR_US, 1)]);
+    }
+
+    /// A wide payload after many narrow rows (#13, finding 8): the nulls it back-fills count
+    /// toward the buffer's bytes, so a seal comes when memory says so; columns stop at
+    /// MAX_COLUMNS and over-long names are dropped, both counted.
+    #[test]
+    fn wide_payloads_are_counted_and_capped() {
+        let mut b = Buffer::new("gw", Schemas::default());
+        let mut conflicts = Vec::new();
+        for i in 0..1000 {
+            b.append("t", i, "d", &fv(&[("v", FieldValue::Int(i))]), &mut conflicts);
+        }
+        let narrow = b.bytes();
+        let names: Vec<String> = (0..2000).map(|k| format!("k{k}")).collect();
+        let mut wide: Vec<(Cow<'_, str>, FieldValue<'_>)> = names
+            .iter()
+            .map(|n| (Cow::Borrowed(n.as_str()), FieldValue::Int(1)))
+            .collect();
+        let long = "x".repeat(MAX_COLUMN_NAME + 1);
+        wide.push((Cow::Borrowed(long.as_str()), FieldValue::Int(1)));
+        b.append("t", 1000, "d", &wide, &mut conflicts);
+        // 1,023 new columns, each back-filled for 1,000 rows.
+        assert!(
+            b.bytes() - narrow >= 1023 * 1000 * NULL_BYTES,
+            "{} -> {}",
+            narrow,
+            b.bytes()
+        );
+        assert_eq!(b.schemas()["t"].len(), MAX_COLUMNS);
+        assert_eq!(b.take_dropped(), 2000 - 1023 + 1);
+        assert_eq!(b.take_dropped(), 0);
+        // A narrow row after it pays for the nulls it leaves.
+        let before = b.bytes();
+        b.append("t", 1001, "d", &fv(&[("v", FieldValue::Int(1))]), &mut conflicts);
+        assert!(b.bytes() - before >= 1023 * NULL_BYTES);
     }
 }

@@ -155,6 +155,16 @@ pub struct ListenerSection {
     pub request_timeout: Duration,
     /// The largest frame a device may send; a bigger one closes its connection.
     pub max_frame_bytes: usize,
+    /// A connection that has not logged in after this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
+    /// A device that takes longer than this to take one write is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Open connections, in all (TCP and TLS together)...
+    pub max_connections: usize,
+    /// ...and from one address (a fleet behind NAT shares one).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ListenerSection {
@@ -167,6 +177,10 @@ impl Default for ListenerSection {
             idle_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(10),
             max_frame_bytes: 64 * 1024,
+            login_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_connections_per_ip: 10_000,
         }
     }
 }
@@ -283,6 +297,8 @@ pub struct BufferSection {
     /// ...or when the oldest buffered row is this old.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// The most tables this gateway keeps; rows for a new table past it are refused.
+    pub max_tables: usize,
 }
 
 impl Default for BufferSection {
@@ -291,6 +307,7 @@ impl Default for BufferSection {
             max_bytes: 64 << 20,
             max_rows: 2_000_000,
             max_age: Duration::from_secs(60),
+            max_tables: 1_000,
         }
     }
 }

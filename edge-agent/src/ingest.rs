@@ -498,6 +498,16 @@ impl Ingest {
 
     /// Appends one row to the WAL and the buffer; false if the WAL refused it.
     fn append_row(&mut self, kind: RecordKind, table: &str, device: &str, time_us: i64, payload: &Value) -> bool {
+        if !self.buffer.knows(table) && self.buffer.schemas().len() >= self.buffer_cfg.max_tables {
+            self.metrics.refused("tables", 1);
+            warn!(
+                device,
+                table,
+                max = self.buffer_cfg.max_tables,
+                "refused a row: buffer.max_tables reached"
+            );
+            return false;
+        }
         self.scratch.clear();
         payload.encode_into(&mut self.scratch);
         let rec = WalRecord {
@@ -515,6 +525,14 @@ impl Ingest {
         for c in self.conflicts.drain(..) {
             self.metrics.schema_conflicts.inc();
             warn!(device, conflict = %c, "schema conflict; value dropped");
+        }
+        let dropped = self.buffer.take_dropped();
+        if dropped > 0 {
+            self.metrics.refused("columns", dropped);
+            warn!(
+                device,
+                table, dropped, "values dropped: past 1,024 columns or a column name over 256 bytes"
+            );
         }
         self.unsynced.rows += 1;
         self.unsynced.values += values;

@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod buffer;
 pub mod config;
+pub mod conn_limit;
 pub mod durable;
 pub mod error;
 pub mod ingest;

@@ -82,6 +82,14 @@ pub struct ListenerConfig {
     pub request_timeout: Duration,
     /// How long a TLS handshake may take.
     pub handshake_timeout: Duration,
+    /// How long a connection may take to log in (keep-alives before the login do not
+    /// extend it).
+    pub login_timeout: Duration,
+    /// How long one write to a device may take: a device that stops reading is dropped
+    /// instead of wedging its connection (and shutdown).
+    pub write_timeout: Duration,
+    /// Caps on open connections, in all and per address.
+    pub conns: Arc<crate::conn_limit::ConnLimiter>,
     /// Per-connection frame limits.
     pub limits: FrameLimits,
     /// Capacity of the device event channel.
@@ -102,6 +110,9 @@ impl Default for ListenerConfig {
             idle_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            conns: crate::conn_limit::ConnLimiter::new(100_000, 10_000),
             limits: FrameLimits::DEFAULT,
             event_capacity: 4096,
             command_capacity: 64,
@@ -385,11 +396,16 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                let Some(permit) = shared.config.conns.admit(peer.ip()) else {
+                    debug!(%peer, "connection refused: listener.max_connections(_per_ip) reached");
+                    continue;
+                };
                 let _ = sock.set_nodelay(true);
                 let shared = shared.clone();
                 let stop = stop.clone();
                 let tls = tls.clone();
                 conns.spawn(async move {
+                    let _permit = permit;
                     match tls {
                         None => serve(sock, peer, false, shared, stop).await,
                         Some(acceptor) => {
@@ -444,6 +460,8 @@ where
     let mut buf: Vec<u8> = Vec::new();
     let idle = shared.config.idle_timeout;
     let mut idle_deadline = Instant::now() + idle;
+    let login_deadline = Instant::now() + shared.config.login_timeout;
+    let write_timeout = shared.config.write_timeout;
     let reason: String = loop {
         let next_request_deadline = conn.pending.values().map(|(d, _)| *d).min();
         tokio::select! {
@@ -468,7 +486,7 @@ where
                 // every idle connection's task.
                 if let Err(reason) = Box::pin(handle_frames(&mut decoder, &mut conn, &shared, &cmd_tx, peer, tls)).await {
                     // Flush what the session still has to say (an auth refusal, say).
-                    let _ = flush(&mut wr, &mut conn).await;
+                    let _ = tokio::time::timeout(write_timeout, flush(&mut wr, &mut conn)).await;
                     break reason;
                 }
                 decoder.release();
@@ -485,13 +503,16 @@ where
                 expire_requests(&mut conn);
             }
             _ = tokio::time::sleep_until(idle_deadline) => break format!("idle for {} s", idle.as_secs()),
+            _ = tokio::time::sleep_until(login_deadline), if conn.key.is_none() => break "no login in time".into(),
             _ = stop.changed() => break "shutting down".into(),
         }
-        if let Err(e) = flush(&mut wr, &mut conn).await {
-            break format!("write error: {e}");
+        match tokio::time::timeout(write_timeout, flush(&mut wr, &mut conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => break format!("write error: {e}"),
+            Err(_) => break "the device stopped reading (write timed out)".into(),
         }
     };
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
     finish(conn, &shared, reason).await;
 }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod adversarial_gateway;
+mod adversarial_http;
 mod adversarial_sql;
 mod adversarial_tenancy;
 mod auth;
@@ -12,6 +13,8 @@ mod live;
 #[allow(dead_code)]
 #[path = "../../../edge-agent/tests/it/mosquitto.rs"]
 mod mosquitto;
+#[path = "../../../edge-agent/tests/it/net.rs"]
+mod net;
 mod sql;
 mod streams;
 mod support;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::lake;
+use crate::net::closed_within;
 
 /// Tries one login of `device` with `credential`; true if it was accepted.
 fn login(port: u16, device: &str, credential: &str) -> bool {
@@ -41,5 +42,48 @@ async fn guesses_are_limited_per_address_and_per_device() {
     .await
     .unwrap();
     assert_eq!(outcome, vec![false, true, false, false, true, false, false, false]);
+    agent.stop().await.unwrap();
+}
+
+/// Keep-alives before a login used to hold a connection for ever (each one renewed the
+/// idle deadline); now the login deadline closes it, and a cap per address refuses the
+/// sockets past it at once (#13, finding 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_sockets_are_bounded_in_time_and_number() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lake::config(dir.path(), "memory://", 1);
+    cfg.listener.login_timeout = Duration::from_millis(500);
+    cfg.listener.max_connections_per_ip = 5;
+    let agent = lake::start(cfg).await;
+    let addr = agent.tcp;
+    // Pre-auth keep-alives (`02 00`) every 100 ms: closed after the login deadline anyway.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let flood = async {
+        for _ in 0..100 {
+            if s.write_all(&[2, 0]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    // Generous: twenty times the configured deadline.
+    assert!(
+        flood.await,
+        "a connection sending only keep-alives stayed open for 10 s"
+    );
+    // Ten sockets from one address: five are admitted, the rest closed at once.
+    let mut socks = Vec::new();
+    for _ in 0..10 {
+        socks.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut refused = 0;
+    for s in socks.iter_mut().skip(5) {
+        if closed_within(s, Duration::from_millis(300)).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 5, "sockets past the per-address cap");
     agent.stop().await.unwrap();
 }

@@ -10,6 +10,7 @@ mod ingest;
 mod lake;
 mod link_props;
 mod mosquitto;
+mod net;
 mod s3;
 mod sdk_device;
 mod sources;

@@ -1,0 +1,62 @@
+//! Slow and many HTTP clients (#13, finding 9): headers that never finish and bodies that
+//! trickle are cut off at their deadlines, and one address cannot open more than its cap.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::net::closed_within;
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_many_http_clients_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.http.header_timeout = Duration::from_millis(500);
+    cfg.http.body_timeout = Duration::from_millis(500);
+    cfg.http.max_connections_per_ip = 60;
+    let cloud = TestCloud::start(cfg).await;
+    // Slowloris: 50 connections whose headers never end.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(cloud.addr).await.unwrap();
+        s.write_all(b"GET /v1/devices HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    for s in &mut slow {
+        // Generous: twenty times the configured deadline.
+        assert!(
+            closed_within(s, Duration::from_secs(10)).await,
+            "a slow header stayed open"
+        );
+    }
+    // A body that trickles.
+    let mut s = tokio::net::TcpStream::connect(cloud.addr).await.unwrap();
+    s.write_all(
+        format!("POST /v1/sql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\nContent-Length: 100\r\n\r\nSEL")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reply = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply)).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    drop(slow);
+    // The cap: of 70 sockets from one address, 10 are closed at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut socks = Vec::new();
+    for _ in 0..70 {
+        socks.push(tokio::net::TcpStream::connect(cloud.addr).await.unwrap());
+    }
+    let mut refused = 0;
+    for s in socks.iter_mut().skip(60) {
+        if closed_within(s, Duration::from_millis(300)).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 10);
+    drop(socks);
+    cloud.stop().await;
+}

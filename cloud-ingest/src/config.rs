@@ -290,7 +290,8 @@ impl Default for TwinsSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LinkServerSection {
-    /// Requests to one gateway in flight at most; more wait (and time out).
+    /// Live requests (reads, writes, calls, stream changes) to one gateway in flight at
+    /// most; more wait for a place within their own timeout.
     pub max_inflight: usize,
 }
 

@@ -52,6 +52,8 @@ struct Session {
     tx: mpsc::Sender<String>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     epoch: u64,
+    /// Requests in flight at most (`link.max_inflight`): more wait, within their timeout.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Session {
@@ -145,6 +147,13 @@ impl Gateways {
             .ok()
             .and_then(|s| s.get(&gateway).cloned())
             .ok_or_else(|| ControlError::Offline(format!("device {key}'s gateway {gateway} is not linked")))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Held until the answer (or the timeout): the gateway's waiting map stays bounded.
+        let _slot = match tokio::time::timeout_at(deadline, session.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(ControlError::Offline(format!("gateway {gateway}'s link closed"))),
+            Err(_) => return Err(ControlError::Timeout(timeout)),
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = session.pending.lock() {
@@ -159,7 +168,6 @@ impl Gateways {
         let forget = || {
             session.take(id);
         };
-        let deadline = tokio::time::Instant::now() + timeout;
         let sent = tokio::time::timeout_at(deadline, session.tx.send(encode(&msg))).await;
         match sent {
             Ok(Ok(())) => {}
@@ -259,6 +267,7 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
         tx: io.tx.clone(),
         pending: Mutex::default(),
         epoch: state.gateways.next_epoch.fetch_add(1, Ordering::Relaxed),
+        slots: Arc::new(tokio::sync::Semaphore::new(state.cfg.link.max_inflight.max(1))),
     });
     if let Ok(mut s) = state.gateways.sessions.lock() {
         s.insert(gateway.clone(), session.clone());

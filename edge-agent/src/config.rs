@@ -527,8 +527,10 @@ pub struct EmbeddedBroker {
     /// Where devices connect with MQTT 5; `"off"` by default.
     #[serde(with = "addr_or_off")]
     pub listen_v5: Option<SocketAddr>,
-    /// Device accounts (username = password); empty: any client may connect.
+    /// Device accounts (username = password). Required unless `allow_anonymous`.
     pub users: BTreeMap<String, Hidden>,
+    /// Lets any client connect without an account (a closed network only).
+    pub allow_anonymous: bool,
     /// The largest message a device may publish.
     pub max_payload_bytes: usize,
     /// Devices connected at once.
@@ -541,6 +543,7 @@ impl Default for EmbeddedBroker {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             listen_v5: None,
             users: Default::default(),
+            allow_anonymous: false,
             max_payload_bytes: 256 * 1024,
             max_connections: 10_000,
         }
@@ -604,6 +607,12 @@ impl MqttSection {
             }
             if b.max_payload_bytes < 64 || b.max_connections == 0 {
                 return bad("embedded.max_payload_bytes must be at least 64 and max_connections at least 1".into());
+            }
+            if b.users.is_empty() && !b.allow_anonymous {
+                return bad(
+                    "embedded.users is empty: give devices accounts (users = { name = \"password\" }), or set allow_anonymous = true on a closed network"
+                        .into(),
+                );
             }
             if let Some(u) = b.users.keys().find(|u| u.is_empty() || u.starts_with("twinlake-")) {
                 return bad(format!(

@@ -62,7 +62,12 @@ fn bad_configs_say_what_is_wrong() {
             "[mqtt]\nurl = \"mqtt://x\"\n[mqtt.embedded]\n[[mqtt.subscriptions]]\ntopic = \"a/{device}\"",
             "exclude each other",
         ),
-        ("[mqtt.embedded]", "subscriptions"),
+        ("[mqtt.embedded]\nallow_anonymous = true", "subscriptions"),
+        // Accounts are required by default (#13, finding 12).
+        (
+            "[mqtt.embedded]\n[[mqtt.subscriptions]]\ntopic = \"a/{device}\"",
+            "allow_anonymous",
+        ),
         (
             "[mqtt.embedded]\nlisten = \"0.0.0.0:1883\"\nlisten_v5 = \"0.0.0.0:1883\"",
             "both",

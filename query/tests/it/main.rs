@@ -4,5 +4,6 @@
 
 mod clients;
 mod lake;
+mod props;
 mod slt;
 mod support;

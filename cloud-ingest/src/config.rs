@@ -232,8 +232,10 @@ pub struct SqlSection {
     pub memory_limit: usize,
     /// Queries running at once; more wait for a slot until their timeout.
     pub max_concurrent: usize,
-    /// Fresh rows (sent by gateways, not yet in files) held for queries, at most.
+    /// Fresh rows (sent by gateways, not yet in files) held for queries, at most...
     pub fresh_max_rows: usize,
+    /// ...and their Arrow memory, at most (bytes).
+    pub fresh_max_bytes: usize,
     /// How long a fresh row whose file never came is kept.
     #[serde(with = "humantime_serde")]
     pub fresh_max_age: Duration,
@@ -255,6 +257,7 @@ impl Default for SqlSection {
             memory_limit: limits.memory_total,
             max_concurrent: limits.max_concurrent,
             fresh_max_rows: fresh.max_rows,
+            fresh_max_bytes: fresh.max_bytes,
             fresh_max_age: fresh.max_age,
             rebuild_on_start: true,
             compaction: Default::default(),

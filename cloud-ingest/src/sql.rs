@@ -73,6 +73,7 @@ pub fn open(cfg: &CloudConfig, db: &Db, twins: &TwinStore) -> Result<Engine, Err
     let (store, prefix) = twinlake_edge::upload::open_store(&upload, &cfg.data_dir)?;
     let limits = FreshLimits {
         max_rows: cfg.sql.fresh_max_rows,
+        max_bytes: cfg.sql.fresh_max_bytes,
         max_age: cfg.sql.fresh_max_age,
     };
     let lake = Lake::open(db.0.clone(), store, prefix, limits).map_err(|e| Error::Storage(e.to_string()))?;

@@ -51,6 +51,9 @@ pub struct FreshRow<'a> {
 pub struct FreshLimits {
     /// Rows held at most; past it the oldest chunks go (counted).
     pub max_rows: usize,
+    /// Arrow memory held at most (a few wide rows weigh more than many narrow ones); past it
+    /// the oldest chunks go (counted).
+    pub max_bytes: usize,
     /// Fresh rows whose file never came (a seal the edge dropped) go after this long.
     pub max_age: std::time::Duration,
 }
@@ -59,6 +62,7 @@ impl Default for FreshLimits {
     fn default() -> Self {
         Self {
             max_rows: 5_000_000,
+            max_bytes: 512 << 20,
             max_age: std::time::Duration::from_secs(3 * 3600),
         }
     }
@@ -122,6 +126,15 @@ impl TableState {
                 }
             }
         }
+    }
+
+    /// The Arrow memory of its fresh rows, open and sealed.
+    fn fresh_bytes(&self) -> usize {
+        self.chunks
+            .iter()
+            .map(|c| c.batch.get_array_memory_size())
+            .sum::<usize>()
+            + self.open.values().map(|(b, _)| b.bytes()).sum::<usize>()
     }
 
     fn drop_chunks(&mut self, keep: impl Fn(&Chunk) -> bool) -> usize {
@@ -340,11 +353,13 @@ impl Lake {
             }
         }
         let mut over = total.saturating_sub(dropped).saturating_sub(self.limits.max_rows);
-        if over > 0 {
+        let mut bytes: usize = tables.values().map(TableState::fresh_bytes).sum();
+        if over > 0 || bytes > self.limits.max_bytes {
             for t in tables.values_mut() {
                 t.seal_open();
             }
-            while over > 0 {
+            bytes = tables.values().map(TableState::fresh_bytes).sum();
+            while over > 0 || bytes > self.limits.max_bytes {
                 // The oldest chunk of all tables.
                 let oldest = tables
                     .iter()
@@ -353,7 +368,9 @@ impl Lake {
                 let Some((_, name, i)) = oldest else { break };
                 let Some(t) = tables.get_mut(&name) else { break };
                 let rows = if i < t.chunks.len() {
-                    t.chunks.remove(i).batch.num_rows()
+                    let gone = t.chunks.remove(i).batch;
+                    bytes = bytes.saturating_sub(gone.get_array_memory_size());
+                    gone.num_rows()
                 } else {
                     break;
                 };

@@ -160,3 +160,44 @@ async fn fresh_rows_are_bounded() {
             >= 3
     );
 }
+
+/// A few wide rows weigh more than many narrow ones (#13, finding 8): the fresh rows are
+/// bounded in bytes as well as in rows.
+#[tokio::test]
+async fn fresh_rows_are_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let db = Arc::new(redb::Database::create(dir.path().join("c.redb")).unwrap());
+    let limit = 1 << 20;
+    let lake = Lake::open(
+        db,
+        store,
+        ObjectPath::from(""),
+        FreshLimits {
+            max_bytes: limit,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // 1,000 text fields a row: tens of KB of Arrow each.
+    let mut wide = twinlake_sdk::pson::Value::object();
+    for k in 0..1000 {
+        wide = wide.with(&format!("k{k}"), "some text value");
+    }
+    let payload = wide.to_bytes();
+    let row = twinlake_query::FreshRow {
+        time_us: T0,
+        device: "d",
+        payload: twinlake_sdk::pson::ValueRef::decode(&payload).unwrap(),
+    };
+    for seg in 0..200 {
+        lake.add_fresh("gw", "t", seg, false, &[row.clone(), row.clone(), row.clone()]);
+    }
+    assert!(lake.fresh_rows() < 600, "{} rows held", lake.fresh_rows());
+    assert!(
+        lake.counters
+            .fresh_rows_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}

@@ -30,6 +30,8 @@ pub struct CloudMetrics {
     pub tenant_refusals: Counter,
     /// What a gateway sent for a device that is not its own, refused.
     pub gateway_refusals: Counter,
+    /// Announced files given up after failing to be catalogued for long.
+    pub files_given_up: Counter,
     registry: Registry,
 }
 
@@ -48,6 +50,12 @@ impl Default for CloudMetrics {
                 r,
                 "tenant_refusals",
                 "Requests refused because the token belongs to another user",
+                Counter::default(),
+            ),
+            files_given_up: add(
+                r,
+                "files_given_up",
+                "Announced files given up after failing to be catalogued for long",
                 Counter::default(),
             ),
             gateway_refusals: add(

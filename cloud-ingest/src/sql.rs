@@ -103,6 +103,11 @@ pub fn token_check(tokens: &Tokens) -> twinlake_query::pg::TokenCheck {
     })
 }
 
+/// An announced file that still cannot be read after this many tries over this long is
+/// given up (counted).
+const GIVE_UP_TRIES: u32 = 30;
+const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
+
 /// Catalogues the files gateways announced (the `files` inbox), oldest first, until the
 /// cloud stops; a file that cannot be read yet stays and is tried again.
 pub async fn catalogue(state: Arc<AppState>) {
@@ -114,6 +119,8 @@ pub async fn catalogue(state: Arc<AppState>) {
             Err(e) => warn!(error = %e, "cannot list the lake"),
         }
     }
+    // Paths that failed: when first, and how often (bounded by the inbox).
+    let mut failing: std::collections::HashMap<String, (tokio::time::Instant, u32)> = Default::default();
     loop {
         let pending = match inbox(&state.db) {
             Ok(p) => p,
@@ -126,6 +133,7 @@ pub async fn catalogue(state: Arc<AppState>) {
         for (path, size) in pending {
             match state.sql.lake().commit(&path, size).await {
                 Ok(added) => {
+                    failing.remove(&path);
                     if added {
                         state.metrics.files_catalogued.inc();
                     }
@@ -135,7 +143,20 @@ pub async fn catalogue(state: Arc<AppState>) {
                 }
                 Err(e) => {
                     failed = true;
-                    debug!(%path, error = %e, "cannot catalogue a file yet");
+                    let (since, n) = failing.entry(path.clone()).or_insert((tokio::time::Instant::now(), 0));
+                    *n += 1;
+                    if *n >= GIVE_UP_TRIES && since.elapsed() >= GIVE_UP_AFTER {
+                        // Not retried for ever: the file, if it ever lands, is found by the
+                        // next start's listing (sql.rebuild_on_start).
+                        warn!(%path, tries = *n, error = %e, "giving up cataloguing an announced file");
+                        state.metrics.files_given_up.inc();
+                        if let Err(e) = state.db.delete(FILES, &path) {
+                            warn!(%path, error = %e, "cannot clear the file inbox");
+                        }
+                        failing.remove(&path);
+                    } else {
+                        debug!(%path, error = %e, "cannot catalogue a file yet");
+                    }
                 }
             }
         }

@@ -51,6 +51,9 @@ pub struct LoraSource {
     token: u16,
 }
 
+/// Gateways whose downlink path (PULL_DATA address) is remembered, at most.
+const MAX_GATEWAYS: usize = 10_000;
+
 fn load_sessions(path: &Path) -> Result<HashMap<Eui, Session>, Error> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
@@ -202,6 +205,14 @@ impl LoraSource {
         };
         match up {
             Up::PullData { token, gateway } => {
+                // Unauthenticated UDP: the gateways remembered are bounded.
+                if !self.pull_addr.contains_key(&gateway) && self.pull_addr.len() >= MAX_GATEWAYS {
+                    let gone = self.pull_addr.keys().next().copied();
+                    if let Some(g) = gone {
+                        self.pull_addr.remove(&g);
+                        self.metrics.source("lorawan", "gateway_evicted");
+                    }
+                }
                 if self.pull_addr.insert(gateway, from) != Some(from) {
                     info!(%gateway, %from, "gateway downlink path");
                 }

@@ -106,10 +106,18 @@ impl<'a> Topic<'a> {
     }
 }
 
+/// Edge nodes whose aliases are kept, and aliases per node: what brokers' clients send is
+/// bounded; past either, a node is forgotten (its next birth teaches it again) or the alias
+/// goes unnamed (`alias_<n>`), and both are counted in [`Aliases::evicted`].
+pub const MAX_NODES: usize = 10_000;
+pub const MAX_ALIASES: usize = 10_000;
+
 /// Aliases per edge node, from its births: alias → (name, datatype).
 #[derive(Debug, Default)]
 pub struct Aliases {
     nodes: HashMap<(String, String), HashMap<u64, (String, u32)>>,
+    /// Nodes forgotten and aliases not kept for the bounds.
+    pub evicted: u64,
 }
 
 /// One decoded metric value at a time (ms since the epoch).
@@ -127,6 +135,13 @@ impl Aliases {
         use prost::Message as _;
         let payload = Payload::decode(bytes).map_err(|e| format!("not a Sparkplug B payload: {e}"))?;
         let node = (topic.group.to_owned(), topic.node.to_owned());
+        if topic.kind != "NDEATH" && !self.nodes.contains_key(&node) && self.nodes.len() >= MAX_NODES {
+            let gone = self.nodes.keys().next().cloned();
+            if let Some(k) = gone {
+                self.nodes.remove(&k);
+                self.evicted += 1;
+            }
+        }
         match topic.kind {
             "NDEATH" => {
                 self.nodes.remove(&node);
@@ -142,7 +157,11 @@ impl Aliases {
         let mut out = Vec::with_capacity(payload.metrics.len());
         for m in payload.metrics {
             if birth && let (Some(a), Some(n)) = (m.alias, &m.name) {
-                aliases.insert(a, (n.clone(), m.datatype.unwrap_or(0)));
+                if aliases.len() < MAX_ALIASES || aliases.contains_key(&a) {
+                    aliases.insert(a, (n.clone(), m.datatype.unwrap_or(0)));
+                } else {
+                    self.evicted += 1;
+                }
             }
             let known = m.alias.and_then(|a| aliases.get(&a));
             let name = match (&m.name, known, m.alias) {
@@ -259,5 +278,45 @@ mod tests {
         let (_, s) = a.decode(&t, &data.encode_to_vec()).unwrap();
         assert_eq!(s[0].name, "alias_7");
         assert!(a.decode(&t, &[0xff, 0xff]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    fn birth(aliases: std::ops::Range<u64>) -> Vec<u8> {
+        Payload {
+            metrics: aliases
+                .map(|a| Metric {
+                    name: Some(format!("m{a}")),
+                    alias: Some(a),
+                    datatype: Some(10),
+                    value: Some(MetricValue::Double(1.0)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// Births from clients of a broker cannot grow the alias memory without bound (#13,
+    /// finding 11): nodes and aliases per node are capped, and what is not kept is counted.
+    #[test]
+    fn aliases_are_bounded() {
+        let mut a = Aliases::default();
+        let t = Topic::parse("spBv1.0/g/NBIRTH/n").unwrap();
+        a.decode(&t, &birth(0..MAX_ALIASES as u64 + 5)).unwrap();
+        assert_eq!(a.nodes.values().map(HashMap::len).sum::<usize>(), MAX_ALIASES);
+        assert_eq!(a.evicted, 5);
+        for n in 0..MAX_NODES + 3 {
+            let topic = format!("spBv1.0/g/NBIRTH/node{n}");
+            a.decode(&Topic::parse(&topic).unwrap(), &birth(0..1)).unwrap();
+        }
+        assert_eq!(a.nodes.len(), MAX_NODES);
+        assert_eq!(a.evicted, 5 + 4);
     }
 }

@@ -87,3 +87,38 @@ async fn unauthenticated_sockets_are_bounded_in_time_and_number() {
     assert_eq!(refused, 5, "sockets past the per-address cap");
     agent.stop().await.unwrap();
 }
+
+/// A device that stops reading used to wedge its connection in a write, and shutdown waited
+/// for it (2 minutes once); now the write gives up after listener.write_timeout (#13,
+/// finding 9). The client floods keep-alives, each answered with two bytes it never reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_reading_does_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lake::config(dir.path(), "memory://", 1);
+    cfg.listener.write_timeout = Duration::from_secs(1);
+    cfg.listener.login_timeout = Duration::from_secs(600);
+    let agent = lake::start(cfg).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(agent.tcp).await.unwrap();
+    // Logged in (keep-alives are answered only then); the answer goes unread too.
+    let auth = twinlake_sdk::frame::Message::auth(lake::USER, "dev-0", lake::CREDENTIAL).to_frame();
+    s.write_all(&auth).await.unwrap();
+    let flood = [2u8, 0].repeat(64 << 10);
+    // Write until the agent stops reading us (its replies fill our unread buffer), or 10 s.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if s.write_all(&flood).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    // Generous: thirty times the write timeout.
+    tokio::time::timeout(Duration::from_secs(30), agent.stop())
+        .await
+        .expect("shutdown waited on a device that does not read")
+        .unwrap();
+    drop(s);
+}

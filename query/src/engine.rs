@@ -101,6 +101,8 @@ pub struct Engine {
     pool: Arc<dyn MemoryPool>,
     /// Query slots.
     slots: Arc<Semaphore>,
+    /// Sessions not yet freed.
+    live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -165,6 +167,7 @@ impl Engine {
             lake,
             pool: Arc::new(GreedyMemoryPool::new(limits.memory_total)),
             slots: Arc::new(Semaphore::new(limits.max_concurrent)),
+            live: Arc::default(),
             limits,
         })
     }
@@ -175,6 +178,12 @@ impl Engine {
         self.slots = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
         self.limits = limits;
         self
+    }
+
+    /// Sessions made and not yet freed: a closed connection's session must not outlive it
+    /// (the Postgres catalog's reference cycle once kept them).
+    pub fn live_sessions(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The limits every surface applies.
@@ -192,7 +201,11 @@ impl Engine {
     /// With a `user`, every table shows only that user's rows ([`crate::tenant`]).
     pub fn session_for(&self, user: Option<String>) -> Result<SessionContext, QueryError> {
         let base = self.base.state();
-        let pool = Arc::new(CappedPool::new(self.pool.clone(), self.limits.memory_per_query));
+        let pool = Arc::new(CappedPool::new(
+            self.pool.clone(),
+            self.limits.memory_per_query,
+            self.live.clone(),
+        ));
         let runtime = RuntimeEnvBuilder::from_runtime_env(base.runtime_env())
             .with_memory_pool(pool)
             .build_arc()?;

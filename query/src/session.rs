@@ -134,21 +134,31 @@ impl ObjectStoreRegistry for LakeOnly {
     }
 }
 
-/// One query's share of the server-wide pool: at most `limit` bytes of it.
+/// One session's share of the server-wide pool: at most `limit` bytes of it. It lives as
+/// long as its session, so `live` counts the sessions not yet freed.
 #[derive(Debug)]
 pub struct CappedPool {
     inner: Arc<dyn MemoryPool>,
     used: AtomicUsize,
     limit: usize,
+    live: Arc<AtomicUsize>,
 }
 
 impl CappedPool {
-    pub fn new(inner: Arc<dyn MemoryPool>, limit: usize) -> Self {
+    pub fn new(inner: Arc<dyn MemoryPool>, limit: usize, live: Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::Relaxed);
         Self {
             inner,
             used: AtomicUsize::new(0),
             limit,
+            live,
         }
+    }
+}
+
+impl Drop for CappedPool {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -212,3 +212,43 @@ async fn a_revoked_token_ends_its_open_postgres_session() {
     assert!(flight(cloud.flight.unwrap(), &token, "SELECT 1").await.is_err());
     cloud.stop().await;
 }
+
+/// The resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A session per connection must not outlive it (#13, finding 2): after 1,000 Postgres
+/// connections, each with a query and a SET, every session is freed. The memory before and
+/// after is printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closed_sessions_are_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = cloud(dir.path()).await;
+    let pg_addr = cloud.postgres.unwrap();
+    let engine = cloud.state.sql.clone();
+    let before = rss_kib();
+    for i in 0..1000 {
+        let c = pg(pg_addr, READ).await;
+        c.simple_query("SET TIME ZONE '+01:00'").await.unwrap();
+        assert_eq!(pg_value(&c, "SELECT 1").await.unwrap(), "1");
+        drop(c);
+        if i == 99 {
+            eprintln!("RSS after 100 connections: {} KiB", rss_kib());
+        }
+    }
+    eventually(10, "every session freed", || {
+        let live = engine.live_sessions();
+        async move { (live == 0).then_some(()) }
+    })
+    .await;
+    eprintln!("RSS before: {before} KiB, after 1,000 connections: {} KiB", rss_kib());
+    cloud.stop().await;
+}

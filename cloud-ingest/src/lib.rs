@@ -21,6 +21,7 @@ pub mod control;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
+pub mod provenance;
 pub mod server;
 pub mod sql;
 pub mod store;

@@ -32,6 +32,8 @@ pub struct CloudMetrics {
     pub gateway_refusals: Counter,
     /// Announced files given up after failing to be catalogued for long.
     pub files_given_up: Counter,
+    /// Files whose rows a gateway may not write, moved to `_quarantine/`.
+    pub files_quarantined: Counter,
     registry: Registry,
 }
 
@@ -50,6 +52,12 @@ impl Default for CloudMetrics {
                 r,
                 "tenant_refusals",
                 "Requests refused because the token belongs to another user",
+                Counter::default(),
+            ),
+            files_quarantined: add(
+                r,
+                "files_quarantined",
+                "Files holding rows their gateway may not write, moved to _quarantine/",
                 Counter::default(),
             ),
             files_given_up: add(

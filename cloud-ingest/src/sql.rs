@@ -113,9 +113,17 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 pub async fn catalogue(state: Arc<AppState>) {
     let mut stop = state.stop.subscribe();
     if state.cfg.sql.rebuild_on_start {
-        match state.sql.lake().rebuild().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(files = n, "catalogued files found by listing the lake"),
+        let check = crate::provenance::check(&state, None);
+        match state.sql.lake().rebuild_checked(&check).await {
+            Ok((0, 0)) => {}
+            Ok((n, refused)) => {
+                state.metrics.files_quarantined.inc_by(refused as u64);
+                tracing::info!(
+                    files = n,
+                    quarantined = refused,
+                    "catalogued files found by listing the lake"
+                );
+            }
             Err(e) => warn!(error = %e, "cannot list the lake"),
         }
     }
@@ -130,9 +138,17 @@ pub async fn catalogue(state: Arc<AppState>) {
             }
         };
         let mut failed = false;
-        for (path, size) in pending {
-            match state.sql.lake().commit(&path, size).await {
-                Ok(added) => {
+        for (path, size, gateway) in pending {
+            let check = crate::provenance::check(&state, gateway);
+            match state.sql.lake().commit_checked(&path, size, &check).await {
+                Ok(Err(reason)) => {
+                    state.metrics.files_quarantined.inc();
+                    warn!(%path, %reason, "an announced file is quarantined");
+                    if let Err(e) = state.db.delete(FILES, &path) {
+                        warn!(%path, error = %e, "cannot clear the file inbox");
+                    }
+                }
+                Ok(Ok(added)) => {
                     failing.remove(&path);
                     if added {
                         state.metrics.files_catalogued.inc();
@@ -173,17 +189,22 @@ pub async fn catalogue(state: Arc<AppState>) {
     }
 }
 
-/// The inbox: path → size, as the gateway announced it.
-fn inbox(db: &Db) -> Result<Vec<(String, Option<u64>)>, Error> {
+/// The inbox: path, size and announcing gateway, as the gateway announced it.
+/// An announced file: its path, size and the gateway that announced it.
+type Announced = (String, Option<u64>, Option<String>);
+
+fn inbox(db: &Db) -> Result<Vec<Announced>, Error> {
     let tx = db.0.begin_read()?;
     let t = tx.open_table(FILES)?;
     let mut out = Vec::new();
     for row in t.iter()? {
         let (k, v) = row?;
-        let size = serde_json::from_slice::<serde_json::Value>(v.value())
-            .ok()
+        let rec = serde_json::from_slice::<serde_json::Value>(v.value()).ok();
+        let size = rec
+            .as_ref()
             .and_then(|j| j.pointer("/file/bytes").and_then(|b| b.as_u64()));
-        out.push((k.value().to_owned(), size));
+        let gateway = rec.as_ref().and_then(|j| j.get("gateway")?.as_str().map(str::to_owned));
+        out.push((k.value().to_owned(), size, gateway));
     }
     Ok(out)
 }

@@ -438,19 +438,30 @@ impl Lake {
     /// Lists the object store and catalogues every file the catalog lacks: recovery
     /// after the catalog was lost, or files whose announcement never came.
     pub async fn rebuild(&self) -> Result<usize, QueryError> {
+        let new = self.unknown_files().await?;
+        let n = new.len();
+        self.add_files(new)?;
+        Ok(n)
+    }
+
+    /// The files a listing finds that the catalog lacks (and compaction did not replace).
+    pub(crate) async fn unknown_files(&self) -> Result<Vec<FileMeta>, QueryError> {
         let known: std::collections::HashSet<String> =
             self.lock().values().flat_map(|t| t.files.keys().cloned()).collect();
         let catalog = self.catalog.clone();
-        let new = catalog::list_new(&self.store, &self.prefix, &|p| {
+        catalog::list_new(&self.store, &self.prefix, &|p| {
             known.contains(p) || catalog.replaced(p).unwrap_or(false)
         })
-        .await?;
-        let n = new.len();
+        .await
+    }
+
+    /// Catalogues described files, durably and then for queries.
+    pub(crate) fn add_files(&self, new: Vec<FileMeta>) -> Result<(), QueryError> {
         self.catalog.swap(&new, &[], None)?;
         for m in new {
             self.insert_file(m);
         }
-        Ok(n)
+        Ok(())
     }
 
     /// The files and fresh batches a query of `table` reads, pruned.

@@ -19,6 +19,7 @@ pub mod gapfill;
 pub mod lake;
 pub mod output;
 pub mod pg;
+pub mod provenance;
 pub mod session;
 pub mod system;
 pub mod tenant;

@@ -36,6 +36,8 @@ async fn a_rogue_gateway_cannot_speak_for_another_gateways_device() {
 
     // The rogue: its own agent, with acme/d1 in its local registry.
     let mut rc = edge_config(&dir.path().join("rogue"), cloud.addr);
+    // It has the store's credentials: its files land in the cloud's lake.
+    rc.upload.url = format!("file://{}", dir.path().join("lake").display());
     rc.gateway = ROGUE.into();
     rc.link.token = ROGUE_TOKEN.into();
     rc.devices.push(DeviceEntry {
@@ -79,6 +81,20 @@ async fn a_rogue_gateway_cannot_speak_for_another_gateways_device() {
         .await;
     assert_eq!(s, StatusCode::OK, "{j}");
     assert!(!real.led.load(Ordering::Relaxed));
+
+    // Its files land, but the rows in them are not its devices': quarantined, not catalogued.
+    eventually(20, "the rogue's file quarantined", || {
+        let n = state.metrics.files_quarantined.get();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    let quarantined = dir.path().join("lake/_quarantine/temp");
+    assert!(quarantined.exists(), "no file under {}", quarantined.display());
+    let files = cloud.state.sql.lake().files("temp");
+    assert!(
+        files.iter().all(|f| f.gateway.as_deref() != Some(ROGUE)),
+        "a rogue file was catalogued"
+    );
 
     // The rogue leaves; the real device's live calls still work.
     rogue.stop();

@@ -108,6 +108,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         scopes: vec![Scope::Admin],
         user: None,
     }];
+    // The demo's credential is printed for all to see: a low cost keeps its start quick.
+    cc.registry.credential_iterations = 10_000;
     cc.gateways = vec![GatewayEntry {
         id: GATEWAY.into(),
         token_sha256: sha256_hex(GATEWAY_TOKEN),

@@ -15,7 +15,7 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 use twinlake_edge::link::{ErrorKind, LINK_PATH, Op};
-use twinlake_edge::registry::{CredentialHash, DEFAULT_ITERATIONS};
+use twinlake_edge::registry::CredentialHash;
 use twinlake_twin::{TwinError, TwinKey};
 
 use crate::auth::{Principal, Scope, new_token, sha256_hex};
@@ -246,14 +246,23 @@ pub struct NewDevice {
 
 /// Registers a device (blocking: call it off the runtime). Returns the record and the
 /// credential, which is stored only hashed. Gateways hear of it at once.
+/// A device credential's stored hash: a salted HMAC for one the platform made (144 random
+/// bits), PBKDF2 at `registry.credential_iterations` for one a person chose.
+fn hash_credential(s: &AppState, credential: &str, generated: bool) -> String {
+    if generated {
+        CredentialHash::fast(credential).to_string()
+    } else {
+        CredentialHash::new(credential, s.cfg.registry.credential_iterations).to_string()
+    }
+}
+
 pub fn register_device(s: &AppState, user: &str, req: NewDevice) -> Result<(DeviceRecord, String), ApiError> {
     check_id("user", user)?;
     check_id("device", &req.device)?;
     crate::tenancy::ensure_user(s, user)?;
-    let credential = req
-        .credential
-        .or(req.credentials)
-        .unwrap_or_else(|| new_token("").chars().take(24).collect());
+    let credential = req.credential.or(req.credentials);
+    let generated = credential.is_none();
+    let credential = credential.unwrap_or_else(|| new_token("").chars().take(24).collect());
     if credential.len() < 8 {
         return Err(ApiError::bad_request("a credential needs at least 8 characters"));
     }
@@ -266,7 +275,7 @@ pub fn register_device(s: &AppState, user: &str, req: NewDevice) -> Result<(Devi
         tags: req.tags,
         attributes: req.attributes,
         enabled: true,
-        credential_hash: CredentialHash::new(&credential, DEFAULT_ITERATIONS).to_string(),
+        credential_hash: hash_credential(s, &credential, generated),
         created: now(),
     };
     let key = TwinKey::new(&rec.user, &rec.device);
@@ -360,13 +369,14 @@ async fn update_device(p: Principal, State(s): St, Path((u, d)): Path<(String, S
         }
         let credential = match change.credential.as_deref() {
             None => None,
-            Some("rotate") => Some(new_token("").chars().take(24).collect::<String>()),
-            Some(c) if c.len() >= 8 => Some(c.to_owned()),
+            Some("rotate") => Some((new_token("").chars().take(24).collect::<String>(), true)),
+            Some(c) if c.len() >= 8 => Some((c.to_owned(), false)),
             Some(_) => return Err(ApiError::bad_request("a credential needs at least 8 characters")),
         };
-        if let Some(c) = &credential {
-            rec.credential_hash = CredentialHash::new(c, DEFAULT_ITERATIONS).to_string();
+        if let Some((c, generated)) = &credential {
+            rec.credential_hash = hash_credential(&st, c, *generated);
         }
+        let credential = credential.map(|(c, _)| c);
         let key = TwinKey::new(&rec.user, &rec.device);
         let tags = change.tags;
         st.twins.write(|t| -> Result<(), ApiError> {

@@ -22,6 +22,7 @@ pub struct CloudConfig {
     pub data_dir: PathBuf,
     pub http: HttpSection,
     pub twins: TwinsSection,
+    pub registry: RegistrySection,
     pub link: LinkServerSection,
     pub webhooks: WebhookSection,
     /// API tokens to create at start (stored hashed; the file holds only their SHA-256).
@@ -51,6 +52,7 @@ impl Default for CloudConfig {
             data_dir,
             http: HttpSection::default(),
             twins: TwinsSection::default(),
+            registry: RegistrySection::default(),
             link: LinkServerSection::default(),
             webhooks: WebhookSection::default(),
             tokens: Vec::new(),
@@ -271,6 +273,23 @@ fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Socket
         return Ok(None);
     }
     s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// `[registry]`: device credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// PBKDF2 iterations for a credential a person chose (credentials the platform makes
+    /// take a salted HMAC). Lower it only for tests.
+    pub credential_iterations: u32,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        Self {
+            credential_iterations: twinlake_edge::registry::DEFAULT_ITERATIONS,
+        }
+    }
 }
 
 /// `[twins]`

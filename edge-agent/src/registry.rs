@@ -22,16 +22,18 @@ use crate::config::AuthSection;
 use crate::listener::session::Credentials;
 use crate::listener::{Authenticator, DeviceKey};
 
-/// Iterations for new hashes. Device credentials are usually machine-made random strings;
-/// this keeps a guessed one expensive without making a fleet's first connects slow.
-pub const DEFAULT_ITERATIONS: u32 = 20_000;
+/// PBKDF2 iterations for credentials a person chose (OWASP's current advice for
+/// PBKDF2-HMAC-SHA256). Credentials the platform makes (128 random bits or more) take a
+/// salted HMAC instead ([`CredentialHash::fast`]): nothing is left to guess slowly.
+pub const DEFAULT_ITERATIONS: u32 = 600_000;
 const ALG: pbkdf2::Algorithm = pbkdf2::PBKDF2_HMAC_SHA256;
 const PREFIX: &str = "pbkdf2-sha256";
+const FAST_PREFIX: &str = "hmac-sha256";
 
-/// A parsed credential hash.
+/// A parsed credential hash: PBKDF2 (`iterations`), or a salted HMAC (`None`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CredentialHash {
-    iterations: NonZeroU32,
+    iterations: Option<NonZeroU32>,
     salt: Vec<u8>,
     hash: Vec<u8>,
 }
@@ -39,48 +41,60 @@ pub struct CredentialHash {
 impl std::fmt::Debug for CredentialHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CredentialHash")
-            .field("iterations", &self.iterations)
+            .field("iterations", &self.iterations.map_or(0, NonZeroU32::get))
             .finish_non_exhaustive()
     }
 }
 
 impl CredentialHash {
-    /// Hashes a credential with a fresh random salt.
+    /// Hashes a credential with PBKDF2 and a fresh random salt.
     pub fn new(credential: &str, iterations: u32) -> Self {
         let iterations = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
-        let mut salt = vec![0u8; 16];
-        // SystemRandom only fails when the OS has no entropy source at all.
-        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt).is_err() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            salt = digest::digest(&digest::SHA256, format!("{now:?}{credential}").as_bytes())
-                .as_ref()
-                .iter()
-                .take(16)
-                .copied()
-                .collect();
-        }
+        let salt = new_salt(credential);
         let mut hash = vec![0u8; 32];
         pbkdf2::derive(ALG, iterations, &salt, credential.as_bytes(), &mut hash);
-        Self { iterations, salt, hash }
+        Self {
+            iterations: Some(iterations),
+            salt,
+            hash,
+        }
+    }
+
+    /// A salted HMAC-SHA256 of a credential the platform made (128 random bits or more):
+    /// as safe as PBKDF2 there, and a reconnect storm costs nothing.
+    pub fn fast(credential: &str) -> Self {
+        let salt = new_salt(credential);
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salt),
+            credential.as_bytes(),
+        );
+        Self {
+            iterations: None,
+            salt,
+            hash: tag.as_ref().to_vec(),
+        }
     }
 
     /// Parses the stored form.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let mut parts = s.split('$');
-        let (Some(PREFIX), Some(iter), Some(salt), Some(hash), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(format!(
-                "a credential hash looks like {PREFIX}$<iterations>$<salt>$<hash> (make one with `twinlake hash-credential`)"
-            ));
+        let bad = || {
+            format!(
+                "a credential hash looks like {PREFIX}$<iterations>$<salt>$<hash> or {FAST_PREFIX}$<salt>$<hash> (make one with `twinlake hash-credential`)"
+            )
         };
-        let iterations = iter
-            .parse::<u32>()
-            .ok()
-            .and_then(NonZeroU32::new)
-            .ok_or_else(|| format!("bad iteration count {iter:?}"))?;
+        let parts: Vec<&str> = s.split('$').collect();
+        let (iterations, salt, hash) = match parts.as_slice() {
+            [PREFIX, iter, salt, hash] => {
+                let n = iter
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(NonZeroU32::new)
+                    .ok_or_else(|| format!("bad iteration count {iter:?}"))?;
+                (Some(n), *salt, *hash)
+            }
+            [FAST_PREFIX, salt, hash] => (None, *salt, *hash),
+            _ => return Err(bad()),
+        };
         let salt = B64.decode(salt).map_err(|e| format!("bad salt: {e}"))?;
         let hash = B64.decode(hash).map_err(|e| format!("bad hash: {e}"))?;
         if salt.len() < 8 || hash.len() < 16 {
@@ -91,19 +105,41 @@ impl CredentialHash {
 
     /// Whether `credential` matches, in constant time.
     pub fn verify(&self, credential: &str) -> bool {
-        pbkdf2::verify(ALG, self.iterations, &self.salt, credential.as_bytes(), &self.hash).is_ok()
+        match self.iterations {
+            Some(n) => pbkdf2::verify(ALG, n, &self.salt, credential.as_bytes(), &self.hash).is_ok(),
+            None => ring::hmac::verify(
+                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.salt),
+                credential.as_bytes(),
+                &self.hash,
+            )
+            .is_ok(),
+        }
     }
+}
+
+/// 16 random bytes (a hash of the time and the credential if the OS has no entropy).
+fn new_salt(credential: &str) -> Vec<u8> {
+    let mut salt = vec![0u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt).is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        salt = digest::digest(&digest::SHA256, format!("{now:?}{credential}").as_bytes())
+            .as_ref()
+            .iter()
+            .take(16)
+            .copied()
+            .collect();
+    }
+    salt
 }
 
 impl std::fmt::Display for CredentialHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{PREFIX}${}${}${}",
-            self.iterations,
-            B64.encode(&self.salt),
-            B64.encode(&self.hash)
-        )
+        match self.iterations {
+            Some(n) => write!(f, "{PREFIX}${n}${}${}", B64.encode(&self.salt), B64.encode(&self.hash)),
+            None => write!(f, "{FAST_PREFIX}${}${}", B64.encode(&self.salt), B64.encode(&self.hash)),
+        }
     }
 }
 
@@ -200,9 +236,14 @@ impl Authenticator for DeviceRegistry {
 
     fn authenticate(&self, c: &Credentials) -> bool {
         let key = DeviceKey::new(&c.user, &c.device);
-        let Some(hash) = self.devices.read().ok().and_then(|d| d.get(&key).cloned()) else {
-            // The same work as a real check, against a hash no credential matches.
-            let _ = UNKNOWN_DEVICE.verify(&c.credential);
+        let (hash, like) = match self.devices.read() {
+            Ok(d) => (d.get(&key).cloned(), d.values().next().cloned()),
+            Err(_) => (None, None),
+        };
+        let Some(hash) = hash else {
+            // The same work as a real check: against another device's hash (same kind and
+            // cost as the fleet's), whose answer is ignored.
+            let _ = like.as_ref().unwrap_or(&UNKNOWN_DEVICE).verify(&c.credential);
             return false;
         };
         let seen = digest::digest(&digest::SHA256, c.credential.as_bytes());
@@ -219,7 +260,7 @@ impl Authenticator for DeviceRegistry {
 
 /// What an unknown device's credential is checked against (random salt and credential).
 static UNKNOWN_DEVICE: std::sync::LazyLock<CredentialHash> =
-    std::sync::LazyLock::new(|| CredentialHash::new(&crate::sources::random_hex(16), DEFAULT_ITERATIONS));
+    std::sync::LazyLock::new(|| CredentialHash::new(&crate::sources::random_hex(16), 20_000));
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -425,6 +466,23 @@ mod tests {
         assert!(short.failure(ip, &a));
         std::thread::sleep(Duration::from_millis(5));
         assert!(!short.is_locked(ip, &a));
+    }
+
+    #[test]
+    fn platform_made_credentials_take_a_fast_salted_hash() {
+        let h = CredentialHash::fast("tl_0123456789abcdef0123456789abcdef");
+        let text = h.to_string();
+        assert!(text.starts_with("hmac-sha256$"), "{text}");
+        let back = CredentialHash::parse(&text).unwrap();
+        assert_eq!(back, h);
+        assert!(back.verify("tl_0123456789abcdef0123456789abcdef"));
+        assert!(!back.verify("tl_0123456789abcdef0123456789abcdee"));
+        // Salted: the same credential hashes differently each time.
+        assert_ne!(
+            CredentialHash::fast("x").to_string(),
+            CredentialHash::fast("x").to_string()
+        );
+        assert!(CredentialHash::parse("hmac-sha256$AAAAAAAAAAA").is_err());
     }
 
     /// An unknown device takes the same path as a wrong credential: a full hash check

@@ -34,6 +34,8 @@ pub fn cloud_config(dir: &Path, addr: SocketAddr) -> CloudConfig {
     c.http.addr = addr;
     c.http.request_timeout = Duration::from_secs(2);
     c.metrics.addr = None;
+    // Debug builds: a low PBKDF2 cost for the credentials the tests choose.
+    c.registry.credential_iterations = 1_000;
     c.webhooks.retry_min = Duration::from_millis(100);
     let token = |name: &str, t: &str, s: Scope| TokenEntry {
         name: name.into(),

@@ -946,6 +946,7 @@ async fn create_gateway(p: Principal, State(s): St, body: Bytes) -> ApiResult {
         users: req.users,
     };
     s.db.put(GATEWAYS, &req.id, &rec)?;
+    s.gateways.registry_changed();
     Ok(json_response(
         StatusCode::CREATED,
         &json!({ "id": req.id, "token": token, "note": "the token is shown only now" }),

@@ -80,6 +80,8 @@ pub struct Gateways {
     next_epoch: AtomicU64,
     /// Bumped when the registry changes, so every session resends its gateway's devices.
     pub registry_version: watch::Sender<u64>,
+    /// What each gateway may write rows for (see [`crate::provenance`]).
+    pub allowed: crate::provenance::AllowedCache,
 }
 
 impl Default for Gateways {
@@ -90,6 +92,7 @@ impl Default for Gateways {
             next_id: AtomicU64::new(1),
             next_epoch: AtomicU64::new(1),
             registry_version: watch::channel(0).0,
+            allowed: Default::default(),
         }
     }
 }
@@ -612,8 +615,19 @@ fn apply_item(
             table,
             segment,
             stream,
-            rows,
-        } => after.rows.push((table, segment, stream, rows)),
+            mut rows,
+        } => {
+            // Fresh rows count only for devices the gateway may write rows for.
+            if gateway != state.local_gateway {
+                let allowed = crate::provenance::allowed_now(state, gateway);
+                let before = rows.len();
+                rows.retain(|(_, device, _)| allowed.allows(device));
+                if rows.len() < before {
+                    state.metrics.gateway_refusals.inc_by((before - rows.len()) as u64);
+                }
+            }
+            after.rows.push((table, segment, stream, rows));
+        }
     }
     Ok(())
 }

@@ -11,9 +11,38 @@ use crate::store::{DEVICES, DeviceRecord, GATEWAYS, GatewayRecord};
 
 /// What gateway `g` may write rows for: the devices registered to it, and (when an admin
 /// bound users to it) any device, since those devices' rows carry no user.
-struct Allowed {
+#[derive(Debug)]
+pub struct Allowed {
     devices: HashSet<String>,
     any_device: bool,
+}
+
+impl Allowed {
+    pub fn allows(&self, device: &str) -> bool {
+        self.any_device || self.devices.contains(device)
+    }
+}
+
+/// Each gateway's [`Allowed`], as of a registry version: rebuilt only when the registry
+/// changed, so the link's fresh rows are checked without reading the registry each batch.
+#[derive(Debug, Default)]
+pub struct AllowedCache(std::sync::Mutex<std::collections::HashMap<String, (u64, std::sync::Arc<Allowed>)>>);
+
+/// What gateway `g` may write rows for, from the cache when the registry has not changed.
+pub fn allowed_now(state: &AppState, g: &str) -> std::sync::Arc<Allowed> {
+    let version = *state.gateways.registry_version.borrow();
+    let cache = &state.gateways.allowed;
+    if let Ok(c) = cache.0.lock()
+        && let Some((v, a)) = c.get(g)
+        && *v == version
+    {
+        return a.clone();
+    }
+    let a = std::sync::Arc::new(allowed(state, g));
+    if let Ok(mut c) = cache.0.lock() {
+        c.insert(g.to_owned(), (version, a.clone()));
+    }
+    a
 }
 
 fn allowed(state: &AppState, g: &str) -> Allowed {
@@ -57,7 +86,7 @@ pub fn check(
             if *gw != g {
                 return Err(format!("{g}'s file holds rows of gateway {gw:?}"));
             }
-            if !allowed.any_device && !allowed.devices.contains(device) {
+            if !allowed.allows(device) {
                 return Err(format!("{g}'s file holds rows of {device:?}, not a device of {g}"));
             }
         }

@@ -98,6 +98,17 @@ async fn a_rogue_gateway_cannot_speak_for_another_gateways_device() {
         );
     }
 
+    // Nor do its fresh rows reach SQL, even for a platform token.
+    let (s, j) = api
+        .call(
+            Method::POST,
+            "/v1/sql",
+            Some(READ),
+            Some(json!({"sql": format!("SELECT count(*) AS n FROM temp WHERE gateway = '{ROGUE}'")})),
+        )
+        .await;
+    assert_eq!((s, j), (StatusCode::OK, json!([{"n": 0}])));
+
     // The rogue leaves; the real device's live calls still work.
     rogue.stop();
     rogue_edge.stop().await;

@@ -36,6 +36,7 @@ fn write_for(port: u16, from: i64, secs: u64) -> (Vec<i64>, i64) {
 
 #[test]
 fn sigterm_during_a_failing_seal_loses_no_acknowledged_row() {
+    let _one = crate::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), port);
@@ -85,6 +86,7 @@ fn sigterm_during_a_failing_seal_loses_no_acknowledged_row() {
 
 #[test]
 fn a_name_that_cannot_be_a_table_is_refused_and_sealing_goes_on() {
+    let _one = crate::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), port);
@@ -133,6 +135,7 @@ fn a_name_that_cannot_be_a_table_is_refused_and_sealing_goes_on() {
 /// directory that holds it, were fsynced (#13, finding 10).
 #[test]
 fn a_local_lake_file_is_fsynced_before_its_outbox_copy_is_deleted() {
+    let _one = crate::one_at_a_time();
     let strace = Path::new("/usr/bin/strace");
     assert!(
         strace.exists(),

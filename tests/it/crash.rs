@@ -129,6 +129,7 @@ fn lcg(state: &mut u64) -> u64 {
 
 #[test]
 fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
+    let _one = crate::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), port);

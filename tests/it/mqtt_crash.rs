@@ -55,6 +55,7 @@ fn scrape(port: u16, name: &str) -> f64 {
 
 #[test]
 fn sigkill_while_publishing_loses_no_mqtt_message() {
+    let _one = crate::one_at_a_time();
     let broker = Mosquitto::start(20);
     let dir = tempfile::tempdir().unwrap();
     let metrics = free_port();

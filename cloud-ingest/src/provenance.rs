@@ -81,7 +81,7 @@ pub fn check(
         if meta.gateway.as_deref().is_some_and(|w| w != g) {
             return Err(format!("announced by {g}, named for {:?}", meta.gateway));
         }
-        let allowed = allowed(state, &g);
+        let allowed = allowed_now(state, &g);
         for (gw, device) in pairs {
             if *gw != g {
                 return Err(format!("{g}'s file holds rows of gateway {gw:?}"));

@@ -402,6 +402,12 @@ impl Lake {
             return Ok(false);
         }
         let meta = catalog::describe(&self.store, &self.prefix, path, size).await?;
+        self.commit_described(meta)
+    }
+
+    /// Catalogues a file already described (its footer read) that compaction has not
+    /// replaced.
+    pub(crate) fn commit_described(&self, meta: FileMeta) -> Result<bool, QueryError> {
         self.catalog.swap(std::slice::from_ref(&meta), &[], None)?;
         self.insert_file(meta);
         self.counters

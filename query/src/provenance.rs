@@ -81,6 +81,10 @@ impl Lake {
         size: Option<u64>,
         check: Check<'_>,
     ) -> Result<Result<bool, String>, QueryError> {
+        // A path compaction replaced is a re-upload: `commit` deletes it.
+        if self.catalog().replaced(path)? {
+            return self.commit(path, size).await.map(Ok);
+        }
         let (store, prefix) = self.store();
         let meta = catalog::describe(store, prefix, path, size).await?;
         let pairs = origins(store, prefix, path, meta.bytes).await?;
@@ -88,7 +92,7 @@ impl Lake {
             quarantine(store, prefix, path).await?;
             return Ok(Err(reason));
         }
-        self.commit(path, size).await.map(Ok)
+        self.commit_described(meta).map(Ok)
     }
 
     /// [`Lake::rebuild`] with the same check for every file it finds; returns the files

@@ -41,3 +41,80 @@ for name, d in {
     "txack": bytes.fromhex("02567805") + eui + b'{"txpk_ack":{"error":"NONE"}}',
 }.items():
     (gwmp / name).write_bytes(d)
+
+# MQTT payloads: a format byte, then messages `[topic len][topic][payload len LE16][payload]`.
+def msgs(fmt: int, *pairs) -> bytes:
+    out = bytes([fmt])
+    for topic, payload in pairs:
+        out += bytes([len(topic)]) + topic.encode() + len(payload).to_bytes(2, "little") + payload
+    return out
+
+
+def pb_varint(n: int) -> bytes:
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def pb(field: int, wire: int, body) -> bytes:
+    key = pb_varint(field << 3 | wire)
+    return key + (pb_varint(body) if wire == 0 else pb_varint(len(body)) + body if wire == 2 else body)
+
+
+import struct
+metric = pb(1, 2, b"temp") + pb(2, 0, 1) + pb(4, 0, 10) + pb(13, 1, struct.pack("<d", 21.5))
+by_alias = pb(2, 0, 1) + pb(4, 0, 10) + pb(13, 1, struct.pack("<d", 22.0))
+mqtt = here / "corpus" / "mqtt_payload"
+mqtt.mkdir(parents=True, exist_ok=True)
+chirp = b'{"deviceInfo":{"devEui":"0004a30b001c0530","deviceName":"s"},"time":"2024-01-01T12:00:00Z","fCnt":7,"fPort":1,"data":"AWcBEA==","object":{"t":27.2},"rxInfo":[{"rssi":-57,"snr":9.5}]}'
+for name, d in {
+    "json": msgs(0, ("t/dev-1", b'{"temp":21.5,"on":true,"pos":{"lat":1.5,"lon":2}}'), ("t/dev-1", b"[1,2.5,\"x\"]")),
+    "pson": msgs(1, ("t", hexs('6A 0E | 04 74 65 6D 70 | 1D 00 00 AC 41 | 02 6F 6E | 28'))),
+    "plain": msgs(2, ("t", b"21.5"), ("t", b"true"), ("t", b"hello")),
+    "sparkplug": msgs(3, ("spBv1.0/g/NBIRTH/n", pb(1, 0, 1700000000000) + pb(2, 2, metric) + pb(3, 0, 0)),
+                      ("spBv1.0/g/NDATA/n", pb(1, 0, 1700000001000) + pb(2, 2, by_alias) + pb(3, 0, 1))),
+    "thingsboard": msgs(4, ("v1/devices/me/telemetry", b'{"ts":1700000000000,"values":{"t":1}}'), ("v1/devices/me/telemetry", b'[{"a":1},{"b":"x"}]')),
+    "tb_gateway": msgs(5, ("v1/gateway/telemetry", b'{"Device A":[{"ts":1700000000000,"values":{"t":1.5}}],"B":[{"ts":1,"values":{}}]}')),
+    "chirpstack": msgs(6, ("application/1/device/0004a30b001c0530/event/up", chirp)),
+}.items():
+    (mqtt / name).write_bytes(d)
+
+# LoRaWAN frames: `[op][…]` records, see fuzz_targets/lorawan_uplink.rs.
+lora = here / "corpus" / "lorawan_uplink"
+lora.mkdir(parents=True, exist_ok=True)
+v2 = bytes.fromhex("80da1b0126002a00023a23613062961739")
+for name, d in {
+    "raw": bytes([0, len(v2)]) + v2,
+    "data": bytes([1, 0, 3, 5, 0, 1, 4]) + bytes.fromhex("03670110") + bytes([1, 1, 2, 5, 0, 1, 0]),
+    "replay": bytes([1, 0, 2, 9, 0, 1, 0, 3, 20, 1, 0, 2, 9, 0, 1, 0]),
+    "join": bytes([2, 0x34, 0x12, 3, 20, 2, 0x34, 0x12, 2, 0x35, 0x12]),
+}.items():
+    (lora / name).write_bytes(d)
+
+# Device sessions: op 0 then a frame's bytes, 1 accepts, 3 starts a stream, 6 acks.
+session = here / "corpus" / "device_session"
+session.mkdir(parents=True, exist_ok=True)
+lines = {l.split()[1]: hexs(l.split(":", 1)[1]) for l in (here.parent / "sdk-firmware/tests/data/exchange-2.6.txt").read_text().splitlines()
+         if l.startswith("D>S")}
+auth, keep = lines["auth"], lines["keep_alive"]
+replies = [v for k, v in lines.items() if k not in ("auth", "keep_alive")]
+(session / "exchange").write_bytes(b"\x00" + auth + b"\x01\x00" + keep + b"\x03\x01" + b"".join(b"\x00" + r for r in replies))
+(session / "refused").write_bytes(b"\x00" + auth + b"\x02\x00" + keep + b"\x00" + auth)
+
+# Stream WebSocket commands and /v1/sql bodies.
+cmds = here / "corpus" / "stream_command"
+cmds.mkdir(parents=True, exist_ok=True)
+for i, c in enumerate([b'{"resource":"temp","interval":1,"enabled":true}', b'{"resource":"temp","enabled":false}',
+                       b'{"resource":"x","interval":0.05}', b'{"interval":1e300}', b"5", b"500ms", b"1h 30m"]):
+    (cmds / f"c{i}").write_bytes(c)
+sql = here / "corpus" / "sql_body"
+sql.mkdir(parents=True, exist_ok=True)
+for i, s in enumerate([
+    b"\x00SELECT device, avg(temp) FROM telemetry WHERE time > now() - interval '1 hour' GROUP BY device",
+    b'\x01{"sql":"SELECT date_bin_gapfill(interval \'1 minute\', time) AS t, locf(avg(temp)) FROM telemetry GROUP BY 1","format":"csv"}',
+    b"\x02", b'\x01{"format":"arrow"}', b"\x00WITH a AS (SELECT 1) SELECT * FROM a JOIN a b ON true ORDER BY 1 LIMIT 5",
+]):
+    (sql / f"s{i}").write_bytes(s)

@@ -20,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod gateway;
+pub mod input;
 pub mod metrics;
 pub mod provenance;
 pub mod server;

@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use redb::{ReadableDatabase, ReadableTable};
-use serde::Deserialize;
 use tracing::{debug, warn};
 use twinlake_query::output::{Encoder, Format};
 use twinlake_query::session::SqlLimits;
@@ -22,6 +21,7 @@ use crate::Error;
 use crate::auth::{Principal, Scope, Tokens};
 use crate::config::CloudConfig;
 use crate::error::ApiError;
+use crate::input::{self, SqlParams};
 use crate::server::AppState;
 use crate::store::{DEVICES, Db, DeviceRecord, FILES};
 
@@ -209,15 +209,6 @@ fn inbox(db: &Db) -> Result<Vec<Announced>, Error> {
     Ok(out)
 }
 
-/// `POST /v1/sql` parameters (query string or JSON body).
-#[derive(Debug, Default, Deserialize)]
-pub struct SqlParams {
-    #[serde(default)]
-    sql: Option<String>,
-    #[serde(default)]
-    format: Option<String>,
-}
-
 /// Bytes of results held to answer with a clean status before streaming the rest.
 const PREFETCH_BYTES: usize = 4 << 20;
 
@@ -258,29 +249,13 @@ pub async fn post_sql(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let body_params: SqlParams = if is_json {
-        serde_json::from_slice(&body).map_err(|e| sql_error(StatusCode::BAD_REQUEST, format!("body: {e}")))?
-    } else {
-        SqlParams {
-            sql: (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned()),
-            format: None,
-        }
-    };
-    let sql = body_params
-        .sql
-        .or(q.sql)
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| {
-            sql_error(
-                StatusCode::BAD_REQUEST,
-                "no SQL: send it as the body or as {\"sql\": …}",
-            )
-        })?;
+    let req = input::sql_request(is_json, &body, q).map_err(|e| sql_error(StatusCode::BAD_REQUEST, e))?;
+    let sql = req.sql;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .and_then(Format::parse);
-    let format = match body_params.format.or(q.format) {
+    let format = match req.format {
         Some(f) => Format::parse(&f).ok_or_else(|| {
             sql_error(
                 StatusCode::BAD_REQUEST,

@@ -6,7 +6,10 @@ use libfuzzer_sys::fuzz_target;
 use twinlake_sdk::frame::{Frame, FrameDecoder, FrameLimits};
 
 fn frames(chunks: &[&[u8]]) -> (Vec<Frame>, bool) {
-    let mut dec = FrameDecoder::new(FrameLimits { max_body: 4096, max_depth: 16 });
+    let mut dec = FrameDecoder::new(FrameLimits {
+        max_body: 4096,
+        max_depth: 16,
+    });
     let mut out = Vec::new();
     for c in chunks {
         dec.push(c);

@@ -6,7 +6,10 @@ use libfuzzer_sys::fuzz_target;
 use twinlake_sdk::pson::{Limits, Value, ValueRef};
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { max_depth: 16, max_size: 1 << 16 };
+    let limits = Limits {
+        max_depth: 16,
+        max_size: 1 << 16,
+    };
     let owned = Value::decode_with(data, &limits);
     let borrowed = ValueRef::decode_with(data, &limits);
     assert_eq!(owned.is_ok(), borrowed.is_ok(), "decoders disagree");

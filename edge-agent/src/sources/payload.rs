@@ -59,6 +59,9 @@ pub struct Decoder {
     aliases: Aliases,
 }
 
+/// The latest time the lake holds (microseconds since the epoch in an i64), in ms.
+const MAX_MS: u64 = i64::MAX as u64 / 1000;
+
 fn ms(t: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(t)
 }
@@ -68,7 +71,8 @@ fn ts(j: &Json) -> Option<SystemTime> {
     let t = j
         .as_u64()
         .or_else(|| j.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
-    Some(if t < 100_000_000_000 { ms(t * 1000) } else { ms(t) })
+    let t = if t < 100_000_000_000 { t * 1000 } else { t };
+    (t <= MAX_MS).then(|| ms(t))
 }
 
 impl Decoder {
@@ -155,7 +159,11 @@ impl Decoder {
                 // One row per timestamp, the metrics of that time as its columns.
                 let mut rows: Vec<SourceRow> = Vec::new();
                 for s in samples {
-                    let at = s.at_ms.map(ms).unwrap_or(now);
+                    let at = match s.at_ms {
+                        None => now,
+                        Some(t) if t <= MAX_MS => ms(t),
+                        Some(t) => return Err(format!("metric timestamp {t} is past what the lake holds")),
+                    };
                     match rows.iter_mut().find(|r| r.at == at) {
                         Some(r) => {
                             let p = std::mem::take(&mut r.payload);
@@ -296,6 +304,16 @@ mod tests {
         let t = TopicTemplate::parse(template).unwrap();
         let c = t.captures(topic).unwrap();
         Decoder::default().decode(format, topic, &c, format.default_resource(), bytes, ms(5))
+    }
+
+    /// Times past the lake's i64 microseconds are refused, not wrapped into garbage (found
+    /// by the `mqtt_payload` fuzz target with a Sparkplug metric timestamp).
+    #[test]
+    fn times_past_the_lake_are_refused() {
+        let tb = format!(r#"{{"ts":{},"values":{{"a":1}}}}"#, u64::MAX);
+        assert!(run(Format::Thingsboard, "tb/{device}/#", "tb/d/t", tb.as_bytes()).is_err());
+        let ok = format!(r#"{{"ts":{MAX_MS},"values":{{"a":1}}}}"#);
+        assert!(run(Format::Thingsboard, "tb/{device}/#", "tb/d/t", ok.as_bytes()).is_ok());
     }
 
     #[test]

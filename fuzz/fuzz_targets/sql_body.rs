@@ -1,0 +1,34 @@
+//! `POST /v1/sql` bodies: the first byte says whether the body is JSON, the rest is the
+//! body. No panic reading it; an accepted request has SQL that is not blank, and that SQL
+//! goes through the parser DataFusion uses (sqlparser, its dialect and recursion limit)
+//! without a panic or a stack overflow.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::Parser;
+
+#[allow(dead_code)]
+#[path = "../../cloud-ingest/src/input.rs"]
+mod input;
+
+/// DataFusion's default `sql_parser.recursion_limit`.
+const RECURSION_LIMIT: usize = 50;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((flags, body)) = data.split_first() else {
+        return;
+    };
+    let query = input::SqlParams {
+        sql: (flags & 2 != 0).then(|| "select 1".to_owned()),
+        format: None,
+    };
+    let Ok(req) = input::sql_request(flags & 1 != 0, body, query) else {
+        return;
+    };
+    assert!(!req.sql.trim().is_empty());
+    let _ = Parser::new(&GenericDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(&req.sql)
+        .and_then(|mut p| p.parse_statements());
+});

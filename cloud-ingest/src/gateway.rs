@@ -16,6 +16,7 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use twinlake_edge::link::{Down, ErrorKind, Item, LinkIo, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up};
+use twinlake_edge::registry::CredentialHash;
 use twinlake_twin::{TwinError, TwinKey, unwrap_io};
 
 use crate::Error;
@@ -325,7 +326,10 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
                 }
                 match registry_for(&state, &gateway) {
                     Ok(devices) => {
-                        if io.tx.send(encode(&Down::Registry { devices })).await.is_err() {
+                        if io.tx.send(encode(&Down::Registry {
+                            devices,
+                            credential_iterations: Some(state.cfg.registry.credential_iterations),
+                        })).await.is_err() {
                             break;
                         }
                     }
@@ -394,6 +398,9 @@ fn apply(
     if after.webhooks > 0 {
         state.webhook_wake.notify_one();
     }
+    if after.registry {
+        state.gateways.registry_changed();
+    }
     // Fresh rows are for queries only (in memory): taken once their batch is committed, so
     // a batch sent again after a reconnect brings none twice.
     for (table, segment, stream, rows) in after.rows {
@@ -409,6 +416,7 @@ fn apply(
 #[derive(Default)]
 struct After {
     webhooks: u64,
+    registry: bool,
     files: u64,
     rows: Vec<FreshRows>,
 }
@@ -454,7 +462,8 @@ fn speaks_for(item: &Item) -> Option<(&str, &str)> {
         | Item::Described { user, device, .. }
         | Item::Reported { user, device, .. }
         | Item::Endpoint { user, device, .. }
-        | Item::Property { user, device, .. } => Some((user, device)),
+        | Item::Property { user, device, .. }
+        | Item::Rehash { user, device, .. } => Some((user, device)),
         Item::Rows { .. } | Item::File { .. } => None,
     }
 }
@@ -478,6 +487,38 @@ pub fn may_speak(state: &AppState, tx: &redb::WriteTransaction, gateway: &str, u
     lookup(GATEWAYS, gateway)
         .and_then(|b| serde_json::from_slice::<GatewayRecord>(&b).ok())
         .is_some_and(|g| g.users.iter().any(|u| u == user))
+}
+
+/// A credential hash a gateway made stronger at a login replaces the device's record if
+/// that still holds `old` and `new` is PBKDF2 at exactly the configured iterations (a
+/// gateway may neither weaken a hash nor make one too costly to check). Whether it did.
+fn rehash(
+    state: &AppState,
+    tx: &redb::WriteTransaction,
+    gateway: &str,
+    key: &str,
+    old: &str,
+    new: String,
+) -> Result<bool, Error> {
+    let mut table = tx.open_table(DEVICES)?;
+    let bytes = table.get(key)?.map(|v| v.value().to_vec());
+    let rec = bytes.and_then(|b| serde_json::from_slice::<DeviceRecord>(&b).ok());
+    let target = state.cfg.registry.credential_iterations;
+    let strong = CredentialHash::parse(&new).is_ok_and(|h| h.iterations() == Some(target));
+    match rec {
+        Some(mut rec) if strong && rec.credential_hash == old => {
+            rec.credential_hash = new;
+            table.insert(key, store::encode(&rec).as_slice())?;
+            state.metrics.credential_rehashes.inc();
+            info!(%gateway, device = key, iterations = target, "a credential hash was made stronger at a login");
+            Ok(true)
+        }
+        _ => {
+            state.metrics.gateway_refusals.inc();
+            warn!(%gateway, device = key, "refused a credential rehash (stale, or not at the configured cost)");
+            Ok(false)
+        }
+    }
 }
 
 fn apply_item(
@@ -602,6 +643,9 @@ fn apply_item(
             t.transaction()
                 .open_table(PROPERTIES)?
                 .insert(key.as_str(), store::encode(&value).as_slice())?;
+        }
+        Item::Rehash { user, device, old, new } => {
+            after.registry |= rehash(state, t.transaction(), gateway, &format!("{user}/{device}"), &old, new)?;
         }
         Item::File { gateway: g, file } => {
             let rec = serde_json::json!({ "gateway": g, "file": file });

@@ -30,6 +30,7 @@ pub struct CloudMetrics {
     pub tenant_refusals: Counter,
     /// What a gateway sent for a device that is not its own, refused.
     pub gateway_refusals: Counter,
+    pub credential_rehashes: Counter,
     /// Announced files given up after failing to be catalogued for long.
     pub files_given_up: Counter,
     /// Files whose rows a gateway may not write, moved to `_quarantine/`.
@@ -70,6 +71,12 @@ impl Default for CloudMetrics {
                 r,
                 "gateway_refusals",
                 "Items a gateway sent for devices that are not its own, refused",
+                Counter::default(),
+            ),
+            credential_rehashes: add(
+                r,
+                "credential_rehashes",
+                "Device credential hashes made stronger at a login",
                 Counter::default(),
             ),
             link_items: add(

@@ -78,6 +78,10 @@ pub enum Down {
     },
     Registry {
         devices: Vec<RegistryEntry>,
+        /// The PBKDF2 iterations the cloud hashes chosen credentials with: a device whose
+        /// hash is weaker is rehashed at its next login ([`Item::Rehash`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential_iterations: Option<u32>,
     },
     Request {
         id: u64,
@@ -147,6 +151,14 @@ pub enum Item {
         stream: bool,
         /// `[time µs, device, payload]`.
         rows: Vec<(i64, String, Json)>,
+    },
+    /// A device's credential hash, made stronger at a login: `new` replaces `old` in the
+    /// cloud's record if that still holds `old`.
+    Rehash {
+        user: String,
+        device: String,
+        old: String,
+        new: String,
     },
     /// A Parquet file that landed in the object store.
     File {

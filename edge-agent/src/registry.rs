@@ -103,6 +103,17 @@ impl CredentialHash {
         Ok(Self { iterations, salt, hash })
     }
 
+    /// The PBKDF2 iterations, or `None` for a salted HMAC.
+    pub fn iterations(&self) -> Option<u32> {
+        self.iterations.map(NonZeroU32::get)
+    }
+
+    /// Whether this is a PBKDF2 hash weaker than `iterations` (a salted HMAC never is: it
+    /// is kept for credentials the platform made).
+    pub fn weaker_than(&self, iterations: u32) -> bool {
+        self.iterations.is_some_and(|n| n.get() < iterations)
+    }
+
     /// Whether `credential` matches, in constant time.
     pub fn verify(&self, credential: &str) -> bool {
         match self.iterations {
@@ -151,7 +162,25 @@ pub struct DeviceRegistry {
     from_cloud: Mutex<HashSet<DeviceKey>>,
     /// SHA-256 of credentials that already checked out.
     verified: Mutex<HashMap<DeviceKey, digest::Digest>>,
+    /// The cloud's PBKDF2 iterations: a cloud-managed device whose hash is weaker is
+    /// rehashed at its next successful login.
+    policy: Mutex<Option<u32>>,
+    /// Rehashed credentials the cloud's registry does not show yet, and whether each was
+    /// sent.
+    upgrades: Mutex<HashMap<DeviceKey, (Upgrade, bool)>>,
 }
+
+/// A credential hash made stronger at a login: the hash it replaces and the new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    pub key: DeviceKey,
+    pub old: String,
+    pub new: String,
+}
+
+/// Rehashed credentials waiting for the cloud, at most; past it a weak hash waits for a
+/// later login.
+const MAX_UPGRADES: usize = 10_000;
 
 impl DeviceRegistry {
     /// An empty registry.
@@ -179,9 +208,12 @@ impl DeviceRegistry {
     /// Replaces the devices the cloud manages with `entries`. Returns the devices that were
     /// removed or whose credential changed (their connections should close).
     pub fn sync_cloud(&self, entries: Vec<(DeviceKey, CredentialHash)>) -> Vec<DeviceKey> {
-        let (Ok(mut devices), Ok(mut cloud), Ok(mut verified)) =
-            (self.devices.write(), self.from_cloud.lock(), self.verified.lock())
-        else {
+        let (Ok(mut devices), Ok(mut cloud), Ok(mut verified), Ok(mut upgrades)) = (
+            self.devices.write(),
+            self.from_cloud.lock(),
+            self.verified.lock(),
+            self.upgrades.lock(),
+        ) else {
             return Vec::new();
         };
         let next: HashSet<DeviceKey> = entries.iter().map(|(k, _)| k.clone()).collect();
@@ -189,9 +221,19 @@ impl DeviceRegistry {
         for gone in cloud.difference(&next) {
             devices.remove(gone);
             verified.remove(gone);
+            upgrades.remove(gone);
             changed.push(gone.clone());
         }
         for (key, hash) in entries {
+            // The cloud's record still holds the hash this gateway replaced at a login: the
+            // new one stays until the cloud has it.
+            if let Some((up, _)) = upgrades.get(&key) {
+                let cloud_hash = hash.to_string();
+                if cloud_hash == up.old {
+                    continue;
+                }
+                upgrades.remove(&key);
+            }
             if devices.get(&key).is_some_and(|old| *old != hash) {
                 verified.remove(&key);
                 changed.push(key.clone());
@@ -200,6 +242,60 @@ impl DeviceRegistry {
         }
         *cloud = next;
         changed
+    }
+
+    /// Sets the cloud's PBKDF2 iterations (none: never rehash).
+    pub fn set_policy(&self, iterations: Option<u32>) {
+        if let Ok(mut p) = self.policy.lock() {
+            *p = iterations;
+        }
+    }
+
+    /// Whether rehashed credentials wait to be sent to the cloud.
+    pub fn has_upgrades(&self) -> bool {
+        self.upgrades.lock().is_ok_and(|u| u.values().any(|(_, sent)| !sent))
+    }
+
+    /// Takes up to `max` rehashed credentials the cloud has not been sent. They are kept
+    /// (as sent) until the cloud's registry shows the new hash or another one.
+    pub fn take_upgrades(&self, max: usize) -> Vec<Upgrade> {
+        let Ok(mut u) = self.upgrades.lock() else {
+            return Vec::new();
+        };
+        u.values_mut()
+            .filter(|(_, sent)| !sent)
+            .take(max)
+            .map(|(up, sent)| {
+                *sent = true;
+                up.clone()
+            })
+            .collect()
+    }
+
+    /// After a successful full check: a cloud-managed device's hash weaker than the cloud's
+    /// policy is replaced by a new one, here at once and in the cloud through the link.
+    fn rehash_if_weak(&self, key: &DeviceKey, hash: &CredentialHash, credential: &str) {
+        let Some(target) = self.policy.lock().ok().and_then(|p| *p) else {
+            return;
+        };
+        let managed = self.from_cloud.lock().is_ok_and(|c| c.contains(key));
+        let room = self
+            .upgrades
+            .lock()
+            .is_ok_and(|u| u.len() < MAX_UPGRADES && !u.contains_key(key));
+        if !managed || !room || !hash.weaker_than(target) {
+            return;
+        }
+        let new = CredentialHash::new(credential, target);
+        let upgrade = Upgrade {
+            key: key.clone(),
+            old: hash.to_string(),
+            new: new.to_string(),
+        };
+        if let (Ok(mut d), Ok(mut u)) = (self.devices.write(), self.upgrades.lock()) {
+            d.insert(key.clone(), new);
+            u.insert(key.clone(), (upgrade, false));
+        }
     }
 
     /// How many devices are registered.
@@ -251,8 +347,11 @@ impl Authenticator for DeviceRegistry {
             return true;
         }
         let ok = hash.verify(&c.credential);
-        if ok && let Ok(mut v) = self.verified.lock() {
-            v.insert(key, seen);
+        if ok {
+            self.rehash_if_weak(&key, &hash, &c.credential);
+            if let Ok(mut v) = self.verified.lock() {
+                v.insert(key, seen);
+            }
         }
         ok
     }
@@ -493,5 +592,49 @@ mod tests {
         assert_eq!(r.quick_check(&creds("mallory", "nobody", "guess")), None);
         assert!(!r.authenticate(&creds("mallory", "nobody", "guess")));
         assert_eq!(r.quick_check(&creds("alice", "sensor1", "wrong")), None);
+    }
+
+    /// A cloud-managed device's hash weaker than the cloud's policy is replaced at its
+    /// next successful login, once; a registry that still shows the old hash keeps the new
+    /// one (and drops no connection); a different hash from the cloud (a changed
+    /// credential) wins.
+    #[test]
+    fn weak_hashes_are_rehashed_once_at_login() {
+        let r = DeviceRegistry::new();
+        let key = DeviceKey::new("alice", "sensor1");
+        let weak = CredentialHash::new("s3cr3t!", 10);
+        assert!(r.sync_cloud(vec![(key.clone(), weak.clone())]).is_empty());
+        assert!(r.authenticate(&creds("alice", "sensor1", "s3cr3t!")));
+        assert!(!r.has_upgrades(), "no policy from the cloud yet: nothing to do");
+
+        r.set_policy(Some(50));
+        r.verified.lock().unwrap().clear();
+        assert!(!r.authenticate(&creds("alice", "sensor1", "wrong")));
+        assert!(!r.has_upgrades(), "only a successful login rehashes");
+        assert!(r.authenticate(&creds("alice", "sensor1", "s3cr3t!")));
+        let ups = r.take_upgrades(10);
+        assert_eq!(ups.len(), 1);
+        assert_eq!(ups[0].old, weak.to_string());
+        let new = CredentialHash::parse(&ups[0].new).unwrap();
+        assert_eq!(new.iterations(), Some(50));
+        assert!(new.verify("s3cr3t!"));
+        assert!(r.take_upgrades(10).is_empty(), "sent once");
+
+        // The cloud has not applied it yet: its registry still shows the old hash.
+        assert!(r.sync_cloud(vec![(key.clone(), weak.clone())]).is_empty());
+        r.verified.lock().unwrap().clear();
+        assert!(r.authenticate(&creds("alice", "sensor1", "s3cr3t!")));
+        assert!(r.take_upgrades(10).is_empty(), "no second rehash");
+        // Now it has; then an admin changes the credential.
+        assert!(r.sync_cloud(vec![(key.clone(), new)]).is_empty());
+        let changed = CredentialHash::new("other", 50);
+        assert_eq!(r.sync_cloud(vec![(key.clone(), changed)]), vec![key]);
+        assert!(!r.authenticate(&creds("alice", "sensor1", "s3cr3t!")));
+        assert!(r.authenticate(&creds("alice", "sensor1", "other")));
+        // Devices of the local configuration are not the cloud's to rehash.
+        let local = DeviceRegistry::new().with("bob", "d", "pw");
+        local.set_policy(Some(5_000));
+        assert!(local.authenticate(&creds("bob", "d", "pw")));
+        assert!(!local.has_upgrades());
     }
 }

@@ -128,3 +128,58 @@ async fn a_rogue_gateway_cannot_speak_for_another_gateways_device() {
     edge.stop().await;
     cloud.stop().await;
 }
+
+/// Old credential hashes are rehashed at the next successful login (#13, finding 12): a
+/// device whose record holds a hash weaker than `registry.credential_iterations` logs in
+/// through its gateway, which replaces the hash (locally at once, in the cloud's record
+/// through the link) without dropping the device; the next login checks the new hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weak_credential_hashes_are_rehashed_at_the_next_login() {
+    use twinlake_cloud::store::{DEVICES, DeviceRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let api = cloud.api();
+    api.register("d1", Some(GATEWAY)).await;
+    let state = cloud.state.clone();
+    let key = format!("{USER}/d1");
+    let hash_of = |state: &std::sync::Arc<twinlake_cloud::server::AppState>| {
+        let rec: DeviceRecord = state.db.get(DEVICES, &key).unwrap().unwrap();
+        CredentialHash::parse(&rec.credential_hash).unwrap()
+    };
+    // As a record made by an older release would be.
+    let mut rec: DeviceRecord = state.db.get(DEVICES, &key).unwrap().unwrap();
+    rec.credential_hash = CredentialHash::new(CREDENTIAL, 100).to_string();
+    state.db.put(DEVICES, &key, &rec).unwrap();
+    assert_eq!(hash_of(&state).iterations(), Some(100));
+
+    let edge = TestEdge::start(edge_config(dir.path(), cloud.addr)).await;
+    let device = TestDevice::start(edge.tcp, "d1");
+    wait_online(&api, "d1").await;
+    let connected_at = api.twin("d1").await["connection"]["connected_at"].clone();
+    eventually(10, "the cloud's record rehashed", || {
+        let n = hash_of(&state).iterations();
+        async move { (n == Some(1_000)).then_some(()) }
+    })
+    .await;
+    assert_eq!(state.metrics.credential_rehashes.get(), 1);
+    assert_eq!(state.metrics.gateway_refusals.get(), 0);
+    // The registry the cloud pushed back holds the gateway's new hash: no disconnect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = api.twin("d1").await;
+    assert_eq!(t["connection"]["online"], json!(true), "{t}");
+    assert_eq!(t["connection"]["connected_at"], connected_at, "{t}");
+    assert!(hash_of(&state).verify(CREDENTIAL));
+
+    // The next login goes against the new hash, and rehashes nothing.
+    device.stop();
+    eventually(10, "d1 offline", || async {
+        (api.twin("d1").await["connection"]["online"] == json!(false)).then_some(())
+    })
+    .await;
+    let again = TestDevice::start(edge.tcp, "d1");
+    wait_online(&api, "d1").await;
+    assert_eq!(state.metrics.credential_rehashes.get(), 1);
+    again.stop();
+    edge.stop().await;
+    cloud.stop().await;
+}

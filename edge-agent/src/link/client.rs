@@ -386,9 +386,18 @@ impl LinkClient {
         let mut items = Vec::with_capacity(MAX_BATCH_ITEMS);
         loop {
             // Send while there is room and something waits.
-            while unacked.frames.len() < self.cfg.max_unacked && (!self.uplink.is_empty() || !self.endpoints.is_empty())
+            while unacked.frames.len() < self.cfg.max_unacked
+                && (!self.uplink.is_empty() || !self.endpoints.is_empty() || self.registry.has_upgrades())
             {
                 items.clear();
+                for u in self.registry.take_upgrades(MAX_BATCH_ITEMS / 2) {
+                    items.push(Item::Rehash {
+                        user: u.key.user,
+                        device: u.key.device,
+                        old: u.old,
+                        new: u.new,
+                    });
+                }
                 while items.len() < MAX_BATCH_ITEMS {
                     let Some(call) = self.endpoints.try_pop() else { break };
                     items.push(Item::Endpoint {
@@ -443,7 +452,11 @@ impl LinkClient {
                 }
                 self.metrics.link_unacked_frames.set(unacked.frames.len() as i64);
             }
-            Down::Registry { devices } => {
+            Down::Registry {
+                devices,
+                credential_iterations,
+            } => {
+                self.registry.set_policy(credential_iterations);
                 self.apply_registry(&devices);
                 let path = self.registry_file.clone();
                 tokio::task::spawn_blocking(move || {

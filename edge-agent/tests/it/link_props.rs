@@ -121,7 +121,7 @@ fn wrong_shapes_are_refused_with_a_reason() {
         assert!(serde_json::from_value::<Up>(bad.clone()).is_err(), "{bad}");
     }
     let reg = json!({"type": "registry", "devices": [{"user": "u", "device": "d"}]});
-    let Down::Registry { devices } = serde_json::from_value::<Down>(reg).unwrap() else {
+    let Down::Registry { devices, .. } = serde_json::from_value::<Down>(reg).unwrap() else {
         panic!("a registry");
     };
     assert_eq!(

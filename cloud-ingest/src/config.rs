@@ -379,12 +379,33 @@ pub struct GatewayEntry {
 pub struct MetricsSection {
     /// `/metrics` and `/healthz`, without a token; keep it on a private address.
     pub addr: Option<SocketAddr>,
+    /// A scrape's request headers must arrive within this (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Open connections at most, in all and from one address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
+        let edge = twinlake_edge::config::MetricsSection::default();
         Self {
             addr: Some(SocketAddr::from(([127, 0, 0, 1], 9601))),
+            header_timeout: edge.header_timeout,
+            max_connections: edge.max_connections,
+            max_connections_per_ip: edge.max_connections_per_ip,
+        }
+    }
+}
+
+impl MetricsSection {
+    /// The metrics server's caps.
+    pub fn limits(&self) -> twinlake_edge::http::HttpLimits {
+        twinlake_edge::http::HttpLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_timeout: self.header_timeout,
         }
     }
 }

@@ -334,16 +334,9 @@ impl Cloud {
             }))
         });
         if let Some(l) = self.metrics {
-            let st = state.clone();
-            let mut rx = stop_rx.clone();
-            tokio::spawn(async move {
-                let app = crate::api::metrics_router(st);
-                let _ = axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.changed().await;
-                    })
-                    .await;
-            });
+            let app = crate::api::metrics_router(state.clone());
+            let limits = state.cfg.metrics.limits();
+            tokio::spawn(twinlake_edge::http::serve(l, None, app, limits, stop_rx.clone()));
         }
         let app = crate::api::router(state.clone());
         info!(addr = ?self.http.local_addr().ok(), tls = self.tls.is_some(), "cloud API listening");
@@ -388,64 +381,18 @@ async fn serve_http(
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     cfg: crate::config::HttpSection,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    let caps = twinlake_edge::conn_limit::ConnLimiter::new(cfg.max_connections, cfg.max_connections_per_ip);
+    let limits = twinlake_edge::http::HttpLimits {
+        max_connections: cfg.max_connections,
+        max_connections_per_ip: cfg.max_connections_per_ip,
+        header_timeout: cfg.header_timeout,
+    };
     let app = app.layer(axum::middleware::from_fn_with_state(
         (cfg.body_timeout, cfg.max_body_bytes),
         body_in_time,
     ));
-    loop {
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let Some(permit) = caps.admit(peer.ip()) else {
-            tracing::debug!(%peer, "HTTP connection refused: http.max_connections(_per_ip) reached");
-            continue;
-        };
-        let _ = sock.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let tls = tls.clone();
-        let mut stop = stop.clone();
-        let header_timeout = cfg.header_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            match tls {
-                Some(acceptor) => {
-                    let Ok(Ok(stream)) = tokio::time::timeout(header_timeout, acceptor.accept(sock)).await else {
-                        return;
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-                None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(sock), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-            }
-        });
-    }
+    twinlake_edge::http::serve(listener, tls, app, limits, stop).await
 }
 
 /// Reads a request's body within `http.body_timeout` (408 past it), so a client that sends

@@ -7,7 +7,7 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use twinlake_sdk::frame::FrameLimits;
 use twinlake_sdk::pson::Value;
 
@@ -34,7 +34,7 @@ pub struct EdgeAgent {
     sealed: watch::Receiver<u64>,
     uploader: Uploader,
     metrics: Arc<Metrics>,
-    metrics_listener: Option<tokio::net::TcpListener>,
+    metrics_listener: Option<(tokio::net::TcpListener, crate::http::HttpLimits)>,
     streams: StreamsSection,
     endpoints: EndpointQueue,
     upload_deadline: Duration,
@@ -178,7 +178,7 @@ impl EdgeAgent {
             None => None,
         };
         let metrics_listener = match config.metrics.addr {
-            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            Some(addr) => Some((crate::metrics::bind(addr).await?, config.metrics.limits())),
             None => None,
         };
         Ok(Self {
@@ -246,7 +246,7 @@ impl EdgeAgent {
 
     /// The bound metrics address.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The connected devices.
@@ -313,7 +313,7 @@ impl EdgeAgent {
             tokio::spawn(client.run(stop_link_rx))
         });
         let (stop_upload, stop_upload_rx) = watch::channel(Stop::Running);
-        let (stop_metrics, mut stop_metrics_rx) = watch::channel(false);
+        let (stop_metrics, stop_metrics_rx) = watch::channel(false);
 
         let devices = self.listener.devices();
         let apis = self.apis.clone();
@@ -328,16 +328,9 @@ impl EdgeAgent {
         };
         let ingest = tokio::spawn(self.ingest.run(self.events, on_connect, stop_ingest_rx));
         let uploader = tokio::spawn(self.uploader.run(self.sealed, stop_upload_rx));
-        let metrics_task = self.metrics_listener.map(|l| {
+        let metrics_task = self.metrics_listener.map(|(l, limits)| {
             let m = self.metrics.clone();
-            tokio::spawn(async move {
-                let stop = async move {
-                    let _ = stop_metrics_rx.changed().await;
-                };
-                if let Err(e) = crate::metrics::serve(l, m, stop).await {
-                    error!(error = %e, "metrics server failed");
-                }
-            })
+            tokio::spawn(crate::metrics::serve(l, m, limits, stop_metrics_rx))
         });
 
         let (mqtt_phase, mqtt_phase_rx) = watch::channel(MqttPhase::Running);

@@ -372,12 +372,33 @@ pub struct MetricsSection {
     /// Serves `/metrics` (Prometheus) and `/healthz`; `"off"` turns it off.
     #[serde(with = "addr_or_off")]
     pub addr: Option<SocketAddr>,
+    /// A scrape's request headers must arrive within this (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Open connections at most...
+    pub max_connections: usize,
+    /// ...and from one address.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
         Self {
             addr: Some(SocketAddr::from(([127, 0, 0, 1], 9600))),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            max_connections_per_ip: 32,
+        }
+    }
+}
+
+impl MetricsSection {
+    /// The HTTP server's caps.
+    pub fn limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_timeout: self.header_timeout,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod config;
 pub mod conn_limit;
 pub mod durable;
 pub mod error;
+pub mod http;
 pub mod ingest;
 pub mod link;
 pub mod listener;

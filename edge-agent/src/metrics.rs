@@ -234,12 +234,13 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` completes.
+/// Serves `/metrics` and `/healthz` on `listener` until `stop` changes, under `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+    limits: crate::http::HttpLimits,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
@@ -258,7 +259,7 @@ pub async fn serve(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    crate::http::serve(listener, None, app, limits, stop).await
 }
 
 /// Binds the metrics address.

@@ -75,9 +75,14 @@ pub fn terminate(mut child: Child) {
 
 /// Starts the agent and waits for its ready line.
 pub fn start(config: &Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_twinlake"))
-        .args(["edge", "--config"])
-        .arg(config)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twinlake"));
+    cmd.args(["edge", "--config"]).arg(config);
+    start_ready(cmd)
+}
+
+/// Runs `cmd` (an agent) with RUST_LOG=warn and waits for its ready line.
+pub fn start_ready(mut cmd: Command) -> Child {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .env("RUST_LOG", "warn")

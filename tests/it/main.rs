@@ -4,6 +4,7 @@
 
 mod adversarial;
 mod crash;
+mod load;
 #[path = "../../edge-agent/tests/it/mosquitto.rs"]
 mod mosquitto;
 mod mqtt_crash;

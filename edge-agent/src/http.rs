@@ -1,0 +1,89 @@
+//! The accept loop every Twinlake HTTP server runs (the agent's metrics, the cloud's API):
+//! hyper with upgrades (WebSockets), connections capped in all and per address, and a
+//! deadline for a request's headers (and a TLS handshake) so a slowloris client cannot hold
+//! a connection. Bodies are the application's to bound.
+
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::conn_limit::{ConnLimiter, ConnPermit};
+
+/// The caps and deadlines of one HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// For a request's headers, and for a TLS handshake.
+    pub header_timeout: Duration,
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop` changes. Open connections
+/// (streams) end then too.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    limits: HttpLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let caps = ConnLimiter::new(limits.max_connections, limits.max_connections_per_ip);
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let Some(permit) = caps.admit(peer.ip()) else {
+            debug!(%peer, "HTTP connection refused: max_connections(_per_ip) reached");
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(connection(sock, tls.clone(), app.clone(), limits, permit, stop.clone()));
+    }
+}
+
+async fn connection(
+    sock: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    limits: HttpLimits,
+    _permit: ConnPermit,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = TowerToHyperService::new(app);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    match tls {
+        Some(acceptor) => {
+            let Ok(Ok(stream)) = tokio::time::timeout(limits.header_timeout, acceptor.accept(sock)).await else {
+                return;
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.changed() => {}
+            }
+        }
+        None => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(sock), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}

@@ -389,6 +389,15 @@ impl Thing {
         self.streams.iter().any(|s| same_path(&s.path, path))
     }
 
+    /// The interval (ms) the server's stream on `path` samples at; 0 is on change only,
+    /// `None` no stream.
+    pub fn stream_interval(&self, path: &[&str]) -> Option<u64> {
+        self.streams
+            .iter()
+            .find(|s| same_path(&s.path, path))
+            .map(|s| s.interval_ms)
+    }
+
     /// Calls a server endpoint (CALL_ENDPOINT). With `confirm`, the server acks, and an
     /// [`Event::Ack`] reports it.
     pub fn call_endpoint(&mut self, endpoint: &str, payload: Option<Value>, confirm: bool) -> Option<RequestId> {

@@ -60,3 +60,57 @@ async fn slow_and_many_http_clients_are_cut_off() {
     drop(socks);
     cloud.stop().await;
 }
+
+/// Everything logged, at every level, into one buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Tokens passed as `?authorization=` (what browsers' EventSource and WebSocket clients
+/// must use) appear in no log line at any level, valid or not, on plain, streaming and
+/// refused requests (#13, "Hygiene"). A current-thread runtime, so the subscriber set here
+/// sees the server's tasks.
+#[tokio::test]
+async fn query_tokens_are_not_logged() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let guess = "guessed-token-4f1c9e";
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", cloud.addr);
+    for (path, token) in [
+        ("/v1/devices", READ),
+        ("/v1/devices", guess),
+        ("/v1/twins/nobody", READ),
+        ("/v1/users/other/devices", READ),
+        ("/v1/sql", READ),
+    ] {
+        let _ = http.get(format!("{base}{path}?authorization={token}")).send().await;
+    }
+    // A stream, opened and dropped.
+    if let Ok(r) = http.get(format!("{base}/v1/events?authorization={READ}")).send().await {
+        let _ = tokio::time::timeout(Duration::from_millis(300), r.bytes()).await;
+    }
+    cloud.stop().await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(text.lines().count() > 10, "the subscriber saw the server: {text}");
+    for secret in [READ, guess] {
+        assert!(!text.contains(secret), "{secret} is in the log:\n{text}");
+    }
+}

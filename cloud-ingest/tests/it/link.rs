@@ -1,6 +1,8 @@
 //! The gateway link: replayed batches apply once; the edge rides out a cloud restart.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -231,4 +233,77 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// A device whose `slow` output takes 300 ms and counts how many such reads run at once
+/// across all devices built with the same counters.
+fn slow_device(addr: std::net::SocketAddr, device: &str, now: Arc<AtomicU64>, peak: Arc<AtomicU64>) -> Arc<AtomicBool> {
+    let mut thing = twinlake_sdk::device::Thing::default();
+    thing.resource("slow").output(move |out| {
+        peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        now.fetch_sub(1, Ordering::SeqCst);
+        *out = 1.into();
+    });
+    let mut cfg =
+        twinlake_sdk::client::ClientConfig::new(&addr.ip().to_string(), addr.port(), USER, device, CREDENTIAL);
+    cfg.poll_interval = Duration::from_millis(10);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let mut client = twinlake_sdk::client::Client::new(cfg, thing);
+        while !s.load(Ordering::Relaxed) {
+            let _ = client.handle();
+        }
+    });
+    stop
+}
+
+/// `link.max_inflight` bounds the requests a gateway has in flight at once (#13, finding
+/// 12: it was documented and unused): eight devices behind one gateway are read at once,
+/// with two slots; at most two reads ever run on the devices at the same time, and all
+/// eight answer (the others waited for a slot within their timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn link_max_inflight_bounds_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.link.max_inflight = 2;
+    cfg.http.request_timeout = Duration::from_secs(60);
+    let cloud = TestCloud::start(cfg).await;
+    let api = cloud.api();
+    let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        api.register(n, Some(GATEWAY)).await;
+    }
+    let edge = TestEdge::start(edge_config(dir.path(), cloud.addr)).await;
+    let (now, peak) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stops: Vec<_> = names
+        .iter()
+        .map(|n| slow_device(edge.tcp, n, now.clone(), peak.clone()))
+        .collect();
+    for n in &names {
+        eventually(10, &format!("{n} online"), || async {
+            (api.twin(n).await["connection"]["online"] == json!(true)).then_some(())
+        })
+        .await;
+    }
+    peak.store(0, Ordering::SeqCst);
+    let calls = names.iter().map(|n| {
+        let api = api.clone();
+        let path = format!("/v3/users/{USER}/devices/{n}/resources/slow");
+        tokio::spawn(async move { api.call(Method::GET, &path, Some(READ), None).await.0 })
+    });
+    let statuses: Vec<_> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(statuses.iter().all(|s| s.as_u16() == 200), "{statuses:?}");
+    let most = peak.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "{most} reads ran at once");
+    for s in stops {
+        s.store(true, Ordering::Relaxed);
+    }
+    edge.stop().await;
+    cloud.stop().await;
 }

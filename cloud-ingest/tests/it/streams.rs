@@ -153,3 +153,51 @@ async fn sse_and_websocket_deliver_twin_changes_and_resource_values() {
     edge.stop().await;
     cloud.stop().await;
 }
+
+/// The interval the device samples `temp` at, as its stream says.
+async fn device_interval(dev: &TestDevice) -> Option<u64> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    dev.with(move |thing| {
+        let _ = tx.send(thing.stream_interval(&["temp"]));
+    });
+    rx.await.unwrap()
+}
+
+/// A read token's stream cannot make a device sample faster than `http.stream_min_interval`;
+/// an admin token's (with control) can (#13, "Scopes"). Read off the device's own stream, not timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_token_cannot_speed_up_sampling_past_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.http.stream_min_interval = Duration::from_secs(2);
+    let cloud = TestCloud::start(cfg).await;
+    let api = cloud.api();
+    api.register("d6", Some(GATEWAY)).await;
+    let mut ec = edge_config(dir.path(), cloud.addr);
+    // The agent's own sampling is slow: only the subscribers' streams can speed it up.
+    ec.streams.default_interval = Duration::from_secs(3600);
+    let edge = TestEdge::start(ec).await;
+    let dev = TestDevice::start(edge.tcp, "d6");
+    wait_online(&api, "d6").await;
+    let url = format!("{}/v1/users/{USER}/devices/d6/streams/temp?interval=100ms", api.base);
+    let mut read = api.client.get(&url).bearer_auth(READ).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    sse_until(&mut read, |e, j| e == "value" && j["resource"] == json!("temp")).await;
+    assert_eq!(
+        device_interval(&dev).await,
+        Some(2_000),
+        "the floor, not the 100 ms asked"
+    );
+    drop(read);
+    let mut admin = api.client.get(&url).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(admin.status(), 200);
+    sse_until(&mut admin, |e, j| e == "value" && j["resource"] == json!("temp")).await;
+    eventually(10, "the admin token's interval reaches the device", || async {
+        (device_interval(&dev).await == Some(100)).then_some(())
+    })
+    .await;
+    drop(admin);
+    dev.stop();
+    edge.stop().await;
+    cloud.stop().await;
+}

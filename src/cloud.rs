@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use twinlake_cloud::{Cloud, CloudConfig};
 
-use crate::edge::{fmt, shutdown_signal};
+use twinlake_gateway::cli::{fmt, shutdown_signal};
 
 #[derive(Debug, Args)]
 pub struct CloudArgs {

@@ -2,8 +2,9 @@
 
 mod cloud;
 mod demo;
-mod edge;
 mod sim;
+
+use twinlake_gateway::cli as edge;
 
 use clap::{Parser, Subcommand};
 
@@ -40,17 +41,7 @@ fn main() -> anyhow::Result<()> {
     // RUST_LOG picks the levels; TWINLAKE_LOG_FORMAT=json gives one JSON object per line.
     // The embedded MQTT broker (rumqttd) logs every client disconnect as an error: its log is
     // off unless asked for (RUST_LOG=...,rumqttd=info).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,twinlake=info,twinlake_edge=info,twinlake_cloud=info,rumqttd=off")
-    });
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("TWINLAKE_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    twinlake_gateway::init_logging("warn,twinlake=info,twinlake_edge=info,twinlake_cloud=info,rumqttd=off");
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
         Command::Cloud(args) => cloud::run(args),

@@ -1,4 +1,5 @@
-//! `twinlake edge --config edge.toml` and `twinlake hash-credential`.
+//! Running the agent (`twinlake-edge --config edge.toml`, `twinlake edge …`) and hashing a
+//! device credential (`hash-credential`).
 
 use std::path::PathBuf;
 

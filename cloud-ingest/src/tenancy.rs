@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::StatusCode;
@@ -53,8 +52,8 @@ pub async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next)
 }
 
 /// `/v1/users`: the accounts.
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/v1/users", get(list_users).post(create_user))
+pub fn routes() -> crate::api::Paths {
+    crate::api::Paths::default().route("/v1/users", get(list_users).post(create_user))
 }
 
 async fn list_users(p: Principal, State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {

@@ -15,6 +15,7 @@ mod live;
 mod mosquitto;
 #[path = "../../../edge-agent/tests/it/net.rs"]
 mod net;
+mod openapi;
 mod sql;
 mod streams;
 mod support;

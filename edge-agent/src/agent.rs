@@ -21,8 +21,8 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbox, writer_properties};
 use crate::registry::{CredentialHash, DeviceRegistry, RateLimiter};
 use crate::sources::Southbound;
-use crate::sources::broker::Embedded;
-use crate::sources::lora::LoraSource;
+use crate::sources::lorawan::LoraSource;
+use crate::sources::mqtt::broker::Embedded;
 use crate::sources::mqtt::{MqttSource, Phase as MqttPhase};
 use crate::upload::{Stop, Uploader, open_store};
 
@@ -146,7 +146,7 @@ impl EdgeAgent {
         };
         let southbound = Arc::new(Southbound::default());
         let mqtt_broker = match &config.mqtt.embedded {
-            Some(b) => Some(crate::sources::broker::start(b, config.mqtt.max_inflight).await?),
+            Some(b) => Some(crate::sources::mqtt::broker::start(b, config.mqtt.max_inflight).await?),
             None => None,
         };
         let mqtt = if config.mqtt.url.is_empty() && mqtt_broker.is_none() {

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::Error;
+pub use crate::sources::lorawan::config::{CodecKind, LoraDevice, LoraProfile, LorawanSection};
+pub use crate::sources::mqtt::config::{EmbeddedBroker, MqttSection, MqttSubscription};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -463,7 +465,7 @@ impl Default for LinkSection {
 }
 
 /// `humantime_serde` for a map of durations.
-mod humantime_map {
+pub(crate) mod humantime_map {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -482,7 +484,7 @@ mod humantime_map {
 }
 
 /// An address, or `"off"`.
-mod addr_or_off {
+pub(crate) mod addr_or_off {
     use std::net::SocketAddr;
 
     use serde::{Deserialize, Deserializer};
@@ -498,300 +500,6 @@ mod addr_or_off {
     }
 }
 
-/// `[mqtt]`: subscribe to a broker (the gateway's Mosquitto, or any broker).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttSection {
-    /// `mqtt://host:1883` or `mqtts://host:8883`; empty for no MQTT source (or for the
-    /// embedded broker, with `[mqtt.embedded]`).
-    pub url: String,
-    /// The client id; the broker keeps this session (and the QoS 1 messages it holds) while
-    /// the agent is away. Default `twinlake-<gateway>`.
-    pub client_id: String,
-    pub username: String,
-    pub password: Hidden,
-    /// PEM certificates to trust for `mqtts://` instead of the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// A client certificate and key (PEM) for brokers that want one.
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    /// The account MQTT devices belong to (their twins' user).
-    pub user: String,
-    #[serde(with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// How long the broker keeps the session (and queues QoS 1 messages) while the agent is away.
-    #[serde(with = "humantime_serde")]
-    pub session_expiry: Duration,
-    /// QoS 1 messages the broker may have sent and not had acknowledged (MQTT 5 Receive
-    /// Maximum). A crash can store at most this many of them twice, and as many may wait in
-    /// memory; smaller windows cost rate (BENCHMARKS.md).
-    pub max_inflight: u16,
-    /// Where resource writes and desired values for MQTT devices are published: a template
-    /// with `{device}` and `{resource}`; the payload is the value as JSON. Empty: no control.
-    pub command_topic: String,
-    /// A device not heard from for this long shows offline in its twin ("0s": never). A
-    /// Sparkplug NDEATH or DDEATH takes its node or device offline at once.
-    #[serde(with = "humantime_serde")]
-    pub offline_after: Duration,
-    pub subscriptions: Vec<MqttSubscription>,
-    /// An MQTT broker inside the agent (rumqttd), for gateways that have none. The source
-    /// then subscribes to it (leave `url` empty).
-    pub embedded: Option<EmbeddedBroker>,
-}
-
-/// `[mqtt.embedded]`: the broker devices publish to when the gateway has no broker of its own.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EmbeddedBroker {
-    /// Where devices connect with MQTT 3.1.1 (the protocol's port is 1883).
-    pub listen: SocketAddr,
-    /// Where devices connect with MQTT 5; `"off"` by default.
-    #[serde(with = "addr_or_off")]
-    pub listen_v5: Option<SocketAddr>,
-    /// Device accounts (username = password). Required unless `allow_anonymous`.
-    pub users: BTreeMap<String, Hidden>,
-    /// Lets any client connect without an account (a closed network only).
-    pub allow_anonymous: bool,
-    /// The largest message a device may publish.
-    pub max_payload_bytes: usize,
-    /// Devices connected at once.
-    pub max_connections: usize,
-}
-
-impl Default for EmbeddedBroker {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
-            listen_v5: None,
-            users: Default::default(),
-            allow_anonymous: false,
-            max_payload_bytes: 256 * 1024,
-            max_connections: 10_000,
-        }
-    }
-}
-
-impl Default for MqttSection {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            client_id: String::new(),
-            username: String::new(),
-            password: Hidden::default(),
-            ca_file: None,
-            client_cert: None,
-            client_key: None,
-            user: "mqtt".into(),
-            keep_alive: Duration::from_secs(30),
-            session_expiry: Duration::from_secs(7 * 24 * 3600),
-            max_inflight: 4096,
-            command_topic: "twinlake/{device}/{resource}/set".into(),
-            offline_after: Duration::from_secs(600),
-            subscriptions: Vec::new(),
-            embedded: None,
-        }
-    }
-}
-
-/// `[[mqtt.subscriptions]]`: a topic template and how its payloads are read.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttSubscription {
-    /// `sensors/{device}/{resource}`; `+` ignores a level, a final `#` takes the rest.
-    pub topic: String,
-    #[serde(default)]
-    pub format: crate::sources::payload::Format,
-    /// The resource (table) when the topic has no `{resource}`; default per format.
-    #[serde(default)]
-    pub resource: Option<String>,
-    /// 1 (at least once, the default) or 0 (at most once).
-    #[serde(default = "one")]
-    pub qos: u8,
-}
-
-fn one() -> u8 {
-    1
-}
-
-impl MqttSection {
-    fn validate(&self) -> Result<(), Error> {
-        let bad = |msg: String| Err(Error::Config(format!("mqtt: {msg}")));
-        if let Some(b) = &self.embedded {
-            if !self.url.is_empty() {
-                return bad(format!(
-                    "url {:?} and [mqtt.embedded] exclude each other: the source subscribes to the embedded broker",
-                    self.url
-                ));
-            }
-            if b.listen_v5.is_some_and(|v5| v5.port() != 0 && v5 == b.listen) {
-                return bad(format!("embedded.listen and embedded.listen_v5 are both {}", b.listen));
-            }
-            if b.max_payload_bytes < 64 || b.max_connections == 0 {
-                return bad("embedded.max_payload_bytes must be at least 64 and max_connections at least 1".into());
-            }
-            if b.users.is_empty() && !b.allow_anonymous {
-                return bad(
-                    "embedded.users is empty: give devices accounts (users = { name = \"password\" }), or set allow_anonymous = true on a closed network"
-                        .into(),
-                );
-            }
-            if let Some(u) = b.users.keys().find(|u| u.is_empty() || u.starts_with("twinlake-")) {
-                return bad(format!(
-                    "embedded.users: {u:?} is empty or in the agent's own 'twinlake-' namespace"
-                ));
-            }
-        } else if self.url.is_empty() {
-            return Ok(());
-        } else {
-            let url = url::Url::parse(&self.url).map_err(|e| Error::Config(format!("mqtt.url {:?}: {e}", self.url)))?;
-            if !matches!(url.scheme(), "mqtt" | "mqtts" | "tcp" | "ssl") || url.host_str().is_none() {
-                return bad(format!("url {:?}: use mqtt://host:port or mqtts://host:port", self.url));
-            }
-        }
-        if self.subscriptions.is_empty() {
-            return bad("a broker without [[mqtt.subscriptions]] gives nothing".into());
-        }
-        if self.client_cert.is_some() != self.client_key.is_some() {
-            return bad("client_cert and client_key go together".into());
-        }
-        if self.user.is_empty() {
-            return bad("user must not be empty".into());
-        }
-        for s in &self.subscriptions {
-            let t = crate::sources::topic::TopicTemplate::parse(&s.topic)
-                .map_err(|e| Error::Config(format!("mqtt.subscriptions: {e}")))?;
-            if !t.has_device() && !s.format.names_devices() {
-                return bad(format!(
-                    "topic {:?}: format {:?} needs {{device}} in the topic",
-                    s.topic, s.format
-                ));
-            }
-            if s.qos > 1 {
-                return bad(format!("topic {:?}: qos {} (use 0 or 1)", s.topic, s.qos));
-            }
-        }
-        if !self.command_topic.is_empty() {
-            let t = crate::sources::topic::TopicTemplate::parse(&self.command_topic)
-                .map_err(|e| Error::Config(format!("mqtt.command_topic: {e}")))?;
-            if !t.is_concrete() {
-                return bad(format!("command_topic {:?} may not hold + or #", self.command_topic));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `[lorawan]`: the network-server side of the Semtech UDP packet forwarder (GWMP) and
-/// LoRaWAN 1.0.x for the devices listed here.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LorawanSection {
-    /// The UDP address gateways send to (the protocol's port is 1700); `"off"` by default.
-    #[serde(with = "addr_or_off")]
-    pub udp: Option<SocketAddr>,
-    /// The account LoRaWAN devices belong to.
-    pub user: String,
-    /// The network id (3 bytes, hex) in join accepts; 000000 or 000001 are for private networks.
-    pub net_id: String,
-    /// The same uplink heard by several gateways within this window is stored once.
-    #[serde(with = "humantime_serde")]
-    pub dedup_window: Duration,
-    /// RX1 delay (seconds) granted in join accepts and used for class A downlinks.
-    pub rx1_delay_s: u8,
-    /// Transmit power (dBm) for downlinks.
-    pub tx_power: i8,
-    /// A device not heard from for this long shows offline in its twin ("0s": never).
-    #[serde(with = "humantime_serde")]
-    pub offline_after: Duration,
-    pub devices: Vec<LoraDevice>,
-    pub profiles: Vec<LoraProfile>,
-}
-
-impl Default for LorawanSection {
-    fn default() -> Self {
-        Self {
-            udp: None,
-            user: "lorawan".into(),
-            net_id: "000013".into(),
-            dedup_window: Duration::from_secs(10),
-            rx1_delay_s: 1,
-            tx_power: 14,
-            offline_after: Duration::from_secs(2 * 3600),
-            devices: Vec::new(),
-            profiles: Vec::new(),
-        }
-    }
-}
-
-/// `[[lorawan.devices]]`: OTAA (`app_key`) or ABP (`dev_addr`, `nwk_skey`, `app_skey`).
-/// Keys are hex; they are never logged.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoraDevice {
-    pub dev_eui: String,
-    /// The device id in tables and twins; default the DevEUI in lowercase hex.
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub join_eui: Option<String>,
-    #[serde(default)]
-    pub app_key: Option<crate::sources::lorawan::Secret>,
-    #[serde(default)]
-    pub dev_addr: Option<String>,
-    #[serde(default)]
-    pub nwk_skey: Option<crate::sources::lorawan::Secret>,
-    #[serde(default)]
-    pub app_skey: Option<crate::sources::lorawan::Secret>,
-    /// A profile's name; default: Cayenne LPP into the `lorawan` table.
-    #[serde(default)]
-    pub profile: Option<String>,
-}
-
-/// `[[lorawan.profiles]]`: how a kind of device's payload becomes fields, and where.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoraProfile {
-    pub name: String,
-    /// The resource (table) its rows go to.
-    #[serde(default = "lorawan_table")]
-    pub table: String,
-    /// `cayenne` (the default), `layout` (with `fields`) or `raw`.
-    #[serde(default)]
-    pub codec: CodecKind,
-    /// The fields of a `layout`.
-    #[serde(default)]
-    pub fields: Vec<crate::sources::codec::LayoutField>,
-}
-
-/// The codecs a [`LoraProfile`] can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum CodecKind {
-    #[default]
-    Cayenne,
-    Layout,
-    Raw,
-}
-
-impl LoraProfile {
-    /// The profile's codec; the error says what is inconsistent.
-    pub fn codec(&self) -> Result<crate::sources::codec::Codec, String> {
-        use crate::sources::codec::Codec;
-        let codec = match self.codec {
-            CodecKind::Cayenne => Codec::Cayenne,
-            CodecKind::Raw => Codec::Raw,
-            CodecKind::Layout => Codec::Layout {
-                fields: self.fields.clone(),
-            },
-        };
-        if self.codec != CodecKind::Layout && !self.fields.is_empty() {
-            return Err("fields go with codec = \"layout\"".into());
-        }
-        codec.validate()?;
-        Ok(codec)
-    }
-}
-
 /// A secret in a configuration (a password): read as text, never shown by `Debug`.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -800,34 +508,5 @@ pub struct Hidden(pub String);
 impl std::fmt::Debug for Hidden {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
-}
-
-fn lorawan_table() -> String {
-    "lorawan".into()
-}
-
-impl LorawanSection {
-    fn validate(&self) -> Result<(), Error> {
-        let bad = |msg: String| Err(Error::Config(format!("lorawan: {msg}")));
-        if crate::sources::hex_array::<3>(&self.net_id).is_none() {
-            return bad(format!("net_id {:?}: 6 hex digits", self.net_id));
-        }
-        if !(1..=15).contains(&self.rx1_delay_s) {
-            return bad(format!("rx1_delay_s {}: 1..=15", self.rx1_delay_s));
-        }
-        for p in &self.profiles {
-            p.codec()
-                .map_err(|e| Error::Config(format!("lorawan profile {:?}: {e}", p.name)))?;
-        }
-        let mut seen = std::collections::HashSet::new();
-        for d in &self.devices {
-            crate::sources::lorawan::DeviceConf::from_config(d, &self.profiles)
-                .map_err(|e| Error::Config(format!("lorawan device {}: {e}", d.dev_eui)))?;
-            if !seen.insert(d.dev_eui.to_ascii_lowercase()) {
-                return bad(format!("device {} is listed twice", d.dev_eui));
-            }
-        }
-        Ok(())
     }
 }

@@ -1,5 +1,8 @@
 //! Sources other than the Thinger listener: an MQTT broker ([`mqtt`]) and LoRaWAN gateways
-//! speaking the Semtech UDP protocol ([`lora`]).
+//! speaking the Semtech UDP protocol ([`lorawan`]). Each source is one folder: its root
+//! module runs it, `config.rs` holds its section of the agent's configuration, and its
+//! decoders sit beside them; what they share (payload [`codec`]s, hex, RFC 3339 times, the
+//! presence and southbound contract) is here.
 //!
 //! Both turn what arrives into [`DeviceEventKind::Message`](crate::listener::DeviceEventKind)
 //! events on the listener's own queue, so their rows take the same path (WAL, Arrow buffer,
@@ -8,19 +11,13 @@
 //!
 //! ```text
 //! broker ─MQTT─▶ mqtt ─┐                    ┌▶ WAL ─▶ buffer ─▶ Parquet
-//! gateways ─UDP─▶ lora ─┼─ Message events ─▶ ingest
+//! gateways ─UDP─▶ lorawan ┼─ Message events ─▶ ingest
 //! devices ─TCP─▶ listener┘                    └▶ tap ─▶ twins (cloud link)
 //! ```
 
-pub mod broker;
 pub mod codec;
-pub mod gwmp;
-pub mod lora;
 pub mod lorawan;
 pub mod mqtt;
-pub mod payload;
-pub mod sparkplug;
-pub mod topic;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -188,6 +185,32 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// `2024-01-01T12:00:00.123456Z` (UTC, optional fraction) as a time.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(10) != Some(&b'T') {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut nanos: i64 = 0;
+    let mut rest = s.get(19..)?;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
+        rest = frac.get(digits.len()..)?;
+        let padded = format!("{digits:0<9}");
+        nanos = padded.get(..9)?.parse().ok()?;
+    }
+    if rest != "Z" && rest != "+00:00" {
+        return None;
+    }
+    let days = crate::outbox::days_from_civil(y, mo, d);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
+    let secs = u64::try_from(secs).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos as u64))
 }
 
 #[cfg(test)]

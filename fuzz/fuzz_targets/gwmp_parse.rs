@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 // The codec file itself, not the edge crate (which would pull Arrow and Parquet into the
 // sanitizer build).
 #[allow(dead_code)]
-#[path = "../../edge-agent/src/sources/gwmp.rs"]
+#[path = "../../edge-agent/src/sources/lorawan/gwmp.rs"]
 mod gwmp;
 
 fuzz_target!(|data: &[u8]| {

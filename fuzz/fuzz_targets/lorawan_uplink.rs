@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use lorawan::creator::{DataPayloadCreator, JoinRequestCreator};
 use lorawan::keys::{AppKey, AppSKey, NewSKey};
 use twinlake_edge::sources::codec::Codec;
-use twinlake_edge::sources::lorawan::{DeviceConf, NetworkServer, Outcome, Secret, Session};
+use twinlake_edge::sources::lorawan::network::{DeviceConf, NetworkServer, Outcome, Secret, Session};
 
 const NWK: [u8; 16] = [2; 16];
 const APP: [u8; 16] = [1; 16];

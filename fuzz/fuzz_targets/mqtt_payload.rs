@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
 use twinlake_edge::model;
-use twinlake_edge::sources::payload::{Decoder, Format};
-use twinlake_edge::sources::topic::Captures;
+use twinlake_edge::sources::mqtt::payload::{Decoder, Format};
+use twinlake_edge::sources::mqtt::topic::Captures;
 use twinlake_sdk::pson::ValueRef;
 
 const FORMATS: [Format; 7] = [

@@ -19,6 +19,12 @@
 //! **Control.** Devices seen here get a route for resource writes (desired values): the
 //! value is published as JSON, QoS 1, to `command_topic` with `{device}` and `{resource}`.
 
+pub mod broker;
+pub mod config;
+pub mod payload;
+pub mod sparkplug;
+pub mod topic;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -34,10 +40,10 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::broker::Embedded;
-use super::payload::{Decoder, Format};
-use super::sparkplug::Topic as SparkplugTopic;
-use super::topic::TopicTemplate;
+use self::broker::Embedded;
+use self::payload::{Decoder, Format};
+use self::sparkplug::Topic as SparkplugTopic;
+use self::topic::TopicTemplate;
 use super::{Control, Presence, Southbound, connected, disconnected, fnv1a};
 use crate::Error;
 use crate::config::MqttSection;

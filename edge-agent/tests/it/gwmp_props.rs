@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use proptest::prelude::*;
 use serde_json::json;
-use twinlake_edge::sources::gwmp::{DataRate, TxPk, Up, parse, pull_resp, push_ack};
+use twinlake_edge::sources::lorawan::gwmp::{DataRate, TxPk, Up, parse, pull_resp, push_ack};
 
 fn datr() -> impl Strategy<Value = DataRate> {
     prop_oneof![

@@ -15,7 +15,7 @@ use twinlake_edge::arrow::compute::cast;
 use twinlake_edge::arrow::datatypes::DataType;
 use twinlake_edge::arrow::util::display::array_value_to_string;
 use twinlake_edge::config::{LoraDevice, LoraProfile, MqttSubscription};
-use twinlake_edge::sources::payload::Format;
+use twinlake_edge::sources::mqtt::payload::Format;
 use twinlake_sdk::pson::Value;
 
 use crate::lake::{Running, read_dir_lake, start};
@@ -138,7 +138,7 @@ fn hex(s: &str) -> Vec<u8> {
 /// give its datatype).
 fn sparkplug(timestamp: u64, seq: u64, birth: Option<(&str, u32)>, value: f64) -> Vec<u8> {
     use prost::Message as _;
-    use twinlake_edge::sources::sparkplug::{Metric, MetricValue, Payload};
+    use twinlake_edge::sources::mqtt::sparkplug::{Metric, MetricValue, Payload};
     Payload {
         timestamp: Some(timestamp),
         metrics: vec![Metric {

@@ -8,10 +8,11 @@ use serde_json::Value as Json;
 use twinlake_sdk::json::from_json;
 use twinlake_sdk::pson::Value;
 
-use super::codec::Codec;
 use super::sparkplug::{Aliases, Topic as SparkplugTopic};
 use super::topic::Captures;
 use crate::listener::SourceRow;
+use crate::sources::codec::Codec;
+use crate::sources::parse_rfc3339;
 
 /// How a subscription's payloads are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -268,37 +269,11 @@ fn chirpstack(j: &Json, resource: &str, now: SystemTime) -> Result<SourceRow, St
     })
 }
 
-/// `2024-01-01T12:00:00.123456Z` (UTC, optional fraction) as a time.
-pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(10) != Some(&b'T') {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut nanos: i64 = 0;
-    let mut rest = s.get(19..)?;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
-        rest = frac.get(digits.len()..)?;
-        let padded = format!("{digits:0<9}");
-        nanos = padded.get(..9)?.parse().ok()?;
-    }
-    if rest != "Z" && rest != "+00:00" {
-        return None;
-    }
-    let days = crate::outbox::days_from_civil(y, mo, d);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
-    let secs = u64::try_from(secs).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos as u64))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::sources::topic::TopicTemplate;
+    use crate::sources::mqtt::topic::TopicTemplate;
 
     fn run(format: Format, template: &str, topic: &str, bytes: &[u8]) -> Result<Vec<SourceRow>, String> {
         let t = TopicTemplate::parse(template).unwrap();

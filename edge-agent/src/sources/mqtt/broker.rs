@@ -60,8 +60,8 @@ pub async fn start(cfg: &EmbeddedBroker, source_inflight: u16) -> Result<Embedde
     let listen = claim(cfg.listen)?;
     let listen_v5 = cfg.listen_v5.map(claim).transpose()?;
     let internal = claim(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let username = format!("twinlake-{}", super::random_hex(6));
-    let password = super::random_hex(24);
+    let username = format!("twinlake-{}", crate::sources::random_hex(6));
+    let password = crate::sources::random_hex(24);
 
     let devices = ConnectionSettings {
         connection_timeout_ms: 10_000,

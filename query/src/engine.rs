@@ -241,6 +241,7 @@ impl Engine {
 
     /// Plans `sql` (one read-only statement) in `session`.
     pub async fn plan(&self, session: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
+        crate::shape::check(sql).map_err(QueryError::TooComplex)?;
         let state = session.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;

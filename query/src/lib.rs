@@ -21,6 +21,7 @@ pub mod output;
 pub mod pg;
 pub mod provenance;
 pub mod session;
+pub mod shape;
 pub mod system;
 pub mod tenant;
 
@@ -49,6 +50,9 @@ pub enum QueryError {
     /// Refused before it ran: not read-only, not allowed, or not one statement.
     #[error("{0}")]
     Refused(String),
+    /// Too big, or a name of too many parts, to be parsed safely ([`shape`]).
+    #[error("{0}")]
+    TooComplex(String),
     #[error("catalog: {0}")]
     Catalog(String),
     #[error("storage: {0}")]

@@ -21,9 +21,11 @@ use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{DfSessionService, Parser};
 use futures::Sink;
+use pgwire::api::Type;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::Response;
+use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
@@ -282,6 +284,7 @@ impl SimpleQueryHandler for Limited {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        crate::shape::check(query).map_err(|e| error("54001", e))?;
         let timeout = self.timeout(client);
         self.limited(
             timeout,
@@ -294,10 +297,10 @@ impl SimpleQueryHandler for Limited {
 #[async_trait]
 impl ExtendedQueryHandler for Limited {
     type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
-    type QueryParser = Parser;
+    type QueryParser = Checked;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        self.inner.query_parser()
+        Arc::new(Checked(self.inner.query_parser()))
     }
 
     async fn do_query<C>(
@@ -320,6 +323,30 @@ impl ExtendedQueryHandler for Limited {
         };
         let mut out = self.limited(timeout, run).await?;
         Ok(out.pop().unwrap_or(Response::EmptyQuery))
+    }
+}
+
+/// The session's parser behind the shape check (extended protocol: Parse messages).
+pub struct Checked(Arc<Parser>);
+
+#[async_trait]
+impl QueryParser for Checked {
+    type Statement = <Parser as QueryParser>::Statement;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        crate::shape::check(sql).map_err(|e| error("54001", e))?;
+        self.0.parse_sql(client, sql, types).await
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.0.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(&self, stmt: &Self::Statement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        self.0.get_result_schema(stmt, format)
     }
 }
 

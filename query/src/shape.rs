@@ -1,0 +1,64 @@
+//! The shape of a SQL text, checked before it is parsed, on every surface (HTTP, Postgres
+//! wire, Flight SQL). sqlparser backtracks: a dotted name of many parts followed by a
+//! subscript that does not parse (`x.y.x.y.….a[b c]`) costs time exponential in the parts
+//! (20 parts: about 3 s of a worker thread; 30: hours). The fuzz target `sql_body` found it
+//! with 150 bytes. The tokenizer is linear, so names are held to [`MAX_NAME_PARTS`] parts and
+//! a text to [`MAX_SQL_BYTES`] and [`MAX_TOKENS`] before the parser sees them.
+//!
+//! Only `sqlparser` is used here: the fuzz crate compiles this file on its own.
+
+use sqlparser::dialect::GenericDialect;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+/// Parts of a dotted name at most (`catalog.schema.table.column` is four).
+pub const MAX_NAME_PARTS: usize = 6;
+/// Bytes of one SQL text at most.
+pub const MAX_SQL_BYTES: usize = 1 << 20;
+/// Tokens of one SQL text at most.
+pub const MAX_TOKENS: usize = 100_000;
+
+/// Whether `sql` is small enough and its names short enough to be parsed; the error says
+/// which limit it broke. A text the tokenizer cannot read is left to the parser's error.
+pub fn check(sql: &str) -> Result<(), String> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(format!("a statement is at most {MAX_SQL_BYTES} bytes"));
+    }
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return Ok(());
+    };
+    if tokens.len() > MAX_TOKENS {
+        return Err(format!("a statement is at most {MAX_TOKENS} tokens"));
+    }
+    // Dots in a row with at most one token between them: the parts of one name.
+    let (mut dots, mut since_dot) = (0usize, 0usize);
+    for t in tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))) {
+        if *t != Token::Period {
+            since_dot += 1;
+            continue;
+        }
+        dots = if since_dot <= 1 { dots + 1 } else { 1 };
+        since_dot = 0;
+        if dots >= MAX_NAME_PARTS {
+            return Err(format!("a dotted name has at most {MAX_NAME_PARTS} parts"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_dotted_names_are_refused_before_parsing() {
+        assert!(check("SELECT datafusion.public.temp.value FROM datafusion.public.temp").is_ok());
+        assert!(check("SELECT a.b + c.d, 1.5, t. x FROM t WHERE s = 'a.b.c.d.e.f.g.h'").is_ok());
+        // What the fuzzer found, and its core.
+        let found = "SELECT dd. avdece.e. vice. aice.e.ce. vice. avdece.e. viceece.ce.ce.ce. vice. a [x";
+        assert!(check(found).is_err());
+        assert!(check(&format!("SELECT {}a[b c]", "x.y.".repeat(10))).is_err());
+        assert!(check(&format!("SELECT {}a", "x. ".repeat(6))).is_err());
+        assert!(check(&"1,".repeat(MAX_TOKENS)).is_err());
+        assert!(check(&" ".repeat(MAX_SQL_BYTES + 1)).is_err());
+    }
+}

@@ -1,0 +1,329 @@
+//! Applying what a gateway sends: each batch in one transaction, each item only if the
+//! gateway may speak for its device ([`may_speak`]), with what a commit still has to do
+//! afterwards (webhooks, fresh rows, the catalog, registry pushes).
+
+use redb::ReadableTable;
+use tracing::{info, warn};
+use twinlake_edge::link::Item;
+use twinlake_edge::registry::CredentialHash;
+use twinlake_twin::{TwinError, TwinKey, unwrap_io};
+
+use crate::Error;
+use crate::server::AppState;
+use crate::store::{
+    self, DEVICES, DeviceRecord, FILES, GATEWAYS, GatewayRecord, LINK_SEQ, LinkSeq, PROPERTIES, WebhookJob,
+};
+
+/// Applies the batches past `acked` in one transaction; returns the new `acked`.
+pub(super) fn apply(
+    state: &AppState,
+    gateway: &str,
+    session: &str,
+    acked: u64,
+    batches: Vec<(u64, Vec<Item>)>,
+) -> Result<u64, Error> {
+    let mut through = acked;
+    let mut after = After::default();
+    let mut items_applied = 0u64;
+    state.twins.write(|t| -> Result<(), Error> {
+        for (seq, items) in batches {
+            if seq <= through {
+                state.metrics.link_duplicate_batches.inc();
+                continue;
+            }
+            for item in items {
+                items_applied += 1;
+                apply_item(state, t, gateway, item, &mut after)?;
+            }
+            through = seq;
+        }
+        let rec = LinkSeq {
+            session: session.to_owned(),
+            acked: through,
+        };
+        t.transaction()
+            .open_table(LINK_SEQ)?
+            .insert(gateway, store::encode(&rec).as_slice())?;
+        Ok(())
+    })?;
+    state.metrics.link_items.inc_by(items_applied);
+    if after.webhooks > 0 {
+        state.webhook_wake.notify_one();
+    }
+    if after.registry {
+        state.gateways.registry_changed();
+    }
+    // Fresh rows are for queries only (in memory): taken once their batch is committed, so
+    // a batch sent again after a reconnect brings none twice.
+    for (table, segment, stream, rows) in after.rows {
+        add_fresh(state, gateway, &table, segment, stream, &rows);
+    }
+    if after.files > 0 {
+        state.catalog_wake.notify_one();
+    }
+    Ok(through)
+}
+
+/// What a committed batch still has to do outside the transaction.
+#[derive(Default)]
+struct After {
+    webhooks: u64,
+    registry: bool,
+    files: u64,
+    rows: Vec<FreshRows>,
+}
+
+/// Fresh rows of one table and WAL segment: (table, segment, stream, `[time µs, device, payload]`).
+type FreshRows = (String, u64, bool, Vec<(i64, String, serde_json::Value)>);
+
+fn add_fresh(
+    state: &AppState,
+    gateway: &str,
+    table: &str,
+    segment: u64,
+    stream: bool,
+    rows: &[(i64, String, serde_json::Value)],
+) {
+    let encoded: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|(_, _, v)| twinlake_sdk::json::from_json(v).to_bytes())
+        .collect();
+    let fresh: Vec<twinlake_query::FreshRow<'_>> = rows
+        .iter()
+        .zip(&encoded)
+        .filter_map(|((at, device, _), bytes)| {
+            Some(twinlake_query::FreshRow {
+                time_us: *at,
+                device,
+                payload: twinlake_sdk::pson::ValueRef::decode(bytes).ok()?,
+            })
+        })
+        .collect();
+    let Ok(table) = twinlake_edge::model::table_name(&[table]) else {
+        tracing::warn!(%gateway, "fresh rows for a table name that breaks the naming rules were ignored");
+        return;
+    };
+    state.metrics.fresh_rows.inc_by(fresh.len() as u64);
+    state.sql.lake().add_fresh(gateway, &table, segment, stream, &fresh);
+}
+
+/// The device an item speaks for, if it names one.
+fn speaks_for(item: &Item) -> Option<(&str, &str)> {
+    match item {
+        Item::Presence { user, device, .. }
+        | Item::Described { user, device, .. }
+        | Item::Reported { user, device, .. }
+        | Item::Endpoint { user, device, .. }
+        | Item::Property { user, device, .. }
+        | Item::Rehash { user, device, .. } => Some((user, device)),
+        Item::Rows { .. } | Item::File { .. } => None,
+    }
+}
+
+/// Whether `gateway` may speak for `user/device`: the cloud's own pipeline always; a linked
+/// gateway for the devices registered to it, and for the unregistered (MQTT, LoRaWAN)
+/// devices of the users an admin bound it to.
+pub fn may_speak(state: &AppState, tx: &redb::WriteTransaction, gateway: &str, user: &str, device: &str) -> bool {
+    if gateway == state.local_gateway {
+        return true;
+    }
+    let lookup = |table: redb::TableDefinition<&str, &[u8]>, key: &str| -> Option<Vec<u8>> {
+        let t = tx.open_table(table).ok()?;
+        let v = t.get(key).ok()??;
+        Some(v.value().to_vec())
+    };
+    if let Some(bytes) = lookup(DEVICES, &format!("{user}/{device}")) {
+        return serde_json::from_slice::<DeviceRecord>(&bytes)
+            .is_ok_and(|d| d.gateway.as_deref().unwrap_or(&state.local_gateway) == gateway);
+    }
+    lookup(GATEWAYS, gateway)
+        .and_then(|b| serde_json::from_slice::<GatewayRecord>(&b).ok())
+        .is_some_and(|g| g.users.iter().any(|u| u == user))
+}
+
+/// A credential hash a gateway made stronger at a login replaces the device's record if
+/// that still holds `old` and `new` is PBKDF2 at exactly the configured iterations (a
+/// gateway may neither weaken a hash nor make one too costly to check). Whether it did.
+fn rehash(
+    state: &AppState,
+    tx: &redb::WriteTransaction,
+    gateway: &str,
+    key: &str,
+    old: &str,
+    new: String,
+) -> Result<bool, Error> {
+    let mut table = tx.open_table(DEVICES)?;
+    let bytes = table.get(key)?.map(|v| v.value().to_vec());
+    let rec = bytes.and_then(|b| serde_json::from_slice::<DeviceRecord>(&b).ok());
+    let target = state.cfg.registry.credential_iterations;
+    let strong = CredentialHash::parse(&new).is_ok_and(|h| h.iterations() == Some(target));
+    match rec {
+        Some(mut rec) if strong && rec.credential_hash == old => {
+            rec.credential_hash = new;
+            table.insert(key, store::encode(&rec).as_slice())?;
+            state.metrics.credential_rehashes.inc();
+            info!(%gateway, device = key, iterations = target, "a credential hash was made stronger at a login");
+            Ok(true)
+        }
+        _ => {
+            state.metrics.gateway_refusals.inc();
+            warn!(%gateway, device = key, "refused a credential rehash (stale, or not at the configured cost)");
+            Ok(false)
+        }
+    }
+}
+
+fn apply_item(
+    state: &AppState,
+    t: &mut twinlake_twin::TwinTxn<'_>,
+    gateway: &str,
+    item: Item,
+    after: &mut After,
+) -> Result<(), Error> {
+    let refused = match (&item, speaks_for(&item)) {
+        (_, Some((user, device))) => !may_speak(state, t.transaction(), gateway, user, device),
+        (Item::File { gateway: g, file }, None) => {
+            g != gateway
+                || !file
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|f| f.starts_with(&format!("{gateway}-")))
+        }
+        _ => false,
+    };
+    if refused {
+        state.metrics.gateway_refusals.inc();
+        warn!(%gateway, item = ?speaks_for(&item), "refused an item for a device or file that is not the gateway's");
+        return Ok(());
+    }
+    match item {
+        Item::Presence {
+            user,
+            device,
+            online,
+            at,
+            ip,
+            rx_bytes,
+            tx_bytes,
+            ..
+        } => {
+            let key = TwinKey::new(&user, &device);
+            let (was_online, was_here) = match t.get(&key)? {
+                Some(tw) => (tw.connection.online, tw.connection.gateway.as_deref() == Some(gateway)),
+                None => (false, false),
+            };
+            if !online && !was_here {
+                // A late goodbye from a gateway the device has left.
+                return Ok(());
+            }
+            if online && was_online && was_here {
+                // A gateway repeating what it said (after a reconnect): nothing changed.
+                state.gateways.locate(key, Some(gateway.to_owned()));
+                return Ok(());
+            }
+            let gw = gateway.to_owned();
+            t.set_connection(&key, at, |c| {
+                c.online = online;
+                c.gateway = Some(gw);
+                if online {
+                    c.connected_at = Some(at);
+                    if ip.is_some() {
+                        c.ip = ip;
+                    }
+                } else {
+                    c.rx_bytes = rx_bytes;
+                    c.tx_bytes = tx_bytes;
+                }
+            })?;
+            // Located before the commit publishes the change: whoever acts on "online" (the
+            // desired-state applier) must find the device's gateway.
+            state.gateways.locate(key, online.then(|| gateway.to_owned()));
+        }
+        Item::Described {
+            user,
+            device,
+            resources,
+        } => {
+            let key = TwinKey::new(&user, &device);
+            t.describe(&key, twinlake_twin::now_ms(), resources)?;
+        }
+        Item::Reported {
+            user,
+            device,
+            path,
+            at,
+            value,
+        } => {
+            let key = TwinKey::new(&user, &device);
+            match t.report(&key, &path, unwrap_io(value), at) {
+                Ok(_) => {
+                    state.metrics.twin_updates.inc();
+                }
+                Err(TwinError::TooLarge { key, bytes, limit }) => {
+                    state.metrics.twin_rejected.inc();
+                    warn!(%key, %path, bytes, limit, "reported value dropped: the twin would be too large");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Item::Endpoint {
+            user,
+            device,
+            endpoint,
+            at,
+            payload,
+        } => {
+            let job = WebhookJob {
+                user,
+                device,
+                endpoint,
+                at,
+                payload,
+                attempts: 0,
+            };
+            crate::webhook::enqueue(state, t.transaction(), &job)?;
+            after.webhooks += 1;
+        }
+        Item::Property {
+            user,
+            device,
+            property,
+            value,
+        } => {
+            let key = format!("{user}/{device}/{property}");
+            t.transaction()
+                .open_table(PROPERTIES)?
+                .insert(key.as_str(), store::encode(&value).as_slice())?;
+        }
+        Item::Rehash { user, device, old, new } => {
+            after.registry |= rehash(state, t.transaction(), gateway, &format!("{user}/{device}"), &old, new)?;
+        }
+        Item::File { gateway: g, file } => {
+            let rec = serde_json::json!({ "gateway": g, "file": file });
+            t.transaction()
+                .open_table(FILES)?
+                .insert(file.path.as_str(), store::encode(&rec).as_slice())?;
+            state.metrics.files_committed.inc();
+            after.files += 1;
+        }
+        Item::Rows {
+            table,
+            segment,
+            stream,
+            mut rows,
+        } => {
+            // Fresh rows count only for devices the gateway may write rows for.
+            if gateway != state.local_gateway {
+                let allowed = crate::provenance::allowed_now(state, gateway);
+                let before = rows.len();
+                rows.retain(|(_, device, _)| allowed.allows(device));
+                if rows.len() < before {
+                    state.metrics.gateway_refusals.inc_by((before - rows.len()) as u64);
+                }
+            }
+            after.rows.push((table, segment, stream, rows));
+        }
+    }
+    Ok(())
+}

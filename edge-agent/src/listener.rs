@@ -7,6 +7,7 @@
 //! reading more, so a slow consumer slows devices down (TCP back-pressure) and nothing is
 //! dropped.
 
+mod event;
 mod handle;
 pub mod session;
 mod tls;
@@ -29,33 +30,12 @@ pub use handle::{DeviceHandle, Devices};
 use session::{Credentials, Session, SessionEvent};
 pub use tls::{ServerTls, client_roots, tls_acceptor};
 
+use self::event::{AckTarget, Command, Reply};
+pub use self::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::Error;
 use crate::config::AuthSection;
 use crate::metrics::Metrics;
 use crate::registry::RateLimiter;
-
-/// Identifies a device: the user (account) and the device id, as in AUTH.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceKey {
-    pub user: String,
-    pub device: String,
-}
-
-impl DeviceKey {
-    /// The key of `device` in `user`'s account.
-    pub fn new(user: &str, device: &str) -> Self {
-        Self {
-            user: user.into(),
-            device: device.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for DeviceKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.user, self.device)
-    }
-}
 
 /// Decides whether a device may connect.
 pub trait Authenticator: Send + Sync + 'static {
@@ -120,166 +100,6 @@ impl Default for ListenerConfig {
             metrics: Arc::default(),
         }
     }
-}
-
-/// Something a device did, in arrival order per device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceEvent {
-    pub device: DeviceKey,
-    pub at: SystemTime,
-    pub kind: DeviceEventKind,
-}
-
-/// The kinds of [`DeviceEvent`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum DeviceEventKind {
-    Connected {
-        peer: SocketAddr,
-        tls: bool,
-    },
-    Disconnected {
-        reason: String,
-        rx_bytes: u64,
-        tx_bytes: u64,
-    },
-    /// Stream data: `{"out": v}` / `{"in": v}` as the device wraps it.
-    Stream {
-        path: Vec<String>,
-        payload: Option<Value>,
-        sample: bool,
-    },
-    /// CALL_ENDPOINT. If `ack` is set the device waits for it: call [`Acker::ack`] once
-    /// the call is safely queued.
-    Endpoint {
-        endpoint: String,
-        payload: Option<Value>,
-        ack: Option<Acker>,
-    },
-    /// BUCKET_DATA. If `ack` is set (a stream id on the message), confirm with
-    /// [`Acker::ack`] once the record is durable.
-    Bucket {
-        bucket: String,
-        payload: Option<Value>,
-        ack: Option<Acker>,
-    },
-    PropertySet {
-        property: String,
-        payload: Option<Value>,
-    },
-    CallDevice {
-        target: String,
-        path: Vec<String>,
-        payload: Option<Value>,
-    },
-    /// Rows from a source other than the listener (an MQTT message, a LoRaWAN uplink):
-    /// stored together, then `delivery` (if any) is confirmed once they are durable.
-    Message {
-        rows: Vec<SourceRow>,
-        delivery: Option<Delivery>,
-    },
-}
-
-/// One row a source produced: a resource's value at a time. It lands in the table named
-/// after the resource and is the resource's reported value in the device's twin.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourceRow {
-    /// The device (of the event's user) the row is of.
-    pub device: String,
-    pub resource: String,
-    pub at: SystemTime,
-    pub payload: Value,
-}
-
-/// A message its source must confirm (an MQTT QoS 1 PUBLISH), and what identifies it if
-/// the source delivers it again after a crash.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Delivery {
-    /// The source's name (one per configured broker).
-    pub source: Arc<str>,
-    /// The packet id the broker gave it.
-    pub id: u16,
-    /// A hash of the topic and payload.
-    pub hash: u64,
-    /// Whether the broker marked it as sent before (MQTT DUP).
-    pub redelivered: bool,
-    pub ack: Acker,
-}
-
-/// Confirms one request, later: a device gets REQUEST_OK or REQUEST_ERROR; a broker gets
-/// its PUBACK (see [`Acker::from_fn`]).
-#[derive(Clone)]
-pub struct Acker(AckTarget);
-
-#[derive(Clone)]
-enum AckTarget {
-    Device { tx: mpsc::Sender<Command>, stream_id: u32 },
-    Fn(Arc<dyn Fn(bool) + Send + Sync>),
-}
-
-impl Acker {
-    /// An acker that calls `f` with the outcome (a source's own confirmation).
-    pub fn from_fn(f: impl Fn(bool) + Send + Sync + 'static) -> Self {
-        Self(AckTarget::Fn(Arc::new(f)))
-    }
-
-    /// Sends the confirmation. If the device is gone, there is no one to tell.
-    pub fn ack(self, ok: bool) {
-        match self.0 {
-            AckTarget::Fn(f) => f(ok),
-            AckTarget::Device { tx, stream_id } => {
-                let cmd = Command::Ack { stream_id, ok };
-                if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(cmd) {
-                    tokio::spawn(async move {
-                        let _ = tx.send(cmd).await;
-                    });
-                }
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for Acker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            AckTarget::Device { stream_id, .. } => f.debug_struct("Acker").field("stream_id", stream_id).finish(),
-            AckTarget::Fn(_) => f.write_str("Acker(fn)"),
-        }
-    }
-}
-
-impl PartialEq for Acker {
-    fn eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (AckTarget::Device { tx: a, stream_id: x }, AckTarget::Device { tx: b, stream_id: y }) => {
-                x == y && a.same_channel(b)
-            }
-            (AckTarget::Fn(a), AckTarget::Fn(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-}
-
-/// Commands from handles to a connection task.
-#[derive(Debug)]
-enum Command {
-    Request {
-        // Boxed: the queue's slots are allocated up front, so they are kept small.
-        message: Box<Message>,
-        reply: oneshot::Sender<Reply>,
-    },
-    Ack {
-        stream_id: u32,
-        ok: bool,
-    },
-    Close,
-}
-
-/// The outcome of a request as the connection task sees it.
-#[derive(Debug)]
-enum Reply {
-    Ok(Option<Value>),
-    DeviceError,
-    Timeout,
 }
 
 struct Shared {

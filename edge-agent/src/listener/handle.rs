@@ -7,7 +7,8 @@ use tokio::sync::{mpsc, oneshot};
 use twinlake_sdk::frame::Signal;
 use twinlake_sdk::pson::Value;
 
-use super::{Command, DeviceKey, Reply, Shared, resource_request};
+use super::event::{Command, DeviceKey, Reply};
+use super::{Shared, resource_request};
 use crate::Error;
 
 /// The set of connected devices.

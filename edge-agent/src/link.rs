@@ -29,6 +29,7 @@
 //! answered once or fail with the link; the cloud's caller sees an error, never a stale answer.
 
 pub mod client;
+mod ws;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -41,7 +42,8 @@ use crate::listener::DeviceKey;
 use crate::metrics::Metrics;
 use crate::outbox::FileEntry;
 
-pub use client::{Connector, LinkClient, LinkIo, WsConnector};
+pub use client::{Connector, LinkClient, LinkIo};
+pub use ws::WsConnector;
 
 /// The link's version; both ends refuse another.
 pub const PROTOCOL: u32 = 1;

@@ -1,0 +1,152 @@
+//! The link over WebSocket (`ws://` or `wss://`): dials the cloud with the gateway token as
+//! a Bearer header, and moves text frames between the socket and a [`LinkIo`], with pings.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::warn;
+
+use super::client::{Connector, LinkIo};
+use crate::Error;
+use crate::config::LinkSection;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The link over WebSocket (`ws://` or `wss://`), with the gateway token as a Bearer header.
+#[derive(Clone)]
+pub struct WsConnector {
+    url: url::Url,
+    token: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for WsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsConnector")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WsConnector {
+    /// From the `[link]` section: `wss://` trusts `ca_file` if given, else the system's roots.
+    pub fn from_config(cfg: &LinkSection) -> Result<Self, Error> {
+        let url = url::Url::parse(&cfg.url).map_err(|e| Error::Config(format!("link.url {:?}: {e}", cfg.url)))?;
+        let tls = match url.scheme() {
+            "ws" => None,
+            "wss" => {
+                let choice = if cfg.insecure {
+                    twinlake_sdk::client::Tls::Insecure
+                } else {
+                    twinlake_sdk::client::Tls::Verify(crate::listener::client_roots(cfg.ca_file.as_deref())?)
+                };
+                choice.client_config().map_err(|e| Error::Tls(e.to_string()))?
+            }
+            other => return Err(Error::Config(format!("link.url: scheme {other:?} is not ws or wss"))),
+        };
+        Ok(Self {
+            url,
+            token: cfg.token.clone(),
+            tls,
+        })
+    }
+
+    async fn open(&self) -> Result<LinkIo, Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let host = self
+            .url
+            .host_str()
+            .ok_or_else(|| Error::Config("link.url has no host".into()))?
+            .to_owned();
+        let port = self.url.port_or_known_default().unwrap_or(443);
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| Error::Link(format!("connecting to {host}:{port} timed out")))??;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match &self.tls {
+            None => Box::new(tcp),
+            Some(cfg) => {
+                let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .map_err(|e| Error::Tls(format!("server name {host}: {e}")))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone());
+                Box::new(tls.connect(name, tcp).await?)
+            }
+        };
+        let mut req = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Error::Link(e.to_string()))?;
+        let auth = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| Error::Config("link.token holds characters a header cannot".into()))?;
+        req.headers_mut().insert("authorization", auth);
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(req, stream))
+            .await
+            .map_err(|_| Error::Link("the WebSocket handshake timed out".into()))?
+            .map_err(|e| Error::Link(format!("WebSocket handshake: {e}")))?;
+        let (mut sink, mut stream) = ws.split();
+        let (mine, theirs) = LinkIo::pair(256);
+        let LinkIo {
+            tx: to_edge,
+            rx: mut from_edge,
+        } = theirs;
+        // Writer: frames out, plus a ping every 15 s so a dead peer shows up.
+        tokio::spawn(async move {
+            use tokio_tungstenite::tungstenite::Message;
+            let mut ping = tokio::time::interval(Duration::from_secs(15));
+            loop {
+                let msg = tokio::select! {
+                    m = from_edge.recv() => match m {
+                        Some(text) => Message::Text(text.into()),
+                        None => break,
+                    },
+                    _ = ping.tick() => Message::Ping(Vec::new().into()),
+                };
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        // Reader: text frames in; anything from the cloud (pongs too) shows it is alive.
+        tokio::spawn(async move {
+            use tokio_tungstenite::tungstenite::Message;
+            loop {
+                let next = tokio::time::timeout(Duration::from_secs(45), stream.next()).await;
+                match next {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        if to_edge.send(t.to_string()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => break,
+                    Ok(Some(Ok(_))) => {}
+                    Err(_) => {
+                        warn!("the cloud link was silent for 45 s; reconnecting");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(mine)
+    }
+}
+
+impl Connector for WsConnector {
+    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<LinkIo, Error>> + Send + '_>> {
+        Box::pin(self.open())
+    }
+
+    fn target(&self) -> String {
+        self.url.to_string()
+    }
+}

@@ -333,11 +333,11 @@ impl Cloud {
                 let _ = rx.changed().await;
             }))
         });
-        if let Some(l) = self.metrics {
+        let metrics_task = self.metrics.map(|l| {
             let app = crate::api::metrics_router(state.clone());
             let limits = state.cfg.metrics.limits();
-            tokio::spawn(twinlake_edge::http::serve(l, None, app, limits, stop_rx.clone()));
-        }
+            tokio::spawn(twinlake_edge::http::serve(l, None, app, limits, stop_rx.clone()))
+        });
         let app = crate::api::router(state.clone());
         info!(addr = ?self.http.local_addr().ok(), tls = self.tls.is_some(), "cloud API listening");
         let serve = serve_http(self.http, self.tls, app, state.cfg.http.clone(), stop_rx.clone());
@@ -346,6 +346,9 @@ impl Cloud {
         info!("shutting down");
         let _ = state.stop.send(true);
         let _ = server.await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
         for t in sql_tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
         }

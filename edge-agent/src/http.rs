@@ -23,7 +23,8 @@ pub struct HttpLimits {
 }
 
 /// Serves `app` on `listener` (over TLS with `tls`) until `stop` changes. Open connections
-/// (streams) end then too.
+/// (streams) end then too: it returns only after every connection task has, so nothing of
+/// `app` (its state) outlives it.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -32,7 +33,9 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let caps = ConnLimiter::new(limits.max_connections, limits.max_connections_per_ip);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -42,15 +45,17 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         };
         let Some(permit) = caps.admit(peer.ip()) else {
             debug!(%peer, "HTTP connection refused: max_connections(_per_ip) reached");
             continue;
         };
         let _ = sock.set_nodelay(true);
-        tokio::spawn(connection(sock, tls.clone(), app.clone(), limits, permit, stop.clone()));
+        conns.spawn(connection(sock, tls.clone(), app.clone(), limits, permit, stop.clone()));
     }
+    drop(app);
+    conns.shutdown().await;
 }
 
 async fn connection(

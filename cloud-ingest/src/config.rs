@@ -144,9 +144,9 @@ impl CloudConfig {
             }
         }
         for g in &self.gateways {
-            if g.id.is_empty() || g.token_sha256.len() != 64 {
+            if !twinlake_lake::path::is_gateway_name(&g.id) || g.token_sha256.len() != 64 {
                 return bad(format!(
-                    "gateways {:?}: needs an id and token_sha256 (64 hex digits)",
+                    "gateways {:?}: needs an id that can name lake files (1 to 64 letters, digits, '-', '_' or '.', not 'compacted') and token_sha256 (64 hex digits)",
                     g.id
                 ));
             }

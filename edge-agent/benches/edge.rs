@@ -36,10 +36,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use twinlake_edge::arrow::array::RecordBatch;
-use twinlake_edge::buffer::{Buffer, Schemas};
 use twinlake_edge::config::{DeviceEntry, ParquetSection};
-use twinlake_edge::model::{FieldValue, flatten};
-use twinlake_edge::outbox::{encode_parquet, writer_properties};
+use twinlake_edge::lake::buffer::{Buffer, Schemas};
+use twinlake_edge::lake::file::encode as encode_parquet;
+use twinlake_edge::lake::model::{FieldValue, flatten};
+use twinlake_edge::outbox::writer_properties;
 use twinlake_edge::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use twinlake_edge::parquet::basic::Encoding;
 use twinlake_edge::parquet::file::properties::WriterProperties;

@@ -85,14 +85,9 @@ impl EdgeConfig {
 
     fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::Config(msg));
-        if self.gateway.is_empty()
-            || !self
-                .gateway
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if !twinlake_lake::path::is_gateway_name(&self.gateway) {
             return bad(format!(
-                "gateway {:?}: use letters, digits, '-', '_' or '.' (it is part of file names)",
+                "gateway {:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '_' or '.', and not 'compacted' (it is part of file names)",
                 self.gateway
             ));
         }

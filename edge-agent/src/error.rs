@@ -32,6 +32,8 @@ pub enum Error {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("Parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{0}")]
+    Lake(#[from] twinlake_lake::LakeError),
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
 }

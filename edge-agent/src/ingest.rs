@@ -21,13 +21,13 @@ use twinlake_sdk::pson::{Value, ValueRef};
 
 use self::commit::{wait_seal, wait_sync};
 use crate::Error;
-use crate::buffer::{Buffer, Conflict, Schemas, SealedTable};
 use crate::config::{BufferSection, WalSection};
 use crate::listener::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::metrics::Metrics;
-use crate::model::{FieldValue, flatten, table_name};
 use crate::outbox::{Outbox, State};
 use crate::wal::{RecordKind, Wal, WalRecord};
+use twinlake_lake::buffer::{Buffer, Conflict, Schemas, SealedTable};
+use twinlake_lake::model::{FieldValue, flatten, table_name};
 
 mod commit;
 

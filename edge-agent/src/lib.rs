@@ -3,7 +3,8 @@
 //! Devices connect here first. The [`listener`] speaks the Thinger.io classic protocol over
 //! TCP (default port 25200) and TLS (25202) on the `twinlake-sdk` codec and checks devices
 //! against the [`registry`] (hashed credentials, rate-limited refusals). What they send is
-//! flattened into rows ([`model`]), written to a crash-safe [`wal`] and an Arrow [`buffer`],
+//! flattened into rows (`twinlake_lake::model`), written to a crash-safe [`wal`] and an Arrow
+//! buffer (`twinlake_lake::buffer`),
 //! sealed into Parquet in the [`outbox`] and shipped to any object store by the [`upload`]
 //! loop. MQTT brokers and LoRaWAN gateways feed the same path through the [`sources`].
 //! [`agent::EdgeAgent`] wires it all, with Prometheus [`metrics`].
@@ -14,7 +15,6 @@
 //! ```
 
 pub mod agent;
-pub mod buffer;
 pub mod config;
 pub mod conn_limit;
 pub mod durable;
@@ -24,7 +24,6 @@ pub mod ingest;
 pub mod link;
 pub mod listener;
 pub mod metrics;
-pub mod model;
 pub mod outbox;
 pub mod registry;
 pub mod sources;
@@ -36,4 +35,4 @@ pub use config::EdgeConfig;
 pub use error::Error;
 
 // The Arrow stack this crate writes with, for tools and tests that read its files.
-pub use {arrow, object_store, parquet};
+pub use {arrow, object_store, parquet, twinlake_lake as lake};

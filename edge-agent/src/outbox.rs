@@ -14,15 +14,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::metadata::SortingColumn;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
+use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::buffer::{Schemas, SealedTable};
+use twinlake_lake::buffer::{Schemas, SealedTable};
+use twinlake_lake::file::{self, Writer, WriterSettings};
+use twinlake_lake::{Hour, LakePath};
+
 use crate::config::ParquetSection;
 use crate::wal::sync_dir;
 
@@ -102,85 +101,13 @@ fn seq_name(seq: u64) -> String {
     format!("{seq:020}")
 }
 
-/// Writer settings: zstd, page statistics, sorted by (device, time), delta-encoded time, and
-/// a 64 KiB dictionary limit: low-cardinality columns keep their dictionary, while
-/// high-cardinality floats (coordinates) fall back to plain early instead of carrying a
-/// 1 MiB dictionary page per file (2.43 → 2.16 bytes/value on TSBS readings; BENCHMARKS.md).
+/// The Parquet writer settings of `[parquet]` (the lake format's, `twinlake_lake::file`).
 pub fn writer_properties(cfg: &ParquetSection) -> Result<WriterProperties, Error> {
-    let level = ZstdLevel::try_new(cfg.zstd_level).map_err(|e| Error::Config(format!("parquet.zstd_level: {e}")))?;
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
-        .set_max_row_group_row_count(Some(cfg.row_group_rows))
-        .set_dictionary_page_size_limit(64 << 10)
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_sorting_columns(Some(vec![
-            SortingColumn {
-                column_idx: 1,
-                descending: false,
-                nulls_first: false,
-            },
-            SortingColumn {
-                column_idx: 0,
-                descending: false,
-                nulls_first: false,
-            },
-        ]))
-        .set_column_dictionary_enabled(ColumnPath::from("time"), false)
-        .set_column_encoding(ColumnPath::from("time"), Encoding::DELTA_BINARY_PACKED)
-        .set_created_by(format!("twinlake-edge {}", env!("CARGO_PKG_VERSION")))
-        .build())
-}
-
-/// Encodes batches as one Parquet file in memory.
-pub fn encode_parquet(batches: &[RecordBatch], props: &WriterProperties) -> Result<Vec<u8>, Error> {
-    let Some(first) = batches.first() else {
-        return Ok(Vec::new());
+    let settings = WriterSettings {
+        zstd_level: cfg.zstd_level,
+        row_group_rows: cfg.row_group_rows,
     };
-    let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props.clone()))?;
-    for b in batches {
-        w.write(b)?;
-    }
-    w.close()?;
-    Ok(out)
-}
-
-/// The object path of a table's file for an hour, `hour_us` being the hour's start.
-pub fn object_path(table: &str, hour_us: i64, gateway: &str, seq: u64) -> String {
-    let secs = hour_us.div_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let hour = secs.rem_euclid(86_400) / 3600;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{table}/date={y:04}-{m:02}-{d:02}/hour={hour:02}/{gateway}-{}.parquet",
-        seq_name(seq)
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// (year, month, day) to days since 1970-01-01, proleptic Gregorian (H. Hinnant's
-/// algorithm); the inverse of `civil_from_days`. Month and day are not range-checked.
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Ok(file::writer_properties(settings, Writer::Edge)?)
 }
 
 /// Milliseconds since the epoch: a manifest's `sealed_at_ms` and the TTL clock.
@@ -240,7 +167,7 @@ impl Outbox {
         };
         let mut dirs = Vec::new();
         for (i, t) in tables.iter().enumerate() {
-            let written = if crate::model::is_table_name(&t.table) {
+            let written = if twinlake_lake::model::is_table_name(&t.table) {
                 self.write_table(&tmp, seq, t, &mut dirs)
             } else {
                 Err(Error::Config(format!(
@@ -282,13 +209,17 @@ impl Outbox {
         let mut files = Vec::new();
         let mut write = || -> Result<(), Error> {
             for (hour, batch) in &t.hours {
-                let rel = object_path(&t.table, *hour, &self.gateway, seq);
+                let hour =
+                    Hour::of(*hour).ok_or_else(|| Error::Corrupt(format!("hour {hour} outside the lake's years")))?;
+                let rel = LakePath::seal(&t.table, hour, &self.gateway, seq)
+                    .map_err(|e| Error::Config(e.to_string()))?
+                    .to_string();
                 let path = tmp.join(&rel);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;
                     dirs.push(parent.to_owned());
                 }
-                let bytes = encode_parquet(std::slice::from_ref(batch), &self.props)?;
+                let bytes = file::encode(std::slice::from_ref(batch), &self.props)?;
                 write_synced(&path, &bytes)?;
                 let (min, max) = time_range(batch);
                 files.push(FileEntry {
@@ -325,7 +256,7 @@ impl Outbox {
             let meta = std::collections::HashMap::from([("twinlake.table".to_owned(), t.table.clone())]);
             let schema = std::sync::Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
             let batch = batch.clone().with_schema(schema)?;
-            let bytes = encode_parquet(std::slice::from_ref(&batch), &self.props)?;
+            let bytes = file::encode(std::slice::from_ref(&batch), &self.props)?;
             write_synced(&dir.join(format!("{}-{n}-{hour}.parquet", seq_name(seq))), &bytes)?;
             rows += batch.num_rows() as u64;
         }
@@ -431,36 +362,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates_round_trip() {
-        for z in (-800_000..800_000).step_by(97) {
-            let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, i64::from(m), i64::from(d)), z, "{y}-{m}-{d}");
-        }
-        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
-    }
-
-    #[test]
     fn paths_are_hive_style() {
         // 2024-02-29 13:xx UTC
-        let hour = 1_709_211_600_000_000;
+        let path = |table, hour, gw, seq| {
+            LakePath::seal(table, Hour::of(hour).unwrap(), gw, seq)
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(
-            object_path("temp", hour, "gw-1", 42),
+            path("temp", 1_709_211_600_000_000, "gw-1", 42),
             "temp/date=2024-02-29/hour=13/gw-1-00000000000000000042.parquet"
         );
         assert_eq!(
-            object_path("t", 0, "g", 1),
+            path("t", 0, "g", 1),
             "t/date=1970-01-01/hour=00/g-00000000000000000001.parquet"
         );
         assert_eq!(
-            object_path("t", -3_600_000_000, "g", 1),
+            path("t", -3_600_000_000, "g", 1),
             "t/date=1969-12-31/hour=23/g-00000000000000000001.parquet"
         );
     }
-}
-
-#[cfg(test)]
-mod removal_tests {
-    use super::*;
 
     #[test]
     fn a_seal_without_its_manifest_has_nothing_waiting() {

@@ -207,7 +207,7 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     if rest != "Z" && rest != "+00:00" {
         return None;
     }
-    let days = crate::outbox::days_from_civil(y, mo, d);
+    let days = twinlake_lake::path::days_from_civil(y, mo, d);
     let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
     let secs = u64::try_from(secs).ok()?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos as u64))

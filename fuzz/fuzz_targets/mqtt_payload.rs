@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use twinlake_edge::model;
+use twinlake_edge::lake::model;
 use twinlake_edge::sources::mqtt::payload::{Decoder, Format};
 use twinlake_edge::sources::mqtt::topic::Captures;
 use twinlake_sdk::pson::ValueRef;

@@ -30,10 +30,10 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use serde_json::{Value as Json, json};
 use tokio::net::TcpListener;
-use twinlake_edge::buffer::Buffer;
-use twinlake_edge::config::ParquetSection;
-use twinlake_edge::model::FieldValue;
-use twinlake_edge::outbox::{encode_parquet, object_path, writer_properties};
+use twinlake_lake::buffer::Buffer;
+use twinlake_lake::file::{self, Writer, WriterSettings};
+use twinlake_lake::model::FieldValue;
+use twinlake_lake::{Hour, LakePath};
 use twinlake_query::compact::{CompactionConfig, compact_partition};
 use twinlake_query::system::NoDevices;
 use twinlake_query::{Engine, FreshLimits, Lake};
@@ -113,7 +113,7 @@ fn generate(lake: &Path, trucks: usize, hours: i64) -> (Vec<TruckTags>, Vec<(Jso
             status: 0.0,
         })
         .collect();
-    let props = writer_properties(&ParquetSection::default()).unwrap();
+    let props = file::writer_properties(WriterSettings::default(), Writer::Edge).unwrap();
     let mut last: Vec<(Json, Json)> = vec![(Json::Null, Json::Null); trucks];
     let mut files = 0;
     let end = T0_US + hours * 3_600_000_000;
@@ -178,10 +178,12 @@ fn generate(lake: &Path, trucks: usize, hours: i64) -> (Vec<TruckTags>, Vec<(Jso
                         .column_by_name("gateway")
                         .map(|c| arrow::util::display::array_value_to_string(c, 0).unwrap())
                         .unwrap();
-                    let path = object_path(&sealed.table, hour, &gw, seal);
+                    let path = LakePath::seal(&sealed.table, Hour::of(hour).unwrap(), &gw, seal)
+                        .unwrap()
+                        .to_string();
                     let full = lake.join(&path);
                     std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-                    std::fs::write(full, encode_parquet(&[batch], &props).unwrap()).unwrap();
+                    std::fs::write(full, file::encode(&[batch], &props).unwrap()).unwrap();
                     files += 1;
                 }
             }

@@ -8,10 +8,8 @@
 //! compaction replaced stays remembered ([`REPLACED`]): an edge that uploads it again after a
 //! crash does not bring its rows back twice.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -35,6 +33,10 @@ pub async fn open_file(
 use parquet::file::statistics::Statistics;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use twinlake_lake::LakePath;
+use twinlake_lake::columns::ColumnType;
+use twinlake_lake::file::FileInfo;
 
 use crate::QueryError;
 
@@ -67,126 +69,6 @@ pub struct FileMeta {
     pub level: u8,
 }
 
-/// The column types of the lake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ColumnType {
-    Time,
-    Tag,
-    Bool,
-    Int,
-    Float,
-    Str,
-    Bytes,
-}
-
-impl ColumnType {
-    /// The Arrow type a table column of this type has.
-    pub fn data_type(self) -> DataType {
-        match self {
-            ColumnType::Time => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            ColumnType::Tag => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-            ColumnType::Bool => DataType::Boolean,
-            ColumnType::Int => DataType::Int64,
-            ColumnType::Float => DataType::Float64,
-            ColumnType::Str => DataType::Utf8,
-            ColumnType::Bytes => DataType::Binary,
-        }
-    }
-
-    /// The lake type of an Arrow type; `None` for types the lake does not hold.
-    pub fn of(dt: &DataType) -> Option<Self> {
-        Some(match dt {
-            DataType::Timestamp(_, _) => ColumnType::Time,
-            DataType::Dictionary(_, v) if matches!(v.as_ref(), DataType::Utf8 | DataType::LargeUtf8) => ColumnType::Tag,
-            DataType::Boolean => ColumnType::Bool,
-            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => ColumnType::Int,
-            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => ColumnType::Int,
-            DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::UInt64 => ColumnType::Float,
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::Str,
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => ColumnType::Bytes,
-            _ => return None,
-        })
-    }
-
-    /// The type two files' columns of one name share: an int widens to a float, and any
-    /// other clash is read as text.
-    pub fn merge(self, other: Self) -> Self {
-        use ColumnType::*;
-        match (self, other) {
-            (a, b) if a == b => a,
-            (Int, Float) | (Float, Int) => Float,
-            (Tag, Str) | (Str, Tag) => Tag,
-            _ => Str,
-        }
-    }
-}
-
-/// A table's schema from its files' columns: `time`, `device`, `gateway` first, then the
-/// rest in the order they first appear.
-pub fn merge_schema<'a>(columns: impl IntoIterator<Item = &'a [(String, ColumnType)]>) -> SchemaRef {
-    let mut order: Vec<String> = vec!["time".into(), "device".into(), "gateway".into()];
-    let mut types: BTreeMap<String, ColumnType> = BTreeMap::from([
-        ("time".into(), ColumnType::Time),
-        ("device".into(), ColumnType::Tag),
-        ("gateway".into(), ColumnType::Tag),
-    ]);
-    for cols in columns {
-        for (name, ty) in cols {
-            match types.get_mut(name) {
-                Some(t) => *t = t.merge(*ty),
-                None => {
-                    order.push(name.clone());
-                    types.insert(name.clone(), *ty);
-                }
-            }
-        }
-    }
-    let fields: Vec<Field> = order
-        .iter()
-        .map(|n| {
-            let ty = types.get(n).copied().unwrap_or(ColumnType::Str);
-            Field::new(n, ty.data_type(), !matches!(n.as_str(), "time" | "device" | "gateway"))
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
-/// An edge file's gateway and seal number.
-pub type Origin = (String, u64);
-
-/// What a lake path says: table, hour start, and (for an edge file) gateway and seal.
-pub fn parse_path(path: &str) -> Option<(String, i64, Option<Origin>)> {
-    let mut parts = path.rsplitn(4, '/');
-    let file = parts.next()?;
-    let hour = parts.next()?.strip_prefix("hour=")?;
-    let date = parts.next()?.strip_prefix("date=")?;
-    let table = parts.next()?;
-    if table.is_empty() || table.contains('/') {
-        return None;
-    }
-    let hour: i64 = hour.parse().ok().filter(|h| (0..24).contains(h))?;
-    let days = days_from_date(date)?;
-    let stem = file.strip_suffix(".parquet")?;
-    let origin = stem
-        .rsplit_once('-')
-        .and_then(|(gw, seq)| Some((gw.to_owned(), seq.parse::<u64>().ok()?)))
-        .filter(|(gw, _)| !gw.is_empty());
-    Some((table.to_owned(), (days * 24 + hour) * 3_600_000_000, origin))
-}
-
-/// Days since 1970-01-01 of a `YYYY-MM-DD` date (proleptic Gregorian).
-fn days_from_date(s: &str) -> Option<i64> {
-    let mut it = s.split('-');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: i64 = it.next()?.parse().ok()?;
-    let d: i64 = it.next()?.parse().ok()?;
-    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    Some(twinlake_edge::outbox::days_from_civil(y, m, d))
-}
-
 /// Reads a file's footer and describes it. `path` is relative to the lake root `prefix`.
 pub async fn describe(
     store: &Arc<dyn ObjectStore>,
@@ -194,8 +76,8 @@ pub async fn describe(
     path: &str,
     size: Option<u64>,
 ) -> Result<FileMeta, QueryError> {
-    let (table, hour_us, origin) =
-        parse_path(path).ok_or_else(|| QueryError::Catalog(format!("{path}: not a lake path")))?;
+    let lake_path = LakePath::parse(path).ok_or_else(|| QueryError::Catalog(format!("{path}: not a lake path")))?;
+    let hour_us = lake_path.hour().start_us();
     let size = match size {
         Some(s) => s,
         None => store.head(&full_path(prefix, path)).await?.size,
@@ -245,16 +127,22 @@ pub async fn describe(
     if rows == 0 {
         (tmin, tmax) = (hour_us, hour_us);
     }
-    let compacted = meta
-        .file_metadata()
-        .key_value_metadata()
-        .is_some_and(|kv| kv.iter().any(|k| k.key == "twinlake.compacted"));
+    let info = FileInfo::read(meta.file_metadata().key_value_metadata())?;
+    // Only the cloud writes `compacted-…` names (no gateway may be called `compacted`), and
+    // a gateway's file stays its own whatever its metadata claims.
+    let origin = lake_path.gateway_seal();
+    let compacted = origin.is_none() && info.compacted;
+    if origin.is_none() && !info.compacted {
+        return Err(QueryError::Catalog(format!(
+            "{path}: a compacted name without compaction's mark"
+        )));
+    }
     Ok(FileMeta {
         path: path.to_owned(),
-        table,
+        table: lake_path.table().to_owned(),
         hour_us,
-        gateway: origin.as_ref().filter(|_| !compacted).map(|o| o.0.clone()),
-        seal: origin.filter(|_| !compacted).map(|o| o.1),
+        gateway: origin.map(|o| o.0.to_owned()),
+        seal: origin.map(|o| o.1),
         min_time_us: tmin,
         max_time_us: tmax,
         device_min: dmin,
@@ -350,7 +238,7 @@ pub async fn list_new(
             .strip_prefix(prefix.as_ref())
             .map(|r| r.trim_start_matches('/'))
             .unwrap_or(full);
-        if !rel.ends_with(".parquet") || known(rel) || parse_path(rel).is_none() {
+        if !rel.ends_with(".parquet") || known(rel) || LakePath::parse(rel).is_none() {
             continue;
         }
         match describe(store, prefix, rel, Some(obj.size)).await {
@@ -359,38 +247,4 @@ pub async fn list_new(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lake_paths_parse() {
-        let (t, h, o) = parse_path("temp/date=2024-02-29/hour=13/gw-1-00000000000000000042.parquet").unwrap();
-        assert_eq!(t, "temp");
-        assert_eq!(h, 1_709_211_600_000_000);
-        assert_eq!(o, Some(("gw-1".into(), 42)));
-        let (_, h, o) = parse_path("t/date=1969-12-31/hour=23/compacted-abc.parquet").unwrap();
-        assert_eq!(h, -3_600_000_000);
-        assert_eq!(o, None);
-        assert!(parse_path("t/date=2024-13-01/hour=00/g-1.parquet").is_none());
-        assert!(parse_path("a/b/date=2024-01-01/hour=00/g-1.parquet").is_none());
-        assert!(parse_path("date=2024-01-01/hour=00/g-1.parquet").is_none());
-        assert!(parse_path("t/date=2024-01-01/hour=24/g-1.parquet").is_none());
-    }
-
-    #[test]
-    fn schemas_merge_by_widening() {
-        let a = vec![("v".to_string(), ColumnType::Int), ("s".to_string(), ColumnType::Str)];
-        let b = vec![
-            ("v".to_string(), ColumnType::Float),
-            ("s".to_string(), ColumnType::Bool),
-        ];
-        let s = merge_schema([a.as_slice(), b.as_slice()]);
-        let names: Vec<_> = s.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["time", "device", "gateway", "v", "s"]);
-        assert_eq!(s.field(3).data_type(), &DataType::Float64);
-        assert_eq!(s.field(4).data_type(), &DataType::Utf8);
-    }
 }

@@ -12,12 +12,15 @@ use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::AsyncArrowWriter;
-use parquet::file::metadata::KeyValue;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::QueryError;
-use crate::catalog::{self, FileMeta, merge_schema};
+use twinlake_lake::columns::merge_schema;
+use twinlake_lake::file::{Writer, WriterSettings};
+use twinlake_lake::{Hour, LakePath};
+
+use crate::catalog::{self, FileMeta};
 use crate::lake::{Lake, conform};
 
 /// When partitions are compacted.
@@ -120,32 +123,26 @@ pub async fn compact_partition(
     } else {
         all
     };
-    let mut section = twinlake_edge::config::ParquetSection {
+    let settings = WriterSettings {
         zstd_level: cfg.zstd_level,
         ..Default::default()
     };
-    section.row_group_rows = section.row_group_rows.max(64 * 1024);
-    let props = twinlake_edge::outbox::writer_properties(&section)
-        .map_err(|e| QueryError::Catalog(format!("writer settings: {e}")))?
-        .into_builder()
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            "twinlake.compacted".into(),
-            files.len().to_string(),
-        )]))
-        .build();
+    let props = twinlake_lake::file::writer_properties(settings, Writer::Compaction { replaced: files.len() })?;
     let mut bytes = Vec::new();
     {
         let mut w = AsyncArrowWriter::try_new(&mut bytes, sorted.schema(), Some(props))?;
         w.write(&sorted).await?;
         w.close().await?;
     }
-    let first = files.first().map(|f| f.path.clone()).unwrap_or_default();
-    let dir = first.rsplit_once('/').map(|(d, _)| d.to_owned()).unwrap_or_default();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
+        .map(|d| d.as_micros() as u64)
         .unwrap_or_default();
-    let rel = format!("{dir}/compacted-{stamp}.parquet");
+    let hour =
+        Hour::of(hour_us).ok_or_else(|| QueryError::Catalog(format!("hour {hour_us} outside the lake's years")))?;
+    let rel = LakePath::compacted(table, hour, stamp)
+        .map_err(|e| QueryError::Catalog(e.to_string()))?
+        .to_string();
     let (store, prefix) = lake.store();
     let size = bytes.len() as u64;
     store

@@ -30,12 +30,13 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use twinlake_edge::buffer::{Buffer, Schemas};
-use twinlake_edge::model::{FieldType, flatten};
+use twinlake_lake::buffer::{Buffer, Schemas};
+use twinlake_lake::columns::{ColumnType, merge_schema};
+use twinlake_lake::model::flatten;
 use twinlake_sdk::pson::ValueRef;
 
 use crate::QueryError;
-use crate::catalog::{self, Catalog, ColumnType, FileMeta, merge_schema};
+use crate::catalog::{self, Catalog, FileMeta};
 
 /// One fresh row as an edge sent it.
 #[derive(Debug, Clone)]
@@ -155,16 +156,6 @@ fn time_range(batch: &RecordBatch) -> (i64, i64) {
         arrow::compute::min(t).unwrap_or(i64::MIN),
         arrow::compute::max(t).unwrap_or(i64::MAX),
     )
-}
-
-fn column_type(t: FieldType) -> ColumnType {
-    match t {
-        FieldType::Bool => ColumnType::Bool,
-        FieldType::Int => ColumnType::Int,
-        FieldType::Float => ColumnType::Float,
-        FieldType::Str => ColumnType::Str,
-        FieldType::Bytes => ColumnType::Bytes,
-    }
 }
 
 /// Counters the lake keeps.
@@ -300,7 +291,7 @@ impl Lake {
                 table.to_owned(),
                 columns
                     .iter()
-                    .filter_map(|(n, c)| Some((n.clone(), field_type(*c)?)))
+                    .filter_map(|(n, c)| Some((n.clone(), c.field_type()?)))
                     .collect(),
             )]);
             (Buffer::new(gateway, schemas), Instant::now())
@@ -314,7 +305,7 @@ impl Lake {
         let cols: Vec<(String, ColumnType)> = buf
             .schemas()
             .get(table)
-            .map(|s| s.iter().map(|(n, f)| (n.clone(), column_type(*f))).collect())
+            .map(|s| s.iter().map(|(n, f)| (n.clone(), ColumnType::from(*f))).collect())
             .unwrap_or_default();
         let mut changed = false;
         for (n, c) in cols {
@@ -500,17 +491,6 @@ impl Lake {
             .collect();
         Snapshot { files, fresh }
     }
-}
-
-fn field_type(c: ColumnType) -> Option<FieldType> {
-    Some(match c {
-        ColumnType::Bool => FieldType::Bool,
-        ColumnType::Int => FieldType::Int,
-        ColumnType::Float => FieldType::Float,
-        ColumnType::Str => FieldType::Str,
-        ColumnType::Bytes => FieldType::Bytes,
-        ColumnType::Time | ColumnType::Tag => return None,
-    })
 }
 
 /// A batch with exactly `schema`'s columns: missing ones null, others cast.

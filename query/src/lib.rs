@@ -45,6 +45,8 @@ pub enum QueryError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{0}")]
+    Lake(#[from] twinlake_lake::LakeError),
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
     /// Refused before it ran: not read-only, not allowed, or not one statement.

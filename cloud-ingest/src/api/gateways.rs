@@ -47,6 +47,12 @@ async fn create_gateway(p: Principal, State(s): St, body: Bytes) -> ApiResult {
     p.require_platform()?;
     let req: NewGateway = body_as(&body)?;
     check_id("gateway", &req.id)?;
+    if !twinlake_lake::path::is_gateway_name(&req.id) {
+        return Err(ApiError::bad_request(format!(
+            "gateway {:?}: not starting with '_' or '.', and not 'compacted' (the lake's own file names)",
+            req.id
+        )));
+    }
     if req.id == s.local_gateway {
         return Err(ApiError::conflict(format!("{:?} is the cloud's own pipeline", req.id)));
     }

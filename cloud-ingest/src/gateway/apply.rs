@@ -99,7 +99,7 @@ fn add_fresh(
             })
         })
         .collect();
-    let Ok(table) = twinlake_edge::model::table_name(&[table]) else {
+    let Ok(table) = twinlake_lake::model::table_name(&[table]) else {
         tracing::warn!(%gateway, "fresh rows for a table name that breaks the naming rules were ignored");
         return;
     };

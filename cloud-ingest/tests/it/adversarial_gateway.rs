@@ -183,3 +183,23 @@ async fn weak_credential_hashes_are_rehashed_at_the_next_login() {
     edge.stop().await;
     cloud.stop().await;
 }
+
+/// No gateway may be called like the lake's own files (`compacted-…`) or directories
+/// (`_quarantine`): its store credentials, scoped to its file names, would reach them.
+#[tokio::test]
+async fn no_gateway_is_named_like_the_lakes_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let api = cloud.api();
+    for id in ["compacted", "_quarantine", ".hidden"] {
+        let (s, j) = api.post("/v1/gateways", json!({ "id": id })).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{id}: {j}");
+    }
+    let (s, j) = api.post("/v1/gateways", json!({ "id": "edge-7" })).await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    let listed = |id: &str| format!("[[gateways]]\nid = {id:?}\ntoken_sha256 = {:?}\n", sha256_hex("t"));
+    assert!(twinlake_cloud::config::CloudConfig::parse(&listed("edge-8")).is_ok());
+    assert!(twinlake_cloud::config::CloudConfig::parse(&listed("compacted")).is_err());
+    assert!(twinlake_edge::EdgeConfig::parse("gateway = \"compacted\"").is_err());
+    cloud.stop().await;
+}

@@ -201,3 +201,73 @@ async fn fresh_rows_are_bounded_in_bytes() {
             > 0
     );
 }
+
+/// A file today's gateways write (`lake/tests/data/v1`, made by the edge agent of
+/// commit 1905883, before files carried a format version) is catalogued and read as it was.
+#[tokio::test]
+async fn files_from_before_the_format_version_stay_readable() {
+    let f = Fixture::empty();
+    let rel = "climate/date=2025-11-28/hour=03/edge-1-00000000000000000007.parquet";
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../lake/tests/data/v1")
+        .join(rel);
+    let dst = f.dir.path().join("lake").join(rel);
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    std::fs::copy(src, &dst).unwrap();
+    assert!(f.lake.commit(rel, None).await.unwrap());
+    let meta = &f.lake.files("climate")[0];
+    assert_eq!(
+        (meta.gateway.as_deref(), meta.seal, meta.rows, meta.level),
+        (Some("edge-1"), Some(7), 6, 0)
+    );
+    let out = f
+        .query(
+            "SELECT device, count(*) AS n, sum(count) AS c, max(celsius) AS hi, \
+             sum(CASE WHEN ok THEN 1 ELSE 0 END) AS oks, min(note) AS note, min(raw) AS raw \
+             FROM climate GROUP BY device ORDER BY device",
+        )
+        .await;
+    let want = "\
++----------+---+---+------+-----+------+------+
+| device   | n | c | hi   | oks | note | raw  |
++----------+---+---+------+-----+------+------+
+| thermo-a | 3 | 6 | 24.5 | 2   | n0   | 0001 |
+| thermo-b | 3 | 9 | 25.5 | 2   | n1   | 0001 |
++----------+---+---+------+-----+------+------+";
+    assert_eq!(out, want);
+}
+
+/// Only compaction's own files may be named `compacted-…`: such a name without
+/// compaction's mark is not catalogued, and a gateway's file that claims the mark stays
+/// that gateway's (so the provenance check still applies to it).
+#[tokio::test]
+async fn a_compacted_name_or_mark_is_not_taken_on_trust() {
+    let f = Fixture::empty();
+    let paths = f.commit_raw("t", "gw", 1, &rows("d1", 0, 3)).await;
+    let forged = paths[0].replace("gw-00000000000000000001", "compacted-1");
+    let lake = f.dir.path().join("lake");
+    std::fs::rename(lake.join(&paths[0]), lake.join(&forged)).unwrap();
+    assert!(f.lake.commit(&forged, None).await.is_err());
+    assert_eq!(f.lake.rebuild().await.unwrap(), 0);
+    assert!(f.lake.files("t").is_empty());
+    // A compacted file copied under a gateway's name is that gateway's seal.
+    f.commit("t", "gw", 2, &rows("d1", 0, 2)).await;
+    f.commit("t", "gw", 3, &rows("d1", 2, 2)).await;
+    let cfg = CompactionConfig {
+        grace: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let merged = compact_partition(&f.lake, "t", T0, &cfg).await.unwrap().unwrap();
+    assert_eq!((merged.gateway, merged.level), (None, 1));
+    let claimed = merged.path.replace(
+        merged.path.rsplit('/').next().unwrap(),
+        "gw-00000000000000000009.parquet",
+    );
+    std::fs::copy(lake.join(&merged.path), lake.join(&claimed)).unwrap();
+    assert!(f.lake.commit(&claimed, None).await.unwrap());
+    let meta = f.lake.files("t").into_iter().find(|m| m.path == claimed).unwrap();
+    assert_eq!(
+        (meta.gateway.as_deref(), meta.seal, meta.level),
+        (Some("gw"), Some(9), 0)
+    );
+}

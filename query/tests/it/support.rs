@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use twinlake_edge::buffer::Buffer;
-use twinlake_edge::config::ParquetSection;
-use twinlake_edge::model::{FieldValue, table_name};
-use twinlake_edge::outbox::{encode_parquet, object_path, writer_properties};
+use twinlake_lake::buffer::Buffer;
+use twinlake_lake::file::{self, Writer, WriterSettings};
+use twinlake_lake::model::{FieldValue, table_name};
+use twinlake_lake::{Hour, LakePath};
 use twinlake_query::system::{DeviceDirectory, DeviceRow};
 use twinlake_query::{Engine, FreshLimits, FreshRow, Lake};
 use twinlake_sdk::pson::{Value, ValueRef};
@@ -94,12 +94,14 @@ impl Fixture {
                 .collect();
             buf.append(table, *t, d, &fv, &mut conflicts);
         }
-        let props = writer_properties(&ParquetSection::default()).unwrap();
+        let props = file::writer_properties(WriterSettings::default(), Writer::Edge).unwrap();
         let mut paths = Vec::new();
         for sealed in buf.seal().unwrap() {
             for (hour, batch) in sealed.hours {
-                let path = object_path(&table_name(&[table]).unwrap(), hour, gateway, seal);
-                let bytes = encode_parquet(&[batch], &props).unwrap();
+                let path = LakePath::seal(&table_name(&[table]).unwrap(), Hour::of(hour).unwrap(), gateway, seal)
+                    .unwrap()
+                    .to_string();
+                let bytes = file::encode(&[batch], &props).unwrap();
                 let full = self.dir.path().join("lake").join(&path);
                 std::fs::create_dir_all(full.parent().unwrap()).unwrap();
                 std::fs::write(&full, bytes).unwrap();

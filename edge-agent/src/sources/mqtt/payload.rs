@@ -60,8 +60,8 @@ pub struct Decoder {
     aliases: Aliases,
 }
 
-/// The latest time the lake holds (microseconds since the epoch in an i64), in ms.
-const MAX_MS: u64 = i64::MAX as u64 / 1000;
+/// The latest time the lake holds (the end of year 9999), in ms.
+const MAX_MS: u64 = (twinlake_lake::path::END_US as u64 - 1) / 1000;
 
 fn ms(t: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(t)

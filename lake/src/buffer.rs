@@ -11,9 +11,11 @@ use arrow::array::{
     RecordBatch, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{Field, Int32Type, Schema, SchemaRef};
 
+use crate::columns::{dictionary_type, field_data_type as data_type, time_type};
 use crate::model::{FieldType, FieldValue};
+use crate::path::HOUR_US;
 
 /// The column types of every table, in column order: what the schema has grown to.
 pub type Schemas = BTreeMap<String, Vec<(String, FieldType)>>;
@@ -123,26 +125,6 @@ impl Builder {
     }
 }
 
-fn data_type(t: FieldType) -> DataType {
-    match t {
-        FieldType::Bool => DataType::Boolean,
-        FieldType::Int => DataType::Int64,
-        FieldType::Float => DataType::Float64,
-        FieldType::Str => DataType::Utf8,
-        FieldType::Bytes => DataType::Binary,
-    }
-}
-
-/// The Arrow type of `device` and `gateway`.
-pub fn dictionary_type() -> DataType {
-    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
-}
-
-/// The Arrow type of `time`.
-pub fn time_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
 struct Column {
     name: String,
     ty: FieldType,
@@ -221,8 +203,6 @@ pub struct SealedTable {
     /// `(hour start in µs since the epoch, rows)`.
     pub hours: Vec<(i64, RecordBatch)>,
 }
-
-const HOUR_US: i64 = 3_600_000_000;
 
 impl Buffer {
     /// An empty buffer whose tables start from `schemas`.

@@ -14,6 +14,8 @@ use std::borrow::Cow;
 
 use twinlake_sdk::pson::{ObjectRef, ValueRef};
 
+use crate::columns::FIXED_COLUMNS;
+
 /// The type of a field column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,9 +49,6 @@ impl FieldValue<'_> {
         }
     }
 }
-
-/// The fixed columns every table starts with.
-pub const FIXED_COLUMNS: [&str; 3] = ["time", "device", "gateway"];
 
 /// Flattens a payload into `(column, value)` pairs, appended to `out` (cleared first).
 /// `stream` says whether the payload came from a resource stream (with the in/out wrapper).

@@ -1,0 +1,118 @@
+//! A lake file's Parquet settings and the file-level metadata the catalog reads.
+//!
+//! Every file carries `twinlake.format` (the format version, [`FORMAT_VERSION`]); a file
+//! without it was written before the key existed and is version 1, which has the same
+//! layout. A compacted file also carries `twinlake.compacted` (how many files it replaced).
+
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::LakeError;
+
+/// The format version this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The metadata key of the format version.
+pub const FORMAT_KEY: &str = "twinlake.format";
+/// The metadata key that marks a compacted file; its value counts the files it replaced.
+pub const COMPACTED_KEY: &str = "twinlake.compacted";
+
+/// What a writer may tune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterSettings {
+    pub zstd_level: i32,
+    pub row_group_rows: usize,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        Self {
+            zstd_level: 3,
+            row_group_rows: 1 << 20,
+        }
+    }
+}
+
+/// What a writer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// A gateway's seal.
+    Edge,
+    /// The cloud's compaction of this many files.
+    Compaction { replaced: usize },
+}
+
+/// Writer settings: zstd, page statistics, sorted by (device, time), delta-encoded time, and
+/// a 64 KiB dictionary limit: low-cardinality columns keep their dictionary, while
+/// high-cardinality floats (coordinates) fall back to plain early instead of carrying a
+/// 1 MiB dictionary page per file (2.43 → 2.16 bytes/value on TSBS readings; BENCHMARKS.md).
+pub fn writer_properties(cfg: WriterSettings, writer: Writer) -> Result<WriterProperties, LakeError> {
+    let level = ZstdLevel::try_new(cfg.zstd_level).map_err(|e| LakeError::Settings(format!("zstd_level: {e}")))?;
+    let sorted = |column_idx| SortingColumn {
+        column_idx,
+        descending: false,
+        nulls_first: false,
+    };
+    let mut metadata = vec![KeyValue::new(FORMAT_KEY.into(), FORMAT_VERSION.to_string())];
+    if let Writer::Compaction { replaced } = writer {
+        metadata.push(KeyValue::new(COMPACTED_KEY.into(), replaced.to_string()));
+    }
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(cfg.row_group_rows.max(1)))
+        .set_dictionary_page_size_limit(64 << 10)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(vec![sorted(1), sorted(0)]))
+        .set_column_dictionary_enabled(ColumnPath::from("time"), false)
+        .set_column_encoding(ColumnPath::from("time"), Encoding::DELTA_BINARY_PACKED)
+        .set_key_value_metadata(Some(metadata))
+        .set_created_by(format!("twinlake {}", env!("CARGO_PKG_VERSION")))
+        .build())
+}
+
+/// Encodes batches as one Parquet file in memory (empty for no batches).
+pub fn encode(batches: &[RecordBatch], props: &WriterProperties) -> Result<Vec<u8>, LakeError> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props.clone()))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
+    Ok(out)
+}
+
+/// What a file's key-value metadata says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    pub format: u32,
+    /// Whether it says it was compacted.
+    pub compacted: bool,
+}
+
+impl FileInfo {
+    /// Reads the key-value metadata of a file's footer. A format this build does not know
+    /// is an error: the catalog leaves such a file alone rather than misreading it.
+    pub fn read(kv: Option<&Vec<KeyValue>>) -> Result<Self, LakeError> {
+        let find = |key: &str| kv.and_then(|kv| kv.iter().find(|k| k.key == key));
+        let format = match find(FORMAT_KEY).map(|k| k.value.as_deref().unwrap_or_default()) {
+            None => 1,
+            Some(v) => v
+                .parse()
+                .ok()
+                .filter(|v| (1..=FORMAT_VERSION).contains(v))
+                .ok_or_else(|| {
+                    LakeError::Format(format!("format version {v:?}; this build reads 1 to {FORMAT_VERSION}"))
+                })?,
+        };
+        Ok(Self {
+            format,
+            compacted: find(COMPACTED_KEY).is_some(),
+        })
+    }
+}

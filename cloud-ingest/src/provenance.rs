@@ -4,22 +4,30 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use twinlake_query::provenance::RowOrigin;
+
 use twinlake_query::catalog::FileMeta;
 
 use crate::server::AppState;
 use crate::store::{DEVICES, DeviceRecord, GATEWAYS, GatewayRecord};
 
-/// What gateway `g` may write rows for: the devices registered to it, and (when an admin
-/// bound users to it) any device, since those devices' rows carry no user.
+/// What gateway `g` may write rows for: the `(user, device)` pairs registered to it, and any
+/// device of the users an admin bound it to. A row whose user is not known (`owner` null:
+/// a file or WAL from before the column) may be of any device registered to `g`, or of any
+/// device at all when `g` is bound to users.
 #[derive(Debug)]
 pub struct Allowed {
+    registered: HashSet<(String, String)>,
     devices: HashSet<String>,
-    any_device: bool,
+    users: HashSet<String>,
 }
 
 impl Allowed {
-    pub fn allows(&self, device: &str) -> bool {
-        self.any_device || self.devices.contains(device)
+    pub fn allows(&self, owner: Option<&str>, device: &str) -> bool {
+        match owner {
+            Some(u) => self.users.contains(u) || self.registered.contains(&(u.to_owned(), device.to_owned())),
+            None => !self.users.is_empty() || self.devices.contains(device),
+        }
     }
 }
 
@@ -47,21 +55,27 @@ pub fn allowed_now(state: &AppState, g: &str) -> std::sync::Arc<Allowed> {
 
 fn allowed(state: &AppState, g: &str) -> Allowed {
     let local = state.local_gateway.as_str();
-    let devices = state
+    let registered: HashSet<(String, String)> = state
         .db
         .scan::<DeviceRecord>(DEVICES, "")
         .unwrap_or_default()
         .into_iter()
         .filter(|(_, d)| d.gateway.as_deref().unwrap_or(local) == g)
-        .map(|(_, d)| d.device)
+        .map(|(_, d)| (d.user, d.device))
         .collect();
-    let any_device = state
+    let devices = registered.iter().map(|(_, d)| d.clone()).collect();
+    let users = state
         .db
         .get::<GatewayRecord>(GATEWAYS, g)
         .ok()
         .flatten()
-        .is_some_and(|r| !r.users.is_empty());
-    Allowed { devices, any_device }
+        .map(|r| r.users.into_iter().collect())
+        .unwrap_or_default();
+    Allowed {
+        registered,
+        devices,
+        users,
+    }
 }
 
 /// The check for a file announced by `announced` (none: found by listing, where the file
@@ -70,7 +84,7 @@ fn allowed(state: &AppState, g: &str) -> Allowed {
 pub fn check(
     state: &AppState,
     announced: Option<String>,
-) -> impl Fn(&FileMeta, &BTreeSet<(String, String)>) -> Result<(), String> + Sync + '_ {
+) -> impl Fn(&FileMeta, &BTreeSet<RowOrigin>) -> Result<(), String> + Sync + '_ {
     move |meta, pairs| {
         let Some(g) = announced.clone().or_else(|| meta.gateway.clone()) else {
             return Ok(());
@@ -82,14 +96,50 @@ pub fn check(
             return Err(format!("announced by {g}, named for {:?}", meta.gateway));
         }
         let allowed = allowed_now(state, &g);
-        for (gw, device) in pairs {
-            if *gw != g {
-                return Err(format!("{g}'s file holds rows of gateway {gw:?}"));
+        for o in pairs {
+            if o.gateway != g {
+                return Err(format!("{g}'s file holds rows of gateway {:?}", o.gateway));
             }
-            if !allowed.allows(device) {
-                return Err(format!("{g}'s file holds rows of {device:?}, not a device of {g}"));
+            if !allowed.allows(o.owner.as_deref(), &o.device) {
+                return Err(format!(
+                    "{g}'s file holds rows of {:?} (user {:?}), not a device of {g}",
+                    o.device, o.owner
+                ));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set<const N: usize>(items: [&str; N]) -> HashSet<String> {
+        items.into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_rows_user_must_be_one_the_gateway_may_speak_for() {
+        let registered = HashSet::from([("acme".to_owned(), "d1".to_owned())]);
+        let plain = Allowed {
+            devices: set(["d1"]),
+            registered: registered.clone(),
+            users: HashSet::new(),
+        };
+        assert!(plain.allows(Some("acme"), "d1"));
+        // The same device name under another user is not this gateway's.
+        assert!(!plain.allows(Some("globex"), "d1"));
+        assert!(!plain.allows(Some("acme"), "d2"));
+        // Rows from before the owner column: by device name, as before.
+        assert!(plain.allows(None, "d1") && !plain.allows(None, "d2"));
+        let bound = Allowed {
+            devices: set(["d1"]),
+            registered,
+            users: set(["acme"]),
+        };
+        // Bound to acme: any device of acme's, none of another user's.
+        assert!(bound.allows(Some("acme"), "sensor-9"));
+        assert!(!bound.allows(Some("globex"), "sensor-9"));
     }
 }

@@ -97,6 +97,7 @@ fn storage(full: bool) {
             buffer.append(
                 "readings",
                 START_US + t as i64 * 10_000_000,
+                Some("fleet"),
                 &names[i],
                 &fields,
                 &mut conflicts,

@@ -219,7 +219,8 @@ fn apply(buffer: &mut Buffer, rec: &WalRecord<'_>, conflicts: &mut Vec<Conflict>
     };
     let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = Vec::new();
     flatten(value, rec.kind == RecordKind::Stream, &mut fields);
-    buffer.append(rec.table, rec.time_us, rec.device, &fields, conflicts);
+    let owner = (!rec.owner.is_empty()).then_some(rec.owner);
+    buffer.append(rec.table, rec.time_us, owner, rec.device, &fields, conflicts);
     fields.len() as u64
 }
 
@@ -396,7 +397,7 @@ impl Ingest {
                 });
                 (RecordKind::Record, Ok(ENDPOINT_TABLE.to_owned()), Some(row), ack)
             }
-            DeviceEventKind::Message { rows, delivery } => return self.handle_message(rows, delivery),
+            DeviceEventKind::Message { rows, delivery } => return self.handle_message(&ev.device.user, rows, delivery),
             DeviceEventKind::Connected { .. } => {
                 on_connect(&ev.device);
                 return;
@@ -421,7 +422,7 @@ impl Ingest {
             }
             return;
         };
-        if !self.append_row(kind, &table, &ev.device.device, time_us, &payload) {
+        if !self.append_row(kind, &table, (&ev.device.user, &ev.device.device), time_us, &payload) {
             if let Some(a) = ack {
                 a.ack(false);
             }
@@ -435,7 +436,7 @@ impl Ingest {
     /// A source's message: its rows, then (for a message to confirm) a delivery record, all
     /// in this fsync. A redelivery of a message that is durable and unconfirmed stores
     /// nothing and is only confirmed.
-    fn handle_message(&mut self, rows: Vec<SourceRow>, delivery: Option<Delivery>) {
+    fn handle_message(&mut self, user: &str, rows: Vec<SourceRow>, delivery: Option<Delivery>) {
         if let Some(d) = &delivery
             && d.redelivered
             && self.unconfirmed.get(&(d.source.clone(), d.id)) == Some(&d.hash)
@@ -457,7 +458,7 @@ impl Ingest {
                 self.metrics.refused("name", 1);
                 continue;
             };
-            if !self.append_row(RecordKind::Record, &table, &r.device, micros(r.at), &r.payload) {
+            if !self.append_row(RecordKind::Record, &table, (user, &r.device), micros(r.at), &r.payload) {
                 ok = false;
                 break;
             }
@@ -488,6 +489,7 @@ impl Ingest {
             time_us: 0,
             table: source,
             device: "",
+            owner: "",
             payload: &self.scratch,
         };
         match self.wal.append(&rec) {
@@ -499,8 +501,16 @@ impl Ingest {
         }
     }
 
-    /// Appends one row to the WAL and the buffer; false if the WAL refused it.
-    fn append_row(&mut self, kind: RecordKind, table: &str, device: &str, time_us: i64, payload: &Value) -> bool {
+    /// Appends one row of `(user, device)` to the WAL and the buffer; false if the WAL
+    /// refused it.
+    fn append_row(
+        &mut self,
+        kind: RecordKind,
+        table: &str,
+        (user, device): (&str, &str),
+        time_us: i64,
+        payload: &Value,
+    ) -> bool {
         if !self.buffer.knows(table) && self.buffer.schemas().len() >= self.buffer_cfg.max_tables {
             self.metrics.refused("tables", 1);
             warn!(
@@ -518,6 +528,7 @@ impl Ingest {
             time_us,
             table,
             device,
+            owner: user,
             payload: &self.scratch,
         };
         if let Err(e) = self.wal.append(&rec) {
@@ -541,14 +552,15 @@ impl Ingest {
         self.unsynced.values += values;
         self.unsynced.bytes += self.scratch.len() as u64;
         if self.fresh.is_some() {
-            self.unsynced.fresh.push((
-                Arc::from(table),
-                self.wal.current_segment(),
-                kind == RecordKind::Stream,
+            self.unsynced.fresh.push(crate::link::FreshRow {
+                table: Arc::from(table),
+                segment: self.wal.current_segment(),
+                stream: kind == RecordKind::Stream,
+                owner: Arc::from(user),
                 time_us,
-                device.to_owned(),
-                twinlake_sdk::json::to_json(payload),
-            ));
+                device: device.to_owned(),
+                payload: twinlake_sdk::json::to_json(payload),
+            });
         }
         true
     }

@@ -151,6 +151,10 @@ pub enum Item {
         /// Payloads of a resource stream (with the in/out wrapper).
         #[serde(default)]
         stream: bool,
+        /// The user whose devices these are; none from a gateway older than the `owner`
+        /// column (the cloud then goes by the gateway's registered devices).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
         /// `[time µs, device, payload]`.
         rows: Vec<(i64, String, Json)>,
     },
@@ -272,8 +276,27 @@ pub struct Uplink {
     metrics: Arc<Metrics>,
 }
 
-/// One fresh row for the cloud: (table, WAL segment, stream, time µs, device, payload).
-pub type FreshRow = (Arc<str>, u64, bool, i64, String, Json);
+/// One fresh row for the cloud.
+#[derive(Debug, Clone)]
+pub struct FreshRow {
+    pub table: Arc<str>,
+    /// The WAL segment it is in.
+    pub segment: u64,
+    /// A resource stream's payload (with the in/out wrapper).
+    pub stream: bool,
+    /// The user the device belongs to.
+    pub owner: Arc<str>,
+    pub time_us: i64,
+    pub device: String,
+    pub payload: Json,
+}
+
+impl FreshRow {
+    /// What rows of one `rows` item share.
+    fn group(&self) -> (&str, u64, bool, &str) {
+        (&self.table, self.segment, self.stream, &self.owner)
+    }
+}
 
 /// Rows per `rows` item at most.
 const ROWS_PER_ITEM: usize = 512;
@@ -431,24 +454,19 @@ impl Uplink {
             value,
         });
         while room(out) {
-            let Some((table, segment, stream, ..)) = w.rows.front().cloned() else {
+            let Some(first) = w.rows.front().cloned() else {
                 break;
             };
             let mut rows = Vec::new();
-            while rows.len() < ROWS_PER_ITEM {
-                match w.rows.front() {
-                    Some((t, s, st, ..)) if *t == table && *s == segment && *st == stream => {}
-                    _ => break,
-                }
-                let Some((_, _, _, at, device, value)) = w.rows.pop_front() else {
-                    break;
-                };
-                rows.push((at, device, value));
+            while rows.len() < ROWS_PER_ITEM && w.rows.front().is_some_and(|r| r.group() == first.group()) {
+                let Some(r) = w.rows.pop_front() else { break };
+                rows.push((r.time_us, r.device, r.payload));
             }
             out.push(Item::Rows {
-                table: table.to_string(),
-                segment,
-                stream,
+                table: first.table.to_string(),
+                segment: first.segment,
+                stream: first.stream,
+                owner: (!first.owner.is_empty()).then(|| first.owner.to_string()),
                 rows,
             });
         }

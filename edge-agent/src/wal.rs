@@ -5,8 +5,13 @@
 //!
 //! ```text
 //! record := len:u32 LE, crc32(body):u32 LE, body[len]
-//! body   := kind:u8, time_us:i64 LE, varint len + table, varint len + device, payload (PSON)
+//! body   := kind:u8, time_us:i64 LE, varint len + table, varint len + device,
+//!           varint len + owner, payload (PSON)
 //! ```
+//!
+//! The magic's version byte says which body: version 1 segments (written before rows
+//! carried their user) have no `owner`; they are read as rows whose user is not known.
+//! From version 2 on, a record's CRC also covers the version byte.
 //!
 //! Writes go through a buffer; [`Wal::flush`] hands them to the OS and the file from
 //! [`Wal::sync_handle`] is fsynced off the async threads, so one fsync covers every row of a
@@ -22,7 +27,9 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 use twinlake_sdk::varint;
 
-const MAGIC: &[u8; 8] = b"TLWAL\x01\r\n";
+const MAGIC: &[u8; 8] = b"TLWAL\x02\r\n";
+/// The magic of segments written before records carried an owner.
+const MAGIC_V1: &[u8; 8] = b"TLWAL\x01\r\n";
 const HEADER: usize = 8;
 /// A record larger than this is damage, not data.
 pub const MAX_RECORD: usize = 16 << 20;
@@ -57,6 +64,8 @@ pub struct WalRecord<'a> {
     pub time_us: i64,
     pub table: &'a str,
     pub device: &'a str,
+    /// The user the device belongs to; empty when not known (a version 1 segment).
+    pub owner: &'a str,
     /// The PSON payload, as the device sent it.
     pub payload: &'a [u8],
 }
@@ -67,11 +76,12 @@ impl<'a> WalRecord<'a> {
         out.extend_from_slice(&self.time_us.to_le_bytes());
         put_str(out, self.table);
         put_str(out, self.device);
+        put_str(out, self.owner);
         out.extend_from_slice(self.payload);
     }
 
-    /// Parses a record body; `None` if it is malformed.
-    pub fn decode_body(body: &'a [u8]) -> Option<Self> {
+    /// Parses a record body of a segment of `version` (1 or 2); `None` if it is malformed.
+    pub fn decode_body(body: &'a [u8], version: u8) -> Option<Self> {
         let (&kind, rest) = body.split_first()?;
         let kind = match kind {
             0 => RecordKind::Stream,
@@ -82,12 +92,14 @@ impl<'a> WalRecord<'a> {
         };
         let (time, rest) = rest.split_first_chunk::<8>()?;
         let (table, rest) = get_str(rest)?;
-        let (device, payload) = get_str(rest)?;
+        let (device, rest) = get_str(rest)?;
+        let (owner, payload) = if version >= 2 { get_str(rest)? } else { ("", rest) };
         Some(Self {
             kind,
             time_us: i64::from_le_bytes(*time),
             table,
             device,
+            owner,
             payload,
         })
     }
@@ -99,12 +111,24 @@ impl<'a> WalRecord<'a> {
         self.encode_body(out);
         let body = out.get(start + 8..).unwrap_or_default();
         let len = (body.len() as u32).to_le_bytes();
-        let crc = crc32fast::hash(body).to_le_bytes();
+        let crc = checksum(2, body).to_le_bytes();
         let header = len.into_iter().chain(crc);
         for (slot, b) in out.iter_mut().skip(start).zip(header) {
             *slot = b;
         }
     }
+}
+
+/// A record's checksum in a segment of `version`: from version 2 on it covers the version
+/// too, so damage to the magic's version byte cannot make records read in another layout.
+fn checksum(version: u8, body: &[u8]) -> u32 {
+    if version < 2 {
+        return crc32fast::hash(body);
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[version]);
+    h.update(body);
+    h.finalize()
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -123,9 +147,11 @@ fn get_str(buf: &[u8]) -> Option<(&str, &[u8])> {
 /// Walks a segment's bytes: calls `f` for every valid record and returns how many bytes
 /// were valid. Stops at the first damage; never panics.
 pub fn scan_segment<'a>(bytes: &'a [u8], mut f: impl FnMut(WalRecord<'a>)) -> usize {
-    if bytes.len() < HEADER || bytes.get(..HEADER) != Some(MAGIC.as_slice()) {
-        return 0;
-    }
+    let version = match bytes.get(..HEADER) {
+        Some(m) if m == MAGIC.as_slice() => 2,
+        Some(m) if m == MAGIC_V1.as_slice() => 1,
+        _ => return 0,
+    };
     let mut pos = HEADER;
     loop {
         let Some((len, crc)) = bytes
@@ -143,10 +169,10 @@ pub fn scan_segment<'a>(bytes: &'a [u8], mut f: impl FnMut(WalRecord<'a>)) -> us
         let Some(body) = bytes.get(pos + 8..pos + 8 + len) else {
             return pos;
         };
-        if crc32fast::hash(body) != crc {
+        if checksum(version, body) != crc {
             return pos;
         }
-        let Some(rec) = WalRecord::decode_body(body) else {
+        let Some(rec) = WalRecord::decode_body(body, version) else {
             return pos;
         };
         f(rec);
@@ -360,9 +386,37 @@ mod tests {
             time_us: i,
             table,
             device: &device,
+            owner: "acme",
             payload: &payload,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn version_1_segments_read_as_rows_of_no_known_user() {
+        // A version 1 record: kind, time, table, device, payload (no owner).
+        let mut body = vec![RecordKind::Record as u8];
+        body.extend_from_slice(&7i64.to_le_bytes());
+        body.extend_from_slice(b"\x01t\x02d1\x08");
+        let mut seg = MAGIC_V1.to_vec();
+        seg.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        seg.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        seg.extend_from_slice(&body);
+        let mut got = Vec::new();
+        assert_eq!(
+            scan_segment(&seg, |r| got.push((
+                r.time_us,
+                r.table,
+                r.device,
+                r.owner,
+                r.payload.to_vec()
+            ))),
+            seg.len()
+        );
+        assert_eq!(got, [(7, "t", "d1", "", vec![0x08])]);
+        // The same body under today's magic is short of its owner: damage, not a row.
+        seg[5] = 2;
+        assert_eq!(scan_segment(&seg, |_| panic!("no record")), HEADER);
     }
 
     fn collect(dir: &Path, sealed: u64) -> (Vec<(u64, i64, String)>, Replay) {

@@ -13,7 +13,7 @@ use arrow::array::{
 use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{Field, Int32Type, Schema, SchemaRef};
 
-use crate::columns::{dictionary_type, field_data_type as data_type, time_type};
+use crate::columns::{OWNER, dictionary_type, field_data_type as data_type, time_type};
 use crate::model::{FieldType, FieldValue};
 use crate::path::HOUR_US;
 
@@ -135,6 +135,7 @@ struct Column {
 struct Table {
     time: Vec<i64>,
     device: StringDictionaryBuilder<Int32Type>,
+    owner: StringDictionaryBuilder<Int32Type>,
     columns: Vec<Column>,
     index: HashMap<String, usize>,
 }
@@ -144,6 +145,7 @@ impl Table {
         let mut t = Self {
             time: Vec::new(),
             device: StringDictionaryBuilder::new(),
+            owner: StringDictionaryBuilder::new(),
             columns: Vec::new(),
             index: HashMap::new(),
         };
@@ -196,7 +198,7 @@ impl std::fmt::Debug for Buffer {
     }
 }
 
-/// A sealed table: one batch per hour partition, each sorted by (device, time).
+/// A sealed table: one batch per hour partition, each sorted by (owner, device, time).
 #[derive(Debug)]
 pub struct SealedTable {
     pub table: String,
@@ -248,12 +250,15 @@ impl Buffer {
         &self.schemas
     }
 
-    /// Appends one row. Values that clash with their column's type are left out (null) and
-    /// reported; the rest of the row is kept.
+    /// Appends one row of `device`, of the user `owner` (none: not known, as in a log
+    /// written before rows carried it). Values that clash with their column's type are left
+    /// out (null) and reported; the rest of the row is kept.
+    #[allow(clippy::too_many_arguments)]
     pub fn append(
         &mut self,
         table: &str,
         time_us: i64,
+        owner: Option<&str>,
         device: &str,
         fields: &[(Cow<'_, str>, FieldValue<'_>)],
         conflicts: &mut Vec<Conflict>,
@@ -312,6 +317,7 @@ impl Buffer {
         }
         t.time.push(time_us);
         t.device.append_value(device);
+        t.owner.append_option(owner);
         self.rows += 1;
         self.bytes += bytes;
         self.oldest.get_or_insert_with(std::time::Instant::now);
@@ -333,6 +339,7 @@ impl Buffer {
                 Field::new("time", time_type(), false),
                 Field::new("device", dictionary_type(), false),
                 Field::new("gateway", dictionary_type(), false),
+                Field::new(OWNER, dictionary_type(), true),
             ];
             let time: ArrayRef =
                 Arc::new(TimestampMicrosecondArray::from(std::mem::take(&mut t.time)).with_timezone("UTC"));
@@ -341,7 +348,8 @@ impl Buffer {
                 arrow::array::Int32Array::from(vec![0; rows]),
                 Arc::new(arrow::array::StringArray::from(vec![self.gateway.as_str()])),
             ));
-            let mut arrays = vec![time.clone(), device.clone(), gateway];
+            let owner: ArrayRef = Arc::new(t.owner.finish());
+            let mut arrays = vec![time.clone(), device.clone(), gateway, owner.clone()];
             for col in &mut t.columns {
                 fields.push(Field::new(&col.name, data_type(col.ty), true));
                 arrays.push(col.builder.finish());
@@ -350,18 +358,18 @@ impl Buffer {
             let batch = RecordBatch::try_new(schema, arrays)?;
             out.push(SealedTable {
                 table: name,
-                hours: split_hours(batch, &time, &device)?,
+                hours: split_hours(batch, &time, &[owner, device])?,
             });
         }
         Ok(out)
     }
 }
 
-/// Sorts by (hour, device, time) and cuts the batch at hour boundaries.
+/// Sorts by (hour, keys…, time) and cuts the batch at hour boundaries.
 fn split_hours(
     batch: RecordBatch,
     time: &ArrayRef,
-    device: &ArrayRef,
+    keys: &[ArrayRef],
 ) -> Result<Vec<(i64, RecordBatch)>, arrow::error::ArrowError> {
     let times = time
         .as_any()
@@ -371,23 +379,15 @@ fn split_hours(
     let hour: ArrayRef = Arc::new(Int64Array::from_iter_values(
         times.iter().map(|t| t.div_euclid(HOUR_US)),
     ));
-    let indices: UInt32Array = lexsort_to_indices(
-        &[
-            SortColumn {
-                values: hour.clone(),
-                options: None,
-            },
-            SortColumn {
-                values: device.clone(),
-                options: None,
-            },
-            SortColumn {
-                values: time.clone(),
-                options: None,
-            },
-        ],
-        None,
-    )?;
+    let sort: Vec<SortColumn> = std::iter::once(&hour)
+        .chain(keys)
+        .chain(std::iter::once(time))
+        .map(|values| SortColumn {
+            values: values.clone(),
+            options: None,
+        })
+        .collect();
+    let indices: UInt32Array = lexsort_to_indices(&sort, None)?;
     let sorted = take_record_batch(&batch, &indices)?;
     let hours: Vec<i64> = indices
         .values()
@@ -434,10 +434,18 @@ mod tests {
     fn columns_grow_widen_and_clashes_are_reported() {
         let mut b = Buffer::new("gw", Schemas::new());
         let mut conflicts = Vec::new();
-        b.append("t", 2, "d2", &fv(&[("a", FieldValue::Int(1))]), &mut conflicts);
+        b.append(
+            "t",
+            2,
+            Some("u"),
+            "d2",
+            &fv(&[("a", FieldValue::Int(1))]),
+            &mut conflicts,
+        );
         b.append(
             "t",
             1,
+            Some("u"),
             "d1",
             &fv(&[("a", FieldValue::Float(2.5)), ("b", FieldValue::Bool(true))]),
             &mut conflicts,
@@ -445,6 +453,7 @@ mod tests {
         b.append(
             "t",
             3,
+            Some("u"),
             "d1",
             &fv(&[("a", FieldValue::Str("x".into())), ("b", FieldValue::Bool(false))]),
             &mut conflicts,
@@ -467,11 +476,45 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_two_users_stay_apart_and_sort_by_owner_first() {
+        let mut b = Buffer::new("gw", Schemas::new());
+        let mut conflicts = Vec::new();
+        for (time, owner, v) in [
+            (1, Some("globex"), 1),
+            (2, Some("acme"), 2),
+            (3, None, 3),
+            (4, Some("globex"), 4),
+        ] {
+            b.append(
+                "t",
+                time,
+                owner,
+                "d1",
+                &fv(&[("v", FieldValue::Int(v))]),
+                &mut conflicts,
+            );
+        }
+        let sealed = b.seal().unwrap();
+        let batch = &sealed[0].hours[0].1;
+        let owner =
+            arrow::compute::cast(batch.column_by_name(OWNER).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+        let owner = owner.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+        let owners: Vec<Option<&str>> = owner.iter().collect();
+        // Nulls (owner unknown) sort first, then by owner, then by time.
+        assert_eq!(owners, [None, Some("acme"), Some("globex"), Some("globex")]);
+        assert_eq!(
+            column_f64(batch, "v").unwrap(),
+            vec![Some(3.0), Some(2.0), Some(1.0), Some(4.0)]
+        );
+        assert_eq!(batch.schema().field(3).name(), OWNER);
+    }
+
+    #[test]
     fn rows_split_at_hour_boundaries() {
         let mut b = Buffer::new("gw", Schemas::new());
         let mut c = Vec::new();
         for t in [HOUR_US + 5, 10, HOUR_US - 1, 2 * HOUR_US] {
-            b.append("t", t, "d", &fv(&[("v", FieldValue::Int(t))]), &mut c);
+            b.append("t", t, Some("u"), "d", &fv(&[("v", FieldValue::Int(t))]), &mut c);
         }
         let sealed = b.seal().unwrap();
         let hours: Vec<(i64, usize)> = sealed[0].hours.iter().map(|(h, b)| (*h, b.num_rows())).collect();
@@ -486,7 +529,14 @@ mod tests {
         let mut b = Buffer::new("gw", Schemas::default());
         let mut conflicts = Vec::new();
         for i in 0..1000 {
-            b.append("t", i, "d", &fv(&[("v", FieldValue::Int(i))]), &mut conflicts);
+            b.append(
+                "t",
+                i,
+                Some("u"),
+                "d",
+                &fv(&[("v", FieldValue::Int(i))]),
+                &mut conflicts,
+            );
         }
         let narrow = b.bytes();
         let names: Vec<String> = (0..2000).map(|k| format!("k{k}")).collect();
@@ -496,7 +546,7 @@ mod tests {
             .collect();
         let long = "x".repeat(MAX_COLUMN_NAME + 1);
         wide.push((Cow::Borrowed(long.as_str()), FieldValue::Int(1)));
-        b.append("t", 1000, "d", &wide, &mut conflicts);
+        b.append("t", 1000, Some("u"), "d", &wide, &mut conflicts);
         // 1,023 new columns, each back-filled for 1,000 rows.
         assert!(
             b.bytes() - narrow >= 1023 * 1000 * NULL_BYTES,
@@ -509,7 +559,14 @@ mod tests {
         assert_eq!(b.take_dropped(), 0);
         // A narrow row after it pays for the nulls it leaves.
         let before = b.bytes();
-        b.append("t", 1001, "d", &fv(&[("v", FieldValue::Int(1))]), &mut conflicts);
+        b.append(
+            "t",
+            1001,
+            Some("u"),
+            "d",
+            &fv(&[("v", FieldValue::Int(1))]),
+            &mut conflicts,
+        );
         assert!(b.bytes() - before >= 1023 * NULL_BYTES);
     }
 }

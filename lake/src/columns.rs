@@ -9,8 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::FieldType;
 
-/// The fixed columns every table starts with, in file order.
-pub const FIXED_COLUMNS: [&str; 3] = ["time", "device", "gateway"];
+/// The fixed columns every table starts with, in file order. A payload key of one of these
+/// names gets a `_` prefix ([`crate::model`]).
+///
+/// `owner` is the user a row belongs to (null in files of format 1, written before it
+/// existed: the reader takes their user from the registry's (gateway, device) record).
+pub const FIXED_COLUMNS: [&str; 4] = ["time", "device", "gateway", OWNER];
+/// The column of the user a row belongs to.
+pub const OWNER: &str = "owner";
 
 /// The Arrow type of `device` and `gateway`.
 pub fn dictionary_type() -> DataType {
@@ -142,7 +148,7 @@ pub fn merge_schema<'a>(columns: impl IntoIterator<Item = &'a [(String, ColumnTy
         .iter()
         .map(|n| {
             let ty = types.get(n).copied().unwrap_or(ColumnType::Str);
-            Field::new(n, ty.data_type(), !FIXED_COLUMNS.contains(&n.as_str()))
+            Field::new(n, ty.data_type(), !FIXED_COLUMNS.contains(&n.as_str()) || n == OWNER)
         })
         .collect();
     Arc::new(Schema::new(fields))
@@ -161,8 +167,9 @@ mod tests {
         ];
         let s = merge_schema([a.as_slice(), b.as_slice()]);
         let names: Vec<_> = s.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["time", "device", "gateway", "v", "s"]);
-        assert_eq!(s.field(3).data_type(), &DataType::Float64);
-        assert_eq!(s.field(4).data_type(), &DataType::Utf8);
+        assert_eq!(names, ["time", "device", "gateway", "owner", "v", "s"]);
+        assert_eq!(s.field(4).data_type(), &DataType::Float64);
+        assert_eq!(s.field(5).data_type(), &DataType::Utf8);
+        assert!(s.field(3).is_nullable() && !s.field(1).is_nullable());
     }
 }

@@ -1,8 +1,11 @@
 //! A lake file's Parquet settings and the file-level metadata the catalog reads.
 //!
-//! Every file carries `twinlake.format` (the format version, [`FORMAT_VERSION`]); a file
-//! without it was written before the key existed and is version 1, which has the same
-//! layout. A compacted file also carries `twinlake.compacted` (how many files it replaced).
+//! Every file carries `twinlake.format` (the format version, [`FORMAT_VERSION`]):
+//! * 1: `time`, `device`, `gateway`, then fields, sorted by (device, time). Files without
+//!   the key were written before it existed and are version 1.
+//! * 2: `owner` (the row's user) after `gateway`, sorted by (owner, device, time).
+//!
+//! A compacted file also carries `twinlake.compacted` (how many files it replaced).
 
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -14,7 +17,7 @@ use parquet::schema::types::ColumnPath;
 use crate::LakeError;
 
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The metadata key of the format version.
 pub const FORMAT_KEY: &str = "twinlake.format";
 /// The metadata key that marks a compacted file; its value counts the files it replaced.
@@ -45,7 +48,7 @@ pub enum Writer {
     Compaction { replaced: usize },
 }
 
-/// Writer settings: zstd, page statistics, sorted by (device, time), delta-encoded time, and
+/// Writer settings: zstd, page statistics, sorted by (owner, device, time), delta-encoded time, and
 /// a 64 KiB dictionary limit: low-cardinality columns keep their dictionary, while
 /// high-cardinality floats (coordinates) fall back to plain early instead of carrying a
 /// 1 MiB dictionary page per file (2.43 → 2.16 bytes/value on TSBS readings; BENCHMARKS.md).
@@ -65,7 +68,7 @@ pub fn writer_properties(cfg: WriterSettings, writer: Writer) -> Result<WriterPr
         .set_max_row_group_row_count(Some(cfg.row_group_rows.max(1)))
         .set_dictionary_page_size_limit(64 << 10)
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_sorting_columns(Some(vec![sorted(1), sorted(0)]))
+        .set_sorting_columns(Some(vec![sorted(3), sorted(1), sorted(0)]))
         .set_column_dictionary_enabled(ColumnPath::from("time"), false)
         .set_column_encoding(ColumnPath::from("time"), Encoding::DELTA_BINARY_PACKED)
         .set_key_value_metadata(Some(metadata))

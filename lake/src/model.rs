@@ -8,7 +8,7 @@
 //! * A scalar gives the column `value`.
 //! * An array is kept whole, as JSON text in a string column.
 //! * Null and unset values are nulls. Integers above `i64::MAX` become floats.
-//! * A field named like a fixed column (`time`, `device`, `gateway`) gets a `_` prefix.
+//! * A field named like a fixed column (`time`, `device`, `gateway`, `owner`) gets a `_` prefix.
 
 use std::borrow::Cow;
 

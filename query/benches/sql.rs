@@ -138,7 +138,7 @@ fn generate(lake: &Path, trucks: usize, hours: i64) -> (Vec<TruckTags>, Vec<(Jso
                     .zip(r)
                     .map(|(n, v)| (Cow::Borrowed(*n), FieldValue::Float(v)))
                     .collect();
-                readings[g].append("readings", t, &tag.name, &fields, &mut conflicts);
+                readings[g].append("readings", t, Some("fleet"), &tag.name, &fields, &mut conflicts);
                 let d = &mut diags[i];
                 d.fuel -= rng.unit() * 0.001;
                 if d.fuel <= 0.0 {
@@ -157,7 +157,7 @@ fn generate(lake: &Path, trucks: usize, hours: i64) -> (Vec<TruckTags>, Vec<(Jso
                     (Cow::Borrowed("current_load"), FieldValue::Float(d.load)),
                     (Cow::Borrowed("status"), FieldValue::Float(status)),
                 ];
-                diagnostics[g].append("diagnostics", t, &tag.name, &dfields, &mut conflicts);
+                diagnostics[g].append("diagnostics", t, Some("fleet"), &tag.name, &dfields, &mut conflicts);
                 last[i] = (
                     Json::Object(
                         tsbs::FIELD_NAMES

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::QueryError;
-use twinlake_lake::columns::merge_schema;
+use twinlake_lake::columns::{OWNER, merge_schema};
 use twinlake_lake::file::{Writer, WriterSettings};
 use twinlake_lake::{Hour, LakePath};
 
@@ -110,7 +110,7 @@ pub async fn compact_partition(
     let all = concat_batches(&schema, &batches)?;
     drop(batches);
     let sorted = if all.num_rows() > 0 {
-        let sort: Vec<SortColumn> = ["device", "time"]
+        let sort: Vec<SortColumn> = [OWNER, "device", "time"]
             .iter()
             .filter_map(|c| all.column_by_name(c))
             .map(|c| SortColumn {

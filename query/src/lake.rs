@@ -42,6 +42,8 @@ use crate::catalog::{self, Catalog, FileMeta};
 #[derive(Debug, Clone)]
 pub struct FreshRow<'a> {
     pub time_us: i64,
+    /// The user the device belongs to; none from a gateway older than the `owner` column.
+    pub owner: Option<&'a str>,
     pub device: &'a str,
     /// The PSON payload.
     pub payload: ValueRef<'a>,
@@ -300,7 +302,7 @@ impl Lake {
         let mut conflicts = Vec::new();
         for r in rows {
             flatten(r.payload, stream, &mut fields);
-            buf.append(table, r.time_us, r.device, &fields, &mut conflicts);
+            buf.append(table, r.time_us, r.owner, r.device, &fields, &mut conflicts);
         }
         let cols: Vec<(String, ColumnType)> = buf
             .schemas()

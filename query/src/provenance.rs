@@ -13,6 +13,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ProjectionMask;
 
+use twinlake_lake::columns::OWNER;
+
 use crate::QueryError;
 use crate::catalog::{self, FileMeta};
 use crate::lake::Lake;
@@ -20,21 +22,27 @@ use crate::lake::Lake;
 /// Where files that failed their check go, under the lake's root.
 pub const QUARANTINE: &str = "_quarantine";
 
-/// The distinct `(gateway, device)` pairs of a lake file.
+/// Whose a row is: the gateway that wrote it, the device, and the user (none in a file of
+/// format 1, written before the `owner` column).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RowOrigin {
+    pub gateway: String,
+    pub device: String,
+    pub owner: Option<String>,
+}
+
+/// The distinct origins of a lake file's rows.
 pub async fn origins(
     store: &Arc<dyn ObjectStore>,
     prefix: &ObjectPath,
     path: &str,
     size: u64,
-) -> Result<BTreeSet<(String, String)>, QueryError> {
+) -> Result<BTreeSet<RowOrigin>, QueryError> {
     let builder = catalog::open_file(store, prefix, path, size).await?;
     let schema = builder.parquet_schema();
     let wanted: Vec<usize> = (0..schema.num_columns())
-        .filter(|&i| matches!(schema.column(i).name(), "gateway" | "device"))
+        .filter(|&i| matches!(schema.column(i).name(), "gateway" | "device" | OWNER))
         .collect();
-    if wanted.len() != 2 {
-        return Err(QueryError::Catalog(format!("{path}: no gateway and device columns")));
-    }
     let mask = ProjectionMask::leaves(schema, wanted);
     let mut stream = builder.with_projection(mask).build()?;
     let mut out = BTreeSet::new();
@@ -43,9 +51,15 @@ pub async fn origins(
             return Err(QueryError::Catalog(format!("{path}: no gateway and device columns")));
         };
         let (g, d) = (text(g)?, text(d)?);
+        let o = batch.column_by_name(OWNER).map(text).transpose()?;
         for i in 0..batch.num_rows() {
             if let (Some(Some(g)), Some(Some(d))) = (g.get(i), d.get(i)) {
-                out.insert((g.clone(), d.clone()));
+                let owner = o.as_ref().and_then(|o| o.get(i).cloned().flatten());
+                out.insert(RowOrigin {
+                    gateway: g.clone(),
+                    device: d.clone(),
+                    owner,
+                });
             }
         }
     }
@@ -70,7 +84,7 @@ pub async fn quarantine(store: &Arc<dyn ObjectStore>, prefix: &ObjectPath, path:
 }
 
 /// What a check says of a file's pairs: `Err(reason)` to quarantine it.
-pub type Check<'a> = &'a (dyn Fn(&FileMeta, &BTreeSet<(String, String)>) -> Result<(), String> + Sync);
+pub type Check<'a> = &'a (dyn Fn(&FileMeta, &BTreeSet<RowOrigin>) -> Result<(), String> + Sync);
 
 impl Lake {
     /// Catalogues an announced file if `check` accepts its rows' origins; otherwise moves

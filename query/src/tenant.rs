@@ -3,10 +3,14 @@
 //! remove the filter:
 //!
 //! * `twins` and `devices` list only the user's entries;
-//! * a lake table ([`TenantTable`]) keeps only rows of the `(gateway, device)` pairs the user
-//!   owns: its registered devices and the devices its twins were seen at. The filter sits
-//!   above the scan, so no statistics shortcut (`count(*)` from file metadata) can answer
-//!   for rows the user may not see.
+//! * a lake table ([`TenantTable`]) keeps only rows whose `owner` is the user, of the
+//!   `(gateway, device)` pairs the user owns (its registered devices and the devices its
+//!   twins were seen at). Rows written before the `owner` column (null there) are the
+//!   user's by those pairs alone: the registry's (gateway, device) record says whose they
+//!   are. Requiring the pairs for every row also keeps a payload key `owner` in such an old
+//!   file from passing a row off as another user's. The filter sits above the scan, so no
+//!   statistics shortcut (`count(*)` from file metadata) can answer for rows the user may
+//!   not see.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::{col, lit};
+use twinlake_lake::columns::OWNER;
 
 /// The user a session belongs to (a `SessionConfig` extension); none: a platform session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +97,7 @@ impl TableProvider for TenantTable {
             .cloned()
             .unwrap_or_else(|| (0..schema.fields().len()).collect());
         let wanted = cols.len();
-        for name in ["gateway", "device"] {
+        for name in ["gateway", "device", OWNER] {
             let i = schema.index_of(name)?;
             if !cols.contains(&i) {
                 cols.push(i);
@@ -101,7 +106,8 @@ impl TableProvider for TenantTable {
         // The limit is a hint for the rows before this filter: not passed down.
         let scan = self.inner.scan(state, Some(&cols), filters, None).await?;
         let scanned = scan.schema();
-        let predicate = owned(self.owners.devices_of(&tenant.user));
+        let mine = col(OWNER).is_null().or(col(OWNER).eq(lit(tenant.user.as_str())));
+        let predicate = owned(self.owners.devices_of(&tenant.user)).and(mine);
         let predicate = state.create_physical_expr(predicate, &DFSchema::try_from(scanned.as_ref().clone())?)?;
         let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, scan)?);
         let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = (0..wanted)

@@ -55,8 +55,8 @@ pub(super) fn apply(
     }
     // Fresh rows are for queries only (in memory): taken once their batch is committed, so
     // a batch sent again after a reconnect brings none twice.
-    for (table, segment, stream, rows) in after.rows {
-        add_fresh(state, gateway, &table, segment, stream, &rows);
+    for rows in after.rows {
+        add_fresh(state, gateway, &rows);
     }
     if after.files > 0 {
         state.catalog_wake.notify_one();
@@ -73,17 +73,25 @@ struct After {
     rows: Vec<FreshRows>,
 }
 
-/// Fresh rows of one table and WAL segment: (table, segment, stream, `[time µs, device, payload]`).
-type FreshRows = (String, u64, bool, Vec<(i64, String, serde_json::Value)>);
-
-fn add_fresh(
-    state: &AppState,
-    gateway: &str,
-    table: &str,
+/// Fresh rows of one table, WAL segment and user, as an `Item::Rows` holds them.
+#[derive(Debug)]
+struct FreshRows {
+    table: String,
     segment: u64,
     stream: bool,
-    rows: &[(i64, String, serde_json::Value)],
-) {
+    owner: Option<String>,
+    /// `[time µs, device, payload]`.
+    rows: Vec<(i64, String, serde_json::Value)>,
+}
+
+fn add_fresh(state: &AppState, gateway: &str, fresh: &FreshRows) {
+    let FreshRows {
+        table,
+        segment,
+        stream,
+        owner,
+        rows,
+    } = fresh;
     let encoded: Vec<Vec<u8>> = rows
         .iter()
         .map(|(_, _, v)| twinlake_sdk::json::from_json(v).to_bytes())
@@ -94,6 +102,7 @@ fn add_fresh(
         .filter_map(|((at, device, _), bytes)| {
             Some(twinlake_query::FreshRow {
                 time_us: *at,
+                owner: owner.as_deref(),
                 device,
                 payload: twinlake_sdk::pson::ValueRef::decode(bytes).ok()?,
             })
@@ -104,7 +113,7 @@ fn add_fresh(
         return;
     };
     state.metrics.fresh_rows.inc_by(fresh.len() as u64);
-    state.sql.lake().add_fresh(gateway, &table, segment, stream, &fresh);
+    state.sql.lake().add_fresh(gateway, &table, *segment, *stream, &fresh);
 }
 
 /// The device an item speaks for, if it names one.
@@ -311,18 +320,25 @@ fn apply_item(
             table,
             segment,
             stream,
+            owner,
             mut rows,
         } => {
             // Fresh rows count only for devices the gateway may write rows for.
             if gateway != state.local_gateway {
                 let allowed = crate::provenance::allowed_now(state, gateway);
                 let before = rows.len();
-                rows.retain(|(_, device, _)| allowed.allows(device));
+                rows.retain(|(_, device, _)| allowed.allows(owner.as_deref(), device));
                 if rows.len() < before {
                     state.metrics.gateway_refusals.inc_by((before - rows.len()) as u64);
                 }
             }
-            after.rows.push((table, segment, stream, rows));
+            after.rows.push(FreshRows {
+                table,
+                segment,
+                stream,
+                owner,
+                rows,
+            });
         }
     }
     Ok(())

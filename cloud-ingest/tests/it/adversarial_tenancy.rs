@@ -199,6 +199,70 @@ async fn two_users_see_and_control_only_their_own_devices() {
     cloud.stop().await;
 }
 
+/// Two users' devices of the same name on one gateway: every row records its user (the
+/// `owner` column), so their series stay apart, and each user's count, min and max are its
+/// own on every SQL surface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_named_devices_of_two_users_keep_their_rows_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let api = cloud.api();
+    let acme = user_with_device(&api, "acme", "d1").await;
+    let globex = user_with_device(&api, "globex", "d1").await;
+    let devices = cloud.devices.unwrap();
+    let (a, g) = (
+        TestDevice::start_as(devices, "acme", "d1"),
+        TestDevice::start_as(devices, "globex", "d1"),
+    );
+    let by_owner = "SELECT owner, count(*) AS n FROM temp GROUP BY owner ORDER BY owner";
+    eventually(20, "both users' rows", || async {
+        let (s, j) = api
+            .call(Method::POST, "/v1/sql", Some(ADMIN), Some(json!({ "sql": by_owner })))
+            .await;
+        (s == StatusCode::OK && j.as_array().is_some_and(|r| r.len() == 2)).then_some(())
+    })
+    .await;
+    a.stop();
+    g.stop();
+    // Every row is in a lake file (no fresh row left to answer for it).
+    let lake = cloud.state.sql.lake();
+    eventually(20, "every row in a file", || async {
+        let j = sql(&api, ADMIN, "SELECT count(*) AS n FROM temp").await;
+        let in_files: u64 = lake.files("temp").iter().map(|f| f.rows).sum();
+        (in_files > 0 && j[0]["n"] == in_files && lake.fresh_rows() == 0).then_some(())
+    })
+    .await;
+    let all = sql(&api, ADMIN, by_owner).await;
+    assert_eq!(
+        (all[0]["owner"].clone(), all[1]["owner"].clone()),
+        (json!("acme"), json!("globex")),
+        "{all}"
+    );
+    let stats = "SELECT count(*) AS n, min(value) AS lo, max(value) AS hi FROM temp";
+    let pg = cloud.postgres.unwrap();
+    let flight = cloud.flight.unwrap();
+    for (token, user) in [(&acme, "acme"), (&globex, "globex")] {
+        let theirs = sql(&api, ADMIN, &format!("{stats} WHERE owner = '{user}'")).await;
+        assert_eq!(sql(&api, token, stats).await, theirs, "{user}");
+        assert_eq!(
+            sql(&api, token, "SELECT DISTINCT owner FROM temp").await,
+            json!([{ "owner": user }])
+        );
+        let n = theirs[0]["n"].to_string();
+        assert_eq!(
+            pg_rows(pg, token, "SELECT count(*) FROM temp WHERE device = 'd1'").await,
+            [[n.clone()]]
+        );
+        assert_eq!(flight_strings(flight, token, "SELECT count(*) FROM temp").await, [n]);
+    }
+    // The other user's twin of the same name stays out of reach.
+    let (s, _) = api
+        .call(Method::GET, "/v1/users/globex/devices/d1/twin", Some(&acme), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    cloud.stop().await;
+}
+
 fn metric(cloud: &TestCloud) -> u64 {
     cloud.state.metrics.tenant_refusals.get()
 }

@@ -81,11 +81,11 @@ async fn devices_stream_into_parquet_in_the_object_store() {
         );
         let schema = batches[0].schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(&names[..3], &["time", "device", "gateway"], "{path}");
+        assert_eq!(&names[..4], &["time", "device", "gateway", "owner"], "{path}");
         match parts[0] {
-            "temp" => assert_eq!(&names[3..], &["c", "ok"]),
-            "level" | "led" => assert_eq!(&names[3..], &["value"]),
-            "readings" => assert_eq!(&names[3..], &["seq", "temp", "label"]),
+            "temp" => assert_eq!(&names[4..], &["c", "ok"]),
+            "level" | "led" => assert_eq!(&names[4..], &["value"]),
+            "readings" => assert_eq!(&names[4..], &["seq", "temp", "label"]),
             other => panic!("unexpected table {other}"),
         }
         // Sorted by (device, time) within the file.
@@ -101,6 +101,8 @@ async fn devices_stream_into_parquet_in_the_object_store() {
                 .map(|r| (names.value(dev.keys().value(r) as usize), time.value(r)))
                 .collect();
             assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{path} is not sorted");
+            // Every row names its device's user.
+            assert_eq!(b.column(3).null_count(), 0, "{path}: a row without its owner");
         }
     }
     let rows_of = |table: &str| -> usize {
@@ -123,6 +125,11 @@ async fn devices_stream_into_parquet_in_the_object_store() {
     let md = reader.metadata();
     let rg = md.row_group(0);
     assert!(rg.sorting_columns().is_some());
+    let kv = md.file_metadata().key_value_metadata().unwrap();
+    assert!(
+        kv.iter()
+            .any(|k| k.key == "twinlake.format" && k.value.as_deref() == Some("2"))
+    );
     for c in rg.columns() {
         assert!(
             matches!(c.compression(), twinlake_edge::parquet::basic::Compression::ZSTD(_)),

@@ -17,6 +17,7 @@ fn segment(records: &[(i64, String, Vec<u8>)]) -> (Vec<u8>, Vec<usize>) {
             time_us: *t,
             table: "tbl",
             device: dev,
+            owner: "acme",
             payload,
         };
         let mut enc = Vec::new();
@@ -82,10 +83,12 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let mut with_magic = b"TLWAL\x01\r\n".to_vec();
-        with_magic.extend_from_slice(&bytes);
         let _ = scan(&bytes);
-        let _ = scan(&with_magic);
+        for magic in [b"TLWAL\x01\r\n", b"TLWAL\x02\r\n"] {
+            let mut with_magic = magic.to_vec();
+            with_magic.extend_from_slice(&bytes);
+            let _ = scan(&with_magic);
+        }
     }
 }
 

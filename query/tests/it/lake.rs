@@ -146,6 +146,7 @@ async fn fresh_rows_are_bounded() {
     let payload = twinlake_sdk::pson::Value::object().with("v", 1.0).to_bytes();
     let row = twinlake_query::FreshRow {
         time_us: T0,
+        owner: Some("u"),
         device: "d",
         payload: twinlake_sdk::pson::ValueRef::decode(&payload).unwrap(),
     };
@@ -187,6 +188,7 @@ async fn fresh_rows_are_bounded_in_bytes() {
     let payload = wide.to_bytes();
     let row = twinlake_query::FreshRow {
         time_us: T0,
+        owner: Some("u"),
         device: "d",
         payload: twinlake_sdk::pson::ValueRef::decode(&payload).unwrap(),
     };
@@ -270,4 +272,71 @@ async fn a_compacted_name_or_mark_is_not_taken_on_trust() {
         (meta.gateway.as_deref(), meta.seal, meta.level),
         (Some("gw"), Some(9), 0)
     );
+}
+
+/// A user's SQL sees the rows whose `owner` is the user, and rows of no known owner
+/// (written before the column) by the registry's (gateway, device) record; never another
+/// user's rows of a device of the same name, nor rows that only claim the user.
+#[tokio::test]
+async fn a_users_rows_are_those_it_owns_by_column_and_by_registry() {
+    use futures::TryStreamExt;
+    use twinlake_lake::buffer::Buffer;
+    use twinlake_lake::file::{self, Writer, WriterSettings};
+    use twinlake_lake::model::FieldValue;
+    use twinlake_lake::{Hour, LakePath};
+
+    let f = Fixture::empty();
+    let mut buf = Buffer::new("gw-a", Default::default());
+    let mut conflicts = Vec::new();
+    // d1 and d2 on gw-a are u's (support.rs); d9 is nobody's.
+    for (i, (owner, device, v)) in [
+        (Some("u"), "d1", 1),
+        (Some("other"), "d1", 2),
+        (None, "d1", 4),
+        (Some("u"), "d9", 8),
+        (None, "d9", 16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let fields = [(std::borrow::Cow::Borrowed("v"), FieldValue::Int(v))];
+        buf.append("t", T0 + i as i64, owner, device, &fields, &mut conflicts);
+    }
+    let props = file::writer_properties(WriterSettings::default(), Writer::Edge).unwrap();
+    for sealed in buf.seal().unwrap() {
+        for (hour, batch) in sealed.hours {
+            let path = LakePath::seal("t", Hour::of(hour).unwrap(), "gw-a", 1)
+                .unwrap()
+                .to_string();
+            let full = f.dir.path().join("lake").join(&path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(&full, file::encode(&[batch], &props).unwrap()).unwrap();
+            assert!(f.lake.commit(&path, None).await.unwrap());
+        }
+    }
+    let sum_as = |user: Option<&str>| {
+        let engine = &f.engine;
+        let user = user.map(str::to_owned);
+        async move {
+            let batches: Vec<_> = engine
+                .query_as(user, "SELECT sum(v) AS s, count(*) AS n FROM t", None)
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert!(sum_as(None).await.contains("| 31 | 5 |"), "{}", sum_as(None).await);
+    assert!(
+        sum_as(Some("u")).await.contains("| 5 | 2 |"),
+        "{}",
+        sum_as(Some("u")).await
+    );
+    // "other" has no device on record: none of the rows, not even the one naming it.
+    let other = sum_as(Some("other")).await;
+    assert!(other.contains(" | 0 |"), "{other}");
 }

@@ -92,7 +92,7 @@ impl Fixture {
                 .iter()
                 .map(|(k, v)| (Cow::Borrowed(*k), FieldValue::Float(*v)))
                 .collect();
-            buf.append(table, *t, d, &fv, &mut conflicts);
+            buf.append(table, *t, Some("u"), d, &fv, &mut conflicts);
         }
         let props = file::writer_properties(WriterSettings::default(), Writer::Edge).unwrap();
         let mut paths = Vec::new();
@@ -127,6 +127,7 @@ impl Fixture {
             .iter()
             .map(|(t, d, b)| FreshRow {
                 time_us: *t,
+                owner: Some("u"),
                 device: d,
                 payload: ValueRef::decode(b).unwrap(),
             })

@@ -1,5 +1,5 @@
 //! The REST API: devices, twins, live resources (ours and the Thinger-compatible aliases),
-//! properties, endpoints, tokens and gateways. Streams are in [`crate::streams`].
+//! properties, endpoints, tokens and gateways. Streams are in [`crate::api::streams`].
 //!
 //! Every route needs a token (see [`crate::auth`]); the scope each needs is in the OpenAPI
 //! document served at `/v1/openapi.json`. Errors are `{"error": {"status", "message"}}`.
@@ -10,8 +10,10 @@ mod gateways;
 mod live;
 mod paths;
 mod properties;
+pub mod streams;
 mod tokens;
 mod twins;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -29,7 +31,7 @@ pub use paths::Paths;
 
 use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 type St = State<Arc<AppState>>;
 type ApiResult = Result<Response, ApiError>;
@@ -41,14 +43,17 @@ fn routes() -> Paths {
         .route("/v1/sql", axum::routing::post(crate::sql::post_sql))
         .route(
             "/v1/users/{u}/devices/{d}/twin/events",
-            get(crate::streams::twin_events),
+            get(crate::api::streams::twin_events),
         )
         .route(
             "/v1/users/{u}/devices/{d}/streams/{*path}",
-            get(crate::streams::resource_sse),
+            get(crate::api::streams::resource_sse),
         )
-        .route("/v1/events", get(crate::streams::all_events))
-        .route("/v3/users/{u}/devices/{d}/resources", get(crate::streams::v3_resources))
+        .route("/v1/events", get(crate::api::streams::all_events))
+        .route(
+            "/v3/users/{u}/devices/{d}/resources",
+            get(crate::api::streams::v3_resources),
+        )
         .merge(devices::routes())
         .merge(twins::routes())
         .merge(live::routes())
@@ -56,7 +61,7 @@ fn routes() -> Paths {
         .merge(endpoints::routes())
         .merge(tokens::routes())
         .merge(gateways::routes())
-        .merge(crate::tenancy::routes())
+        .merge(crate::api::users::routes())
 }
 
 /// The paths the API routes, as registered (for the test that ties them to the OpenAPI
@@ -73,7 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::tenancy::guard,
+            crate::api::users::guard,
         ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use twinlake_edge::EdgeConfig;
 
 use crate::Error;
-use crate::auth::Scope;
+use crate::tokens::Scope;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]

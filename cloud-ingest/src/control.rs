@@ -10,17 +10,19 @@
 //! fastest interval any of them asked for; the last one to leave stops it (the edge goes
 //! back to its own ingest stream for that resource).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 use twinlake_edge::link::Op;
 use twinlake_twin::{EventKind, TwinKey};
 
-use crate::server::AppState;
+use crate::hub::Asked;
+pub use crate::hub::{ReadReports, StreamHub};
+use crate::state::AppState;
 
 /// Runs the desired-state applier until the cloud stops.
 pub async fn apply_desired(state: Arc<AppState>) {
@@ -168,16 +170,6 @@ async fn sync_device(state: &AppState, key: &TwinKey) -> bool {
     transient
 }
 
-/// The subscribers of one device resource: (subscription id, the interval it asked for).
-type Subscribers = Vec<(u64, Option<Duration>)>;
-
-/// Subscribers per device resource, sharing one device stream.
-#[derive(Debug, Default)]
-pub struct StreamHub {
-    subs: Mutex<HashMap<(TwinKey, String), Subscribers>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
 /// A subscription; dropping it leaves.
 #[derive(Debug)]
 pub struct StreamGuard {
@@ -202,62 +194,79 @@ impl StreamHub {
     ) -> Result<StreamGuard, crate::gateway::ControlError> {
         let hub = &state.hub;
         let id = hub.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (before, after) = {
+        {
             let Ok(mut subs) = hub.subs.lock() else {
                 return Err(crate::gateway::ControlError::Offline("stream hub unavailable".into()));
             };
-            let list = subs.entry((key.clone(), path.to_owned())).or_default();
-            let before = (!list.is_empty()).then(|| fastest(list));
-            list.push((id, interval));
-            (before, fastest(list))
-        };
+            let stream = subs.entry((key.clone(), path.to_owned())).or_default();
+            stream.subscribers.push((id, interval));
+        }
         let guard = StreamGuard {
             state: state.clone(),
             key: key.clone(),
             path: path.to_owned(),
             id,
         };
-        if before != Some(after) {
-            let op = Op::StartStream {
-                path: path.to_owned(),
-                interval_ms: after.map(|d| d.as_millis() as u64),
-            };
-            state.gateways.request(key, op, state.cfg.http.request_timeout).await?;
-        }
+        sync_stream(state, key, path).await?;
         Ok(guard)
     }
 }
 
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        let hub = &self.state.hub;
-        let k = (self.key.clone(), self.path.clone());
-        let change = {
-            let Ok(mut subs) = hub.subs.lock() else { return };
-            let Some(list) = subs.get_mut(&k) else { return };
-            let before = fastest(list);
-            list.retain(|(id, _)| *id != self.id);
-            if list.is_empty() {
-                subs.remove(&k);
-                Some(None)
-            } else {
-                let after = fastest(list);
-                (after != before).then_some(Some(after))
-            }
-        };
-        let Some(next) = change else { return };
-        let op = match next {
-            None => Op::StopStream {
-                path: self.path.clone(),
-            },
+/// Brings the device stream on `key`'s `path` to what its subscribers need now. Requests for
+/// one stream are ordered by its lock and each is worked out when it is sent, so the stop
+/// for a subscriber that left cannot overtake the start for one that joined.
+async fn sync_stream(state: &AppState, key: &TwinKey, path: &str) -> Result<(), crate::gateway::ControlError> {
+    let hub = &state.hub;
+    let k = (key.clone(), path.to_owned());
+    let Some(control) = hub.subs.lock().ok().and_then(|s| s.get(&k).map(|s| s.control.clone())) else {
+        return Ok(());
+    };
+    let mut asked = control.lock().await;
+    let want: Asked = hub.subs.lock().ok().and_then(|s| {
+        let stream = s.get(&k)?;
+        (!stream.subscribers.is_empty()).then(|| fastest(&stream.subscribers))
+    });
+    let mut result = Ok(());
+    if *asked != want {
+        let op = match want {
+            None => Op::StopStream { path: path.to_owned() },
             Some(iv) => Op::StartStream {
-                path: self.path.clone(),
+                path: path.to_owned(),
                 interval_ms: iv.map(|d| d.as_millis() as u64),
             },
         };
-        let (state, key) = (self.state.clone(), self.key.clone());
+        result = state
+            .gateways
+            .request(key, op, state.cfg.http.request_timeout)
+            .await
+            .map(drop);
+        if result.is_ok() {
+            *asked = want;
+        }
+    }
+    // A stream nobody subscribes to, and no other request waits on, is forgotten.
+    if want.is_none()
+        && let Ok(mut subs) = hub.subs.lock()
+        && subs
+            .get(&k)
+            .is_some_and(|s| s.subscribers.is_empty() && Arc::strong_count(&s.control) == 2)
+    {
+        subs.remove(&k);
+    }
+    result
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let k = (self.key.clone(), self.path.clone());
+        if let Ok(mut subs) = self.state.hub.subs.lock()
+            && let Some(stream) = subs.get_mut(&k)
+        {
+            stream.subscribers.retain(|(id, _)| *id != self.id);
+        }
+        let (state, key, path) = (self.state.clone(), self.key.clone(), self.path.clone());
         tokio::spawn(async move {
-            if let Err(e) = state.gateways.request(&key, op, state.cfg.http.request_timeout).await {
+            if let Err(e) = sync_stream(&state, &key, &path).await {
                 debug!(device = %key, error = %e, "cannot change the device stream");
             }
         });
@@ -274,48 +283,6 @@ pub fn stream_message(key: &TwinKey, path: &str, value: &Json, at: u64) -> Strin
         "value": value,
     })
     .to_string()
-}
-
-/// One value read live from a device, to record as reported.
-#[derive(Debug)]
-struct ReadValue {
-    key: TwinKey,
-    path: String,
-    value: Json,
-    at: u64,
-    /// Record it only if the device described the resource as an output.
-    only_outputs: bool,
-}
-
-/// Values read live from devices, recorded as reported off the request path, many per commit.
-/// Bounded: when full, a read value is not recorded (streams report the resource anyway).
-#[derive(Debug)]
-pub struct ReadReports {
-    tx: mpsc::Sender<ReadValue>,
-    rx: Mutex<Option<mpsc::Receiver<ReadValue>>>,
-}
-
-impl Default for ReadReports {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::channel(4096);
-        Self {
-            tx,
-            rx: Mutex::new(Some(rx)),
-        }
-    }
-}
-
-impl ReadReports {
-    /// Queues a value read from `key`'s `path`.
-    pub fn push(&self, key: &TwinKey, path: &str, value: Json, only_outputs: bool) {
-        let _ = self.tx.try_send(ReadValue {
-            key: key.clone(),
-            path: path.to_owned(),
-            value: twinlake_twin::unwrap_io(value),
-            at: twinlake_twin::now_ms(),
-            only_outputs,
-        });
-    }
 }
 
 /// Records queued read values until the cloud stops.

@@ -7,13 +7,12 @@
 //! sent. Replies to requests are matched by id; a request whose gateway or device is gone
 //! fails at once (offline), one that gets no answer fails at its deadline.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use twinlake_edge::link::{Down, ErrorKind, Item, LinkIo, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up};
 use twinlake_twin::TwinKey;
@@ -21,41 +20,12 @@ use twinlake_twin::TwinKey;
 use self::apply::apply;
 pub use self::apply::may_speak;
 use crate::Error;
-use crate::server::AppState;
+use crate::links::Session;
+pub use crate::links::{ControlError, Gateways};
+use crate::state::AppState;
 use crate::store::{self, DeviceRecord, LINK_SEQ, LinkSeq, PROPERTIES};
 
 mod apply;
-
-/// Why a live request failed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ControlError {
-    /// The device (or its gateway) is not connected.
-    Offline(String),
-    /// No answer within the deadline.
-    Timeout(Duration),
-    /// The device or the edge refused.
-    Remote(RemoteError),
-}
-
-impl std::fmt::Display for ControlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Offline(m) => f.write_str(m),
-            Self::Timeout(d) => write!(f, "the device did not answer within {} ms", d.as_millis()),
-            Self::Remote(e) => f.write_str(&e.message),
-        }
-    }
-}
-
-/// One linked gateway.
-#[derive(Debug)]
-struct Session {
-    tx: mpsc::Sender<String>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
-    epoch: u64,
-    /// Requests in flight at most (`link.max_inflight`): more wait, within their timeout.
-    slots: Arc<tokio::sync::Semaphore>,
-}
 
 impl Session {
     /// Stops waiting for request `id`; returns its waiter if it was still waiting.
@@ -68,32 +38,6 @@ impl Session {
         match self.take(reply.id) {
             Some(w) => w.send(reply).is_ok(),
             None => false,
-        }
-    }
-}
-
-/// The linked gateways and where each device is.
-#[derive(Debug)]
-pub struct Gateways {
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
-    located: Mutex<HashMap<TwinKey, String>>,
-    next_id: AtomicU64,
-    next_epoch: AtomicU64,
-    /// Bumped when the registry changes, so every session resends its gateway's devices.
-    pub registry_version: watch::Sender<u64>,
-    /// What each gateway may write rows for (see [`crate::provenance`]).
-    pub allowed: crate::provenance::AllowedCache,
-}
-
-impl Default for Gateways {
-    fn default() -> Self {
-        Self {
-            sessions: Mutex::default(),
-            located: Mutex::default(),
-            next_id: AtomicU64::new(1),
-            next_epoch: AtomicU64::new(1),
-            registry_version: watch::channel(0).0,
-            allowed: Default::default(),
         }
     }
 }

@@ -20,14 +20,16 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod gateway;
+pub mod hub;
 pub mod input;
+pub mod links;
 pub mod metrics;
 pub mod provenance;
 pub mod server;
 pub mod sql;
+pub mod state;
 pub mod store;
-pub mod streams;
-pub mod tenancy;
+pub mod tokens;
 pub mod webhook;
 
 pub use config::CloudConfig;

@@ -8,19 +8,9 @@ use twinlake_query::provenance::RowOrigin;
 
 use twinlake_query::catalog::FileMeta;
 
-use crate::server::AppState;
+pub use crate::links::{Allowed, AllowedCache};
+use crate::state::AppState;
 use crate::store::{DEVICES, DeviceRecord, GATEWAYS, GatewayRecord};
-
-/// What gateway `g` may write rows for: the `(user, device)` pairs registered to it, and any
-/// device of the users an admin bound it to. A row whose user is not known (`owner` null:
-/// a file or WAL from before the column) may be of any device registered to `g`, or of any
-/// device at all when `g` is bound to users.
-#[derive(Debug)]
-pub struct Allowed {
-    registered: HashSet<(String, String)>,
-    devices: HashSet<String>,
-    users: HashSet<String>,
-}
 
 impl Allowed {
     pub fn allows(&self, owner: Option<&str>, device: &str) -> bool {
@@ -30,11 +20,6 @@ impl Allowed {
         }
     }
 }
-
-/// Each gateway's [`Allowed`], as of a registry version: rebuilt only when the registry
-/// changed, so the link's fresh rows are checked without reading the registry each batch.
-#[derive(Debug, Default)]
-pub struct AllowedCache(std::sync::Mutex<std::collections::HashMap<String, (u64, std::sync::Arc<Allowed>)>>);
 
 /// What gateway `g` may write rows for, from the cache when the registry has not changed.
 pub fn allowed_now(state: &AppState, g: &str) -> std::sync::Arc<Allowed> {

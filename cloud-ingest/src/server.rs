@@ -19,31 +19,8 @@ use crate::config::CloudConfig;
 use crate::control::{ReadReports, StreamHub};
 use crate::gateway::Gateways;
 use crate::metrics::CloudMetrics;
+pub use crate::state::AppState;
 use crate::store::{Db, GATEWAYS, GatewayRecord, TOKENS, TokenRecord};
-
-/// Everything the handlers and tasks share.
-#[derive(Debug)]
-pub struct AppState {
-    pub cfg: CloudConfig,
-    pub db: Db,
-    pub twins: TwinStore,
-    pub gateways: Gateways,
-    pub tokens: Tokens,
-    pub hub: StreamHub,
-    pub read_reports: ReadReports,
-    pub webhook_wake: Notify,
-    pub metrics: CloudMetrics,
-    pub http: reqwest::Client,
-    /// The in-process pipeline's gateway id (devices registered without a gateway).
-    pub local_gateway: String,
-    pub edge_metrics: Option<Arc<twinlake_edge::metrics::Metrics>>,
-    /// Turns true when the cloud stops; long-lived tasks (sockets, streams) end on it.
-    pub stop: watch::Sender<bool>,
-    /// SQL over the lake, twins and registry.
-    pub sql: twinlake_query::Engine,
-    /// Wakes the cataloguer when file commits arrive.
-    pub catalog_wake: Notify,
-}
 
 /// A started cloud: database open, sockets bound. [`Cloud::run`] serves.
 pub struct Cloud {

@@ -22,7 +22,7 @@ use crate::auth::{Principal, Scope, Tokens};
 use crate::config::CloudConfig;
 use crate::error::ApiError;
 use crate::input::{self, SqlParams};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{DEVICES, Db, DeviceRecord, FILES};
 
 /// The registry as the `devices` table sees it; devices without a gateway are at the

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use crate::Error;
-use crate::auth::Scope;
 
 pub const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 pub const PROPERTIES: TableDefinition<&str, &[u8]> = TableDefinition::new("properties");
@@ -80,16 +79,7 @@ fn post() -> String {
     "POST".into()
 }
 
-/// An API token (the token itself is only ever hashed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub name: String,
-    pub scopes: Vec<Scope>,
-    pub created: u64,
-    /// The one user whose devices the token sees; none: a platform token (every user).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-}
+pub use crate::tokens::TokenRecord;
 
 /// A user account: the `{u}` of `/v1/users/{u}/…`, made by a platform admin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

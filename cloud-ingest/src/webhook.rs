@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 use tracing::{debug, warn};
 
 use crate::Error;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{self, ENDPOINTS, EndpointDef, WEBHOOKS, WebhookJob};
 
 /// Delivers queued calls until the process ends.

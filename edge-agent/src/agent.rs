@@ -13,13 +13,15 @@ use twinlake_sdk::pson::Value;
 
 use crate::Error;
 use crate::config::{EdgeConfig, LinkSection, StreamsSection};
-use crate::ingest::{EndpointQueue, Ingest};
+use crate::endpoints::EndpointQueue;
+use crate::ingest::Ingest;
 use crate::link::client::{ApiCache, feed};
 use crate::link::{Connector, LinkClient, Uplink, WsConnector};
 use crate::listener::{DeviceEvent, DeviceKey, DeviceListener, Devices, ListenerConfig, tls_acceptor};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, writer_properties};
-use crate::registry::{CredentialHash, DeviceRegistry, RateLimiter};
+use crate::rate_limit::RateLimiter;
+use crate::registry::{CredentialHash, DeviceRegistry};
 use crate::sources::Southbound;
 use crate::sources::lorawan::LoraSource;
 use crate::sources::mqtt::broker::Embedded;

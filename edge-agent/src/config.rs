@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::Error;
+pub use crate::rate_limit::AuthSection;
 pub use crate::sources::lorawan::config::{CodecKind, LoraDevice, LoraProfile, LorawanSection};
 pub use crate::sources::mqtt::config::{EmbeddedBroker, MqttSection, MqttSubscription};
+pub use crate::values::{Hidden, addr_or_off};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -178,33 +180,6 @@ impl Default for ListenerSection {
             write_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             max_connections_per_ip: 10_000,
-        }
-    }
-}
-
-/// `[auth]`: refusals are rate-limited per client address.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthSection {
-    /// Failed attempts an address may make within `failure_window` (many devices may share
-    /// one address behind NAT)...
-    pub max_failures: u32,
-    /// ...and attempts at one device id, from any address...
-    pub max_failures_per_device: u32,
-    #[serde(with = "humantime_serde")]
-    pub failure_window: Duration,
-    /// ...before the address or the device is refused without a check for this long.
-    #[serde(with = "humantime_serde")]
-    pub lockout: Duration,
-}
-
-impl Default for AuthSection {
-    fn default() -> Self {
-        Self {
-            max_failures: 20,
-            max_failures_per_device: 5,
-            failure_window: Duration::from_secs(60),
-            lockout: Duration::from_secs(60),
         }
     }
 }
@@ -475,33 +450,5 @@ pub(crate) mod humantime_map {
                     .map_err(serde::de::Error::custom)
             })
             .collect()
-    }
-}
-
-/// An address, or `"off"`.
-pub(crate) mod addr_or_off {
-    use std::net::SocketAddr;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-        let raw = String::deserialize(d)?;
-        if raw == "off" {
-            return Ok(None);
-        }
-        raw.parse().map(Some).map_err(|e| {
-            serde::de::Error::custom(format!("{raw:?}: {e} (an address such as 0.0.0.0:25200, or \"off\")"))
-        })
-    }
-}
-
-/// A secret in a configuration (a password): read as text, never shown by `Debug`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Hidden(pub String);
-
-impl std::fmt::Debug for Hidden {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
     }
 }

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tokio::sync::Notify;
 
-use crate::listener::DeviceKey;
+use crate::event::DeviceKey;
 use crate::metrics::Metrics;
 use crate::outbox::FileEntry;
 

@@ -7,7 +7,6 @@
 //! reading more, so a slow consumer slows devices down (TCP back-pressure) and nothing is
 //! dropped.
 
-mod event;
 mod handle;
 pub mod session;
 mod tls;
@@ -30,12 +29,11 @@ pub use handle::{DeviceHandle, Devices};
 use session::{Credentials, Session, SessionEvent};
 pub use tls::{ServerTls, client_roots, tls_acceptor};
 
-use self::event::{AckTarget, Command, Reply};
-pub use self::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::Error;
-use crate::config::AuthSection;
+use crate::event::{AckTarget, Command, Reply};
+pub use crate::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::metrics::Metrics;
-use crate::registry::RateLimiter;
+use crate::rate_limit::{AuthSection, RateLimiter};
 
 /// Decides whether a device may connect.
 pub trait Authenticator: Send + Sync + 'static {

@@ -6,21 +6,19 @@
 //! a reconnect storm after a network blip costs one hash each, not one PBKDF2.
 //!
 //! Failed attempts are counted per client address; past `max_failures` within the window,
-//! the address is refused without a check until its lockout ends ([`RateLimiter`]).
+//! the address is refused without a check until its lockout ends ([`crate::rate_limit::RateLimiter`]).
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use ring::{digest, pbkdf2};
 
-use crate::config::AuthSection;
+use crate::event::DeviceKey;
+use crate::listener::Authenticator;
 use crate::listener::session::Credentials;
-use crate::listener::{Authenticator, DeviceKey};
 
 /// PBKDF2 iterations for credentials a person chose (OWASP's current advice for
 /// PBKDF2-HMAC-SHA256). Credentials the platform makes (128 random bits or more) take a
@@ -359,135 +357,10 @@ impl Authenticator for DeviceRegistry {
 
 /// What an unknown device's credential is checked against (random salt and credential).
 static UNKNOWN_DEVICE: std::sync::LazyLock<CredentialHash> =
-    std::sync::LazyLock::new(|| CredentialHash::new(&crate::sources::random_hex(16), 20_000));
+    std::sync::LazyLock::new(|| CredentialHash::new(&crate::hex::random_hex(16), 20_000));
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Failed authentications per key, with lockouts; bounded.
-#[derive(Debug)]
-struct Strikes<K> {
-    max_failures: u32,
-    window: Duration,
-    lockout: Duration,
-    state: Mutex<HashMap<K, Strike>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Strike {
-    since: Instant,
-    count: u32,
-    locked_until: Option<Instant>,
-}
-
-/// Entries kept before old ones are pruned: bounds memory under a spray of addresses or
-/// device ids.
-const MAX_TRACKED: usize = 65_536;
-
-impl<K: std::hash::Hash + Eq> Strikes<K> {
-    fn new(max_failures: u32, window: Duration, lockout: Duration) -> Self {
-        Self {
-            max_failures: max_failures.max(1),
-            window,
-            lockout,
-            state: Mutex::default(),
-        }
-    }
-
-    fn is_locked(&self, key: &K) -> bool {
-        let now = Instant::now();
-        self.state
-            .lock()
-            .ok()
-            .and_then(|s| s.get(key).and_then(|e| e.locked_until))
-            .is_some_and(|until| until > now)
-    }
-
-    fn failure(&self, key: K) -> bool {
-        let now = Instant::now();
-        let Ok(mut state) = self.state.lock() else {
-            return false;
-        };
-        if state.len() >= MAX_TRACKED {
-            let window = self.window;
-            state.retain(|_, e| now.duration_since(e.since) < window || e.locked_until.is_some_and(|u| u > now));
-        }
-        let e = state.entry(key).or_insert(Strike {
-            since: now,
-            count: 0,
-            locked_until: None,
-        });
-        if now.duration_since(e.since) >= self.window && e.locked_until.is_none_or(|u| u <= now) {
-            *e = Strike {
-                since: now,
-                count: 0,
-                locked_until: None,
-            };
-        }
-        e.count += 1;
-        if e.count >= self.max_failures {
-            e.locked_until = Some(now + self.lockout);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn forget(&self, key: &K) {
-        if let Ok(mut s) = self.state.lock()
-            && s.get(key).is_some_and(|e| e.locked_until.is_none())
-        {
-            s.remove(key);
-        }
-    }
-}
-
-/// Counts failed logins per client address and per device id, and locks out either past
-/// its limit. A success forgets the device's failures only: an attacker with one valid
-/// device cannot wipe its address's record by logging that device in between guesses.
-#[derive(Debug)]
-pub struct RateLimiter {
-    addrs: Strikes<IpAddr>,
-    devices: Strikes<DeviceKey>,
-}
-
-impl RateLimiter {
-    /// `max_failures` per address and `per_device` per device id within `window` lock
-    /// either out for `lockout`.
-    pub fn new(max_failures: u32, per_device: u32, window: Duration, lockout: Duration) -> Self {
-        Self {
-            addrs: Strikes::new(max_failures, window, lockout),
-            devices: Strikes::new(per_device, window, lockout),
-        }
-    }
-
-    /// The limiter an `[auth]` section describes.
-    pub fn from_config(auth: &AuthSection) -> Self {
-        Self::new(
-            auth.max_failures,
-            auth.max_failures_per_device,
-            auth.failure_window,
-            auth.lockout,
-        )
-    }
-
-    /// Whether logins from `ip`, or of `device`, are locked out now.
-    pub fn is_locked(&self, ip: IpAddr, device: &DeviceKey) -> bool {
-        self.addrs.is_locked(&ip) || self.devices.is_locked(device)
-    }
-
-    /// Records a failure; true when it locks the address or the device out.
-    pub fn failure(&self, ip: IpAddr, device: &DeviceKey) -> bool {
-        let a = self.addrs.failure(ip);
-        let d = self.devices.failure(device.clone());
-        a || d
-    }
-
-    /// Forgets the device's failures after it authenticated.
-    pub fn success(&self, device: &DeviceKey) {
-        self.devices.forget(device);
-    }
 }
 
 #[cfg(test)]
@@ -537,34 +410,6 @@ mod tests {
         assert!(!r.authenticate(&creds("alice", "sensor1", "wrong")));
         assert!(!r.authenticate(&creds("bob", "sensor1", "s3cr3t!")));
         assert!(!r.authenticate(&creds("alice", "sensor2", "s3cr3t!")));
-    }
-
-    #[test]
-    fn limiter_locks_out_addresses_and_devices() {
-        let l = RateLimiter::new(3, 2, Duration::from_secs(60), Duration::from_secs(60));
-        let ip: IpAddr = [10, 0, 0, 1].into();
-        let other: IpAddr = [10, 0, 0, 2].into();
-        let (a, b, c) = (
-            DeviceKey::new("u", "a"),
-            DeviceKey::new("u", "b"),
-            DeviceKey::new("u", "c"),
-        );
-        assert!(!l.failure(ip, &a));
-        assert!(!l.is_locked(ip, &a));
-        // The device's second failure locks the device, from any address.
-        assert!(l.failure(other, &a));
-        assert!(l.is_locked([10, 9, 9, 9].into(), &a));
-        assert!(!l.is_locked(other, &b));
-        // The address's third failure locks the address, for any device; a success of
-        // another device from it does not wipe that.
-        assert!(!l.failure(ip, &b));
-        l.success(&c);
-        assert!(l.failure(ip, &c));
-        assert!(l.is_locked(ip, &DeviceKey::new("u", "d")));
-        let short = RateLimiter::new(1, 1, Duration::from_millis(1), Duration::from_millis(1));
-        assert!(short.failure(ip, &a));
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(!short.is_locked(ip, &a));
     }
 
     #[test]

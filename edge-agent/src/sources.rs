@@ -4,7 +4,7 @@
 //! decoders sit beside them; what they share (payload [`codec`]s, hex, RFC 3339 times, the
 //! presence and southbound contract) is here.
 //!
-//! Both turn what arrives into [`DeviceEventKind::Message`](crate::listener::DeviceEventKind)
+//! Both turn what arrives into [`DeviceEventKind::Message`](crate::event::DeviceEventKind)
 //! events on the listener's own queue, so their rows take the same path (WAL, Arrow buffer,
 //! Parquet, upload, fresh rows, twins) with the same metrics. Resource writes for their
 //! devices come back through [`Southbound`].
@@ -28,19 +28,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
-use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey};
-
-/// Fills `b` from the system's secure random source.
-pub fn random(b: &mut [u8]) {
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), b);
-}
-
-/// `bytes` secure random bytes as hex.
-pub fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    random(&mut b);
-    hex(&b)
-}
+use crate::event::{DeviceEvent, DeviceEventKind, DeviceKey};
+pub use crate::hex::{hex, random, random_hex, unhex};
 
 /// Tells ingest (and through it the twins) that a source's device is online, the first
 /// time the source hears from it; false if ingest has stopped.
@@ -147,24 +136,6 @@ impl Southbound {
     pub fn get(&self, key: &DeviceKey) -> Option<Arc<dyn Control>> {
         self.routes.read().ok()?.get(key).cloned()
     }
-}
-
-/// Lowercase hex of `b`.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Bytes from hex digits (`:`, `-` and spaces ignored), big-endian as written; `None` if
-/// a digit is not hex or one is left over.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    let digits: Vec<u8> = s.bytes().filter(|c| !b":- ".contains(c)).collect();
-    if !digits.len().is_multiple_of(2) || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
-        .collect()
 }
 
 /// Exactly `N` bytes from hex digits, as [`unhex`] reads them.

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
-use crate::model::FieldType;
-
 /// The fixed columns every table starts with, in file order. A payload key of one of these
 /// names gets a `_` prefix ([`crate::model`]).
 ///
@@ -17,6 +15,17 @@ use crate::model::FieldType;
 pub const FIXED_COLUMNS: [&str; 4] = ["time", "device", "gateway", OWNER];
 /// The column of the user a row belongs to.
 pub const OWNER: &str = "owner";
+
+/// The type of a field column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    Bool,
+    Int,
+    Float,
+    Str,
+    Bytes,
+}
 
 /// The Arrow type of `device` and `gateway`.
 pub fn dictionary_type() -> DataType {

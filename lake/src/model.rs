@@ -15,17 +15,7 @@ use std::borrow::Cow;
 use twinlake_sdk::pson::{ObjectRef, ValueRef};
 
 use crate::columns::FIXED_COLUMNS;
-
-/// The type of a field column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FieldType {
-    Bool,
-    Int,
-    Float,
-    Str,
-    Bytes,
-}
+pub use crate::columns::FieldType;
 
 /// One field value of a row.
 #[derive(Debug, Clone, PartialEq)]

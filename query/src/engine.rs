@@ -23,13 +23,12 @@ use twinlake_twin::TwinStore;
 
 use crate::QueryError;
 use crate::lake::{Lake, LakeTable};
-use crate::session::{CappedPool, Guarded, LakeOnly, LimitError, SqlLimits, read_only};
+use crate::session::{CappedPool, Guarded, LakeOnly, LimitError, SqlLimits};
 use crate::system::{DeviceDirectory, DevicesTable, StateTable, TwinsTable};
 use crate::tenant::{Ownership, Tenant, TenantTable};
 
 /// The catalog and schema every table is in.
-pub const CATALOG: &str = "twinlake";
-pub const SCHEMA: &str = "public";
+pub use crate::session::{CATALOG, SCHEMA, check_read_only};
 
 /// `public`: the lake's tables (found on each lookup, so new ones appear at once), plus
 /// `twins` and `devices`.
@@ -340,11 +339,4 @@ impl Ownership for Owners {
         out.dedup();
         out
     }
-}
-
-/// Refuses any plan that is not a read-only query.
-pub fn check_read_only(plan: &LogicalPlan) -> Result<(), QueryError> {
-    read_only()
-        .verify_plan(plan)
-        .map_err(|e| QueryError::Refused(format!("{e}: SQL is read-only here")))
 }

@@ -15,19 +15,7 @@ use std::time::Instant;
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::SchemaRef;
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::ScalarValue;
-use datafusion::datasource::TableType;
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::union::UnionExec;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use twinlake_lake::buffer::{Buffer, Schemas};
@@ -37,6 +25,9 @@ use twinlake_sdk::pson::ValueRef;
 
 use crate::QueryError;
 use crate::catalog::{self, Catalog, FileMeta};
+
+mod table;
+pub use table::{LakeTable, Pruning};
 
 /// One fresh row as an edge sent it.
 #[derive(Debug, Clone)]
@@ -186,14 +177,6 @@ pub struct Lake {
 pub struct Snapshot {
     pub files: Vec<Arc<FileMeta>>,
     pub fresh: Vec<RecordBatch>,
-}
-
-/// The part of a query's filters that prunes: a time range (µs, inclusive) and devices.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Pruning {
-    pub min_us: Option<i64>,
-    pub max_us: Option<i64>,
-    pub devices: Option<Vec<String>>,
 }
 
 impl Lake {
@@ -508,213 +491,4 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Q
         cols.push(col);
     }
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
-}
-
-/// A time literal as µs since the epoch.
-fn literal_us(v: &ScalarValue) -> Option<i64> {
-    Some(match v {
-        ScalarValue::TimestampSecond(Some(x), _) => x.checked_mul(1_000_000)?,
-        ScalarValue::TimestampMillisecond(Some(x), _) => x.checked_mul(1000)?,
-        ScalarValue::TimestampMicrosecond(Some(x), _) => *x,
-        ScalarValue::TimestampNanosecond(Some(x), _) => x.div_euclid(1000),
-        _ => return None,
-    })
-}
-
-fn literal_str(v: &ScalarValue) -> Option<String> {
-    match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            Some(s.clone())
-        }
-        ScalarValue::Dictionary(_, inner) => literal_str(inner),
-        _ => None,
-    }
-}
-
-fn column_name(e: &Expr) -> Option<&str> {
-    match e {
-        Expr::Column(c) => Some(c.name.as_str()),
-        Expr::Cast(c) => column_name(&c.expr),
-        Expr::TryCast(c) => column_name(&c.expr),
-        _ => None,
-    }
-}
-
-impl Pruning {
-    /// What `filters` (a conjunction) say about time and device.
-    pub fn from_filters(filters: &[Expr]) -> Self {
-        let mut p = Pruning::default();
-        for f in filters {
-            p.add(f);
-        }
-        p
-    }
-
-    fn lower(&mut self, us: i64) {
-        self.min_us = Some(self.min_us.map_or(us, |m| m.max(us)));
-    }
-
-    fn upper(&mut self, us: i64) {
-        self.max_us = Some(self.max_us.map_or(us, |m| m.min(us)));
-    }
-
-    fn add(&mut self, e: &Expr) {
-        match e {
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                if *op == Operator::And {
-                    self.add(left);
-                    self.add(right);
-                    return;
-                }
-                let (col, lit, op) = match (column_name(left), right.as_ref(), column_name(right), left.as_ref()) {
-                    (Some(c), Expr::Literal(v, _), _, _) => (c, v, *op),
-                    (_, _, Some(c), Expr::Literal(v, _)) => match op.swap() {
-                        Some(o) => (c, v, o),
-                        None => return,
-                    },
-                    _ => return,
-                };
-                match col {
-                    "time" => {
-                        let Some(us) = literal_us(lit) else { return };
-                        match op {
-                            Operator::Gt | Operator::GtEq => self.lower(us),
-                            Operator::Lt | Operator::LtEq => self.upper(us),
-                            Operator::Eq => {
-                                self.lower(us);
-                                self.upper(us);
-                            }
-                            _ => {}
-                        }
-                    }
-                    "device" if op == Operator::Eq => {
-                        if let Some(s) = literal_str(lit) {
-                            self.devices = Some(vec![s]);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Expr::Between(b) if !b.negated && column_name(&b.expr) == Some("time") => {
-                if let (Expr::Literal(lo, _), Expr::Literal(hi, _)) = (b.low.as_ref(), b.high.as_ref())
-                    && let (Some(lo), Some(hi)) = (literal_us(lo), literal_us(hi))
-                {
-                    self.lower(lo);
-                    self.upper(hi);
-                }
-            }
-            Expr::InList(l) if !l.negated && column_name(&l.expr) == Some("device") => {
-                let mut ds = Vec::new();
-                for e in &l.list {
-                    match e {
-                        Expr::Literal(v, _) => match literal_str(v) {
-                            Some(s) => ds.push(s),
-                            None => return,
-                        },
-                        _ => return,
-                    }
-                }
-                self.devices = Some(ds);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// One lake table for DataFusion.
-#[derive(Debug)]
-pub struct LakeTable {
-    lake: Arc<Lake>,
-    name: String,
-    schema: SchemaRef,
-}
-
-impl LakeTable {
-    /// The table `name` as it is now (its schema is fixed for this planning).
-    pub fn new(lake: Arc<Lake>, name: &str) -> Option<Self> {
-        let schema = lake.schema(name)?;
-        Some(Self {
-            lake,
-            name: name.to_owned(),
-            schema,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl TableProvider for LakeTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let pruning = Pruning::from_filters(filters);
-        let snap = self.lake.snapshot(&self.name, &pruning);
-        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !snap.files.is_empty() {
-            let n = state.config().target_partitions().max(1);
-            let mut groups: Vec<Vec<PartitionedFile>> = (0..n.min(snap.files.len())).map(|_| Vec::new()).collect();
-            // Largest first, each to the lightest group.
-            let mut files = snap.files;
-            files.sort_by_key(|f| std::cmp::Reverse(f.bytes));
-            let mut weights = vec![0u64; groups.len()];
-            for f in files {
-                let (i, _) = weights.iter().enumerate().min_by_key(|(_, w)| **w).unwrap_or((0, &0));
-                if let (Some(g), Some(w)) = (groups.get_mut(i), weights.get_mut(i)) {
-                    g.push(PartitionedFile::new(
-                        catalog::full_path(&self.lake.prefix, &f.path).to_string(),
-                        f.bytes,
-                    ));
-                    *w += f.bytes;
-                }
-            }
-            let source = ParquetSource::new(self.schema.clone())
-                .with_table_parquet_options(state.table_options().parquet.clone());
-            let config = FileScanConfigBuilder::new(self.lake.url.clone(), Arc::new(source))
-                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
-            let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-            inputs.push(format.create_physical_plan(state, config).await?);
-        }
-        if !snap.fresh.is_empty() {
-            let batches = snap
-                .fresh
-                .iter()
-                .map(|b| conform(b, &self.schema))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-            inputs.push(MemorySourceConfig::try_new_exec(
-                &[batches],
-                self.schema.clone(),
-                projection.cloned(),
-            )?);
-        }
-        if inputs.is_empty() {
-            let schema = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => self.schema.clone(),
-            };
-            return Ok(Arc::new(EmptyExec::new(schema)));
-        }
-        UnionExec::try_new(inputs)
-    }
 }

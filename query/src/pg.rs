@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::engine::CATALOG;
+use crate::session::CATALOG;
 use crate::{Engine, QueryError};
 
 mod guard;

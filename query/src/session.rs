@@ -91,6 +91,17 @@ pub fn limit_error(e: &DataFusionError) -> Option<&LimitError> {
     }
 }
 
+/// The catalog and schema the lake's tables are in.
+pub const CATALOG: &str = "twinlake";
+pub const SCHEMA: &str = "public";
+
+/// Refuses any plan that is not a read-only query.
+pub fn check_read_only(plan: &datafusion::logical_expr::LogicalPlan) -> Result<(), crate::QueryError> {
+    read_only()
+        .verify_plan(plan)
+        .map_err(|e| crate::QueryError::Refused(format!("{e}: SQL is read-only here")))
+}
+
 /// Read only: queries, and nothing that defines, changes or writes anything.
 pub fn read_only() -> SQLOptions {
     SQLOptions::new()

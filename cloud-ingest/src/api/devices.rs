@@ -13,7 +13,7 @@ use twinlake_twin::TwinKey;
 use super::{ApiResult, Paths, St, blocking, body_as, check_id, json_response, now, ok};
 use crate::auth::{Principal, Scope, new_token};
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{DEVICES, DeviceRecord, PROPERTIES};
 
 /// The routes of this resource.
@@ -115,7 +115,7 @@ fn hash_credential(s: &AppState, credential: &str, generated: bool) -> String {
 pub fn register_device(s: &AppState, user: &str, req: NewDevice) -> Result<(DeviceRecord, String), ApiError> {
     check_id("user", user)?;
     check_id("device", &req.device)?;
-    crate::tenancy::ensure_user(s, user)?;
+    crate::api::users::ensure_user(s, user)?;
     let credential = req.credential.or(req.credentials);
     let generated = credential.is_none();
     let credential = credential.unwrap_or_else(|| new_token("").chars().take(24).collect());

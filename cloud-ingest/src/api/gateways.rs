@@ -95,8 +95,8 @@ async fn gateway_link(State(s): St, req: axum::extract::Request) -> ApiResult {
         .find(|(_, g)| g.token_sha256 == sha)
         .map(|(id, _)| id)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "the gateway token is not valid"))?;
-    let ws = crate::streams::ws_upgrade(&mut parts, &s).await?;
+    let ws = crate::api::streams::ws_upgrade(&mut parts, &s).await?;
     Ok(ws
         .max_message_size(64 << 20)
-        .on_upgrade(move |socket| crate::streams::pump_link(s, gateway, socket)))
+        .on_upgrade(move |socket| crate::api::streams::pump_link(s, gateway, socket)))
 }

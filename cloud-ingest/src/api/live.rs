@@ -16,7 +16,7 @@ use super::{ApiResult, Paths, St, body_json};
 use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::gateway::ControlError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{DEVICES, DeviceRecord};
 
 /// The routes of this resource.

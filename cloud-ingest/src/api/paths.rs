@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::MethodRouter;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Routes and their paths, in the order they were added.
 #[derive(Debug, Default)]

@@ -42,7 +42,7 @@ async fn create_token(p: Principal, State(s): St, body: Bytes) -> ApiResult {
         return Err(ApiError::bad_request("give the token at least one scope"));
     }
     if let Some(u) = &req.user
-        && !crate::tenancy::user_exists(&s, u)?
+        && !crate::api::users::user_exists(&s, u)?
     {
         return Err(ApiError::not_found(format!(
             "no user {u:?}: create it with POST /v1/users"

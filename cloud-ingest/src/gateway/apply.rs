@@ -9,7 +9,7 @@ use twinlake_edge::registry::CredentialHash;
 use twinlake_twin::{TwinError, TwinKey, unwrap_io};
 
 use crate::Error;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{
     self, DEVICES, DeviceRecord, FILES, GATEWAYS, GatewayRecord, LINK_SEQ, LinkSeq, PROPERTIES, WebhookJob,
 };

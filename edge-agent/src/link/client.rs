@@ -17,8 +17,9 @@ use twinlake_sdk::pson::Value;
 use super::{Down, ErrorKind, Item, MAX_BATCH_ITEMS, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up, Uplink};
 use crate::Error;
 use crate::config::{LinkSection, StreamsSection};
-use crate::ingest::EndpointQueue;
-use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey, Devices};
+use crate::endpoints::EndpointQueue;
+use crate::event::{DeviceEvent, DeviceEventKind, DeviceKey};
+use crate::listener::Devices;
 use crate::metrics::Metrics;
 use crate::registry::{CredentialHash, DeviceRegistry};
 
@@ -162,7 +163,7 @@ impl LinkClient {
 
     /// Keeps the link up until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let session = crate::sources::random_hex(8);
+        let session = crate::hex::random_hex(8);
         let mut next_seq: u64 = 1;
         let mut unacked = Unacked {
             frames: VecDeque::new(),

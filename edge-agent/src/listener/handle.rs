@@ -7,9 +7,9 @@ use tokio::sync::{mpsc, oneshot};
 use twinlake_sdk::frame::Signal;
 use twinlake_sdk::pson::Value;
 
-use super::event::{Command, DeviceKey, Reply};
 use super::{Shared, resource_request};
 use crate::Error;
+use crate::event::{Command, DeviceKey, Reply};
 
 /// The set of connected devices.
 #[derive(Clone)]

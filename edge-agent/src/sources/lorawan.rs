@@ -31,9 +31,9 @@ use self::gwmp::{DataRate, GatewayEui, RxPk, TxPk, Up};
 use self::network::{DeviceConf, Eui, NetworkServer, Outcome, Session};
 use super::{Presence, connected, disconnected, hex, hex_array, parse_rfc3339};
 use crate::Error;
-use crate::config::LorawanSection;
-use crate::listener::{DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
+use crate::event::{DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::metrics::Metrics;
+use crate::sources::lorawan::config::LorawanSection;
 
 /// Class A join-accept delay 1 (LoRaWAN 1.0.x: 5 s).
 const JOIN_ACCEPT_DELAY1_US: u32 = 5_000_000;

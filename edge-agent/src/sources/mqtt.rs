@@ -46,10 +46,10 @@ use self::sparkplug::Topic as SparkplugTopic;
 use self::topic::TopicTemplate;
 use super::{Control, Presence, Southbound, connected, disconnected, fnv1a};
 use crate::Error;
-use crate::config::MqttSection;
 use crate::error::read_file;
-use crate::listener::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey};
+use crate::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey};
 use crate::metrics::Metrics;
+use crate::sources::mqtt::config::MqttSection;
 
 /// How far along a shutdown the source is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

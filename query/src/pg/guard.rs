@@ -156,7 +156,7 @@ impl Guard {
             )))
             .await
             .map_err(df_error)?;
-        crate::engine::check_read_only(&plan).map_err(|e| error("25006", e.to_string()))?;
+        crate::session::check_read_only(&plan).map_err(|e| error("25006", e.to_string()))?;
         Ok(plan)
     }
 

@@ -13,7 +13,7 @@ use crate::Error;
 #[serde(deny_unknown_fields, default)]
 pub struct LorawanSection {
     /// The UDP address gateways send to (the protocol's port is 1700); `"off"` by default.
-    #[serde(with = "crate::config::addr_or_off")]
+    #[serde(with = "crate::values::addr_or_off")]
     pub udp: Option<SocketAddr>,
     /// The account LoRaWAN devices belong to.
     pub user: String,

@@ -21,8 +21,8 @@ use lorawan::parser::{
 use serde::{Deserialize, Deserializer, Serialize};
 use twinlake_sdk::pson::Value;
 
-use crate::config::{LoraDevice, LoraProfile};
 use crate::sources::codec::Codec;
+use crate::sources::lorawan::config::{LoraDevice, LoraProfile};
 use crate::sources::{fnv1a, hex, hex_array};
 
 /// A 128-bit key. Its `Debug` hides it; it is read from hex.

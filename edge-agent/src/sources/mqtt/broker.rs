@@ -22,7 +22,7 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tracing::{error, info};
 
 use crate::Error;
-use crate::config::EmbeddedBroker;
+use crate::sources::mqtt::config::EmbeddedBroker;
 
 /// A running embedded broker: where devices and the agent's own source connect.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::Error;
-use crate::config::Hidden;
+use crate::values::Hidden;
 
 /// `[mqtt]`: subscribe to a broker (the gateway's Mosquitto, or any broker).
 #[derive(Debug, Clone, Deserialize)]
@@ -58,7 +58,7 @@ pub struct EmbeddedBroker {
     /// Where devices connect with MQTT 3.1.1 (the protocol's port is 1883).
     pub listen: SocketAddr,
     /// Where devices connect with MQTT 5; `"off"` by default.
-    #[serde(with = "crate::config::addr_or_off")]
+    #[serde(with = "crate::values::addr_or_off")]
     pub listen_v5: Option<SocketAddr>,
     /// Device accounts (username = password). Required unless `allow_anonymous`.
     pub users: BTreeMap<String, Hidden>,

@@ -10,7 +10,7 @@ use twinlake_sdk::pson::Value;
 
 use super::sparkplug::{Aliases, Topic as SparkplugTopic};
 use super::topic::Captures;
-use crate::listener::SourceRow;
+use crate::event::SourceRow;
 use crate::sources::codec::Codec;
 use crate::sources::parse_rfc3339;
 

@@ -119,10 +119,10 @@ pub struct Delivery {
 /// Confirms one request, later: a device gets REQUEST_OK or REQUEST_ERROR; a broker gets
 /// its PUBACK (see [`Acker::from_fn`]).
 #[derive(Clone)]
-pub struct Acker(pub(super) AckTarget);
+pub struct Acker(pub(crate) AckTarget);
 
 #[derive(Clone)]
-pub(super) enum AckTarget {
+pub(crate) enum AckTarget {
     Device { tx: mpsc::Sender<Command>, stream_id: u32 },
     Fn(Arc<dyn Fn(bool) + Send + Sync>),
 }
@@ -172,7 +172,7 @@ impl PartialEq for Acker {
 
 /// Commands from handles to a connection task.
 #[derive(Debug)]
-pub(super) enum Command {
+pub(crate) enum Command {
     Request {
         // Boxed: the queue's slots are allocated up front, so they are kept small.
         message: Box<Message>,
@@ -187,7 +187,7 @@ pub(super) enum Command {
 
 /// The outcome of a request as the connection task sees it.
 #[derive(Debug)]
-pub(super) enum Reply {
+pub(crate) enum Reply {
     Ok(Option<Value>),
     DeviceError,
     Timeout,

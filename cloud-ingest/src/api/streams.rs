@@ -35,7 +35,7 @@ use crate::auth::{Principal, Scope, url_query};
 use crate::control::{StreamGuard, StreamHub, stream_message};
 use crate::error::ApiError;
 use crate::input::{self, CommandError, StreamCommand};
-use crate::server::AppState;
+use crate::state::AppState;
 
 type St = State<Arc<AppState>>;
 

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{USERS, UserRecord};
 
 /// The `{u}` of a user path (`/v1/users/{u}/…`, `/v2/…`, `/v3/…`), percent-decoded.

@@ -1,0 +1,85 @@
+//! The linked gateways' shared state: their sessions, where each device is, what each may
+//! write rows for, and why a live request failed. The behaviour is in [`crate::gateway`]
+//! and [`crate::provenance`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use twinlake_edge::link::{RemoteError, Reply};
+use twinlake_twin::TwinKey;
+
+/// Why a live request failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlError {
+    /// The device (or its gateway) is not connected.
+    Offline(String),
+    /// No answer within the deadline.
+    Timeout(Duration),
+    /// The device or the edge refused.
+    Remote(RemoteError),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Offline(m) => f.write_str(m),
+            Self::Timeout(d) => write!(f, "the device did not answer within {} ms", d.as_millis()),
+            Self::Remote(e) => f.write_str(&e.message),
+        }
+    }
+}
+
+/// One linked gateway.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) tx: mpsc::Sender<String>,
+    pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pub(crate) epoch: u64,
+    /// Requests in flight at most (`link.max_inflight`): more wait, within their timeout.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// The linked gateways and where each device is.
+#[derive(Debug)]
+pub struct Gateways {
+    pub(crate) sessions: Mutex<HashMap<String, Arc<Session>>>,
+    pub(crate) located: Mutex<HashMap<TwinKey, String>>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) next_epoch: AtomicU64,
+    /// Bumped when the registry changes, so every session resends its gateway's devices.
+    pub registry_version: watch::Sender<u64>,
+    /// What each gateway may write rows for (see [`crate::provenance`]).
+    pub allowed: AllowedCache,
+}
+
+impl Default for Gateways {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            located: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            next_epoch: AtomicU64::new(1),
+            registry_version: watch::channel(0).0,
+            allowed: Default::default(),
+        }
+    }
+}
+
+/// What gateway `g` may write rows for: the `(user, device)` pairs registered to it, and any
+/// device of the users an admin bound it to. A row whose user is not known (`owner` null:
+/// a file or WAL from before the column) may be of any device registered to `g`, or of any
+/// device at all when `g` is bound to users.
+#[derive(Debug)]
+pub struct Allowed {
+    pub(crate) registered: HashSet<(String, String)>,
+    pub(crate) devices: HashSet<String>,
+    pub(crate) users: HashSet<String>,
+}
+
+/// Each gateway's [`Allowed`], as of a registry version: rebuilt only when the registry
+/// changed, so the link's fresh rows are checked without reading the registry each batch.
+#[derive(Debug, Default)]
+pub struct AllowedCache(pub(crate) std::sync::Mutex<std::collections::HashMap<String, (u64, std::sync::Arc<Allowed>)>>);

@@ -1,0 +1,38 @@
+//! What the handlers and tasks share, apart from the wiring that builds it
+//! ([`crate::server`]): a handler takes `State<Arc<AppState>>` without importing the server.
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
+use twinlake_twin::TwinStore;
+
+use crate::config::CloudConfig;
+use crate::hub::{ReadReports, StreamHub};
+use crate::links::Gateways;
+use crate::metrics::CloudMetrics;
+use crate::store::Db;
+use crate::tokens::Tokens;
+
+/// Everything the handlers and tasks share.
+#[derive(Debug)]
+pub struct AppState {
+    pub cfg: CloudConfig,
+    pub db: Db,
+    pub twins: TwinStore,
+    pub gateways: Gateways,
+    pub tokens: Tokens,
+    pub hub: StreamHub,
+    pub read_reports: ReadReports,
+    pub webhook_wake: Notify,
+    pub metrics: CloudMetrics,
+    pub http: reqwest::Client,
+    /// The in-process pipeline's gateway id (devices registered without a gateway).
+    pub local_gateway: String,
+    pub edge_metrics: Option<Arc<twinlake_edge::metrics::Metrics>>,
+    /// Turns true when the cloud stops; long-lived tasks (sockets, streams) end on it.
+    pub stop: watch::Sender<bool>,
+    /// SQL over the lake, twins and registry.
+    pub sql: twinlake_query::Engine,
+    /// Wakes the cataloguer when file commits arrive.
+    pub catalog_wake: Notify,
+}

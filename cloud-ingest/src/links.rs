@@ -74,7 +74,8 @@ impl Default for Gateways {
 /// device at all when `g` is bound to users.
 #[derive(Debug)]
 pub struct Allowed {
-    pub(crate) registered: HashSet<(String, String)>,
+    /// The devices registered to the gateway, by user.
+    pub(crate) registered: HashMap<String, HashSet<String>>,
     pub(crate) devices: HashSet<String>,
     pub(crate) users: HashSet<String>,
 }

@@ -2,7 +2,7 @@
 //! or found by listing), so a gateway cannot put rows into SQL under another gateway's or
 //! another device's name. A file that fails is quarantined by the lake and counted.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use twinlake_query::provenance::RowOrigin;
 
@@ -15,7 +15,7 @@ use crate::store::{DEVICES, DeviceRecord, GATEWAYS, GatewayRecord};
 impl Allowed {
     pub fn allows(&self, owner: Option<&str>, device: &str) -> bool {
         match owner {
-            Some(u) => self.users.contains(u) || self.registered.contains(&(u.to_owned(), device.to_owned())),
+            Some(u) => self.users.contains(u) || self.registered.get(u).is_some_and(|d| d.contains(device)),
             None => !self.users.is_empty() || self.devices.contains(device),
         }
     }
@@ -40,15 +40,16 @@ pub fn allowed_now(state: &AppState, g: &str) -> std::sync::Arc<Allowed> {
 
 fn allowed(state: &AppState, g: &str) -> Allowed {
     let local = state.local_gateway.as_str();
-    let registered: HashSet<(String, String)> = state
-        .db
-        .scan::<DeviceRecord>(DEVICES, "")
-        .unwrap_or_default()
+    let mut registered: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut devices = HashSet::new();
+    let records = state.db.scan::<DeviceRecord>(DEVICES, "").unwrap_or_default();
+    for (_, d) in records
         .into_iter()
         .filter(|(_, d)| d.gateway.as_deref().unwrap_or(local) == g)
-        .map(|(_, d)| (d.user, d.device))
-        .collect();
-    let devices = registered.iter().map(|(_, d)| d.clone()).collect();
+    {
+        devices.insert(d.device.clone());
+        registered.entry(d.user).or_default().insert(d.device);
+    }
     let users = state
         .db
         .get::<GatewayRecord>(GATEWAYS, g)
@@ -106,7 +107,7 @@ mod tests {
 
     #[test]
     fn a_rows_user_must_be_one_the_gateway_may_speak_for() {
-        let registered = HashSet::from([("acme".to_owned(), "d1".to_owned())]);
+        let registered = HashMap::from([("acme".to_owned(), set(["d1"]))]);
         let plain = Allowed {
             devices: set(["d1"]),
             registered: registered.clone(),

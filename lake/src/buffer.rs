@@ -253,7 +253,6 @@ impl Buffer {
     /// Appends one row of `device`, of the user `owner` (none: not known, as in a log
     /// written before rows carried it). Values that clash with their column's type are left
     /// out (null) and reported; the rest of the row is kept.
-    #[allow(clippy::too_many_arguments)]
     pub fn append(
         &mut self,
         table: &str,

@@ -131,8 +131,8 @@ pub async fn describe(
     // Only the cloud writes `compacted-…` names (no gateway may be called `compacted`), and
     // a gateway's file stays its own whatever its metadata claims.
     let origin = lake_path.gateway_seal();
-    let compacted = origin.is_none() && info.compacted;
-    if origin.is_none() && !info.compacted {
+    let compacted = origin.is_none();
+    if compacted && !info.compacted {
         return Err(QueryError::Catalog(format!(
             "{path}: a compacted name without compaction's mark"
         )));

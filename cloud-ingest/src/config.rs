@@ -282,12 +282,15 @@ pub struct RegistrySection {
     /// PBKDF2 iterations for a credential a person chose (credentials the platform makes
     /// take a salted HMAC). Lower it only for tests.
     pub credential_iterations: u32,
+    /// Devices one user may register; past it registration answers 403.
+    pub max_devices_per_user: usize,
 }
 
 impl Default for RegistrySection {
     fn default() -> Self {
         Self {
             credential_iterations: twinlake_edge::registry::DEFAULT_ITERATIONS,
+            max_devices_per_user: 100_000,
         }
     }
 }
@@ -315,11 +318,18 @@ pub struct LinkServerSection {
     /// Live requests (reads, writes, calls, stream changes) to one gateway in flight at
     /// most; more wait for a place within their own timeout.
     pub max_inflight: usize,
+    /// Unregistered devices (MQTT, LoRaWAN devices of the users a gateway is bound to) that
+    /// one gateway may bring, each with a twin: a new one past it is refused and counted
+    /// (`device_quota_refusals`). Deleting such a device's twin makes room.
+    pub max_unregistered_devices: usize,
 }
 
 impl Default for LinkServerSection {
     fn default() -> Self {
-        Self { max_inflight: 1024 }
+        Self {
+            max_inflight: 1024,
+            max_unregistered_devices: 10_000,
+        }
     }
 }
 

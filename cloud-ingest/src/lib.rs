@@ -25,6 +25,7 @@ pub mod input;
 pub mod links;
 pub mod metrics;
 pub mod provenance;
+pub mod quota;
 pub mod server;
 pub mod sql;
 pub mod state;

@@ -30,6 +30,7 @@ pub struct CloudMetrics {
     pub tenant_refusals: Counter,
     /// What a gateway sent for a device that is not its own, refused.
     pub gateway_refusals: Counter,
+    pub device_quota_refusals: Counter,
     pub credential_rehashes: Counter,
     /// Announced files given up after failing to be catalogued for long.
     pub files_given_up: Counter,
@@ -71,6 +72,12 @@ impl Default for CloudMetrics {
                 r,
                 "gateway_refusals",
                 "Items a gateway sent for devices that are not its own, refused",
+                Counter::default(),
+            ),
+            device_quota_refusals: add(
+                r,
+                "device_quota_refusals",
+                "New devices refused past a quota (link.max_unregistered_devices, registry.max_devices_per_user)",
                 Counter::default(),
             ),
             credential_rehashes: add(

@@ -135,7 +135,9 @@ impl Cloud {
         } else {
             None
         };
+        let unregistered = crate::quota::Unregistered::load(cfg.link.max_unregistered_devices, &twins, &db)?;
         let state = Arc::new(AppState {
+            unregistered,
             local_gateway: cfg.edge.gateway.clone(),
             edge_metrics: edge.as_ref().map(EdgeAgent::metrics),
             cfg,

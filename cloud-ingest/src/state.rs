@@ -35,4 +35,6 @@ pub struct AppState {
     pub sql: twinlake_query::Engine,
     /// Wakes the cataloguer when file commits arrive.
     pub catalog_wake: Notify,
+    /// The unregistered devices each gateway brought (`link.max_unregistered_devices`).
+    pub unregistered: crate::quota::Unregistered,
 }

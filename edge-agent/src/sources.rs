@@ -57,32 +57,50 @@ pub async fn disconnected(events: &mpsc::Sender<DeviceEvent>, device: DeviceKey,
 
 /// Which devices of a source are online: those heard from within `offline_after` (a source
 /// has no connection per device to watch). `offline_after` zero: online once heard, for good.
+///
+/// Device ids come from what peers send (an MQTT topic), so at most `max_devices` are
+/// online at once: a new device past that is [`Heard::Refused`] until one goes offline.
 #[derive(Debug)]
 pub struct Presence {
     last: HashMap<String, Instant>,
     offline_after: Duration,
+    max_devices: usize,
     checked: Instant,
 }
 
+/// What hearing from a device means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// It was online already.
+    Again,
+    /// It was offline (or never heard): it is online now.
+    Online,
+    /// It was offline and `max_devices` are online: its message is refused.
+    Refused,
+}
+
 impl Presence {
-    pub fn new(offline_after: Duration) -> Self {
+    pub fn new(offline_after: Duration, max_devices: usize) -> Self {
         Self {
             last: HashMap::new(),
             offline_after,
+            max_devices,
             checked: Instant::now(),
         }
     }
 
-    /// Records that `device` was heard at `now`; true if it was offline (or never heard).
-    pub fn heard(&mut self, device: &str, now: Instant) -> bool {
+    /// Records that `device` was heard at `now`.
+    pub fn heard(&mut self, device: &str, now: Instant) -> Heard {
+        let full = self.last.len() >= self.max_devices;
         match self.last.get_mut(device) {
             Some(t) => {
                 *t = now;
-                false
+                Heard::Again
             }
+            None if full => Heard::Refused,
             None => {
                 self.last.insert(device.to_owned(), now);
-                true
+                Heard::Online
             }
         }
     }
@@ -129,6 +147,13 @@ impl Southbound {
     pub fn insert(&self, key: DeviceKey, control: Arc<dyn Control>) {
         if let Ok(mut r) = self.routes.write() {
             r.insert(key, control);
+        }
+    }
+
+    /// Forgets `key` (it went offline): the routes stay as few as the devices online.
+    pub fn remove(&self, key: &DeviceKey) {
+        if let Ok(mut r) = self.routes.write() {
+            r.remove(key);
         }
     }
 
@@ -191,10 +216,10 @@ mod tests {
     #[test]
     fn presence_goes_offline_after_silence_and_back_on_the_next_message() {
         let t0 = Instant::now();
-        let mut p = Presence::new(Duration::from_secs(60));
-        assert!(p.heard("a", t0), "first heard: online");
-        assert!(!p.heard("a", t0 + Duration::from_secs(30)));
-        assert!(p.heard("b", t0 + Duration::from_secs(30)));
+        let mut p = Presence::new(Duration::from_secs(60), 10);
+        assert_eq!(p.heard("a", t0), Heard::Online, "first heard: online");
+        assert_eq!(p.heard("a", t0 + Duration::from_secs(30)), Heard::Again);
+        assert_eq!(p.heard("b", t0 + Duration::from_secs(30)), Heard::Online);
         assert!(
             p.expire(t0 + Duration::from_millis(500)).is_empty(),
             "checks once a second"
@@ -203,11 +228,26 @@ mod tests {
         let mut gone = p.expire(t0 + Duration::from_secs(91));
         gone.sort();
         assert_eq!(gone, ["a", "b"]);
-        assert!(p.heard("a", t0 + Duration::from_secs(95)), "back online");
+        assert_eq!(p.heard("a", t0 + Duration::from_secs(95)), Heard::Online, "back online");
         assert!(p.gone("a"));
         assert!(!p.gone("a"));
-        let mut never = Presence::new(Duration::ZERO);
+        let mut never = Presence::new(Duration::ZERO, 10);
         never.heard("x", t0);
         assert!(never.expire(t0 + Duration::from_secs(1 << 30)).is_empty());
+    }
+
+    #[test]
+    fn presence_holds_at_most_max_devices_and_admits_again_when_one_leaves() {
+        let t0 = Instant::now();
+        let mut p = Presence::new(Duration::from_secs(60), 2);
+        assert_eq!(p.heard("a", t0), Heard::Online);
+        assert_eq!(p.heard("b", t0), Heard::Online);
+        assert_eq!(p.heard("c", t0), Heard::Refused, "a third device id past the cap");
+        assert_eq!(p.heard("c", t0), Heard::Refused, "and not remembered");
+        assert_eq!(p.heard("a", t0), Heard::Again, "those online stay");
+        assert!(p.gone("a"));
+        assert_eq!(p.heard("c", t0), Heard::Online, "room again");
+        assert_eq!(p.expire(t0 + Duration::from_secs(61)).len(), 2);
+        assert_eq!(p.heard("d", t0 + Duration::from_secs(61)), Heard::Online);
     }
 }

@@ -24,8 +24,8 @@ use twinlake_twin::TwinStore;
 use crate::QueryError;
 use crate::lake::{Lake, LakeTable};
 use crate::session::{CappedPool, Guarded, LakeOnly, LimitError, SqlLimits};
-use crate::system::{DeviceDirectory, DevicesTable, StateTable, TwinsTable};
-use crate::tenant::{Ownership, Tenant, TenantTable};
+use crate::system::{DeviceDirectory, DeviceRow, DevicesTable, StateTable, TwinsTable};
+use crate::tenant::{Owned, Ownership, Tenant, TenantTable};
 
 /// The catalog and schema every table is in.
 pub use crate::session::{CATALOG, SCHEMA, check_read_only};
@@ -318,15 +318,11 @@ struct Owners {
 }
 
 impl Ownership for Owners {
-    fn devices_of(&self, user: &str) -> Vec<(String, String)> {
+    fn devices_of(&self, user: &str) -> Owned {
         let local = self.devices.local_gateway();
-        let mut out: Vec<(String, String)> = self
-            .devices
-            .devices()
-            .into_iter()
-            .filter(|d| d.user == user)
-            .filter_map(|d| Some((d.gateway.or_else(|| local.clone())?, d.device)))
-            .collect();
+        let (mine, others): (Vec<_>, Vec<_>) = self.devices.devices().into_iter().partition(|d| d.user == user);
+        let pair = |d: DeviceRow| Some((d.gateway.or_else(|| local.clone())?, d.device));
+        let mut out: Vec<(String, String)> = mine.into_iter().filter_map(pair).collect();
         match self.twins.list(Some(user)) {
             Ok(twins) => out.extend(
                 twins
@@ -337,6 +333,13 @@ impl Ownership for Owners {
         }
         out.sort();
         out.dedup();
-        out
+        let mut shared: Vec<_> = others
+            .into_iter()
+            .filter_map(pair)
+            .filter(|p| out.binary_search(p).is_ok())
+            .collect();
+        shared.sort();
+        shared.dedup();
+        Owned { pairs: out, shared }
     }
 }

@@ -7,7 +7,9 @@
 //!   `(gateway, device)` pairs the user owns (its registered devices and the devices its
 //!   twins were seen at). Rows written before the `owner` column (null there) are the
 //!   user's by those pairs alone: the registry's (gateway, device) record says whose they
-//!   are. Requiring the pairs for every row also keeps a payload key `owner` in such an old
+//!   are. A pair that another user has registered too says nothing about whose an old row
+//!   is, so such rows are shown to neither (a platform session sees them, owner null).
+//!   Requiring the pairs for every row also keeps a payload key `owner` in such an old
 //!   file from passing a row off as another user's. The filter sits above the scan, so no
 //!   statistics shortcut (`count(*)` from file metadata) can answer for rows the user may
 //!   not see.
@@ -41,7 +43,33 @@ pub fn tenant_of(state: &dyn Session) -> Option<Arc<Tenant>> {
 /// Who owns which devices.
 pub trait Ownership: Send + Sync + std::fmt::Debug {
     /// The `(gateway, device)` pairs of `user`'s devices.
-    fn devices_of(&self, user: &str) -> Vec<(String, String)>;
+    fn devices_of(&self, user: &str) -> Owned;
+}
+
+/// A user's `(gateway, device)` pairs, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owned {
+    pub pairs: Vec<(String, String)>,
+    /// Those of `pairs` that another user has registered as well.
+    pub shared: Vec<(String, String)>,
+}
+
+impl Owned {
+    /// The filter: the user's own rows of its pairs, and rows from before the `owner`
+    /// column of the pairs no one else has.
+    fn predicate(self, user: &str) -> Expr {
+        let mine = col(OWNER).eq(lit(user));
+        if self.shared.is_empty() {
+            return owned(self.pairs).and(col(OWNER).is_null().or(mine));
+        }
+        let alone: Vec<_> = self
+            .pairs
+            .iter()
+            .filter(|p| self.shared.binary_search(p).is_err())
+            .cloned()
+            .collect();
+        owned(self.pairs).and(mine).or(owned(alone).and(col(OWNER).is_null()))
+    }
 }
 
 /// A lake table as a tenant sees it.
@@ -106,8 +134,7 @@ impl TableProvider for TenantTable {
         // The limit is a hint for the rows before this filter: not passed down.
         let scan = self.inner.scan(state, Some(&cols), filters, None).await?;
         let scanned = scan.schema();
-        let mine = col(OWNER).is_null().or(col(OWNER).eq(lit(tenant.user.as_str())));
-        let predicate = owned(self.owners.devices_of(&tenant.user)).and(mine);
+        let predicate = self.owners.devices_of(&tenant.user).predicate(&tenant.user);
         let predicate = state.create_physical_expr(predicate, &DFSchema::try_from(scanned.as_ref().clone())?)?;
         let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, scan)?);
         let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = (0..wanted)

@@ -137,6 +137,14 @@ pub fn register_device(s: &AppState, user: &str, req: NewDevice) -> Result<(Devi
     let key = TwinKey::new(&rec.user, &rec.device);
     let k = key.to_string();
     s.twins.write(|t| -> Result<(), ApiError> {
+        let max = s.cfg.registry.max_devices_per_user;
+        if crate::quota::registered(t.transaction(), user)? >= max {
+            s.metrics.device_quota_refusals.inc();
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("user {user} has registry.max_devices_per_user ({max}) devices"),
+            ));
+        }
         let mut devices = t.transaction().open_table(DEVICES).map_err(crate::Error::from)?;
         if redb::ReadableTable::get(&devices, k.as_str())
             .map_err(crate::Error::from)?
@@ -266,14 +274,15 @@ async fn delete_device(p: Principal, State(s): St, Path((u, d)): Path<(String, S
         let key = TwinKey::new(&u, &d);
         let k = key.to_string();
         st.twins.write(|t| -> Result<(), ApiError> {
-            let existed = t
+            let registered = t
                 .transaction()
                 .open_table(DEVICES)
                 .map_err(crate::Error::from)?
                 .remove(k.as_str())
                 .map_err(crate::Error::from)?
                 .is_some();
-            if !existed {
+            // An unregistered (MQTT, LoRaWAN) device has a twin only.
+            if !registered && t.get(&key)?.is_none() {
                 return Err(ApiError::not_found(format!("no device {k}")));
             }
             let mut props = t.transaction().open_table(PROPERTIES).map_err(crate::Error::from)?;
@@ -284,6 +293,7 @@ async fn delete_device(p: Principal, State(s): St, Path((u, d)): Path<(String, S
                 .count();
             drop(props);
             t.delete(&key)?;
+            st.unregistered.forget(&key);
             Ok(())
         })
     })

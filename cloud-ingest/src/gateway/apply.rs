@@ -133,21 +133,64 @@ fn speaks_for(item: &Item) -> Option<(&str, &str)> {
 /// gateway for the devices registered to it, and for the unregistered (MQTT, LoRaWAN)
 /// devices of the users an admin bound it to.
 pub fn may_speak(state: &AppState, tx: &redb::WriteTransaction, gateway: &str, user: &str, device: &str) -> bool {
-    if gateway == state.local_gateway {
-        return true;
-    }
+    speaker(state, tx, gateway, user, device) != Speaker::Refused
+}
+
+/// How a gateway speaks for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaker {
+    /// For a device registered to it (or, the cloud's own pipeline, to anyone).
+    Registered,
+    /// For an unregistered device of a user it may bring devices for: counts against
+    /// `link.max_unregistered_devices` when its twin is new.
+    Unregistered,
+    Refused,
+}
+
+fn speaker(state: &AppState, tx: &redb::WriteTransaction, gateway: &str, user: &str, device: &str) -> Speaker {
+    let local = gateway == state.local_gateway;
     let lookup = |table: redb::TableDefinition<&str, &[u8]>, key: &str| -> Option<Vec<u8>> {
         let t = tx.open_table(table).ok()?;
         let v = t.get(key).ok()??;
         Some(v.value().to_vec())
     };
     if let Some(bytes) = lookup(DEVICES, &format!("{user}/{device}")) {
-        return serde_json::from_slice::<DeviceRecord>(&bytes)
+        let ours = serde_json::from_slice::<DeviceRecord>(&bytes)
             .is_ok_and(|d| d.gateway.as_deref().unwrap_or(&state.local_gateway) == gateway);
+        return if ours || local {
+            Speaker::Registered
+        } else {
+            Speaker::Refused
+        };
     }
-    lookup(GATEWAYS, gateway)
-        .and_then(|b| serde_json::from_slice::<GatewayRecord>(&b).ok())
-        .is_some_and(|g| g.users.iter().any(|u| u == user))
+    let bound = local
+        || lookup(GATEWAYS, gateway)
+            .and_then(|b| serde_json::from_slice::<GatewayRecord>(&b).ok())
+            .is_some_and(|g| g.users.iter().any(|u| u == user));
+    if bound { Speaker::Unregistered } else { Speaker::Refused }
+}
+
+/// Whether an item for an unregistered device fits `gateway`'s quota: a device with a twin
+/// does; a new one is counted if there is room. Items that make no twin themselves
+/// (properties, endpoint calls) make it here, so every device they name is counted.
+fn within_quota(
+    state: &AppState,
+    t: &mut twinlake_twin::TwinTxn<'_>,
+    gateway: &str,
+    item: &Item,
+    (user, device): (&str, &str),
+) -> Result<bool, Error> {
+    let key = TwinKey::new(user, device);
+    if matches!(item, Item::Presence { online: false, .. }) || t.get(&key)?.is_some() {
+        return Ok(true);
+    }
+    if !state.unregistered.admit(gateway, &key) {
+        return Ok(false);
+    }
+    if matches!(item, Item::Property { .. } | Item::Endpoint { .. }) {
+        t.create(&key, Default::default())?;
+    }
+    Ok(true)
 }
 
 /// A credential hash a gateway made stronger at a login replaces the device's record if
@@ -190,7 +233,18 @@ fn apply_item(
     after: &mut After,
 ) -> Result<(), Error> {
     let refused = match (&item, speaks_for(&item)) {
-        (_, Some((user, device))) => !may_speak(state, t.transaction(), gateway, user, device),
+        (_, Some(who)) => match speaker(state, t.transaction(), gateway, who.0, who.1) {
+            Speaker::Registered => false,
+            Speaker::Refused => true,
+            Speaker::Unregistered => {
+                if !within_quota(state, t, gateway, &item, who)? {
+                    state.metrics.device_quota_refusals.inc();
+                    warn!(%gateway, item = ?who, max = state.cfg.link.max_unregistered_devices, "refused a new unregistered device: the gateway has link.max_unregistered_devices");
+                    return Ok(());
+                }
+                false
+            }
+        },
         (Item::File { gateway: g, file }, None) => {
             g != gateway
                 || !file

@@ -203,3 +203,99 @@ async fn no_gateway_is_named_like_the_lakes_own_files() {
     assert!(twinlake_edge::EdgeConfig::parse("gateway = \"compacted\"").is_err());
     cloud.stop().await;
 }
+
+/// Device quotas (#13, "every map keyed by what a peer sends is bounded"): MQTT device ids
+/// come from topics, so a publisher can name any number of devices. The agent keeps at most
+/// `mqtt.max_devices` online (the rest counted as `device_cap`); the cloud takes at most
+/// `link.max_unregistered_devices` new devices from one gateway (the rest counted as
+/// `device_quota_refusals`), and deleting such a device's twin makes room. Registration
+/// stops at `registry.max_devices_per_user` with a 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_ids_a_gateway_or_user_brings_are_bounded() {
+    use crate::mosquitto::{Mosquitto, publish_lines};
+    let broker = Mosquitto::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cc = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cc.link.max_unregistered_devices = 3;
+    cc.registry.max_devices_per_user = 2;
+    let cloud = TestCloud::start(cc).await;
+    let api = &cloud.api();
+    let mut cfg = edge_config(dir.path(), cloud.addr);
+    cfg.mqtt.url = format!("mqtt://127.0.0.1:{}", broker.port);
+    cfg.mqtt.user = USER.into();
+    cfg.mqtt.subscriptions = vec![toml::from_str("topic = \"sensors/{device}/{resource}\"").unwrap()];
+    cfg.mqtt.max_devices = 4;
+    let edge = TestEdge::start(cfg).await;
+    let port = broker.port;
+    let publish = |device: &str, temp: f64| {
+        publish_lines(
+            port,
+            &format!("sensors/{device}/climate"),
+            1,
+            &[format!("{{\"temp\":{temp}}}")],
+        );
+    };
+    let reported = |device: &'static str| async move {
+        let (s, t) = api.get(&format!("/v1/users/{USER}/devices/{device}/twin")).await;
+        (s == StatusCode::OK).then(|| t["state"]["reported"]["climate"]["temp"].clone())
+    };
+
+    // m1 first, until the source is subscribed; then four more device ids.
+    eventually(20, "m1's twin", || async move {
+        publish("m1", 1.5);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reported("m1").await.filter(|t| *t == json!(1.5))
+    })
+    .await;
+    for (i, d) in ["m2", "m3", "m4", "m5"].into_iter().enumerate() {
+        publish(d, 2.5 + i as f64);
+    }
+    let metrics = edge.metrics.clone();
+    eventually(20, "m5 refused by the agent", || {
+        let n = metrics.source_count("mqtt", "device_cap");
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    let state = cloud.state.clone();
+    eventually(20, "m4 refused by the cloud", || {
+        let n = state.metrics.device_quota_refusals.get();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    assert!(reported("m2").await.is_some() && reported("m3").await.is_some());
+    assert_eq!(reported("m4").await, None, "past link.max_unregistered_devices");
+    assert_eq!(reported("m5").await, None, "past mqtt.max_devices");
+    assert_eq!(cloud.state.unregistered.count(GATEWAY), 3);
+
+    // Deleting an unregistered device's twin makes room for the next.
+    let (s, j) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/users/{USER}/devices/m1"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{j}");
+    eventually(20, "m4 admitted after m1 left", || async move {
+        publish("m4", 4.5);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reported("m4").await.filter(|t| *t == json!(4.5))
+    })
+    .await;
+
+    // A user registers at most registry.max_devices_per_user devices.
+    api.register("r1", None).await;
+    api.register("r2", None).await;
+    let (s, j) = api
+        .post(
+            &format!("/v1/users/{USER}/devices"),
+            json!({"device": "r3", "credential": CREDENTIAL}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{j}");
+    assert!(j.to_string().contains("max_devices_per_user"), "{j}");
+
+    edge.stop().await;
+    cloud.stop().await;
+}

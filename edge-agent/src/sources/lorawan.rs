@@ -29,7 +29,7 @@ use twinlake_sdk::pson::Value;
 
 use self::gwmp::{DataRate, GatewayEui, RxPk, TxPk, Up};
 use self::network::{DeviceConf, Eui, NetworkServer, Outcome, Session};
-use super::{Presence, connected, disconnected, hex, hex_array, parse_rfc3339};
+use super::{Heard, Presence, connected, disconnected, hex, hex_array, parse_rfc3339};
 use crate::Error;
 use crate::event::{DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::metrics::Metrics;
@@ -120,7 +120,8 @@ impl LoraSource {
             events,
             metrics,
             pull_addr: HashMap::new(),
-            presence: Presence::new(cfg.offline_after),
+            // Bounded by the devices with session keys, which only the registry gives.
+            presence: Presence::new(cfg.offline_after, usize::MAX),
             token: 0,
         })
     }
@@ -282,7 +283,7 @@ impl LoraSource {
                     self.downlink(gateway, rx, ack, self.rx1_delay_us, out);
                 }
                 let key = DeviceKey::new(&self.user, &up.device);
-                if self.presence.heard(&up.device, Instant::now()) {
+                if self.presence.heard(&up.device, Instant::now()) == Heard::Online {
                     let peer = self
                         .pull_addr
                         .get(&gateway)

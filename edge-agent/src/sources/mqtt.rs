@@ -44,7 +44,7 @@ use self::broker::Embedded;
 use self::payload::{Decoder, Format};
 use self::sparkplug::Topic as SparkplugTopic;
 use self::topic::TopicTemplate;
-use super::{Control, Presence, Southbound, connected, disconnected, fnv1a};
+use super::{Control, Heard, Presence, Southbound, connected, disconnected, fnv1a};
 use crate::Error;
 use crate::error::read_file;
 use crate::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey};
@@ -82,6 +82,7 @@ pub struct MqttSource {
     command: Option<TopicTemplate>,
     max_inflight: u16,
     offline_after: Duration,
+    max_devices: usize,
     events: mpsc::Sender<DeviceEvent>,
     metrics: Arc<Metrics>,
     southbound: Arc<Southbound>,
@@ -190,6 +191,7 @@ impl MqttSource {
             command,
             max_inflight: cfg.max_inflight,
             offline_after: cfg.offline_after,
+            max_devices: cfg.max_devices,
             events,
             metrics,
             southbound,
@@ -209,7 +211,7 @@ impl MqttSource {
         });
         let mut state = State {
             decoder: Decoder::default(),
-            presence: Presence::new(self.offline_after),
+            presence: Presence::new(self.offline_after, self.max_devices),
             control,
         };
         let mut backoff = Duration::from_millis(200);
@@ -244,6 +246,7 @@ impl MqttSource {
             // a timer branch here would cancel a poll halfway through a write.
             for device in state.presence.expire(Instant::now()) {
                 let key = DeviceKey::new(&self.user, &device);
+                self.southbound.remove(&key);
                 disconnected(&self.events, key, SystemTime::now(), "silent for mqtt.offline_after").await;
             }
             let polled = tokio::select! {
@@ -329,6 +332,7 @@ impl MqttSource {
             let device = t.device.unwrap_or(t.node);
             if state.presence.gone(device) {
                 let key = DeviceKey::new(&self.user, device);
+                self.southbound.remove(&key);
                 disconnected(&self.events, key, now, t.kind).await;
             }
         }
@@ -357,17 +361,33 @@ impl MqttSource {
         // twin, reachable for writes.
         let mut first_device = None;
         let heard = Instant::now();
+        let mut rows = rows;
+        let mut refused = std::collections::HashSet::new();
         for r in &rows {
-            first_device.get_or_insert_with(|| r.device.clone());
-            if state.presence.heard(&r.device, heard) {
-                let key = DeviceKey::new(&self.user, &r.device);
-                if let Some(c) = &state.control {
-                    self.southbound.insert(key.clone(), c.clone());
+            match state.presence.heard(&r.device, heard) {
+                Heard::Again => {}
+                Heard::Refused => {
+                    refused.insert(r.device.clone());
+                    continue;
                 }
-                if !connected(&self.events, key, now, self.peer, self.tls).await {
-                    return;
+                Heard::Online => {
+                    let key = DeviceKey::new(&self.user, &r.device);
+                    if let Some(c) = &state.control {
+                        self.southbound.insert(key.clone(), c.clone());
+                    }
+                    if !connected(&self.events, key, now, self.peer, self.tls).await {
+                        return;
+                    }
                 }
             }
+            first_device.get_or_insert_with(|| r.device.clone());
+        }
+        if !refused.is_empty() {
+            // Acknowledged all the same, like a payload that cannot be read: resending it
+            // would not make room.
+            self.metrics.source("mqtt", "device_cap");
+            warn!(%topic, devices = refused.len(), max = self.max_devices, "MQTT rows of new devices refused: mqtt.max_devices are online");
+            rows.retain(|r| !refused.contains(&r.device));
         }
         let delivery = (p.qos != QoS::AtMostOnce).then(|| {
             let client = client.clone();

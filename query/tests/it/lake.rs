@@ -288,13 +288,16 @@ async fn a_users_rows_are_those_it_owns_by_column_and_by_registry() {
     let f = Fixture::empty();
     let mut buf = Buffer::new("gw-a", Default::default());
     let mut conflicts = Vec::new();
-    // d1 and d2 on gw-a are u's (support.rs); d9 is nobody's.
+    // d1 and d2 on gw-a are u's (support.rs), d2 is w's as well; d9 is nobody's.
     for (i, (owner, device, v)) in [
         (Some("u"), "d1", 1),
         (Some("other"), "d1", 2),
         (None, "d1", 4),
         (Some("u"), "d9", 8),
         (None, "d9", 16),
+        (Some("u"), "d2", 32),
+        (Some("w"), "d2", 64),
+        (None, "d2", 128),
     ]
     .into_iter()
     .enumerate()
@@ -330,11 +333,17 @@ async fn a_users_rows_are_those_it_owns_by_column_and_by_registry() {
                 .to_string()
         }
     };
-    assert!(sum_as(None).await.contains("| 31 | 5 |"), "{}", sum_as(None).await);
+    assert!(sum_as(None).await.contains("| 255 | 8 |"), "{}", sum_as(None).await);
+    // u: its own d1 and d2 rows and the old d1 row; the old d2 row could be u's or w's.
     assert!(
-        sum_as(Some("u")).await.contains("| 5 | 2 |"),
+        sum_as(Some("u")).await.contains("| 37 | 3 |"),
         "{}",
         sum_as(Some("u")).await
+    );
+    assert!(
+        sum_as(Some("w")).await.contains("| 64 | 1 |"),
+        "{}",
+        sum_as(Some("w")).await
     );
     // "other" has no device on record: none of the rows, not even the one naming it.
     let other = sum_as(Some("other")).await;

@@ -62,6 +62,18 @@ impl Fixture {
                     attributes: Default::default(),
                     created: 1_704_067_200_000,
                 })
+                // Another user's device of the same name at the same gateway.
+                .chain(std::iter::once(DeviceRow {
+                    user: "w".into(),
+                    device: "d2".into(),
+                    name: "w's d2".into(),
+                    description: String::new(),
+                    gateway: Some("gw-a".into()),
+                    enabled: true,
+                    tags: Default::default(),
+                    attributes: Default::default(),
+                    created: 1_704_067_200_000,
+                }))
                 .collect(),
         );
         let engine = Engine::new(lake.clone(), twins.clone(), Arc::new(devices)).unwrap();

@@ -45,6 +45,10 @@ pub struct MqttSection {
     /// Sparkplug NDEATH or DDEATH takes its node or device offline at once.
     #[serde(with = "humantime_serde")]
     pub offline_after: Duration,
+    /// Devices online at once (device ids come from topics, so from what clients publish).
+    /// A message from a new device past this is acknowledged, counted as
+    /// `outcome="device_cap"` and not stored, until a device goes offline.
+    pub max_devices: usize,
     pub subscriptions: Vec<MqttSubscription>,
     /// An MQTT broker inside the agent (rumqttd), for gateways that have none. The source
     /// then subscribes to it (leave `url` empty).
@@ -99,6 +103,7 @@ impl Default for MqttSection {
             max_inflight: 4096,
             command_topic: "twinlake/{device}/{resource}/set".into(),
             offline_after: Duration::from_secs(600),
+            max_devices: 10_000,
             subscriptions: Vec::new(),
             embedded: None,
         }
@@ -128,6 +133,9 @@ fn one() -> u8 {
 impl MqttSection {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::Config(format!("mqtt: {msg}")));
+        if self.max_devices == 0 {
+            return bad("max_devices must be at least 1".into());
+        }
         if let Some(b) = &self.embedded {
             if !self.url.is_empty() {
                 return bad(format!(

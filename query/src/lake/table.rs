@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::ScalarValue;
+use datafusion::common::stats::Precision;
+use datafusion::common::{ScalarValue, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -18,7 +19,37 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
 use super::{Lake, conform};
-use crate::catalog;
+use crate::catalog::{self, FileMeta};
+
+/// What the catalog knows of a file as statistics over the table's `schema`, so the planner
+/// can tell a big table from a small one (a join builds on the smaller side): the exact row
+/// count, and as estimates the compressed size and the time and device ranges (a file
+/// without column statistics is catalogued as its whole hour, and byte-array statistics may
+/// be cut short). A tenant's filter sits above the scan and makes all of it an estimate, so
+/// no `count(*)` is answered from other users' rows.
+fn file_statistics(schema: &Schema, f: &FileMeta) -> Statistics {
+    let mut s = Statistics::new_unknown(schema);
+    s.num_rows = Precision::Exact(usize::try_from(f.rows).unwrap_or(usize::MAX));
+    s.total_byte_size = Precision::Inexact(usize::try_from(f.bytes).unwrap_or(usize::MAX));
+    for (field, col) in schema.fields().iter().zip(s.column_statistics.iter_mut()) {
+        let (min, max) = match field.name().as_str() {
+            "time" => (
+                ScalarValue::Int64(Some(f.min_time_us)),
+                ScalarValue::Int64(Some(f.max_time_us)),
+            ),
+            "device" => match (&f.device_min, &f.device_max) {
+                (Some(a), Some(b)) => (ScalarValue::Utf8(Some(a.clone())), ScalarValue::Utf8(Some(b.clone()))),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        if let (Ok(min), Ok(max)) = (min.cast_to(field.data_type()), max.cast_to(field.data_type())) {
+            col.min_value = Precision::Inexact(min);
+            col.max_value = Precision::Inexact(max);
+        }
+    }
+    s
+}
 
 /// The part of a query's filters that prunes: a time range (µs, inclusive) and devices.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -189,24 +220,38 @@ impl TableProvider for LakeTable {
         if !snap.files.is_empty() {
             let n = state.config().target_partitions().max(1);
             let mut groups: Vec<Vec<PartitionedFile>> = (0..n.min(snap.files.len())).map(|_| Vec::new()).collect();
+            let mut stats: Vec<Vec<Statistics>> = groups.iter().map(|_| Vec::new()).collect();
             // Largest first, each to the lightest group.
             let mut files = snap.files;
             files.sort_by_key(|f| std::cmp::Reverse(f.bytes));
             let mut weights = vec![0u64; groups.len()];
             for f in files {
                 let (i, _) = weights.iter().enumerate().min_by_key(|(_, w)| **w).unwrap_or((0, &0));
-                if let (Some(g), Some(w)) = (groups.get_mut(i), weights.get_mut(i)) {
-                    g.push(PartitionedFile::new(
-                        catalog::full_path(&self.lake.prefix, &f.path).to_string(),
-                        f.bytes,
-                    ));
+                if let (Some(g), Some(st), Some(w)) = (groups.get_mut(i), stats.get_mut(i), weights.get_mut(i)) {
+                    let file_stats = file_statistics(&self.schema, &f);
+                    g.push(
+                        PartitionedFile::new(catalog::full_path(&self.lake.prefix, &f.path).to_string(), f.bytes)
+                            .with_statistics(Arc::new(file_stats.clone())),
+                    );
+                    st.push(file_stats);
                     *w += f.bytes;
                 }
             }
+            let group_stats: Vec<Statistics> = stats
+                .iter()
+                .map(|s| Statistics::try_merge_iter(s, &self.schema))
+                .collect::<Result<_, _>>()?;
+            let table_stats = Statistics::try_merge_iter(&group_stats, &self.schema)?;
+            let groups: Vec<FileGroup> = groups
+                .into_iter()
+                .zip(group_stats)
+                .map(|(g, s)| FileGroup::new(g).with_statistics(Arc::new(s)))
+                .collect();
             let source = ParquetSource::new(self.schema.clone())
                 .with_table_parquet_options(state.table_options().parquet.clone());
             let config = FileScanConfigBuilder::new(self.lake.url.clone(), Arc::new(source))
-                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_file_groups(groups)
+                .with_statistics(table_stats)
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)
                 .build();

@@ -105,6 +105,26 @@ async fn pruning_reads_only_the_files_in_range() {
     assert_eq!(plan.matches("date=2024-01-01/hour=").count(), 1, "{plan}");
 }
 
+/// The catalog's row counts reach the planner (#19, SQL): a join of a big table with a small
+/// one builds its hash table on the small one, whichever side the query names it on.
+#[tokio::test]
+async fn a_join_builds_on_the_smaller_table() {
+    let f = Fixture::empty();
+    f.commit("readings", "gw", 1, &rows("d1", 0, 50)).await;
+    f.commit("readings", "gw", 2, &rows("d2", 0, 50)).await;
+    f.commit("tags", "gw", 3, &rows("d1", 0, 1)).await;
+    let q = "SELECT count(*) AS n FROM readings r JOIN tags g ON r.device = g.device";
+    assert!(f.query(q).await.contains("| 50 |"), "{}", f.query(q).await);
+    let plan = f.query(&format!("EXPLAIN {q}")).await;
+    let physical = &plan[plan.find("physical_plan").expect("a physical plan")..];
+    let join = physical.find("HashJoinExec").expect("a hash join");
+    let (tags, readings) = (physical[join..].find("[tags/"), physical[join..].find("[readings/"));
+    assert!(
+        tags.is_some() && tags < readings,
+        "the join builds on readings:\n{plan}"
+    );
+}
+
 #[tokio::test]
 async fn the_catalog_is_rebuilt_from_a_listing() {
     let f = Fixture::empty();

@@ -15,7 +15,7 @@ use crate::Error;
 use crate::config::{EdgeConfig, LinkSection, StreamsSection};
 use crate::endpoints::EndpointQueue;
 use crate::ingest::Ingest;
-use crate::link::client::{ApiCache, feed};
+use crate::link::client::ApiCache;
 use crate::link::{Connector, LinkClient, Uplink, WsConnector};
 use crate::listener::{DeviceEvent, DeviceKey, DeviceListener, Devices, ListenerConfig, tls_acceptor};
 use crate::metrics::Metrics;
@@ -292,11 +292,7 @@ impl EdgeAgent {
             if self.uplink.sends_rows() {
                 self.ingest.fresh = Some(self.uplink.clone());
             }
-            tokio::spawn(feed(
-                self.ingest.tap.subscribe(),
-                self.uplink.clone(),
-                self.metrics.clone(),
-            ));
+            self.ingest.link = Some(self.uplink.clone());
             let client = LinkClient {
                 gateway: self.gateway.clone(),
                 connector,

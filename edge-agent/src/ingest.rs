@@ -112,6 +112,8 @@ pub struct Ingest {
     pub(crate) tap: tokio::sync::broadcast::Sender<DeviceEvent>,
     /// Where durable rows go for the cloud to query before their file lands.
     pub(crate) fresh: Option<crate::link::Uplink>,
+    /// The cloud link's queue: every event's presence and values go to it first.
+    pub(crate) link: Option<crate::link::Uplink>,
     unsynced: Pending,
     sync_at: Option<Instant>,
     inflight: Option<Inflight>,
@@ -206,6 +208,7 @@ impl Ingest {
                 endpoints,
                 tap: tokio::sync::broadcast::channel(1024).0,
                 fresh: None,
+                link: None,
                 unsynced: Pending::default(),
                 sync_at: None,
                 inflight: None,
@@ -303,8 +306,11 @@ impl Ingest {
     }
 
     fn handle(&mut self, ev: DeviceEvent, on_connect: &mut impl FnMut(&DeviceKey)) {
-        // Watchers (the demo, later the cloud link) see every event; it costs a clone only
-        // while someone watches. A slow watcher misses events, it never slows ingest.
+        if let Some(link) = &self.link {
+            crate::link::feed::forward(link, &ev);
+        }
+        // Watchers (the demo) see every event; it costs a clone only while someone
+        // watches. A slow watcher misses events, it never slows ingest.
         if self.tap.receiver_count() > 0 {
             let _ = self.tap.send(ev.clone());
         }

@@ -29,6 +29,7 @@
 //! answered once or fail with the link; the cloud's caller sees an error, never a stale answer.
 
 pub mod client;
+pub mod feed;
 mod ws;
 
 use std::collections::{HashMap, VecDeque};

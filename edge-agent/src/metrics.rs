@@ -60,7 +60,6 @@ pub struct Metrics {
     pub link_frames_sent: Counter,
     pub link_items_sent: Counter,
     pub link_unacked_frames: Gauge,
-    pub link_events_missed: Counter,
     pub link_files_dropped: Counter,
     pub link_rows_dropped: Counter,
     pub link_requests: Counter,
@@ -169,12 +168,6 @@ impl Metrics {
                 "link_unacked_frames",
                 "Batches sent and not yet acknowledged",
                 Gauge::default(),
-            ),
-            link_events_missed: add(
-                r,
-                "link_events_missed",
-                "Device events the link fell too far behind to see",
-                Counter::default(),
             ),
             link_files_dropped: add(
                 r,

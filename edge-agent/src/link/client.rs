@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use twinlake_sdk::json::{from_json, to_json};
 use twinlake_sdk::pson::Value;
@@ -18,7 +18,7 @@ use super::{Down, ErrorKind, Item, MAX_BATCH_ITEMS, Op, PROTOCOL, RegistryEntry,
 use crate::Error;
 use crate::config::{LinkSection, StreamsSection};
 use crate::endpoints::EndpointQueue;
-use crate::event::{DeviceEvent, DeviceEventKind, DeviceKey};
+use crate::event::DeviceKey;
 use crate::listener::Devices;
 use crate::metrics::Metrics;
 use crate::registry::{CredentialHash, DeviceRegistry};
@@ -74,70 +74,6 @@ impl std::fmt::Debug for LinkClient {
             .field("gateway", &self.gateway)
             .field("target", &self.connector.target())
             .finish_non_exhaustive()
-    }
-}
-
-/// Turns device events into what goes up, until the tap closes.
-pub async fn feed(mut tap: broadcast::Receiver<DeviceEvent>, uplink: Uplink, metrics: Arc<Metrics>) {
-    loop {
-        let ev = match tap.recv().await {
-            Ok(ev) => ev,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                metrics.link_events_missed.inc_by(n);
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let at = crate::outbox::ms_since_epoch(ev.at);
-        let key = ev.device;
-        match ev.kind {
-            DeviceEventKind::Connected { peer, .. } => uplink.presence(
-                &key,
-                Item::Presence {
-                    user: key.user.clone(),
-                    device: key.device.clone(),
-                    online: true,
-                    at,
-                    ip: Some(peer.ip().to_string()),
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    reason: None,
-                },
-            ),
-            DeviceEventKind::Disconnected {
-                reason,
-                rx_bytes,
-                tx_bytes,
-            } => uplink.presence(
-                &key,
-                Item::Presence {
-                    user: key.user.clone(),
-                    device: key.device.clone(),
-                    online: false,
-                    at,
-                    ip: None,
-                    rx_bytes,
-                    tx_bytes,
-                    reason: Some(reason),
-                },
-            ),
-            DeviceEventKind::Stream { path, payload, .. } => {
-                let value = payload.as_ref().map(to_json).unwrap_or(Json::Null);
-                uplink.reported(&key, path.join("/"), at, value);
-            }
-            DeviceEventKind::PropertySet { property, payload } => {
-                let value = payload.as_ref().map(to_json).unwrap_or(Json::Null);
-                uplink.property(&key, property, value);
-            }
-            DeviceEventKind::Message { rows, .. } => {
-                for r in rows {
-                    let at = crate::outbox::ms_since_epoch(r.at);
-                    let key = DeviceKey::new(&key.user, &r.device);
-                    uplink.reported(&key, r.resource, at, to_json(&r.payload));
-                }
-            }
-            DeviceEventKind::Endpoint { .. } | DeviceEventKind::Bucket { .. } | DeviceEventKind::CallDevice { .. } => {}
-        }
     }
 }
 

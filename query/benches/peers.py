@@ -1,30 +1,58 @@
-"""The SQL benchmark's peers: DuckDB over the same Parquet files (and the same tags).
+"""The SQL benchmark's peers: DuckDB and chdb (ClickHouse) over the same Parquet files.
 
-Reads a spec {lake, tags, runs, queries: [{name, sql}]} and prints
-{"duckdb": {name: {"ms": median, "rows": n}}} (one warm-up run first, as for Twinlake).
+Started once with the lake's directory; then reads one JSON request per line on stdin,
+{"engine": "duckdb" | "chdb", "sql": ...}, runs it and answers one JSON line
+{"ms": elapsed, "rows": n} (or {"error": ...}). The benchmark drives the runs, so the
+engines' runs interleave with Twinlake's. The first line out says which engines are here.
+Both read the tables through views over a glob, so a compacted lake is read as it is then.
 """
 
 import json
-import statistics
 import sys
 import time
 
-import duckdb
+lake = sys.argv[1]
+TABLES = ("readings", "diagnostics", "tags")
+engines = {}
 
-spec = json.load(open(sys.argv[1]))
-lake, runs = spec["lake"], spec["runs"]
-con = duckdb.connect()
-con.execute("SET TimeZone = 'UTC'")
-for table in ("readings", "diagnostics"):
-    con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{lake}/{table}/**/*.parquet')")
-con.execute(f"CREATE TABLE tags AS SELECT * FROM read_csv('{spec['tags']}', header = true)")
-out = {"duckdb": {}}
-for q in spec["queries"]:
-    rows = con.execute(q["sql"]).arrow().num_rows
-    times = []
-    for _ in range(runs):
+try:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for t in TABLES:
+        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{lake}/{t}/**/*.parquet')")
+
+    def run_duckdb(sql):
+        return con.execute(sql).arrow().num_rows
+
+    engines["duckdb"] = run_duckdb
+except ImportError:
+    pass
+
+try:
+    from chdb import session
+
+    sess = session.Session()
+    sess.query("CREATE DATABASE IF NOT EXISTS bench ENGINE = Atomic")
+    for t in TABLES:
+        sess.query(f"CREATE VIEW bench.{t} AS SELECT * FROM file('{lake}/{t}/**/*.parquet', Parquet)")
+    sess.query("USE bench")
+
+    def run_chdb(sql):
+        return sess.query(sql + " SETTINGS session_timezone = 'UTC'", "ArrowTable").num_rows
+
+    engines["chdb"] = run_chdb
+except ImportError:
+    pass
+
+print(json.dumps({"engines": sorted(engines)}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
         t = time.perf_counter()
-        con.execute(q["sql"]).arrow()
-        times.append((time.perf_counter() - t) * 1000)
-    out["duckdb"][q["name"]] = {"ms": statistics.median(times), "rows": rows}
-print(json.dumps(out))
+        rows = engines[req["engine"]](req["sql"])
+        out = {"ms": (time.perf_counter() - t) * 1000, "rows": rows}
+    except Exception as e:  # the benchmark reports it and goes on
+        out = {"error": f"{type(e).__name__}: {e}"}
+    print(json.dumps(out), flush=True)

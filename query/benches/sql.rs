@@ -1,11 +1,14 @@
 //! SQL benchmarks (BENCHMARKS.md, "SQL"): TSBS-iot queries end to end over the Postgres wire,
-//! against DuckDB (and chdb when installed) reading the same Parquet files in the same run;
-//! and query time against file count, before and after compaction.
+//! against DuckDB and chdb (ClickHouse, its own dialect's port of each query) reading the same
+//! Parquet files in the same run, runs interleaved, in two layouts: the many small files
+//! gateways write, and the same data compacted.
 //!
 //! The truck data (../shared/specs/tsbs-iot.md) is written by the edge's own buffer and
 //! Parquet writer (the code an agent seals with), as several gateways sealing every ten
-//! minutes would: many small files per hour partition. Tags live on the twins, and the
-//! twins hold each truck's last readings, so the last-point queries are answered from them.
+//! minutes would: many small files per hour partition. The trucks' tags are a lake table of
+//! their own (`tags`), which the scanning queries join. The twins hold each truck's last
+//! readings, so the last-point queries are answered from them (reported apart: the peers
+//! scan for `arg_max` instead).
 //!
 //! `cargo bench -p twinlake-query --bench sql -- [--trucks N] [--hours H] [--runs R]`
 //! Under `cargo test --all-targets` it runs a tiny smoke version that checks the queries.
@@ -16,6 +19,8 @@
 #[path = "../../edge-agent/benches/common.rs"]
 #[allow(dead_code)]
 mod common;
+#[path = "sql/queries.rs"]
+mod queries;
 #[path = "../../edge-agent/benches/tsbs.rs"]
 #[allow(dead_code)]
 mod tsbs;
@@ -93,6 +98,38 @@ struct Diag {
     status: f64,
 }
 
+/// Writes the `tags` table: one row per truck, at the start. Returns the files written.
+fn write_tags(lake: &Path, tags: &[TruckTags], props: &parquet::file::properties::WriterProperties) -> usize {
+    let mut buf = Buffer::new("gw-0", Default::default());
+    let mut conflicts = Vec::new();
+    for t in tags {
+        let s = |v: &'static str| FieldValue::Str(Cow::Borrowed(v));
+        let fields = [
+            (Cow::Borrowed("fleet"), s(t.fleet)),
+            (Cow::Borrowed("driver"), s(t.driver)),
+            (Cow::Borrowed("model"), s(t.model.0)),
+            (Cow::Borrowed("device_version"), s(t.version)),
+            (Cow::Borrowed("load_capacity"), FieldValue::Float(t.model.1)),
+            (Cow::Borrowed("fuel_capacity"), FieldValue::Float(t.model.2)),
+            (Cow::Borrowed("nominal_fuel_consumption"), FieldValue::Float(t.model.3)),
+        ];
+        buf.append("tags", T0_US, Some("fleet"), &t.name, &fields, &mut conflicts);
+    }
+    let mut files = 0;
+    for sealed in buf.seal().unwrap() {
+        for (hour, batch) in sealed.hours {
+            let path = LakePath::seal("tags", Hour::of(hour).unwrap(), "gw-0", 0)
+                .unwrap()
+                .to_string();
+            let full = lake.join(&path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, file::encode(&[batch], props).unwrap()).unwrap();
+            files += 1;
+        }
+    }
+    files
+}
+
 /// Writes the readings and diagnostics tables; returns the trucks' tags and last values.
 fn generate(lake: &Path, trucks: usize, hours: i64) -> (Vec<TruckTags>, Vec<(Json, Json)>, usize) {
     let mut rng = tsbs::Rng::new(123);
@@ -114,8 +151,8 @@ fn generate(lake: &Path, trucks: usize, hours: i64) -> (Vec<TruckTags>, Vec<(Jso
         })
         .collect();
     let props = file::writer_properties(WriterSettings::default(), Writer::Edge).unwrap();
+    let mut files = write_tags(lake, &tags, &props);
     let mut last: Vec<(Json, Json)> = vec![(Json::Null, Json::Null); trucks];
-    let mut files = 0;
     let end = T0_US + hours * 3_600_000_000;
     let mut seal = 1u64;
     let mut window = T0_US;
@@ -194,151 +231,207 @@ fn generate(lake: &Path, trucks: usize, hours: i64) -> (Vec<TruckTags>, Vec<(Jso
     (tags, last, files)
 }
 
-/// The queries, ported: (name, ours, peer). Window starts are fixed (seeded, as TSBS picks
-/// them) so every engine answers the same question.
-fn queries(hours: i64) -> Vec<(&'static str, String, String)> {
-    let ts = |us: i64| {
-        let secs = us / 1_000_000;
-        format!("to_timestamp({secs})")
-    };
-    let h = |k: i64| T0_US + k * 3_600_000_000;
-    let mid = h(hours / 2);
-    let w10 = (ts(mid), ts(mid + 600_000_000));
-    let w4h = (ts(h((hours - 4).max(0))), ts(h((hours - 4).max(0)) + 4 * 3_600_000_000));
-    let day = (ts(h(0)), ts(h(hours.min(24))));
-    let names = "'truck_1', 'truck_3', 'truck_5', 'truck_7'";
-    // Our tags come from the twins; DuckDB's from a tags file with the same values.
-    let ours_tags = "(SELECT device AS name, json_get_str(tags, 'fleet') AS fleet, json_get_str(tags, 'driver') AS driver, json_get_str(tags, 'model') AS model, json_get_float(tags, 'load_capacity') AS load_capacity, json_get_float(tags, 'nominal_fuel_consumption') AS nominal_fuel_consumption FROM twins)";
-    let peer_tags = "tags";
-    let both = |f: &dyn Fn(&str, &str) -> String| (f(ours_tags, "readings"), f(peer_tags, "readings"));
-    let mut q: Vec<(&'static str, String, String)> = Vec::new();
-    q.push((
-        "single-last-loc",
-        format!("SELECT device AS name, json_get_float(reported, 'readings', 'latitude') AS latitude, json_get_float(reported, 'readings', 'longitude') AS longitude FROM twins WHERE device IN ({names}) ORDER BY 1"),
-        format!("SELECT device AS name, arg_max(latitude, time) AS latitude, arg_max(longitude, time) AS longitude FROM readings WHERE device IN ({names}) GROUP BY 1 ORDER BY 1"),
-    ));
-    q.push((
-        "last-loc",
-        "SELECT device AS name, json_get_float(reported, 'readings', 'latitude') AS latitude, json_get_float(reported, 'readings', 'longitude') AS longitude FROM twins WHERE json_get_str(tags, 'fleet') = 'South' ORDER BY 1".into(),
-        "SELECT r.device AS name, arg_max(latitude, time) AS latitude, arg_max(longitude, time) AS longitude FROM readings r JOIN tags t ON t.name = r.device WHERE t.fleet = 'South' GROUP BY 1 ORDER BY 1".into(),
-    ));
-    q.push((
-        "low-fuel",
-        "SELECT device AS name, json_get_float(reported, 'diagnostics', 'fuel_state') AS fuel_state FROM twins WHERE json_get_str(tags, 'fleet') = 'South' AND json_get_float(reported, 'diagnostics', 'fuel_state') < 0.1 ORDER BY 1".into(),
-        "SELECT * FROM (SELECT d.device AS name, arg_max(fuel_state, time) AS fuel_state FROM diagnostics d JOIN tags t ON t.name = d.device WHERE t.fleet = 'South' GROUP BY 1) WHERE fuel_state < 0.1 ORDER BY 1".into(),
-    ));
-    q.push((
-        "high-load",
-        "SELECT device AS name, json_get_float(reported, 'diagnostics', 'current_load') AS current_load FROM twins WHERE json_get_str(tags, 'fleet') = 'South' AND json_get_float(reported, 'diagnostics', 'current_load') / json_get_float(tags, 'load_capacity') > 0.9 ORDER BY 1".into(),
-        "SELECT * FROM (SELECT d.device AS name, arg_max(current_load, time) AS current_load, any_value(t.load_capacity) AS cap FROM diagnostics d JOIN tags t ON t.name = d.device WHERE t.fleet = 'South' GROUP BY 1) WHERE current_load / cap > 0.9 ORDER BY 1".into(),
-    ));
-    let (a, b) = both(&|tags, r| {
-        format!(
-            "SELECT t.name, t.driver, avg(r.velocity) AS mean_velocity FROM {r} r JOIN {tags} t ON t.name = r.device WHERE t.fleet = 'West' AND r.time >= {} AND r.time < {} GROUP BY 1, 2 HAVING avg(r.velocity) < 1 ORDER BY 1",
-            w10.0, w10.1
-        )
-    });
-    q.push(("stationary-trucks", a, b));
-    let sessions = |tags: &str, r: &str, w: &(String, String), min: i64| {
-        format!(
-            "SELECT t.name, t.driver FROM {tags} t JOIN (SELECT device, count(*) AS ten_min FROM (SELECT device, date_bin(interval '10 minutes', time) AS ten_minutes, avg(velocity) AS v FROM {r} WHERE time >= {} AND time < {} GROUP BY 1, 2) x WHERE v > 1 GROUP BY device) s ON s.device = t.name WHERE t.fleet = 'West' AND s.ten_min > {min} ORDER BY 1",
-            w.0, w.1
-        )
-    };
-    q.push((
-        "long-driving-sessions",
-        sessions(ours_tags, "readings", &w4h, 22),
-        sessions(peer_tags, "readings", &w4h, 22),
-    ));
-    q.push((
-        "long-daily-sessions",
-        sessions(ours_tags, "readings", &day, 60),
-        sessions(peer_tags, "readings", &day, 60),
-    ));
-    let (a, b) = both(&|tags, r| {
-        format!(
-            "SELECT t.fleet, avg(r.fuel_consumption) AS avg_fuel_consumption, avg(t.nominal_fuel_consumption) AS projected_fuel_consumption FROM {r} r JOIN {tags} t ON t.name = r.device WHERE r.velocity > 1 GROUP BY 1 ORDER BY 1"
-        )
-    });
-    q.push(("avg-vs-projected-fuel-consumption", a, b));
-    let (a, b) = both(&|tags, r| {
-        format!(
-            "SELECT t.fleet, t.name, t.driver, avg(d.hours_driven) AS avg_daily_hours FROM (SELECT device, date_bin(interval '1 day', ten_minutes) AS day, count(*) / 6.0 AS hours_driven FROM (SELECT device, date_bin(interval '10 minutes', time) AS ten_minutes, avg(velocity) AS v FROM {r} GROUP BY 1, 2) x WHERE v > 1 GROUP BY 1, 2) d JOIN {tags} t ON t.name = d.device GROUP BY 1, 2, 3 ORDER BY 1, 2"
-        )
-    });
-    q.push(("avg-daily-driving-duration", a, b));
-    let (a, b) = (
-        format!(
-            "SELECT t.fleet, t.model, t.load_capacity, avg(d.current_load / t.load_capacity) AS avg_load_percentage FROM diagnostics d JOIN {ours_tags} t ON t.name = d.device GROUP BY 1, 2, 3 ORDER BY 1, 2"
-        ),
-        format!(
-            "SELECT t.fleet, t.model, t.load_capacity, avg(d.current_load / t.load_capacity) AS avg_load_percentage FROM diagnostics d JOIN {peer_tags} t ON t.name = d.device GROUP BY 1, 2, 3 ORDER BY 1, 2"
-        ),
-    );
-    q.push(("avg-load", a, b));
-    let activity = |tags: &str| {
-        format!(
-            "SELECT t.fleet, t.model, y.day, sum(y.active) / 144.0 AS daily_activity FROM (SELECT device, date_bin(interval '1 day', ten_minutes) AS day, count(*) AS active FROM (SELECT device, date_bin(interval '10 minutes', time) AS ten_minutes, avg(status) AS s FROM diagnostics GROUP BY 1, 2) x WHERE s < 1 GROUP BY 1, 2) y JOIN {tags} t ON t.name = y.device GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-        )
-    };
-    q.push(("daily-activity", activity(ours_tags), activity(peer_tags)));
-    let breakdown = |tags: &str| {
-        format!(
-            "SELECT t.model, count(*) AS breakdowns FROM (SELECT device, broken, lead(broken) OVER (PARTITION BY device ORDER BY ten_minutes) AS next FROM (SELECT device, date_bin(interval '10 minutes', time) AS ten_minutes, count(*) FILTER (WHERE status = 0) < 0.5 * count(*) AS broken FROM diagnostics GROUP BY 1, 2) x) z JOIN {tags} t ON t.name = z.device WHERE NOT z.broken AND z.next GROUP BY 1 ORDER BY 1"
-        )
-    };
-    q.push(("breakdown-frequency", breakdown(ours_tags), breakdown(peer_tags)));
-    q
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
+/// Min, median and max of `v`.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let at = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
+    (at(0), at(v.len() / 2), at(v.len().saturating_sub(1)))
 }
 
-/// Times the peers over the same files: `{engine: {query: ms}}`.
-fn peers(lake: &Path, tags_file: &Path, queries: &[(&str, String, String)], runs: usize) -> Json {
-    let py = common::python();
-    if !py.exists() {
-        eprintln!("no Python with duckdb (.venv): peers skipped");
-        return json!({});
-    }
-    // DuckDB's name for date_bin (its buckets also align to the epoch for these intervals).
-    let peer_sql = |q: &str| q.replace("date_bin(", "time_bucket(");
-    let spec = json!({
-        "lake": lake,
-        "tags": tags_file,
-        "runs": runs,
-        "queries": queries.iter().map(|(n, _, p)| json!({"name": n, "sql": peer_sql(p)})).collect::<Vec<_>>(),
-    });
-    let spec_file = lake.parent().unwrap().join("peers.json");
-    std::fs::write(&spec_file, spec.to_string()).unwrap();
-    let out = Command::new(py)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers.py"))
-        .arg(&spec_file)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        panic!("peers.py failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    serde_json::from_slice(&out.stdout).unwrap()
+/// The peers' process (`peers.py`): one request per line, one answer per line.
+struct Peers {
+    child: Option<std::process::Child>,
+    out: Option<std::io::BufReader<std::process::ChildStdout>>,
+    engines: Vec<String>,
 }
 
-/// Times `sql` over the Postgres wire: median of `runs` (after one warm-up); and the rows.
-async fn time_pg(client: &tokio_postgres::Client, sql: &str, runs: usize) -> (f64, usize) {
-    let rows = |m: Vec<tokio_postgres::SimpleQueryMessage>| {
-        m.iter()
-            .filter(|x| matches!(x, tokio_postgres::SimpleQueryMessage::Row(_)))
-            .count()
+impl Peers {
+    fn start(lake: &Path) -> Self {
+        let py = common::python();
+        let none = Self {
+            child: None,
+            out: None,
+            engines: Vec::new(),
+        };
+        if !py.exists() {
+            eprintln!("no Python (.venv): peers skipped");
+            return none;
+        }
+        let mut child = Command::new(py)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers.py"))
+            .arg(lake)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let hello: Json = serde_json::from_str(&line).unwrap_or_default();
+        let engines = hello["engines"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        eprintln!("peers: {engines:?}");
+        Self {
+            child: Some(child),
+            out: Some(out),
+            engines,
+        }
+    }
+
+    fn has(&self, engine: &str) -> bool {
+        self.engines.iter().any(|e| e == engine)
+    }
+
+    /// Runs `sql` on `engine`: (ms, rows), or why not.
+    fn run(&mut self, engine: &str, sql: &str) -> Result<(f64, u64), String> {
+        use std::io::{BufRead, Write};
+        let (Some(child), Some(out)) = (self.child.as_mut(), self.out.as_mut()) else {
+            return Err("no peers".into());
+        };
+        let req = json!({"engine": engine, "sql": sql}).to_string();
+        writeln!(child.stdin.as_mut().unwrap(), "{req}").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        out.read_line(&mut line).map_err(|e| e.to_string())?;
+        let a: Json = serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))?;
+        match (a["ms"].as_f64(), a["rows"].as_u64()) {
+            (Some(ms), Some(rows)) => Ok((ms, rows)),
+            _ => Err(a["error"].as_str().unwrap_or("no answer").to_owned()),
+        }
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            drop(c.stdin.take());
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `sql` over the Postgres wire: (ms, rows).
+async fn run_pg(client: &tokio_postgres::Client, sql: &str) -> (f64, usize) {
+    let t = Instant::now();
+    let m = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let n = m
+        .iter()
+        .filter(|x| matches!(x, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    (ms, n)
+}
+
+/// One query's times in one layout: Twinlake's, and each peer's (or why it has none).
+struct Timed {
+    name: &'static str,
+    last_point: bool,
+    rows: usize,
+    ours: Vec<f64>,
+    peers: Vec<Result<Vec<f64>, String>>,
+}
+
+const PEERS: [(&str, queries::Dialect); 2] = [
+    ("duckdb", queries::Dialect::DuckDb),
+    ("chdb", queries::Dialect::ClickHouse),
+];
+
+/// Every query, one warm-up run each, then `runs` rounds in which Twinlake and each peer
+/// run it in turn. A peer whose row count differs from ours is reported, not timed.
+async fn measure(client: &tokio_postgres::Client, peers: &mut Peers, hours: i64, runs: usize) -> Vec<Timed> {
+    let ours = queries::queries(hours, queries::Dialect::DataFusion);
+    let theirs: Vec<Vec<queries::Query>> = PEERS.iter().map(|(_, d)| queries::queries(hours, *d)).collect();
+    let mut out = Vec::new();
+    for (i, q) in ours.iter().enumerate() {
+        let (_, rows) = run_pg(client, &q.sql).await;
+        let mut peer_times: Vec<Result<Vec<f64>, String>> = PEERS
+            .iter()
+            .zip(&theirs)
+            .map(|((engine, _), qs)| {
+                if !peers.has(engine) {
+                    return Err("not installed".into());
+                }
+                match peers.run(engine, &qs[i].sql) {
+                    Ok((_, n)) if n as usize == rows => Ok(Vec::new()),
+                    Ok((_, n)) => Err(format!("{n} rows, ours {rows}")),
+                    Err(e) => Err(e),
+                }
+            })
+            .collect();
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            times.push(run_pg(client, &q.sql).await.0);
+            for (((engine, _), qs), t) in PEERS.iter().zip(&theirs).zip(peer_times.iter_mut()) {
+                if let Ok(v) = t {
+                    match peers.run(engine, &qs[i].sql) {
+                        Ok((ms, _)) => v.push(ms),
+                        Err(e) => *t = Err(e),
+                    }
+                }
+            }
+        }
+        for ((engine, _), t) in PEERS.iter().zip(&peer_times) {
+            if let Err(e) = t {
+                eprintln!("{}: {engine}: {e}", q.name);
+            }
+        }
+        out.push(Timed {
+            name: q.name,
+            last_point: q.last_point,
+            rows,
+            ours: times,
+            peers: peer_times,
+        });
+    }
+    out
+}
+
+/// Prints one layout's table and the geometric means of the median ratios, scanning and
+/// last-point queries apart.
+fn report(title: &str, timed: &[Timed]) {
+    println!("\n### {title}\n");
+    println!("| query | rows | Twinlake ms (min / median / max) | DuckDB ms | ratio | chdb ms | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let cell = |v: &[f64]| {
+        let (lo, med, hi) = spread(v);
+        format!("{lo:.1} / **{med:.1}** / {hi:.1}")
     };
-    let n = rows(client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")));
-    let mut ms = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        let _ = client.simple_query(sql).await.unwrap();
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    for t in timed {
+        let ours = spread(&t.ours).1;
+        let mut row = format!(
+            "| {}{} | {} | {} |",
+            t.name,
+            if t.last_point { " (twins)" } else { "" },
+            t.rows,
+            cell(&t.ours)
+        );
+        for p in &t.peers {
+            match p {
+                Ok(v) => row.push_str(&format!(" {} | {:.2} |", cell(v), ours / spread(v).1)),
+                Err(_) => row.push_str(" - | - |"),
+            }
+        }
+        println!("{row}");
     }
-    (median(ms), n)
+    for (last_point, what) in [(false, "scanning queries"), (true, "last-point queries")] {
+        let mut means = Vec::new();
+        for (k, (engine, _)) in PEERS.iter().enumerate() {
+            let ratios: Vec<f64> = timed
+                .iter()
+                .filter(|t| t.last_point == last_point)
+                .filter_map(|t| Some(spread(&t.ours).1 / spread(t.peers[k].as_ref().ok()?).1))
+                .collect();
+            if ratios.is_empty() {
+                means.push(format!("vs {engine} -"));
+            } else {
+                let g = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+                means.push(format!("vs {engine} {g:.2} ({} queries)", ratios.len()));
+            }
+        }
+        println!("\ngeometric mean of the median ratios, {what}: {}", means.join(", "));
+    }
 }
 
 fn main() {
@@ -363,18 +456,6 @@ async fn run(a: Args) {
         a.hours,
         t.elapsed()
     );
-    // Tags for the peers, as a Parquet-free CSV (DuckDB reads it as a table).
-    let tags_file = dir.path().join("tags.csv");
-    let mut csv =
-        String::from("name,fleet,driver,model,device_version,load_capacity,fuel_capacity,nominal_fuel_consumption\n");
-    for t in &tags {
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
-            t.name, t.fleet, t.driver, t.model.0, t.version, t.model.1, t.model.2, t.model.3
-        ));
-    }
-    std::fs::write(&tags_file, csv).unwrap();
-
     let store: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&lake_dir).unwrap());
     let db = Arc::new(redb::Database::create(dir.path().join("cloud.redb")).unwrap());
     let lake = Lake::open(db.clone(), store, ObjectPath::from(""), FreshLimits::default()).unwrap();
@@ -415,68 +496,17 @@ async fn run(a: Args) {
     .unwrap();
     tokio::spawn(conn);
 
-    let qs = queries(a.hours);
-    let peer = peers(&lake_dir, &tags_file, &qs, a.runs);
-    println!(
-        "\n## TSBS-iot, {} trucks x {} h ({rows} rows, {files} edge files), median of {} runs\n",
-        a.trucks, a.hours, a.runs
-    );
-    println!("| query | rows | Twinlake over pgwire (ms) | DuckDB (ms) | ratio | chdb (ms) | ratio |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    let (mut log_duck, mut log_ch, mut n_duck, mut n_ch) = (0.0, 0.0, 0, 0);
-    for (name, ours, _) in &qs {
-        let (ms, n) = time_pg(&client, ours, a.runs).await;
-        let d = peer["duckdb"][name]["ms"].as_f64();
-        let dn = peer["duckdb"][name]["rows"].as_u64();
-        if let Some(dn) = dn {
-            assert_eq!(n as u64, dn, "{name}: we return {n} rows, DuckDB {dn}");
-        }
-        let c = peer["chdb"][name]["ms"].as_f64();
-        let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
-        let ratio = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.2}", ms / v));
-        if let Some(d) = d {
-            log_duck += (ms / d).ln();
-            n_duck += 1;
-        }
-        if let Some(c) = c {
-            log_ch += (ms / c).ln();
-            n_ch += 1;
-        }
-        println!(
-            "| {name} | {n} | {ms:.1} | {} | {} | {} | {} |",
-            fmt(d),
-            ratio(d),
-            fmt(c),
-            ratio(c)
-        );
-    }
-    let geo = |s: f64, n: i32| {
-        if n > 0 {
-            format!("{:.2}", (s / n as f64).exp())
-        } else {
-            "-".into()
-        }
-    };
-    println!(
-        "\ngeometric mean of the ratios: vs DuckDB {} ({n_duck} queries), vs chdb {} ({n_ch} queries)",
-        geo(log_duck, n_duck),
-        geo(log_ch, n_ch)
+    let mut peers = Peers::start(&lake_dir);
+    let edge = measure(&client, &mut peers, a.hours, a.runs).await;
+    report(
+        &format!(
+            "TSBS-iot, {} trucks x {} h ({rows} rows), {files} edge files, {} runs",
+            a.trucks, a.hours, a.runs
+        ),
+        &edge,
     );
 
-    // Query time against file count: the same queries before and after compaction.
-    let probes: Vec<&(&str, String, String)> = qs
-        .iter()
-        .filter(|(n, _, _)| {
-            matches!(
-                *n,
-                "stationary-trucks" | "avg-vs-projected-fuel-consumption" | "avg-load"
-            )
-        })
-        .collect();
-    let mut before = Vec::new();
-    for (_, sql, _) in &probes {
-        before.push(time_pg(&client, sql, a.runs).await.0);
-    }
+    // The same data compacted: one file per table and hour.
     let files_before = lake.files("readings").len() + lake.files("diagnostics").len();
     let t = Instant::now();
     let cfg = CompactionConfig {
@@ -490,24 +520,29 @@ async fn run(a: Args) {
         }
     }
     let took = t.elapsed();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Replaced files are deleted after the (zero) grace, by a task of their own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let files_after = lake.files("readings").len() + lake.files("diagnostics").len();
     let bytes = |t: &str| lake.files(t).iter().map(|f| f.bytes).sum::<u64>();
-    println!(
-        "\n## Query time against file count (compaction of {files_before} → {files_after} files took {took:.1?}; {} MB after)\n",
-        (bytes("readings") + bytes("diagnostics")) / 1_000_000
+    eprintln!("compacted {files_before} files into {files_after} in {took:.1?}");
+    let compacted = measure(&client, &mut peers, a.hours, a.runs).await;
+    report(
+        &format!(
+            "The same, compacted: {files_after} files ({} MB; compaction took {took:.1?}), {} runs",
+            (bytes("readings") + bytes("diagnostics")) / 1_000_000,
+            a.runs
+        ),
+        &compacted,
     );
-    println!("| query | {files_before} files (ms) | {files_after} files (ms) | DuckDB, {files_before} files (ms) |");
-    println!("|---|---:|---:|---:|");
-    for ((name, sql, _), b) in probes.iter().zip(before) {
-        let (after, _) = time_pg(&client, sql, a.runs).await;
-        let d = peer["duckdb"][*name]["ms"]
-            .as_f64()
-            .map_or("-".into(), |v| format!("{v:.1}"));
-        println!("| {name} | {b:.1} | {after:.1} | {d} |");
-    }
     let _ = stop.send(true);
     if a.smoke {
-        eprintln!("smoke run: every query answered, row counts match DuckDB's");
+        for t in edge.iter().chain(&compacted) {
+            if let Some(Err(e)) = t.peers.first()
+                && e.contains("rows")
+            {
+                panic!("{}: DuckDB: {e}", t.name);
+            }
+        }
+        eprintln!("smoke run: every query answered, row counts checked against the peers installed");
     }
 }

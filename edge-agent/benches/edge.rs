@@ -41,8 +41,10 @@ use twinlake_edge::lake::buffer::{Buffer, Schemas};
 use twinlake_edge::lake::file::encode as encode_parquet;
 use twinlake_edge::lake::model::{FieldValue, flatten};
 use twinlake_edge::outbox::writer_properties;
+use twinlake_edge::parquet::arrow::ArrowWriter;
 use twinlake_edge::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use twinlake_edge::parquet::basic::Encoding;
+use twinlake_edge::parquet::file::metadata::ParquetMetaDataReader;
 use twinlake_edge::parquet::file::properties::WriterProperties;
 use twinlake_edge::registry::CredentialHash;
 use twinlake_edge::{EdgeAgent, EdgeConfig};
@@ -82,11 +84,15 @@ fn read_dir_batches(root: &Path) -> Vec<(PathBuf, Vec<RecordBatch>)> {
 
 // ---------------------------------------------------------------- storage
 
-fn storage(full: bool) {
-    let (trucks, ticks) = if full { (500, 8640) } else { (5, 60) };
+/// The readings of `trucks` trucks over `ticks` ticks of 10 s, through the agent's path
+/// (PSON payload → flatten → Arrow buffer → seal): one batch per hour. With `jitter`, each
+/// reading's time is its tick plus up to ±200 ms, in whole milliseconds, as devices' clocks
+/// and networks make them.
+fn sealed_readings(trucks: usize, ticks: usize, jitter: bool) -> Vec<RecordBatch> {
     let mut rng = tsbs::Rng::new(123);
     let mut fleet: Vec<tsbs::Truck> = (0..trucks).map(|_| tsbs::Truck::new(&mut rng)).collect();
     let names: Vec<String> = (0..trucks).map(|i| format!("truck_{i}")).collect();
+    let mut jitter_rng = tsbs::Rng::new(7);
     let mut buffer = Buffer::new("gw", Schemas::new());
     let mut conflicts = Vec::new();
     for t in 0..ticks {
@@ -94,9 +100,14 @@ fn storage(full: bool) {
             let payload = reading_payload(&truck.tick(&mut rng));
             let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = Vec::new();
             flatten(ValueRef::decode(&payload).unwrap(), false, &mut fields);
+            let off_ms = if jitter {
+                (jitter_rng.unit() * 400.0).round() as i64 - 200
+            } else {
+                0
+            };
             buffer.append(
                 "readings",
-                START_US + t as i64 * 10_000_000,
+                START_US + t as i64 * 10_000_000 + off_ms * 1000,
                 Some("fleet"),
                 &names[i],
                 &fields,
@@ -104,57 +115,119 @@ fn storage(full: bool) {
             );
         }
     }
-    let values = (trucks * ticks * 7) as f64;
-    let sealed = buffer.seal().unwrap();
-    let hours: Vec<&RecordBatch> = sealed[0].hours.iter().map(|(_, b)| b).collect();
+    let mut sealed = buffer.seal().unwrap();
+    sealed.remove(0).hours.into_iter().map(|(_, b)| b).collect()
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let ours = writer_properties(&ParquetSection::default()).unwrap();
-    let variants: Vec<(&str, WriterProperties)> = vec![
-        ("twinlake (zstd-3, 64 KiB dictionary limit, delta time)", ours.clone()),
-        (
-            "twinlake, zstd-9",
-            writer_properties(&ParquetSection {
-                zstd_level: 9,
-                ..ParquetSection::default()
-            })
-            .unwrap(),
-        ),
-        (
-            "twinlake, parquet's 1 MiB dictionary limit",
-            WriterProperties::into_builder(ours.clone())
-                .set_dictionary_page_size_limit(1 << 20)
-                .build(),
-        ),
-        ("twinlake, BYTE_STREAM_SPLIT floats", {
-            let mut b = WriterProperties::into_builder(ours.clone());
-            for f in tsbs::FIELD_NAMES {
-                b = b
-                    .set_column_dictionary_enabled(f.into(), false)
-                    .set_column_encoding(f.into(), Encoding::BYTE_STREAM_SPLIT);
-            }
-            b.build()
-        }),
-    ];
-    println!("\n### Bytes per value: TSBS-iot readings, {trucks} trucks × {ticks} ticks of 10 s, 7 float fields\n");
-    println!("| writer | layout | bytes | B/value |");
-    println!("|---|---|---:|---:|");
-    for (name, props) in &variants {
-        let mut total = 0usize;
-        for (h, b) in hours.iter().enumerate() {
-            let bytes = encode_parquet(std::slice::from_ref(*b), props).unwrap();
-            total += bytes.len();
-            if std::ptr::eq(props, &variants[0].1) {
-                let p = dir.path().join(format!("readings/hour={h:02}/part.parquet"));
-                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::write(p, bytes).unwrap();
+/// A file as this build wrote it before float columns fell back to BYTE_STREAM_SPLIT
+/// (PLAIN past the dictionary limit), for the comparison.
+fn encode_plain_fallback(batch: &RecordBatch, props: &WriterProperties) -> Vec<u8> {
+    let mut b = WriterProperties::into_builder(props.clone());
+    for f in tsbs::FIELD_NAMES {
+        b = b.set_column_encoding(f.into(), Encoding::PLAIN);
+    }
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(b.build())).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+    out
+}
+
+/// Compressed bytes per column of `file`, added to `into` (in schema order).
+fn column_bytes(file: Vec<u8>, into: &mut Vec<(String, i64)>) {
+    let meta = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(file))
+        .unwrap();
+    for rg in meta.row_groups() {
+        for c in rg.columns() {
+            let name = c.column_path().string();
+            match into.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, n)) => *n += c.compressed_size(),
+                None => into.push((name, c.compressed_size())),
             }
         }
+    }
+}
+
+fn storage(full: bool) {
+    let (trucks, ticks) = if full { (500, 8640) } else { (5, 60) };
+    let values = (trucks * ticks * 7) as f64;
+    let ours = writer_properties(&ParquetSection::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut per_column: Vec<(&str, Vec<(String, i64)>)> = Vec::new();
+    for (data, jitter) in [("10 s ticks", false), ("arrival times (ms, ±200 ms jitter)", true)] {
+        let hours = sealed_readings(trucks, ticks, jitter);
+        let variants: Vec<(&str, WriterProperties)> = vec![
+            (
+                "twinlake (zstd-3, 64 KiB dictionaries, BYTE_STREAM_SPLIT fallback for floats, delta time)",
+                ours.clone(),
+            ),
+            (
+                "twinlake, zstd-9",
+                writer_properties(&ParquetSection {
+                    zstd_level: 9,
+                    ..ParquetSection::default()
+                })
+                .unwrap(),
+            ),
+            (
+                "twinlake, parquet's 1 MiB dictionary limit",
+                WriterProperties::into_builder(ours.clone())
+                    .set_dictionary_page_size_limit(1 << 20)
+                    .build(),
+            ),
+            ("twinlake, BYTE_STREAM_SPLIT floats without dictionaries", {
+                let mut b = WriterProperties::into_builder(ours.clone());
+                for f in tsbs::FIELD_NAMES {
+                    b = b.set_column_dictionary_enabled(f.into(), false);
+                }
+                b.build()
+            }),
+        ];
         println!(
-            "| {name} | {} hourly files | {total} | {:.3} |",
-            hours.len(),
-            total as f64 / values
+            "\n### Bytes per value: TSBS-iot readings, {trucks} trucks × {ticks} ticks of 10 s, 7 float fields, {data}\n"
         );
+        println!("| writer | layout | bytes | B/value |");
+        println!("|---|---|---:|---:|");
+        let row = |name: &str, total: usize| {
+            println!(
+                "| {name} | {} hourly files | {total} | {:.3} |",
+                hours.len(),
+                total as f64 / values
+            );
+        };
+        let mut before = Vec::new();
+        let total: usize = hours
+            .iter()
+            .map(|b| {
+                let f = encode_plain_fallback(b, &ours);
+                let n = f.len();
+                column_bytes(f, &mut before);
+                n
+            })
+            .sum();
+        row("twinlake before: PLAIN fallback for floats", total);
+        for (i, (name, props)) in variants.iter().enumerate() {
+            let mut after = Vec::new();
+            let mut total = 0usize;
+            for (h, b) in hours.iter().enumerate() {
+                let bytes = encode_parquet(std::slice::from_ref(b), props).unwrap();
+                total += bytes.len();
+                if i == 0 && jitter {
+                    let p = dir.path().join(format!("readings/hour={h:02}/part.parquet"));
+                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                    std::fs::write(p, &bytes).unwrap();
+                }
+                if i == 0 {
+                    column_bytes(bytes, &mut after);
+                }
+            }
+            row(name, total);
+            if i == 0 && jitter {
+                per_column.push(("before (PLAIN fallback)", std::mem::take(&mut before)));
+                per_column.push(("after (BYTE_STREAM_SPLIT fallback)", after));
+            }
+        }
     }
     // The peer, over the very same rows.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pyarrow_storage.py");
@@ -175,6 +248,19 @@ fn storage(full: bool) {
         }
         Ok(out) => println!("\n(pyarrow peer failed: {})", String::from_utf8_lossy(&out.stderr)),
         Err(e) => println!("\n(pyarrow peer not run: {e}; run scripts/test once to make .venv)"),
+    }
+    if let [(b_name, b), (a_name, a)] = per_column.as_slice() {
+        println!("\n#### Bytes per column, arrival times, all hourly files\n");
+        println!("| column | {b_name} | B/row | {a_name} | B/row |");
+        println!("|---|---:|---:|---:|---:|");
+        let rows = (trucks * ticks) as f64;
+        for ((name, x), (_, y)) in b.iter().zip(a) {
+            println!(
+                "| {name} | {x} | {:.3} | {y} | {:.3} |",
+                *x as f64 / rows,
+                *y as f64 / rows
+            );
+        }
     }
 }
 

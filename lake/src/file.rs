@@ -8,6 +8,7 @@
 //! A compacted file also carries `twinlake.compacted` (how many files it replaced).
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
@@ -76,13 +77,28 @@ pub fn writer_properties(cfg: WriterSettings, writer: Writer) -> Result<WriterPr
         .build())
 }
 
-/// Encodes batches as one Parquet file in memory (empty for no batches).
+/// `props` for a file of `schema`: float columns keep their dictionary while it stays under
+/// the limit, and fall back to BYTE_STREAM_SPLIT (not PLAIN) past it, which zstd packs
+/// tighter (coordinates; BENCHMARKS.md, "Bytes per value").
+pub fn for_schema(props: &WriterProperties, schema: &Schema) -> WriterProperties {
+    let mut b = props.clone().into_builder();
+    for f in schema.fields() {
+        if matches!(f.data_type(), DataType::Float64 | DataType::Float32) {
+            b = b.set_column_encoding(ColumnPath::from(f.name().as_str()), Encoding::BYTE_STREAM_SPLIT);
+        }
+    }
+    b.build()
+}
+
+/// Encodes batches as one Parquet file in memory (empty for no batches), with
+/// [`for_schema`]'s encodings.
 pub fn encode(batches: &[RecordBatch], props: &WriterProperties) -> Result<Vec<u8>, LakeError> {
     let Some(first) = batches.first() else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props.clone()))?;
+    let props = for_schema(props, &first.schema());
+    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props))?;
     for b in batches {
         w.write(b)?;
     }
@@ -117,5 +133,58 @@ impl FileInfo {
             format,
             compacted: find(COMPACTED_KEY).is_some(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, Int64Array};
+    use arrow::datatypes::Field;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    /// Floats keep their dictionary while it is small, and past the limit fall back to
+    /// BYTE_STREAM_SPLIT; other columns are left as they were.
+    #[test]
+    fn floats_fall_back_to_byte_stream_split() {
+        let n = 50_000;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("few", DataType::Float64, false),
+            Field::new("many", DataType::Float64, false),
+            Field::new("count", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Float64Array::from_iter_values((0..n).map(|i| f64::from(i % 4)))),
+                Arc::new(Float64Array::from_iter_values((0..n).map(|i| f64::from(i) * 1.000_1))),
+                Arc::new(Int64Array::from_iter_values((0..n).map(i64::from))),
+            ],
+        )
+        .unwrap();
+        let props = writer_properties(WriterSettings::default(), Writer::Edge).unwrap();
+        let file = encode(&[batch], &props).unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(file)).unwrap();
+        let rg = reader.metadata().row_group(0);
+        let encodings = |i: usize| rg.column(i).encodings().collect::<Vec<_>>();
+        assert!(encodings(0).contains(&Encoding::RLE_DICTIONARY), "{:?}", encodings(0));
+        assert!(
+            !encodings(0).contains(&Encoding::BYTE_STREAM_SPLIT),
+            "{:?}",
+            encodings(0)
+        );
+        assert!(
+            encodings(1).contains(&Encoding::BYTE_STREAM_SPLIT),
+            "{:?}",
+            encodings(1)
+        );
+        assert!(
+            !encodings(2).contains(&Encoding::BYTE_STREAM_SPLIT),
+            "{:?}",
+            encodings(2)
+        );
     }
 }

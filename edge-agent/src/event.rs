@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use twinlake_sdk::frame::Message;
 use twinlake_sdk::pson::Value;
 
@@ -123,8 +123,40 @@ pub struct Acker(pub(crate) AckTarget);
 
 #[derive(Clone)]
 pub(crate) enum AckTarget {
-    Device { tx: mpsc::Sender<Command>, stream_id: u32 },
+    Device { acks: Arc<AckQueue>, stream_id: u32 },
     Fn(Arc<dyn Fn(bool) + Send + Sync>),
+}
+
+/// A device connection's confirmations waiting to be written. Ackers add to it from any
+/// task without waiting, and the connection takes all that wait at once, so the acks of
+/// one WAL sync leave in one write. It holds at most one entry per request of the device
+/// not yet confirmed, and those are bounded by the ingest queue and the WAL's batch.
+#[derive(Debug, Default)]
+pub(crate) struct AckQueue {
+    waiting: std::sync::Mutex<Vec<(u32, bool)>>,
+    ready: tokio::sync::Notify,
+}
+
+impl AckQueue {
+    fn push(&self, stream_id: u32, ok: bool) {
+        if let Ok(mut w) = self.waiting.lock() {
+            w.push((stream_id, ok));
+        }
+        self.ready.notify_one();
+    }
+
+    /// Swaps what waits into `into` (emptied first).
+    pub(crate) fn take(&self, into: &mut Vec<(u32, bool)>) {
+        into.clear();
+        if let Ok(mut w) = self.waiting.lock() {
+            std::mem::swap(&mut *w, into);
+        }
+    }
+
+    /// Waits until something was pushed since the last wait.
+    pub(crate) async fn ready(&self) {
+        self.ready.notified().await;
+    }
 }
 
 impl Acker {
@@ -137,14 +169,7 @@ impl Acker {
     pub fn ack(self, ok: bool) {
         match self.0 {
             AckTarget::Fn(f) => f(ok),
-            AckTarget::Device { tx, stream_id } => {
-                let cmd = Command::Ack { stream_id, ok };
-                if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(cmd) {
-                    tokio::spawn(async move {
-                        let _ = tx.send(cmd).await;
-                    });
-                }
-            }
+            AckTarget::Device { acks, stream_id } => acks.push(stream_id, ok),
         }
     }
 }
@@ -161,8 +186,8 @@ impl std::fmt::Debug for Acker {
 impl PartialEq for Acker {
     fn eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
-            (AckTarget::Device { tx: a, stream_id: x }, AckTarget::Device { tx: b, stream_id: y }) => {
-                x == y && a.same_channel(b)
+            (AckTarget::Device { acks: a, stream_id: x }, AckTarget::Device { acks: b, stream_id: y }) => {
+                x == y && Arc::ptr_eq(a, b)
             }
             (AckTarget::Fn(a), AckTarget::Fn(b)) => Arc::ptr_eq(a, b),
             _ => false,
@@ -177,10 +202,6 @@ pub(crate) enum Command {
         // Boxed: the queue's slots are allocated up front, so they are kept small.
         message: Box<Message>,
         reply: oneshot::Sender<Reply>,
-    },
-    Ack {
-        stream_id: u32,
-        ok: bool,
     },
     Close,
 }

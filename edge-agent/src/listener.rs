@@ -7,26 +7,26 @@
 //! reading more, so a slow consumer slows devices down (TCP back-pressure) and nothing is
 //! dropped.
 
+mod conn;
+use conn::Conn;
 mod handle;
 pub mod session;
 mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use twinlake_sdk::frame::{FrameDecoder, FrameLimits, Message, Signal};
 use twinlake_sdk::pson::Value;
 
 pub use handle::{DeviceHandle, Devices};
-use session::{Credentials, Session, SessionEvent};
+use session::{Credentials, SessionEvent};
 pub use tls::{ServerTls, client_roots, tls_acceptor};
 
 use crate::Error;
@@ -225,11 +225,11 @@ async fn accept_loop(
                 conns.spawn(async move {
                     let _permit = permit;
                     match tls {
-                        None => serve(sock, peer, false, shared, stop).await,
+                        None => conn::serve(sock, peer, false, shared, stop).await,
                         Some(acceptor) => {
                             let limit = shared.config.handshake_timeout;
                             match tokio::time::timeout(limit, acceptor.accept(sock)).await {
-                                Ok(Ok(stream)) => serve(stream, peer, true, shared, stop).await,
+                                Ok(Ok(stream)) => conn::serve(stream, peer, true, shared, stop).await,
                                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => debug!(%peer, "TLS handshake timed out"),
                             }
@@ -242,96 +242,6 @@ async fn accept_loop(
         }
     }
     while conns.join_next().await.is_some() {}
-}
-
-/// The first read of a busy connection, and the most one read takes.
-const READ_CHUNK: usize = 8192;
-const MAX_READ_CHUNK: usize = 256 << 10;
-
-/// Per-connection state outside the session.
-struct Conn {
-    id: u64,
-    key: Option<DeviceKey>,
-    session: Session,
-    pending: HashMap<u32, (Instant, oneshot::Sender<Reply>)>,
-    rx_bytes: u64,
-    tx_bytes: u64,
-}
-
-async fn serve<S>(stream: S, peer: SocketAddr, tls: bool, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin,
-{
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (cmd_tx, mut cmd_rx) = mpsc::channel(shared.config.command_capacity.max(1));
-    let mut conn = Conn {
-        id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
-        key: None,
-        session: Session::new(),
-        pending: HashMap::new(),
-        rx_bytes: 0,
-        tx_bytes: 0,
-    };
-    let mut decoder = FrameDecoder::new(shared.config.limits);
-    // The read buffer grows while the device is busy and is freed when it goes quiet, so an
-    // idle connection costs little memory (BENCHMARKS.md: agent memory per device).
-    let mut buf: Vec<u8> = Vec::new();
-    let idle = shared.config.idle_timeout;
-    let mut idle_deadline = Instant::now() + idle;
-    let login_deadline = Instant::now() + shared.config.login_timeout;
-    let write_timeout = shared.config.write_timeout;
-    let reason: String = loop {
-        let next_request_deadline = conn.pending.values().map(|(d, _)| *d).min();
-        tokio::select! {
-            read = rd.read_buf(&mut buf) => {
-                let n = match read {
-                    Ok(0) => break "closed by device".into(),
-                    Ok(n) => n,
-                    Err(e) => break format!("read error: {e}"),
-                };
-                conn.rx_bytes += n as u64;
-                idle_deadline = Instant::now() + idle;
-                decoder.push(&buf);
-                let full = buf.len() >= buf.capacity();
-                buf.clear();
-                if full {
-                    // Busy: read bigger chunks next time.
-                    buf.reserve((n * 2).clamp(READ_CHUNK, MAX_READ_CHUNK));
-                } else if n < READ_CHUNK / 8 {
-                    buf = Vec::new();
-                }
-                // Boxed: the handling state lives only while frames are handled, not in
-                // every idle connection's task.
-                if let Err(reason) = Box::pin(handle_frames(&mut decoder, &mut conn, &shared, &cmd_tx, peer, tls)).await {
-                    // Flush what the session still has to say (an auth refusal, say).
-                    let _ = tokio::time::timeout(write_timeout, flush(&mut wr, &mut conn)).await;
-                    break reason;
-                }
-                decoder.release();
-            }
-            Some(cmd) = cmd_rx.recv() => match cmd {
-                Command::Request { message, reply } => {
-                    let sid = conn.session.request(*message);
-                    conn.pending.insert(sid, (Instant::now() + shared.config.request_timeout, reply));
-                }
-                Command::Ack { stream_id, ok } => conn.session.ack(stream_id, ok),
-                Command::Close => break "replaced by a newer connection".into(),
-            },
-            _ = tokio::time::sleep_until(next_request_deadline.unwrap_or(idle_deadline)), if next_request_deadline.is_some() => {
-                expire_requests(&mut conn);
-            }
-            _ = tokio::time::sleep_until(idle_deadline) => break format!("idle for {} s", idle.as_secs()),
-            _ = tokio::time::sleep_until(login_deadline), if conn.key.is_none() => break "no login in time".into(),
-            _ = stop.changed() => break "shutting down".into(),
-        }
-        match tokio::time::timeout(write_timeout, flush(&mut wr, &mut conn)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => break format!("write error: {e}"),
-            Err(_) => break "the device stopped reading (write timed out)".into(),
-        }
-    };
-    let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
-    finish(conn, &shared, reason).await;
 }
 
 /// Decodes and handles every complete frame; `Err` closes the connection with a reason.
@@ -407,24 +317,19 @@ async fn handle_frames(
                 let Some(key) = conn.key.clone() else {
                     continue;
                 };
-                device_request(other, &key, conn, shared, cmd_tx).await;
+                device_request(other, &key, conn, shared).await;
             }
         }
     }
 }
 
 /// Handles what a device asked for or sent; acks once the event is queued.
-async fn device_request(
-    event: SessionEvent,
-    key: &DeviceKey,
-    conn: &mut Conn,
-    shared: &Arc<Shared>,
-    cmd_tx: &mpsc::Sender<Command>,
-) {
+async fn device_request(event: SessionEvent, key: &DeviceKey, conn: &mut Conn, shared: &Arc<Shared>) {
+    let acks = conn.acks.get_or_insert_with(Arc::default).clone();
     let acker = |ack: Option<u32>| {
         ack.map(|stream_id| {
             Acker(AckTarget::Device {
-                tx: cmd_tx.clone(),
+                acks: acks.clone(),
                 stream_id,
             })
         })
@@ -538,58 +443,6 @@ fn register(shared: &Shared, conn_id: u64, key: &DeviceKey, tx: mpsc::Sender<Com
     if let Some((_, old)) = old {
         old.close();
     }
-}
-
-fn expire_requests(conn: &mut Conn) {
-    let now = Instant::now();
-    let expired: Vec<u32> = conn
-        .pending
-        .iter()
-        .filter(|(_, (d, _))| *d <= now)
-        .map(|(k, _)| *k)
-        .collect();
-    for sid in expired {
-        conn.session.forget(sid);
-        if let Some((_, tx)) = conn.pending.remove(&sid) {
-            let _ = tx.send(Reply::Timeout);
-        }
-    }
-}
-
-async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, conn: &mut Conn) -> std::io::Result<()> {
-    let mut wrote = false;
-    while let Some(frame) = conn.session.poll_transmit() {
-        // One frame, one write: stock clients treat a short read inside a frame as a drop.
-        wr.write_all(&frame).await?;
-        conn.tx_bytes += frame.len() as u64;
-        wrote = true;
-    }
-    if wrote {
-        wr.flush().await?;
-    }
-    Ok(())
-}
-
-async fn finish(conn: Conn, shared: &Shared, reason: String) {
-    let Some(key) = conn.key else {
-        debug!(%reason, "connection closed before authentication");
-        return;
-    };
-    // Only this connection's own registration: a newer connection may have replaced it.
-    if let Ok(mut d) = shared.devices.lock()
-        && d.get(&key).is_some_and(|(id, _)| *id == conn.id)
-    {
-        d.remove(&key);
-    }
-    shared.config.metrics.devices_connected.dec();
-    info!(device = %key, %reason, "device disconnected");
-    let kind = DeviceEventKind::Disconnected {
-        reason,
-        rx_bytes: conn.rx_bytes,
-        tx_bytes: conn.tx_bytes,
-    };
-    emit(shared, &key, kind).await;
-    // Pending requests see their reply channel dropped: `Error::Disconnected`.
 }
 
 /// A request to run a resource: the message the handle sends.

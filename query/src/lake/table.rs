@@ -247,8 +247,13 @@ impl TableProvider for LakeTable {
                 .zip(group_stats)
                 .map(|(g, s)| FileGroup::new(g).with_statistics(Arc::new(s)))
                 .collect();
+            // Filters are applied inside the files (late materialisation) only for a scan
+            // of chosen devices, where files sorted by device skip most rows; time ranges are
+            // pruned by file and row group already, and for full scans it cost more than it
+            // saved (BENCHMARKS.md, "SQL").
             let source = ParquetSource::new(self.schema.clone())
-                .with_table_parquet_options(state.table_options().parquet.clone());
+                .with_table_parquet_options(state.table_options().parquet.clone())
+                .with_pushdown_filters(pruning.devices.is_some());
             let config = FileScanConfigBuilder::new(self.lake.url.clone(), Arc::new(source))
                 .with_file_groups(groups)
                 .with_statistics(table_stats)

@@ -1,5 +1,5 @@
 //! The GWMP (Semtech UDP packet forwarder) parser on arbitrary datagrams: no panic; every
-//! rxpk it accepts has a payload that decodes or says why; acks echo the token; a PULL_RESP
+//! rxpk it accepts has a payload that decodes or says why; acks echo the version and token; a PULL_RESP
 //! built from an accepted rxpk is a header and valid JSON.
 #![no_main]
 
@@ -12,19 +12,21 @@ use libfuzzer_sys::fuzz_target;
 mod gwmp;
 
 fuzz_target!(|data: &[u8]| {
-    match gwmp::parse(data) {
+    let parsed = gwmp::parse(data);
+    let version = || gwmp::Version::of(data).expect("a datagram parse accepts has a known version");
+    match parsed {
         Ok(gwmp::Up::PushData { token, rxpk, .. }) => {
-            assert_eq!(gwmp::push_ack(token)[1..3], token);
+            assert_eq!(gwmp::push_ack(version(), token)[..3], [data[0], token[0], token[1]]);
             for rx in rxpk.into_iter().flatten() {
                 let _ = rx.crc_ok();
                 if let Ok(phy) = rx.payload() {
-                    let d = gwmp::pull_resp(token, &gwmp::TxPk::rx1(&rx, &phy, 1_000_000, 14));
-                    assert_eq!(d[..4], [2, token[0], token[1], 3]);
+                    let d = gwmp::pull_resp(version(), token, &gwmp::TxPk::rx1(&rx, &phy, 1_000_000, 14));
+                    assert_eq!(d[..4], [data[0], token[0], token[1], 3]);
                     let _: serde_json::Value = serde_json::from_slice(&d[4..]).expect("PULL_RESP is JSON");
                 }
             }
         }
-        Ok(gwmp::Up::PullData { token, .. }) => assert_eq!(gwmp::pull_ack(token)[3], 4),
+        Ok(gwmp::Up::PullData { token, .. }) => assert_eq!(gwmp::pull_ack(version(), token)[3], 4),
         Ok(gwmp::Up::TxAck { .. }) | Err(_) => {}
     }
 });

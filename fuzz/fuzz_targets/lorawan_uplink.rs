@@ -36,6 +36,7 @@ fn abp(n: u8, codec: Codec) -> DeviceConf {
             fcnt_up: None,
             fcnt_down: 0,
             dev_nonces: Vec::new(),
+            resend_acked: None,
         }),
         table: "lorawan".into(),
         codec,

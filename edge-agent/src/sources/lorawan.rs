@@ -27,13 +27,19 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use twinlake_sdk::pson::Value;
 
-use self::gwmp::{DataRate, GatewayEui, RxPk, TxPk, Up};
+use self::gwmp::{DataRate, GatewayEui, RxPk, TxPk, Up, Version};
 use self::network::{DeviceConf, Eui, NetworkServer, Outcome, Session};
 use super::{Heard, Presence, connected, disconnected, hex, hex_array, parse_rfc3339};
 use crate::Error;
 use crate::event::{DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::metrics::Metrics;
 use crate::sources::lorawan::config::LorawanSection;
+
+/// Radio metadata kept, in the gateway's units: what a LoRa radio can report, with room.
+const RSSI_DBM: std::ops::RangeInclusive<f64> = -200.0..=30.0;
+const SNR_DB: std::ops::RangeInclusive<f64> = -50.0..=50.0;
+/// Sub-GHz ISM bands, 137 MHz to 1020 MHz, and 2.4 GHz LoRa.
+const FREQ_MHZ: std::ops::RangeInclusive<f64> = 100.0..=2600.0;
 
 /// Class A join-accept delay 1 (LoRaWAN 1.0.x: 5 s).
 const JOIN_ACCEPT_DELAY1_US: u32 = 5_000_000;
@@ -49,7 +55,8 @@ pub struct LoraSource {
     rx1_delay_us: u32,
     events: mpsc::Sender<DeviceEvent>,
     metrics: Arc<Metrics>,
-    pull_addr: HashMap<GatewayEui, SocketAddr>,
+    /// Where each gateway pulls downlinks from, and the protocol version it speaks.
+    pull_addr: HashMap<GatewayEui, (SocketAddr, Version)>,
     presence: Presence,
     token: u16,
 }
@@ -199,8 +206,9 @@ impl LoraSource {
     }
 
     async fn datagram(&mut self, d: &[u8], from: SocketAddr, out: &mut Vec<(Vec<u8>, SocketAddr)>) {
-        let up = match gwmp::parse(d) {
-            Ok(u) => u,
+        let (up, version) = match gwmp::parse(d).map(|u| (u, Version::of(d))) {
+            Ok((u, Some(v))) => (u, v),
+            Ok((_, None)) => return,
             Err(e) => {
                 self.metrics.source("lorawan", "undecodable");
                 debug!(%from, error = %e, "bad GWMP datagram");
@@ -217,10 +225,10 @@ impl LoraSource {
                         self.metrics.source("lorawan", "gateway_evicted");
                     }
                 }
-                if self.pull_addr.insert(gateway, from) != Some(from) {
-                    info!(%gateway, %from, "gateway downlink path");
+                if self.pull_addr.insert(gateway, (from, version)) != Some((from, version)) {
+                    info!(%gateway, %from, ?version, "gateway downlink path");
                 }
-                let _ = self.socket.send_to(&gwmp::pull_ack(token), from).await;
+                let _ = self.socket.send_to(&gwmp::pull_ack(version, token), from).await;
             }
             Up::TxAck { gateway, error, .. } => match error {
                 None => self.metrics.source("lorawan", "downlink"),
@@ -232,7 +240,7 @@ impl LoraSource {
             Up::PushData {
                 token, gateway, rxpk, ..
             } => {
-                let _ = self.socket.send_to(&gwmp::push_ack(token), from).await;
+                let _ = self.socket.send_to(&gwmp::push_ack(version, token), from).await;
                 for rx in rxpk {
                     match rx {
                         Ok(rx) => self.rxpk(gateway, &rx, out).await,
@@ -265,11 +273,12 @@ impl LoraSource {
                 self.metrics.source("lorawan", "accepted");
                 let at = rx.time.as_deref().and_then(parse_rfc3339).unwrap_or(now);
                 let mut fields = up.fields;
+                let (rssi, snr, freq) = self.radio(gateway, rx);
                 let meta: [(&str, Option<Value>); 7] = [
-                    ("rssi", rx.rssi.map(Value::Double)),
-                    ("snr", rx.lsnr.map(Value::Double)),
+                    ("rssi", rssi.map(Value::Double)),
+                    ("snr", snr.map(Value::Double)),
                     ("lora_gateway", Some(Value::Str(gateway.to_string()))),
-                    ("frequency", rx.freq.map(|f| Value::Int((f * 1e6).round() as i64))),
+                    ("frequency", freq.map(|f| Value::Int((f * 1e6).round() as i64))),
                     ("data_rate", rx.datr.as_ref().map(|d| Value::Str(d.to_string()))),
                     ("f_cnt", Some(Value::Int(i64::from(up.fcnt)))),
                     ("f_port", up.f_port.map(|p| Value::Int(i64::from(p)))),
@@ -287,8 +296,7 @@ impl LoraSource {
                     let peer = self
                         .pull_addr
                         .get(&gateway)
-                        .copied()
-                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |(a, _)| *a);
                     connected(&self.events, key.clone(), now, peer, false).await;
                 }
                 let ev = DeviceEvent {
@@ -317,11 +325,47 @@ impl LoraSource {
                 self.downlink(gateway, rx, &accept, JOIN_ACCEPT_DELAY1_US, out);
             }
             Outcome::Duplicate => self.metrics.source("lorawan", "duplicate"),
+            Outcome::Resent { device, ack } => {
+                // Stored the first time; only the lost ACK is repaired.
+                self.metrics.source("lorawan", "resent");
+                match ack {
+                    Some(ack) => {
+                        debug!(%device, %gateway, "a resent confirmed uplink is ACKed again");
+                        self.downlink(gateway, rx, &ack, self.rx1_delay_us, out);
+                    }
+                    None => self.metrics.source("lorawan", "resend_ack_limited"),
+                }
+            }
             Outcome::Rejected(why) => {
                 self.metrics.source("lorawan", why.outcome());
                 debug!(%gateway, reason = %why, "uplink rejected");
             }
         }
+    }
+
+    /// The radio metadata of `rx` within physical ranges (rssi in dBm, snr in dB, frequency
+    /// in MHz); a value outside is dropped (null) and counted, never clamped.
+    fn radio(&self, gateway: GatewayEui, rx: &RxPk) -> (Option<f64>, Option<f64>, Option<f64>) {
+        let mut bad = Vec::new();
+        let mut keep = |name: &'static str, v: Option<f64>, range: std::ops::RangeInclusive<f64>| {
+            v.filter(|x| {
+                let ok = range.contains(x);
+                if !ok {
+                    bad.push((name, *x));
+                }
+                ok
+            })
+        };
+        let out = (
+            keep("rssi", rx.rssi, RSSI_DBM),
+            keep("snr", rx.lsnr, SNR_DB),
+            keep("frequency", rx.freq, FREQ_MHZ),
+        );
+        if !bad.is_empty() {
+            self.metrics.source("lorawan", "metadata_out_of_range");
+            warn!(%gateway, ?bad, "radio metadata out of range stored as null");
+        }
+        out
     }
 
     fn downlink(
@@ -332,7 +376,7 @@ impl LoraSource {
         delay_us: u32,
         out: &mut Vec<(Vec<u8>, SocketAddr)>,
     ) {
-        let Some(to) = self.pull_addr.get(&gateway).copied() else {
+        let Some((to, version)) = self.pull_addr.get(&gateway).copied() else {
             warn!(%gateway, "no PULL_DATA from this gateway yet: a downlink cannot be sent");
             return;
         };
@@ -341,6 +385,6 @@ impl LoraSource {
             txpk.codr = None;
         }
         let token = self.next_token();
-        out.push((gwmp::pull_resp(token, &txpk), to));
+        out.push((gwmp::pull_resp(version, token, &txpk), to));
     }
 }

@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use proptest::prelude::*;
 use serde_json::json;
-use twinlake_edge::sources::lorawan::gwmp::{DataRate, TxPk, Up, parse, pull_resp, push_ack};
+use twinlake_edge::sources::lorawan::gwmp::{DataRate, TxPk, Up, Version, parse, pull_resp, push_ack};
 
 fn datr() -> impl Strategy<Value = DataRate> {
     prop_oneof![
@@ -39,19 +39,21 @@ proptest! {
         lsnr in prop::option::of(-20.0f64..15.0),
         datr in datr(),
         phy in prop::collection::vec(any::<u8>(), 0..64),
+        version in 1u8..=2,
     ) {
         let mut rx = json!({"tmst": tmst, "freq": freq, "stat": 1, "rssi": rssi, "datr": datr,
                             "data": base64::engine::general_purpose::STANDARD.encode(&phy), "size": phy.len()});
         if let Some(l) = lsnr {
             rx["lsnr"] = json!(l);
         }
-        let mut d = vec![2, token[0], token[1], 0];
+        let mut d = vec![version, token[0], token[1], 0];
         d.extend_from_slice(&eui);
         d.extend_from_slice(json!({"rxpk": [rx]}).to_string().as_bytes());
         let Ok(Up::PushData { token: t, gateway, rxpk, .. }) = parse(&d) else { panic!("refused") };
         prop_assert_eq!(t, token);
         prop_assert_eq!(gateway.0, eui);
-        prop_assert_eq!(push_ack(t), [2, token[0], token[1], 1]);
+        let v = Version::of(&d).unwrap();
+        prop_assert_eq!(push_ack(v, t), [version, token[0], token[1], 1]);
         let rx = rxpk[0].as_ref().unwrap();
         prop_assert_eq!(rx.tmst, Some(tmst));
         prop_assert_eq!(rx.freq, Some(freq));
@@ -59,7 +61,8 @@ proptest! {
         prop_assert_eq!(rx.datr.as_ref(), Some(&datr));
         prop_assert_eq!(rx.payload().unwrap(), phy.clone());
         // The answer in RX1 carries the same bytes back.
-        let resp = pull_resp(token, &TxPk::rx1(rx, &phy, 1_000_000, 14));
+        let resp = pull_resp(v, token, &TxPk::rx1(rx, &phy, 1_000_000, 14));
+        prop_assert_eq!(resp[0], version);
         let j: serde_json::Value = serde_json::from_slice(&resp[4..]).unwrap();
         let back = base64::engine::general_purpose::STANDARD.decode(j["txpk"]["data"].as_str().unwrap()).unwrap();
         prop_assert_eq!(back, phy);

@@ -588,18 +588,25 @@ struct Gateway {
     down: UdpSocket,
     server: std::net::SocketAddr,
     token: u16,
+    /// The GWMP version it speaks and expects back.
+    version: u8,
 }
 
 impl Gateway {
     async fn new(eui: [u8; 8], server: std::net::SocketAddr) -> Self {
+        Self::speaking(2, eui, server).await
+    }
+
+    async fn speaking(version: u8, eui: [u8; 8], server: std::net::SocketAddr) -> Self {
         let g = Self {
             eui,
             up: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
             down: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
             server,
             token: 0x1000,
+            version,
         };
-        let mut d = vec![2, 0xab, 0xcd, 2];
+        let mut d = vec![version, 0xab, 0xcd, 2];
         d.extend_from_slice(&g.eui);
         g.down.send_to(&d, server).await.unwrap();
         let mut buf = [0u8; 64];
@@ -607,7 +614,7 @@ impl Gateway {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(&buf[..n], &[2, 0xab, 0xcd, 4], "PULL_ACK");
+        assert_eq!(&buf[..n], &[version, 0xab, 0xcd, 4], "PULL_ACK");
         g
     }
 
@@ -615,7 +622,7 @@ impl Gateway {
     async fn push(&mut self, rxpk: Vec<Json>) {
         self.token += 1;
         let t = self.token.to_be_bytes();
-        let mut d = vec![2, t[0], t[1], 0];
+        let mut d = vec![self.version, t[0], t[1], 0];
         d.extend_from_slice(&self.eui);
         d.extend_from_slice(json!({"rxpk": rxpk}).to_string().as_bytes());
         self.up.send_to(&d, self.server).await.unwrap();
@@ -624,7 +631,7 @@ impl Gateway {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(&buf[..n], &[2, t[0], t[1], 1], "PUSH_ACK");
+        assert_eq!(&buf[..n], &[self.version, t[0], t[1], 1], "PUSH_ACK");
     }
 
     /// The next PULL_RESP's txpk, answered with a TX_ACK.
@@ -634,14 +641,31 @@ impl Gateway {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((buf[0], buf[3]), (2, 3), "PULL_RESP");
-        let mut ack = vec![2, buf[1], buf[2], 5];
+        assert_eq!((buf[0], buf[3]), (self.version, 3), "PULL_RESP");
+        let mut ack = vec![self.version, buf[1], buf[2], 5];
         ack.extend_from_slice(&self.eui);
         ack.extend_from_slice(br#"{"txpk_ack":{"error":"NONE"}}"#);
         self.down.send_to(&ack, from).await.unwrap();
         let j: Json = serde_json::from_slice(&buf[4..n]).unwrap();
         j["txpk"].clone()
     }
+}
+
+/// The ACK downlink in `txpk`: an unconfirmed data down with the ACK bit whose MIC verifies
+/// with `nwk` at `fcnt_down`.
+fn check_ack(txpk: &Json, nwk: &str, fcnt_down: u32) {
+    let ack = base64::engine::general_purpose::STANDARD
+        .decode(txpk["data"].as_str().unwrap())
+        .unwrap();
+    let lorawan::parser::PhyPayload::Data(lorawan::parser::DataPayload::Encrypted(down)) =
+        lorawan::parser::parse(ack).unwrap()
+    else {
+        panic!("not a data frame")
+    };
+    use lorawan::parser::DataHeader as _;
+    assert!(!down.is_uplink() && down.fhdr().fctrl().ack(), "an ACK downlink");
+    assert_eq!(u32::from(down.fhdr().fcnt()), fcnt_down);
+    assert!(down.validate_mic(&lorawan::keys::AES128(hex(nwk).try_into().unwrap()), fcnt_down));
 }
 
 fn rxpk(phy_hex: &str, rssi: f64, lsnr: f64) -> Json {
@@ -716,17 +740,7 @@ async fn lorawan_over_udp() {
         (txpk["tmst"].as_u64(), txpk["ipol"].as_bool()),
         (Some(2_000_000), Some(true))
     );
-    let ack = base64::engine::general_purpose::STANDARD
-        .decode(txpk["data"].as_str().unwrap())
-        .unwrap();
-    let lorawan::parser::PhyPayload::Data(lorawan::parser::DataPayload::Encrypted(down)) =
-        lorawan::parser::parse(ack).unwrap()
-    else {
-        panic!("not a data frame")
-    };
-    use lorawan::parser::DataHeader as _;
-    assert!(!down.is_uplink() && down.fhdr().fctrl().ack(), "an ACK downlink");
-    assert!(down.validate_mic(&lorawan::keys::AES128(hex(K1).try_into().unwrap()), 0));
+    check_ack(&txpk, K1, 0);
 
     // V3: FCnt 0x00010005 on air as 5, after 42: the rollover of the low 16 bits.
     gw_a.push(vec![rxpk("40da1b0126000500023561e379e395df1e", -57.0, 9.5)])
@@ -882,4 +896,58 @@ async fn lorawan_over_udp() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "sessions.json is readable by its owner only");
+}
+
+/// Three LoRaWAN fixes (#18) over real UDP with lora-packet frames:
+/// * a version-1 forwarder gets every answer (PULL_ACK, PUSH_ACK, PULL_RESP) in version 1;
+/// * a confirmed uplink sent again after the copies' window (the device missed its ACK)
+///   gets a new ACK, FCntDown 1, whose MIC verifies, and its row is stored once;
+/// * radio metadata out of range (rssi -1e300, snr 1e300, 1e300 MHz) is stored as null
+///   and counted, never clamped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lorawan_resends_versions_and_radio_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start(lora_config(dir.path())).await;
+    let mut gw = Gateway::speaking(1, [0xaa, 0x55, 0x5a, 0, 0, 0, 3, 3], agent.lorawan.unwrap()).await;
+    let frames = lora_packet(json!([
+        data_frame("26000003", 10, "03670110", K1, K2, true),
+        data_frame("26000003", 11, "03670111", K1, K2, false),
+    ]));
+    let (confirmed, plain) = (frames[0].as_str().unwrap(), frames[1].as_str().unwrap());
+
+    gw.push(vec![rxpk(confirmed, -70.0, 5.0)]).await;
+    wait_count(&agent, "lorawan", "accepted", 1).await;
+    check_ack(&gw.pull_resp().await, K1, 0);
+    // The ACK was lost: after its ACK timeout the device sends the same frame again.
+    tokio::time::sleep(Duration::from_millis(400)).await; // past lorawan.dedup_window
+    gw.push(vec![rxpk(confirmed, -71.0, 4.0)]).await;
+    wait_count(&agent, "lorawan", "resent", 1).await;
+    check_ack(&gw.pull_resp().await, K1, 1);
+
+    let mut wild = rxpk(plain, -1e300, 1e300);
+    wild["freq"] = json!(1e300);
+    gw.push(vec![wild]).await;
+    wait_count(&agent, "lorawan", "accepted", 2).await;
+    wait_count(&agent, "lorawan", "metadata_out_of_range", 1).await;
+    assert_eq!(agent.metrics.source_count("lorawan", "replay"), 0);
+    stop(agent).await;
+
+    let lake = read_dir_lake(&dir.path().join("lake"));
+    let mut got: Vec<_> = rows(&lake, "lorawan")
+        .into_iter()
+        .map(|r| {
+            let v = |k: &str| r.get(k).cloned().unwrap_or_else(|| "null".into());
+            (v("f_cnt"), v("rssi"), v("snr"), v("frequency"))
+        })
+        .collect();
+    got.sort();
+    let s = |x: &str| x.to_string();
+    assert_eq!(
+        got,
+        [
+            (s("10"), s("-70.0"), s("5.0"), s("868500000")),
+            (s("11"), s("null"), s("null"), s("null")),
+        ],
+        "stored once each; out-of-range metadata as null"
+    );
 }

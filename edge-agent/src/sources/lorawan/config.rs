@@ -19,7 +19,9 @@ pub struct LorawanSection {
     pub user: String,
     /// The network id (3 bytes, hex) in join accepts; 000000 or 000001 are for private networks.
     pub net_id: String,
-    /// The same uplink heard by several gateways within this window is stored once.
+    /// Copies of one uplink heard by several gateways arrive within this window of the first
+    /// and are one uplink. A device's own resend of a confirmed uplink (it missed the ACK)
+    /// comes after its ACK timeout (1 s or more): it is ACKed again and not stored twice.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
     /// RX1 delay (seconds) granted in join accepts and used for class A downlinks.
@@ -39,7 +41,7 @@ impl Default for LorawanSection {
             udp: None,
             user: "lorawan".into(),
             net_id: "000013".into(),
-            dedup_window: Duration::from_secs(10),
+            dedup_window: Duration::from_millis(200),
             rx1_delay_s: 1,
             tx_power: 14,
             offline_after: Duration::from_secs(2 * 3600),

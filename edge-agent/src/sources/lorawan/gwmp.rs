@@ -171,6 +171,25 @@ const PULL_RESP: u8 = 0x03;
 const PULL_ACK: u8 = 0x04;
 const TX_ACK: u8 = 0x05;
 
+/// The protocol version a gateway speaks; it is answered in the same one, since forwarders
+/// built on Semtech's reference code drop datagrams of another version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1 = 1,
+    V2 = 2,
+}
+
+impl Version {
+    /// The version of a datagram [`parse`] accepted.
+    pub fn of(d: &[u8]) -> Option<Self> {
+        match d.first() {
+            Some(1) => Some(Self::V1),
+            Some(2) => Some(Self::V2),
+            _ => None,
+        }
+    }
+}
+
 /// Parses a datagram from a gateway.
 pub fn parse(d: &[u8]) -> Result<Up, GwmpError> {
     let [version, t0, t1, kind, rest @ ..] = d else {
@@ -230,19 +249,20 @@ pub fn parse(d: &[u8]) -> Result<Up, GwmpError> {
     }
 }
 
-/// PUSH_ACK for a PUSH_DATA's token.
-pub fn push_ack(token: [u8; 2]) -> [u8; 4] {
-    [2, token[0], token[1], PUSH_ACK]
+/// PUSH_ACK for a PUSH_DATA's token, in the gateway's version.
+pub fn push_ack(version: Version, token: [u8; 2]) -> [u8; 4] {
+    [version as u8, token[0], token[1], PUSH_ACK]
 }
 
-/// PULL_ACK for a PULL_DATA's token.
-pub fn pull_ack(token: [u8; 2]) -> [u8; 4] {
-    [2, token[0], token[1], PULL_ACK]
+/// PULL_ACK for a PULL_DATA's token, in the gateway's version.
+pub fn pull_ack(version: Version, token: [u8; 2]) -> [u8; 4] {
+    [version as u8, token[0], token[1], PULL_ACK]
 }
 
-/// PULL_RESP carrying `txpk`.
-pub fn pull_resp(token: [u8; 2], txpk: &TxPk) -> Vec<u8> {
-    let mut out = vec![2, token[0], token[1], PULL_RESP];
+/// PULL_RESP carrying `txpk`, in the gateway's version (version 1 has no token there: it
+/// is sent all the same, and ignored).
+pub fn pull_resp(version: Version, token: [u8; 2], txpk: &TxPk) -> Vec<u8> {
+    let mut out = vec![version as u8, token[0], token[1], PULL_RESP];
     // A struct of strings and numbers always serializes.
     let _ = serde_json::to_writer(&mut out, &serde_json::json!({ "txpk": txpk }));
     out
@@ -271,7 +291,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(push_ack(token), hex("02123401").as_slice());
+        assert_eq!(push_ack(Version::of(&push).unwrap(), token), hex("02123401").as_slice());
         assert_eq!(gateway.to_string(), "aa555a0000000101");
         assert!(stat.is_none());
         let rx = rxpk[0].as_ref().unwrap();
@@ -282,7 +302,7 @@ mod tests {
         let Up::PullData { token, gateway } = parse(&hex("02abcd02aa555a0000000101")).unwrap() else {
             panic!()
         };
-        assert_eq!(pull_ack(token), hex("02abcd04").as_slice());
+        assert_eq!(pull_ack(Version::V2, token), hex("02abcd04").as_slice());
         assert_eq!(gateway.0, [0xaa, 0x55, 0x5a, 0, 0, 0, 1, 1]);
 
         let mut txack = hex("02567805aa555a0000000101");
@@ -316,6 +336,25 @@ mod tests {
         assert!(rxpk[1].is_err());
     }
 
+    /// A version-1 forwarder is answered in version 1: it drops datagrams of another.
+    #[test]
+    fn a_version_1_gateway_is_answered_in_version_1() {
+        let pull = hex("01abcd02aa555a0000000101");
+        let Up::PullData { token, .. } = parse(&pull).unwrap() else {
+            panic!()
+        };
+        assert_eq!(Version::of(&pull), Some(Version::V1));
+        assert_eq!(pull_ack(Version::of(&pull).unwrap(), token), hex("01abcd04").as_slice());
+        let mut push = hex("01123400aa555a0000000101");
+        push.extend_from_slice(br#"{"stat":{}}"#);
+        assert!(matches!(parse(&push), Ok(Up::PushData { .. })));
+        assert_eq!(
+            push_ack(Version::of(&push).unwrap(), [0x12, 0x34]),
+            hex("01123401").as_slice()
+        );
+        assert_eq!(Version::of(&[3]), None);
+    }
+
     #[test]
     fn bad_datagrams_say_why() {
         assert_eq!(parse(&[2, 0, 0]), Err(GwmpError::Short(3)));
@@ -333,8 +372,10 @@ mod tests {
     fn pull_resp_is_json_after_the_header() {
         let rx: RxPk =
             serde_json::from_str(r#"{"tmst":1000,"freq":868.1,"datr":"SF9BW125","codr":"4/5","data":""}"#).unwrap();
-        let d = pull_resp([1, 2], &TxPk::rx1(&rx, &[1, 2, 3], 5_000_000, 14));
+        let d = pull_resp(Version::V2, [1, 2], &TxPk::rx1(&rx, &[1, 2, 3], 5_000_000, 14));
         assert_eq!(&d[..4], &[2, 1, 2, 3]);
+        let d1 = pull_resp(Version::V1, [1, 2], &TxPk::rx1(&rx, &[1, 2, 3], 5_000_000, 14));
+        assert_eq!((&d1[..4], &d1[4..]), (&[1u8, 1, 2, 3][..], &d[4..]));
         let j: Json = serde_json::from_slice(&d[4..]).unwrap();
         assert_eq!(j["txpk"]["tmst"], 5_001_000);
         assert_eq!(j["txpk"]["datr"], "SF9BW125");

@@ -128,6 +128,10 @@ pub struct Session {
     /// DevNonces of the latest join requests (OTAA), newest last.
     #[serde(default)]
     pub dev_nonces: Vec<u16>,
+    /// When a resent confirmed uplink was last acknowledged (not kept: a restart may ACK one
+    /// resend sooner).
+    #[serde(skip)]
+    pub resend_acked: Option<Instant>,
 }
 
 impl Session {
@@ -139,6 +143,7 @@ impl Session {
             fcnt_up: None,
             fcnt_down: 0,
             dev_nonces: Vec::new(),
+            resend_acked: None,
         }
     }
 }
@@ -224,6 +229,12 @@ pub enum Outcome {
     },
     /// The same frame came through another gateway (or again) within the window.
     Duplicate,
+    /// A device sent its last confirmed uplink again (it missed the ACK): nothing is stored,
+    /// and `ack` is a new ACK downlink unless one was sent to it within [`RESEND_ACK_EVERY`].
+    Resent {
+        device: String,
+        ack: Option<Vec<u8>>,
+    },
     Rejected(Reject),
 }
 
@@ -247,6 +258,10 @@ const JOIN_ACCEPT_LEN: usize = 1 + 3 + 3 + 4 + 1 + 1 + 4;
 
 /// Frames remembered for de-duplication, at most.
 const MAX_RECENT: usize = 100_000;
+
+/// A device's resends are ACKed at most this often: each downlink spends the gateway's duty
+/// cycle, and a recorded confirmed frame could be replayed to spend it.
+pub const RESEND_ACK_EVERY: Duration = Duration::from_secs(1);
 
 /// Only the latest join nonces are kept per device.
 const NONCES_KEPT: usize = 64;
@@ -384,6 +399,7 @@ impl NetworkServer {
                     return Outcome::Rejected(Reject::UnknownDevice(format!("DevAddr {dev_addr:08x}")));
                 }
                 let mut replay = None;
+                let mut resent = None;
                 for eui in candidates {
                     let Some(s) = self.sessions.get(&eui) else { continue };
                     let nwk = s.nwk_skey.aes();
@@ -403,6 +419,12 @@ impl NetworkServer {
                     };
                     let Some(fcnt) = next.filter(|n| enc.validate_mic(&nwk, *n)) else {
                         if let Some(o) = older.filter(|o| enc.validate_mic(&nwk, *o)) {
+                            // The last confirmed uplink again, after the copies' window: the
+                            // device missed its ACK (LoRaWAN 1.0.x resends with the same FCnt).
+                            if enc.is_confirmed() && s.fcnt_up == Some(o) {
+                                resent = Some(eui);
+                                break;
+                            }
                             replay = Some(Reject::Replay {
                                 device: self.name(&eui),
                                 fcnt: o,
@@ -412,6 +434,9 @@ impl NetworkServer {
                         continue;
                     };
                     return self.accept(eui, enc, fcnt);
+                }
+                if let Some(eui) = resent {
+                    return self.resent(eui, now);
                 }
                 Outcome::Rejected(replay.unwrap_or_else(|| Reject::BadMic(format!("DevAddr {dev_addr:08x}"))))
             }
@@ -454,20 +479,7 @@ impl NetworkServer {
                     .with("decode_error", Value::Str(why)),
             }
         };
-        let ack = confirmed.then(|| {
-            let mut fctrl = FCtrl::new(0, false);
-            fctrl.set_ack();
-            let mut c = DataPayloadCreator::new();
-            c.set_uplink(false)
-                .set_confirmed(false)
-                .set_dev_addr(&s.dev_addr.to_le_bytes())
-                .set_fctrl(&fctrl)
-                .set_fcnt(s.fcnt_down);
-            s.fcnt_down = s.fcnt_down.wrapping_add(1);
-            c.build(&[], &[], &NewSKey::from(s.nwk_skey.0), &AppSKey::from(s.app_skey.0))
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default()
-        });
+        let ack = if confirmed { ack_downlink(s) } else { None };
         let up = Uplink {
             dev_eui: eui,
             device: conf.name.clone(),
@@ -477,10 +489,28 @@ impl NetworkServer {
             fcnt,
             f_port,
             confirmed,
-            ack: ack.filter(|a| !a.is_empty()),
+            ack,
         };
         self.changed.push(eui);
         Outcome::Uplink(Box::new(up))
+    }
+
+    /// A resent confirmed uplink of `eui`: ACKed again, at most every [`RESEND_ACK_EVERY`].
+    fn resent(&mut self, eui: Eui, now: Instant) -> Outcome {
+        let device = self.name(&eui);
+        let Some(s) = self.sessions.get_mut(&eui) else {
+            return Outcome::Rejected(Reject::UnknownDevice(device));
+        };
+        if s.resend_acked
+            .is_some_and(|t| now.saturating_duration_since(t) < RESEND_ACK_EVERY)
+        {
+            return Outcome::Resent { device, ack: None };
+        }
+        s.resend_acked = Some(now);
+        let ack = ack_downlink(s);
+        // FCntDown moved on: kept durably like any counter.
+        self.changed.push(eui);
+        Outcome::Resent { device, ack }
     }
 
     fn join(
@@ -555,6 +585,24 @@ impl NetworkServer {
     }
 }
 
+/// An ACK downlink for `s` (unconfirmed data down, the ACK bit, no port), taking the next
+/// FCntDown.
+fn ack_downlink(s: &mut Session) -> Option<Vec<u8>> {
+    let mut fctrl = FCtrl::new(0, false);
+    fctrl.set_ack();
+    let mut c = DataPayloadCreator::new();
+    c.set_uplink(false)
+        .set_confirmed(false)
+        .set_dev_addr(&s.dev_addr.to_le_bytes())
+        .set_fctrl(&fctrl)
+        .set_fcnt(s.fcnt_down);
+    s.fcnt_down = s.fcnt_down.wrapping_add(1);
+    c.build(&[], &[], &NewSKey::from(s.nwk_skey.0), &AppSKey::from(s.app_skey.0))
+        .map(<[u8]>::to_vec)
+        .ok()
+        .filter(|a| !a.is_empty())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -611,6 +659,47 @@ mod tests {
             ns.uplink(&h("80da1b0126002a00023a23613062961739"), t, &mut no_random),
             Outcome::Duplicate
         );
+    }
+
+    /// A confirmed uplink sent again after the copies' window (its ACK was lost) gets a new
+    /// ACK with the next FCntDown and stores nothing; a third copy within a second gets none.
+    #[test]
+    fn a_resent_confirmed_uplink_is_acked_again() {
+        let devices = vec![abp("0000000000000002", 0x2601_1bda, K1, K2)];
+        let mut ns = NetworkServer::new(devices, HashMap::new(), [0, 0, 0x13], 1, Duration::from_millis(200));
+        let frame = h("80da1b0126002a00023a23613062961739");
+        let t = Instant::now();
+        let Outcome::Uplink(up) = ns.uplink(&frame, t, &mut no_random) else {
+            panic!()
+        };
+        assert_eq!(up.ack.as_ref().unwrap()[6..8], [0, 0], "FCntDown 0");
+        // Another gateway's copy, within the window: a duplicate.
+        assert_eq!(
+            ns.uplink(&frame, t + Duration::from_millis(50), &mut no_random),
+            Outcome::Duplicate
+        );
+        let later = t + Duration::from_secs(2);
+        let Outcome::Resent { device, ack: Some(ack) } = ns.uplink(&frame, later, &mut no_random) else {
+            panic!()
+        };
+        assert_eq!(device, "dev-0000000000000002");
+        assert_eq!(ack[5], 0x20, "the ACK bit");
+        assert_eq!(ack[6..8], [1, 0], "FCntDown 1");
+        assert_ne!(ack, up.ack.unwrap());
+        assert_eq!(
+            ns.session(&hex_array("0000000000000002").unwrap()).unwrap().fcnt_down,
+            2
+        );
+        let soon = later + Duration::from_millis(300);
+        assert!(matches!(
+            ns.uplink(&frame, soon, &mut no_random),
+            Outcome::Resent { ack: None, .. }
+        ));
+        let after = later + RESEND_ACK_EVERY + Duration::from_millis(300);
+        assert!(matches!(
+            ns.uplink(&frame, after, &mut no_random),
+            Outcome::Resent { ack: Some(_), .. }
+        ));
     }
 
     #[test]

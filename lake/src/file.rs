@@ -8,7 +8,6 @@
 //! A compacted file also carries `twinlake.compacted` (how many files it replaced).
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
@@ -53,6 +52,8 @@ pub enum Writer {
 /// a 64 KiB dictionary limit: low-cardinality columns keep their dictionary, while
 /// high-cardinality floats (coordinates) fall back to plain early instead of carrying a
 /// 1 MiB dictionary page per file (2.43 → 2.16 bytes/value on TSBS readings; BENCHMARKS.md).
+/// PLAIN, not BYTE_STREAM_SPLIT, is the fallback: measured on the same readings, it is
+/// smaller under zstd (latitude 4.8 against 5.7 bytes per row).
 pub fn writer_properties(cfg: WriterSettings, writer: Writer) -> Result<WriterProperties, LakeError> {
     let level = ZstdLevel::try_new(cfg.zstd_level).map_err(|e| LakeError::Settings(format!("zstd_level: {e}")))?;
     let sorted = |column_idx| SortingColumn {
@@ -77,28 +78,13 @@ pub fn writer_properties(cfg: WriterSettings, writer: Writer) -> Result<WriterPr
         .build())
 }
 
-/// `props` for a file of `schema`: float columns keep their dictionary while it stays under
-/// the limit, and fall back to BYTE_STREAM_SPLIT (not PLAIN) past it, which zstd packs
-/// tighter (coordinates; BENCHMARKS.md, "Bytes per value").
-pub fn for_schema(props: &WriterProperties, schema: &Schema) -> WriterProperties {
-    let mut b = props.clone().into_builder();
-    for f in schema.fields() {
-        if matches!(f.data_type(), DataType::Float64 | DataType::Float32) {
-            b = b.set_column_encoding(ColumnPath::from(f.name().as_str()), Encoding::BYTE_STREAM_SPLIT);
-        }
-    }
-    b.build()
-}
-
-/// Encodes batches as one Parquet file in memory (empty for no batches), with
-/// [`for_schema`]'s encodings.
+/// Encodes batches as one Parquet file in memory (empty for no batches).
 pub fn encode(batches: &[RecordBatch], props: &WriterProperties) -> Result<Vec<u8>, LakeError> {
     let Some(first) = batches.first() else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    let props = for_schema(props, &first.schema());
-    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props))?;
+    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props.clone()))?;
     for b in batches {
         w.write(b)?;
     }
@@ -133,58 +119,5 @@ impl FileInfo {
             format,
             compacted: find(COMPACTED_KEY).is_some(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{Float64Array, Int64Array};
-    use arrow::datatypes::Field;
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-
-    use super::*;
-
-    /// Floats keep their dictionary while it is small, and past the limit fall back to
-    /// BYTE_STREAM_SPLIT; other columns are left as they were.
-    #[test]
-    fn floats_fall_back_to_byte_stream_split() {
-        let n = 50_000;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("few", DataType::Float64, false),
-            Field::new("many", DataType::Float64, false),
-            Field::new("count", DataType::Int64, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Float64Array::from_iter_values((0..n).map(|i| f64::from(i % 4)))),
-                Arc::new(Float64Array::from_iter_values((0..n).map(|i| f64::from(i) * 1.000_1))),
-                Arc::new(Int64Array::from_iter_values((0..n).map(i64::from))),
-            ],
-        )
-        .unwrap();
-        let props = writer_properties(WriterSettings::default(), Writer::Edge).unwrap();
-        let file = encode(&[batch], &props).unwrap();
-        let reader = SerializedFileReader::new(bytes::Bytes::from(file)).unwrap();
-        let rg = reader.metadata().row_group(0);
-        let encodings = |i: usize| rg.column(i).encodings().collect::<Vec<_>>();
-        assert!(encodings(0).contains(&Encoding::RLE_DICTIONARY), "{:?}", encodings(0));
-        assert!(
-            !encodings(0).contains(&Encoding::BYTE_STREAM_SPLIT),
-            "{:?}",
-            encodings(0)
-        );
-        assert!(
-            encodings(1).contains(&Encoding::BYTE_STREAM_SPLIT),
-            "{:?}",
-            encodings(1)
-        );
-        assert!(
-            !encodings(2).contains(&Encoding::BYTE_STREAM_SPLIT),
-            "{:?}",
-            encodings(2)
-        );
     }
 }

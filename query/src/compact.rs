@@ -128,7 +128,6 @@ pub async fn compact_partition(
         ..Default::default()
     };
     let props = twinlake_lake::file::writer_properties(settings, Writer::Compaction { replaced: files.len() })?;
-    let props = twinlake_lake::file::for_schema(&props, &sorted.schema());
     let mut bytes = Vec::new();
     {
         let mut w = AsyncArrowWriter::try_new(&mut bytes, sorted.schema(), Some(props))?;

@@ -25,7 +25,7 @@ use crate::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, Sou
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, State};
 use crate::wal::{RecordKind, Wal, WalRecord};
-use twinlake_lake::buffer::{Buffer, Conflict, Schemas, SealedTable};
+use twinlake_lake::buffer::{Buffer, Conflict, Schemas, SealedTable, Unsealed};
 use twinlake_lake::model::{FieldValue, flatten, table_name};
 
 mod commit;
@@ -94,8 +94,44 @@ type Inflight = (JoinHandle<std::io::Result<()>>, Pending, std::time::Instant);
 /// A seal being written, kept whole so a failed write can be tried again.
 struct SealJob {
     seq: u64,
-    tables: Arc<Vec<SealedTable>>,
+    rows: Arc<std::sync::Mutex<SealRows>>,
     schemas: Schemas,
+}
+
+/// A seal's rows: taken from the buffer on the ingest task, sorted once on the seal's
+/// blocking thread (the sort is the costly part), and kept sorted for a retry.
+enum SealRows {
+    Unsorted(Unsealed),
+    Sorted(Arc<Vec<SealedTable>>),
+    /// Sorting failed: every try fails the same way, and the rows stay in the WAL.
+    Failed(String),
+}
+
+impl SealRows {
+    /// The sorted tables, sorting them first if need be.
+    fn sorted(&mut self) -> Result<Arc<Vec<SealedTable>>, Error> {
+        match std::mem::replace(self, SealRows::Failed(String::new())) {
+            SealRows::Sorted(t) => {
+                *self = SealRows::Sorted(t.clone());
+                Ok(t)
+            }
+            SealRows::Unsorted(u) => match u.seal() {
+                Ok(t) => {
+                    let t = Arc::new(t);
+                    *self = SealRows::Sorted(t.clone());
+                    Ok(t)
+                }
+                Err(e) => {
+                    *self = SealRows::Failed(e.to_string());
+                    Err(Error::Corrupt(format!("sorting a seal: {e}")))
+                }
+            },
+            SealRows::Failed(why) => {
+                *self = SealRows::Failed(why.clone());
+                Err(Error::Corrupt(format!("sorting a seal: {why}")))
+            }
+        }
+    }
 }
 
 /// The ingest loop's state.
@@ -500,5 +536,37 @@ impl Ingest {
             });
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use twinlake_lake::model::FieldValue;
+
+    use super::*;
+
+    /// A seal's rows are sorted once, on the seal's thread; a retry writes the very same
+    /// sorted tables.
+    #[test]
+    fn a_seal_sorts_once_and_a_retry_reuses_it() {
+        let mut buffer = Buffer::new("gw", Schemas::new());
+        let mut conflicts = Vec::new();
+        for (t, device) in [(3, "b"), (1, "a"), (2, "b")] {
+            let fields = [(Cow::Borrowed("v"), FieldValue::Int(t))];
+            buffer.append("t", t, Some("u"), device, &fields, &mut conflicts);
+        }
+        let mut rows = SealRows::Unsorted(buffer.take());
+        assert_eq!(buffer.rows(), 0, "taken out at once");
+        let first = rows.sorted().unwrap();
+        let again = rows.sorted().unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let (_, batch) = &first[0].hours[0];
+        let devices = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+        let devices = devices.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+        assert_eq!(devices.iter().flatten().collect::<Vec<_>>(), ["a", "b", "b"]);
+        let mut failed = SealRows::Failed("bad".into());
+        assert!(failed.sorted().is_err() && failed.sorted().is_err());
     }
 }

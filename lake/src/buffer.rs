@@ -324,10 +324,38 @@ impl Buffer {
 
     /// Takes every buffered row out, sorted and split into hour partitions. The schemas stay.
     pub fn seal(&mut self) -> Result<Vec<SealedTable>, arrow::error::ArrowError> {
-        let tables = std::mem::take(&mut self.tables);
+        self.take().seal()
+    }
+
+    /// Takes every buffered row out as it is, cheaply; [`Unsealed::seal`] does the work
+    /// (the Arrow arrays, the sort, the hour split), off the caller's task if it likes.
+    pub fn take(&mut self) -> Unsealed {
         self.rows = 0;
         self.bytes = 0;
         self.oldest = None;
+        Unsealed {
+            gateway: self.gateway.clone(),
+            tables: std::mem::take(&mut self.tables),
+        }
+    }
+}
+
+/// Rows taken out of a [`Buffer`], not yet sorted.
+pub struct Unsealed {
+    gateway: String,
+    tables: BTreeMap<String, Table>,
+}
+
+impl std::fmt::Debug for Unsealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsealed").field("tables", &self.tables.len()).finish()
+    }
+}
+
+impl Unsealed {
+    /// The rows, sorted by (owner, device, time) and split into hour partitions.
+    pub fn seal(self) -> Result<Vec<SealedTable>, arrow::error::ArrowError> {
+        let tables = self.tables;
         let mut out = Vec::with_capacity(tables.len());
         for (name, mut t) in tables {
             if t.time.is_empty() {

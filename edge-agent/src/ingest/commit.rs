@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use super::{Inflight, Ingest, SealJob};
+use super::{Inflight, Ingest, SealJob, SealRows};
 use crate::Error;
 use crate::outbox::State;
 use crate::wal::RecordKind;
@@ -146,11 +146,11 @@ impl Ingest {
             }
             self.wal.sync()?;
         }
-        let tables = self.buffer.seal()?;
+        let rows = self.buffer.take();
         self.metrics.buffer_rows.set(0);
         let job = SealJob {
             seq,
-            tables: Arc::new(tables),
+            rows: Arc::new(std::sync::Mutex::new(SealRows::Unsorted(rows))),
             schemas: self.buffer.schemas().clone(),
         };
         self.spawn_seal(job);
@@ -161,11 +161,15 @@ impl Ingest {
         let outbox = self.outbox.clone();
         let data_dir = self.data_dir.clone();
         let wal_dir = data_dir.join("wal");
-        let tables = job.tables.clone();
+        let rows = job.rows.clone();
         let schemas = job.schemas.clone();
         let seq = job.seq;
         let metrics = self.metrics.clone();
         let handle = tokio::task::spawn_blocking(move || {
+            let tables = rows
+                .lock()
+                .map_err(|_| Error::Corrupt("a seal's rows were poisoned".into()))?
+                .sorted()?;
             let m = outbox.write_seal(seq, &tables)?;
             State {
                 sealed_through: seq,

@@ -192,7 +192,19 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
         Ok(Up::Hello {
             gateway: g, protocol, ..
         }) => {
-            warn!(%gateway, claimed = %g, protocol, "a hello for another gateway or protocol; closing");
+            let reason = if protocol == PROTOCOL {
+                format!("the hello names gateway {g:?}, the token is gateway {gateway:?}")
+            } else {
+                format!("link protocol {protocol}; this cloud speaks {PROTOCOL}: upgrade the agent or the cloud")
+            };
+            warn!(%gateway, claimed = %g, protocol, %reason, "link refused");
+            let _ = io
+                .tx
+                .send(encode(&Down::Refused {
+                    reason,
+                    protocol: PROTOCOL,
+                }))
+                .await;
             return;
         }
         other => {

@@ -76,6 +76,13 @@ pub enum Down {
     Welcome {
         acked: u64,
     },
+    /// The cloud will not take this link (another link protocol, or a hello for another
+    /// gateway), and says why before it closes.
+    Refused {
+        reason: String,
+        /// The link protocol the cloud speaks.
+        protocol: u32,
+    },
     Ack {
         through: u64,
     },

@@ -112,14 +112,9 @@ async fn a_batch_sent_again_is_applied_once() {
     // A new session of the agent (a restart) starts again at 1.
     let mut edge = link(&state, GATEWAY, "s2").await;
     assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 0 });
-    // A hello for another gateway than the token's is refused.
+    // A hello for another gateway than the token's is refused (and told why: below).
     let mut edge2 = link(&state, "someone-else", "s3").await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(5), edge2.rx.recv())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(matches!(recv(&mut edge2).await, Down::Refused { .. }));
     drop((edge, edge2, state));
     cloud.stop().await;
 }
@@ -305,5 +300,42 @@ async fn link_max_inflight_bounds_requests_in_flight() {
         s.store(true, Ordering::Relaxed);
     }
     edge.stop().await;
+    cloud.stop().await;
+}
+
+/// A gateway that speaks another link protocol, or whose hello names another gateway than
+/// its token, is told why before the cloud closes (#19: versions agree or refuse clearly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_of_another_protocol_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    for (gateway, protocol, why) in [
+        (GATEWAY, PROTOCOL + 1, "upgrade the agent or the cloud"),
+        ("someone-else", PROTOCOL, "names gateway"),
+    ] {
+        let (mut edge, server) = LinkIo::pair(16);
+        tokio::spawn(twinlake_cloud::gateway::serve(
+            cloud.state.clone(),
+            GATEWAY.into(),
+            server,
+        ));
+        let hello = Up::Hello {
+            gateway: gateway.into(),
+            session: "s".into(),
+            protocol,
+        };
+        send(&edge, &hello).await;
+        match recv(&mut edge).await {
+            Down::Refused { reason, protocol } => {
+                assert_eq!(protocol, PROTOCOL);
+                assert!(reason.contains(why), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(5), edge.rx.recv())
+            .await
+            .unwrap();
+        assert!(closed.is_none(), "closed after the refusal");
+    }
     cloud.stop().await;
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use twinlake_sdk::json::{from_json, to_json};
 use twinlake_sdk::pson::Value;
 
@@ -163,6 +163,10 @@ impl LinkClient {
             .ok_or_else(|| Error::Link("the cloud closed the link during the handshake".into()))?;
         let acked = match serde_json::from_str::<Down>(&first) {
             Ok(Down::Welcome { acked }) => acked,
+            Ok(Down::Refused { reason, protocol }) => {
+                error!(cloud_protocol = protocol, agent_protocol = PROTOCOL, %reason, "the cloud refused the link");
+                return Err(Error::Link(format!("the cloud refused the link: {reason}")));
+            }
             Ok(other) => return Err(Error::Link(format!("expected a welcome, got {other:?}"))),
             Err(e) => return Err(Error::Link(format!("a bad welcome: {e}"))),
         };
@@ -293,7 +297,7 @@ impl LinkClient {
                     let _ = replies.send(encode(&Up::Reply(reply))).await;
                 });
             }
-            Down::Welcome { .. } => debug!("a second welcome; ignored"),
+            Down::Welcome { .. } | Down::Refused { .. } => debug!("a second hello answer; ignored"),
         }
     }
 

@@ -20,6 +20,8 @@ pub struct CloudConfig {
     /// Where the database (`cloud.redb`: registry, twins, tokens) and the in-process edge
     /// pipeline's files live.
     pub data_dir: PathBuf,
+    /// The database's page cache, at most (redb's default would be 1 GiB).
+    pub db_cache_bytes: usize,
     pub http: HttpSection,
     pub twins: TwinsSection,
     pub registry: RegistrySection,
@@ -50,6 +52,7 @@ impl Default for CloudConfig {
         edge.metrics.addr = None;
         Self {
             data_dir,
+            db_cache_bytes: 64 << 20,
             http: HttpSection::default(),
             twins: TwinsSection::default(),
             registry: RegistrySection::default(),
@@ -128,6 +131,9 @@ impl CloudConfig {
         let bad = |m: String| Err(Error::Config(m));
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return bad("http.tls_cert and http.tls_key go together".into());
+        }
+        if self.db_cache_bytes < 1 << 20 {
+            return bad("db_cache_bytes must be at least 1 MiB".into());
         }
         if self.twins.max_doc_bytes < 1024 {
             return bad("twins.max_doc_bytes must be at least 1024".into());

@@ -78,7 +78,7 @@ impl Cloud {
     /// edge pipeline and binds the sockets.
     pub async fn start(cfg: CloudConfig) -> Result<Self, Error> {
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let db = Db::open(&cfg.data_dir.join("cloud.redb"))?;
+        let db = Db::open(&cfg.data_dir.join("cloud.redb"), cfg.db_cache_bytes)?;
         let twins = TwinStore::open(
             db.0.clone(),
             Limits {

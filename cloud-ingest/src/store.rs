@@ -132,9 +132,10 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Db {
-    /// Opens or creates `path`, with every table.
-    pub fn open(path: &std::path::Path) -> Result<Self, Error> {
-        let db = Database::create(path)?;
+    /// Opens or creates `path`, with every table and a page cache of at most `cache_bytes`
+    /// (redb's own default is 1 GiB).
+    pub fn open(path: &std::path::Path, cache_bytes: usize) -> Result<Self, Error> {
+        let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
         let tx = db.begin_write()?;
         tx.open_table(DEVICES)?;
         tx.open_table(PROPERTIES)?;

@@ -478,3 +478,22 @@ mod tests {
         assert_eq!(in_code.edge_config().data_dir, PathBuf::from("/srv/a/edge"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example configurations operators copy hold only keys the code knows, with
+    /// values that pass its checks.
+    #[test]
+    fn the_example_configs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cloud = std::fs::read_to_string(root.join("deploy/cloud.example.toml")).unwrap();
+        let c = CloudConfig::parse(&cloud).unwrap_or_else(|e| panic!("cloud.example.toml: {e}"));
+        assert_eq!(c.db_cache_bytes, 64 << 20);
+        assert_eq!(c.link.max_unregistered_devices, 10_000);
+        let edge = std::fs::read_to_string(root.join("deploy/edge-agent.example.toml")).unwrap();
+        let e = EdgeConfig::parse(&edge).unwrap_or_else(|e| panic!("edge-agent.example.toml: {e}"));
+        assert_eq!(e.mqtt.max_devices, 10_000);
+    }
+}

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod gwmp;
 pub mod network;
+pub mod secret;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -18,44 +18,14 @@ use lorawan::keys::{AES128, AppKey, AppSKey, NewSKey};
 use lorawan::parser::{
     DataHeader, DataPayload, DecryptedJoinAcceptPayload, DevNonce, FCtrl, FRMPayload, PhyPayload, parse,
 };
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use twinlake_sdk::pson::Value;
 
 use crate::sources::codec::Codec;
 use crate::sources::lorawan::config::{LoraDevice, LoraProfile};
 use crate::sources::{fnv1a, hex, hex_array};
 
-/// A 128-bit key. Its `Debug` hides it; it is read from hex.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(into = "String")]
-pub struct Secret(pub [u8; 16]);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl From<Secret> for String {
-    fn from(s: Secret) -> String {
-        hex(&s.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        hex_array::<16>(&s)
-            .map(Secret)
-            .ok_or_else(|| serde::de::Error::custom("a key is 32 hex digits"))
-    }
-}
-
-impl Secret {
-    fn aes(&self) -> AES128 {
-        AES128(self.0)
-    }
-}
+pub use super::secret::Secret;
 
 /// An EUI-64 as written (big-endian).
 pub type Eui = [u8; 8];

@@ -88,6 +88,10 @@ async fn query_tokens_are_not_logged() {
         .with_ansi(false)
         .with_writer(move || sink.clone())
         .finish();
+    // Two dispatchers alive, not one: with a single one, tracing-core works out a callsite's
+    // interest from the default of whichever thread hits it first, and a test on another
+    // thread (with no subscriber) would switch this test's callsites off for good.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     let _guard = tracing::subscriber::set_default(subscriber);
     let dir = tempfile::tempdir().unwrap();
     let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;

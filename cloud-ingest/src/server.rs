@@ -271,6 +271,10 @@ impl Cloud {
     /// flush the in-process pipeline, then return.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
         let state = self.state;
+        // Who holds the database before any task starts (the state's own handles): on the
+        // way out every other holder (tasks, connections, SQL sessions) is waited for.
+        let db = Arc::downgrade(&state.db.0);
+        let db_holders = Arc::strong_count(&state.db.0);
         let stop_rx = state.stop.subscribe();
         tokio::spawn(crate::control::apply_desired(state.clone()));
         tokio::spawn(crate::webhook::run(state.clone()));
@@ -342,13 +346,15 @@ impl Cloud {
         // The database closes when the last task holding the state ends: wait for them, so
         // a new start in the same process can open it.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while Arc::strong_count(&state) > 1 && tokio::time::Instant::now() < deadline {
+        let busy = |state: &Arc<AppState>| Arc::strong_count(state) > 1 || db.strong_count() > db_holders;
+        while busy(&state) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        if Arc::strong_count(&state) > 1 {
+        if busy(&state) {
             warn!(
-                holders = Arc::strong_count(&state) - 1,
-                "tasks still hold the cloud state after shutdown"
+                state_holders = Arc::strong_count(&state) - 1,
+                db_holders = db.strong_count(),
+                "tasks still hold the cloud state or its database after shutdown"
             );
         }
         Ok(())

@@ -47,6 +47,8 @@ pub enum DeviceEventKind {
     Connected {
         peer: SocketAddr,
         tls: bool,
+        /// How it speaks: `thinger`, `mqtt`, `lorawan`.
+        protocol: &'static str,
     },
     Disconnected {
         reason: String,

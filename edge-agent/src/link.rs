@@ -120,6 +120,9 @@ pub enum Item {
         tx_bytes: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// How it connected (`thinger`, `mqtt`, `lorawan`); on a connect only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol: Option<String>,
     },
     /// A device's resource description (`api`), read after it connected.
     Described {
@@ -577,6 +580,7 @@ mod tests {
                 rx_bytes: 0,
                 tx_bytes: 0,
                 reason: None,
+                protocol: None,
             },
         );
         assert_eq!(u.len(), 5);

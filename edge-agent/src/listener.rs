@@ -305,7 +305,16 @@ async fn handle_frames(
                 register(shared, conn.id, &key, cmd_tx.clone());
                 metrics.devices_connected.inc();
                 info!(device = %key, %peer, tls, "device connected");
-                emit(shared, &key, DeviceEventKind::Connected { peer, tls }).await;
+                emit(
+                    shared,
+                    &key,
+                    DeviceEventKind::Connected {
+                        peer,
+                        tls,
+                        protocol: "thinger",
+                    },
+                )
+                .await;
                 conn.key = Some(key);
             }
             SessionEvent::Reply { stream_id, ok, payload } => {

@@ -39,8 +39,9 @@ pub async fn connected(
     at: SystemTime,
     peer: SocketAddr,
     tls: bool,
+    protocol: &'static str,
 ) -> bool {
-    let kind = DeviceEventKind::Connected { peer, tls };
+    let kind = DeviceEventKind::Connected { peer, tls, protocol };
     events.send(DeviceEvent { device, at, kind }).await.is_ok()
 }
 

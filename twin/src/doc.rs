@@ -15,6 +15,9 @@ pub struct Connection {
     /// The device's address as its gateway saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The protocol it last connected with: `thinger`, `mqtt`, `lorawan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     /// When it connected, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_at: Option<u64>,

@@ -269,11 +269,16 @@ fn apply_item(
             ip,
             rx_bytes,
             tx_bytes,
+            protocol,
             ..
         } => {
             let key = TwinKey::new(&user, &device);
             let (was_online, was_here) = match t.get(&key)? {
-                Some(tw) => (tw.connection.online, tw.connection.gateway.as_deref() == Some(gateway)),
+                Some(tw) => (
+                    tw.connection.online,
+                    tw.connection.gateway.as_deref() == Some(gateway)
+                        && (protocol.is_none() || tw.connection.protocol == protocol),
+                ),
                 None => (false, false),
             };
             if !online && !was_here {
@@ -293,6 +298,9 @@ fn apply_item(
                     c.connected_at = Some(at);
                     if ip.is_some() {
                         c.ip = ip;
+                    }
+                    if protocol.is_some() {
+                        c.protocol = protocol;
                     }
                 } else {
                     c.rx_bytes = rx_bytes;

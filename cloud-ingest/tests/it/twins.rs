@@ -35,6 +35,11 @@ async fn twin_follows_streams_and_desired_reaches_the_device() {
     assert!(later.1.is_some(), "per-field timestamps");
     let t = api.twin("d1").await;
     assert_eq!(t["connection"]["gateway"], json!(GATEWAY));
+    assert_eq!(
+        t["connection"]["protocol"],
+        json!("thinger"),
+        "the protocol it last used"
+    );
     assert_eq!(t["tags"]["site"], json!("lab"));
     assert_eq!(
         t["state"]["reported"]["led"],
@@ -221,7 +226,8 @@ async fn mqtt_device_gets_a_twin_and_its_desired_state_on_the_command_topic() {
         let (s, t) = api.get(&format!("/v1/users/{USER}/devices/m1/twin")).await;
         (s == StatusCode::OK
             && t["state"]["reported"]["climate"]["temp"] == json!(21.5)
-            && t["connection"]["online"] == json!(true))
+            && t["connection"]["online"] == json!(true)
+            && t["connection"]["protocol"] == json!("mqtt"))
         .then_some(())
     })
     .await;

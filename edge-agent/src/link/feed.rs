@@ -17,6 +17,10 @@ use crate::event::{DeviceEvent, DeviceEventKind, DeviceKey};
 pub fn forward(uplink: &Uplink, ev: &DeviceEvent) {
     let at = crate::outbox::ms_since_epoch(ev.at);
     let key = &ev.device;
+    let protocol = match &ev.kind {
+        DeviceEventKind::Connected { protocol, .. } => Some((*protocol).to_owned()),
+        _ => None,
+    };
     let presence =
         |online: bool, ip: Option<String>, rx_bytes: u64, tx_bytes: u64, reason: Option<String>| Item::Presence {
             user: key.user.clone(),
@@ -27,6 +31,7 @@ pub fn forward(uplink: &Uplink, ev: &DeviceEvent) {
             rx_bytes,
             tx_bytes,
             reason,
+            protocol: protocol.clone(),
         };
     match &ev.kind {
         DeviceEventKind::Connected { peer, .. } => {
@@ -92,7 +97,17 @@ mod tests {
             forward(&uplink, &bucket());
         }
         let peer = "127.0.0.1:9".parse().unwrap();
-        forward(&uplink, &ev("quiet", DeviceEventKind::Connected { peer, tls: false }));
+        forward(
+            &uplink,
+            &ev(
+                "quiet",
+                DeviceEventKind::Connected {
+                    peer,
+                    tls: false,
+                    protocol: "thinger",
+                },
+            ),
+        );
         let stream = DeviceEventKind::Stream {
             path: vec!["temp".into()],
             payload: Some(Value::Float(21.5)),
@@ -105,7 +120,9 @@ mod tests {
         let mut items = Vec::new();
         uplink.take(100, &mut items);
         assert_eq!(items.len(), 2, "{items:?}");
-        assert!(matches!(&items[0], Item::Presence { device, online: true, .. } if device == "quiet"));
+        assert!(
+            matches!(&items[0], Item::Presence { device, online: true, protocol: Some(p), .. } if device == "quiet" && p == "thinger")
+        );
         assert!(
             matches!(&items[1], Item::Reported { device, path, value, .. } if device == "quiet" && path == "temp" && *value == serde_json::json!(21.5))
         );

@@ -298,7 +298,7 @@ impl LoraSource {
                         .pull_addr
                         .get(&gateway)
                         .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |(a, _)| *a);
-                    connected(&self.events, key.clone(), now, peer, false).await;
+                    connected(&self.events, key.clone(), now, peer, false, "lorawan").await;
                 }
                 let ev = DeviceEvent {
                     device: key,

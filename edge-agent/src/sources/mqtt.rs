@@ -375,7 +375,7 @@ impl MqttSource {
                     if let Some(c) = &state.control {
                         self.southbound.insert(key.clone(), c.clone());
                     }
-                    if !connected(&self.events, key, now, self.peer, self.tls).await {
+                    if !connected(&self.events, key, now, self.peer, self.tls, "mqtt").await {
                         return;
                     }
                 }

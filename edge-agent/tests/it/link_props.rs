@@ -41,6 +41,7 @@ fn item() -> impl Strategy<Value = Item> {
             rx_bytes: 1,
             tx_bytes: 2,
             reason: (!online).then(|| "bye".into()),
+            protocol: online.then(|| "mqtt".into()),
         }),
         (name(), name(), name(), any::<u64>(), json_value()).prop_map(|(user, device, path, at, value)| {
             Item::Reported {

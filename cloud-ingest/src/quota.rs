@@ -12,7 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use twinlake_twin::{TwinKey, TwinStore};
+use redb::{ReadableDatabase, ReadableTable};
+
+use twinlake_twin::{Twin, TwinKey};
 
 use crate::Error;
 use crate::store::{DEVICES, Db};
@@ -25,16 +27,19 @@ pub struct Unregistered {
 }
 
 impl Unregistered {
-    /// Counts the twins of unregistered devices by the gateway they were last seen at.
-    pub fn load(cap: usize, twins: &TwinStore, db: &Db) -> Result<Self, Error> {
+    /// Counts `twins` of unregistered devices by the gateway they were last seen at (one
+    /// read of the registry's keys, no record decoded).
+    pub fn load(cap: usize, twins: &[Twin], db: &Db) -> Result<Self, Error> {
+        let tx = db.0.begin_read()?;
+        let devices = tx.open_table(DEVICES)?;
         let mut by_gateway: HashMap<String, HashSet<TwinKey>> = HashMap::new();
-        for twin in twins.list(None)? {
-            let Some(gateway) = twin.connection.gateway.clone() else {
+        for twin in twins {
+            let Some(gateway) = &twin.connection.gateway else {
                 continue;
             };
             let key = twin.key();
-            if db.get::<serde_json::Value>(DEVICES, &key.to_string())?.is_none() {
-                by_gateway.entry(gateway).or_default().insert(key);
+            if devices.get(key.to_string().as_str())?.is_none() {
+                by_gateway.entry(gateway.clone()).or_default().insert(key);
             }
         }
         Ok(Self {
@@ -89,7 +94,7 @@ pub fn registered(tx: &redb::WriteTransaction, user: &str) -> Result<usize, Erro
     let table = tx.open_table(DEVICES)?;
     let from = format!("{user}/");
     let mut n = 0;
-    for entry in redb::ReadableTable::range(&table, from.as_str()..)? {
+    for entry in table.range(from.as_str()..)? {
         let (k, _) = entry?;
         if !k.value().starts_with(&from) {
             break;

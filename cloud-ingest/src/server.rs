@@ -135,7 +135,9 @@ impl Cloud {
         } else {
             None
         };
-        let unregistered = crate::quota::Unregistered::load(cfg.link.max_unregistered_devices, &twins, &db)?;
+        // Every twin, read once at start: for the quotas, and below for presence.
+        let all_twins = twins.list(None)?;
+        let unregistered = crate::quota::Unregistered::load(cfg.link.max_unregistered_devices, &all_twins, &db)?;
         let state = Arc::new(AppState {
             unregistered,
             local_gateway: cfg.edge.gateway.clone(),
@@ -158,9 +160,8 @@ impl Cloud {
         // started (after a SIGKILL their twins still said online); their next login sets
         // online and connected_at again. Devices at gateways are where their twins last saw
         // them until the gateways report again.
-        let twins = state.twins.list(None)?;
         let local = Some(state.local_gateway.as_str());
-        let stale: Vec<_> = twins
+        let stale: Vec<_> = all_twins
             .iter()
             .filter(|t| t.connection.online && t.connection.gateway.as_deref() == local)
             .map(|t| (t.key(), t.connection.last_seen.unwrap_or(t.updated)))
@@ -174,7 +175,7 @@ impl Cloud {
                 Ok::<_, Error>(())
             })?;
         }
-        for t in twins {
+        for t in all_twins {
             if t.connection.online && t.connection.gateway.as_deref() != local {
                 state.gateways.locate(t.key(), t.connection.gateway.clone());
             }

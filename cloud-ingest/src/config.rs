@@ -33,7 +33,7 @@ pub struct CloudConfig {
     pub gateways: Vec<GatewayEntry>,
     /// The cloud's own device listener for devices without a gateway: the edge pipeline,
     /// in-process, under the gateway id `edge.gateway` (default `cloud`). `listener.tcp =
-    /// "off"` (and no TLS) turns it off.
+    /// "off"` (and no TLS, and no `device_http.addr`) turns it off.
     pub edge: EdgeConfig,
     pub metrics: MetricsSection,
     pub lake: LakeSection,

@@ -23,6 +23,7 @@ use crate::outbox::{Outbox, writer_properties};
 use crate::rate_limit::RateLimiter;
 use crate::registry::{CredentialHash, DeviceRegistry};
 use crate::sources::Southbound;
+use crate::sources::http::{HttpSource, Parts as HttpParts, Phase as HttpPhase};
 use crate::sources::lorawan::LoraSource;
 use crate::sources::mqtt::broker::Embedded;
 use crate::sources::mqtt::{MqttSource, Phase as MqttPhase};
@@ -52,6 +53,7 @@ pub struct EdgeAgent {
     mqtt: Option<MqttSource>,
     mqtt_broker: Option<Embedded>,
     lora: Option<LoraSource>,
+    device_http: Option<HttpSource>,
     southbound: Arc<Southbound>,
 }
 
@@ -84,6 +86,7 @@ impl EdgeAgent {
                 .map_err(|e| Error::Config(format!("device {}/{}: {e}", d.user, d.device)))?;
             registry.insert(&d.user, &d.device, hash);
         }
+        let limiter = Arc::new(RateLimiter::from_config(&config.auth));
         let l = &config.listener;
         let tls = match (l.tls, &l.tls_cert, &l.tls_key) {
             (Some(addr), Some(cert), Some(key)) => {
@@ -104,7 +107,7 @@ impl EdgeAgent {
                 max_body: l.max_frame_bytes,
                 ..FrameLimits::DEFAULT
             },
-            auth_limiter: Some(Arc::new(RateLimiter::from_config(&config.auth))),
+            auth_limiter: Some(limiter.clone()),
             metrics: metrics.clone(),
             ..ListenerConfig::default()
         };
@@ -179,6 +182,19 @@ impl EdgeAgent {
             ),
             None => None,
         };
+        let device_http = match config.device_http.addr {
+            Some(_) => {
+                let parts = HttpParts {
+                    registry: registry.clone(),
+                    limiter,
+                    events: listener.events(),
+                    metrics: metrics.clone(),
+                    southbound: southbound.clone(),
+                };
+                Some(HttpSource::bind(&config.device_http, parts).await?)
+            }
+            None => None,
+        };
         let metrics_listener = match config.metrics.addr {
             Some(addr) => Some((crate::metrics::bind(addr).await?, config.metrics.limits())),
             None => None,
@@ -206,6 +222,7 @@ impl EdgeAgent {
             mqtt,
             mqtt_broker,
             lora,
+            device_http,
             southbound,
         })
     }
@@ -244,6 +261,11 @@ impl EdgeAgent {
     /// The bound LoRaWAN (packet forwarder) UDP address.
     pub fn lorawan_addr(&self) -> Option<SocketAddr> {
         self.lora.as_ref().and_then(LoraSource::local_addr)
+    }
+
+    /// The address the HTTP device API serves on, if it is on.
+    pub fn device_http_addr(&self) -> Option<SocketAddr> {
+        self.device_http.as_ref().and_then(HttpSource::local_addr)
     }
 
     /// The bound metrics address.
@@ -335,11 +357,14 @@ impl EdgeAgent {
         let mqtt_task = self.mqtt.take().map(|m| tokio::spawn(m.run(mqtt_phase_rx)));
         let (stop_lora, stop_lora_rx) = watch::channel(false);
         let lora_task = self.lora.take().map(|l| tokio::spawn(l.run(stop_lora_rx)));
+        let (http_phase, http_phase_rx) = watch::channel(HttpPhase::Running);
+        let http_task = self.device_http.take().map(|h| tokio::spawn(h.run(http_phase_rx)));
 
         self.listener.run(shutdown).await;
         // The other sources stop taking messages; what ingest took it confirms below.
         let _ = mqtt_phase.send(MqttPhase::Draining);
         let _ = stop_lora.send(true);
+        let _ = http_phase.send(HttpPhase::Draining);
         if let Some(t) = lora_task {
             let _ = t.await;
         }
@@ -349,6 +374,10 @@ impl EdgeAgent {
             .await
             .unwrap_or_else(|e| Err(Error::Corrupt(format!("the ingest task failed: {e}"))));
         let _ = mqtt_phase.send(MqttPhase::Done);
+        let _ = http_phase.send(HttpPhase::Done);
+        if let Some(t) = http_task {
+            let _ = t.await;
+        }
         if let Some(t) = mqtt_task {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::Error;
 pub use crate::rate_limit::AuthSection;
+pub use crate::sources::http::config::DeviceHttpSection;
 pub use crate::sources::lorawan::config::{CodecKind, LoraDevice, LoraProfile, LorawanSection};
 pub use crate::sources::mqtt::config::{EmbeddedBroker, MqttSection, MqttSubscription};
 pub use crate::values::{Hidden, addr_or_off};
@@ -41,6 +42,8 @@ pub struct EdgeConfig {
     pub mqtt: MqttSection,
     /// LoRaWAN gateways' Semtech UDP packet forwarders (off unless `lorawan.udp` is set).
     pub lorawan: LorawanSection,
+    /// The HTTP device API (off unless `device_http.addr` is set).
+    pub device_http: DeviceHttpSection,
 }
 
 impl Default for EdgeConfig {
@@ -61,6 +64,7 @@ impl Default for EdgeConfig {
             link: LinkSection::default(),
             mqtt: MqttSection::default(),
             lorawan: LorawanSection::default(),
+            device_http: DeviceHttpSection::default(),
         }
     }
 }
@@ -123,6 +127,7 @@ impl EdgeConfig {
         }
         self.mqtt.validate()?;
         self.lorawan.validate()?;
+        self.device_http.validate()?;
         let mut seen = std::collections::HashSet::new();
         for d in &self.devices {
             crate::registry::CredentialHash::parse(&d.credential_hash)

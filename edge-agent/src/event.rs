@@ -84,11 +84,13 @@ pub enum DeviceEventKind {
         path: Vec<String>,
         payload: Option<Value>,
     },
-    /// Rows from a source other than the listener (an MQTT message, a LoRaWAN uplink):
-    /// stored together, then `delivery` (if any) is confirmed once they are durable.
+    /// Rows from a source other than the listener (an MQTT message, a LoRaWAN uplink, an
+    /// HTTP request): stored together, then `delivery` (an MQTT message the broker may send
+    /// again) or `ack` (a request whose answer waits) is confirmed once they are durable.
     Message {
         rows: Vec<SourceRow>,
         delivery: Option<Delivery>,
+        ack: Option<Acker>,
     },
 }
 

@@ -1,9 +1,15 @@
 //! The accept loop every Twinlake HTTP server runs (the agent's metrics, the cloud's API):
 //! hyper with upgrades (WebSockets), connections capped in all and per address, and a
 //! deadline for a request's headers (and a TLS handshake) so a slowloris client cannot hold
-//! a connection. Bodies are the application's to bound.
+//! a connection. Bodies are the application's to bound. Every request carries its peer's
+//! address as axum's `ConnectInfo<SocketAddr>`.
 
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -52,7 +58,8 @@ pub async fn serve(
             continue;
         };
         let _ = sock.set_nodelay(true);
-        conns.spawn(connection(sock, tls.clone(), app.clone(), limits, permit, stop.clone()));
+        let app = WithPeer { app: app.clone(), peer };
+        conns.spawn(connection(sock, tls.clone(), app, limits, permit, stop.clone()));
     }
     drop(app);
     conns.shutdown().await;
@@ -61,7 +68,7 @@ pub async fn serve(
 async fn connection(
     sock: TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    app: axum::Router,
+    app: WithPeer,
     limits: HttpLimits,
     _permit: ConnPermit,
     mut stop: watch::Receiver<bool>,
@@ -90,5 +97,30 @@ async fn connection(
                 _ = stop.changed() => {}
             }
         }
+    }
+}
+
+/// The application with the connection's peer address put on each request.
+#[derive(Clone)]
+struct WithPeer {
+    app: axum::Router,
+    peer: SocketAddr,
+}
+
+impl<B> tower_service::Service<Request<B>> for WithPeer
+where
+    axum::Router: tower_service::Service<Request<B>>,
+{
+    type Response = <axum::Router as tower_service::Service<Request<B>>>::Response;
+    type Error = <axum::Router as tower_service::Service<Request<B>>>::Error;
+    type Future = <axum::Router as tower_service::Service<Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<Request<B>>::poll_ready(&mut self.app, cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        self.app.call(req)
     }
 }

@@ -370,7 +370,9 @@ impl Ingest {
                 });
                 (RecordKind::Record, Ok(ENDPOINT_TABLE.to_owned()), Some(row), ack)
             }
-            DeviceEventKind::Message { rows, delivery } => return self.handle_message(&ev.device.user, rows, delivery),
+            DeviceEventKind::Message { rows, delivery, ack } => {
+                return self.handle_message(&ev.device.user, rows, delivery, ack);
+            }
             DeviceEventKind::Connected { .. } => {
                 on_connect(&ev.device);
                 return;
@@ -409,7 +411,7 @@ impl Ingest {
     /// A source's message: its rows, then (for a message to confirm) a delivery record, all
     /// in this fsync. A redelivery of a message that is durable and unconfirmed stores
     /// nothing and is only confirmed.
-    fn handle_message(&mut self, user: &str, rows: Vec<SourceRow>, delivery: Option<Delivery>) {
+    fn handle_message(&mut self, user: &str, rows: Vec<SourceRow>, delivery: Option<Delivery>, ack: Option<Acker>) {
         if let Some(d) = &delivery
             && d.redelivered
             && self.unconfirmed.get(&(d.source.clone(), d.id)) == Some(&d.hash)
@@ -421,6 +423,7 @@ impl Ingest {
             return;
         }
         let mut ok = true;
+        let mut appended = false;
         for r in rows {
             if r.payload.is_unset() {
                 continue;
@@ -435,8 +438,17 @@ impl Ingest {
                 ok = false;
                 break;
             }
+            appended = true;
         }
-        let Some(d) = delivery else { return };
+        let Some(d) = delivery else {
+            // Nothing appended: nothing to wait for.
+            match ack {
+                Some(a) if ok && appended => self.unsynced.acks.push(a),
+                Some(a) => a.ack(ok),
+                None => {}
+            }
+            return;
+        };
         if ok {
             ok = self.append_mark(RecordKind::Delivery, &d.source, d.id, Some(d.hash));
         }

@@ -1,5 +1,5 @@
-//! Sources other than the Thinger listener: an MQTT broker ([`mqtt`]) and LoRaWAN gateways
-//! speaking the Semtech UDP protocol ([`lorawan`]). Each source is one folder: its root
+//! Sources other than the Thinger listener: an MQTT broker ([`mqtt`]), LoRaWAN gateways
+//! speaking the Semtech UDP protocol ([`lorawan`]) and the HTTP device API ([`http`]). Each source is one folder: its root
 //! module runs it, `config.rs` holds its section of the agent's configuration, and its
 //! decoders sit beside them; what they share (payload [`codec`]s, hex, RFC 3339 times, the
 //! presence and southbound contract) is here.
@@ -10,14 +10,17 @@
 //! devices come back through [`Southbound`].
 //!
 //! ```text
-//! broker ─MQTT─▶ mqtt ─┐                    ┌▶ WAL ─▶ buffer ─▶ Parquet
-//! gateways ─UDP─▶ lorawan ┼─ Message events ─▶ ingest
-//! devices ─TCP─▶ listener┘                    └▶ tap ─▶ twins (cloud link)
+//! broker ─MQTT─▶ mqtt ─────┐                    ┌▶ WAL ─▶ buffer ─▶ Parquet
+//! gateways ─UDP─▶ lorawan ─┤
+//! devices ─HTTP─▶ http ────┼─ Message events ─▶ ingest
+//! devices ─TCP─▶ listener ─┘                    └▶ link ─▶ twins (cloud)
 //! ```
 
 pub mod codec;
+pub mod http;
 pub mod lorawan;
 pub mod mqtt;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

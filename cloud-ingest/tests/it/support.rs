@@ -71,6 +71,9 @@ pub struct TestCloud {
     #[allow(dead_code)]
     pub flight: Option<SocketAddr>,
     pub devices: Option<SocketAddr>,
+    /// The HTTP device API, when `edge.device_http` is on.
+    #[allow(dead_code)]
+    pub device_http: Option<SocketAddr>,
     pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), twinlake_cloud::Error>>>,
@@ -81,6 +84,7 @@ impl TestCloud {
         let cloud = Cloud::start(cfg).await.expect("cloud starts");
         let addr = cloud.http_addr().unwrap();
         let devices = cloud.device_addrs().0;
+        let device_http = cloud.device_http_addr();
         let (postgres, flight) = (cloud.postgres_addr(), cloud.flight_addr());
         let state = cloud.state();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -92,6 +96,7 @@ impl TestCloud {
             postgres,
             flight,
             devices,
+            device_http,
             state,
             stop: Some(stop),
             task: Some(task),

@@ -284,3 +284,56 @@ async fn a_restart_does_not_claim_the_clouds_own_devices_are_online() {
     assert_eq!(t["connection"]["last_seen"], json!(1_000), "{t}");
     cloud.stop().await;
 }
+
+/// A device registered in the cloud speaks the HTTP device API of the cloud's own
+/// pipeline: its telemetry is its twin's reported state; a desired value reaches its
+/// long-poll; its reply is reported, and the twin is in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http_device_polls_its_desired_state_and_its_reply_syncs_the_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.edge.device_http.addr = Some("127.0.0.1:0".parse().unwrap());
+    let cloud = TestCloud::start(cfg).await;
+    let api = &cloud.api();
+    api.register("h1", None).await;
+    let base = format!("http://{}/api/v1/{USER}:h1:{CREDENTIAL}", cloud.device_http.unwrap());
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/telemetry"))
+        .body(r#"{"temp":20.5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    eventually(10, "the HTTP device's twin", || async move {
+        let t = api.twin("h1").await;
+        (t["state"]["reported"]["telemetry"]["temp"] == json!(20.5)
+            && t["connection"]["online"] == json!(true)
+            && t["connection"]["protocol"] == json!("http"))
+        .then_some(())
+    })
+    .await;
+
+    let poll = tokio::spawn(http.get(format!("{base}/rpc?timeout=10000")).send());
+    api.set_desired("h1", json!({"led": true})).await;
+    let r = poll.await.unwrap().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cmd: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (cmd["method"].clone(), cmd["params"].clone()),
+        (json!("led"), json!(true))
+    );
+    let r = http
+        .post(format!("{base}/rpc/{}", cmd["id"]))
+        .body("true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    eventually(10, "the reply syncs the twin", || async move {
+        let t = api.twin("h1").await;
+        (t["state"]["reported"]["led"] == json!(true) && t["state"]["delta"] == json!({})).then_some(())
+    })
+    .await;
+    cloud.stop().await;
+}

@@ -311,6 +311,7 @@ impl LoraSource {
                             payload: fields,
                         }],
                         delivery: None,
+                        ack: None,
                     },
                 };
                 let _ = self.events.send(ev).await;

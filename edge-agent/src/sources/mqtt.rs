@@ -429,7 +429,11 @@ impl MqttSource {
         let ev = DeviceEvent {
             device: DeviceKey::new(&self.user, first_device.as_deref().unwrap_or("")),
             at: now,
-            kind: DeviceEventKind::Message { rows, delivery },
+            kind: DeviceEventKind::Message {
+                rows,
+                delivery,
+                ack: None,
+            },
         };
         let _ = self.events.send(ev).await;
     }

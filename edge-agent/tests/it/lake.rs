@@ -57,6 +57,8 @@ pub struct Running {
     pub endpoints: twinlake_edge::ingest::EndpointQueue,
     pub metrics: Arc<twinlake_edge::metrics::Metrics>,
     pub lorawan: Option<SocketAddr>,
+    /// The HTTP device API.
+    pub device_http: Option<SocketAddr>,
     /// The embedded MQTT broker's device listeners (MQTT 3.1.1, MQTT 5).
     pub mqtt_broker: Option<(SocketAddr, Option<SocketAddr>)>,
     pub southbound: Arc<twinlake_edge::sources::Southbound>,
@@ -76,6 +78,7 @@ pub async fn start(config: EdgeConfig) -> Running {
         endpoints: agent.endpoint_calls(),
         metrics: agent.metrics(),
         lorawan: agent.lorawan_addr(),
+        device_http: agent.device_http_addr(),
         mqtt_broker: agent.mqtt_broker_addrs(),
         southbound: agent.southbound(),
         watch: agent.watch(),

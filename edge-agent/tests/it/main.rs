@@ -6,6 +6,7 @@ mod adversarial;
 mod config;
 mod exchange;
 mod gwmp_props;
+mod http_device;
 mod ingest;
 mod lake;
 mod link_props;

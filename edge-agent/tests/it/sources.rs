@@ -25,7 +25,7 @@ const K1: &str = "2b7e151628aed2a6abf7158809cf4f3c";
 const K2: &str = "000102030405060708090a0b0c0d0e0f";
 
 /// An agent with only a lake (its listener and metrics on free loopback ports).
-fn base_config(dir: &Path) -> EdgeConfig {
+pub fn base_config(dir: &Path) -> EdgeConfig {
     let mut c = EdgeConfig {
         gateway: "gw-src".into(),
         data_dir: dir.join("data"),
@@ -38,12 +38,12 @@ fn base_config(dir: &Path) -> EdgeConfig {
     c
 }
 
-async fn stop(agent: Running) {
+pub async fn stop(agent: Running) {
     agent.stop().await.expect("clean stop");
 }
 
 /// Waits until `source` counted exactly `n` messages with `outcome`.
-async fn wait_count(agent: &Running, source: &'static str, outcome: &'static str, n: u64) {
+pub async fn wait_count(agent: &Running, source: &'static str, outcome: &'static str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let got = agent.metrics.source_count(source, outcome);
@@ -57,7 +57,7 @@ async fn wait_count(agent: &Running, source: &'static str, outcome: &'static str
 }
 
 /// Every row of `table` in the lake, as column → displayed value.
-fn rows(lake: &BTreeMap<String, Vec<RecordBatch>>, table: &str) -> Vec<BTreeMap<String, String>> {
+pub fn rows(lake: &BTreeMap<String, Vec<RecordBatch>>, table: &str) -> Vec<BTreeMap<String, String>> {
     let mut out = Vec::new();
     for (path, batches) in lake {
         if !path.starts_with(&format!("{table}/")) {

@@ -1,6 +1,6 @@
 //! MQTT payload formats: what a message's bytes say, as rows of device resources.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -13,6 +13,7 @@ use super::topic::Captures;
 use crate::event::SourceRow;
 use crate::sources::codec::Codec;
 use crate::sources::parse_rfc3339;
+use crate::sources::telemetry::{MAX_MS, ms, thingsboard};
 
 /// How a subscription's payloads are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -58,22 +59,6 @@ impl Format {
 #[derive(Debug, Default)]
 pub struct Decoder {
     aliases: Aliases,
-}
-
-/// The latest time the lake holds (the end of year 9999), in ms.
-const MAX_MS: u64 = (twinlake_lake::path::END_US as u64 - 1) / 1000;
-
-fn ms(t: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(t)
-}
-
-/// A `ts` in ms; also accepts seconds (< 1e11) as some firmwares send them.
-fn ts(j: &Json) -> Option<SystemTime> {
-    let t = j
-        .as_u64()
-        .or_else(|| j.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
-    let t = if t < 100_000_000_000 { t * 1000 } else { t };
-    (t <= MAX_MS).then(|| ms(t))
 }
 
 impl Decoder {
@@ -180,31 +165,6 @@ impl Decoder {
                 chirpstack(&j, resource, now).map(|r| vec![r])
             }
         }
-    }
-}
-
-/// ThingsBoard telemetry forms, each value object handed to `emit` with its time.
-fn thingsboard(j: &Json, now: SystemTime, emit: &mut dyn FnMut(SystemTime, Value)) -> Result<(), String> {
-    match j {
-        Json::Array(items) => {
-            for i in items {
-                thingsboard(i, now, emit)?;
-            }
-            Ok(())
-        }
-        Json::Object(o) => {
-            if let (Some(t), Some(values)) = (o.get("ts"), o.get("values")) {
-                let at = ts(t).ok_or("ts must be milliseconds since the epoch")?;
-                if !values.is_object() {
-                    return Err("values must be an object".into());
-                }
-                emit(at, from_json(values));
-            } else {
-                emit(now, from_json(j));
-            }
-            Ok(())
-        }
-        _ => Err("telemetry must be an object or an array of objects".into()),
     }
 }
 

@@ -1,0 +1,101 @@
+//! JSON telemetry shapes more than one source reads: ThingsBoard's device telemetry
+//! (`{"k":v}`, `{"ts":ms,"values":{…}}`, or arrays of them), over MQTT, HTTP or CoAP.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value as Json;
+use twinlake_sdk::json::from_json;
+use twinlake_sdk::pson::Value;
+
+/// The latest time the lake holds (the end of year 9999), in ms.
+pub const MAX_MS: u64 = (twinlake_lake::path::END_US as u64 - 1) / 1000;
+
+/// `t` ms after the epoch.
+pub fn ms(t: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(t)
+}
+
+/// A `ts` in ms; also accepts seconds (< 1e11) as some firmwares send them.
+pub fn ts(j: &Json) -> Option<SystemTime> {
+    let t = j
+        .as_u64()
+        .or_else(|| j.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
+    let t = if t < 100_000_000_000 { t * 1000 } else { t };
+    (t <= MAX_MS).then(|| ms(t))
+}
+
+/// ThingsBoard telemetry forms, each value object handed to `emit` with its time (`now`
+/// where the form has none).
+pub fn thingsboard(j: &Json, now: SystemTime, emit: &mut dyn FnMut(SystemTime, Value)) -> Result<(), String> {
+    match j {
+        Json::Array(items) => {
+            for i in items {
+                thingsboard(i, now, emit)?;
+            }
+            Ok(())
+        }
+        Json::Object(o) => {
+            if let (Some(t), Some(values)) = (o.get("ts"), o.get("values")) {
+                let at = ts(t).ok_or("ts must be milliseconds since the epoch")?;
+                if !values.is_object() {
+                    return Err("values must be an object".into());
+                }
+                emit(at, from_json(values));
+            } else {
+                emit(now, from_json(j));
+            }
+            Ok(())
+        }
+        _ => Err("telemetry must be an object or an array of objects".into()),
+    }
+}
+
+/// Reads a ThingsBoard telemetry body: the values with their times, in order. Nothing
+/// is returned for a body that is wrong anywhere, so a bad request stores nothing.
+pub fn decode_thingsboard(bytes: &[u8], now: SystemTime) -> Result<Vec<(SystemTime, Value)>, String> {
+    let j: Json = serde_json::from_slice(bytes).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let mut out = Vec::new();
+    thingsboard(&j, now, &mut |at, v| out.push((at, v)))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_three_documented_shapes() {
+        let now = ms(5);
+        let one = decode_thingsboard(br#"{"temperature":42,"humidity":73}"#, now).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].0, now);
+        assert_eq!(one[0].1.get("temperature"), Some(&Value::Int(42)));
+        let many = decode_thingsboard(br#"[{"a":1},{"b":2}]"#, now).unwrap();
+        assert_eq!(many.len(), 2);
+        let timed = decode_thingsboard(br#"{"ts":1451649600512,"values":{"k":"v"}}"#, now).unwrap();
+        assert_eq!(timed[0].0, ms(1_451_649_600_512));
+        let secs = decode_thingsboard(br#"{"ts":1451649600,"values":{"k":1}}"#, now).unwrap();
+        assert_eq!(secs[0].0, ms(1_451_649_600_000), "seconds, as some firmwares send");
+    }
+
+    #[test]
+    fn a_body_wrong_anywhere_gives_nothing() {
+        let now = ms(5);
+        for bad in [
+            &b"{"[..],
+            b"42",
+            b"\"x\"",
+            br#"[{"a":1},3]"#,
+            br#"[{"a":1},{"ts":-1,"values":{}}]"#,
+            br#"{"ts":1,"values":7}"#,
+            br#"{"ts":99999999999999999999,"values":{}}"#,
+        ] {
+            assert!(
+                decode_thingsboard(bad, now).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

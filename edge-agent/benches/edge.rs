@@ -1,6 +1,6 @@
 //! Edge agent benchmarks, each against a peer measured in the same run on the same data.
 //!
-//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|memory|mqtt|lorawan]` prints Markdown for
+//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|memory|mqtt|lorawan|http]` prints Markdown for
 //! BENCHMARKS.md. Without `--bench` (as in `cargo test --all-targets`) every section runs
 //! on tiny inputs as a smoke test. The Python peers (pyarrow) and the idle-client load run
 //! with `TWINLAKE_PYTHON` (scripts/test makes `.venv`), default `.venv/bin/python`.
@@ -18,12 +18,15 @@
 //! * lorawan: ABP uplinks (Cayenne LPP) as GWMP datagrams over UDP, checked, decrypted,
 //!   decoded and persisted, against the raw decode limit (MIC check, decryption and Cayenne
 //!   decode of the same frames in a loop).
+//! * http: HTTP device API telemetry requests/s into the lake against its no-op
+//!   authenticated route, in the same run ([`http_device`]).
 
 // A measurement harness, not a path for untrusted input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "common.rs"]
 mod common;
+mod http_device;
 #[allow(dead_code)]
 #[path = "../tests/it/mosquitto.rs"]
 mod mosquitto;
@@ -740,6 +743,7 @@ fn main() {
         ingest(false);
         mqtt(false);
         lorawan(false);
+        http_device::http(false);
         return;
     }
     let picked: Vec<&str> = args
@@ -762,5 +766,8 @@ fn main() {
     }
     if run("lorawan") {
         lorawan(true);
+    }
+    if run("http") {
+        http_device::http(true);
     }
 }

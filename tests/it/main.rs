@@ -4,6 +4,7 @@
 
 mod adversarial;
 mod crash;
+mod http_crash;
 mod load;
 #[path = "../../edge-agent/tests/it/mosquitto.rs"]
 mod mosquitto;

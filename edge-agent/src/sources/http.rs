@@ -11,6 +11,7 @@
 //! | `POST /api/v1/{token}/attributes` | `POST /v1/attributes`            |
 //! | `GET /api/v1/{token}/rpc?timeout=`| `GET /v1/rpc?timeout=`           |
 //! | `POST /api/v1/{token}/rpc/{id}`   | `POST /v1/rpc/{id}`              |
+//! | `GET /api/v1/{token}/whoami`      | `GET /v1/whoami`                 |
 //!
 //! A device's token is `user:device:credential` (ids hold no `:`), checked against the
 //! registry like a Thinger login, with the same lockouts. It is never logged.
@@ -175,6 +176,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/attributes", post(bearer_attributes))
         .route("/v1/rpc", get(bearer_poll))
         .route("/v1/rpc/{id}", post(bearer_reply))
+        .route("/api/v1/{token}/whoami", get(tb_whoami))
+        .route("/v1/whoami", get(bearer_whoami))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
@@ -199,6 +202,12 @@ async fn tb_poll(State(s): S, ConnectInfo(p): Peer, Path(token): Path<String>, Q
 }
 async fn tb_reply(State(s): S, ConnectInfo(p): Peer, Path((token, id)): Path<(String, u32)>, body: Bytes) -> Response {
     answer(reply(&s, p, &token, id, &body).await)
+}
+async fn tb_whoami(State(s): S, ConnectInfo(p): Peer, Path(token): Path<String>) -> Response {
+    answer(whoami(&s, p, &token).await)
+}
+async fn bearer_whoami(State(s): S, ConnectInfo(p): Peer, h: HeaderMap) -> Response {
+    answer(async { whoami(&s, p, bearer(&s, &h)?).await }.await)
 }
 async fn bearer_telemetry(State(s): S, ConnectInfo(p): Peer, h: HeaderMap, body: Bytes) -> Response {
     answer(async { telemetry(&s, p, bearer(&s, &h)?, None, &body).await }.await)
@@ -504,6 +513,12 @@ async fn store(
             Err(gone())
         }
     }
+}
+
+/// Who the token says the caller is (a device checking its token; nothing is stored).
+async fn whoami(s: &Shared, peer: SocketAddr, token: &str) -> Result<Response, Refusal> {
+    let key = authenticate(s, peer, token).await?;
+    Ok(axum::Json(json!({ "user": key.user, "device": key.device })).into_response())
 }
 
 /// A long-poll: the oldest waiting command, or 408 after the timeout.

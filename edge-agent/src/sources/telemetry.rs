@@ -98,4 +98,39 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        /// Any bytes: an answer, never a panic.
+        #[test]
+        fn any_body_is_answered(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode_thingsboard(&body, ms(5));
+        }
+
+        /// Entries written in ThingsBoard's shapes come back in order, with their times
+        /// (those without one at `now`) and values.
+        #[test]
+        fn written_entries_come_back(entries in proptest::collection::vec(
+            (proptest::option::of(0u64..=MAX_MS), proptest::collection::btree_map("[a-m]{1,6}", proptest::num::i64::ANY, 1..4)),
+            1..8,
+        )) {
+            let json: Vec<Json> = entries
+                .iter()
+                .map(|(t, values)| match t {
+                    Some(t) => serde_json::json!({"ts": t, "values": values}),
+                    None => serde_json::json!(values),
+                })
+                .collect();
+            let now = ms(5);
+            let got = decode_thingsboard(serde_json::to_string(&json).unwrap().as_bytes(), now).unwrap();
+            proptest::prop_assert_eq!(got.len(), entries.len());
+            for ((at, v), (t, values)) in got.iter().zip(&entries) {
+                // A ts under 1e11 is read as seconds.
+                let want = t.map_or(now, |t| if t < 100_000_000_000 { ms(t * 1000) } else { ms(t) });
+                proptest::prop_assert_eq!(*at, want);
+                for (k, x) in values {
+                    proptest::prop_assert_eq!(v.get(k.as_str()), Some(&Value::Int(*x)));
+                }
+            }
+        }
+    }
 }

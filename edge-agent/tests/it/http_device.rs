@@ -91,6 +91,9 @@ async fn http_devices_post_telemetry_and_attributes_and_poll_commands() {
     assert_eq!(curl(post(v1("telemetry/bad%20name"), "{}", &auth)).await.0, 400);
     assert_eq!(curl(post(tb("attributes"), "[1]", &[])).await.0, 400);
 
+    let (code, body) = curl(vec![v1("whoami"), auth[0].into(), auth[1].into()]).await;
+    assert_eq!((code, body.as_str()), (200, r#"{"user":"acme","device":"th1"}"#));
+
     // Commands: none waits (408); a write waits for the poll; the reply is reported.
     let (code, _) = curl(vec![tb("rpc?timeout=100")]).await;
     assert_eq!(code, 408);
@@ -132,4 +135,27 @@ async fn http_devices_post_telemetry_and_attributes_and_poll_commands() {
     assert_eq!(c[0]["time"], "2023-11-14T22:13:21", "{c:?}");
     assert_eq!(rows(&lake, "attributes")[0]["firmware"], "1.2.3");
     assert_eq!(rows(&lake, "led").len(), 1);
+}
+
+/// Guessing credentials: past `auth.max_failures_per_device` the device is locked out,
+/// and even its right credential gets 429 until the lockout ends; an unknown device and a
+/// token that is not `user:device:credential` get 401 like a wrong credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_http_credentials_locks_the_device_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.auth.max_failures_per_device = 3;
+    let agent = start(c).await;
+    let addr = agent.device_http.unwrap();
+    let url = |token: &str| format!("http://{addr}/api/v1/{token}/telemetry");
+    assert_eq!(curl(post(url("acme:ghost:x"), "{}", &[])).await.0, 401);
+    assert_eq!(curl(post(url("not-a-token"), "{}", &[])).await.0, 401);
+    for _ in 0..3 {
+        assert_eq!(curl(post(url("acme:th1:guess"), r#"{"a":1}"#, &[])).await.0, 401);
+    }
+    let (code, body) = curl(post(url("acme:th1:s3cret"), r#"{"a":1}"#, &[])).await;
+    assert_eq!(code, 429, "{body}");
+    assert!(agent.metrics.auth_rate_limited.get() >= 1);
+    assert_eq!(agent.metrics.source_count("http", "stored"), 0);
+    stop(agent).await;
 }

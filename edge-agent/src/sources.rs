@@ -17,6 +17,8 @@
 //! ```
 
 pub mod codec;
+pub mod commands;
+pub mod gate;
 pub mod http;
 pub mod lorawan;
 pub mod mqtt;

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
 use twinlake_edge::lake::model;
-use twinlake_edge::sources::http::{attribute_rows, parse_token, telemetry_rows};
+use twinlake_edge::sources::gate::parse_token;
+use twinlake_edge::sources::http::{attribute_rows, telemetry_rows};
 use twinlake_sdk::pson::ValueRef;
 
 fn field(d: &[u8]) -> Option<(&[u8], &[u8])> {

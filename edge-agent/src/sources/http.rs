@@ -26,13 +26,11 @@
 //! Its reply (`POST …/rpc/{id}`) is stored as the resource's value, which is the twin's
 //! reported value: the loop closes.
 
-pub mod commands;
 pub mod config;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -42,33 +40,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use tracing::{debug, warn};
+use tokio::sync::watch;
 use twinlake_sdk::json::from_json;
 
-use self::commands::Commands;
 use self::config::DeviceHttpSection;
-use super::{Control, Heard, Presence, Southbound, connected, disconnected};
+use super::gate::{Denied, Gate, GateLimits, NotStored, Parts};
 use crate::Error;
-use crate::event::{Acker, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
-use crate::listener::Authenticator;
-use crate::listener::session::Credentials;
-use crate::metrics::Metrics;
-use crate::rate_limit::RateLimiter;
-use crate::registry::DeviceRegistry;
-
-/// How long a request waits for its rows to be durable before it answers 503.
-const DURABLE_WITHIN: Duration = Duration::from_secs(30);
-
-/// What the agent hands the source.
-#[derive(Debug)]
-pub struct Parts {
-    pub registry: Arc<DeviceRegistry>,
-    pub limiter: Arc<RateLimiter>,
-    pub events: mpsc::Sender<DeviceEvent>,
-    pub metrics: Arc<Metrics>,
-    pub southbound: Arc<Southbound>,
-}
+use crate::event::SourceRow;
 
 /// A bound, not yet serving HTTP device API.
 pub struct HttpSource {
@@ -87,12 +65,7 @@ impl std::fmt::Debug for HttpSource {
 
 struct Shared {
     cfg: DeviceHttpSection,
-    parts: Parts,
-    tls: bool,
-    slow_auth: Semaphore,
-    presence: Mutex<Presence>,
-    commands: Arc<Commands>,
-    draining: AtomicBool,
+    gate: Gate,
 }
 
 impl HttpSource {
@@ -111,15 +84,14 @@ impl HttpSource {
             }
             _ => None,
         };
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let limits = GateLimits {
+            offline_after: cfg.offline_after,
+            max_devices: cfg.max_devices,
+            max_commands_per_device: cfg.max_commands_per_device,
+        };
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
-            tls: tls.is_some(),
-            slow_auth: Semaphore::new(cores),
-            presence: Mutex::new(Presence::new(cfg.offline_after, cfg.max_devices)),
-            commands: Arc::new(Commands::new(cfg.max_commands_per_device)),
-            draining: AtomicBool::new(false),
-            parts,
+            gate: Gate::new("http", parts, tls.is_some(), limits),
         });
         Ok(Self { listener, tls, shared })
     }
@@ -139,14 +111,14 @@ impl HttpSource {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => expire(&self.shared).await,
+                _ = tick.tick() => self.shared.gate.expire().await,
                 r = phase.changed() => {
                     let now = *phase.borrow();
                     if r.is_err() || now == Phase::Done {
                         break;
                     }
                     if now == Phase::Draining {
-                        self.shared.draining.store(true, Ordering::Relaxed);
+                        self.shared.gate.drain();
                     }
                 }
             }
@@ -259,7 +231,7 @@ fn bearer<'a>(s: &Shared, h: &'a HeaderMap) -> Result<&'a str, Refusal> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| {
-            s.parts.metrics.source("http", "unauthorized");
+            s.gate.count("unauthorized");
             refuse(
                 StatusCode::UNAUTHORIZED,
                 "no Authorization: Bearer user:device:credential",
@@ -267,111 +239,24 @@ fn bearer<'a>(s: &Shared, h: &'a HeaderMap) -> Result<&'a str, Refusal> {
         })
 }
 
-/// A token's parts: `user:device:credential`.
-pub fn parse_token(token: &str) -> Option<Credentials> {
-    let mut it = token.splitn(3, ':');
-    let (user, device, credential) = (it.next()?, it.next()?, it.next()?);
-    let id_ok =
-        |s: &str| (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    (id_ok(user) && id_ok(device) && !credential.is_empty() && credential.len() <= 256).then(|| Credentials {
-        user: user.to_owned(),
-        device: device.to_owned(),
-        credential: credential.to_owned(),
+/// Checks the token; the device is online from here.
+async fn authenticate(s: &Shared, peer: SocketAddr, token: &str) -> Result<crate::event::DeviceKey, Refusal> {
+    s.gate.authenticate(peer, token).await.map_err(|d| match d {
+        Denied::Unauthorized => refuse(
+            StatusCode::UNAUTHORIZED,
+            "unknown device or wrong credential (a token is user:device:credential)",
+        ),
+        Denied::RateLimited => refuse(StatusCode::TOO_MANY_REQUESTS, "too many failed attempts; wait"),
+        Denied::DeviceCap => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many devices online through this API",
+        ),
+        Denied::ShuttingDown => refuse(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down"),
     })
 }
 
-/// Checks the token; marks the device online (counted against `max_devices`).
-async fn authenticate(s: &Shared, peer: SocketAddr, token: &str) -> Result<DeviceKey, Refusal> {
-    let metrics = &s.parts.metrics;
-    if s.draining.load(Ordering::Relaxed) {
-        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down"));
-    }
-    let Some(creds) = parse_token(token) else {
-        metrics.auth_failures.inc();
-        metrics.source("http", "unauthorized");
-        return Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "a device token is user:device:credential",
-        ));
-    };
-    let key = DeviceKey::new(&creds.user, &creds.device);
-    if s.parts.limiter.is_locked(peer.ip(), &key) {
-        metrics.auth_failures.inc();
-        metrics.auth_rate_limited.inc();
-        metrics.source("http", "rate_limited");
-        return Err(refuse(StatusCode::TOO_MANY_REQUESTS, "too many failed attempts; wait"));
-    }
-    let ok = match s.parts.registry.quick_check(&creds) {
-        Some(ok) => ok,
-        None => {
-            let _permit = s.slow_auth.acquire().await;
-            let registry = s.parts.registry.clone();
-            tokio::task::spawn_blocking(move || registry.authenticate(&creds))
-                .await
-                .unwrap_or(false)
-        }
-    };
-    if !ok {
-        metrics.auth_failures.inc();
-        metrics.source("http", "unauthorized");
-        let locked = s.parts.limiter.failure(peer.ip(), &key);
-        warn!(device = %key, %peer, locked_out = locked, "HTTP device authentication failed");
-        return Err(refuse(StatusCode::UNAUTHORIZED, "unknown device or wrong credential"));
-    }
-    s.parts.limiter.success(&key);
-    online(s, &key, peer).await?;
-    Ok(key)
-}
-
-async fn online(s: &Shared, key: &DeviceKey, peer: SocketAddr) -> Result<(), Refusal> {
-    let heard = s
-        .presence
-        .lock()
-        .map_or(Heard::Refused, |mut p| p.heard(&key.to_string(), Instant::now()));
-    match heard {
-        Heard::Again => Ok(()),
-        Heard::Refused => {
-            s.parts.metrics.source("http", "device_cap");
-            Err(refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many devices online through this API",
-            ))
-        }
-        Heard::Online => {
-            let control = Arc::new(HttpControl {
-                commands: s.commands.clone(),
-                user: key.user.clone(),
-            });
-            s.parts.southbound.insert(key.clone(), control);
-            if !connected(&s.parts.events, key.clone(), SystemTime::now(), peer, s.tls, "http").await {
-                return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down"));
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Marks the devices silent for `offline_after` offline.
-async fn expire(s: &Shared) {
-    let gone = s
-        .presence
-        .lock()
-        .map(|mut p| p.expire(Instant::now()))
-        .unwrap_or_default();
-    for name in gone {
-        let Some((user, device)) = name.split_once('/') else {
-            continue;
-        };
-        let key = DeviceKey::new(user, device);
-        s.parts.southbound.remove(&key);
-        s.commands.forget(&key);
-        debug!(device = %key, "HTTP device silent; offline");
-        disconnected(&s.parts.events, key, SystemTime::now(), "silent").await;
-    }
-}
-
 fn bad_body(s: &Shared, why: String) -> Refusal {
-    s.parts.metrics.source("http", "bad_request");
+    s.gate.count("bad_request");
     refuse(StatusCode::BAD_REQUEST, why)
 }
 
@@ -435,7 +320,7 @@ async fn attributes(s: &Shared, peer: SocketAddr, token: &str, body: &[u8]) -> R
 async fn reply(s: &Shared, peer: SocketAddr, token: &str, id: u32, body: &[u8]) -> Result<Response, Refusal> {
     let key = authenticate(s, peer, token).await?;
     let j: Json = serde_json::from_slice(body).map_err(|e| bad_body(s, format!("the body is not JSON: {e}")))?;
-    let Some(resource) = s.commands.replied(&key, id) else {
+    let Some(resource) = s.gate.commands().replied(&key, id) else {
         return Err(refuse(
             StatusCode::NOT_FOUND,
             format!("no command {id} waits for a reply"),
@@ -457,61 +342,17 @@ async fn reply(s: &Shared, peer: SocketAddr, token: &str, id: u32, body: &[u8]) 
 /// Hands the rows (and properties) to ingest; answers 200 once the rows are durable.
 async fn store(
     s: &Shared,
-    key: DeviceKey,
+    key: crate::event::DeviceKey,
     rows: Vec<SourceRow>,
     props: Vec<(String, twinlake_sdk::pson::Value)>,
 ) -> Result<Response, Refusal> {
-    let gone = || refuse(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down");
-    let now = SystemTime::now();
-    for (property, v) in props {
-        let kind = DeviceEventKind::PropertySet {
-            property,
-            payload: Some(v),
-        };
-        let ev = DeviceEvent {
-            device: key.clone(),
-            at: now,
-            kind,
-        };
-        s.parts.events.send(ev).await.map_err(|_| gone())?;
-    }
-    let (tx, rx) = oneshot::channel();
-    let tx = Mutex::new(Some(tx));
-    let ack = Acker::from_fn(move |ok| {
-        if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
-            let _ = tx.send(ok);
-        }
-    });
-    let kind = DeviceEventKind::Message {
-        rows,
-        delivery: None,
-        ack: Some(ack),
-    };
-    s.parts
-        .events
-        .send(DeviceEvent {
-            device: key,
-            at: now,
-            kind,
-        })
-        .await
-        .map_err(|_| gone())?;
-    match tokio::time::timeout(DURABLE_WITHIN, rx).await {
-        Ok(Ok(true)) => {
-            s.parts.metrics.source("http", "stored");
-            Ok(StatusCode::OK.into_response())
-        }
-        Ok(Ok(false)) => {
-            s.parts.metrics.source("http", "unavailable");
-            Err(refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the rows could not be stored; send again",
-            ))
-        }
-        Ok(Err(_)) | Err(_) => {
-            s.parts.metrics.source("http", "unavailable");
-            Err(gone())
-        }
+    match s.gate.store(key, rows, props).await {
+        Ok(()) => Ok(StatusCode::OK.into_response()),
+        Err(NotStored::Failed) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the rows could not be stored; send again",
+        )),
+        Err(NotStored::ShuttingDown) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down")),
     }
 }
 
@@ -529,52 +370,16 @@ async fn poll(s: &Shared, peer: SocketAddr, token: &str, timeout_ms: Option<u64>
         .min(s.cfg.max_poll_timeout);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match s.commands.take(&key) {
+        match s.gate.commands().take(&key) {
             Ok(cmd) => {
-                s.parts.metrics.source("http", "command_sent");
+                s.gate.count("command_sent");
                 return Ok(axum::Json(cmd).into_response());
             }
             Err(ready) => {
-                if s.draining.load(Ordering::Relaxed)
-                    || tokio::time::timeout_at(deadline, ready.notified()).await.is_err()
-                {
+                if s.gate.draining() || tokio::time::timeout_at(deadline, ready.notified()).await.is_err() {
                     return Err(refuse(StatusCode::REQUEST_TIMEOUT, "no command within the timeout"));
                 }
             }
         }
-    }
-}
-
-/// Carries writes to an HTTP device: they wait for its next poll.
-#[derive(Debug)]
-struct HttpControl {
-    commands: Arc<Commands>,
-    user: String,
-}
-
-impl Control for HttpControl {
-    fn write(&self, device: &str, path: &str, value: &Json) -> Result<(), String> {
-        self.commands
-            .push(&DeviceKey::new(&self.user, device), path, value.clone())
-            .map(drop)
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_split_into_a_login() {
-        let c = parse_token("acme:dev-1:s3cr:et").unwrap();
-        assert_eq!(
-            (c.user.as_str(), c.device.as_str(), c.credential.as_str()),
-            ("acme", "dev-1", "s3cr:et")
-        );
-        for bad in ["", "acme", "acme:dev", "acme:dev:", ":dev:x", "a/b:dev:x", "acme:d v:x"] {
-            assert!(parse_token(bad).is_none(), "{bad:?}");
-        }
-        assert!(parse_token(&format!("a:b:{}", "x".repeat(257))).is_none());
     }
 }

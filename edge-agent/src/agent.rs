@@ -23,8 +23,9 @@ use crate::outbox::{Outbox, writer_properties};
 use crate::rate_limit::RateLimiter;
 use crate::registry::{CredentialHash, DeviceRegistry};
 use crate::sources::Southbound;
-use crate::sources::gate::Parts as HttpParts;
-use crate::sources::http::{HttpSource, Phase as HttpPhase};
+use crate::sources::coap::CoapSource;
+use crate::sources::gate::{Parts as GateParts, Phase as GatePhase};
+use crate::sources::http::HttpSource;
 use crate::sources::lorawan::LoraSource;
 use crate::sources::mqtt::broker::Embedded;
 use crate::sources::mqtt::{MqttSource, Phase as MqttPhase};
@@ -55,6 +56,7 @@ pub struct EdgeAgent {
     mqtt_broker: Option<Embedded>,
     lora: Option<LoraSource>,
     device_http: Option<HttpSource>,
+    coap: Option<CoapSource>,
     southbound: Arc<Southbound>,
 }
 
@@ -183,17 +185,19 @@ impl EdgeAgent {
             ),
             None => None,
         };
+        let gate_parts = || GateParts {
+            registry: registry.clone(),
+            limiter: limiter.clone(),
+            events: listener.events(),
+            metrics: metrics.clone(),
+            southbound: southbound.clone(),
+        };
         let device_http = match config.device_http.addr {
-            Some(_) => {
-                let parts = HttpParts {
-                    registry: registry.clone(),
-                    limiter,
-                    events: listener.events(),
-                    metrics: metrics.clone(),
-                    southbound: southbound.clone(),
-                };
-                Some(HttpSource::bind(&config.device_http, parts).await?)
-            }
+            Some(_) => Some(HttpSource::bind(&config.device_http, gate_parts()).await?),
+            None => None,
+        };
+        let coap = match config.coap.udp {
+            Some(_) => Some(CoapSource::bind(&config.coap, gate_parts()).await?),
             None => None,
         };
         let metrics_listener = match config.metrics.addr {
@@ -224,6 +228,7 @@ impl EdgeAgent {
             mqtt_broker,
             lora,
             device_http,
+            coap,
             southbound,
         })
     }
@@ -267,6 +272,11 @@ impl EdgeAgent {
     /// The address the HTTP device API serves on, if it is on.
     pub fn device_http_addr(&self) -> Option<SocketAddr> {
         self.device_http.as_ref().and_then(HttpSource::local_addr)
+    }
+
+    /// The CoAP source's UDP address, if it is on.
+    pub fn coap_addr(&self) -> Option<SocketAddr> {
+        self.coap.as_ref().and_then(CoapSource::local_addr)
     }
 
     /// The bound metrics address.
@@ -358,14 +368,18 @@ impl EdgeAgent {
         let mqtt_task = self.mqtt.take().map(|m| tokio::spawn(m.run(mqtt_phase_rx)));
         let (stop_lora, stop_lora_rx) = watch::channel(false);
         let lora_task = self.lora.take().map(|l| tokio::spawn(l.run(stop_lora_rx)));
-        let (http_phase, http_phase_rx) = watch::channel(HttpPhase::Running);
-        let http_task = self.device_http.take().map(|h| tokio::spawn(h.run(http_phase_rx)));
+        let (gate_phase, gate_phase_rx) = watch::channel(GatePhase::Running);
+        let http_task = self
+            .device_http
+            .take()
+            .map(|h| tokio::spawn(h.run(gate_phase_rx.clone())));
+        let coap_task = self.coap.take().map(|c| tokio::spawn(c.run(gate_phase_rx)));
 
         self.listener.run(shutdown).await;
         // The other sources stop taking messages; what ingest took it confirms below.
         let _ = mqtt_phase.send(MqttPhase::Draining);
         let _ = stop_lora.send(true);
-        let _ = http_phase.send(HttpPhase::Draining);
+        let _ = gate_phase.send(GatePhase::Draining);
         if let Some(t) = lora_task {
             let _ = t.await;
         }
@@ -375,8 +389,8 @@ impl EdgeAgent {
             .await
             .unwrap_or_else(|e| Err(Error::Corrupt(format!("the ingest task failed: {e}"))));
         let _ = mqtt_phase.send(MqttPhase::Done);
-        let _ = http_phase.send(HttpPhase::Done);
-        if let Some(t) = http_task {
+        let _ = gate_phase.send(GatePhase::Done);
+        for t in [http_task, coap_task].into_iter().flatten() {
             let _ = t.await;
         }
         if let Some(t) = mqtt_task {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::Error;
 pub use crate::rate_limit::AuthSection;
+pub use crate::sources::coap::config::CoapSection;
 pub use crate::sources::http::config::DeviceHttpSection;
 pub use crate::sources::lorawan::config::{CodecKind, LoraDevice, LoraProfile, LorawanSection};
 pub use crate::sources::mqtt::config::{EmbeddedBroker, MqttSection, MqttSubscription};
@@ -44,6 +45,8 @@ pub struct EdgeConfig {
     pub lorawan: LorawanSection,
     /// The HTTP device API (off unless `device_http.addr` is set).
     pub device_http: DeviceHttpSection,
+    /// CoAP devices (off unless `coap.udp` is set).
+    pub coap: CoapSection,
 }
 
 impl Default for EdgeConfig {
@@ -65,6 +68,7 @@ impl Default for EdgeConfig {
             mqtt: MqttSection::default(),
             lorawan: LorawanSection::default(),
             device_http: DeviceHttpSection::default(),
+            coap: CoapSection::default(),
         }
     }
 }
@@ -128,6 +132,7 @@ impl EdgeConfig {
         self.mqtt.validate()?;
         self.lorawan.validate()?;
         self.device_http.validate()?;
+        self.coap.validate()?;
         let mut seen = std::collections::HashSet::new();
         for d in &self.devices {
             crate::registry::CredentialHash::parse(&d.credential_hash)

@@ -16,6 +16,7 @@
 //! devices ─TCP─▶ listener ─┘                    └▶ link ─▶ twins (cloud)
 //! ```
 
+pub mod coap;
 pub mod codec;
 pub mod commands;
 pub mod gate;

@@ -36,6 +36,16 @@ pub struct Parts {
     pub southbound: Arc<Southbound>,
 }
 
+/// How far along a shutdown a source is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Refuse new requests; those taken wait for their rows to be durable.
+    Draining,
+    /// Ingest has finished: stop.
+    Done,
+}
+
 /// Why a request was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
@@ -178,13 +188,15 @@ impl Gate {
         }
     }
 
-    /// Marks the devices silent for `offline_after` offline (checks once a second).
-    pub async fn expire(&self) {
+    /// Marks the devices silent for `offline_after` offline (checks once a second); returns
+    /// them.
+    pub async fn expire(&self) -> Vec<DeviceKey> {
         let gone = self
             .presence
             .lock()
             .map(|mut p| p.expire(Instant::now()))
             .unwrap_or_default();
+        let mut keys = Vec::with_capacity(gone.len());
         for name in gone {
             let Some((user, device)) = name.split_once('/') else {
                 continue;
@@ -193,8 +205,10 @@ impl Gate {
             self.parts.southbound.remove(&key);
             self.commands.forget(&key);
             debug!(device = %key, source = self.protocol, "device silent; offline");
-            disconnected(&self.parts.events, key, SystemTime::now(), "silent").await;
+            disconnected(&self.parts.events, key.clone(), SystemTime::now(), "silent").await;
+            keys.push(key);
         }
+        keys
     }
 
     /// Hands `rows` (and `props`, the device's properties) to ingest; returns once the

@@ -44,7 +44,9 @@ use tokio::sync::watch;
 use twinlake_sdk::json::from_json;
 
 use self::config::DeviceHttpSection;
+pub use super::gate::Phase;
 use super::gate::{Denied, Gate, GateLimits, NotStored, Parts};
+pub use super::telemetry::{attribute_rows, telemetry_rows};
 use crate::Error;
 use crate::event::SourceRow;
 
@@ -111,7 +113,7 @@ impl HttpSource {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => self.shared.gate.expire().await,
+                _ = tick.tick() => drop(self.shared.gate.expire().await),
                 r = phase.changed() => {
                     let now = *phase.borrow();
                     if r.is_err() || now == Phase::Done {
@@ -126,14 +128,6 @@ impl HttpSource {
         let _ = stop.send(true);
         let _ = server.await;
     }
-}
-
-/// How far along a shutdown the source is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    Draining,
-    Done,
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -271,43 +265,6 @@ async fn telemetry(
     let table = table.unwrap_or(&s.cfg.resource);
     let rows = telemetry_rows(&key.device, table, body, SystemTime::now()).map_err(|e| bad_body(s, e))?;
     store(s, key, rows, Vec::new()).await
-}
-
-/// The rows a telemetry body (ThingsBoard's shapes) makes for `device` in `table`; an
-/// error for a body or table wrong anywhere, so a bad request stores nothing.
-pub fn telemetry_rows(device: &str, table: &str, body: &[u8], now: SystemTime) -> Result<Vec<SourceRow>, String> {
-    twinlake_lake::model::table_name(&[table]).map_err(|e| format!("table {table:?}: {e}"))?;
-    let values = super::telemetry::decode_thingsboard(body, now)?;
-    Ok(values
-        .into_iter()
-        .map(|(at, payload)| SourceRow {
-            device: device.to_owned(),
-            resource: table.to_owned(),
-            at,
-            payload,
-        })
-        .collect())
-}
-
-/// An attributes body: its row in `table` and each attribute as a property.
-pub fn attribute_rows(
-    device: &str,
-    table: &str,
-    body: &[u8],
-    now: SystemTime,
-) -> Result<(SourceRow, Vec<(String, twinlake_sdk::pson::Value)>), String> {
-    let j: Json = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-    let Json::Object(o) = &j else {
-        return Err("attributes are a JSON object".into());
-    };
-    let props = o.iter().map(|(k, v)| (k.clone(), from_json(v))).collect();
-    let row = SourceRow {
-        device: device.to_owned(),
-        resource: table.to_owned(),
-        at: now,
-        payload: from_json(&j),
-    };
-    Ok((row, props))
 }
 
 async fn attributes(s: &Shared, peer: SocketAddr, token: &str, body: &[u8]) -> Result<Response, Refusal> {

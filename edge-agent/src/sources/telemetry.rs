@@ -7,6 +7,8 @@ use serde_json::Value as Json;
 use twinlake_sdk::json::from_json;
 use twinlake_sdk::pson::Value;
 
+use crate::event::SourceRow;
+
 /// The latest time the lake holds (the end of year 9999), in ms.
 pub const MAX_MS: u64 = (twinlake_lake::path::END_US as u64 - 1) / 1000;
 
@@ -50,6 +52,24 @@ pub fn thingsboard(j: &Json, now: SystemTime, emit: &mut dyn FnMut(SystemTime, V
     }
 }
 
+/// A plain-text value: an integer, a finite float, `true`/`false`, or else the text.
+pub fn plain(text: &str) -> Value {
+    let text = text.trim();
+    if let Ok(i) = text.parse::<i64>() {
+        return Value::Int(i);
+    }
+    if let Ok(f) = text.parse::<f64>()
+        && f.is_finite()
+    {
+        return Value::Double(f);
+    }
+    match text {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        t => Value::Str(t.to_owned()),
+    }
+}
+
 /// Reads a ThingsBoard telemetry body: the values with their times, in order. Nothing
 /// is returned for a body that is wrong anywhere, so a bad request stores nothing.
 pub fn decode_thingsboard(bytes: &[u8], now: SystemTime) -> Result<Vec<(SystemTime, Value)>, String> {
@@ -57,6 +77,43 @@ pub fn decode_thingsboard(bytes: &[u8], now: SystemTime) -> Result<Vec<(SystemTi
     let mut out = Vec::new();
     thingsboard(&j, now, &mut |at, v| out.push((at, v)))?;
     Ok(out)
+}
+
+/// The rows a telemetry body (ThingsBoard's shapes) makes for `device` in `table`; an
+/// error for a body or table wrong anywhere, so a bad request stores nothing.
+pub fn telemetry_rows(device: &str, table: &str, body: &[u8], now: SystemTime) -> Result<Vec<SourceRow>, String> {
+    twinlake_lake::model::table_name(&[table]).map_err(|e| format!("table {table:?}: {e}"))?;
+    let values = decode_thingsboard(body, now)?;
+    Ok(values
+        .into_iter()
+        .map(|(at, payload)| SourceRow {
+            device: device.to_owned(),
+            resource: table.to_owned(),
+            at,
+            payload,
+        })
+        .collect())
+}
+
+/// An attributes body: its row in `table` and each attribute as a property.
+pub fn attribute_rows(
+    device: &str,
+    table: &str,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<(SourceRow, Vec<(String, twinlake_sdk::pson::Value)>), String> {
+    let j: Json = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let Json::Object(o) = &j else {
+        return Err("attributes are a JSON object".into());
+    };
+    let props = o.iter().map(|(k, v)| (k.clone(), from_json(v))).collect();
+    let row = SourceRow {
+        device: device.to_owned(),
+        resource: table.to_owned(),
+        at: now,
+        payload: from_json(&j),
+    };
+    Ok((row, props))
 }
 
 #[cfg(test)]

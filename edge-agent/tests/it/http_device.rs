@@ -7,7 +7,7 @@ use twinlake_edge::config::DeviceEntry;
 use twinlake_edge::registry::CredentialHash;
 
 use crate::lake::{read_dir_lake, start};
-use crate::sources::{base_config, rows, stop, wait_count};
+use crate::sources::{base_config, rows, sorted_column, stop, wait_count};
 
 /// Runs curl: (status, body).
 async fn curl(args: Vec<String>) -> (u16, String) {
@@ -121,14 +121,8 @@ async fn http_devices_post_telemetry_and_attributes_and_poll_commands() {
     stop(agent).await;
 
     let lake = read_dir_lake(&dir.path().join("lake"));
-    let t = rows(&lake, "telemetry");
-    let mut temps: Vec<&str> = t
-        .iter()
-        .filter_map(|r| r.get("temperature").map(String::as_str))
-        .collect();
-    temps.sort_unstable();
-    assert_eq!(temps, ["1", "2", "42"], "{t:?}");
-    assert!(t.iter().all(|r| r["device"] == "th1"));
+    assert_eq!(sorted_column(&lake, "telemetry", "temperature"), ["1", "2", "42"]);
+    assert!(rows(&lake, "telemetry").iter().all(|r| r["device"] == "th1"));
     let c = rows(&lake, "climate");
     assert_eq!(c.len(), 1);
     assert_eq!(c[0]["co2"], "400");

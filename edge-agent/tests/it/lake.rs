@@ -59,6 +59,8 @@ pub struct Running {
     pub lorawan: Option<SocketAddr>,
     /// The HTTP device API.
     pub device_http: Option<SocketAddr>,
+    /// The CoAP source.
+    pub coap: Option<SocketAddr>,
     /// The embedded MQTT broker's device listeners (MQTT 3.1.1, MQTT 5).
     pub mqtt_broker: Option<(SocketAddr, Option<SocketAddr>)>,
     pub southbound: Arc<twinlake_edge::sources::Southbound>,
@@ -79,6 +81,7 @@ pub async fn start(config: EdgeConfig) -> Running {
         metrics: agent.metrics(),
         lorawan: agent.lorawan_addr(),
         device_http: agent.device_http_addr(),
+        coap: agent.coap_addr(),
         mqtt_broker: agent.mqtt_broker_addrs(),
         southbound: agent.southbound(),
         watch: agent.watch(),

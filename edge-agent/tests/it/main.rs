@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod adversarial;
+mod coap_device;
 mod config;
 mod exchange;
 mod gwmp_props;

@@ -83,6 +83,16 @@ pub fn rows(lake: &BTreeMap<String, Vec<RecordBatch>>, table: &str) -> Vec<BTree
     out
 }
 
+/// The values of `column` in `table`'s rows, sorted.
+pub fn sorted_column(lake: &BTreeMap<String, Vec<RecordBatch>>, table: &str, column: &str) -> Vec<String> {
+    let mut v: Vec<String> = rows(lake, table)
+        .into_iter()
+        .filter_map(|mut r| r.remove(column))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 /// Subscribes to `filter` with `opts`; what arrives comes out as (topic, payload).
 async fn watch_commands(
     mut opts: rumqttc::MqttOptions,

@@ -13,7 +13,7 @@ use super::topic::Captures;
 use crate::event::SourceRow;
 use crate::sources::codec::Codec;
 use crate::sources::parse_rfc3339;
-use crate::sources::telemetry::{MAX_MS, ms, thingsboard};
+use crate::sources::telemetry::{MAX_MS, ms, plain, thingsboard};
 
 /// How a subscription's payloads are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -102,21 +102,7 @@ impl Decoder {
                 let text = std::str::from_utf8(bytes)
                     .map_err(|_| "not UTF-8 text".to_owned())?
                     .trim();
-                let v = if let Ok(i) = text.parse::<i64>() {
-                    Value::Int(i)
-                } else if let Ok(f) = text
-                    .parse::<f64>()
-                    .map_err(|_| ())
-                    .and_then(|f| if f.is_finite() { Ok(f) } else { Err(()) })
-                {
-                    Value::Double(f)
-                } else {
-                    match text {
-                        "true" => Value::Bool(true),
-                        "false" => Value::Bool(false),
-                        t => Value::Str(t.to_owned()),
-                    }
-                };
+                let v = plain(text);
                 Ok(vec![row(d, now, v)])
             }
             Format::Thingsboard => {

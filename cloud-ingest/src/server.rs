@@ -129,8 +129,10 @@ impl Cloud {
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
 
         let sql = crate::sql::open(&cfg, &db, &twins)?;
-        let edge_enabled =
-            cfg.edge.listener.tcp.is_some() || cfg.edge.listener.tls.is_some() || cfg.edge.device_http.addr.is_some();
+        let edge_enabled = cfg.edge.listener.tcp.is_some()
+            || cfg.edge.listener.tls.is_some()
+            || cfg.edge.device_http.addr.is_some()
+            || cfg.edge.coap.udp.is_some();
         let edge = if edge_enabled {
             Some(EdgeAgent::start(cfg.edge_config()).await?)
         } else {
@@ -247,6 +249,11 @@ impl Cloud {
     /// The cloud's own HTTP device API, if it is on (`[edge.device_http]`).
     pub fn device_http_addr(&self) -> Option<SocketAddr> {
         self.edge.as_ref().and_then(EdgeAgent::device_http_addr)
+    }
+
+    /// The cloud's own CoAP source, if it is on (`[edge.coap]`).
+    pub fn coap_addr(&self) -> Option<SocketAddr> {
+        self.edge.as_ref().and_then(EdgeAgent::coap_addr)
     }
 
     /// The Postgres wire address.

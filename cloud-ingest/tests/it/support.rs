@@ -74,6 +74,9 @@ pub struct TestCloud {
     /// The HTTP device API, when `edge.device_http` is on.
     #[allow(dead_code)]
     pub device_http: Option<SocketAddr>,
+    /// The CoAP source, when `edge.coap` is on.
+    #[allow(dead_code)]
+    pub coap: Option<SocketAddr>,
     pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), twinlake_cloud::Error>>>,
@@ -85,6 +88,7 @@ impl TestCloud {
         let addr = cloud.http_addr().unwrap();
         let devices = cloud.device_addrs().0;
         let device_http = cloud.device_http_addr();
+        let coap = cloud.coap_addr();
         let (postgres, flight) = (cloud.postgres_addr(), cloud.flight_addr());
         let state = cloud.state();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -97,6 +101,7 @@ impl TestCloud {
             flight,
             devices,
             device_http,
+            coap,
             state,
             stop: Some(stop),
             task: Some(task),
@@ -440,4 +445,17 @@ pub async fn pg_connect(addr: SocketAddr, token: &str) -> tokio_postgres::Client
     let (client, conn) = tokio_postgres::connect(&cfg, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     client
+}
+
+/// The Python with the test clients: `TWINLAKE_PYTHON`, or the `.venv` scripts/test makes.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TWINLAKE_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with the test clients: run scripts/test (it makes .venv) or set TWINLAKE_PYTHON"
+    );
+    venv
 }

@@ -337,3 +337,54 @@ async fn an_http_device_polls_its_desired_state_and_its_reply_syncs_the_twin() {
     .await;
     cloud.stop().await;
 }
+
+/// A CoAP device written with aiocoap (tests/python/coap_device.py) reports a reading and
+/// observes its command resource on the cloud's own pipeline; a desired LED set through
+/// the API is pushed to it as a notification, its reply is reported, and the twin is in
+/// sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aiocoap_device_observes_its_desired_state_and_the_twin_syncs() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.edge.coap.udp = Some("127.0.0.1:0".parse().unwrap());
+    let cloud = TestCloud::start(cfg).await;
+    let api = &cloud.api();
+    api.register("c1", None).await;
+    let base = format!("coap://{}/api/v1/{USER}:c1:{CREDENTIAL}", cloud.coap.unwrap());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/coap_device.py");
+    let mut child = std::process::Command::new(python())
+        .arg(script)
+        .arg(&base)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = lines_tx.send(std::mem::take(&mut line));
+        }
+    });
+    let wait = std::time::Duration::from_secs(30);
+    let line = tokio::time::timeout(wait, lines.recv()).await.ok().flatten();
+    assert_eq!(line.as_deref().map(str::trim), Some("observing"));
+    eventually(10, "the CoAP device's twin", || async move {
+        let t = api.twin("c1").await;
+        (t["connection"]["protocol"] == json!("coap") && t["state"]["reported"]["telemetry"]["temp"] == json!(20.5))
+            .then_some(())
+    })
+    .await;
+
+    api.set_desired("c1", json!({"led": true})).await;
+    let line = tokio::time::timeout(wait, lines.recv()).await.ok().flatten();
+    assert_eq!(line.as_deref().map(str::trim), Some("replied led true"));
+    assert!(child.wait().unwrap().success());
+    eventually(10, "the reply syncs the twin", || async move {
+        let t = api.twin("c1").await;
+        (t["state"]["reported"]["led"] == json!(true) && t["state"]["delta"] == json!({})).then_some(())
+    })
+    .await;
+    cloud.stop().await;
+}

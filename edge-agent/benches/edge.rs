@@ -1,6 +1,6 @@
 //! Edge agent benchmarks, each against a peer measured in the same run on the same data.
 //!
-//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|memory|mqtt|lorawan|http]` prints Markdown for
+//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|memory|mqtt|lorawan|http|coap]` prints Markdown for
 //! BENCHMARKS.md. Without `--bench` (as in `cargo test --all-targets`) every section runs
 //! on tiny inputs as a smoke test. The Python peers (pyarrow) and the idle-client load run
 //! with `TWINLAKE_PYTHON` (scripts/test makes `.venv`), default `.venv/bin/python`.
@@ -20,10 +20,13 @@
 //!   decode of the same frames in a loop).
 //! * http: HTTP device API telemetry requests/s into the lake against its no-op
 //!   authenticated route, in the same run ([`http_device`]).
+//! * coap: Confirmable POSTs/s into the lake against a UDP echo floor, in the same run
+//!   ([`coap_device`]).
 
 // A measurement harness, not a path for untrusted input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod coap_device;
 #[path = "common.rs"]
 mod common;
 mod http_device;
@@ -744,6 +747,7 @@ fn main() {
         mqtt(false);
         lorawan(false);
         http_device::http(false);
+        coap_device::coap(false);
         return;
     }
     let picked: Vec<&str> = args
@@ -769,5 +773,8 @@ fn main() {
     }
     if run("http") {
         http_device::http(true);
+    }
+    if run("coap") {
+        coap_device::coap(true);
     }
 }

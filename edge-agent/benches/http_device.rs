@@ -13,7 +13,7 @@ use twinlake_edge::EdgeAgent;
 
 use crate::{edge_config, read_dir_batches};
 
-fn env(name: &str, default: usize) -> usize {
+pub fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
@@ -50,7 +50,7 @@ async fn client(addr: SocketAddr, token: String, requests: Vec<Option<String>>) 
     }
 }
 
-fn reading(i: usize) -> String {
+pub fn reading(i: usize) -> String {
     format!(
         r#"{{"latitude":{:.5},"longitude":{:.5},"elevation":{},"velocity":{},"heading":{},"grade":{},"fuel_consumption":{:.1}}}"#,
         52.0 + (i % 997) as f64 * 1e-4,
@@ -122,13 +122,15 @@ pub fn http(full: bool) {
     report(clients, n, &stored, &noop);
 }
 
+/// Min, median, max.
+pub fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
 fn report(clients: usize, n: usize, stored: &[f64], noop: &[f64]) {
     let ratios: Vec<f64> = stored.iter().zip(noop).map(|(s, o)| s / o).collect();
-    let stats = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        (v[0], v[v.len() / 2], v[v.len() - 1])
-    };
     let (smin, smed, smax) = stats(stored);
     let (omin, omed, omax) = stats(noop);
     let (rmin, rmed, rmax) = stats(&ratios);

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod adversarial;
+mod coap_crash;
 mod crash;
 mod http_crash;
 mod load;

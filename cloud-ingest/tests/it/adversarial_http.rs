@@ -118,3 +118,48 @@ async fn query_tokens_are_not_logged() {
         assert!(!text.contains(secret), "{secret} is in the log:\n{text}");
     }
 }
+
+/// Device tokens in URI paths (the HTTP device API's `/api/v1/{token}/…`, CoAP's Uri-Path)
+/// appear in no log line at any level, right or wrong.
+#[tokio::test]
+async fn device_tokens_in_paths_are_not_logged() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.edge.device_http.addr = Some("127.0.0.1:0".parse().unwrap());
+    cfg.edge.coap.udp = Some("127.0.0.1:0".parse().unwrap());
+    let cloud = TestCloud::start(cfg).await;
+    cloud.api().register("tok", None).await;
+    let guess = "guessed-cred-8d2e7a";
+    let http = reqwest::Client::new();
+    let coap = cloud.coap.unwrap();
+    for cred in [CREDENTIAL, guess] {
+        let token = format!("{USER}:tok:{cred}");
+        let url = format!("http://{}/api/v1/{token}/telemetry", cloud.device_http.unwrap());
+        let _ = http.post(url).body(r#"{"a":1}"#).send().await;
+        let uri = format!("coap://{coap}/api/v1/{token}/telemetry");
+        let _ = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("coap-client-notls")
+                .args(["-m", "post", "-t", "json", "-e", r#"{"a":2}"#, "-B", "3", &uri])
+                .output()
+        })
+        .await;
+    }
+    cloud.stop().await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("device authentication failed"),
+        "the subscriber saw the refusal: {text}"
+    );
+    for secret in [CREDENTIAL, guess] {
+        assert!(!text.contains(secret), "{secret} is in the log:\n{text}");
+    }
+}

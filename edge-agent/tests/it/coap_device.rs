@@ -186,6 +186,14 @@ async fn a_retransmitted_confirmable_post_is_stored_once() {
     assert_eq!(first[1], 0x44, "2.04 Changed");
     wait_count(&agent, "coap", "duplicate", 1).await;
     assert_eq!(agent.metrics.source_count("coap", "stored"), 1);
+
+    // A device that does not observe gets a waiting command in its next POST's answer.
+    let key = twinlake_edge::listener::DeviceKey::new("acme", "c1");
+    let route = agent.southbound.get(&key).expect("online");
+    route.write("c1", "fan", &serde_json::json!(3)).unwrap();
+    let uri = format!("coap://{addr}/api/v1/acme:c1:s3cret/telemetry/later");
+    let (ok, out) = post(&[], "json", r#"{"seq":2}"#, &uri).await;
+    assert!(ok && out.contains(r#""method":"fan","params":3"#), "{out}");
     stop(agent).await;
     assert_eq!(rows(&read_dir_lake(&dir.path().join("lake")), "dups").len(), 1);
 }

@@ -88,6 +88,9 @@ pub fn http(full: bool) {
     let mut c = edge_config(dir.path(), clients);
     c.listener.tcp = None;
     c.device_http.addr = Some("127.0.0.1:0".parse().unwrap());
+    // Every client comes from 127.0.0.1, and a round's connections may still be closing
+    // when the next opens.
+    c.device_http.max_connections_per_ip = 4 * clients;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

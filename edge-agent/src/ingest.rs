@@ -434,6 +434,12 @@ impl Ingest {
                 self.metrics.refused("name", 1);
                 continue;
             };
+            if crate::sources::telemetry::depth(&r.payload) > twinlake_sdk::pson::Limits::DEFAULT.max_depth {
+                // The WAL could not read it back: refused where it would be lost (sources
+                // refuse it first and say so).
+                self.metrics.refused("depth", 1);
+                continue;
+            }
             if !self.append_row(RecordKind::Record, &table, (user, &r.device), micros(r.at), &r.payload) {
                 ok = false;
                 break;

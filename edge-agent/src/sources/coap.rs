@@ -435,6 +435,10 @@ async fn post(s: &Shared, route: Route, key: DeviceKey, format: Option<u16>, bod
                 Ok(j) => j,
                 Err(e) => return bad(e),
             };
+            let payload = match super::telemetry::storable(twinlake_sdk::json::from_json(&j)) {
+                Ok(v) => v,
+                Err(e) => return bad(BadPayload::Malformed(e)),
+            };
             let Some(resource) = s.gate.commands().replied(&key, id) else {
                 return answer(ResponseType::NotFound);
             };
@@ -445,7 +449,7 @@ async fn post(s: &Shared, route: Route, key: DeviceKey, format: Option<u16>, bod
                 device: key.device.clone(),
                 resource,
                 at: now,
-                payload: twinlake_sdk::json::from_json(&j),
+                payload,
             };
             (vec![row], Vec::new(), false)
         }

@@ -46,6 +46,7 @@ use twinlake_sdk::json::from_json;
 use self::config::DeviceHttpSection;
 pub use super::gate::Phase;
 use super::gate::{Denied, Gate, GateLimits, NotStored, Parts};
+use super::telemetry::storable;
 pub use super::telemetry::{attribute_rows, telemetry_rows};
 use crate::Error;
 use crate::event::SourceRow;
@@ -277,6 +278,7 @@ async fn attributes(s: &Shared, peer: SocketAddr, token: &str, body: &[u8]) -> R
 async fn reply(s: &Shared, peer: SocketAddr, token: &str, id: u32, body: &[u8]) -> Result<Response, Refusal> {
     let key = authenticate(s, peer, token).await?;
     let j: Json = serde_json::from_slice(body).map_err(|e| bad_body(s, format!("the body is not JSON: {e}")))?;
+    let payload = storable(from_json(&j)).map_err(|e| bad_body(s, e))?;
     let Some(resource) = s.gate.commands().replied(&key, id) else {
         return Err(refuse(
             StatusCode::NOT_FOUND,
@@ -291,7 +293,7 @@ async fn reply(s: &Shared, peer: SocketAddr, token: &str, id: u32, body: &[u8]) 
         device: key.device.clone(),
         resource,
         at: SystemTime::now(),
-        payload: from_json(&j),
+        payload,
     };
     store(s, key, vec![row], Vec::new()).await
 }

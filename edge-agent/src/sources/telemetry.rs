@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value as Json;
 use twinlake_sdk::json::from_json;
-use twinlake_sdk::pson::Value;
+use twinlake_sdk::pson::{Limits, Value};
 
 use crate::event::SourceRow;
 
@@ -26,6 +26,26 @@ pub fn ts(j: &Json) -> Option<SystemTime> {
     (t <= MAX_MS).then(|| ms(t))
 }
 
+/// How deep `v` nests containers (a scalar is 0).
+pub fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.iter().map(|(_, v)| depth(v)).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Whether `v` can be stored: the WAL keeps it as PSON, which is read back only within
+/// [`Limits::DEFAULT`]'s nesting. JSON and CBOR parsers allow deeper values; a row that
+/// could not be read back would be confirmed and then lost, so it is refused here.
+pub fn storable(v: Value) -> Result<Value, String> {
+    let max = Limits::DEFAULT.max_depth;
+    if depth(&v) > max {
+        return Err(format!("the value nests deeper than {max} levels"));
+    }
+    Ok(v)
+}
+
 /// ThingsBoard telemetry forms, each value object handed to `emit` with its time (`now`
 /// where the form has none).
 pub fn thingsboard(j: &Json, now: SystemTime, emit: &mut dyn FnMut(SystemTime, Value)) -> Result<(), String> {
@@ -42,9 +62,9 @@ pub fn thingsboard(j: &Json, now: SystemTime, emit: &mut dyn FnMut(SystemTime, V
                 if !values.is_object() {
                     return Err("values must be an object".into());
                 }
-                emit(at, from_json(values));
+                emit(at, storable(from_json(values))?);
             } else {
-                emit(now, from_json(j));
+                emit(now, storable(from_json(j))?);
             }
             Ok(())
         }
@@ -111,7 +131,7 @@ pub fn attribute_rows(
         device: device.to_owned(),
         resource: table.to_owned(),
         at: now,
-        payload: from_json(&j),
+        payload: storable(from_json(&j))?,
     };
     Ok((row, props))
 }
@@ -154,6 +174,26 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// Found by the `coap_message` fuzz target: a value nested deeper than PSON reads back
+    /// was confirmed, then skipped as undecodable when the WAL was read.
+    #[test]
+    fn values_deeper_than_pson_reads_are_refused() {
+        let nest = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n), "]".repeat(n));
+        let ok = decode_thingsboard(nest(31).as_bytes(), ms(5)).unwrap();
+        let bytes = ok[0].1.to_bytes();
+        assert!(
+            twinlake_sdk::pson::ValueRef::decode(&bytes).is_ok(),
+            "32 levels read back"
+        );
+        assert!(
+            decode_thingsboard(nest(32).as_bytes(), ms(5))
+                .unwrap_err()
+                .contains("deeper")
+        );
+        let deep = format!("{{\"x\":{}}}", nest(40));
+        assert!(attribute_rows("d", "attributes", deep.as_bytes(), ms(5)).is_err());
     }
 
     proptest::proptest! {

@@ -90,6 +90,10 @@ async fn http_devices_post_telemetry_and_attributes_and_poll_commands() {
     assert_eq!(curl(post(tb("telemetry"), &big, &[])).await.0, 413);
     assert_eq!(curl(post(v1("telemetry/bad%20name"), "{}", &auth)).await.0, 400);
     assert_eq!(curl(post(tb("attributes"), "[1]", &[])).await.0, 400);
+    // Deeper than the WAL's PSON reads back: refused, not confirmed and then lost.
+    let deep = format!(r#"{{"temperature":-5,"x":{}1{}}}"#, "[".repeat(40), "]".repeat(40));
+    let (code, body) = curl(post(tb("telemetry"), &deep, &[])).await;
+    assert_eq!(code, 400, "{body}");
 
     let (code, body) = curl(vec![v1("whoami"), auth[0].into(), auth[1].into()]).await;
     assert_eq!((code, body.as_str()), (200, r#"{"user":"acme","device":"th1"}"#));
@@ -117,7 +121,7 @@ async fn http_devices_post_telemetry_and_attributes_and_poll_commands() {
 
     wait_count(&agent, "http", "stored", 5).await;
     assert_eq!(agent.metrics.source_count("http", "unauthorized"), 2);
-    assert_eq!(agent.metrics.source_count("http", "bad_request"), 4);
+    assert_eq!(agent.metrics.source_count("http", "bad_request"), 5);
     stop(agent).await;
 
     let lake = read_dir_lake(&dir.path().join("lake"));

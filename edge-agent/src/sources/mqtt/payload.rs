@@ -13,7 +13,7 @@ use super::topic::Captures;
 use crate::event::SourceRow;
 use crate::sources::codec::Codec;
 use crate::sources::parse_rfc3339;
-use crate::sources::telemetry::{MAX_MS, ms, plain, thingsboard};
+use crate::sources::telemetry::{MAX_MS, ms, plain, storable, thingsboard};
 
 /// How a subscription's payloads are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -87,10 +87,10 @@ impl Decoder {
             Format::Json => {
                 let d = need_device()?;
                 let j: Json = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-                Ok(match j {
-                    Json::Array(items) => items.iter().map(|i| row(d, now, from_json(i))).collect(),
-                    other => vec![row(d, now, from_json(&other))],
-                })
+                match j {
+                    Json::Array(items) => items.iter().map(|i| Ok(row(d, now, storable(from_json(i))?))).collect(),
+                    other => Ok(vec![row(d, now, storable(from_json(&other))?)]),
+                }
             }
             Format::Pson => {
                 let d = need_device()?;

@@ -82,6 +82,27 @@ fn add<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -
 impl Metrics {
     /// A fresh set, registered under the `twinlake_edge_` prefix.
     pub fn new() -> Self {
+        let m = Self::registered();
+        // The labelled families at zero for every reason and each source's main outcome, so
+        // a scrape (and a dashboard, an alert) finds them before the first drop or message.
+        for reason in ["ttl", "disk_cap", "damaged"] {
+            m.dropped(reason, 0, 0);
+        }
+        for rule in ["name", "columns", "tables", "depth"] {
+            m.refused(rule, 0);
+        }
+        for (source, outcome) in [
+            ("mqtt", "accepted"),
+            ("lorawan", "accepted"),
+            ("http", "stored"),
+            ("coap", "stored"),
+        ] {
+            let _ = m.source_messages.get_or_create(&SourceLabels { source, outcome });
+        }
+        m
+    }
+
+    fn registered() -> Self {
         let mut registry = Registry::with_prefix("twinlake_edge");
         let r = &mut registry;
         Self {
@@ -185,7 +206,7 @@ impl Metrics {
             source_messages: add(
                 r,
                 "source_messages",
-                "Messages from the MQTT and LoRaWAN sources, by outcome",
+                "Messages from the MQTT, LoRaWAN, HTTP and CoAP sources, by outcome",
                 Family::default(),
             ),
             registry,

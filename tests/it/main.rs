@@ -5,6 +5,7 @@
 mod adversarial;
 mod coap_crash;
 mod crash;
+mod dashboards;
 mod http_crash;
 mod load;
 #[path = "../../edge-agent/tests/it/mosquitto.rs"]
@@ -23,6 +24,26 @@ pub fn one_at_a_time() -> MutexGuard<'static, ()> {
     PROCESSES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `twinlake demo` for `seconds` with 2 devices, every port free, kept in `dir`.
+pub fn demo(dir: &std::path::Path, seconds: u32) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twinlake"));
+    cmd.args(["demo", "--seconds", &seconds.to_string(), "--devices", "2", "--dir"])
+        .arg(dir);
+    for flag in [
+        "--api",
+        "--tcp",
+        "--tls",
+        "--cloud-devices",
+        "--metrics",
+        "--cloud-metrics",
+        "--postgres",
+        "--flight",
+    ] {
+        cmd.args([flag, "127.0.0.1:0"]);
+    }
+    cmd
+}
+
 /// The README's main command, for a few seconds on free ports: the cloud starts, the edge
 /// agent links to it, the fleet connects and streams into the twins, and a desired LED
 /// state set from the platform reaches a device and comes back as reported.
@@ -30,29 +51,7 @@ pub fn one_at_a_time() -> MutexGuard<'static, ()> {
 fn demo_runs_cloud_edge_and_fleet() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_twinlake"))
-        .args(["demo", "--seconds", "7", "--devices", "2", "--dir"])
-        .arg(dir.path())
-        .args([
-            "--api",
-            "127.0.0.1:0",
-            "--tcp",
-            "127.0.0.1:0",
-            "--tls",
-            "127.0.0.1:0",
-            "--cloud-devices",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--cloud-metrics",
-            "127.0.0.1:0",
-            "--postgres",
-            "127.0.0.1:0",
-            "--flight",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .expect("runs");
+    let out = demo(dir.path(), 7).output().expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");

@@ -1,0 +1,162 @@
+//! The Grafana dashboards (dashboards/grafana/dashboards) against the running demo, as
+//! Grafana would run them: dashboards/check.py expands every SQL panel's and variable's
+//! macros, runs them over the Postgres wire with the simple protocol and checks each result's
+//! shape, and checks every metric the Prometheus panels name is in a scrape of the demo's
+//! agent and cloud.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::one_at_a_time;
+
+fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TWINLAKE_PYTHON") {
+        return p.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+}
+
+/// The text after `key` up to the next whitespace or quote, in `line`.
+fn after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &line[line.find(key)? + key.len()..];
+    Some(rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or(""))
+}
+
+/// A real Prometheus (Debian's) scraping the demo's agent and cloud every second, with the
+/// project's alert rules loaded.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Prometheus {
+    fn start(dir: &std::path::Path, metrics: &[String]) -> Self {
+        let targets: Vec<String> = metrics
+            .iter()
+            .map(|m| format!("\"{}\"", m.trim_start_matches("http://").trim_end_matches("/metrics")))
+            .collect();
+        let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/rules.yml");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [\"{rules}\"]\nscrape_configs:\n  - job_name: twinlake\n    static_configs: [{{targets: [{}]}}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("prometheus").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus runs (scripts/test installs Debian's prometheus)");
+        let url = format!("http://127.0.0.1:{port}");
+        // Ready, and a scrape of both targets in.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let query = format!("{url}/api/v1/query?query=count(up%3D%3D1)");
+        loop {
+            let out = Command::new("curl").args(["-sf", &query]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("\"{}\"]", metrics.len())) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Prometheus never scraped both targets");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Self { child, url }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn dashboards_run_against_the_demo() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = crate::demo(dir.path(), 90)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = demo.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut pg, mut metrics, mut seen) = (None, Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The addresses, then desired LED round trips so every table has rows.
+    let mut led_reports = 0;
+    while led_reports < 2 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("the demo printed no addresses or LED reports: {seen:#?}"));
+        if let (Some(host), Some(port)) = (after(&line, "psql \"host="), after(&line, " port=")) {
+            pg = Some(format!(
+                "host={host} port={port} dbname=twinlake user=demo password=twinlake-demo-token sslmode=require"
+            ));
+        }
+        if line.trim_start().starts_with("metrics") {
+            metrics = line
+                .split_whitespace()
+                .filter(|w| w.starts_with("http://"))
+                .map(str::to_owned)
+                .collect();
+        }
+        if line.contains("reported led") {
+            led_reports += 1;
+        }
+        seen.push(line);
+    }
+    let pg = pg.expect("the psql line");
+    let prometheus = Prometheus::start(dir.path(), &metrics);
+    let dashboards = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/grafana/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(dashboards)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    // Until every table has rows in SQL (the fleet streams every second), at most a minute.
+    let check = || {
+        let mut cmd = Command::new(python());
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/check.py"))
+            .args(["--pg", &pg]);
+        for m in &metrics {
+            cmd.args(["--metrics", m]);
+        }
+        cmd.args(["--prometheus", &prometheus.url]);
+        cmd.args(&files).output().expect("python runs")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = check();
+    while !out.status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(3));
+        out = check();
+    }
+    drop(prometheus);
+    let _ = Command::new("kill").args(["-TERM", &demo.id().to_string()]).status();
+    let _ = demo.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains(" 0 failed"),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(metrics.len(), 2, "{seen:#?}");
+}

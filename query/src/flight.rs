@@ -5,6 +5,8 @@
 //! `adbc.flight.sql.authorization_header`), or a Basic handshake whose password is the token,
 //! answered with the Bearer header to use.
 
+pub mod influx;
+
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 
@@ -101,7 +103,7 @@ impl FlightSql {
     }
 
     /// The call's token and what it may see.
-    fn auth(&self, md: &MetadataMap) -> Result<(String, Access), Status> {
+    pub(crate) fn auth(&self, md: &MetadataMap) -> Result<(String, Access), Status> {
         match Self::token(md) {
             Some(t) => match (self.check)(&t) {
                 Some(access) => Ok((t, access)),
@@ -132,7 +134,11 @@ impl FlightSql {
             .with_ordered(true))
     }
 
-    async fn run(&self, access: Access, sql: &str) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+    pub(crate) async fn run(
+        &self,
+        access: Access,
+        sql: &str,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let stream = self
             .engine
             .query_as(access.user, sql, None)
@@ -338,7 +344,9 @@ pub fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> Result<FlightServer, crate::QueryError> {
     let addr = listener.local_addr()?;
-    let svc = FlightServiceServer::new(FlightSql::new(engine, check));
+    let svc = FlightServiceServer::new(influx::Front {
+        sql: FlightSql::new(engine, check),
+    });
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = tls {
         builder = builder

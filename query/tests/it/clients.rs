@@ -325,3 +325,15 @@ async fn adbc_and_polars_read_over_flight_sql() {
     let out = run(cmd).await;
     assert!(out.contains("adbc flight sql: ok"), "{out}");
 }
+
+/// InfluxDB 3's Python client, unchanged, reads over our Flight endpoint (JSON tickets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influxdb3_python_reads_over_flight() {
+    let s = servers().await;
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("tests/python/influxdb3_client.py"))
+        .arg(s.flight.to_string())
+        .arg(TOKEN);
+    let out = run(cmd).await;
+    assert!(out.contains("influxdb3-python: ok"), "{out}");
+}

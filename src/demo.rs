@@ -229,6 +229,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "                     SELECT $__timeGroupAlias(time, '10s'), device AS metric, avg(value) AS temp FROM temp WHERE $__timeFilter(time) GROUP BY 1, 2 ORDER BY 1"
     );
+    println!("                     provisioning and dashboards: dashboards/grafana (dashboards/README.md)");
+    println!(
+        "  notebooks          TWINLAKE_DIR={} TWINLAKE_API={base} TWINLAKE_FLIGHT=grpc+tls://{flight} .venv/bin/python notebooks/run.py --out /tmp/notebooks notebooks/*.ipynb",
+        dir.display()
+    );
     println!();
     println!("Try:");
     println!("  {curl} {base}/v1/users/{USER}/devices/sensor-1/twin");

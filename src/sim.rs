@@ -31,15 +31,18 @@ pub struct SimArgs {
     pub insecure_tls: bool,
 }
 
-/// A simulated sensor: `temp` and `hum` outputs drifting over time, a `led` input, and an
-/// `in_out` calculator like the Thinger example sketch.
+/// A simulated sensor: `temp` and `hum` outputs drifting over time (seed 2's temperature
+/// spikes now and then), a `led` input, and an `in_out` calculator like the Thinger example
+/// sketch.
 pub fn sensor(seed: u64) -> Thing {
     let mut thing = Thing::default();
     let tick = Arc::new(AtomicU64::new(seed.wrapping_mul(7919)));
     let t = tick.clone();
     thing.resource("temp").output(move |out| {
         let n = t.fetch_add(1, Ordering::Relaxed);
-        *out = (20.0 + (seed % 5) as f64 + ((n % 40) as f64 - 20.0).abs() / 8.0).into();
+        // sensor-2 has a fault: every 30th reading jumps 12 degrees (notebooks/04-anomalies).
+        let spike = if seed == 2 && n % 30 == 29 { 12.0 } else { 0.0 };
+        *out = (20.0 + (seed % 5) as f64 + ((n % 40) as f64 - 20.0).abs() / 8.0 + spike).into();
     });
     let h = tick;
     thing.resource("hum").output(move |out| {

@@ -1,8 +1,11 @@
-//! The Grafana dashboards (dashboards/grafana/dashboards) against the running demo, as
-//! Grafana would run them: dashboards/check.py expands every SQL panel's and variable's
-//! macros, runs them over the Postgres wire with the simple protocol and checks each result's
-//! shape, and checks every metric the Prometheus panels name is in a scrape of the demo's
-//! agent and cloud.
+//! The Grafana dashboards and the notebooks against the running demo.
+//!
+//! * dashboards/check.py runs them as Grafana would: it expands every SQL panel's and
+//!   variable's macros, runs them over the Postgres wire with the simple protocol and checks
+//!   each result's shape; every PromQL panel is evaluated by a real Prometheus scraping the
+//!   demo's agent and cloud.
+//! * notebooks/run.py executes every notebook top to bottom with nbclient; their cells
+//!   assert on what they show.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -83,10 +86,10 @@ impl Drop for Prometheus {
 }
 
 #[test]
-fn dashboards_run_against_the_demo() {
+fn dashboards_and_notebooks_run_against_the_demo() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let mut demo = crate::demo(dir.path(), 90)
+    let mut demo = crate::demo(dir.path(), 240)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -99,6 +102,7 @@ fn dashboards_run_against_the_demo() {
         }
     });
     let (mut pg, mut metrics, mut seen) = (None, Vec::new(), Vec::new());
+    let (mut api, mut flight) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     // The addresses, then desired LED round trips so every table has rows.
     let mut led_reports = 0;
@@ -117,6 +121,12 @@ fn dashboards_run_against_the_demo() {
                 .filter(|w| w.starts_with("http://"))
                 .map(str::to_owned)
                 .collect();
+        }
+        if let Some(a) = after(&line, "cloud API          ") {
+            api = Some(a.to_owned());
+        }
+        if let Some(f) = after(&line, "Flight SQL ") {
+            flight = Some(f.to_owned());
         }
         if line.contains("reported led") {
             led_reports += 1;
@@ -149,6 +159,33 @@ fn dashboards_run_against_the_demo() {
         out = check();
     }
     drop(prometheus);
+    // The notebooks, until the lake has sealed files and sensor-2 has spiked (a minute).
+    let notebooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("notebooks");
+    let mut books: Vec<_> = std::fs::read_dir(&notebooks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ipynb"))
+        .collect();
+    books.sort();
+    let executed = dir.path().join("notebooks-out");
+    let run = || {
+        Command::new(python())
+            .arg(notebooks.join("run.py"))
+            .arg("--out")
+            .arg(&executed)
+            .args(&books)
+            .env("TWINLAKE_DIR", dir.path())
+            .env("TWINLAKE_API", api.as_deref().expect("the API line"))
+            .env("TWINLAKE_FLIGHT", flight.as_deref().expect("the Flight SQL line"))
+            .output()
+            .expect("python runs")
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut ran = run();
+    while !ran.status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(5));
+        ran = run();
+    }
     let _ = Command::new("kill").args(["-TERM", &demo.id().to_string()]).status();
     let _ = demo.wait();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -158,5 +195,15 @@ fn dashboards_run_against_the_demo() {
         out.status.success() && stdout.contains(" 0 failed"),
         "{stdout}\n{stderr}"
     );
+    let nb_out = String::from_utf8_lossy(&ran.stdout);
+    println!("{nb_out}");
+    assert!(
+        ran.status.success() && nb_out.contains(" 0 failed"),
+        "{nb_out}\n{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    for png in ["01-quickstart.png", "04-anomalies.png"] {
+        assert!(executed.join(png).exists(), "{png} was not saved");
+    }
     assert_eq!(metrics.len(), 2, "{seen:#?}");
 }

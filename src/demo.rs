@@ -17,7 +17,7 @@ use twinlake_cloud::{Cloud, CloudConfig};
 use twinlake_edge::{EdgeAgent, EdgeConfig};
 use twinlake_twin::{EventKind, TwinKey};
 
-use crate::sim;
+use crate::{fleet, sim};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -46,6 +46,12 @@ pub struct DemoArgs {
     /// Arrow Flight SQL (ADBC, notebooks).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub flight: SocketAddr,
+    /// The agent's embedded MQTT broker, where the simulated trucks publish.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub mqtt: SocketAddr,
+    /// The agent's LoRaWAN packet-forwarder port, where a simulated gateway sends.
+    #[arg(long, default_value = "127.0.0.1:1700")]
+    pub lorawan: SocketAddr,
     #[arg(long, default_value_t = 3)]
     pub devices: usize,
     /// Stop after this many seconds (default: run until Ctrl-C).
@@ -178,7 +184,24 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     ec.link.url = format!("wss://{api}/v1/gateway/link");
     ec.link.token = GATEWAY_TOKEN.into();
     ec.link.ca_file = Some(cloud_crt.clone());
+    // Trucks over MQTT (the embedded broker) and LoRaWAN sensors, unregistered devices of the
+    // demo user the gateway is bound to.
+    ec.mqtt.embedded = Some(twinlake_edge::config::EmbeddedBroker {
+        listen: args.mqtt,
+        users: [(
+            fleet::TRUCK_USER.to_owned(),
+            twinlake_edge::config::Hidden(fleet::TRUCK_PASSWORD.into()),
+        )]
+        .into(),
+        ..Default::default()
+    });
+    ec.mqtt.user = USER.into();
+    ec.mqtt.subscriptions = vec![fleet::truck_subscription()?];
+    ec.lorawan.udp = Some(args.lorawan);
+    ec.lorawan.user = USER.into();
+    ec.lorawan.devices = fleet::lora_devices()?;
     let agent = EdgeAgent::start(ec).await?;
+    let (mqtt, lora) = (agent.mqtt_broker_addrs().map(|a| a.0), agent.lorawan_addr());
     let (tcp, tls, metrics) = (agent.tcp_addr(), agent.tls_addr(), agent.metrics_addr());
     let registry = agent.registry();
     let (stop_edge_tx, stop_edge_rx) = tokio::sync::oneshot::channel::<()>();
@@ -203,6 +226,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  credentials        user {USER:?}, devices sensor-1..sensor-{} and my-device (edge), direct-device (cloud), credential {CREDENTIAL:?}",
         args.devices
+    );
+    println!(
+        "  other devices      trucks truck-1..3 over MQTT mqtt://{} (user {}), LoRaWAN field-1, field-2 through a packet forwarder on udp://{}",
+        fmt_addr(mqtt),
+        fleet::TRUCK_USER,
+        fmt_addr(lora)
     );
     println!(
         "  your own device    cargo run -p twinlake-sdk --example sensor -- {} {USER} my-device {CREDENTIAL}",
@@ -273,6 +302,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         insecure_tls: false,
     };
     let threads = sim::spawn(&sim_args, stop.clone())?;
+    if let Some(broker) = mqtt {
+        tokio::spawn(fleet::trucks(broker, stop.clone()));
+    }
+    if let Some(udp) = lora {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fleet::lora_gateway(udp, stop).await {
+                println!("the simulated LoRaWAN gateway stopped: {e}");
+            }
+        });
+    }
 
     let deadline = args
         .seconds

@@ -2,6 +2,7 @@
 
 mod cloud;
 mod demo;
+mod fleet;
 mod sim;
 
 use twinlake_gateway::cli as edge;
@@ -22,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run everything on embedded defaults: the cloud, an edge agent and a simulated fleet.
-    Demo(demo::DemoArgs),
+    Demo(Box<demo::DemoArgs>),
     /// Run the cloud: registry, twins, gateway link, REST and streaming API.
     Cloud(cloud::CloudArgs),
     /// Run the edge agent: device listener, WAL, Parquet, upload.
@@ -43,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     // off unless asked for (RUST_LOG=...,rumqttd=info).
     twinlake_gateway::init_logging("warn,twinlake=info,twinlake_edge=info,twinlake_cloud=info,rumqttd=off");
     match Cli::parse().command {
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => demo::run(*args),
         Command::Cloud(args) => cloud::run(args),
         Command::Edge(args) => edge::run(args),
         Command::Sim(args) => sim::run(args),

@@ -38,6 +38,8 @@ pub fn demo(dir: &std::path::Path, seconds: u32) -> Command {
         "--cloud-metrics",
         "--postgres",
         "--flight",
+        "--mqtt",
+        "--lorawan",
     ] {
         cmd.args([flag, "127.0.0.1:0"]);
     }

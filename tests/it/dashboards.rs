@@ -202,7 +202,7 @@ fn dashboards_and_notebooks_run_against_the_demo() {
         "{nb_out}\n{}",
         String::from_utf8_lossy(&ran.stderr)
     );
-    for png in ["01-quickstart.png", "04-anomalies.png"] {
+    for png in ["01-quickstart.png", "04-anomalies.png", "05-lorawan-radio.png"] {
         assert!(executed.join(png).exists(), "{png} was not saved");
     }
     assert_eq!(metrics.len(), 2, "{seen:#?}");

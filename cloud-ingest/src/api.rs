@@ -89,12 +89,15 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|State(s): St| async move {
+            get(|State(s): St, headers: axum::http::HeaderMap| async move {
+                if !twinlake_edge::http::bearer_matches(&headers, s.cfg.metrics.token_sha256.as_deref()) {
+                    return (StatusCode::UNAUTHORIZED, "send Authorization: Bearer <metrics token>\n").into_response();
+                }
                 let mut text = s.metrics.encode();
                 if let Some(e) = &s.edge_metrics {
                     text.push_str(&e.encode());
                 }
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
             }),
         )
         .route("/healthz", get(|| async { "ok" }))

@@ -393,7 +393,7 @@ pub struct GatewayEntry {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
-    /// `/metrics` and `/healthz`, without a token; keep it on a private address.
+    /// `/metrics` and `/healthz` (without a token unless `token_sha256`; keep it private).
     pub addr: Option<SocketAddr>,
     /// A scrape's request headers must arrive within this (slowloris).
     #[serde(with = "humantime_serde")]
@@ -401,6 +401,8 @@ pub struct MetricsSection {
     /// Open connections at most, in all and from one address.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// The SHA-256 (hex) of a token `/metrics` requires as `Authorization: Bearer`.
+    pub token_sha256: Option<String>,
 }
 
 impl Default for MetricsSection {
@@ -411,6 +413,7 @@ impl Default for MetricsSection {
             header_timeout: edge.header_timeout,
             max_connections: edge.max_connections,
             max_connections_per_ip: edge.max_connections_per_ip,
+            token_sha256: None,
         }
     }
 }

@@ -40,6 +40,7 @@ pub struct EdgeAgent {
     uploader: Uploader,
     metrics: Arc<Metrics>,
     metrics_listener: Option<(tokio::net::TcpListener, crate::http::HttpLimits)>,
+    metrics_token: Option<String>,
     streams: StreamsSection,
     endpoints: EndpointQueue,
     upload_deadline: Duration,
@@ -212,6 +213,7 @@ impl EdgeAgent {
             uploader,
             metrics,
             metrics_listener,
+            metrics_token: config.metrics.token_sha256.clone(),
             streams: config.streams.clone(),
             endpoints,
             upload_deadline: config.shutdown.upload_deadline,
@@ -361,7 +363,13 @@ impl EdgeAgent {
         let uploader = tokio::spawn(self.uploader.run(self.sealed, stop_upload_rx));
         let metrics_task = self.metrics_listener.map(|(l, limits)| {
             let m = self.metrics.clone();
-            tokio::spawn(crate::metrics::serve(l, m, limits, stop_metrics_rx))
+            tokio::spawn(crate::metrics::serve(
+                l,
+                m,
+                limits,
+                self.metrics_token.clone(),
+                stop_metrics_rx,
+            ))
         });
 
         let (mqtt_phase, mqtt_phase_rx) = watch::channel(MqttPhase::Running);

@@ -361,6 +361,9 @@ pub struct MetricsSection {
     pub max_connections: usize,
     /// ...and from one address.
     pub max_connections_per_ip: usize,
+    /// The SHA-256 (hex) of a token `/metrics` requires as `Authorization: Bearer`; none
+    /// by default (keep the address private then).
+    pub token_sha256: Option<String>,
 }
 
 impl Default for MetricsSection {
@@ -370,6 +373,7 @@ impl Default for MetricsSection {
             header_timeout: Duration::from_secs(10),
             max_connections: 256,
             max_connections_per_ip: 32,
+            token_sha256: None,
         }
     }
 }

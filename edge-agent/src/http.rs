@@ -124,3 +124,20 @@ where
         self.app.call(req)
     }
 }
+
+/// Whether `headers` carry `Authorization: Bearer <t>` with SHA-256(`t`) = `sha256_hex`
+/// (compared in constant time). `None`: nothing is required.
+pub fn bearer_matches(headers: &axum::http::HeaderMap, sha256_hex: Option<&str>) -> bool {
+    let Some(want) = sha256_hex else {
+        return true;
+    };
+    let Some(token) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let got = crate::hex::hex(ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes()).as_ref());
+    crate::registry::constant_time_eq(got.as_bytes(), want.to_ascii_lowercase().as_bytes())
+}

@@ -249,26 +249,36 @@ impl Metrics {
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until `stop` changes, under `limits`.
+/// With `token_sha256`, `/metrics` wants `Authorization: Bearer <token>` (401 without).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     limits: crate::http::HttpLimits,
+    token_sha256: Option<String>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let m = metrics.clone();
+                let allowed = crate::http::bearer_matches(&headers, token_sha256.as_deref());
                 async move {
+                    if !allowed {
+                        return (StatusCode::UNAUTHORIZED, "send Authorization: Bearer <metrics token>\n")
+                            .into_response();
+                    }
                     (
                         [(
-                            axum::http::header::CONTENT_TYPE,
+                            header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
                         m.encode(),
                     )
+                        .into_response()
                 }
             }),
         )

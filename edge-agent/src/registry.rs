@@ -359,7 +359,7 @@ impl Authenticator for DeviceRegistry {
 static UNKNOWN_DEVICE: std::sync::LazyLock<CredentialHash> =
     std::sync::LazyLock::new(|| CredentialHash::new(&crate::hex::random_hex(16), 20_000));
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

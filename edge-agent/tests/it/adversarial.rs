@@ -122,3 +122,33 @@ async fn a_device_that_stops_reading_does_not_hold_up_shutdown() {
         .unwrap();
     drop(s);
 }
+
+/// With `metrics.token_sha256`, `/metrics` answers 401 without the token (or with another)
+/// and the metrics with it; `/healthz` stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = crate::sources::base_config(dir.path());
+    c.metrics.token_sha256 = Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()); // "test"
+    let agent = crate::lake::start(c).await;
+    let url = format!("http://{}/metrics", agent.metrics_addr);
+    let code = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(code(&[]), "401");
+    assert_eq!(code(&["-H", "Authorization: Bearer guess"]), "401");
+    assert_eq!(code(&["-H", "Authorization: Bearer test"]), "200");
+    let health = format!("http://{}/healthz", agent.metrics_addr);
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &health])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    crate::sources::stop(agent).await;
+}

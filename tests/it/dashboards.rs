@@ -85,6 +85,46 @@ impl Drop for Prometheus {
     }
 }
 
+const S3_KEY: &str = "twinlake";
+const S3_SECRET: &str = "twinlake-secret";
+
+/// A real S3 endpoint (s3s-fs) over `root`: bucket `lake` is the demo's lake directory.
+struct S3 {
+    addr: std::net::SocketAddr,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl S3 {
+    fn serve(root: &std::path::Path) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fs = s3s_fs::FileSystem::new(root).unwrap();
+        let mut b = s3s::service::S3ServiceBuilder::new(fs);
+        b.set_auth(s3s::auth::SimpleAuth::from_single(S3_KEY, S3_SECRET));
+        let service = b.build();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            _runtime: runtime,
+        }
+    }
+}
+
 #[test]
 fn dashboards_and_notebooks_run_against_the_demo() {
     let _one = one_at_a_time();
@@ -168,6 +208,7 @@ fn dashboards_and_notebooks_run_against_the_demo() {
         .collect();
     books.sort();
     let executed = dir.path().join("notebooks-out");
+    let s3 = S3::serve(dir.path());
     let run = || {
         Command::new(python())
             .arg(notebooks.join("run.py"))
@@ -177,6 +218,9 @@ fn dashboards_and_notebooks_run_against_the_demo() {
             .env("TWINLAKE_DIR", dir.path())
             .env("TWINLAKE_API", api.as_deref().expect("the API line"))
             .env("TWINLAKE_FLIGHT", flight.as_deref().expect("the Flight SQL line"))
+            .env("TWINLAKE_S3_ENDPOINT", format!("http://{}", s3.addr))
+            .env("TWINLAKE_S3_KEY", S3_KEY)
+            .env("TWINLAKE_S3_SECRET", S3_SECRET)
             .output()
             .expect("python runs")
     };

@@ -550,23 +550,32 @@ async fn confirmed(s: &Shared, p: &mut Packet, peer: SocketAddr) -> bool {
     if let Ok(mut w) = s.waiting.lock() {
         w.insert((peer, mid), tx);
     }
+    // Taken out of `waiting` however this ends, an abort of the observer's task included.
+    let _entry = Waiting { s, key: (peer, mid) };
     let mut wait = ACK_TIMEOUT;
-    let mut outcome = false;
     for _ in 0..=MAX_RETRANSMIT {
         if let Err(e) = s.socket.send_to(&bytes, peer).await {
             warn!(error = %e, "cannot send a CoAP notification");
         }
         match tokio::time::timeout(wait, &mut rx).await {
-            Ok(Ok(ack)) => {
-                outcome = ack;
-                break;
-            }
-            Ok(Err(_)) => break,
+            Ok(Ok(ack)) => return ack,
+            Ok(Err(_)) => return false,
             Err(_) => wait *= 2,
         }
     }
-    if let Ok(mut w) = s.waiting.lock() {
-        w.remove(&(peer, mid));
+    false
+}
+
+/// A notification's entry in [`Shared::waiting`], removed when dropped.
+struct Waiting<'a> {
+    s: &'a Shared,
+    key: (SocketAddr, u16),
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.s.waiting.lock() {
+            w.remove(&self.key);
+        }
     }
-    outcome
 }

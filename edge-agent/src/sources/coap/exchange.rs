@@ -463,4 +463,41 @@ mod tests {
         ));
         assert!(matches!(values(None, b"[1]", now), Err(BadPayload::Malformed(_))));
     }
+
+    proptest::proptest! {
+        /// Any option value: a block that writes back the same, or none.
+        #[test]
+        fn block_options_round_trip(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..5)) {
+            if let Some(b) = Block::parse(&bytes) {
+                proptest::prop_assert_eq!(Block::parse(&b.encode()), Some(b));
+                proptest::prop_assert!(b.size() >= 16 && b.size() <= 1024);
+            }
+        }
+
+        /// Any sequence of blocks from a few peers: at most `max` uploads open, and a body
+        /// handed out is never over `max_body` and is the blocks in order.
+        #[test]
+        fn uploads_stay_bounded(steps in proptest::collection::vec(
+            (0u16..4, 0u32..6, proptest::bool::ANY, 0u8..3, 0usize..70), 0..40,
+        )) {
+            let t0 = Instant::now();
+            let mut t = Transfers::new(2, 200, Duration::from_secs(60));
+            for (p, num, more, szx, len) in steps {
+                let block = Block { num, more, szx };
+                let payload = vec![num as u8; len];
+                if let Assembled::Done(body) = t.add(peer(p), "x", block, &payload, t0) {
+                    proptest::prop_assert!(body.len() <= 200);
+                    proptest::prop_assert_eq!(body.len(), num as usize * block.size() + len);
+                }
+                proptest::prop_assert!(t.len() <= 2);
+            }
+        }
+
+        /// Any payload in any format: an answer, never a panic.
+        #[test]
+        fn any_payload_is_answered(format in proptest::option::of(proptest::sample::select(vec![0u16, 50, 60, 65_000, 41])),
+                                   body in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = values(format, &body, SystemTime::UNIX_EPOCH);
+        }
+    }
 }

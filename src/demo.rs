@@ -52,6 +52,12 @@ pub struct DemoArgs {
     /// The agent's LoRaWAN packet-forwarder port, where a simulated gateway sends.
     #[arg(long, default_value = "127.0.0.1:1700")]
     pub lorawan: SocketAddr,
+    /// The agent's HTTP device API (ThingsBoard's paths).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub device_http: SocketAddr,
+    /// The agent's CoAP port.
+    #[arg(long, default_value = "127.0.0.1:5683")]
+    pub coap: SocketAddr,
     #[arg(long, default_value_t = 3)]
     pub devices: usize,
     /// Stop after this many seconds (default: run until Ctrl-C).
@@ -200,8 +206,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     ec.lorawan.udp = Some(args.lorawan);
     ec.lorawan.user = USER.into();
     ec.lorawan.devices = fleet::lora_devices()?;
+    // Registered devices may also POST over HTTP or CoAP.
+    ec.device_http.addr = Some(args.device_http);
+    ec.coap.udp = Some(args.coap);
     let agent = EdgeAgent::start(ec).await?;
     let (mqtt, lora) = (agent.mqtt_broker_addrs().map(|a| a.0), agent.lorawan_addr());
+    let (device_http, coap) = (agent.device_http_addr(), agent.coap_addr());
     let (tcp, tls, metrics) = (agent.tcp_addr(), agent.tls_addr(), agent.metrics_addr());
     let registry = agent.registry();
     let (stop_edge_tx, stop_edge_rx) = tokio::sync::oneshot::channel::<()>();
@@ -232,6 +242,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         fmt_addr(mqtt),
         fleet::TRUCK_USER,
         fmt_addr(lora)
+    );
+    println!(
+        "  HTTP and CoAP      curl -d '{{\"temperature\":21.5}}' http://{}/api/v1/{USER}:my-device:{CREDENTIAL}/telemetry",
+        fmt_addr(device_http)
+    );
+    println!(
+        "                     coap-client-notls -m post -t json -e '{{\"temperature\":21.5}}' coap://{}/api/v1/{USER}:my-device:{CREDENTIAL}/telemetry",
+        fmt_addr(coap)
     );
     println!(
         "  your own device    cargo run -p twinlake-sdk --example sensor -- {} {USER} my-device {CREDENTIAL}",

@@ -143,6 +143,7 @@ fn dashboards_and_notebooks_run_against_the_demo() {
     });
     let (mut pg, mut metrics, mut seen) = (None, Vec::new(), Vec::new());
     let (mut api, mut flight) = (None, None);
+    let mut device_commands = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     // The addresses, then desired LED round trips so every table has rows.
     let mut led_reports = 0;
@@ -168,12 +169,29 @@ fn dashboards_and_notebooks_run_against_the_demo() {
         if let Some(f) = after(&line, "Flight SQL ") {
             flight = Some(f.to_owned());
         }
+        if let Some(i) = line.find("curl -d ").or_else(|| line.find("coap-client-notls -m post")) {
+            device_commands.push(line[i..].to_owned());
+        }
         if line.contains("reported led") {
             led_reports += 1;
         }
         seen.push(line);
     }
     let pg = pg.expect("the psql line");
+    // The HTTP and CoAP lines the demo prints work as printed.
+    assert_eq!(device_commands.len(), 2, "{seen:#?}");
+    for cmd in &device_commands {
+        let full = if cmd.starts_with("curl") {
+            format!("{cmd} -s -o /dev/null -w '%{{http_code}}'")
+        } else {
+            cmd.clone()
+        };
+        let out = Command::new("sh").args(["-c", &full]).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        if cmd.starts_with("curl") {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{cmd}");
+        }
+    }
     let prometheus = Prometheus::start(dir.path(), &metrics);
     let dashboards = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/grafana/dashboards");
     let mut files: Vec<_> = std::fs::read_dir(dashboards)

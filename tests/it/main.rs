@@ -40,6 +40,8 @@ pub fn demo(dir: &std::path::Path, seconds: u32) -> Command {
         "--flight",
         "--mqtt",
         "--lorawan",
+        "--device-http",
+        "--coap",
     ] {
         cmd.args([flag, "127.0.0.1:0"]);
     }

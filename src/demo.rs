@@ -226,6 +226,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("Twinlake demo");
     println!("  cloud API          {base}   (token {TOKEN}, OpenAPI at {base}/v1/openapi.json)");
+    println!("  web console        {base}/   (sign in with the token {TOKEN})");
     println!("  gateway link       wss://{api}/v1/gateway/link  ← edge agent {GATEWAY}");
     println!(
         "  device listeners   edge tcp://{}  tls://{}   cloud (no gateway) tcp://{}",

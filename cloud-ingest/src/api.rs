@@ -4,6 +4,7 @@
 //! Every route needs a token (see [`crate::auth`]); the scope each needs is in the OpenAPI
 //! document served at `/v1/openapi.json`. Errors are `{"error": {"status", "message"}}`.
 
+mod console;
 mod devices;
 mod endpoints;
 mod gateways;
@@ -75,6 +76,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.http.max_body_bytes;
     routes()
         .into_router()
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

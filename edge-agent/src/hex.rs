@@ -1,4 +1,5 @@
-//! Secure random bytes and hex text: ids, generated credentials, LoRaWAN keys.
+//! Secure random bytes, hex text (ids, generated credentials, LoRaWAN keys), and comparing
+//! secrets in constant time.
 
 /// Fills `b` from the system's secure random source.
 pub fn random(b: &mut [u8]) {
@@ -28,4 +29,9 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .chunks(2)
         .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
         .collect()
+}
+
+/// Whether `a` and `b` are equal, in time that depends on their length only.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

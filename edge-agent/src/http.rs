@@ -139,5 +139,5 @@ pub fn bearer_matches(headers: &axum::http::HeaderMap, sha256_hex: Option<&str>)
         return false;
     };
     let got = crate::hex::hex(ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes()).as_ref());
-    crate::registry::constant_time_eq(got.as_bytes(), want.to_ascii_lowercase().as_bytes())
+    crate::hex::constant_time_eq(got.as_bytes(), want.to_ascii_lowercase().as_bytes())
 }

@@ -17,6 +17,7 @@ use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use ring::{digest, pbkdf2};
 
 use crate::event::DeviceKey;
+use crate::hex::constant_time_eq;
 use crate::listener::Authenticator;
 use crate::listener::session::Credentials;
 
@@ -358,10 +359,6 @@ impl Authenticator for DeviceRegistry {
 /// What an unknown device's credential is checked against (random salt and credential).
 static UNKNOWN_DEVICE: std::sync::LazyLock<CredentialHash> =
     std::sync::LazyLock::new(|| CredentialHash::new(&crate::hex::random_hex(16), 20_000));
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 #[cfg(test)]
 mod tests {

@@ -222,3 +222,41 @@ async fn every_class_of_route_checks_token_and_scope() {
     );
     cloud.stop().await;
 }
+
+/// The web console in a real Chromium (tests/python/console.py): sign-in with a token,
+/// the fleet, search, a hostile tag rendered as text, the token in sessionStorage only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let api = cloud.api();
+    for d in ["sensor-a", "sensor-b"] {
+        api.register(d, None).await;
+    }
+    let (s, j) = api
+        .post(
+            &format!("/v1/users/{USER}/devices"),
+            serde_json::json!({"device": "evil", "credential": CREDENTIAL, "tags": {"note": "<img src=x onerror=\"document.title='pwned'\">"}}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::CREATED, "{j}");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console.py");
+    let base = format!("http://{}", cloud.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python())
+            .arg(script)
+            .arg(base)
+            .arg(ADMIN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("console: ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cloud.stop().await;
+}

@@ -1,0 +1,74 @@
+"""The web console in a real Chromium (Debian's, driven by selenium through Debian's
+chromedriver: nothing is downloaded). Signs in with a token, sees the fleet, searches it,
+renders a hostile tag as text, keeps the token in sessionStorage only, survives a refresh,
+and shows the API's 401 for a wrong token. Prints "console: ok".
+
+Usage: console.py BASE_URL TOKEN
+"""
+
+import sys
+import time
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+base, token = sys.argv[1], sys.argv[2]
+
+# The page and its assets carry the policy.
+with urllib.request.urlopen(base + "/") as r:
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp, csp
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+opts = webdriver.ChromeOptions()
+opts.binary_location = "/usr/bin/chromium"
+for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]:
+    opts.add_argument(a)
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+
+
+def wait(cond, what, secs=20):
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            if cond():
+                return
+        except Exception:  # noqa: BLE001 - the page is still changing
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; page: {driver.find_element(By.TAG_NAME, 'body').text}")
+
+
+def rows():
+    return [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#devices tr")]
+
+
+try:
+    driver.get(base + "/")
+    driver.find_element(By.ID, "token").send_keys("wrong-token")
+    driver.find_element(By.CSS_SELECTOR, "#signin button").click()
+    wait(lambda: "401" in driver.find_element(By.ID, "error").text, "the 401")
+
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#signin button").click()
+    wait(lambda: len(rows()) >= 3, "the fleet")
+    assert any("sensor-a" in r for r in rows()), rows()
+    # The hostile tag is text, not markup: no image element, no script ran.
+    assert any("<img src=x onerror=" in r for r in rows()), rows()
+    assert not driver.find_elements(By.CSS_SELECTOR, "#devices img")
+    assert driver.title == "Twinlake", driver.title
+    # The token is in this tab's sessionStorage only, and not in the URL.
+    assert driver.execute_script("return sessionStorage.getItem('twinlake-token')") == token
+    assert driver.execute_script("return localStorage.length") == 0
+    assert token not in driver.current_url
+    # Search narrows the list.
+    driver.find_element(By.ID, "search").send_keys("sensor-b")
+    wait(lambda: len(rows()) == 1 and "sensor-b" in rows()[0], "the search")
+    # A refresh keeps the session.
+    driver.refresh()
+    wait(lambda: len(rows()) >= 3, "the fleet after a refresh")
+    print("console: ok")
+finally:
+    driver.quit()

@@ -59,8 +59,13 @@ function render() {
     const c = t.connection || {};
     const inSync = Object.keys((t.state && t.state.delta) || {}).length === 0;
     const tr = document.createElement("tr");
+    const name = document.createElement("td");
+    const link = document.createElement("a");
+    link.href = `#/device/${encodeURIComponent(t.user)}/${encodeURIComponent(t.device)}`;
+    link.textContent = t.device;
+    name.append(link);
     tr.append(
-      cell(t.device), cell(t.user),
+      name, cell(t.user),
       cell(c.online ? "online" : "offline", c.online ? "online" : "offline"),
       cell(c.last_seen ? new Date(c.last_seen).toISOString() : "never"),
       cell(c.gateway || ""), cell(c.protocol || ""),
@@ -90,7 +95,11 @@ async function follow() {
     for (const k of keys) {
       const [u, d] = k.split("/");
       api(`/v1/users/${encodeURIComponent(u)}/devices/${encodeURIComponent(d)}/twin`)
-        .then((r) => r.json()).then((t) => { twins.set(key(t), t); render(); })
+        .then((r) => r.json()).then((t) => {
+          twins.set(key(t), t);
+          render();
+          if (current && key(current) === key(t) && !$("device").hidden) showDevice(t.user, t.device);
+        })
         .catch(showError);
     }
   };
@@ -125,26 +134,105 @@ async function follow() {
   $("live").textContent = "";
 }
 
-async function start() {
+const pretty = (v) => JSON.stringify(v ?? {}, null, 2);
+let current = null;
+
+async function showDevice(u, d) {
+  const r = await api(`/v1/users/${encodeURIComponent(u)}/devices/${encodeURIComponent(d)}/twin`);
+  const t = await r.json();
+  current = t;
+  const c = t.connection || {};
+  $("device-title").textContent = `${t.user}/${t.device}`;
+  $("device-conn").textContent = `${c.online ? "online" : "offline"}, last seen ${c.last_seen ? new Date(c.last_seen).toISOString() : "never"}, gateway ${c.gateway || "none"}, protocol ${c.protocol || "?"}`;
+  $("reported").textContent = pretty(t.state && t.state.reported);
+  $("desired").textContent = pretty(t.state && t.state.desired);
+  $("delta").textContent = pretty(t.state && t.state.delta);
+  $("version").textContent = String(t.version);
+  // A live refresh leaves the editor alone while it is being edited.
+  if (document.activeElement !== $("desired-edit")) $("desired-edit").value = pretty(t.state && t.state.desired);
+}
+
+// The views: #/ (fleet), #/device/{user}/{device}, #/register.
+async function route() {
   showError(null);
-  $("signin").hidden = true;
-  $("signout").hidden = false;
-  $("fleet").hidden = false;
+  for (const id of ["fleet", "device", "register"]) $(id).hidden = true;
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   try {
-    await loadFleet();
-    follow();
+    if (parts[0] === "device" && parts.length === 3) {
+      $("device").hidden = false;
+      await showDevice(parts[1], parts[2]);
+    } else if (parts[0] === "register") {
+      $("register").hidden = false;
+      $("registered").hidden = true;
+    } else {
+      $("fleet").hidden = false;
+      await loadFleet();
+    }
   } catch (e) {
     showError(e);
     if (String(e.message).startsWith("401")) signOut();
   }
 }
 
+async function start() {
+  showError(null);
+  $("signin").hidden = true;
+  $("signout").hidden = false;
+  $("nav").hidden = false;
+  await route();
+  follow();
+}
+
+$("desired-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showError(null);
+  try {
+    const desired = JSON.parse($("desired-edit").value);
+    const t = current;
+    await api(`/v1/users/${encodeURIComponent(t.user)}/devices/${encodeURIComponent(t.device)}/twin`, {
+      method: "PATCH",
+      headers: { "Content-Type": "application/json", "If-Match": `"${t.version}"` },
+      body: JSON.stringify({ desired }),
+    });
+    await showDevice(t.user, t.device);
+  } catch (err) {
+    showError(err);
+  }
+});
+
+$("register-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showError(null);
+  try {
+    const user = $("reg-user").value.trim();
+    const body = { device: $("reg-device").value.trim(), tags: JSON.parse($("reg-tags").value || "{}") };
+    const gw = $("reg-gateway").value.trim();
+    if (gw) body.gateway = gw;
+    const r = await api(`/v1/users/${encodeURIComponent(user)}/devices`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const j = await r.json();
+    const cred = j.credential;
+    $("reg-credential").textContent = cred;
+    $("snippet-thinger").textContent =
+      `#define USERNAME "${user}"\n#define DEVICE_ID "${body.device}"\n#define DEVICE_CREDENTIAL "${cred}"\n// and point the client at this cloud's (or your gateway's) device listener, port 25200`;
+    $("snippet-http").textContent =
+      `curl -d '{"temperature":21.5}' http://<gateway>:8081/api/v1/${user}:${body.device}:${cred}/telemetry\n` +
+      `coap-client-notls -m post -t json -e '{"temperature":21.5}' coap://<gateway>/api/v1/${user}:${body.device}:${cred}/telemetry`;
+    $("registered").hidden = false;
+  } catch (err) {
+    showError(err);
+  }
+});
+window.addEventListener("hashchange", () => { if (token()) route(); });
+
 function signOut() {
   sessionStorage.removeItem("twinlake-token");
   if (stream) stream.abort();
   twins = new Map();
-  $("fleet").hidden = true;
-  $("signout").hidden = true;
+  for (const id of ["fleet", "device", "register", "signout", "nav"]) $(id).hidden = true;
   $("signin").hidden = false;
 }
 

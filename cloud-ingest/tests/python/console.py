@@ -69,6 +69,28 @@ try:
     # A refresh keeps the session.
     driver.refresh()
     wait(lambda: len(rows()) >= 3, "the fleet after a refresh")
+    # A device's page: its twin, and desired state edited with If-Match.
+    driver.find_element(By.LINK_TEXT, "sensor-b").click()
+    wait(lambda: driver.find_element(By.ID, "device-title").text.endswith("/sensor-b"), "the device page")
+    version = int(driver.find_element(By.ID, "version").text)
+    edit = driver.find_element(By.ID, "desired-edit")
+    edit.clear()
+    edit.send_keys('{"led": true}')
+    driver.find_element(By.CSS_SELECTOR, "#desired-form button").click()
+    wait(lambda: '"led": true' in driver.find_element(By.ID, "desired").text, "the saved desired state")
+    assert int(driver.find_element(By.ID, "version").text) > version
+    assert '"led": true' in driver.find_element(By.ID, "delta").text, "the device has not reported it yet"
+    # Register a device: the credential is shown once, with ready snippets.
+    driver.get(base + "/#/register")
+    wait(lambda: driver.find_element(By.ID, "register").is_displayed(), "the register page")
+    driver.find_element(By.ID, "reg-user").send_keys("acme")
+    driver.find_element(By.ID, "reg-device").send_keys("new-one")
+    driver.find_element(By.CSS_SELECTOR, "#register-form button").click()
+    wait(lambda: driver.find_element(By.ID, "registered").is_displayed(), "the credential")
+    cred = driver.find_element(By.ID, "reg-credential").text
+    assert len(cred) >= 8, cred
+    assert f"acme:new-one:{cred}" in driver.find_element(By.ID, "snippet-http").text
+    assert cred in driver.find_element(By.ID, "snippet-thinger").text
     print("console: ok")
 finally:
     driver.quit()

@@ -174,8 +174,25 @@ async function route() {
   }
 }
 
+// What the token may do decides what is offered (the API refuses anyway).
+async function whoami() {
+  const me = await (await api("/v1/whoami")).json();
+  const has = (s) => me.scopes.includes(s) || me.scopes.includes("admin");
+  $("who").textContent = `${me.name}${me.user ? " (" + me.user + ")" : " (platform)"}: ${me.scopes.join(", ")}`;
+  document.body.classList.toggle("can-desire", has("write-desired"));
+  document.body.classList.toggle("can-admin", has("admin"));
+  if (me.user) $("reg-user").value = me.user;
+}
+
 async function start() {
   showError(null);
+  try {
+    await whoami();
+  } catch (e) {
+    showError(e);
+    if (String(e.message).startsWith("401")) signOut();
+    return;
+  }
   $("signin").hidden = true;
   $("signout").hidden = false;
   $("nav").hidden = false;

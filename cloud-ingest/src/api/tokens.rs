@@ -17,6 +17,13 @@ pub(super) fn routes() -> Paths {
     Paths::default()
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", delete(delete_token))
+        .route("/v1/whoami", get(whoami))
+}
+
+/// Who the token is: its name, user (none: a platform token) and scopes, so a client (the
+/// console) offers only what the token may do. Any valid token may ask.
+async fn whoami(p: Principal) -> ApiResult {
+    ok(serde_json::json!({ "name": p.name, "user": p.user, "scopes": p.scopes }))
 }
 
 async fn list_tokens(p: Principal, State(s): St) -> ApiResult {

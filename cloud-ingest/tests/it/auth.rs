@@ -247,6 +247,7 @@ async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
             .arg(script)
             .arg(base)
             .arg(ADMIN)
+            .arg(READ)
             .output()
             .unwrap()
     })

@@ -3,7 +3,7 @@ chromedriver: nothing is downloaded). Signs in with a token, sees the fleet, sea
 renders a hostile tag as text, keeps the token in sessionStorage only, survives a refresh,
 and shows the API's 401 for a wrong token. Prints "console: ok".
 
-Usage: console.py BASE_URL TOKEN
+Usage: console.py BASE_URL ADMIN_TOKEN READ_TOKEN
 """
 
 import sys
@@ -14,7 +14,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-base, token = sys.argv[1], sys.argv[2]
+base, token, read_token = sys.argv[1], sys.argv[2], sys.argv[3]
 
 # The page and its assets carry the policy.
 with urllib.request.urlopen(base + "/") as r:
@@ -91,6 +91,15 @@ try:
     assert len(cred) >= 8, cred
     assert f"acme:new-one:{cred}" in driver.find_element(By.ID, "snippet-http").text
     assert cred in driver.find_element(By.ID, "snippet-thinger").text
+    # A read token is offered no controls (and the API would refuse them).
+    driver.find_element(By.ID, "signout").click()
+    driver.find_element(By.ID, "token").send_keys(read_token)
+    driver.find_element(By.CSS_SELECTOR, "#signin button").click()
+    wait(lambda: "read" in driver.find_element(By.ID, "who").text, "the read token's scopes")
+    driver.get(base + "/#/device/acme/sensor-b")
+    wait(lambda: driver.find_element(By.ID, "device-title").text.endswith("/sensor-b"), "the device page")
+    assert not driver.find_element(By.ID, "desired-form").is_displayed()
+    assert not driver.find_element(By.CSS_SELECTOR, 'a[href="#/register"]').is_displayed()
     print("console: ok")
 finally:
     driver.quit()

@@ -16,7 +16,10 @@ async function api(path, init = {}) {
   const r = await fetch(path, { ...init, headers });
   if (!r.ok) {
     let why = "";
-    try { why = (await r.json()).error || ""; } catch { /* not JSON */ }
+    try {
+      const e = (await r.json()).error;
+      why = typeof e === "object" && e !== null ? e.message || JSON.stringify(e) : e || "";
+    } catch { /* not JSON */ }
     throw new Error(`${r.status} ${r.statusText}${why ? ": " + why : ""}`);
   }
   return r;
@@ -155,12 +158,15 @@ async function showDevice(u, d) {
 // The views: #/ (fleet), #/device/{user}/{device}, #/register.
 async function route() {
   showError(null);
-  for (const id of ["fleet", "device", "register"]) $(id).hidden = true;
+  for (const id of ["fleet", "device", "register", "sql"]) $(id).hidden = true;
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   try {
     if (parts[0] === "device" && parts.length === 3) {
       $("device").hidden = false;
       await showDevice(parts[1], parts[2]);
+    } else if (parts[0] === "sql") {
+      $("sql").hidden = false;
+      await listTables();
     } else if (parts[0] === "register") {
       $("register").hidden = false;
       $("registered").hidden = true;
@@ -243,13 +249,74 @@ $("register-form").addEventListener("submit", async (e) => {
     showError(err);
   }
 });
+// SQL: POST /v1/sql; results as a table (text only), or as a CSV file.
+async function sql(text, format) {
+  return api("/v1/sql", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sql: text, format }),
+  });
+}
+
+async function listTables() {
+  const r = await sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1", "json");
+  const items = (await r.json()).map((row) => {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.textContent = row.table_name;
+    a.addEventListener("click", () => {
+      $("sql-text").value = `SELECT * FROM "${row.table_name}" LIMIT 100`;
+    });
+    li.append(a);
+    return li;
+  });
+  $("tables").replaceChildren(...items);
+}
+
+$("sql-run").addEventListener("click", async () => {
+  showError(null);
+  $("sql-info").textContent = "running…";
+  const started = performance.now();
+  try {
+    const rows = await (await sql($("sql-text").value, "json")).json();
+    const cols = rows.length ? Object.keys(rows[0]) : [];
+    const head = document.createElement("tr");
+    head.append(...cols.map((c) => { const th = document.createElement("th"); th.textContent = c; return th; }));
+    $("sql-head").replaceChildren(head);
+    $("sql-rows").replaceChildren(...rows.map((row) => {
+      const tr = document.createElement("tr");
+      tr.append(...cols.map((c) => cell(typeof row[c] === "object" && row[c] !== null ? JSON.stringify(row[c]) : String(row[c] ?? ""))));
+      return tr;
+    }));
+    $("sql-info").textContent = `${rows.length} rows in ${Math.round(performance.now() - started)} ms`;
+  } catch (err) {
+    $("sql-info").textContent = "";
+    // 413: over sql.max_rows; 504: over sql.timeout. Shown as the API says.
+    showError(err);
+  }
+});
+
+$("sql-csv").addEventListener("click", async () => {
+  showError(null);
+  try {
+    const blob = await (await sql($("sql-text").value, "csv")).blob();
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = "twinlake.csv";
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  } catch (err) {
+    showError(err);
+  }
+});
+
 window.addEventListener("hashchange", () => { if (token()) route(); });
 
 function signOut() {
   sessionStorage.removeItem("twinlake-token");
   if (stream) stream.abort();
   twins = new Map();
-  for (const id of ["fleet", "device", "register", "signout", "nav"]) $(id).hidden = true;
+  for (const id of ["fleet", "device", "register", "sql", "signout", "nav"]) $(id).hidden = true;
   $("signin").hidden = false;
 }
 

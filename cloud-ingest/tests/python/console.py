@@ -91,6 +91,20 @@ try:
     assert len(cred) >= 8, cred
     assert f"acme:new-one:{cred}" in driver.find_element(By.ID, "snippet-http").text
     assert cred in driver.find_element(By.ID, "snippet-thinger").text
+    # SQL: the tables listed, a query's rows as a table, an error as the API says it.
+    driver.get(base + "/#/sql")
+    wait(lambda: "twins" in driver.find_element(By.ID, "tables").text, "the table list")
+    box = driver.find_element(By.ID, "sql-text")
+    box.clear()
+    box.send_keys("SELECT device FROM twins ORDER BY device")
+    driver.find_element(By.ID, "sql-run").click()
+    wait(lambda: "rows in" in driver.find_element(By.ID, "sql-info").text, "the result")
+    cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#sql-rows td")]
+    assert "sensor-a" in cells and "new-one" in cells, cells
+    box.clear()
+    box.send_keys("SELECT * FROM nowhere")
+    driver.find_element(By.ID, "sql-run").click()
+    wait(lambda: "nowhere" in driver.find_element(By.ID, "error").text, "the SQL error")
     # A read token is offered no controls (and the API would refuse them).
     driver.find_element(By.ID, "signout").click()
     driver.find_element(By.ID, "token").send_keys(read_token)

@@ -158,12 +158,16 @@ async function showDevice(u, d) {
 // The views: #/ (fleet), #/device/{user}/{device}, #/register.
 async function route() {
   showError(null);
-  for (const id of ["fleet", "device", "register", "sql"]) $(id).hidden = true;
+  for (const id of ["fleet", "device", "register", "sql", "admin"]) $(id).hidden = true;
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   try {
     if (parts[0] === "device" && parts.length === 3) {
       $("device").hidden = false;
       await showDevice(parts[1], parts[2]);
+    } else if (parts[0] === "admin") {
+      $("admin").hidden = false;
+      $("secret").hidden = true;
+      await loadAdmin();
     } else if (parts[0] === "sql") {
       $("sql").hidden = false;
       await listTables();
@@ -310,13 +314,80 @@ $("sql-csv").addEventListener("click", async () => {
   }
 });
 
+// Admin: gateways (link state; a new one's token shown once) and API tokens (create with
+// scopes, shown once; revoke).
+const when = (ms) => (ms ? new Date(ms).toISOString() : "");
+
+async function loadAdmin() {
+  const gws = await (await api("/v1/gateways")).json();
+  $("gateways").replaceChildren(...gws.map((g) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(g.id + (g.in_process ? " (in the cloud)" : "")), cell(g.linked ? "linked" : "not linked", g.linked ? "online" : "offline"), cell(when(g.created)));
+    return tr;
+  }));
+  const toks = await (await api("/v1/tokens")).json();
+  $("tokens").replaceChildren(...toks.map((t) => {
+    const tr = document.createElement("tr");
+    const revoke = document.createElement("button");
+    revoke.textContent = "Revoke";
+    revoke.addEventListener("click", async () => {
+      try {
+        await api(`/v1/tokens/${encodeURIComponent(t.name)}`, { method: "DELETE" });
+        await loadAdmin();
+      } catch (err) { showError(err); }
+    });
+    const td = document.createElement("td");
+    td.append(revoke);
+    tr.append(cell(t.name), cell(t.user || "platform"), cell((t.scopes || []).join(", ")), cell(when(t.created)), td);
+    return tr;
+  }));
+}
+
+function showSecret(value) {
+  $("secret-value").textContent = value;
+  $("secret").hidden = false;
+}
+
+$("gateway-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showError(null);
+  try {
+    const users = $("gw-users").value.split(",").map((u) => u.trim()).filter(Boolean);
+    const r = await api("/v1/gateways", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ id: $("gw-id").value.trim(), users }),
+    });
+    showSecret((await r.json()).token);
+    await loadAdmin();
+  } catch (err) { showError(err); }
+});
+
+$("token-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showError(null);
+  try {
+    const scopes = [...document.querySelectorAll(".tok-scope:checked")].map((c) => c.value);
+    const body = { name: $("tok-name").value.trim(), scopes };
+    const user = $("tok-user").value.trim();
+    if (user) body.user = user;
+    const r = await api("/v1/tokens", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    showSecret((await r.json()).token);
+    await loadAdmin();
+  } catch (err) { showError(err); }
+});
+
 window.addEventListener("hashchange", () => { if (token()) route(); });
 
 function signOut() {
   sessionStorage.removeItem("twinlake-token");
   if (stream) stream.abort();
   twins = new Map();
-  for (const id of ["fleet", "device", "register", "sql", "signout", "nav"]) $(id).hidden = true;
+  for (const id of ["fleet", "device", "register", "sql", "admin", "signout", "nav"]) $(id).hidden = true;
   $("signin").hidden = false;
 }
 

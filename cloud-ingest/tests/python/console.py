@@ -8,6 +8,7 @@ Usage: console.py BASE_URL ADMIN_TOKEN READ_TOKEN
 
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from selenium import webdriver
@@ -105,6 +106,29 @@ try:
     box.send_keys("SELECT * FROM nowhere")
     driver.find_element(By.ID, "sql-run").click()
     wait(lambda: "nowhere" in driver.find_element(By.ID, "error").text, "the SQL error")
+    # Admin: a gateway and a token, each secret shown once; the token can be revoked.
+    driver.get(base + "/#/admin")
+    wait(lambda: "gw1" in driver.find_element(By.ID, "gateways").text, "the gateway list")
+    driver.find_element(By.ID, "gw-id").send_keys("gw-new")
+    driver.find_element(By.CSS_SELECTOR, "#gateway-form button").click()
+    wait(lambda: driver.find_element(By.ID, "secret-value").text.startswith("tlg_"), "the gateway token")
+    wait(lambda: "gw-new" in driver.find_element(By.ID, "gateways").text, "the new gateway")
+    driver.find_element(By.ID, "tok-name").send_keys("console-made")
+    driver.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    wait(lambda: driver.find_element(By.ID, "secret-value").text.startswith("tl_"), "the API token")
+    made = driver.find_element(By.ID, "secret-value").text
+    wait(lambda: "console-made" in driver.find_element(By.ID, "tokens").text, "the new token")
+    req = urllib.request.Request(base + "/v1/twins", headers={"Authorization": f"Bearer {made}"})
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 200
+    row = [r for r in driver.find_elements(By.CSS_SELECTOR, "#tokens tr") if "console-made" in r.text][0]
+    row.find_element(By.TAG_NAME, "button").click()
+    wait(lambda: "console-made" not in driver.find_element(By.ID, "tokens").text, "the revocation")
+    try:
+        urllib.request.urlopen(req)
+        raise AssertionError("a revoked token still works")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401, e.code
     # A read token is offered no controls (and the API would refuse them).
     driver.find_element(By.ID, "signout").click()
     driver.find_element(By.ID, "token").send_keys(read_token)

@@ -151,8 +151,80 @@ async function showDevice(u, d) {
   $("desired").textContent = pretty(t.state && t.state.desired);
   $("delta").textContent = pretty(t.state && t.state.delta);
   $("version").textContent = String(t.version);
+  renderResources(t);
   // A live refresh leaves the editor alone while it is being edited.
   if (document.activeElement !== $("desired-edit")) $("desired-edit").value = pretty(t.state && t.state.desired);
+}
+
+// The resources the device described (`fn`: 1 run, 2 input, 3 output, 4 input/output),
+// each with the control its kind calls for, through /v3/…/resources/{path}.
+const KINDS = { 1: "run", 2: "input", 3: "output", 4: "input/output" };
+
+function resourcePaths(api, prefix = []) {
+  const out = [];
+  for (const [name, entry] of Object.entries(api || {})) {
+    const path = [...prefix, name];
+    if (entry && typeof entry.fn === "number") out.push([path.join("/"), entry.fn]);
+    if (entry && entry["/"]) out.push(...resourcePaths(entry["/"], path));
+  }
+  return out;
+}
+
+let shownResources = "";
+
+function renderResources(t) {
+  const base = `/v3/users/${encodeURIComponent(t.user)}/devices/${encodeURIComponent(t.device)}/resources/`;
+  const list = resourcePaths(t.resources);
+  // A live refresh keeps the rows (and what was read or typed in them) unless they changed.
+  const signature = base + JSON.stringify(list);
+  if (signature === shownResources) return;
+  shownResources = signature;
+  const rows = list.map(([path, fn]) => {
+    const tr = document.createElement("tr");
+    tr.dataset.resource = path;
+    const value = cell("");
+    value.className = "value";
+    const actions = document.createElement("td");
+    const call = async (method, body) => {
+      showError(null);
+      try {
+        const init = { method, headers: { "Content-Type": "application/json" } };
+        if (body !== undefined) init.body = body;
+        const r = await api(base + path.split("/").map(encodeURIComponent).join("/"), init);
+        const text = await r.text();
+        value.textContent = text || "ok";
+      } catch (err) { showError(err); }
+    };
+    if (fn === 3 || fn === 2 || fn === 4) {
+      const read = document.createElement("button");
+      read.textContent = "Read";
+      read.addEventListener("click", () => call("GET"));
+      actions.append(read);
+    }
+    if (fn === 2 || fn === 4) {
+      const input = document.createElement("input");
+      input.placeholder = "JSON value";
+      input.className = "control-only";
+      const send = document.createElement("button");
+      send.textContent = fn === 4 ? "Call" : "Write";
+      send.className = "control-only";
+      send.addEventListener("click", () => {
+        try { JSON.parse(input.value); } catch { showError(new Error("the value is not JSON")); return; }
+        call("POST", input.value);
+      });
+      actions.append(input, send);
+    }
+    if (fn === 1) {
+      const run = document.createElement("button");
+      run.textContent = "Run";
+      run.className = "control-only";
+      run.addEventListener("click", () => call("POST"));
+      actions.append(run);
+    }
+    tr.append(cell(path), cell(KINDS[fn] || String(fn)), value, actions);
+    return tr;
+  });
+  $("resources").replaceChildren(...rows);
 }
 
 // The views: #/ (fleet), #/device/{user}/{device}, #/register.
@@ -191,6 +263,7 @@ async function whoami() {
   $("who").textContent = `${me.name}${me.user ? " (" + me.user + ")" : " (platform)"}: ${me.scopes.join(", ")}`;
   document.body.classList.toggle("can-desire", has("write-desired"));
   document.body.classList.toggle("can-admin", has("admin"));
+  document.body.classList.toggle("can-control", has("control"));
   if (me.user) $("reg-user").value = me.user;
 }
 

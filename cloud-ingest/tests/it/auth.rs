@@ -240,6 +240,10 @@ async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
         )
         .await;
     assert_eq!(s, reqwest::StatusCode::CREATED, "{j}");
+    // A connected device, for its resources' controls.
+    api.register("live-1", None).await;
+    let device = TestDevice::start(cloud.devices.unwrap(), "live-1");
+    wait_online(&api, "live-1").await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console.py");
     let base = format!("http://{}", cloud.addr);
     let out = tokio::task::spawn_blocking(move || {

@@ -81,6 +81,17 @@ try:
     wait(lambda: '"led": true' in driver.find_element(By.ID, "desired").text, "the saved desired state")
     assert int(driver.find_element(By.ID, "version").text) > version
     assert '"led": true' in driver.find_element(By.ID, "delta").text, "the device has not reported it yet"
+    # A connected device's resources: read an output, write an input.
+    driver.get(base + "/#/device/acme/live-1")
+    wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#resources tr[data-resource='temp']"), "the resources")
+    temp = driver.find_element(By.CSS_SELECTOR, "#resources tr[data-resource='temp']")
+    temp.find_element(By.TAG_NAME, "button").click()
+    wait(lambda: temp.find_element(By.CLASS_NAME, "value").text not in ("", "ok"), "the read value")
+    float(temp.find_element(By.CLASS_NAME, "value").text)
+    led = driver.find_element(By.CSS_SELECTOR, "#resources tr[data-resource='led']")
+    led.find_element(By.TAG_NAME, "input").send_keys("true")
+    [b for b in led.find_elements(By.TAG_NAME, "button") if b.text == "Write"][0].click()
+    wait(lambda: led.find_element(By.CLASS_NAME, "value").text != "", "the write's answer")
     # Register a device: the credential is shown once, with ready snippets.
     driver.get(base + "/#/register")
     wait(lambda: driver.find_element(By.ID, "register").is_displayed(), "the register page")

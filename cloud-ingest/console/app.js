@@ -101,7 +101,7 @@ async function follow() {
         .then((r) => r.json()).then((t) => {
           twins.set(key(t), t);
           render();
-          if (current && key(current) === key(t) && !$("device").hidden) showDevice(t.user, t.device);
+          if (routed === key(t)) showDevice(t.user, t.device);
         })
         .catch(showError);
     }
@@ -139,10 +139,14 @@ async function follow() {
 
 const pretty = (v) => JSON.stringify(v ?? {}, null, 2);
 let current = null;
+// The device the page shows now ("user/device"), set as soon as the route changes, so a
+// late answer for another device is dropped.
+let routed = null;
 
 async function showDevice(u, d) {
   const r = await api(`/v1/users/${encodeURIComponent(u)}/devices/${encodeURIComponent(d)}/twin`);
   const t = await r.json();
+  if (routed !== `${u}/${d}`) return;
   current = t;
   const c = t.connection || {};
   $("device-title").textContent = `${t.user}/${t.device}`;
@@ -232,6 +236,7 @@ async function route() {
   showError(null);
   for (const id of ["fleet", "device", "register", "sql", "admin"]) $(id).hidden = true;
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  routed = parts[0] === "device" && parts.length === 3 ? `${parts[1]}/${parts[2]}` : null;
   try {
     if (parts[0] === "device" && parts.length === 3) {
       $("device").hidden = false;

@@ -263,5 +263,10 @@ async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        device.led.load(std::sync::atomic::Ordering::SeqCst),
+        "the console's write reached the device"
+    );
+    device.stop();
     cloud.stop().await;
 }

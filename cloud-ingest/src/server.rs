@@ -358,8 +358,9 @@ impl Cloud {
             }
         }
         // The database closes when the last task holding the state ends: wait for them, so
-        // a new start in the same process can open it.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        // a new start in the same process can open it. Generous: on a loaded machine a
+        // blocking task can wait seconds for a thread (5 s was seen to fall short in CI).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         let busy = |state: &Arc<AppState>| Arc::strong_count(state) > 1 || db.strong_count() > db_holders;
         while busy(&state) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -175,6 +175,92 @@ function resourcePaths(api, prefix = []) {
 }
 
 let shownResources = "";
+let charts = null;
+
+// Live charts of a device's outputs, on demand (a stream makes the device sample, which it
+// pays for): the last hour from SQL, then the resource's event stream (read with fetch, so
+// the token is a header). Points are kept to the last 3,600.
+const SVG = "http://www.w3.org/2000/svg";
+const quote = (s) => s.replaceAll('"', '""');
+const lit = (s) => s.replaceAll("'", "''");
+
+function drawChart(box) {
+  const pts = box.points;
+  box.dataset.points = String(pts.length);
+  if (!pts.length) return;
+  const t0 = pts[0][0], t1 = pts[pts.length - 1][0] || t0 + 1;
+  const vs = pts.map((p) => p[1]);
+  const lo = Math.min(...vs), hi = Math.max(...vs);
+  const x = (t) => (300 * (t - t0)) / Math.max(1, t1 - t0) + 10;
+  const y = (v) => 80 - (70 * (v - lo)) / Math.max(1e-9, hi - lo);
+  box.line.setAttribute("points", pts.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" "));
+  box.label.textContent = `${box.path}: ${vs[vs.length - 1]} (min ${lo}, max ${hi}, ${pts.length} points)`;
+}
+
+function addPoint(box, t, v) {
+  if (typeof v !== "number" || !Number.isFinite(v)) return;
+  box.points.push([t, v]);
+  if (box.points.length > 3600) box.points.shift();
+  drawChart(box);
+}
+
+async function streamInto(box, url, signal) {
+  const r = await api(url, { signal });
+  const reader = r.body.getReader();
+  const text = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += text.decode(value, { stream: true });
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const data = buf.slice(0, i).split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
+      buf = buf.slice(i + 2);
+      try {
+        const m = JSON.parse(data);
+        addPoint(box, m.ts || Date.now(), m.value);
+      } catch { /* a comment */ }
+    }
+  }
+}
+
+function stopCharts() {
+  if (charts) charts.abort();
+  charts = null;
+  $("charts").replaceChildren();
+}
+
+function startChart(t, path) {
+  if (!charts) charts = new AbortController();
+  const signal = charts.signal;
+  if ([...$("charts").children].some((c) => c.path === path)) return;
+  const box = document.createElement("div");
+  box.className = "chart";
+  box.dataset.resource = path;
+  box.path = path;
+  box.points = [];
+  box.label = document.createElement("div");
+  box.label.textContent = `${path}: waiting for values`;
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 320 90");
+  box.line = document.createElementNS(SVG, "polyline");
+  svg.append(box.line);
+  box.append(box.label, svg);
+  $("charts").append(box);
+  const back = `SELECT time, value FROM "${quote(path)}" WHERE device = '${lit(t.device)}' AND owner = '${lit(t.user)}' AND time > now() - interval '1 hour' ORDER BY time`;
+  sql(back, "json")
+    .then((r) => r.json())
+    .then((rows) => {
+      const live = box.points;
+      box.points = [];
+      for (const row of rows) addPoint(box, Date.parse(row.time), row.value);
+      for (const [ts, v] of live) addPoint(box, ts, v);
+    })
+    .catch(() => { /* no such table yet, or no value column: the stream still fills it */ });
+  const url = `/v1/users/${encodeURIComponent(t.user)}/devices/${encodeURIComponent(t.device)}/streams/${path.split("/").map(encodeURIComponent).join("/")}`;
+  streamInto(box, url, signal).catch((e) => { if (e.name !== "AbortError") box.label.textContent = `${path}: ${e.message}`; });
+}
 
 function renderResources(t) {
   const base = `/v3/users/${encodeURIComponent(t.user)}/devices/${encodeURIComponent(t.device)}/resources/`;
@@ -183,6 +269,7 @@ function renderResources(t) {
   const signature = base + JSON.stringify(list);
   if (signature === shownResources) return;
   shownResources = signature;
+  stopCharts();
   const rows = list.map(([path, fn]) => {
     const tr = document.createElement("tr");
     tr.dataset.resource = path;
@@ -204,6 +291,12 @@ function renderResources(t) {
       read.textContent = "Read";
       read.addEventListener("click", () => call("GET"));
       actions.append(read);
+    }
+    if (fn === 3) {
+      const chart = document.createElement("button");
+      chart.textContent = "Chart";
+      chart.addEventListener("click", () => startChart(t, path));
+      actions.append(chart);
     }
     if (fn === 2 || fn === 4) {
       const input = document.createElement("input");
@@ -237,6 +330,10 @@ async function route() {
   for (const id of ["fleet", "device", "register", "sql", "admin"]) $(id).hidden = true;
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   routed = parts[0] === "device" && parts.length === 3 ? `${parts[1]}/${parts[2]}` : null;
+  if (!routed) {
+    stopCharts();
+    shownResources = "";
+  }
   try {
     if (parts[0] === "device" && parts.length === 3) {
       $("device").hidden = false;

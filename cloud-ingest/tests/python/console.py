@@ -88,6 +88,11 @@ try:
     row("temp").find_element(By.TAG_NAME, "button").click()
     wait(lambda: row("temp").find_element(By.CLASS_NAME, "value").text not in ("", "ok"), "the read value")
     float(row("temp").find_element(By.CLASS_NAME, "value").text)
+    # An output charted live (its stream) after the last hour (SQL).
+    [b for b in row("temp").find_elements(By.TAG_NAME, "button") if b.text == "Chart"][0].click()
+    chart = ".chart[data-resource='temp']"
+    wait(lambda: int(driver.find_element(By.CSS_SELECTOR, chart).get_attribute("data-points") or 0) >= 3, "points on the temperature chart")
+    assert driver.find_element(By.CSS_SELECTOR, chart + " polyline").get_attribute("points")
     led = row("led")
     led.find_element(By.TAG_NAME, "input").send_keys("true")
     [b for b in led.find_elements(By.TAG_NAME, "button") if b.text == "Write"][0].click()

@@ -86,6 +86,25 @@ async function loadFleet() {
   render();
 }
 
+// Reads a Server-Sent Events response, handing each event's data to `onData`.
+async function readEvents(r, onData) {
+  const reader = r.body.getReader();
+  const text = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += text.decode(value, { stream: true });
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (data) onData(data);
+    }
+  }
+}
+
 // Reads the SSE stream with fetch; a twin that changed is fetched again (coalesced).
 async function follow() {
   stream = new AbortController();
@@ -109,28 +128,15 @@ async function follow() {
   try {
     const r = await api("/v1/events", { signal: stream.signal });
     $("live").textContent = "live";
-    const reader = r.body.getReader();
-    const text = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += text.decode(value, { stream: true });
-      let i;
-      while ((i = buf.indexOf("\n\n")) >= 0) {
-        const block = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
-        if (!data) continue;
-        try {
-          const ev = JSON.parse(data);
-          const u = ev.user || (ev.key && ev.key.user);
-          const d = ev.device || (ev.key && ev.key.device);
-          if (u && d) pending.add(`${u}/${d}`);
-        } catch { /* a comment or another shape */ }
-      }
+    await readEvents(r, (data) => {
+      try {
+        const ev = JSON.parse(data);
+        const u = ev.user || (ev.key && ev.key.user);
+        const d = ev.device || (ev.key && ev.key.device);
+        if (u && d) pending.add(`${u}/${d}`);
+      } catch { /* a comment or another shape */ }
       if (pending.size && !timer) timer = setTimeout(refresh, 250);
-    }
+    });
   } catch (e) {
     if (e.name !== "AbortError") showError(e);
   }
@@ -206,23 +212,12 @@ function addPoint(box, t, v) {
 
 async function streamInto(box, url, signal) {
   const r = await api(url, { signal });
-  const reader = r.body.getReader();
-  const text = new TextDecoder();
-  let buf = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buf += text.decode(value, { stream: true });
-    let i;
-    while ((i = buf.indexOf("\n\n")) >= 0) {
-      const data = buf.slice(0, i).split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
-      buf = buf.slice(i + 2);
-      try {
-        const m = JSON.parse(data);
-        addPoint(box, m.ts || Date.now(), m.value);
-      } catch { /* a comment */ }
-    }
-  }
+  await readEvents(r, (data) => {
+    try {
+      const m = JSON.parse(data);
+      addPoint(box, m.ts || Date.now(), m.value);
+    } catch { /* a comment */ }
+  });
 }
 
 function stopCharts() {

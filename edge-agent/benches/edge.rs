@@ -497,20 +497,7 @@ fn mqtt(full: bool) {
         300
     };
     let broker = mosquitto::Mosquitto::start(0);
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"latitude":{:.5},"longitude":{:.5},"elevation":{},"velocity":{},"heading":{},"grade":{},"fuel_consumption":{:.1}}}"#,
-                52.0 + (i % 997) as f64 * 1e-4,
-                4.0 + (i % 991) as f64 * 1e-4,
-                i % 500,
-                i % 120,
-                i % 360,
-                i % 30,
-                (i % 400) as f64 / 10.0
-            )
-        })
-        .collect();
+    let lines: Vec<String> = (0..n).map(http_device::reading).collect();
     let publish = |lines: &[String]| {
         // One publisher per truck topic group, so topics carry the device.
         let per = lines.len().div_ceil(10);

@@ -50,6 +50,7 @@ async fn client(addr: SocketAddr, token: String, requests: Vec<Option<String>>) 
     }
 }
 
+/// A TSBS truck reading (7 fields), as the MQTT bench publishes it too.
 pub fn reading(i: usize) -> String {
     format!(
         r#"{{"latitude":{:.5},"longitude":{:.5},"elevation":{},"velocity":{},"heading":{},"grade":{},"fuel_consumption":{:.1}}}"#,

@@ -75,12 +75,11 @@ impl std::io::Write for Captured {
     }
 }
 
-/// Tokens passed as `?authorization=` (what browsers' EventSource and WebSocket clients
-/// must use) appear in no log line at any level, valid or not, on plain, streaming and
-/// refused requests (#13, "Hygiene"). A current-thread runtime, so the subscriber set here
-/// sees the server's tasks.
-#[tokio::test]
-async fn query_tokens_are_not_logged() {
+/// Every log line of this thread at TRACE into the returned buffer, while the guard lives.
+/// Two dispatchers alive, not one: with a single one, tracing-core works out a callsite's
+/// interest from the default of whichever thread hits it first, and a test on another
+/// thread (with no subscriber) would switch this test's callsites off for good.
+fn capture_logs() -> (Captured, (tracing::Dispatch, tracing::subscriber::DefaultGuard)) {
     let logs = Captured::default();
     let sink = logs.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -88,11 +87,18 @@ async fn query_tokens_are_not_logged() {
         .with_ansi(false)
         .with_writer(move || sink.clone())
         .finish();
-    // Two dispatchers alive, not one: with a single one, tracing-core works out a callsite's
-    // interest from the default of whichever thread hits it first, and a test on another
-    // thread (with no subscriber) would switch this test's callsites off for good.
-    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let second = tracing::Dispatch::new(tracing_subscriber::registry());
+    let guard = tracing::subscriber::set_default(subscriber);
+    (logs, (second, guard))
+}
+
+/// Tokens passed as `?authorization=` (what browsers' EventSource and WebSocket clients
+/// must use) appear in no log line at any level, valid or not, on plain, streaming and
+/// refused requests (#13, "Hygiene"). A current-thread runtime, so the subscriber set here
+/// sees the server's tasks.
+#[tokio::test]
+async fn query_tokens_are_not_logged() {
+    let (logs, _capture) = capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
     let guess = "guessed-token-4f1c9e";
@@ -123,15 +129,7 @@ async fn query_tokens_are_not_logged() {
 /// appear in no log line at any level, right or wrong.
 #[tokio::test]
 async fn device_tokens_in_paths_are_not_logged() {
-    let logs = Captured::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _capture) = capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
     cfg.edge.device_http.addr = Some("127.0.0.1:0".parse().unwrap());

@@ -33,7 +33,7 @@ pub async fn apply_desired(state: Arc<AppState>) {
     loop {
         let ev = tokio::select! {
             ev = feed.recv() => ev,
-            _ = stop.changed() => return,
+            _ = crate::state::stopped(&mut stop) => return,
         };
         let ev = match ev {
             Ok(ev) => ev,
@@ -297,7 +297,7 @@ pub async fn record_reads(state: Arc<AppState>) {
                 Some(v) => v,
                 None => return,
             },
-            _ = stop.changed() => return,
+            _ = crate::state::stopped(&mut stop) => return,
         };
         let mut batch = vec![first];
         while batch.len() < 1024 {

@@ -242,7 +242,7 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
     let remote = gateway != state.local_gateway;
     loop {
         tokio::select! {
-            _ = stop.changed(), if remote => break,
+            _ = crate::state::stopped(&mut stop), if remote => break,
             msg = io.rx.recv() => {
                 let Some(text) = msg else { break };
                 let mut batches = Vec::new();

@@ -327,7 +327,7 @@ impl Cloud {
         let edge_task = self.edge.map(|e| {
             let mut rx = stop_rx.clone();
             tokio::spawn(e.run(async move {
-                let _ = rx.changed().await;
+                crate::state::stopped(&mut rx).await;
             }))
         });
         let metrics_task = self.metrics.map(|l| {

@@ -184,7 +184,7 @@ pub async fn catalogue(state: Arc<AppState>) {
         tokio::select! {
             _ = state.catalog_wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
+            _ = crate::state::stopped(&mut stop) => return,
         }
     }
 }

@@ -38,3 +38,10 @@ pub struct AppState {
     /// The unregistered devices each gateway brought (`link.max_unregistered_devices`).
     pub unregistered: crate::quota::Unregistered,
 }
+
+/// Resolves once the cloud is stopping (or its state is gone). Unlike `changed()`, it sees
+/// a stop sent before the receiver was made, so a task started just as the cloud stops
+/// still ends (one that waited for a change kept the database open after shutdown).
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

@@ -54,7 +54,7 @@ pub async fn run(state: Arc<AppState>) {
                         }
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
-                            _ = stop.changed() => return,
+                            _ = crate::state::stopped(&mut stop) => return,
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(60));
                         false
@@ -67,7 +67,7 @@ pub async fn run(state: Arc<AppState>) {
             }
             Ok(None) => tokio::select! {
                 _ = notified => {}
-                _ = stop.changed() => return,
+                _ = crate::state::stopped(&mut stop) => return,
             },
             Err(e) => {
                 warn!(error = %e, "cannot read the webhook queue");

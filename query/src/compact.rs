@@ -182,7 +182,7 @@ pub async fn run(lake: Arc<Lake>, cfg: CompactionConfig, mut stop: watch::Receiv
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cfg.interval) => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
         let now = crate::now_us();
         for (table, hour) in due(&lake, &cfg, now) {

@@ -361,7 +361,7 @@ pub fn serve(
         let res = builder
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.changed().await;
+                let _ = stop.wait_for(|s| *s).await;
             })
             .await;
         if let Err(e) = res {

@@ -302,7 +302,7 @@ pub fn serve(
                                     debug!(%peer, error = %e, "postgres connection ended");
                                 }
                             }
-                            _ = stop.changed() => {}
+                            _ = stop.wait_for(|s| *s) => {}
                         }
                     });
                 }

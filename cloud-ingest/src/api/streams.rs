@@ -141,7 +141,7 @@ async fn ws_events(state: Arc<AppState>, filter: Filter, socket: WebSocket) {
     let (mut tx, mut incoming) = socket.split();
     loop {
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = crate::state::stopped(&mut stop) => break,
             e = rx.recv() => {
                 let text = match e {
                     Ok(e) if filter.wants(&e) => e.json.to_string(),
@@ -314,7 +314,7 @@ async fn thinger_ws(state: Arc<AppState>, key: TwinKey, may_control: bool, socke
     let mut subs: HashMap<String, (StreamGuard, Throttle)> = HashMap::new();
     loop {
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = crate::state::stopped(&mut stop) => break,
             m = incoming.next() => {
                 let text = match m {
                     Some(Ok(Message::Text(t))) => t.to_string(),
@@ -392,7 +392,7 @@ pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket)
                 Some(Ok(m)) => m,
                 _ => break,
             },
-            _ = stop.changed() => break,
+            _ = crate::state::stopped(&mut stop) => break,
         };
         // Replies go to their waiting request here, not behind batches being applied.
         if let Message::Text(t) = &msg

@@ -388,3 +388,19 @@ async fn an_aiocoap_device_observes_its_desired_state_and_the_twin_syncs() {
     .await;
     cloud.stop().await;
 }
+
+/// A stop sent before the cloud's tasks first ran (here: a shutdown that is already
+/// complete, on one thread, so no spawned task has started) still ends them all, and the
+/// database is closed for the next start in the same process. Tasks that waited for the
+/// stop signal to *change* missed it and held the database (a CI flake: "Database already
+/// open").
+#[tokio::test]
+async fn a_cloud_stopped_before_its_tasks_ran_closes_its_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.edge.device_http.addr = Some("127.0.0.1:0".parse().unwrap());
+    for _ in 0..3 {
+        let cloud = twinlake_cloud::Cloud::start(cfg.clone()).await.expect("cloud starts");
+        cloud.run(async {}).await.unwrap();
+    }
+}

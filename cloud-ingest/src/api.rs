@@ -11,6 +11,7 @@ mod gateways;
 mod live;
 mod paths;
 mod properties;
+mod rules;
 pub mod streams;
 mod tokens;
 mod twins;
@@ -60,6 +61,7 @@ fn routes() -> Paths {
         .merge(live::routes())
         .merge(properties::routes())
         .merge(endpoints::routes())
+        .merge(rules::routes())
         .merge(tokens::routes())
         .merge(gateways::routes())
         .merge(crate::api::users::routes())

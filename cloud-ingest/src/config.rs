@@ -10,6 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use twinlake_edge::EdgeConfig;
 
+mod rules;
+
+pub use rules::{EmailSection, RulesSection};
+
 use crate::Error;
 use crate::tokens::Scope;
 
@@ -38,6 +42,8 @@ pub struct CloudConfig {
     pub metrics: MetricsSection,
     pub lake: LakeSection,
     pub sql: SqlSection,
+    pub rules: RulesSection,
+    pub email: EmailSection,
 }
 
 impl Default for CloudConfig {
@@ -64,6 +70,8 @@ impl Default for CloudConfig {
             metrics: MetricsSection::default(),
             lake: LakeSection::default(),
             sql: SqlSection::default(),
+            rules: Default::default(),
+            email: Default::default(),
         }
     }
 }
@@ -351,6 +359,9 @@ pub struct WebhookSection {
     pub retry_min: Duration,
     /// Calls waiting for delivery, at most (the oldest are dropped past it, counted).
     pub max_queued: u64,
+    /// Networks (CIDR) that endpoints may reach although they are loopback, private,
+    /// link-local or otherwise not public (refused by default: SSRF), e.g. `["10.1.0.0/16"]`.
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for WebhookSection {
@@ -360,6 +371,7 @@ impl Default for WebhookSection {
             attempts: 5,
             retry_min: Duration::from_millis(500),
             max_queued: 100_000,
+            allow_networks: Vec::new(),
         }
     }
 }

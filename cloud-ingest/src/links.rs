@@ -68,6 +68,13 @@ impl Default for Gateways {
     }
 }
 
+impl Gateways {
+    /// Whether `gateway` is linked now.
+    pub fn is_linked(&self, gateway: &str) -> bool {
+        self.sessions.lock().is_ok_and(|s| s.contains_key(gateway))
+    }
+}
+
 /// What gateway `g` may write rows for: the `(user, device)` pairs registered to it, and any
 /// device of the users an admin bound it to. A row whose user is not known (`owner` null:
 /// a file or WAL from before the column) may be of any device registered to `g`, or of any

@@ -2,6 +2,7 @@
 //! pipeline's (`twinlake_edge_*`) on the metrics address.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
@@ -36,7 +37,34 @@ pub struct CloudMetrics {
     pub files_given_up: Counter,
     /// Files whose rows a gateway may not write, moved to `_quarantine/`.
     pub files_quarantined: Counter,
+    /// Values evaluated by threshold rules.
+    pub rule_values: Counter,
+    /// (rule, device) pairs the evaluator tracks, and those refused past `rules.max_states`.
+    pub rule_states: Gauge,
+    pub rule_states_refused: Gauge,
+    pub rule_sql_errors: Counter,
+    pub alarms_raised: Counter,
+    pub alarms_cleared: Counter,
+    /// Actions queued or done, by `action` (webhook, email, desired, desired_failed).
+    pub rule_actions: Labelled,
+    /// Alarm emails by `outcome` (sent, failed, dropped, rate_limited).
+    pub emails: Labelled,
+    /// Endpoint calls refused because their address is not public (SSRF).
+    pub webhooks_refused: Counter,
     registry: Registry,
+}
+
+/// A counter family with one label.
+pub type Labelled = Family<Vec<(String, String)>, Counter>;
+
+/// A family with each of `values` of `label` declared at zero, so dashboards and alerts see
+/// the series before the first event.
+fn labelled(r: &mut Registry, name: &str, help: &str, label: &str, values: &[&str]) -> Labelled {
+    let f = add(r, name, help, Labelled::default());
+    for v in values {
+        let _ = f.get_or_create(&vec![(label.to_owned(), (*v).to_owned())]);
+    }
+    f
 }
 
 fn add<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
@@ -162,6 +190,57 @@ impl Default for CloudMetrics {
                 "stream_subscribers",
                 "SSE and WebSocket subscribers now",
                 Gauge::default(),
+            ),
+            rule_values: add(
+                r,
+                "rule_values",
+                "Values evaluated by threshold rules",
+                Counter::default(),
+            ),
+            rule_states: add(
+                r,
+                "rule_states",
+                "(rule, device) pairs the rule evaluator tracks",
+                Gauge::default(),
+            ),
+            rule_states_refused: add(
+                r,
+                "rule_states_refused",
+                "(rule, device) pairs not tracked past rules.max_states",
+                Gauge::default(),
+            ),
+            rule_sql_errors: add(
+                r,
+                "rule_sql_errors",
+                "Scheduled SQL rule runs that failed",
+                Counter::default(),
+            ),
+            alarms_raised: add(r, "alarms_raised", "Alarms raised", Counter::default()),
+            alarms_cleared: add(
+                r,
+                "alarms_cleared",
+                "Alarms cleared, by their rule or a person",
+                Counter::default(),
+            ),
+            rule_actions: labelled(
+                r,
+                "rule_actions",
+                "Rule actions queued or done",
+                "action",
+                &["webhook", "email", "desired", "desired_failed"],
+            ),
+            emails: labelled(
+                r,
+                "alarm_emails",
+                "Alarm emails",
+                "outcome",
+                &["sent", "failed", "dropped", "rate_limited"],
+            ),
+            webhooks_refused: add(
+                r,
+                "webhooks_refused",
+                "Endpoint calls refused because their address is not public (webhooks.allow_networks)",
+                Counter::default(),
             ),
             registry,
         }

@@ -124,9 +124,10 @@ impl Cloud {
             warn!("no API token existed; created an admin token (shown once on stdout)");
             initial_token = Some(token);
         }
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let webhook_policy = crate::egress::Policy::new(cfg.webhooks.allow_networks.clone());
+        let http =
+            crate::egress::client(webhook_policy.clone()).map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let rules = crate::ruleset::Rules::open(&db, &cfg.rules)?;
 
         let sql = crate::sql::open(&cfg, &db, &twins)?;
         let edge_enabled = cfg.edge.listener.tcp.is_some()
@@ -155,6 +156,9 @@ impl Cloud {
             webhook_wake: Notify::new(),
             metrics: CloudMetrics::default(),
             http,
+            webhook_policy,
+            rules,
+            email_wake: Notify::new(),
             stop: watch::channel(false).0,
             sql,
             catalog_wake: Notify::new(),
@@ -293,6 +297,8 @@ impl Cloud {
         tokio::spawn(crate::control::apply_desired(state.clone()));
         tokio::spawn(crate::webhook::run(state.clone()));
         tokio::spawn(crate::control::record_reads(state.clone()));
+        tokio::spawn(crate::rules::run(state.clone()));
+        tokio::spawn(crate::rules::email::run(state.clone()));
         // Tasks that hold the database through the SQL engine: awaited on the way out, so a
         // new start in the same process can open it.
         let mut sql_tasks = vec![tokio::spawn(crate::sql::catalogue(state.clone()))];

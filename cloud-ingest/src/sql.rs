@@ -83,6 +83,7 @@ pub fn open(cfg: &CloudConfig, db: &Db, twins: &TwinStore) -> Result<Engine, Err
         Arc::new(Registry(db.clone(), cfg.edge.gateway.clone())),
     )
     .map_err(|e| Error::Config(format!("SQL engine: {e}")))?;
+    engine.add_state_table("alarms", Arc::new(crate::rules::alarms_table(db.clone())));
     Ok(engine.with_limits(SqlLimits {
         max_rows: cfg.sql.max_rows as u64,
         timeout: cfg.sql.timeout,

@@ -25,7 +25,13 @@ pub struct AppState {
     pub read_reports: ReadReports,
     pub webhook_wake: Notify,
     pub metrics: CloudMetrics,
+    /// The endpoint (webhook) client: it reaches only what `webhook_policy` allows.
     pub http: reqwest::Client,
+    pub webhook_policy: crate::egress::Policy,
+    /// Rules in force and the evaluator's state.
+    pub rules: crate::ruleset::Rules,
+    /// Wakes the alarm email sender.
+    pub email_wake: Notify,
     /// The in-process pipeline's gateway id (devices registered without a gateway).
     pub local_gateway: String,
     pub edge_metrics: Option<Arc<twinlake_edge::metrics::Metrics>>,

@@ -11,6 +11,10 @@
 //! | `webhooks` | u64 sequence | [`WebhookJob`] JSON: endpoint calls waiting for delivery |
 //! | `files` | object path | committed Parquet files, as gateways announced them |
 //! | `users` | user id | [`UserRecord`] JSON |
+//! | `rules` | `user/rule` | [`twinlake_rules::Rule`] JSON |
+//! | `alarms` | u64 id | [`twinlake_rules::Alarm`] JSON, open and cleared (history) |
+//! | `emails` | u64 sequence | [`crate::rules::email::EmailJob`] JSON: alarm emails waiting |
+//! | `open_alarms` | `user/rule/key` | the id of the open alarm for that (rule, key) |
 
 use std::sync::Arc;
 
@@ -30,6 +34,10 @@ pub const LINK_SEQ: TableDefinition<&str, &[u8]> = TableDefinition::new("link_se
 pub const WEBHOOKS: TableDefinition<u64, &[u8]> = TableDefinition::new("webhooks");
 pub const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+pub const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
+pub const ALARMS: TableDefinition<u64, &[u8]> = TableDefinition::new("alarms");
+pub const EMAILS: TableDefinition<u64, &[u8]> = TableDefinition::new("emails");
+pub const OPEN_ALARMS: TableDefinition<&str, u64> = TableDefinition::new("open_alarms");
 
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +154,10 @@ impl Db {
         tx.open_table(WEBHOOKS)?;
         tx.open_table(FILES)?;
         tx.open_table(USERS)?;
+        tx.open_table(RULES)?;
+        tx.open_table(ALARMS)?;
+        tx.open_table(OPEN_ALARMS)?;
+        tx.open_table(EMAILS)?;
         tx.commit()?;
         Ok(Self(Arc::new(db)))
     }

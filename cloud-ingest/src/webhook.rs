@@ -5,115 +5,78 @@
 //! is tried again with back-off up to `webhooks.attempts` times, then dropped and counted.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde_json::Value as Json;
 use tracing::{debug, warn};
 
 use crate::Error;
+use crate::jobs::{Event, Job, Outcome, Queue};
 use crate::state::AppState;
-use crate::store::{self, ENDPOINTS, EndpointDef, WEBHOOKS, WebhookJob};
+use crate::store::{ENDPOINTS, EndpointDef, WEBHOOKS, WebhookJob};
+
+/// The endpoint call queue.
+fn queue(state: &AppState) -> Queue {
+    Queue {
+        table: WEBHOOKS,
+        name: "webhooks",
+        attempts: state.cfg.webhooks.attempts,
+        retry_min: state.cfg.webhooks.retry_min,
+    }
+}
+
+impl Job for WebhookJob {
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    fn set_attempts(&mut self, n: u32) {
+        self.attempts = n;
+    }
+}
 
 /// Delivers queued calls until the process ends.
 pub async fn run(state: Arc<AppState>) {
-    let mut backoff = state.cfg.webhooks.retry_min;
-    let mut stop = state.stop.subscribe();
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        let notified = state.webhook_wake.notified();
-        match next_job(&state) {
-            Ok(Some((id, job))) => {
-                let outcome = deliver(&state, &job).await;
-                let done = match outcome {
-                    Ok(()) => {
-                        state.metrics.webhooks_delivered.inc();
-                        backoff = state.cfg.webhooks.retry_min;
-                        true
-                    }
-                    Err(Undeliverable(why)) => {
-                        state.metrics.webhooks_dropped.inc();
-                        warn!(endpoint = %job.endpoint, user = %job.user, %why, "endpoint call dropped");
-                        true
-                    }
-                    Err(Retry(why)) if job.attempts + 1 >= state.cfg.webhooks.attempts => {
-                        state.metrics.webhooks_failed.inc();
-                        state.metrics.webhooks_dropped.inc();
-                        warn!(endpoint = %job.endpoint, user = %job.user, %why, attempts = job.attempts + 1, "webhook failed; giving up");
-                        true
-                    }
-                    Err(Retry(why)) => {
-                        state.metrics.webhooks_failed.inc();
-                        warn!(endpoint = %job.endpoint, %why, retry_in_ms = backoff.as_millis() as u64, "webhook failed; will retry");
-                        let mut again = job.clone();
-                        again.attempts += 1;
-                        if let Err(e) = update(&state, id, Some(&again)) {
-                            warn!(error = %e, "cannot update the webhook queue");
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = crate::state::stopped(&mut stop) => return,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
-                        false
-                    }
-                };
-                if done && let Err(e) = update(&state, id, None) {
-                    warn!(error = %e, "cannot update the webhook queue");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-            Ok(None) => tokio::select! {
-                _ = notified => {}
-                _ = crate::state::stopped(&mut stop) => return,
-            },
-            Err(e) => {
-                warn!(error = %e, "cannot read the webhook queue");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+    let q = queue(&state);
+    let st = state.clone();
+    let deliver = move |job: WebhookJob| {
+        let st = st.clone();
+        async move {
+            match deliver(&st, &job).await {
+                Ok(()) => Outcome::Delivered,
+                Err(Undeliverable(why)) => Outcome::Refused(why),
+                Err(Retry(why)) => Outcome::Failed(why),
             }
         }
-    }
+    };
+    let m = state.clone();
+    let on = move |job: &WebhookJob, e: Event<'_>| match e {
+        Event::Delivered => {
+            m.metrics.webhooks_delivered.inc();
+        }
+        Event::Dropped(why) => {
+            m.metrics.webhooks_dropped.inc();
+            warn!(endpoint = %job.endpoint, user = %job.user, %why, "endpoint call dropped");
+        }
+        Event::GaveUp(why) => {
+            m.metrics.webhooks_failed.inc();
+            m.metrics.webhooks_dropped.inc();
+            warn!(endpoint = %job.endpoint, user = %job.user, %why, attempts = job.attempts + 1, "webhook failed; giving up");
+        }
+        Event::Retrying(why, backoff) => {
+            m.metrics.webhooks_failed.inc();
+            warn!(endpoint = %job.endpoint, %why, retry_in_ms = backoff.as_millis() as u64, "webhook failed; will retry");
+        }
+    };
+    crate::jobs::work(state.clone(), q, &state.webhook_wake, deliver, on).await;
 }
 
-/// Queues an endpoint call in `tx` (committed by the caller). Past `webhooks.max_queued`
-/// the oldest call is dropped, counted and logged.
+/// Queues an endpoint call in `tx` (committed by the caller, who then wakes the worker).
+/// Past `webhooks.max_queued` the oldest call is dropped, counted and logged.
 pub fn enqueue(state: &AppState, tx: &redb::WriteTransaction, job: &WebhookJob) -> Result<(), Error> {
-    let mut table = tx.open_table(WEBHOOKS)?;
-    let next = table.last()?.map_or(1, |(k, _)| k.value() + 1);
-    table.insert(next, store::encode(job).as_slice())?;
-    if redb::ReadableTableMetadata::len(&table)? > state.cfg.webhooks.max_queued
-        && let Some((k, _)) = table.pop_first()?
-    {
+    if crate::jobs::push(tx, &queue(state), job, state.cfg.webhooks.max_queued)? {
         state.metrics.webhooks_dropped.inc();
-        warn!(job = k.value(), "webhook queue full; dropped the oldest endpoint call");
+        warn!("webhook queue full; dropped the oldest endpoint call");
     }
-    Ok(())
-}
-
-fn next_job(state: &AppState) -> Result<Option<(u64, WebhookJob)>, Error> {
-    let tx = state.db.0.begin_read()?;
-    let t = tx.open_table(WEBHOOKS)?;
-    let Some((k, v)) = t.first()? else { return Ok(None) };
-    let id = k.value();
-    Ok(Some((id, store::decode("webhooks", &id.to_string(), v.value())?)))
-}
-
-fn update(state: &AppState, id: u64, job: Option<&WebhookJob>) -> Result<(), Error> {
-    let tx = state.db.0.begin_write()?;
-    {
-        let mut t = tx.open_table(WEBHOOKS)?;
-        match job {
-            Some(j) => {
-                t.insert(id, store::encode(j).as_slice())?;
-            }
-            None => {
-                t.remove(id)?;
-            }
-        }
-    }
-    tx.commit()?;
     Ok(())
 }
 
@@ -129,6 +92,11 @@ async fn deliver(state: &AppState, job: &WebhookJob) -> Result<(), Failure> {
         Ok(None) => return Err(Undeliverable("no such endpoint is defined".into())),
         Err(e) => return Err(Retry(e.to_string())),
     };
+    let url = reqwest::Url::parse(&def.url).map_err(|e| Undeliverable(format!("url: {e}")))?;
+    if let Err(why) = state.webhook_policy.check_url(&url) {
+        state.metrics.webhooks_refused.inc();
+        return Err(Undeliverable(why));
+    }
     let method = reqwest::Method::from_bytes(def.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| Undeliverable(format!("bad method {:?}", def.method)))?;
     let body = match &def.body {
@@ -137,7 +105,7 @@ async fn deliver(state: &AppState, job: &WebhookJob) -> Result<(), Failure> {
     };
     let mut req = state
         .http
-        .request(method, &def.url)
+        .request(method, url)
         .timeout(state.cfg.webhooks.timeout)
         .header(
             "content-type",
@@ -150,7 +118,14 @@ async fn deliver(state: &AppState, job: &WebhookJob) -> Result<(), Failure> {
         let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
         req = req.header(k.as_str(), v);
     }
-    let resp = req.send().await.map_err(|e| Retry(e.to_string()))?;
+    let resp = req.send().await.map_err(|e| {
+        if refused(&e) {
+            state.metrics.webhooks_refused.inc();
+            Undeliverable(error_chain(&e))
+        } else {
+            Retry(error_chain(&e))
+        }
+    })?;
     let status = resp.status();
     if status.is_success() {
         debug!(endpoint = %job.endpoint, %status, "webhook delivered");
@@ -160,6 +135,30 @@ async fn deliver(state: &AppState, job: &WebhookJob) -> Result<(), Failure> {
     } else {
         Err(Retry(format!("the webhook answered {status}")))
     }
+}
+
+/// Whether the client refused the call's address (the resolver or a redirect).
+fn refused(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<crate::egress::Refused>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The error with its causes, `a: b: c`.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Fills `{{payload}}`, `{{payload.<field>}}`, `{{device}}`, `{{user}}`, `{{endpoint}}`

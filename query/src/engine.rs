@@ -30,14 +30,31 @@ use crate::tenant::{Owned, Ownership, Tenant, TenantTable};
 /// The catalog and schema every table is in.
 pub use crate::session::{CATALOG, SCHEMA, check_read_only};
 
+/// State tables added by the embedder ([`Engine::add_state_table`]), by name.
+type Extra = Arc<std::sync::RwLock<std::collections::BTreeMap<String, Arc<dyn TableProvider>>>>;
+
 /// `public`: the lake's tables (found on each lookup, so new ones appear at once), plus
-/// `twins` and `devices`.
+/// `twins`, `devices` and the embedder's state tables (the cloud's `alarms`).
 #[derive(Debug)]
 struct LakeSchema {
     lake: Arc<Lake>,
     owners: Arc<dyn Ownership>,
     twins: Arc<StateTable<TwinsTable>>,
     devices: Arc<StateTable<DevicesTable>>,
+    extra: Extra,
+}
+
+impl LakeSchema {
+    fn extra(&self, name: &str) -> Option<Arc<dyn TableProvider>> {
+        self.extra.read().ok()?.get(name).cloned()
+    }
+
+    fn extra_names(&self) -> Vec<String> {
+        self.extra
+            .read()
+            .map(|e| e.keys().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 const TWINS: &str = "twins";
@@ -47,9 +64,11 @@ const DEVICES: &str = "devices";
 impl SchemaProvider for LakeSchema {
     fn table_names(&self) -> Vec<String> {
         let mut names = self.lake.table_names();
-        names.retain(|n| n != TWINS && n != DEVICES);
+        let extra = self.extra_names();
+        names.retain(|n| n != TWINS && n != DEVICES && !extra.contains(n));
         names.push(TWINS.into());
         names.push(DEVICES.into());
+        names.extend(extra);
         names.sort();
         names
     }
@@ -58,6 +77,7 @@ impl SchemaProvider for LakeSchema {
         Ok(match name {
             TWINS => Some(self.twins.clone()),
             DEVICES => Some(self.devices.clone()),
+            n if let Some(t) = self.extra(n) => Some(t),
             _ => LakeTable::new(self.lake.clone(), name).map(|t| {
                 Arc::new(TenantTable {
                     inner: Arc::new(t),
@@ -68,7 +88,7 @@ impl SchemaProvider for LakeSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == TWINS || name == DEVICES || self.lake.schema(name).is_some()
+        name == TWINS || name == DEVICES || self.extra(name).is_some() || self.lake.schema(name).is_some()
     }
 }
 
@@ -102,6 +122,7 @@ pub struct Engine {
     slots: Arc<Semaphore>,
     /// Sessions not yet freed.
     live: Arc<std::sync::atomic::AtomicUsize>,
+    extra: Extra,
 }
 
 impl std::fmt::Debug for Engine {
@@ -144,11 +165,13 @@ impl Engine {
             twins: twins.clone(),
             devices: devices.clone(),
         });
+        let extra = Extra::default();
         let schema = LakeSchema {
             lake: lake.clone(),
             owners,
             twins: Arc::new(StateTable(TwinsTable::new(twins))),
             devices: Arc::new(StateTable(DevicesTable::new(devices))),
+            extra: extra.clone(),
         };
         let catalog = ctx
             .catalog(CATALOG)
@@ -168,7 +191,16 @@ impl Engine {
             slots: Arc::new(Semaphore::new(limits.max_concurrent)),
             live: Arc::default(),
             limits,
+            extra,
         })
+    }
+
+    /// Adds a table of current state read whole when a query runs (only the session
+    /// user's rows when it has one). It hides a lake table of the same name.
+    pub fn add_state_table(&self, name: &str, source: Arc<dyn crate::system::Source>) {
+        if let Ok(mut e) = self.extra.write() {
+            e.insert(name.to_owned(), Arc::new(StateTable(source)) as Arc<dyn TableProvider>);
+        }
     }
 
     /// The same engine under `limits` (a new memory pool and query slots).
@@ -231,6 +263,9 @@ impl Engine {
     /// the session's catalog list alive in a reference cycle, so without this the catalog's
     /// database would stay open after the engine is dropped. Queries fail after it.
     pub fn close(&self) {
+        if let Ok(mut e) = self.extra.write() {
+            e.clear();
+        }
         if let Some(catalog) = self.base.catalog(CATALOG) {
             for schema in [SCHEMA, "information_schema", "pg_catalog"] {
                 let _ = catalog.deregister_schema(schema, true);

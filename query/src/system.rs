@@ -196,6 +196,16 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn batch(&self, user: Option<&str>) -> datafusion::error::Result<RecordBatch>;
 }
 
+impl<S: Source + ?Sized> Source for Arc<S> {
+    fn schema(&self) -> SchemaRef {
+        (**self).schema()
+    }
+
+    fn batch(&self, user: Option<&str>) -> datafusion::error::Result<RecordBatch> {
+        (**self).batch(user)
+    }
+}
+
 /// A table of current state (twins, devices) for DataFusion.
 #[derive(Debug)]
 pub struct StateTable<S>(pub S);

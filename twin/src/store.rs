@@ -42,6 +42,9 @@ pub enum EventKind {
     Described,
     Tags,
     Deleted,
+    /// An alarm about the device was raised, repeated, acknowledged or cleared (published
+    /// with [`TwinTxn::announce`]; the twin itself does not change).
+    Alarm,
 }
 
 impl EventKind {
@@ -55,6 +58,7 @@ impl EventKind {
             Self::Described => "described",
             Self::Tags => "tags",
             Self::Deleted => "deleted",
+            Self::Alarm => "alarm",
         }
     }
 }
@@ -388,6 +392,17 @@ impl TwinTxn<'_> {
         let body = json!({ "resources": resources });
         self.event(key, version, EventKind::Described, at_ms, body, None, Some(online));
         Ok(version)
+    }
+
+    /// Publishes `body` as a `kind` event about `key` when the transaction commits, beside
+    /// the twins' own (for what other tables in the same transaction changed: alarms).
+    pub fn announce(&mut self, key: &TwinKey, kind: EventKind, at_ms: u64, body: Json) {
+        let version = self
+            .cache
+            .get(&key.to_string())
+            .and_then(|c| c.twin.as_ref())
+            .map_or(0, |t| t.version);
+        self.event(key, version, kind, at_ms, body, None, None);
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -57,6 +57,9 @@ async fn put_endpoint(p: Principal, State(s): St, Path((u, e)): Path<(String, St
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ApiError::bad_request("url: use http or https"));
     }
+    s.webhook_policy
+        .check_url(&url)
+        .map_err(|why| ApiError::bad_request(format!("url: {why}")))?;
     reqwest::Method::from_bytes(def.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| ApiError::bad_request(format!("method {:?}", def.method)))?;
     s.db.put(ENDPOINTS, &format!("{u}/{e}"), &def)?;

@@ -128,15 +128,7 @@ async fn the_edge_rides_out_a_cloud_restart() {
     let (cloud, edge, api) = cloud_and_edge(dir.path(), &["stay", "leave"]).await;
     let addr = cloud.addr;
     let (url, mut hooks) = receiver().await;
-    let (s, _) = api
-        .call(
-            Method::PUT,
-            &format!("/v1/users/{USER}/endpoints/ping"),
-            Some(ADMIN),
-            Some(json!({"url": url})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    api.put_endpoint("ping", json!({"url": url})).await;
     let stay = TestDevice::start(edge.tcp, "stay");
     let leave = TestDevice::start(edge.tcp, "leave");
     wait_online(&api, "stay").await;

@@ -132,15 +132,11 @@ async fn endpoint_calls_fire_webhooks_and_properties_reach_devices() {
     let dir = tempfile::tempdir().unwrap();
     let (cloud, edge, api) = cloud_and_edge(dir.path(), &["d4"]).await;
     let (url, mut hooks) = receiver().await;
-    let (s, j) = api
-        .call(
-            Method::PUT,
-            &format!("/v1/users/{USER}/endpoints/alarm"),
-            Some(ADMIN),
-            Some(json!({"url": url, "body": "{\"who\":\"{{device}}\",\"t\":{{payload.temp}},\"all\":{{payload}}}"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{j}");
+    api.put_endpoint(
+        "alarm",
+        json!({"url": url, "body": "{\"who\":\"{{device}}\",\"t\":{{payload.temp}},\"all\":{{payload}}}"}),
+    )
+    .await;
 
     let dev = TestDevice::start(edge.tcp, "d4");
     wait_online(&api, "d4").await;

@@ -16,6 +16,7 @@ mod mosquitto;
 #[path = "../../../edge-agent/tests/it/net.rs"]
 mod net;
 mod openapi;
+mod rules;
 mod sql;
 mod streams;
 mod support;

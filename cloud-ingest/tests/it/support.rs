@@ -37,6 +37,9 @@ pub fn cloud_config(dir: &Path, addr: SocketAddr) -> CloudConfig {
     // Debug builds: a low PBKDF2 cost for the credentials the tests choose.
     c.registry.credential_iterations = 1_000;
     c.webhooks.retry_min = Duration::from_millis(100);
+    // The tests' webhook receivers listen on loopback, which endpoints may not reach by
+    // default (SSRF); `rules::webhooks_to_private_addresses_are_refused` runs without this.
+    c.webhooks.allow_networks = vec!["127.0.0.0/8".parse().unwrap()];
     let token = |name: &str, t: &str, s: Scope| TokenEntry {
         name: name.into(),
         sha256: sha256_hex(t),
@@ -249,6 +252,19 @@ impl Api {
             .await;
         assert_eq!(s, StatusCode::OK, "{j}");
         j
+    }
+
+    /// Defines `USER`'s endpoint `name` as `def` (`{"url": …}`); asserts it was taken.
+    pub async fn put_endpoint(&self, name: &str, def: Json) {
+        let (s, j) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{USER}/endpoints/{name}"),
+                Some(ADMIN),
+                Some(def),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{j}");
     }
 
     /// Registers a device behind `gateway` (None: the cloud's own listener).

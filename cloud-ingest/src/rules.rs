@@ -1,0 +1,133 @@
+//! Rules and alarms in the cloud.
+//!
+//! * Threshold and deadman rules are evaluated on the rows as ingest sees them (flattened
+//!   like the lake's columns), after their link batch is committed ([`observe`]), at the
+//!   rows' own timestamps. Deadman silences and twin rules are checked every `rules.tick`,
+//!   scheduled SQL every rule's `every` ([`tick`]).
+//! * Each rule runs for its owner: it is only given the owner's rows and twins, its SQL
+//!   runs in the owner's tenancy, and its device actions name the owner's devices only.
+//! * A transition is stored with its alarm, its event and its actions' jobs in one
+//!   transaction ([`alarms`]); actions are delivered by their own queues, so none holds up
+//!   ingest.
+//!
+//! The evaluator's state is in memory. At start the open alarms are restored into it (so
+//! their rules clear them); a threshold's pending `for` and a deadman's last row start over.
+
+pub mod alarms;
+pub mod email;
+mod table;
+mod tick;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tracing::warn;
+use twinlake_lake::model::{FieldValue, flatten};
+use twinlake_query::FreshRow;
+use twinlake_rules::{Rule, RuleKind, Transition};
+
+pub use crate::ruleset::{RuleSet, Rules, scope, stored};
+pub use tick::run;
+
+use crate::state::AppState;
+use crate::store::Db;
+
+/// The `alarms` SQL table.
+pub fn alarms_table(db: Db) -> table::AlarmsTable {
+    table::AlarmsTable::new(db)
+}
+
+/// A row's field as a number: ints and floats as they are, booleans as 0 and 1.
+fn number(v: &FieldValue<'_>) -> Option<f64> {
+    match v {
+        FieldValue::Float(f) => Some(*f),
+        FieldValue::Int(i) => Some(*i as f64),
+        FieldValue::Bool(b) => Some(f64::from(u8::from(*b))),
+        FieldValue::Str(_) | FieldValue::Bytes(_) => None,
+    }
+}
+
+/// Evaluates the owner's threshold and deadman rules on rows of `table` just committed,
+/// then stores what changed. Rows without an owner (from a gateway older than the column)
+/// are not evaluated.
+pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>]) {
+    let set = state.rules.current();
+    if set.by_scope.is_empty() {
+        return;
+    }
+    let mut out: Vec<(Arc<Rule>, Transition)> = Vec::new();
+    let mut fields = Vec::new();
+    let mut tags: HashMap<String, Option<serde_json::Map<String, serde_json::Value>>> = HashMap::new();
+    {
+        let mut eval = state.rules.evaluator();
+        for row in rows {
+            let Some(owner) = row.owner else { continue };
+            let by_table = set.by_table.get(&(owner.to_owned(), table.to_owned()));
+            let any = set.any_table.get(owner);
+            if by_table.is_none() && any.is_none() {
+                continue;
+            }
+            let at = (row.time_us.max(0) / 1000) as u64;
+            let mut flattened = false;
+            for rule in by_table.into_iter().flatten().chain(any.into_iter().flatten()) {
+                let Some(sel) = rule.when.selector() else { continue };
+                let tag_map = sel
+                    .needs_tags()
+                    .then(|| {
+                        tags.entry(row.device.to_owned())
+                            .or_insert_with(|| device_tags(state, owner, row.device))
+                            .as_ref()
+                    })
+                    .flatten();
+                if !sel.matches(row.device, tag_map) {
+                    continue;
+                }
+                let name = scope(rule);
+                let t = match &rule.when {
+                    RuleKind::Threshold {
+                        field,
+                        raise,
+                        clear,
+                        for_,
+                        ..
+                    } => {
+                        if !flattened {
+                            flatten(row.payload, stream, &mut fields);
+                            flattened = true;
+                        }
+                        let Some(v) = fields.iter().find(|(k, _)| k == field).and_then(|(_, v)| number(v)) else {
+                            continue;
+                        };
+                        state.metrics.rule_values.inc();
+                        eval.threshold(
+                            &name,
+                            row.device,
+                            (raise, clear.as_ref()),
+                            for_.as_millis() as u64,
+                            at,
+                            v,
+                        )
+                    }
+                    RuleKind::Deadman { .. } => eval.seen(&name, row.device, at),
+                    RuleKind::Twin { .. } | RuleKind::Sql { .. } => None,
+                };
+                if let Some(t) = t {
+                    out.push((rule.clone(), t));
+                }
+            }
+        }
+        state.metrics.rule_states.set(eval.len() as i64);
+        state.metrics.rule_states_refused.set(eval.refused() as i64);
+    }
+    if !out.is_empty()
+        && let Err(e) = alarms::record(state, out)
+    {
+        warn!(error = %e, "cannot store alarms");
+    }
+}
+
+/// The tags of the owner's device (from its twin), for rules that select by tag.
+fn device_tags(state: &AppState, owner: &str, device: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let key = twinlake_twin::TwinKey::new(owner, device);
+    state.twins.get(&key).ok().flatten().map(|t| t.tags)
+}

@@ -1,0 +1,373 @@
+//! Alarms in the database: a rule's transitions and a person's acknowledgements and clears,
+//! each stored with its event and its actions' jobs in one transaction.
+
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde_json::{Value as Json, json};
+use tracing::{info, warn};
+use twinlake_rules::{Alarm, AlarmState, Rule, RuleError, Transition};
+use twinlake_twin::{EventKind, TwinKey, TwinTxn};
+
+use crate::Error;
+use crate::state::AppState;
+use crate::store::{ALARMS, OPEN_ALARMS, WebhookJob, decode, encode};
+
+fn open_key(owner: &str, rule: &str, key: &str) -> String {
+    format!("{owner}/{rule}/{key}")
+}
+
+/// What happened to an alarm, as events and webhook payloads say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Raised,
+    Repeated,
+    Acknowledged,
+    Cleared,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raised => "raised",
+            Self::Repeated => "repeated",
+            Self::Acknowledged => "acknowledged",
+            Self::Cleared => "cleared",
+        }
+    }
+}
+
+/// The alarm as served, with what just happened to it.
+pub fn to_json(a: &Alarm, change: Option<Change>) -> Json {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    if let (Some(c), Some(o)) = (change, v.as_object_mut()) {
+        o.insert("change".into(), c.as_str().into());
+    }
+    v
+}
+
+/// Which delivery queues got work in a transaction: woken once it commits (woken before,
+/// a sender could look, find nothing, and sleep on the job).
+#[derive(Debug, Default, Clone, Copy)]
+struct Wake {
+    webhook: bool,
+    email: bool,
+}
+
+impl Wake {
+    fn or(self, o: Self) -> Self {
+        Self {
+            webhook: self.webhook || o.webhook,
+            email: self.email || o.email,
+        }
+    }
+
+    fn notify(self, state: &AppState) {
+        if self.webhook {
+            state.webhook_wake.notify_one();
+        }
+        if self.email {
+            state.email_wake.notify_one();
+        }
+    }
+}
+
+/// Stores `transitions` (each with its rule) and runs their actions' first step (queueing).
+pub fn record(state: &AppState, transitions: Vec<(Arc<Rule>, Transition)>) -> Result<(), Error> {
+    let mut wake = Wake::default();
+    state.twins.write(|t| -> Result<(), Error> {
+        for (rule, tr) in &transitions {
+            wake = wake.or(apply(state, t, rule, tr)?);
+        }
+        trim(state, t.transaction())
+    })?;
+    wake.notify(state);
+    Ok(())
+}
+
+/// One transition, and the queues it gave work.
+fn apply(state: &AppState, t: &mut TwinTxn<'_>, rule: &Rule, tr: &Transition) -> Result<Wake, Error> {
+    let ok = open_key(&rule.owner, &rule.id, tr.key());
+    let open_id = t
+        .transaction()
+        .open_table(OPEN_ALARMS)?
+        .get(ok.as_str())?
+        .map(|v| v.value());
+    let existing = match open_id {
+        Some(id) => load(t.transaction(), id)?,
+        None => None,
+    };
+    let (alarm, change) = match (tr, existing) {
+        (Transition::Raise { at, value, .. }, Some(mut a)) => {
+            a.repeat(*at, *value);
+            (a, Change::Repeated)
+        }
+        (
+            Transition::Raise {
+                at,
+                value,
+                message,
+                key,
+                ..
+            },
+            None,
+        ) => {
+            let id = t
+                .transaction()
+                .open_table(ALARMS)?
+                .last()?
+                .map_or(1, |(k, _)| k.value() + 1);
+            t.transaction().open_table(OPEN_ALARMS)?.insert(ok.as_str(), id)?;
+            state.metrics.alarms_raised.inc();
+            info!(owner = %rule.owner, rule = %rule.id, key = %key, %message, "alarm raised");
+            let device = (!matches!(rule.when, twinlake_rules::RuleKind::Sql { .. })).then(|| key.clone());
+            let a = Alarm {
+                id,
+                owner: rule.owner.clone(),
+                rule: rule.id.clone(),
+                kind: rule.when.name().into(),
+                key: key.clone(),
+                device,
+                severity: rule.severity,
+                state: AlarmState::Active,
+                raised_at: *at,
+                updated_at: *at,
+                acknowledged_at: None,
+                acknowledged_by: None,
+                cleared_at: None,
+                cleared_by: None,
+                count: 1,
+                value: *value,
+                message: message.clone(),
+            };
+            (a, Change::Raised)
+        }
+        (Transition::Clear { at, value, message, .. }, Some(mut a)) => {
+            if a.clear(*at, "rule").is_err() {
+                return Ok(Wake::default());
+            }
+            if value.is_some() {
+                a.value = *value;
+            }
+            a.message = format!("{}; cleared: {message}", a.message);
+            t.transaction().open_table(OPEN_ALARMS)?.remove(ok.as_str())?;
+            state.metrics.alarms_cleared.inc();
+            (a, Change::Cleared)
+        }
+        (Transition::Clear { .. }, None) => return Ok(Wake::default()),
+    };
+    store(t, &alarm, change)?;
+    let queued = match change {
+        Change::Raised => actions(state, t, rule, &alarm, true)?,
+        Change::Cleared => actions(state, t, rule, &alarm, false)?,
+        Change::Repeated | Change::Acknowledged => Wake::default(),
+    };
+    Ok(queued)
+}
+
+fn load(tx: &redb::WriteTransaction, id: u64) -> Result<Option<Alarm>, Error> {
+    let t = tx.open_table(ALARMS)?;
+    let v = t.get(id)?;
+    v.map(|v| decode("alarms", &id.to_string(), v.value())).transpose()
+}
+
+/// Writes the alarm and announces the change on the event streams.
+fn store(t: &mut TwinTxn<'_>, a: &Alarm, change: Change) -> Result<(), Error> {
+    t.transaction().open_table(ALARMS)?.insert(a.id, encode(a).as_slice())?;
+    let key = TwinKey::new(&a.owner, a.device.as_deref().unwrap_or(&a.key));
+    t.announce(
+        &key,
+        EventKind::Alarm,
+        a.updated_at,
+        json!({ "alarm": to_json(a, Some(change)) }),
+    );
+    Ok(())
+}
+
+/// Past `rules.max_alarms`, the oldest cleared alarms go (open ones stay).
+fn trim(state: &AppState, tx: &redb::WriteTransaction) -> Result<(), Error> {
+    let mut t = tx.open_table(ALARMS)?;
+    while t.len()? > state.cfg.rules.max_alarms {
+        let Some((id, cleared)) = t.first()?.map(|(k, v)| {
+            let cleared = decode::<Alarm>("alarms", "", v.value()).is_ok_and(|a| !a.is_open());
+            (k.value(), cleared)
+        }) else {
+            break;
+        };
+        if !cleared {
+            break;
+        }
+        t.remove(id)?;
+    }
+    Ok(())
+}
+
+/// Queues the rule's actions for a raise (`raised`) or a clear. A device action names the
+/// owner's device: a rule cannot touch another user's.
+fn actions(state: &AppState, t: &mut TwinTxn<'_>, rule: &Rule, a: &Alarm, raised: bool) -> Result<Wake, Error> {
+    let mut queued = Wake::default();
+    let change = if raised { Change::Raised } else { Change::Cleared };
+    for action in rule.actions.iter().filter(|x| x.on.on(raised)) {
+        if let Some(endpoint) = &action.webhook {
+            let job = WebhookJob {
+                user: rule.owner.clone(),
+                device: a.device.clone().unwrap_or_default(),
+                endpoint: endpoint.clone(),
+                at: twinlake_twin::now_ms(),
+                payload: Some(to_json(a, Some(change))),
+                attempts: 0,
+            };
+            crate::webhook::enqueue(state, t.transaction(), &job)?;
+            state.metrics.rule_actions.get_or_create(&action_label("webhook")).inc();
+            queued.webhook = true;
+        }
+        if let Some(to) = &action.email {
+            crate::rules::email::enqueue(state, t.transaction(), to, a, change)?;
+            state.metrics.rule_actions.get_or_create(&action_label("email")).inc();
+            queued.email = true;
+        }
+        if let Some(desired) = &action.desired {
+            let Some(device) = action.device.as_ref().or(a.device.as_ref()) else {
+                continue;
+            };
+            let key = TwinKey::new(&rule.owner, device);
+            match t.patch_desired(&key, desired, None) {
+                Ok(_) => {
+                    state.metrics.rule_actions.get_or_create(&action_label("desired")).inc();
+                }
+                Err(e) => {
+                    state
+                        .metrics
+                        .rule_actions
+                        .get_or_create(&action_label("desired_failed"))
+                        .inc();
+                    warn!(owner = %rule.owner, rule = %rule.id, %device, error = %e, "a rule's desired action failed");
+                }
+            }
+        }
+    }
+    Ok(queued)
+}
+
+fn action_label(kind: &str) -> Vec<(String, String)> {
+    vec![("action".to_owned(), kind.to_owned())]
+}
+
+/// The user's alarms, newest first, optionally only those in `state`; at most `limit`.
+pub fn list(
+    state: &AppState,
+    owner: Option<&str>,
+    only: Option<AlarmState>,
+    limit: usize,
+) -> Result<Vec<Alarm>, Error> {
+    let tx = state.db.0.begin_read()?;
+    let t = tx.open_table(ALARMS)?;
+    let mut out = Vec::new();
+    for entry in t.iter()?.rev() {
+        let (k, v) = entry?;
+        let a: Alarm = decode("alarms", &k.value().to_string(), v.value())?;
+        if owner.is_some_and(|o| o != a.owner) || only.is_some_and(|s| s != a.state) {
+            continue;
+        }
+        out.push(a);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Every stored alarm (the `alarms` SQL table), optionally one user's.
+pub fn all(db: &crate::store::Db, owner: Option<&str>) -> Result<Vec<Alarm>, Error> {
+    let tx = db.0.begin_read()?;
+    let t = tx.open_table(ALARMS)?;
+    let mut out = Vec::new();
+    for entry in t.iter()? {
+        let (k, v) = entry?;
+        let a: Alarm = decode("alarms", &k.value().to_string(), v.value())?;
+        if owner.is_none_or(|o| o == a.owner) {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+/// What a person did to an alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Acknowledge,
+    Clear,
+}
+
+/// Why an operation on an alarm failed.
+#[derive(Debug)]
+pub enum OpError {
+    NotFound,
+    State(RuleError),
+    Storage(Error),
+}
+
+impl From<Error> for OpError {
+    fn from(e: Error) -> Self {
+        Self::Storage(e)
+    }
+}
+
+impl From<twinlake_twin::TwinError> for OpError {
+    fn from(e: twinlake_twin::TwinError) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
+/// Acknowledges or clears `owner`'s alarm `id` as `by`. A clear ends the open alarm: the
+/// rule starts over for its key and raises a new one if its condition holds again.
+pub fn operate(state: &AppState, owner: &str, id: u64, op: Operation, by: &str) -> Result<Alarm, OpError> {
+    let rules = state.rules.current();
+    let (alarm, wake) = state.twins.write(|t| -> Result<(Alarm, Wake), OpError> {
+        let mut a = load(t.transaction(), id)?
+            .filter(|a| a.owner == owner)
+            .ok_or(OpError::NotFound)?;
+        let now = twinlake_twin::now_ms();
+        let change = match op {
+            Operation::Acknowledge => {
+                a.acknowledge(now, by).map_err(OpError::State)?;
+                Change::Acknowledged
+            }
+            Operation::Clear => {
+                a.clear(now, by).map_err(OpError::State)?;
+                let key = open_key(owner, &a.rule, &a.key);
+                (|| -> Result<(), Error> {
+                    t.transaction().open_table(OPEN_ALARMS)?.remove(key.as_str())?;
+                    Ok(())
+                })()?;
+                Change::Cleared
+            }
+        };
+        store(t, &a, change)?;
+        let rule = rules.get(&format!("{owner}/{}", a.rule)).cloned();
+        let wake = match (change, rule) {
+            (Change::Cleared, Some(rule)) => actions(state, t, &rule, &a, false)?,
+            _ => Wake::default(),
+        };
+        Ok((a, wake))
+    })?;
+    if op == Operation::Clear {
+        state.metrics.alarms_cleared.inc();
+        state
+            .rules
+            .evaluator()
+            .reset(&format!("{owner}/{}", alarm.rule), &alarm.key);
+    }
+    wake.notify(state);
+    Ok(alarm)
+}
+
+/// Reads one of `owner`'s alarms.
+pub fn get(state: &AppState, owner: &str, id: u64) -> Result<Option<Alarm>, Error> {
+    let tx = state.db.0.begin_read()?;
+    let t = tx.open_table(ALARMS)?;
+    let v = t.get(id)?;
+    Ok(v.map(|v| decode::<Alarm>("alarms", &id.to_string(), v.value()))
+        .transpose()?
+        .filter(|a| a.owner == owner))
+}

@@ -1,0 +1,424 @@
+//! Rules and alarms end to end (#17), over real sockets: devices speak the HTTP device API
+//! of the cloud's own pipeline, webhooks go to a local receiver, emails to a real SMTP
+//! server (Python's aiosmtpd from PyPI).
+
+use std::io::Read as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value as Json, json};
+
+use crate::support::*;
+
+/// aiosmtpd's debugging server: every message it takes is printed, and kept here.
+struct Smtp {
+    port: u16,
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Smtp {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(python())
+            .args(["-u", "-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd (scripts/test installs it into .venv)");
+        let mut stdout = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "aiosmtpd did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child, out }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.out.lock().unwrap().matches(needle).count()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rules_config(dir: &std::path::Path) -> twinlake_cloud::config::CloudConfig {
+    let mut cfg = cloud_config(dir, "127.0.0.1:0".parse().unwrap());
+    cfg.edge.device_http.addr = Some("127.0.0.1:0".parse().unwrap());
+    cfg.rules.tick = Duration::from_millis(200);
+    cfg.rules.min_sql_every = Duration::from_secs(1);
+    cfg
+}
+
+async fn telemetry(cloud: &TestCloud, device: &str, body: Json) {
+    let url = format!(
+        "http://{}/api/v1/{USER}:{device}:{CREDENTIAL}/telemetry",
+        cloud.device_http.unwrap()
+    );
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+async fn put_rule(api: &Api, id: &str, rule: Json) {
+    let (s, j) = api
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{USER}/rules/{id}"),
+            Some(ADMIN),
+            Some(rule),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+}
+
+async fn alarms(api: &Api) -> Vec<Json> {
+    let (s, j) = api.get(&format!("/v1/users/{USER}/alarms")).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    j.as_array().unwrap().clone()
+}
+
+async fn sql(api: &Api, token: &str, q: &str) -> Json {
+    let (s, j) = api
+        .call(Method::POST, "/v1/sql", Some(token), Some(json!({ "sql": q })))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    j
+}
+
+/// A threshold with `for` and hysteresis, judged at the readings' own times: one alarm,
+/// not one per value; it clears once; the webhook fires once for each and the email once.
+/// Then a person acknowledges and clears the next one, and the `alarms` table has both;
+/// another user sees none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_threshold_with_for_and_hysteresis_raises_once_clears_once_and_acts_once() {
+    let smtp = Smtp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = rules_config(dir.path());
+    cfg.email.smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let cloud = TestCloud::start(cfg).await;
+    let api = &cloud.api();
+    api.register("t1", None).await;
+    let (hook, mut calls) = receiver().await;
+    api.put_endpoint("alerts", json!({ "url": hook })).await;
+    put_rule(
+        api,
+        "hot",
+        json!({
+            "severity": "major",
+            "when": {"type": "threshold", "table": "telemetry", "field": "temp",
+                     "raise": {"op": ">", "value": 35}, "clear": {"op": "<", "value": 33}, "for": "30s"},
+            "actions": [{"webhook": "alerts"}, {"on": "raised", "email": ["ops@example.com"]}]
+        }),
+    )
+    .await;
+    // The event stream, from before the first reading.
+    let events = Arc::new(Mutex::new(String::new()));
+    let sse = {
+        let events = events.clone();
+        let resp = api
+            .client
+            .get(format!("{}/v1/events?device=t1", api.base))
+            .bearer_auth(READ)
+            .send()
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut body = resp.bytes_stream();
+            while let Some(Ok(b)) = body.next().await {
+                events.lock().unwrap().push_str(&String::from_utf8_lossy(&b));
+            }
+        })
+    };
+
+    // Readings every 10 s of event time, sent at once (a backlog after an outage): over 35
+    // from +10 s, so raised at +40 s; 34 does not clear (hysteresis); 32 at +70 s does.
+    let t0 = twinlake_twin::now_ms() - 600_000;
+    let series = [30.0, 36.0, 37.0, 36.5, 38.0, 34.0, 39.0, 32.0, 33.5];
+    let body: Vec<Json> = series
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"ts": t0 + 10_000 * i as u64, "values": {"temp": v}}))
+        .collect();
+    telemetry(&cloud, "t1", Json::Array(body)).await;
+    let a = eventually(20, "the alarm raised and cleared", || async {
+        let list = alarms(api).await;
+        (list.len() == 1 && list[0]["state"] == "cleared").then(|| list[0].clone())
+    })
+    .await;
+    assert_eq!(a["rule"], "hot");
+    assert_eq!(a["device"], "t1");
+    assert_eq!(a["severity"], "major");
+    assert_eq!(a["count"], 1, "{a}");
+    assert_eq!(a["raised_at"], json!(t0 + 40_000), "{a}");
+    assert_eq!(a["cleared_at"], json!(t0 + 70_000), "{a}");
+    assert_eq!(a["cleared_by"], "rule");
+
+    // The webhook: raised, then cleared, once each.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (dev, body) = tokio::time::timeout(Duration::from_secs(20), calls.recv())
+            .await
+            .expect("webhook calls")
+            .unwrap();
+        assert_eq!(dev, "t1");
+        got.push(serde_json::from_str::<Json>(&body).unwrap());
+    }
+    assert_eq!(
+        (got[0]["change"].as_str(), got[1]["change"].as_str()),
+        (Some("raised"), Some("cleared"))
+    );
+    assert_eq!(got[0]["value"], json!(38.0));
+    eventually(20, "the email", || async {
+        (smtp.count("Subject: [Twinlake] major raised: hot on t1") == 1).then_some(())
+    })
+    .await;
+
+    // The next excursion: raised, then a person acknowledges and clears it.
+    let later: Vec<Json> = [(100_000, 40.0), (130_000, 41.0)]
+        .iter()
+        .map(|(dt, v)| json!({"ts": t0 + dt, "values": {"temp": v}}))
+        .collect();
+    telemetry(&cloud, "t1", Json::Array(later)).await;
+    let id = eventually(20, "the second alarm", || async {
+        let list = alarms(api).await;
+        list.iter()
+            .find(|a| a["state"] == "active")
+            .map(|a| a["id"].as_u64().unwrap())
+    })
+    .await;
+    let path = |op: &str| format!("/v1/users/{USER}/alarms/{id}/{op}");
+    let (s, _) = api.call(Method::POST, &path("ack"), Some(READ), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "reading is not acknowledging");
+    let (s, j) = api.call(Method::POST, &path("ack"), Some(CONTROL), None).await;
+    assert_eq!((s, j["state"].as_str()), (StatusCode::OK, Some("acknowledged")), "{j}");
+    assert_eq!(j["acknowledged_by"], "control");
+    let (s, _) = api.call(Method::POST, &path("ack"), Some(CONTROL), None).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, j) = api.call(Method::POST, &path("clear"), Some(CONTROL), None).await;
+    assert_eq!((s, j["state"].as_str()), (StatusCode::OK, Some("cleared")), "{j}");
+    let (s, _) = api.call(Method::POST, &path("clear"), Some(CONTROL), None).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/users/{USER}/alarms/999/ack"),
+            Some(CONTROL),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Its webhook calls: raised and (by the person) cleared. The email went out on raise only.
+    for want in ["raised", "cleared"] {
+        let (_, body) = tokio::time::timeout(Duration::from_secs(20), calls.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(serde_json::from_str::<Json>(&body).unwrap()["change"], want);
+    }
+    eventually(20, "the second email", || async {
+        (smtp.count("Subject: [Twinlake] major raised: hot on t1") == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(calls.try_recv().is_err(), "no more webhook calls");
+    assert_eq!(smtp.count("MESSAGE FOLLOWS"), 2, "no more emails");
+
+    // The history in SQL, and on the event stream.
+    let rows = sql(
+        api,
+        READ,
+        "SELECT id, rule, state, count, acknowledged_by, cleared_by FROM alarms ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        json!([
+            {"id": 1, "rule": "hot", "state": "cleared", "count": 1, "acknowledged_by": null, "cleared_by": "rule"},
+            {"id": 2, "rule": "hot", "state": "cleared", "count": 1, "acknowledged_by": "control", "cleared_by": "control"}
+        ])
+    );
+    eventually(10, "alarm events", || async {
+        let e = events.lock().unwrap().clone();
+        (e.matches("event: alarm").count() >= 5).then_some(())
+    })
+    .await;
+    sse.abort();
+
+    // Another user's token sees none of it, on any surface.
+    let (s, _) = api.post("/v1/users", json!({"user": "other"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, t) = api
+        .post(
+            "/v1/tokens",
+            json!({"name": "other-read", "scopes": ["read", "control"], "user": "other"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let other = t["token"].as_str().unwrap();
+    let (s, _) = api
+        .call(Method::GET, &format!("/v1/users/{USER}/alarms"), Some(other), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = api.call(Method::POST, &path("clear"), Some(other), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(
+        sql(api, other, "SELECT count(*) AS n FROM alarms").await,
+        json!([{"n": 0}])
+    );
+    let (s, j) = api.call(Method::GET, "/v1/users/other/alarms", Some(other), None).await;
+    assert_eq!((s, j), (StatusCode::OK, json!([])));
+    cloud.stop().await;
+}
+
+/// A deadman fires when a device goes quiet and clears when it speaks again; a twin rule
+/// fires when a device ignores its desired LED; a scheduled SQL rule raises one alarm per
+/// row its query returns, keyed by its columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadman_twin_and_scheduled_sql_rules_raise_their_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(rules_config(dir.path())).await;
+    let api = &cloud.api();
+    for d in ["q1", "q2"] {
+        api.register(d, None).await;
+    }
+    put_rule(
+        api,
+        "quiet",
+        json!({"when": {"type": "deadman", "after": "2s", "devices": {"devices": ["q1"]}}}),
+    )
+    .await;
+    put_rule(
+        api,
+        "ignores",
+        json!({"severity": "warning", "when": {"type": "twin", "after": "2s", "devices": {"tags": {"site": "lab"}}}}),
+    )
+    .await;
+    put_rule(
+        api,
+        "hot-sql",
+        json!({"when": {"type": "sql", "every": "1s", "key": ["device"],
+                        "query": "SELECT device, max(temp) AS value FROM telemetry GROUP BY device HAVING max(temp) > 30"}}),
+    )
+    .await;
+    let now = twinlake_twin::now_ms();
+    telemetry(&cloud, "q1", json!({"ts": now, "values": {"temp": 31.5}})).await;
+    telemetry(&cloud, "q2", json!({"ts": now, "values": {"temp": 20.0}})).await;
+    api.set_desired("q1", json!({"led": true})).await;
+
+    let by_rule =
+        |list: &[Json], rule: &str| -> Vec<Json> { list.iter().filter(|a| a["rule"] == rule).cloned().collect() };
+    let list = eventually(30, "deadman, twin and SQL alarms", || async {
+        let list = alarms(api).await;
+        let open = |r: &str| by_rule(&list, r).iter().any(|a| a["state"] == "active");
+        (open("quiet") && open("ignores") && open("hot-sql")).then_some(list)
+    })
+    .await;
+    let sql_alarms = by_rule(&list, "hot-sql");
+    assert_eq!(sql_alarms.len(), 1, "one row, one alarm: {sql_alarms:?}");
+    assert_eq!(
+        (sql_alarms[0]["key"].as_str(), sql_alarms[0]["value"].as_f64()),
+        (Some("q1"), Some(31.5))
+    );
+    let twin = by_rule(&list, "ignores");
+    assert_eq!(twin.len(), 1, "only q1 has a desired value it ignores: {twin:?}");
+    assert_eq!(
+        (twin[0]["device"].as_str(), twin[0]["severity"].as_str()),
+        (Some("q1"), Some("warning"))
+    );
+    let quiet = by_rule(&list, "quiet");
+    assert_eq!((quiet.len(), quiet[0]["device"].as_str()), (1, Some("q1")));
+    assert!(quiet[0]["raised_at"].as_u64().unwrap() >= now + 2_000);
+
+    // q1 speaks again: its deadman clears. q2 goes over 30: the query returns it too.
+    let now = twinlake_twin::now_ms();
+    telemetry(&cloud, "q1", json!({"ts": now, "values": {"temp": 25.0}})).await;
+    telemetry(&cloud, "q2", json!({"ts": now, "values": {"temp": 33.0}})).await;
+    eventually(20, "the deadman cleared and q2's SQL alarm", || async {
+        let list = alarms(api).await;
+        let quiet_cleared = by_rule(&list, "quiet").iter().any(|a| a["state"] == "cleared");
+        let q2 = by_rule(&list, "hot-sql")
+            .iter()
+            .any(|a| a["key"] == "q2" && a["state"] == "active");
+        (quiet_cleared && q2).then_some(())
+    })
+    .await;
+    let m = cloud.state.metrics.encode();
+    assert!(m.contains("twinlake_cloud_alarms_raised_total"), "{m}");
+    cloud.stop().await;
+}
+
+/// Endpoints cannot reach loopback, private or link-local addresses unless an admin
+/// allows their network (SSRF): a literal address is refused when the endpoint is
+/// defined, a name that resolves to one when it is called (and counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_to_private_addresses_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.webhooks.allow_networks.clear();
+    let cloud = TestCloud::start(cfg).await;
+    let api = &cloud.api();
+    let (hook, mut calls) = receiver().await;
+    let put = |name: &'static str, url: String| async move {
+        api.call(
+            Method::PUT,
+            &format!("/v1/users/{USER}/endpoints/{name}"),
+            Some(ADMIN),
+            Some(json!({ "url": url })),
+        )
+        .await
+    };
+    for url in [
+        hook.clone(),
+        "http://10.0.0.1/x".into(),
+        "http://169.254.169.254/latest/meta-data".into(),
+        "http://[::1]:9/x".into(),
+        "http://0x7f000001/x".into(),
+    ] {
+        let (s, j) = put("bad", url.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{url}: {j}");
+        assert!(j.to_string().contains("not a public address"), "{j}");
+    }
+    // A name: taken, and refused when called.
+    let port = hook.split(':').nth(2).unwrap().to_owned();
+    let (s, j) = put("named", format!("http://localhost:{port}")).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    let (s, _) = api
+        .post(&format!("/v1/users/{USER}/endpoints/named/call"), json!({"x": 1}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    eventually(20, "the call refused", || async {
+        (cloud.state.metrics.webhooks_refused.get() == 1).then_some(())
+    })
+    .await;
+    assert!(calls.try_recv().is_err(), "nothing reached the receiver");
+    cloud.stop().await;
+}

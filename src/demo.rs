@@ -132,6 +132,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     cc.sql.postgres_addr = Some(args.postgres);
     cc.sql.flight_addr = Some(args.flight);
     cc.edge.buffer.max_age = Duration::from_secs(10);
+    // sensor-2's temperature spikes now and then: an alarm each time (GET
+    // /v1/users/demo/alarms, `SELECT * FROM alarms`, the console's Alarms page).
+    cc.rules.fixed = serde_json::from_value(serde_json::json!([{
+        "id": "sensor-2-hot", "owner": USER, "severity": "major",
+        "description": "sensor-2's temperature over 30 °C (its fault: every 30th reading)",
+        "when": {"type": "threshold", "table": "temp", "field": "value", "devices": {"devices": ["sensor-2"]},
+                 "raise": {"op": ">", "value": 30.0}, "clear": {"op": "<", "value": 28.0}}
+    }]))?;
     let cloud = Cloud::start(cc).await?;
     let state = cloud.state();
     let api = cloud.http_addr().unwrap_or(args.api);

@@ -1,4 +1,4 @@
-//! Cloud benchmarks. `cargo bench -p twinlake-cloud --bench cloud [rtt|twins|fanout|memory]`
+//! Cloud benchmarks. `cargo bench -p twinlake-cloud --bench cloud [rtt|twins|fanout|memory|rules]`
 //! prints Markdown for BENCHMARKS.md; each measures its peer or floor in the same run.
 //! Without `--bench` (under `cargo test --all-targets`) every section runs on tiny inputs as
 //! a smoke test.
@@ -6,6 +6,7 @@
 
 #[path = "../../edge-agent/benches/common.rs"]
 mod common;
+mod rules;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -97,6 +98,7 @@ struct Running {
     state: Arc<AppState>,
     addr: SocketAddr,
     devices: Option<SocketAddr>,
+    device_http: Option<SocketAddr>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), twinlake_cloud::Error>>,
 }
@@ -104,6 +106,7 @@ struct Running {
 async fn start_cloud(cfg: CloudConfig) -> Running {
     let cloud = Cloud::start(cfg).await.unwrap();
     let (addr, devices, state) = (cloud.http_addr().unwrap(), cloud.device_addrs().0, cloud.state());
+    let device_http = cloud.device_http_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(cloud.run(async move {
         let _ = stopped.await;
@@ -112,6 +115,7 @@ async fn start_cloud(cfg: CloudConfig) -> Running {
         state,
         addr,
         devices,
+        device_http,
         stop,
         task,
     }
@@ -504,5 +508,9 @@ fn main() {
     }
     if run("memory") {
         memory(full);
+    }
+    if run("rules") {
+        rules::throughput(full);
+        rules::latency(full);
     }
 }

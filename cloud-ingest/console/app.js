@@ -131,6 +131,10 @@ async function follow() {
     await readEvents(r, (data) => {
       try {
         const ev = JSON.parse(data);
+        if (ev.event === "alarm") {
+          if (!$("alarms").hidden) loadAlarms().catch(showError);
+          return;
+        }
         const u = ev.user || (ev.key && ev.key.user);
         const d = ev.device || (ev.key && ev.key.device);
         if (u && d) pending.add(`${u}/${d}`);
@@ -319,10 +323,10 @@ function renderResources(t) {
   $("resources").replaceChildren(...rows);
 }
 
-// The views: #/ (fleet), #/device/{user}/{device}, #/register.
+// The views: #/ (fleet), #/device/{user}/{device}, #/register, #/alarms, #/sql, #/admin.
 async function route() {
   showError(null);
-  for (const id of ["fleet", "device", "register", "sql", "admin"]) $(id).hidden = true;
+  for (const id of ["fleet", "device", "register", "alarms", "sql", "admin"]) $(id).hidden = true;
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   routed = parts[0] === "device" && parts.length === 3 ? `${parts[1]}/${parts[2]}` : null;
   if (!routed) {
@@ -337,6 +341,9 @@ async function route() {
       $("admin").hidden = false;
       $("secret").hidden = true;
       await loadAdmin();
+    } else if (parts[0] === "alarms") {
+      $("alarms").hidden = false;
+      await loadAlarms();
     } else if (parts[0] === "sql") {
       $("sql").hidden = false;
       await listTables();
@@ -423,6 +430,48 @@ $("register-form").addEventListener("submit", async (e) => {
     showError(err);
   }
 });
+// Alarms: the `alarms` table (the token's user's, or everyone's for a platform token),
+// newest first; acknowledge and clear need the control scope.
+async function loadAlarms() {
+  const open = $("alarm-state").value === "open";
+  const where = open ? "WHERE state <> 'cleared' " : "";
+  const r = await sql(
+    "SELECT id, severity, state, rule, \"user\", coalesce(device, key) AS what, raised_at, count, value, message " +
+      `FROM alarms ${where}ORDER BY id DESC LIMIT 500`,
+    "json",
+  );
+  const rows = await r.json();
+  $("alarm-counts").textContent = `${rows.length} ${open ? "open" : ""} alarm${rows.length === 1 ? "" : "s"}`;
+  const body = document.createDocumentFragment();
+  for (const a of rows) {
+    const tr = document.createElement("tr");
+    tr.append(cell(a.id), cell(a.severity, `sev-${a.severity}`), cell(a.state, `state-${a.state}`), cell(a.rule),
+      cell(a.user), cell(a.what), cell(new Date(a.raised_at).toLocaleString()), cell(a.count),
+      cell(a.value ?? ""), cell(a.message));
+    const td = document.createElement("td");
+    const act = (label, op, when) => {
+      if (!when) return;
+      const b = document.createElement("button");
+      b.textContent = label;
+      b.className = "control-only";
+      b.addEventListener("click", async () => {
+        showError(null);
+        try {
+          await api(`/v1/users/${encodeURIComponent(a.user)}/alarms/${a.id}/${op}`, { method: "POST" });
+          await loadAlarms();
+        } catch (e) { showError(e); }
+      });
+      td.append(b);
+    };
+    act("Acknowledge", "ack", a.state === "active");
+    act("Clear", "clear", a.state !== "cleared");
+    tr.append(td);
+    body.append(tr);
+  }
+  $("alarm-rows").replaceChildren(body);
+}
+$("alarm-state").addEventListener("change", () => loadAlarms().catch(showError));
+
 // SQL: POST /v1/sql; results as a table (text only), or as a CSV file.
 async function sql(text, format) {
   return api("/v1/sql", {

@@ -52,24 +52,27 @@ fn number(v: &FieldValue<'_>) -> Option<f64> {
 /// are not evaluated.
 pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>]) {
     let set = state.rules.current();
-    if set.by_scope.is_empty() {
+    if set.rows.is_empty() {
         return;
     }
     let mut out: Vec<(Arc<Rule>, Transition)> = Vec::new();
     let mut fields = Vec::new();
     let mut tags: HashMap<String, Option<serde_json::Map<String, serde_json::Value>>> = HashMap::new();
+    // Each rule's evaluator name, made once per batch.
+    let mut names: HashMap<*const Rule, String> = HashMap::new();
     {
         let mut eval = state.rules.evaluator();
         for row in rows {
             let Some(owner) = row.owner else { continue };
-            let by_table = set.by_table.get(&(owner.to_owned(), table.to_owned()));
-            let any = set.any_table.get(owner);
-            if by_table.is_none() && any.is_none() {
-                continue;
-            }
+            let Some(mine) = set.rows.get(owner) else { continue };
+            let by_table = mine.by_table.get(table);
             let at = (row.time_us.max(0) / 1000) as u64;
             let mut flattened = false;
-            for rule in by_table.into_iter().flatten().chain(any.into_iter().flatten()) {
+            let candidates = by_table
+                .into_iter()
+                .flat_map(|s| s.for_device(row.device))
+                .chain(mine.any_table.for_device(row.device));
+            for rule in candidates {
                 let Some(sel) = rule.when.selector() else { continue };
                 let tag_map = sel
                     .needs_tags()
@@ -82,7 +85,7 @@ pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>
                 if !sel.matches(row.device, tag_map) {
                     continue;
                 }
-                let name = scope(rule);
+                let name = names.entry(Arc::as_ptr(rule)).or_insert_with(|| scope(rule)).as_str();
                 let t = match &rule.when {
                     RuleKind::Threshold {
                         field,
@@ -100,7 +103,7 @@ pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>
                         };
                         state.metrics.rule_values.inc();
                         eval.threshold(
-                            &name,
+                            name,
                             row.device,
                             (raise, clear.as_ref()),
                             for_.as_millis() as u64,
@@ -108,7 +111,7 @@ pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>
                             v,
                         )
                     }
-                    RuleKind::Deadman { .. } => eval.seen(&name, row.device, at),
+                    RuleKind::Deadman { .. } => eval.seen(name, row.device, at),
                     RuleKind::Twin { .. } | RuleKind::Sql { .. } => None,
                 };
                 if let Some(t) = t {

@@ -15,14 +15,46 @@ pub fn scope(rule: &Rule) -> String {
     format!("{}/{}", rule.owner, rule.id)
 }
 
-/// The enabled cloud rules, indexed for ingest.
+/// Rules for some devices: those naming devices, by device; the others (all devices, or
+/// by tag) for every device.
+#[derive(Debug, Default)]
+pub struct Scoped {
+    by_device: HashMap<String, Vec<Arc<Rule>>>,
+    every: Vec<Arc<Rule>>,
+}
+
+impl Scoped {
+    fn add(&mut self, r: &Arc<Rule>) {
+        match r.when.selector() {
+            Some(sel) if !sel.devices.is_empty() => {
+                for d in &sel.devices {
+                    self.by_device.entry(d.clone()).or_default().push(r.clone());
+                }
+            }
+            _ => self.every.push(r.clone()),
+        }
+    }
+
+    /// The rules that may apply to `device`.
+    pub fn for_device<'a>(&'a self, device: &str) -> impl Iterator<Item = &'a Arc<Rule>> {
+        self.by_device.get(device).into_iter().flatten().chain(&self.every)
+    }
+}
+
+/// One owner's row rules: by table, and (deadman rules without one) on every table.
+#[derive(Debug, Default)]
+pub struct OwnerRules {
+    pub by_table: HashMap<String, Scoped>,
+    pub any_table: Scoped,
+}
+
+/// The enabled cloud rules, indexed for ingest: a row's candidates are found without
+/// allocating, and a rule naming devices is looked at only for those devices.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     pub(crate) by_scope: HashMap<String, Arc<Rule>>,
-    /// Threshold and deadman rules with a table, by (owner, table).
-    pub(crate) by_table: HashMap<(String, String), Vec<Arc<Rule>>>,
-    /// Deadman rules on any table, by owner.
-    pub(crate) any_table: HashMap<String, Vec<Arc<Rule>>>,
+    /// Threshold and deadman rules, by owner.
+    pub(crate) rows: HashMap<String, OwnerRules>,
 }
 
 impl RuleSet {
@@ -35,13 +67,14 @@ impl RuleSet {
             let r = Arc::new(r);
             match &r.when {
                 RuleKind::Threshold { table, .. } | RuleKind::Deadman { table: Some(table), .. } => set
-                    .by_table
-                    .entry((r.owner.clone(), table.clone()))
+                    .rows
+                    .entry(r.owner.clone())
                     .or_default()
-                    .push(r.clone()),
-                RuleKind::Deadman { table: None, .. } => {
-                    set.any_table.entry(r.owner.clone()).or_default().push(r.clone())
-                }
+                    .by_table
+                    .entry(table.clone())
+                    .or_default()
+                    .add(&r),
+                RuleKind::Deadman { table: None, .. } => set.rows.entry(r.owner.clone()).or_default().any_table.add(&r),
                 RuleKind::Twin { .. } | RuleKind::Sql { .. } => {}
             }
             set.by_scope.insert(scope(&r), r);

@@ -59,10 +59,70 @@ struct State {
     last: u64,
 }
 
+/// Per (rule, key) state, looked up by `&str` without allocating (the ingest path asks for
+/// every value).
+#[derive(Debug, Default)]
+struct States {
+    by_rule: HashMap<String, HashMap<String, State>>,
+    count: usize,
+}
+
+impl States {
+    fn get(&self, rule: &str, key: &str) -> Option<&State> {
+        self.by_rule.get(rule)?.get(key)
+    }
+
+    fn get_mut(&mut self, rule: &str, key: &str) -> Option<&mut State> {
+        self.by_rule.get_mut(rule)?.get_mut(key)
+    }
+
+    fn contains(&self, rule: &str, key: &str) -> bool {
+        self.get(rule, key).is_some()
+    }
+
+    fn insert(&mut self, rule: &str, key: &str, s: State) -> &mut State {
+        let keys = self.by_rule.entry(rule.to_owned()).or_default();
+        if !keys.contains_key(key) {
+            self.count += 1;
+        }
+        keys.entry(key.to_owned()).or_insert(s)
+    }
+
+    fn remove(&mut self, rule: &str, key: &str) {
+        if let Some(keys) = self.by_rule.get_mut(rule)
+            && keys.remove(key).is_some()
+        {
+            self.count -= 1;
+            if keys.is_empty() {
+                self.by_rule.remove(rule);
+            }
+        }
+    }
+
+    fn forget(&mut self, rule: &str) {
+        if let Some(keys) = self.by_rule.remove(rule) {
+            self.count -= keys.len();
+        }
+    }
+
+    /// The keys of `rule` that are active.
+    fn active(&self, rule: &str) -> Vec<String> {
+        self.by_rule
+            .get(rule)
+            .map(|keys| {
+                keys.iter()
+                    .filter(|(_, s)| s.phase == Phase::Active)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Every rule's per-key state.
 #[derive(Debug)]
 pub struct Evaluator {
-    states: HashMap<(String, String), State>,
+    states: States,
     max_states: usize,
     refused: u64,
 }
@@ -81,7 +141,7 @@ impl Evaluator {
     /// Tracks at most `max_states` (rule, key) pairs.
     pub fn new(max_states: usize) -> Self {
         Self {
-            states: HashMap::new(),
+            states: States::default(),
             max_states,
             refused: 0,
         }
@@ -94,20 +154,19 @@ impl Evaluator {
 
     /// (rule, key) pairs tracked.
     pub fn len(&self) -> usize {
-        self.states.len()
+        self.states.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
+        self.states.count == 0
     }
 
     fn state(&mut self, rule: &str, key: &str, init: State) -> Option<&mut State> {
-        let k = (rule.to_owned(), key.to_owned());
-        if !self.states.contains_key(&k) && self.states.len() >= self.max_states {
+        if !self.states.contains(rule, key) && self.states.count >= self.max_states {
             self.refused += 1;
             return None;
         }
-        Some(self.states.entry(k).or_insert(init))
+        Some(self.states.insert(rule, key, init))
     }
 
     /// An open alarm found at start: its rule clears it when the condition ends.
@@ -127,14 +186,14 @@ impl Evaluator {
     /// A person cleared the alarm: the rule starts over for that key (a deadman keeps
     /// its last sighting).
     pub fn reset(&mut self, rule: &str, key: &str) {
-        if let Some(s) = self.states.get_mut(&(rule.to_owned(), key.to_owned())) {
+        if let Some(s) = self.states.get_mut(rule, key) {
             s.phase = Phase::Normal;
         }
     }
 
     /// A rule was changed or deleted: its state goes.
     pub fn forget(&mut self, rule: &str) {
-        self.states.retain(|(r, _), _| r != rule);
+        self.states.forget(rule);
     }
 
     /// A threshold rule's value `v` of `key` at `at`. Raises once the raise condition has
@@ -151,8 +210,7 @@ impl Evaluator {
         v: f64,
     ) -> Option<Transition> {
         let holds = raise.holds(v);
-        let k = (rule.to_owned(), key.to_owned());
-        if !holds && !self.states.contains_key(&k) {
+        if !holds && !self.states.contains(rule, key) {
             return None; // Normal, and stays so: nothing kept.
         }
         let s = self.state(
@@ -193,7 +251,7 @@ impl Evaluator {
                 }
             }
             Phase::Normal | Phase::Pending(_) => {
-                self.states.remove(&k);
+                self.states.remove(&rule, &key);
                 None
             }
             Phase::Active => {
@@ -202,7 +260,7 @@ impl Evaluator {
                     return None;
                 }
                 s.phase = Phase::Normal;
-                self.states.remove(&k);
+                self.states.remove(&rule, &key);
                 Some(Transition::Clear {
                     message: match clear {
                         Some(c) => format!("{v} {}", describe(c)),
@@ -257,7 +315,7 @@ impl Evaluator {
     /// Whether a deadman's `key` has been silent for `after_ms` at `now`: raises once
     /// (at the time the silence reached `after_ms`). `gateway_up` false holds it back.
     pub fn silent(&mut self, rule: &str, key: &str, now: u64, after_ms: u64, gateway_up: bool) -> Option<Transition> {
-        let s = self.states.get_mut(&(rule.to_owned(), key.to_owned()))?;
+        let s = self.states.get_mut(rule, key)?;
         if s.phase == Phase::Active || !gateway_up || now.saturating_sub(s.last) < after_ms {
             return None;
         }
@@ -282,8 +340,7 @@ impl Evaluator {
         after_ms: u64,
         what: &str,
     ) -> Option<Transition> {
-        let k = (rule.to_owned(), key.to_owned());
-        let active = self.states.get(&k).is_some_and(|s| s.phase == Phase::Active);
+        let active = self.states.get(rule, key).is_some_and(|s| s.phase == Phase::Active);
         match holds {
             Some(since) if !active && now.saturating_sub(since) >= after_ms => {
                 let s = self.state(
@@ -304,7 +361,7 @@ impl Evaluator {
                 })
             }
             None if active => {
-                self.states.remove(&k);
+                self.states.remove(rule, key);
                 Some(Transition::Clear {
                     rule: rule.to_owned(),
                     key: key.to_owned(),
@@ -321,15 +378,9 @@ impl Evaluator {
     /// raised key it no longer returns clears.
     pub fn keyed(&mut self, rule: &str, present: &[(String, Option<f64>)], now: u64) -> Vec<Transition> {
         let mut out = Vec::new();
-        let active: Vec<String> = self
-            .states
-            .iter()
-            .filter(|((r, _), s)| r == rule && s.phase == Phase::Active)
-            .map(|((_, k), _)| k.clone())
-            .collect();
-        for key in active {
+        for key in self.states.active(rule) {
             if !present.iter().any(|(k, _)| *k == key) {
-                self.states.remove(&(rule.to_owned(), key.clone()));
+                self.states.remove(rule, &key);
                 out.push(Transition::Clear {
                     rule: rule.to_owned(),
                     key,

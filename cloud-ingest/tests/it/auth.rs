@@ -244,6 +244,19 @@ async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
     api.register("live-1", None).await;
     let device = TestDevice::start(cloud.devices.unwrap(), "live-1");
     wait_online(&api, "live-1").await;
+    // An alarm for the alarms page: a scheduled SQL rule that returns one row.
+    let (s, j) = api
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/users/{USER}/rules/busy-a"),
+            Some(ADMIN),
+            Some(
+                serde_json::json!({"when": {"type": "sql", "every": "10m", "key": ["device"],
+                "query": "SELECT device FROM devices WHERE device = 'sensor-a'"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{j}");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console.py");
     let base = format!("http://{}", cloud.addr);
     let out = tokio::task::spawn_blocking(move || {

@@ -122,6 +122,16 @@ try:
     box.send_keys("SELECT * FROM nowhere")
     driver.find_element(By.ID, "sql-run").click()
     wait(lambda: "nowhere" in driver.find_element(By.ID, "error").text, "the SQL error")
+    # Alarms: the one the test's SQL rule raised, acknowledged, then cleared (and gone from
+    # the open view); live, from the event stream.
+    driver.get(base + "/#/alarms")
+    alarm_rows = lambda: [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#alarm-rows tr")]
+    wait(lambda: any("busy-a" in r and "active" in r for r in alarm_rows()), "the active alarm")
+    button = lambda label: [b for b in driver.find_elements(By.CSS_SELECTOR, "#alarm-rows button") if b.text == label][0]
+    button("Acknowledge").click()
+    wait(lambda: any("busy-a" in r and "acknowledged" in r for r in alarm_rows()), "the acknowledgement")
+    button("Clear").click()
+    wait(lambda: not any("busy-a" in r for r in alarm_rows()), "the clear")
     # Admin: a gateway and a token, each secret shown once; the token can be revoked.
     driver.get(base + "/#/admin")
     wait(lambda: "gw1" in driver.find_element(By.ID, "gateways").text, "the gateway list")

@@ -146,6 +146,12 @@ impl CloudConfig {
         if self.twins.max_doc_bytes < 1024 {
             return bad("twins.max_doc_bytes must be at least 1024".into());
         }
+        if self.sql.retention.grace.is_some_and(|g| g < self.sql.timeout) {
+            return bad(
+                "sql.retention.grace must be at least sql.timeout: running queries must finish before their files go"
+                    .into(),
+            );
+        }
         for t in &self.tokens {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad(format!(
@@ -258,6 +264,16 @@ pub struct SqlSection {
     /// List the lake at start to catalog files whose announcement was lost.
     pub rebuild_on_start: bool,
     pub compaction: twinlake_query::compact::CompactionConfig,
+    /// How long each table is kept (none: forever); whole hour partitions past it are
+    /// deleted, their files after `grace` (at least `timeout`; default: `timeout`).
+    pub retention: twinlake_query::retention::RetentionConfig,
+}
+
+impl SqlSection {
+    /// How long expired files stay for queries already running.
+    pub fn retention_grace(&self) -> Duration {
+        self.retention.grace.unwrap_or(self.timeout).max(self.timeout)
+    }
 }
 
 impl Default for SqlSection {
@@ -277,6 +293,7 @@ impl Default for SqlSection {
             fresh_max_age: fresh.max_age,
             rebuild_on_start: true,
             compaction: Default::default(),
+            retention: Default::default(),
         }
     }
 }
@@ -479,6 +496,12 @@ mod tests {
             ("[sql]\npostgres_addr = \"nowhere\"", "invalid socket address"),
             ("[sql.compaction]\nevery = \"1s\"", "unknown field `every`"),
             ("[twins]\nmax_doc_bytes = 10", "at least 1024"),
+            (
+                "[sql]\ntimeout = \"60s\"\n[sql.retention]\ngrace = \"10s\"",
+                "at least sql.timeout",
+            ),
+            ("[sql.retention]\ntables = { t = \"soon\" }", "expected a duration"),
+            ("[webhooks]\nallow_networks = [\"10.0.0.0/33\"]", "invalid IP address"),
         ] {
             let e = CloudConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");

@@ -51,6 +51,11 @@ pub struct CloudMetrics {
     pub emails: Labelled,
     /// Endpoint calls refused because their address is not public (SSRF).
     pub webhooks_refused: Counter,
+    /// What retention deleted: hour partitions, their files, rows and bytes.
+    pub retention_partitions: Counter,
+    pub retention_files: Counter,
+    pub retention_rows: Counter,
+    pub retention_bytes: Counter,
     registry: Registry,
 }
 
@@ -242,6 +247,15 @@ impl Default for CloudMetrics {
                 "Endpoint calls refused because their address is not public (webhooks.allow_networks)",
                 Counter::default(),
             ),
+            retention_partitions: add(
+                r,
+                "retention_partitions",
+                "Hour partitions deleted by retention",
+                Counter::default(),
+            ),
+            retention_files: add(r, "retention_files", "Files deleted by retention", Counter::default()),
+            retention_rows: add(r, "retention_rows", "Rows deleted by retention", Counter::default()),
+            retention_bytes: add(r, "retention_bytes", "Bytes deleted by retention", Counter::default()),
             registry,
         }
     }

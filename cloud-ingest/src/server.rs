@@ -302,9 +302,22 @@ impl Cloud {
         // Tasks that hold the database through the SQL engine: awaited on the way out, so a
         // new start in the same process can open it.
         let mut sql_tasks = vec![tokio::spawn(crate::sql::catalogue(state.clone()))];
+        let counted = state.clone();
+        let expiry = twinlake_query::compact::Expiry {
+            retention: state.cfg.sql.retention.clone(),
+            grace: state.cfg.sql.retention_grace(),
+            on_expired: Arc::new(move |x: &twinlake_query::retention::Expired| {
+                let m = &counted.metrics;
+                m.retention_partitions.inc();
+                m.retention_files.inc_by(x.files as u64);
+                m.retention_rows.inc_by(x.rows);
+                m.retention_bytes.inc_by(x.bytes);
+            }),
+        };
         sql_tasks.push(tokio::spawn(twinlake_query::compact::run(
             state.sql.lake().clone(),
             state.cfg.sql.compaction.clone(),
+            Some(expiry),
             stop_rx.clone(),
         )));
         if let Some(l) = self.postgres {

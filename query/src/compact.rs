@@ -174,9 +174,29 @@ pub async fn compact_partition(
     Ok(Some(meta))
 }
 
-/// Compacts due partitions every `cfg.interval` until `stop` turns true.
-pub async fn run(lake: Arc<Lake>, cfg: CompactionConfig, mut stop: watch::Receiver<bool>) {
-    if !cfg.enabled {
+/// What the compactor's task does besides compacting: retention, and whom to tell.
+#[derive(Clone)]
+pub struct Expiry {
+    pub retention: crate::retention::RetentionConfig,
+    /// How long expired files stay for running queries.
+    pub grace: Duration,
+    /// Told of each partition retention took.
+    pub on_expired: Arc<dyn Fn(&crate::retention::Expired) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Expiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expiry")
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every `cfg.interval`: expires what retention says, then compacts due partitions, until
+/// `stop` turns true. (One task: a partition is never compacted and expired at once.)
+pub async fn run(lake: Arc<Lake>, cfg: CompactionConfig, expiry: Option<Expiry>, mut stop: watch::Receiver<bool>) {
+    let expiring = expiry.as_ref().is_some_and(|e| !e.retention.is_empty());
+    if !cfg.enabled && !expiring {
         return;
     }
     loop {
@@ -185,12 +205,19 @@ pub async fn run(lake: Arc<Lake>, cfg: CompactionConfig, mut stop: watch::Receiv
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = crate::now_us();
-        for (table, hour) in due(&lake, &cfg, now) {
-            if *stop.borrow() {
-                return;
+        if let Some(e) = expiry.as_ref().filter(|_| expiring) {
+            for x in crate::retention::pass(&lake, &e.retention, e.grace, now) {
+                (e.on_expired)(&x);
             }
-            if let Err(e) = compact_partition(&lake, &table, hour, &cfg).await {
-                warn!(%table, hour, error = %e, "compaction failed; will retry");
+        }
+        if cfg.enabled {
+            for (table, hour) in due(&lake, &cfg, now) {
+                if *stop.borrow() {
+                    return;
+                }
+                if let Err(e) = compact_partition(&lake, &table, hour, &cfg).await {
+                    warn!(%table, hour, error = %e, "compaction failed; will retry");
+                }
             }
         }
     }

@@ -255,6 +255,40 @@ impl Lake {
             .unwrap_or_default()
     }
 
+    /// The hours a table's fresh rows fall in.
+    pub fn fresh_hours(&self, table: &str) -> Vec<i64> {
+        let mut tables = self.lock();
+        let Some(t) = tables.get_mut(table) else {
+            return Vec::new();
+        };
+        t.seal_open();
+        t.chunks.iter().map(|c| c.hour_us).collect()
+    }
+
+    /// Takes a whole hour partition out (retention): out of the catalog durably, and out of
+    /// every later snapshot together with its fresh rows, in one step under the tables'
+    /// lock. Returns its files, for the caller to delete once running queries are done.
+    pub fn drop_partition(&self, table: &str, hour_us: i64) -> Result<Vec<Arc<FileMeta>>, QueryError> {
+        let mut tables = self.lock();
+        let Some(t) = tables.get_mut(table) else {
+            return Ok(Vec::new());
+        };
+        let files: Vec<Arc<FileMeta>> = t.files.values().filter(|f| f.hour_us == hour_us).cloned().collect();
+        let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+        // Remembered as replaced: a late announcement of the same file is not taken back.
+        self.catalog.swap(&[], &paths, Some("retention"))?;
+        for p in &paths {
+            t.files.remove(p);
+        }
+        t.schema = None;
+        t.seal_open();
+        let dropped = t.drop_chunks(|c| c.hour_us != hour_us);
+        self.counters
+            .fresh_rows_dropped
+            .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(files)
+    }
+
     /// Rows of fresh data held, over all tables.
     pub fn fresh_rows(&self) -> usize {
         self.lock().values().map(|t| t.fresh_rows).sum()

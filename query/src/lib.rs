@@ -20,6 +20,7 @@ pub mod lake;
 pub mod output;
 pub mod pg;
 pub mod provenance;
+pub mod retention;
 pub mod session;
 pub mod shape;
 pub mod system;

@@ -5,5 +5,6 @@
 mod clients;
 mod lake;
 mod props;
+mod retention;
 mod slt;
 mod support;

@@ -1,0 +1,130 @@
+//! Retention: the one place where data is deleted by the operator's explicit choice
+//! (`[sql.retention]`). Only whole hour partitions go, once their hour ended longer ago
+//! than the table's retention. A partition leaves the catalog (durably) and every query
+//! snapshot in one step, so a query sees all of it or none; its files are deleted after
+//! `grace` (at least the SQL timeout), so queries that planned before still finish. Runs in
+//! the compactor's task, so a partition is never compacted and expired at once. Fresh rows
+//! of expired hours are dropped at the same step. No rollups exist yet, so none has to be
+//! committed first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStoreExt;
+use tracing::{info, warn};
+
+use crate::QueryError;
+use crate::catalog;
+use crate::lake::Lake;
+
+const HOUR_US: i64 = 3_600_000_000;
+
+/// How long each table is kept.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Every table's retention unless it has its own; none: kept forever.
+    #[serde(with = "humantime_serde")]
+    pub default: Option<Duration>,
+    /// Per table; `"0s"` keeps that table forever.
+    pub tables: BTreeMap<String, humantime_serde::Serde<Duration>>,
+    /// Expired files stay this long for queries already running; at least the SQL timeout
+    /// (the config refuses less).
+    #[serde(with = "humantime_serde")]
+    pub grace: Option<Duration>,
+}
+
+impl RetentionConfig {
+    /// `table`'s retention; none: kept forever.
+    pub fn of(&self, table: &str) -> Option<Duration> {
+        match self.tables.get(table) {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(**d),
+            None => self.default.filter(|d| !d.is_zero()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.of_any().is_none()
+    }
+
+    fn of_any(&self) -> Option<Duration> {
+        self.default
+            .filter(|d| !d.is_zero())
+            .or_else(|| self.tables.values().map(|d| **d).find(|d| !d.is_zero()))
+    }
+}
+
+/// A partition deleted by retention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expired {
+    pub table: String,
+    pub hour_us: i64,
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The partitions wholly past their table's retention at `now_us`: `(table, hour)`.
+pub fn due(lake: &Lake, cfg: &RetentionConfig, now_us: i64) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for table in lake.table_names() {
+        let Some(keep) = cfg.of(&table) else { continue };
+        let cutoff = now_us.saturating_sub(keep.as_micros().min(i64::MAX as u128) as i64);
+        let hours: BTreeSet<i64> = lake
+            .files(&table)
+            .iter()
+            .map(|f| f.hour_us)
+            .chain(lake.fresh_hours(&table))
+            .filter(|h| h.saturating_add(HOUR_US) <= cutoff)
+            .collect();
+        out.extend(hours.into_iter().map(|h| (table.clone(), h)));
+    }
+    out
+}
+
+/// Expires one partition: out of the catalog and every new snapshot at once, its files
+/// deleted from the object store after `grace`.
+pub fn expire_partition(lake: &Arc<Lake>, table: &str, hour_us: i64, grace: Duration) -> Result<Expired, QueryError> {
+    let files = lake.drop_partition(table, hour_us)?;
+    let expired = Expired {
+        table: table.to_owned(),
+        hour_us,
+        files: files.len(),
+        rows: files.iter().map(|f| f.rows).sum(),
+        bytes: files.iter().map(|f| f.bytes).sum(),
+    };
+    if !files.is_empty() {
+        info!(
+            table,
+            hour_us,
+            files = expired.files,
+            rows = expired.rows,
+            "retention expired a partition"
+        );
+    }
+    let (store, prefix) = lake.store();
+    let (store, prefix) = (store.clone(), prefix.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        for f in files {
+            if let Err(e) = store.delete(&catalog::full_path(&prefix, &f.path)).await {
+                warn!(path = %f.path, error = %e, "cannot delete an expired file");
+            }
+        }
+    });
+    Ok(expired)
+}
+
+/// One pass: every partition due, expired; what went, for the caller to count.
+pub fn pass(lake: &Arc<Lake>, cfg: &RetentionConfig, grace: Duration, now_us: i64) -> Vec<Expired> {
+    let mut out = Vec::new();
+    for (table, hour) in due(lake, cfg, now_us) {
+        match expire_partition(lake, &table, hour, grace) {
+            Ok(e) => out.push(e),
+            Err(e) => warn!(%table, hour, error = %e, "retention could not expire a partition; will retry"),
+        }
+    }
+    out
+}

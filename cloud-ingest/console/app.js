@@ -344,6 +344,7 @@ async function route() {
     } else if (parts[0] === "alarms") {
       $("alarms").hidden = false;
       await loadAlarms();
+      await loadRules();
     } else if (parts[0] === "sql") {
       $("sql").hidden = false;
       await listTables();
@@ -368,7 +369,10 @@ async function whoami() {
   document.body.classList.toggle("can-desire", has("write-desired"));
   document.body.classList.toggle("can-admin", has("admin"));
   document.body.classList.toggle("can-control", has("control"));
-  if (me.user) $("reg-user").value = me.user;
+  if (me.user) {
+    $("reg-user").value = me.user;
+    $("rules-user").value = me.user;
+  }
 }
 
 async function start() {
@@ -471,6 +475,52 @@ async function loadAlarms() {
   $("alarm-rows").replaceChildren(body);
 }
 $("alarm-state").addEventListener("change", () => loadAlarms().catch(showError));
+
+// Rules of one user: listed, deleted, and created from JSON (admin scope; fixed ones from
+// the config file cannot be changed here).
+const rulesPath = () => `/v1/users/${encodeURIComponent($("rules-user").value.trim())}/rules`;
+async function loadRules() {
+  if (!$("rules-user").value.trim()) return;
+  const rules = await (await api(rulesPath())).json();
+  const body = document.createDocumentFragment();
+  for (const r of rules) {
+    const tr = document.createElement("tr");
+    const acts = (r.actions || []).map((a) => Object.keys(a).filter((k) => k !== "on").join("+")).join(", ");
+    tr.append(cell(r.id), cell(JSON.stringify(r.when)), cell(r.severity), cell(acts), cell(r.description || ""));
+    const td = document.createElement("td");
+    if (!r.fixed) {
+      const b = document.createElement("button");
+      b.textContent = "Delete";
+      b.className = "admin-only";
+      b.addEventListener("click", async () => {
+        showError(null);
+        try {
+          await api(`${rulesPath()}/${encodeURIComponent(r.id)}`, { method: "DELETE" });
+          await loadRules();
+        } catch (e) { showError(e); }
+      });
+      td.append(b);
+    } else {
+      td.textContent = "fixed";
+    }
+    tr.append(td);
+    body.append(tr);
+  }
+  $("rule-rows").replaceChildren(body);
+}
+$("rules-load").addEventListener("click", () => loadRules().catch(showError));
+$("rule-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showError(null);
+  try {
+    await api(`${rulesPath()}/${encodeURIComponent($("rule-id").value.trim())}`, {
+      method: "PUT",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(JSON.parse($("rule-json").value)),
+    });
+    await loadRules();
+  } catch (err) { showError(err); }
+});
 
 // SQL: POST /v1/sql; results as a table (text only), or as a CSV file.
 async function sql(text, format) {

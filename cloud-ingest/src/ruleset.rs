@@ -111,6 +111,12 @@ impl Rules {
             }
             r.check(cfg.min_sql_every)
                 .map_err(|e| Error::Config(format!("rules.fixed {:?}: {e}", r.id)))?;
+            if r.gateway.is_some() {
+                return Err(Error::Config(format!(
+                    "rules.fixed {:?}: rules on gateways are not supported yet",
+                    r.id
+                )));
+            }
             fixed.push(r.clone());
         }
         let rules = Self {

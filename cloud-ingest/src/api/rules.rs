@@ -70,6 +70,11 @@ async fn put_rule(p: Principal, State(s): St, Path((u, r)): Path<(String, String
     rule.owner = u.clone();
     rule.check(s.cfg.rules.min_sql_every)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if rule.gateway.is_some() {
+        return Err(ApiError::bad_request(
+            "gateway: rules evaluated on a gateway are not supported yet; leave it out",
+        ));
+    }
     for a in &rule.actions {
         if a.email.is_some() && s.cfg.email.smtp_url.is_empty() {
             return Err(ApiError::bad_request(

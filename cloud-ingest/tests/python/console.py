@@ -132,6 +132,17 @@ try:
     wait(lambda: any("busy-a" in r and "acknowledged" in r for r in alarm_rows()), "the acknowledgement")
     button("Clear").click()
     wait(lambda: not any("busy-a" in r for r in alarm_rows()), "the clear")
+    # Rules: listed for a user, one created from JSON, then deleted.
+    rule_rows = lambda: [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#rule-rows tr")]
+    driver.find_element(By.ID, "rules-user").send_keys("acme")
+    driver.find_element(By.ID, "rules-load").click()
+    wait(lambda: any("busy-a" in r for r in rule_rows()), "the rule list")
+    driver.find_element(By.ID, "rule-id").send_keys("console-rule")
+    driver.find_element(By.CSS_SELECTOR, "#rule-form button").click()
+    wait(lambda: any("console-rule" in r and "threshold" in r for r in rule_rows()), "the new rule")
+    row = [r for r in driver.find_elements(By.CSS_SELECTOR, "#rule-rows tr") if "console-rule" in r.text][0]
+    row.find_element(By.TAG_NAME, "button").click()
+    wait(lambda: not any("console-rule" in r for r in rule_rows()), "the deleted rule")
     # Admin: a gateway and a token, each secret shown once; the token can be revoked.
     driver.get(base + "/#/admin")
     wait(lambda: "gw1" in driver.find_element(By.ID, "gateways").text, "the gateway list")

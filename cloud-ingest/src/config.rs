@@ -12,7 +12,7 @@ use twinlake_edge::EdgeConfig;
 
 mod rules;
 
-pub use rules::{EmailSection, RulesSection};
+pub use rules::{EmailSection, MqttActionsSection, RulesSection};
 
 use crate::Error;
 use crate::tokens::Scope;
@@ -44,6 +44,7 @@ pub struct CloudConfig {
     pub sql: SqlSection,
     pub rules: RulesSection,
     pub email: EmailSection,
+    pub mqtt_actions: MqttActionsSection,
 }
 
 impl Default for CloudConfig {
@@ -72,6 +73,7 @@ impl Default for CloudConfig {
             sql: SqlSection::default(),
             rules: Default::default(),
             email: Default::default(),
+            mqtt_actions: Default::default(),
         }
     }
 }

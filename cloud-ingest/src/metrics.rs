@@ -49,6 +49,8 @@ pub struct CloudMetrics {
     pub rule_actions: Labelled,
     /// Alarm emails by `outcome` (sent, failed, dropped, rate_limited).
     pub emails: Labelled,
+    /// Alarm MQTT publishes by `outcome` (sent, failed, dropped).
+    pub mqtt_actions: Labelled,
     /// Endpoint calls refused because their address is not public (SSRF).
     pub webhooks_refused: Counter,
     /// What retention deleted: hour partitions, their files, rows and bytes.
@@ -232,7 +234,7 @@ impl Default for CloudMetrics {
                 "rule_actions",
                 "Rule actions queued or done",
                 "action",
-                &["webhook", "email", "desired", "desired_failed"],
+                &["webhook", "email", "mqtt", "desired", "desired_failed"],
             ),
             emails: labelled(
                 r,
@@ -240,6 +242,13 @@ impl Default for CloudMetrics {
                 "Alarm emails",
                 "outcome",
                 &["sent", "failed", "dropped", "rate_limited"],
+            ),
+            mqtt_actions: labelled(
+                r,
+                "alarm_mqtt_publishes",
+                "Alarm MQTT publishes",
+                "outcome",
+                &["sent", "failed", "dropped"],
             ),
             webhooks_refused: add(
                 r,

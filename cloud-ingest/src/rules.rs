@@ -15,6 +15,7 @@
 
 pub mod alarms;
 pub mod email;
+pub mod mqtt;
 mod table;
 mod tick;
 

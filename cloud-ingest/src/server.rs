@@ -159,6 +159,7 @@ impl Cloud {
             webhook_policy,
             rules,
             email_wake: Notify::new(),
+            mqtt_wake: Notify::new(),
             stop: watch::channel(false).0,
             sql,
             catalog_wake: Notify::new(),
@@ -299,6 +300,7 @@ impl Cloud {
         tokio::spawn(crate::control::record_reads(state.clone()));
         tokio::spawn(crate::rules::run(state.clone()));
         tokio::spawn(crate::rules::email::run(state.clone()));
+        tokio::spawn(crate::rules::mqtt::run(state.clone()));
         // Tasks that hold the database through the SQL engine: awaited on the way out, so a
         // new start in the same process can open it.
         let mut sql_tasks = vec![tokio::spawn(crate::sql::catalogue(state.clone()))];

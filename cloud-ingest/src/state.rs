@@ -32,6 +32,8 @@ pub struct AppState {
     pub rules: crate::ruleset::Rules,
     /// Wakes the alarm email sender.
     pub email_wake: Notify,
+    /// Wakes the alarm MQTT publisher.
+    pub mqtt_wake: Notify,
     /// The in-process pipeline's gateway id (devices registered without a gateway).
     pub local_gateway: String,
     pub edge_metrics: Option<Arc<twinlake_edge::metrics::Metrics>>,

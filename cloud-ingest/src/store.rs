@@ -14,6 +14,7 @@
 //! | `rules` | `user/rule` | [`twinlake_rules::Rule`] JSON |
 //! | `alarms` | u64 id | [`twinlake_rules::Alarm`] JSON, open and cleared (history) |
 //! | `emails` | u64 sequence | [`crate::rules::email::EmailJob`] JSON: alarm emails waiting |
+//! | `mqtt_out` | u64 sequence | [`crate::rules::mqtt::MqttJob`] JSON: alarm publishes waiting |
 //! | `open_alarms` | `user/rule/key` | the id of the open alarm for that (rule, key) |
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 pub const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
 pub const ALARMS: TableDefinition<u64, &[u8]> = TableDefinition::new("alarms");
 pub const EMAILS: TableDefinition<u64, &[u8]> = TableDefinition::new("emails");
+pub const MQTT_OUT: TableDefinition<u64, &[u8]> = TableDefinition::new("mqtt_out");
 pub const OPEN_ALARMS: TableDefinition<&str, u64> = TableDefinition::new("open_alarms");
 
 /// A registered device.
@@ -158,6 +160,7 @@ impl Db {
         tx.open_table(ALARMS)?;
         tx.open_table(OPEN_ALARMS)?;
         tx.open_table(EMAILS)?;
+        tx.open_table(MQTT_OUT)?;
         tx.commit()?;
         Ok(Self(Arc::new(db)))
     }

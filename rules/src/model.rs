@@ -229,7 +229,8 @@ impl Trigger {
 }
 
 /// One thing to do when an alarm is raised or cleared: exactly one of `webhook` (an
-/// endpoint's name), `email` (addresses) or `desired` (values set in the device's twin).
+/// endpoint's name), `email` (addresses), `mqtt` (a topic under the owner's prefix) or
+/// `desired` (values set in the device's twin).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
@@ -239,6 +240,8 @@ pub struct Action {
     pub webhook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<Map<String, Json>>,
     /// For `desired`: which of the owner's devices (the alarm's own when left out).
@@ -310,9 +313,17 @@ impl Selector {
 
 impl Action {
     fn check(&self) -> Result<(), RuleError> {
-        let set = [self.webhook.is_some(), self.email.is_some(), self.desired.is_some()];
+        let set = [
+            self.webhook.is_some(),
+            self.email.is_some(),
+            self.mqtt.is_some(),
+            self.desired.is_some(),
+        ];
         if set.iter().filter(|s| **s).count() != 1 {
-            return Err(invalid("an action has exactly one of webhook, email or desired"));
+            return Err(invalid("an action has exactly one of webhook, email, mqtt or desired"));
+        }
+        if let Some(t) = &self.mqtt {
+            check_topic(t)?;
         }
         if let Some(w) = &self.webhook {
             check_name("webhook", w, MAX_ID)?;
@@ -337,6 +348,21 @@ impl Action {
             check_name("device", dev, MAX_ID)?;
         }
         Ok(())
+    }
+}
+
+/// An MQTT topic suffix: 1 to 128 bytes of levels without wildcards, empty levels or
+/// control characters (the server puts it under the owner's prefix).
+pub fn check_topic(t: &str) -> Result<(), RuleError> {
+    let ok = (1..=MAX_NAME).contains(&t.len())
+        && !t.chars().any(|c| c.is_control() || c == '+' || c == '#')
+        && t.split('/').all(|l| !l.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "mqtt: {t:?} is not a topic (1 to {MAX_NAME} bytes, no wildcards or empty levels)"
+        )))
     }
 }
 
@@ -459,6 +485,9 @@ mod tests {
             serde_json::json!({"when": {"type": "deadman", "after": "5m"}, "actions": [{"email": ["a@b.c\r\nBcc: x@y.z"]}]}),
             serde_json::json!({"when": {"type": "deadman", "after": "5m"}, "actions": [{"email": ["<a@b.c>"]}]}),
             serde_json::json!({"when": {"type": "deadman", "after": "5m", "devices": {"devices": ["a/b"]}}}),
+            serde_json::json!({"when": {"type": "deadman", "after": "5m"}, "actions": [{"mqtt": "a/#"}]}),
+            serde_json::json!({"when": {"type": "deadman", "after": "5m"}, "actions": [{"mqtt": "a//b"}]}),
+            serde_json::json!({"when": {"type": "deadman", "after": "5m"}, "actions": [{"mqtt": "/a"}]}),
         ];
         for c in cases {
             assert!(parse(c.clone()).check(Duration::from_secs(10)).is_err(), "{c}");

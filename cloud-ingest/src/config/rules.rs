@@ -75,3 +75,35 @@ impl Default for EmailSection {
         }
     }
 }
+
+/// `[mqtt_actions]`: the broker alarm actions publish to (QoS 1, the alarm as JSON, at
+/// `<topic_prefix>/<owner>/<the action's topic>`, so users cannot write each other's).
+/// Without `url`, rules with mqtt actions are refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttActionsSection {
+    /// `mqtt://host:1883` (plain TCP: a broker on a private network).
+    pub url: String,
+    pub client_id: String,
+    pub topic_prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    pub max_queued: u64,
+}
+
+impl Default for MqttActionsSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            client_id: "twinlake-cloud-alarms".into(),
+            topic_prefix: "twinlake/alarms".into(),
+            timeout: Duration::from_secs(10),
+            attempts: 5,
+            retry_min: Duration::from_secs(1),
+            max_queued: 10_000,
+        }
+    }
+}

@@ -52,6 +52,7 @@ pub fn to_json(a: &Alarm, change: Option<Change>) -> Json {
 struct Wake {
     webhook: bool,
     email: bool,
+    mqtt: bool,
 }
 
 impl Wake {
@@ -59,6 +60,7 @@ impl Wake {
         Self {
             webhook: self.webhook || o.webhook,
             email: self.email || o.email,
+            mqtt: self.mqtt || o.mqtt,
         }
     }
 
@@ -68,6 +70,9 @@ impl Wake {
         }
         if self.email {
             state.email_wake.notify_one();
+        }
+        if self.mqtt {
+            state.mqtt_wake.notify_one();
         }
     }
 }
@@ -225,6 +230,11 @@ fn actions(state: &AppState, t: &mut TwinTxn<'_>, rule: &Rule, a: &Alarm, raised
             crate::rules::email::enqueue(state, t.transaction(), to, a, change)?;
             state.metrics.rule_actions.get_or_create(&action_label("email")).inc();
             queued.email = true;
+        }
+        if let Some(topic) = &action.mqtt {
+            crate::rules::mqtt::enqueue(state, t.transaction(), topic, a, change)?;
+            state.metrics.rule_actions.get_or_create(&action_label("mqtt")).inc();
+            queued.mqtt = true;
         }
         if let Some(desired) = &action.desired {
             let Some(device) = action.device.as_ref().or(a.device.as_ref()) else {

@@ -422,3 +422,67 @@ async fn webhooks_to_private_addresses_are_refused_unless_allowed() {
     assert!(calls.try_recv().is_err(), "nothing reached the receiver");
     cloud.stop().await;
 }
+
+/// An mqtt action publishes the alarm (QoS 1) to a real Mosquitto, under the configured
+/// prefix and the owner's name: raised, then cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_mqtt_action_publishes_the_alarm_under_the_owners_topics() {
+    let broker = crate::mosquitto::Mosquitto::start(0);
+    let mut sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "twinlake/alarms/#",
+            "-v",
+            "-q",
+            "1",
+            "-C",
+            "2",
+            "-W",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (Debian's mosquitto-clients)");
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = rules_config(dir.path());
+    cfg.mqtt_actions.url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let cloud = TestCloud::start(cfg).await;
+    let api = &cloud.api();
+    api.register("m1", None).await;
+    put_rule(
+        api,
+        "hot-mqtt",
+        json!({"when": {"type": "threshold", "table": "telemetry", "field": "temp", "raise": {"op": ">", "value": 35}},
+               "actions": [{"mqtt": "site/hot"}]}),
+    )
+    .await;
+    let now = twinlake_twin::now_ms();
+    let body = json!([{"ts": now, "values": {"temp": 40}}, {"ts": now + 1, "values": {"temp": 20}}]);
+    telemetry(&cloud, "m1", body).await;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        sub.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        let _ = sub.wait();
+        text
+    })
+    .await
+    .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, change) in lines.iter().zip(["raised", "cleared"]) {
+        let (topic, payload) = line.split_once(' ').unwrap();
+        assert_eq!(topic, format!("twinlake/alarms/{USER}/site/hot"));
+        let a: Json = serde_json::from_str(payload).unwrap();
+        assert_eq!(
+            (a["change"].as_str(), a["device"].as_str()),
+            (Some(change), Some("m1")),
+            "{a}"
+        );
+    }
+    cloud.stop().await;
+}

@@ -170,6 +170,45 @@ async function showDevice(u, d) {
   if (document.activeElement !== $("desired-edit")) $("desired-edit").value = pretty(t.state && t.state.desired);
 }
 
+// The device's properties: listed, set (JSON) and deleted with the control scope.
+const propsPath = () => `/v3/users/${encodeURIComponent(current.user)}/devices/${encodeURIComponent(current.device)}/properties`;
+async function loadProperties() {
+  const props = await (await api(propsPath())).json();
+  const body = document.createDocumentFragment();
+  for (const p of props) {
+    const tr = document.createElement("tr");
+    tr.append(cell(p.property), cell(JSON.stringify(p.value)));
+    const td = document.createElement("td");
+    const b = document.createElement("button");
+    b.textContent = "Delete";
+    b.className = "control-only";
+    b.addEventListener("click", async () => {
+      showError(null);
+      try {
+        await api(`${propsPath()}/${encodeURIComponent(p.property)}`, { method: "DELETE" });
+        await loadProperties();
+      } catch (e) { showError(e); }
+    });
+    td.append(b);
+    tr.append(td);
+    body.append(tr);
+  }
+  $("properties").replaceChildren(body);
+}
+$("property-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showError(null);
+  try {
+    const value = JSON.parse($("prop-value").value);
+    await api(`${propsPath()}/${encodeURIComponent($("prop-name").value.trim())}`, {
+      method: "PUT",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ value }),
+    });
+    await loadProperties();
+  } catch (err) { showError(err); }
+});
+
 // The resources the device described (`fn`: 1 run, 2 input, 3 output, 4 input/output),
 // each with the control its kind calls for, through /v3/…/resources/{path}.
 const KINDS = { 1: "run", 2: "input", 3: "output", 4: "input/output" };
@@ -337,6 +376,7 @@ async function route() {
     if (parts[0] === "device" && parts.length === 3) {
       $("device").hidden = false;
       await showDevice(parts[1], parts[2]);
+      if (current && routed === key(current)) await loadProperties();
     } else if (parts[0] === "admin") {
       $("admin").hidden = false;
       $("secret").hidden = true;

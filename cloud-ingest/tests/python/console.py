@@ -81,6 +81,14 @@ try:
     wait(lambda: '"led": true' in driver.find_element(By.ID, "desired").text, "the saved desired state")
     assert int(driver.find_element(By.ID, "version").text) > version
     assert '"led": true' in driver.find_element(By.ID, "delta").text, "the device has not reported it yet"
+    # A property set as JSON, listed, then deleted.
+    driver.find_element(By.ID, "prop-name").send_keys("calibration")
+    driver.find_element(By.ID, "prop-value").send_keys('{"offset": 0.5}')
+    driver.find_element(By.CSS_SELECTOR, "#property-form button").click()
+    prop_rows = lambda: [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#properties tr")]
+    wait(lambda: any("calibration" in r and '"offset":0.5' in r for r in prop_rows()), "the property")
+    [r for r in driver.find_elements(By.CSS_SELECTOR, "#properties tr") if "calibration" in r.text][0].find_element(By.TAG_NAME, "button").click()
+    wait(lambda: not prop_rows(), "the deleted property")
     # A connected device's resources: read an output, write an input.
     driver.get(base + "/#/device/acme/live-1")
     wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#resources tr[data-resource='temp']"), "the resources")

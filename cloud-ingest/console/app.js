@@ -209,6 +209,38 @@ $("property-form").addEventListener("submit", async (e) => {
   } catch (err) { showError(err); }
 });
 
+// The user's endpoints, each callable with a JSON payload (control scope): what a device's
+// CALL_ENDPOINT does, queued and delivered by the cloud.
+async function loadEndpoints() {
+  const u = encodeURIComponent(current.user);
+  const eps = await (await api(`/v1/users/${u}/endpoints`)).json();
+  const body = document.createDocumentFragment();
+  for (const ep of eps) {
+    const tr = document.createElement("tr");
+    tr.append(cell(ep.name), cell(ep.method || "POST"), cell(ep.url));
+    const td = document.createElement("td");
+    const b = document.createElement("button");
+    b.textContent = "Call";
+    b.className = "control-only";
+    b.addEventListener("click", async () => {
+      showError(null);
+      try {
+        const payload = JSON.parse($("endpoint-payload").value || "{}");
+        await api(`/v1/users/${u}/endpoints/${encodeURIComponent(ep.name)}/call`, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify(payload),
+        });
+        td.dataset.called = "queued";
+      } catch (e) { showError(e); }
+    });
+    td.append(b);
+    tr.append(td);
+    body.append(tr);
+  }
+  $("endpoints").replaceChildren(body);
+}
+
 // The resources the device described (`fn`: 1 run, 2 input, 3 output, 4 input/output),
 // each with the control its kind calls for, through /v3/…/resources/{path}.
 const KINDS = { 1: "run", 2: "input", 3: "output", 4: "input/output" };
@@ -376,7 +408,10 @@ async function route() {
     if (parts[0] === "device" && parts.length === 3) {
       $("device").hidden = false;
       await showDevice(parts[1], parts[2]);
-      if (current && routed === key(current)) await loadProperties();
+      if (current && routed === key(current)) {
+        await loadProperties();
+        await loadEndpoints();
+      }
     } else if (parts[0] === "admin") {
       $("admin").hidden = false;
       $("secret").hidden = true;

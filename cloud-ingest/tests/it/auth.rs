@@ -257,6 +257,10 @@ async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
         )
         .await;
     assert_eq!(s, reqwest::StatusCode::OK, "{j}");
+    // An endpoint the console calls from the device page.
+    let (hook, mut calls) = receiver().await;
+    api.put_endpoint("console-hook", serde_json::json!({ "url": hook }))
+        .await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console.py");
     let base = format!("http://{}", cloud.addr);
     let out = tokio::task::spawn_blocking(move || {
@@ -280,6 +284,11 @@ async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
         device.led.load(std::sync::atomic::Ordering::SeqCst),
         "the console's write reached the device"
     );
+    let (_, body) = tokio::time::timeout(std::time::Duration::from_secs(20), calls.recv())
+        .await
+        .expect("the console's endpoint call")
+        .unwrap();
+    assert_eq!(body, r#"{"from":"console"}"#);
     device.stop();
     cloud.stop().await;
 }

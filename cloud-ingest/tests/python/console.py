@@ -89,6 +89,13 @@ try:
     wait(lambda: any("calibration" in r and '"offset":0.5' in r for r in prop_rows()), "the property")
     [r for r in driver.find_elements(By.CSS_SELECTOR, "#properties tr") if "calibration" in r.text][0].find_element(By.TAG_NAME, "button").click()
     wait(lambda: not prop_rows(), "the deleted property")
+    # The user's endpoint, called with a payload (the test's receiver checks it arrived).
+    wait(lambda: "console-hook" in driver.find_element(By.ID, "endpoints").text, "the endpoint list")
+    payload = driver.find_element(By.ID, "endpoint-payload")
+    payload.clear()
+    payload.send_keys('{"from": "console"}')
+    driver.find_element(By.CSS_SELECTOR, "#endpoints button").click()
+    wait(lambda: driver.find_element(By.CSS_SELECTOR, "#endpoints td:last-child").get_attribute("data-called") == "queued", "the call")
     # A connected device's resources: read an output, write an input.
     driver.get(base + "/#/device/acme/live-1")
     wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#resources tr[data-resource='temp']"), "the resources")

@@ -232,6 +232,7 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
     if let Ok(mut s) = state.gateways.sessions.lock() {
         s.insert(gateway.clone(), session.clone());
     }
+    state.gateways.note_link(&gateway, true);
     state.metrics.gateways_linked.inc();
     info!(%gateway, session = %session_id, acked, "gateway linked");
 
@@ -298,6 +299,8 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
         && s.get(&gateway).is_some_and(|cur| cur.epoch == session.epoch)
     {
         s.remove(&gateway);
+        drop(s);
+        state.gateways.note_link(&gateway, false);
     }
     state.metrics.gateways_linked.dec();
     info!(%gateway, "gateway link closed");

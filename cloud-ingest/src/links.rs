@@ -53,6 +53,8 @@ pub struct Gateways {
     pub registry_version: watch::Sender<u64>,
     /// What each gateway may write rows for (see [`crate::provenance`]).
     pub allowed: AllowedCache,
+    /// When each gateway's last link closed (ms), while it is not linked.
+    pub(crate) unlinked_since: Mutex<HashMap<String, u64>>,
 }
 
 impl Default for Gateways {
@@ -64,6 +66,7 @@ impl Default for Gateways {
             next_epoch: AtomicU64::new(1),
             registry_version: watch::channel(0).0,
             allowed: Default::default(),
+            unlinked_since: Mutex::default(),
         }
     }
 }
@@ -72,6 +75,27 @@ impl Gateways {
     /// Whether `gateway` is linked now.
     pub fn is_linked(&self, gateway: &str) -> bool {
         self.sessions.lock().is_ok_and(|s| s.contains_key(gateway))
+    }
+
+    /// Since when `gateway` has not been linked (ms): when its link closed, or `started`
+    /// (this process's start) if it has not linked since; none while it is linked.
+    pub fn unlinked_since(&self, gateway: &str, started: u64) -> Option<u64> {
+        if self.is_linked(gateway) {
+            return None;
+        }
+        let since = self.unlinked_since.lock().ok().and_then(|m| m.get(gateway).copied());
+        Some(since.unwrap_or(started))
+    }
+
+    /// Notes a link opening (`linked`) or closing.
+    pub(crate) fn note_link(&self, gateway: &str, linked: bool) {
+        if let Ok(mut m) = self.unlinked_since.lock() {
+            if linked {
+                m.remove(gateway);
+            } else {
+                m.insert(gateway.to_owned(), twinlake_twin::now_ms());
+            }
+        }
     }
 }
 

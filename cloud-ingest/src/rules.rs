@@ -113,7 +113,7 @@ pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>
                         )
                     }
                     RuleKind::Deadman { .. } => eval.seen(name, row.device, at),
-                    RuleKind::Twin { .. } | RuleKind::Sql { .. } => None,
+                    RuleKind::Twin { .. } | RuleKind::Gateway { .. } | RuleKind::Sql { .. } => None,
                 };
                 if let Some(t) = t {
                     out.push((rule.clone(), t));

@@ -75,7 +75,7 @@ impl RuleSet {
                     .or_default()
                     .add(&r),
                 RuleKind::Deadman { table: None, .. } => set.rows.entry(r.owner.clone()).or_default().any_table.add(&r),
-                RuleKind::Twin { .. } | RuleKind::Sql { .. } => {}
+                RuleKind::Twin { .. } | RuleKind::Gateway { .. } | RuleKind::Sql { .. } => {}
             }
             set.by_scope.insert(scope(&r), r);
         }

@@ -113,6 +113,13 @@ pub enum RuleKind {
         #[serde(with = "humantime_serde")]
         after: Duration,
     },
+    /// A gateway of the owner's devices has not been linked to the cloud for `after`: the
+    /// alarm a deadman leaves to it (deadman rules do not fire while a gateway is away).
+    Gateway {
+        gateway: String,
+        #[serde(with = "humantime_serde")]
+        after: Duration,
+    },
     /// A query run every `every`: each row it returns raises (or keeps) an alarm keyed by
     /// the `key` columns; a key no longer returned clears.
     Sql {
@@ -129,17 +136,23 @@ impl RuleKind {
             Self::Threshold { .. } => "threshold",
             Self::Deadman { .. } => "deadman",
             Self::Twin { .. } => "twin",
+            Self::Gateway { .. } => "gateway",
             Self::Sql { .. } => "sql",
         }
     }
 
-    /// The devices it is for (none for scheduled SQL).
+    /// Whether its alarms are about a device (the key is one).
+    pub fn is_per_device(&self) -> bool {
+        matches!(self, Self::Threshold { .. } | Self::Deadman { .. } | Self::Twin { .. })
+    }
+
+    /// The devices it is for (none for scheduled SQL and gateway rules).
     pub fn selector(&self) -> Option<&Selector> {
         match self {
             Self::Threshold { devices, .. } | Self::Deadman { devices, .. } | Self::Twin { devices, .. } => {
                 Some(devices)
             }
-            Self::Sql { .. } => None,
+            Self::Gateway { .. } | Self::Sql { .. } => None,
         }
     }
 }
@@ -428,6 +441,10 @@ impl Rule {
                 devices.check()?;
                 check_duration("after", *after, Duration::from_secs(1))
             }
+            RuleKind::Gateway { gateway, after } => {
+                check_name("gateway", gateway, MAX_ID)?;
+                check_duration("after", *after, Duration::from_secs(1))
+            }
             RuleKind::Sql { query, every, key } => {
                 if query.trim().is_empty() || query.len() > MAX_SQL {
                     return Err(invalid(format!("query: 1 to {MAX_SQL} bytes")));
@@ -486,6 +503,7 @@ mod tests {
             serde_json::json!({"when": {"type": "deadman", "after": "5m"}, "actions": [{"email": ["<a@b.c>"]}]}),
             serde_json::json!({"when": {"type": "deadman", "after": "5m", "devices": {"devices": ["a/b"]}}}),
             serde_json::json!({"when": {"type": "deadman", "after": "5m"}, "actions": [{"mqtt": "a/#"}]}),
+            serde_json::json!({"when": {"type": "gateway", "gateway": "a/b", "after": "5m"}}),
             serde_json::json!({"when": {"type": "deadman", "after": "5m"}, "actions": [{"mqtt": "a//b"}]}),
             serde_json::json!({"when": {"type": "deadman", "after": "5m"}, "actions": [{"mqtt": "/a"}]}),
         ];

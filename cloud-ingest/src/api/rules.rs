@@ -75,6 +75,13 @@ async fn put_rule(p: Principal, State(s): St, Path((u, r)): Path<(String, String
             "gateway: rules evaluated on a gateway are not supported yet; leave it out",
         ));
     }
+    if let twinlake_rules::RuleKind::Gateway { gateway, .. } = &rule.when
+        && !serves(&s, &u, gateway)?
+    {
+        return Err(ApiError::bad_request(format!(
+            "gateway {gateway:?} serves none of the user's devices"
+        )));
+    }
     for a in &rule.actions {
         if a.email.is_some() && s.cfg.email.smtp_url.is_empty() {
             return Err(ApiError::bad_request(
@@ -126,6 +133,19 @@ async fn put_rule(p: Principal, State(s): St, Path((u, r)): Path<(String, String
     })
     .await?;
     ok(rule_json(&saved, false))
+}
+
+/// Whether `gateway` serves `user`: bound to the user, or holding one of their registered
+/// devices (a user may watch only such gateways).
+fn serves(s: &crate::state::AppState, user: &str, gateway: &str) -> Result<bool, ApiError> {
+    let bound =
+        s.db.get::<crate::store::GatewayRecord>(crate::store::GATEWAYS, gateway)?
+            .is_some_and(|g| g.users.iter().any(|x| x == user));
+    if bound || gateway == s.local_gateway {
+        return Ok(true);
+    }
+    let devices: Vec<(String, crate::store::DeviceRecord)> = s.db.scan(crate::store::DEVICES, &format!("{user}/"))?;
+    Ok(devices.iter().any(|(_, d)| d.gateway.as_deref() == Some(gateway)))
 }
 
 /// Reloads the rules, and starts `owner/id` over with its open alarms restored.

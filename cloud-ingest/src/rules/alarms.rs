@@ -125,7 +125,7 @@ fn apply(state: &AppState, t: &mut TwinTxn<'_>, rule: &Rule, tr: &Transition) ->
             t.transaction().open_table(OPEN_ALARMS)?.insert(ok.as_str(), id)?;
             state.metrics.alarms_raised.inc();
             info!(owner = %rule.owner, rule = %rule.id, key = %key, %message, "alarm raised");
-            let device = (!matches!(rule.when, twinlake_rules::RuleKind::Sql { .. })).then(|| key.clone());
+            let device = rule.when.is_per_device().then(|| key.clone());
             let a = Alarm {
                 id,
                 owner: rule.owner.clone(),

@@ -77,7 +77,10 @@ fn check(state: &AppState) -> Result<(), Error> {
     let set = state.rules.current();
     let mut by_owner: HashMap<&str, Vec<&Arc<Rule>>> = HashMap::new();
     for r in set.all() {
-        if matches!(r.when, RuleKind::Deadman { .. } | RuleKind::Twin { .. }) {
+        if matches!(
+            r.when,
+            RuleKind::Deadman { .. } | RuleKind::Twin { .. } | RuleKind::Gateway { .. }
+        ) {
             by_owner.entry(r.owner.as_str()).or_default().push(r);
         }
     }
@@ -88,6 +91,14 @@ fn check(state: &AppState) -> Result<(), Error> {
         let mut eval = state.rules.evaluator();
         for rule in rules {
             let name = scope(rule);
+            if let RuleKind::Gateway { gateway, after } = &rule.when {
+                let since = state.gateways.unlinked_since(gateway, state.rules.started);
+                let what = "the gateway not linked";
+                if let Some(tr) = eval.holding(&name, gateway, since, now, after.as_millis() as u64, what) {
+                    out.push((rule.clone(), tr));
+                }
+                continue;
+            }
             let Some(sel) = rule.when.selector() else { continue };
             for t in twins.iter().filter(|t| sel.matches(&t.device, Some(&t.tags))) {
                 let tr = match &rule.when {
@@ -108,7 +119,7 @@ fn check(state: &AppState) -> Result<(), Error> {
                         after.as_millis() as u64,
                         "desired and reported differ",
                     ),
-                    RuleKind::Threshold { .. } | RuleKind::Sql { .. } => None,
+                    RuleKind::Threshold { .. } | RuleKind::Gateway { .. } | RuleKind::Sql { .. } => None,
                 };
                 if let Some(tr) = tr {
                     out.push((rule.clone(), tr));

@@ -486,3 +486,51 @@ async fn an_mqtt_action_publishes_the_alarm_under_the_owners_topics() {
     }
     cloud.stop().await;
 }
+
+/// A gateway rule: a gateway of the user's devices that stays away from the cloud raises an
+/// alarm (the one deadman rules leave to it), cleared when it links again. A gateway that
+/// serves none of the user's devices cannot be watched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_away_raises_its_alarm_and_clears_when_it_links_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud, edge, api) = cloud_and_edge(dir.path(), &["g1"]).await;
+    let (s, j) = api
+        .call(
+            Method::PUT,
+            &format!("/v1/users/{USER}/rules/stranger"),
+            Some(ADMIN),
+            Some(json!({"when": {"type": "gateway", "gateway": "someone-elses", "after": "1s"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{j}");
+    put_rule(
+        &api,
+        "gw-away",
+        json!({"severity": "critical", "when": {"type": "gateway", "gateway": GATEWAY, "after": "1s"}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(alarms(&api).await.is_empty(), "linked: no alarm");
+    edge.stop().await;
+    let a = eventually(20, "the gateway alarm", || async {
+        alarms(&api)
+            .await
+            .into_iter()
+            .find(|a| a["rule"] == "gw-away" && a["state"] == "active")
+    })
+    .await;
+    assert_eq!(
+        (a["key"].as_str(), a["device"].as_str(), a["kind"].as_str()),
+        (Some(GATEWAY), None, Some("gateway"))
+    );
+    let edge = TestEdge::start(edge_config(dir.path(), cloud.addr)).await;
+    eventually(20, "the alarm cleared", || async {
+        alarms(&api)
+            .await
+            .into_iter()
+            .find(|a| a["rule"] == "gw-away" && a["state"] == "cleared")
+    })
+    .await;
+    edge.stop().await;
+    cloud.stop().await;
+}

@@ -278,14 +278,20 @@ impl Evaluator {
     /// A deadman rule's `key` starts being watched at `since` (its last known row, or when
     /// the rule or the process started), unless it is already.
     pub fn watch(&mut self, rule: &str, key: &str, since: u64) {
-        let _ = self.state(
-            rule,
-            key,
-            State {
-                phase: Phase::Normal,
-                last: since,
-            },
-        );
+        if self.states.contains(rule, key) {
+            return;
+        }
+        // Asked again every tick: a refusal is counted once per key, when a row names it.
+        if self.states.count < self.max_states {
+            self.states.insert(
+                rule,
+                key,
+                State {
+                    phase: Phase::Normal,
+                    last: since,
+                },
+            );
+        }
     }
 
     /// A deadman rule saw a row of `key` at `at`: a raised alarm clears.

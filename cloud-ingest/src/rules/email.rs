@@ -41,13 +41,13 @@ pub fn enqueue(
     let job = EmailJob {
         user: a.owner.clone(),
         to: to.to_vec(),
-        subject: format!(
+        subject: one_line(&format!(
             "[Twinlake] {} {}: {} on {}",
             a.severity.as_str(),
             change.as_str(),
             a.rule,
             a.key
-        ),
+        )),
         body: format!(
             "Alarm {} ({}) of rule {} on {} was {}.\n\n{}\n\n{}\n",
             a.id,
@@ -65,6 +65,15 @@ pub fn enqueue(
         warn!("email queue full; dropped the oldest alarm email");
     }
     Ok(())
+}
+
+/// A subject on one line of at most 200 characters: a SQL rule's key comes from data a
+/// device wrote, and must not end the header or start another.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect()
 }
 
 fn outcome(o: &str) -> Vec<(String, String)> {
@@ -183,4 +192,14 @@ pub async fn run(state: Arc<AppState>) {
         }
     };
     crate::jobs::work(state.clone(), queue(&state), &state.email_wake, deliver, on).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_subject_stays_one_line() {
+        let s = super::one_line("[Twinlake] major raised: r on a\r\nBcc: x@y.z");
+        assert!(!s.contains('\r') && !s.contains('\n'), "{s}");
+        assert_eq!(super::one_line(&"x".repeat(500)).len(), 200);
+    }
 }

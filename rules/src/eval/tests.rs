@@ -139,6 +139,8 @@ fn state_is_bounded_and_refusals_counted() {
     for d in ["a", "b", "c"] {
         e.watch("u/dm", d, 0);
     }
+    assert_eq!((e.len(), e.refused()), (2, 0));
+    assert!(e.seen("u/dm", "c", 5).is_none());
     assert_eq!((e.len(), e.refused()), (2, 1));
     e.forget("u/dm");
     assert!(e.is_empty());

@@ -292,6 +292,11 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
                     }
                     Err(e) => warn!(%gateway, error = %e, "cannot read the registry"),
                 }
+                // The rules placed on this gateway, with the registry (both change rarely).
+                let rules: Vec<_> = state.rules.current().all().filter(|r| r.gateway.as_deref() == Some(gateway.as_str())).map(|r| (**r).clone()).collect();
+                if io.tx.send(encode(&Down::Rules { rules })).await.is_err() {
+                    break;
+                }
             }
         }
     }

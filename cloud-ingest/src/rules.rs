@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tracing::warn;
-use twinlake_lake::model::{FieldValue, flatten};
+use twinlake_lake::model::flatten;
 use twinlake_query::FreshRow;
 use twinlake_rules::{Rule, RuleKind, Transition};
 
@@ -36,16 +36,6 @@ use crate::store::Db;
 /// The `alarms` SQL table.
 pub fn alarms_table(db: Db) -> table::AlarmsTable {
     table::AlarmsTable::new(db)
-}
-
-/// A row's field as a number: ints and floats as they are, booleans as 0 and 1.
-fn number(v: &FieldValue<'_>) -> Option<f64> {
-    match v {
-        FieldValue::Float(f) => Some(*f),
-        FieldValue::Int(i) => Some(*i as f64),
-        FieldValue::Bool(b) => Some(f64::from(u8::from(*b))),
-        FieldValue::Str(_) | FieldValue::Bytes(_) => None,
-    }
 }
 
 /// Evaluates the owner's threshold and deadman rules on rows of `table` just committed,
@@ -99,7 +89,7 @@ pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>
                             flatten(row.payload, stream, &mut fields);
                             flattened = true;
                         }
-                        let Some(v) = fields.iter().find(|(k, _)| k == field).and_then(|(_, v)| number(v)) else {
+                        let Some(v) = fields.iter().find(|(k, _)| k == field).and_then(|(_, v)| v.as_f64()) else {
                             continue;
                         };
                         state.metrics.rule_values.inc();
@@ -127,6 +117,66 @@ pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>
         && let Err(e) = alarms::record(state, out)
     {
         warn!(error = %e, "cannot store alarms");
+    }
+}
+
+/// Alarm transitions a gateway's rules raised (its `gateway_alarms` rows, from a committed
+/// link batch, so each is taken once): stored as the cloud's alarms if the rule is the
+/// owner's and placed on that gateway; anything else is refused and counted.
+pub fn from_gateway(state: &AppState, gateway: &str, owner: Option<&str>, rows: &[(i64, String, serde_json::Value)]) {
+    let Some(owner) = owner else { return };
+    let set = state.rules.current();
+    let mut out = Vec::new();
+    for (_, device, v) in rows {
+        let (Some(id), Some(change), Some(at)) = (
+            v.get("rule").and_then(|x| x.as_str()),
+            v.get("change").and_then(|x| x.as_str()),
+            v.get("at").and_then(serde_json::Value::as_u64),
+        ) else {
+            state.metrics.gateway_refusals.inc();
+            continue;
+        };
+        let name = format!("{owner}/{id}");
+        let Some(rule) = set.get(&name).filter(|r| r.gateway.as_deref() == Some(gateway)) else {
+            state.metrics.gateway_refusals.inc();
+            warn!(%gateway, rule = %name, "refused an alarm for a rule not placed on the gateway");
+            continue;
+        };
+        let value = v.get("value").and_then(serde_json::Value::as_f64);
+        let message = v
+            .get("message")
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+            .chars()
+            .take(512)
+            .collect();
+        let (rule_name, key) = (name.clone(), device.clone());
+        let t = match change {
+            "raised" => Transition::Raise {
+                rule: rule_name,
+                key,
+                at,
+                value,
+                message,
+            },
+            "cleared" => Transition::Clear {
+                rule: rule_name,
+                key,
+                at,
+                value,
+                message,
+            },
+            _ => {
+                state.metrics.gateway_refusals.inc();
+                continue;
+            }
+        };
+        out.push((rule.clone(), t));
+    }
+    if !out.is_empty()
+        && let Err(e) = alarms::record(state, out)
+    {
+        warn!(error = %e, "cannot store a gateway's alarms");
     }
 }
 

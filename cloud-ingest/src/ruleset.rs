@@ -61,10 +61,15 @@ impl RuleSet {
     fn build(rules: impl IntoIterator<Item = Rule>) -> Self {
         let mut set = Self::default();
         for r in rules {
-            if !r.enabled || r.gateway.is_some() {
+            if !r.enabled {
                 continue;
             }
             let r = Arc::new(r);
+            if r.gateway.is_some() {
+                // Evaluated by its gateway: known here for the alarms it sends.
+                set.by_scope.insert(scope(&r), r);
+                continue;
+            }
             match &r.when {
                 RuleKind::Threshold { table, .. } | RuleKind::Deadman { table: Some(table), .. } => set
                     .rows
@@ -111,9 +116,9 @@ impl Rules {
             }
             r.check(cfg.min_sql_every)
                 .map_err(|e| Error::Config(format!("rules.fixed {:?}: {e}", r.id)))?;
-            if r.gateway.is_some() {
+            if r.gateway.is_some() && !matches!(r.when, RuleKind::Threshold { .. }) {
                 return Err(Error::Config(format!(
-                    "rules.fixed {:?}: rules on gateways are not supported yet",
+                    "rules.fixed {:?}: a gateway evaluates threshold rules only",
                     r.id
                 )));
             }

@@ -328,6 +328,8 @@ impl EdgeAgent {
                 self.ingest.fresh = Some(self.uplink.clone());
             }
             self.ingest.link = Some(self.uplink.clone());
+            let rules = Arc::new(crate::rules::EdgeRules::open(self.data_dir.join("rules.json")));
+            self.ingest.rules = Some(rules.clone());
             let client = LinkClient {
                 gateway: self.gateway.clone(),
                 connector,
@@ -341,6 +343,7 @@ impl EdgeAgent {
                 apis: self.apis.clone(),
                 metrics: self.metrics.clone(),
                 southbound: self.southbound.clone(),
+                rules,
             };
             client.load_registry();
             tokio::spawn(client.run(stop_link_rx))

@@ -150,6 +150,8 @@ pub struct Ingest {
     pub(crate) fresh: Option<crate::link::Uplink>,
     /// The cloud link's queue: every event's presence and values go to it first.
     pub(crate) link: Option<crate::link::Uplink>,
+    /// Rules the cloud placed on this gateway, judged on every durable row.
+    pub(crate) rules: Option<Arc<crate::rules::EdgeRules>>,
     unsynced: Pending,
     sync_at: Option<Instant>,
     inflight: Option<Inflight>,
@@ -245,6 +247,7 @@ impl Ingest {
                 tap: tokio::sync::broadcast::channel(1024).0,
                 fresh: None,
                 link: None,
+                rules: None,
                 unsynced: Pending::default(),
                 sync_at: None,
                 inflight: None,
@@ -552,6 +555,22 @@ impl Ingest {
                 device: device.to_owned(),
                 payload: twinlake_sdk::json::to_json(payload),
             });
+        }
+        // The gateway's rules: alarm rows in the same fsync as the row that raised them.
+        let stream = kind == RecordKind::Stream;
+        let alarms = self
+            .rules
+            .as_ref()
+            .map(|r| r.observe(table, (user, device), time_us, stream, &self.scratch));
+        for a in alarms.unwrap_or_default() {
+            let row = twinlake_sdk::json::from_json(&a);
+            let _ = self.append_row(
+                RecordKind::Record,
+                crate::rules::ALARMS_TABLE,
+                (user, device),
+                time_us,
+                &row,
+            );
         }
         true
     }

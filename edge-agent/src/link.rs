@@ -100,6 +100,10 @@ pub enum Down {
         #[serde(flatten)]
         op: Op,
     },
+    /// The rules the cloud placed on this gateway (all of them, each time they change).
+    Rules {
+        rules: Vec<twinlake_rules::Rule>,
+    },
 }
 
 /// One thing that happened at the edge.

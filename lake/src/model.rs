@@ -38,6 +38,16 @@ impl FieldValue<'_> {
             FieldValue::Bytes(_) => FieldType::Bytes,
         }
     }
+
+    /// As a number (what rules compare): ints and floats as they are, booleans as 0 and 1.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            FieldValue::Float(f) => Some(*f),
+            FieldValue::Int(i) => Some(*i as f64),
+            FieldValue::Bool(b) => Some(f64::from(u8::from(*b))),
+            FieldValue::Str(_) | FieldValue::Bytes(_) => None,
+        }
+    }
 }
 
 /// Flattens a payload into `(column, value)` pairs, appended to `out` (cleared first).

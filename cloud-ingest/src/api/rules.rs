@@ -70,10 +70,17 @@ async fn put_rule(p: Principal, State(s): St, Path((u, r)): Path<(String, String
     rule.owner = u.clone();
     rule.check(s.cfg.rules.min_sql_every)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if rule.gateway.is_some() {
-        return Err(ApiError::bad_request(
-            "gateway: rules evaluated on a gateway are not supported yet; leave it out",
-        ));
+    if let Some(g) = &rule.gateway {
+        if !matches!(rule.when, twinlake_rules::RuleKind::Threshold { .. }) {
+            return Err(ApiError::bad_request(
+                "gateway: a gateway evaluates threshold rules only",
+            ));
+        }
+        if !serves(&s, &u, g)? {
+            return Err(ApiError::bad_request(format!(
+                "gateway {g:?} serves none of the user's devices"
+            )));
+        }
     }
     if let twinlake_rules::RuleKind::Gateway { gateway, .. } = &rule.when
         && !serves(&s, &u, gateway)?
@@ -129,6 +136,10 @@ async fn put_rule(p: Principal, State(s): St, Path((u, r)): Path<(String, String
         }
         tx.commit().map_err(crate::Error::from)?;
         restart(&st, &rule.owner, &rule.id)?;
+        if rule.gateway.is_some() {
+            // Sent to the gateway with its registry.
+            st.gateways.registry_changed();
+        }
         Ok(rule)
     })
     .await?;
@@ -176,6 +187,7 @@ async fn delete_rule(p: Principal, State(s): St, Path((u, r)): Path<(String, Str
         return Err(ApiError::not_found(format!("no rule {r}")));
     }
     restart(&s, &u, &r)?;
+    s.gateways.registry_changed();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

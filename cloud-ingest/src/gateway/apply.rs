@@ -115,6 +115,9 @@ fn add_fresh(state: &AppState, gateway: &str, fresh: &FreshRows) {
     state.metrics.fresh_rows.inc_by(fresh.len() as u64);
     state.sql.lake().add_fresh(gateway, &table, *segment, *stream, &fresh);
     crate::rules::observe(state, table.as_str(), *stream, &fresh);
+    if table == twinlake_edge::rules::ALARMS_TABLE {
+        crate::rules::from_gateway(state, gateway, owner.as_deref(), rows);
+    }
 }
 
 /// The device an item speaks for, if it names one.

@@ -534,3 +534,75 @@ async fn a_gateway_away_raises_its_alarm_and_clears_when_it_links_again() {
     edge.stop().await;
     cloud.stop().await;
 }
+
+/// A rule placed on a gateway (#17, item 4): the cloud sends it over the link; with the
+/// cloud stopped, a value over the threshold makes the edge agent switch the device's input
+/// itself; when the cloud is back, the alarm the gateway stored reaches it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_rule_acts_with_the_cloud_stopped_and_its_alarm_arrives_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::mosquitto::free_port();
+    let cfg = cloud_config(dir.path(), format!("127.0.0.1:{port}").parse().unwrap());
+    let cloud = TestCloud::start(cfg.clone()).await;
+    let api = cloud.api();
+    api.register("g1", Some(GATEWAY)).await;
+    let edge = TestEdge::start(edge_config(dir.path(), cloud.addr)).await;
+    let dev = TestDevice::start(edge.tcp, "g1");
+    wait_online(&api, "g1").await;
+    let last = eventually(10, "a temperature", || async {
+        dev.produced.lock().unwrap().last().map(|(v, _)| *v)
+    })
+    .await;
+    put_rule(
+        &api,
+        "fan-on",
+        json!({"gateway": GATEWAY, "severity": "major",
+               "when": {"type": "threshold", "table": "temp", "field": "value", "devices": {"devices": ["g1"]},
+                        "raise": {"op": ">", "value": last + 2.0}},
+               "actions": [{"on": "raised", "desired": {"led": true}}]}),
+    )
+    .await;
+    let saved = dir.path().join("edge").join("rules.json");
+    eventually(20, "the rule at the gateway", || async {
+        std::fs::read_to_string(&saved)
+            .ok()
+            .filter(|t| t.contains("fan-on"))
+            .map(|_| ())
+    })
+    .await;
+    cloud.stop().await;
+    assert!(
+        !dev.led.load(std::sync::atomic::Ordering::SeqCst),
+        "not yet over the threshold"
+    );
+
+    // The cloud is away: the gateway acts on its own.
+    eventually(60, "the gateway switched the device's input", || async {
+        dev.led.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+    })
+    .await;
+
+    let cloud = TestCloud::start(cfg).await;
+    let api = cloud.api();
+    let a = eventually(30, "the gateway's alarm in the cloud", || async {
+        alarms(&api).await.into_iter().find(|a| a["rule"] == "fan-on")
+    })
+    .await;
+    assert_eq!(
+        (a["device"].as_str(), a["state"].as_str(), a["count"].as_u64()),
+        (Some("g1"), Some("active"), Some(1)),
+        "{a}"
+    );
+    assert!(a["value"].as_f64().unwrap() > last + 2.0, "{a}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all: Vec<Json> = alarms(&api)
+        .await
+        .into_iter()
+        .filter(|a| a["rule"] == "fan-on")
+        .collect();
+    assert_eq!(all.len(), 1, "once: {all:?}");
+    assert_eq!(all[0]["count"], 1, "once: {all:?}");
+    dev.stop();
+    edge.stop().await;
+    cloud.stop().await;
+}

@@ -66,6 +66,8 @@ pub struct LinkClient {
     pub metrics: Arc<Metrics>,
     /// Devices of the MQTT source, reachable through their command topic.
     pub southbound: Arc<crate::sources::Southbound>,
+    /// The rules placed on this gateway; their device actions run on a task of this client.
+    pub rules: Arc<crate::rules::EdgeRules>,
 }
 
 impl std::fmt::Debug for LinkClient {
@@ -99,6 +101,15 @@ impl LinkClient {
 
     /// Keeps the link up until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        if let Some(rx) = self.rules.take_actions() {
+            let (d, st, a, sb) = (
+                self.devices.clone(),
+                self.streams.clone(),
+                self.apis.clone(),
+                self.southbound.clone(),
+            );
+            tokio::spawn(rule_actions(rx, d, st, a, sb));
+        }
         let session = crate::hex::random_hex(8);
         let mut next_seq: u64 = 1;
         let mut unacked = Unacked {
@@ -267,6 +278,7 @@ impl LinkClient {
                     }
                 });
             }
+            Down::Rules { rules } => self.rules.replace(rules),
             Down::Request { id, user, device, op } => {
                 self.metrics.link_requests.inc();
                 let devices = self.devices.clone();
@@ -340,6 +352,28 @@ async fn send(io: &LinkIo, msg: &Up) -> Result<(), Error> {
 }
 
 /// The saved registry holds credential hashes: readable by the agent's user only.
+/// Runs the rules' device actions (input writes) until the client stops.
+async fn rule_actions(
+    mut rx: tokio::sync::mpsc::Receiver<crate::rules::DeviceAction>,
+    devices: Devices,
+    streams: Arc<StreamsSection>,
+    apis: ApiCache,
+    southbound: Arc<crate::sources::Southbound>,
+) {
+    while let Some(a) = rx.recv().await {
+        for (path, value) in a.inputs {
+            let op = Op::Write { path, value };
+            let result = match (devices.get(&a.key.user, &a.key.device), southbound.get(&a.key)) {
+                (None, Some(control)) => foreign(&*control, &a.key, op),
+                _ => execute(&devices, &streams, &apis, &a.key, op).await,
+            };
+            if let Err(e) = result {
+                warn!(device = %a.key.device, error = %e.message, "a gateway rule's action failed");
+            }
+        }
+    }
+}
+
 fn save_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> std::io::Result<()> {
     crate::wal::write_file_atomic(path, &serde_json::to_vec(v).map_err(std::io::Error::other)?, 0o600)
 }

@@ -1,0 +1,185 @@
+//! Rules the cloud placed on this gateway (`Down::Rules`), evaluated here on the rows
+//! ingest makes durable, with the link up or down: the same definitions and evaluator as
+//! the cloud's (`twinlake-rules`). Threshold rules only, so far.
+//!
+//! A transition is written to the WAL as a row of [`ALARMS_TABLE`] in the same fsync as the
+//! row that caused it, so it survives a crash and reaches the cloud through the link once
+//! (the cloud applies each batch once and turns these rows into its alarms). A rule's
+//! `desired` actions are written to the device's inputs by the link client's task, never on
+//! ingest's; past [`MAX_ACTIONS`] waiting they are dropped and counted. Actions touch only
+//! the device the row came from, or another device of the same user at this gateway.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{Map, Value as Json, json};
+use tokio::sync::mpsc;
+use tracing::warn;
+use twinlake_lake::model::flatten;
+use twinlake_rules::{Evaluator, Rule, RuleKind, Transition};
+use twinlake_sdk::pson::ValueRef;
+
+use crate::event::DeviceKey;
+
+/// The table gateway-raised alarm transitions are written to.
+pub const ALARMS_TABLE: &str = "gateway_alarms";
+/// Device actions waiting at most.
+pub const MAX_ACTIONS: usize = 1024;
+/// (rule, device) pairs tracked at most.
+const MAX_STATES: usize = 100_000;
+
+/// A rule's action for a device: inputs to write.
+#[derive(Debug, Clone)]
+pub struct DeviceAction {
+    pub key: DeviceKey,
+    pub inputs: Map<String, Json>,
+}
+
+/// The gateway's rules, their evaluator and the queue of device actions.
+#[derive(Debug)]
+pub struct EdgeRules {
+    rules: RwLock<Arc<Vec<Arc<Rule>>>>,
+    eval: Mutex<Evaluator>,
+    file: PathBuf,
+    actions: mpsc::Sender<DeviceAction>,
+    receiver: Mutex<Option<mpsc::Receiver<DeviceAction>>>,
+    pub dropped_actions: std::sync::atomic::AtomicU64,
+}
+
+impl EdgeRules {
+    /// The rules saved in `file` by the last link (none if there is none).
+    pub fn open(file: PathBuf) -> Self {
+        let saved: Vec<Rule> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let (tx, rx) = mpsc::channel(MAX_ACTIONS);
+        let me = Self {
+            rules: RwLock::default(),
+            eval: Mutex::new(Evaluator::new(MAX_STATES)),
+            file,
+            actions: tx,
+            receiver: Mutex::new(Some(rx)),
+            dropped_actions: Default::default(),
+        };
+        me.set(saved);
+        me
+    }
+
+    fn set(&self, rules: Vec<Rule>) {
+        let kept: Vec<Arc<Rule>> = rules
+            .into_iter()
+            .filter(|r| r.enabled && matches!(r.when, RuleKind::Threshold { .. }))
+            .map(Arc::new)
+            .collect();
+        let old = self.rules.read().map(|r| r.clone()).unwrap_or_default();
+        if let Ok(mut eval) = self.eval.lock() {
+            // A rule that changed or went starts over; the same rule sent again (at every
+            // link) keeps its state, so a reconnect does not raise its alarm again.
+            for r in old.iter() {
+                if !kept.iter().any(|k| **k == **r) {
+                    eval.forget(&format!("{}/{}", r.owner, r.id));
+                }
+            }
+        }
+        if let Ok(mut r) = self.rules.write() {
+            *r = Arc::new(kept);
+        }
+    }
+
+    /// The cloud's rules for this gateway: used from now on and saved for the next start.
+    pub fn replace(&self, rules: Vec<Rule>) {
+        let file = self.file.clone();
+        if let Ok(bytes) = serde_json::to_vec(&rules) {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = crate::wal::write_file_atomic(&file, &bytes, 0o600) {
+                    warn!(path = %file.display(), error = %e, "cannot save the gateway's rules");
+                }
+            });
+        }
+        self.set(rules);
+    }
+
+    /// The device actions, for the task that runs them (taken once).
+    pub fn take_actions(&self) -> Option<mpsc::Receiver<DeviceAction>> {
+        self.receiver.lock().ok()?.take()
+    }
+
+    /// Judges a durable row (its PSON `payload`); returns the alarm rows to write with it
+    /// and queues the device actions of what was raised or cleared.
+    pub fn observe(
+        &self,
+        table: &str,
+        (user, device): (&str, &str),
+        time_us: i64,
+        stream: bool,
+        payload: &[u8],
+    ) -> Vec<Json> {
+        let rules = self.rules.read().map(|r| r.clone()).unwrap_or_default();
+        if rules.is_empty() || table == ALARMS_TABLE {
+            return Vec::new();
+        }
+        let Ok(value) = ValueRef::decode(payload) else {
+            return Vec::new();
+        };
+        let mut fields = Vec::new();
+        let mut out = Vec::new();
+        let at = (time_us.max(0) / 1000) as u64;
+        let Ok(mut eval) = self.eval.lock() else {
+            return Vec::new();
+        };
+        for rule in rules.iter().filter(|r| r.owner == user) {
+            let RuleKind::Threshold {
+                table: t,
+                field,
+                devices,
+                raise,
+                clear,
+                for_,
+            } = &rule.when
+            else {
+                continue;
+            };
+            if t != table || !devices.matches(device, None) {
+                continue;
+            }
+            if fields.is_empty() {
+                flatten(value, stream, &mut fields);
+            }
+            let Some(v) = fields.iter().find(|(k, _)| k == field).and_then(|(_, v)| v.as_f64()) else {
+                continue;
+            };
+            let scope = format!("{}/{}", rule.owner, rule.id);
+            let ms = for_.as_millis() as u64;
+            if let Some(tr) = eval.threshold(&scope, device, (raise, clear.as_ref()), ms, at, v) {
+                self.act(rule, user, device, &tr);
+                out.push(row(rule, &tr));
+            }
+        }
+        out
+    }
+
+    fn act(&self, rule: &Rule, user: &str, device: &str, tr: &Transition) {
+        let raised = matches!(tr, Transition::Raise { .. });
+        for a in rule.actions.iter().filter(|a| a.on.on(raised)) {
+            let Some(inputs) = &a.desired else { continue };
+            let key = DeviceKey::new(user, a.device.as_deref().unwrap_or(device));
+            let action = DeviceAction {
+                key,
+                inputs: inputs.clone(),
+            };
+            if self.actions.try_send(action).is_err() {
+                self.dropped_actions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The row an alarm transition is written as.
+fn row(rule: &Rule, tr: &Transition) -> Json {
+    let (change, at, value, message) = match tr {
+        Transition::Raise { at, value, message, .. } => ("raised", at, value, message),
+        Transition::Clear { at, value, message, .. } => ("cleared", at, value, message),
+    };
+    json!({"rule": rule.id, "change": change, "at": at, "value": value, "message": message})
+}

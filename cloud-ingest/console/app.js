@@ -36,6 +36,19 @@ function cell(text, cls) {
 
 function key(t) { return `${t.user}/${t.device}`; }
 
+// A button (with class `cls`, which decides who is offered it) that runs `action`, an
+// API call, and shows its error if it fails.
+function actionButton(label, cls, action) {
+  const b = document.createElement("button");
+  b.textContent = label;
+  if (cls) b.className = cls;
+  b.addEventListener("click", async () => {
+    showError(null);
+    try { await action(); } catch (e) { showError(e); }
+  });
+  return b;
+}
+
 function matches(t, q, state) {
   const c = t.connection || {};
   const inSync = Object.keys((t.state && t.state.delta) || {}).length === 0;
@@ -179,17 +192,10 @@ async function loadProperties() {
     const tr = document.createElement("tr");
     tr.append(cell(p.property), cell(JSON.stringify(p.value)));
     const td = document.createElement("td");
-    const b = document.createElement("button");
-    b.textContent = "Delete";
-    b.className = "control-only";
-    b.addEventListener("click", async () => {
-      showError(null);
-      try {
-        await api(`${propsPath()}/${encodeURIComponent(p.property)}`, { method: "DELETE" });
-        await loadProperties();
-      } catch (e) { showError(e); }
-    });
-    td.append(b);
+    td.append(actionButton("Delete", "control-only", async () => {
+      await api(`${propsPath()}/${encodeURIComponent(p.property)}`, { method: "DELETE" });
+      await loadProperties();
+    }));
     tr.append(td);
     body.append(tr);
   }
@@ -219,22 +225,15 @@ async function loadEndpoints() {
     const tr = document.createElement("tr");
     tr.append(cell(ep.name), cell(ep.method || "POST"), cell(ep.url));
     const td = document.createElement("td");
-    const b = document.createElement("button");
-    b.textContent = "Call";
-    b.className = "control-only";
-    b.addEventListener("click", async () => {
-      showError(null);
-      try {
-        const payload = JSON.parse($("endpoint-payload").value || "{}");
-        await api(`/v1/users/${u}/endpoints/${encodeURIComponent(ep.name)}/call`, {
-          method: "POST",
-          headers: { "Content-Type": "application/json" },
-          body: JSON.stringify(payload),
-        });
-        td.dataset.called = "queued";
-      } catch (e) { showError(e); }
-    });
-    td.append(b);
+    td.append(actionButton("Call", "control-only", async () => {
+      const payload = JSON.parse($("endpoint-payload").value || "{}");
+      await api(`/v1/users/${u}/endpoints/${encodeURIComponent(ep.name)}/call`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(payload),
+      });
+      td.dataset.called = "queued";
+    }));
     tr.append(td);
     body.append(tr);
   }
@@ -530,17 +529,10 @@ async function loadAlarms() {
     const td = document.createElement("td");
     const act = (label, op, when) => {
       if (!when) return;
-      const b = document.createElement("button");
-      b.textContent = label;
-      b.className = "control-only";
-      b.addEventListener("click", async () => {
-        showError(null);
-        try {
-          await api(`/v1/users/${encodeURIComponent(a.user)}/alarms/${a.id}/${op}`, { method: "POST" });
-          await loadAlarms();
-        } catch (e) { showError(e); }
-      });
-      td.append(b);
+      td.append(actionButton(label, "control-only", async () => {
+        await api(`/v1/users/${encodeURIComponent(a.user)}/alarms/${a.id}/${op}`, { method: "POST" });
+        await loadAlarms();
+      }));
     };
     act("Acknowledge", "ack", a.state === "active");
     act("Clear", "clear", a.state !== "cleared");
@@ -564,17 +556,10 @@ async function loadRules() {
     tr.append(cell(r.id), cell(JSON.stringify(r.when)), cell(r.severity), cell(acts), cell(r.description || ""));
     const td = document.createElement("td");
     if (!r.fixed) {
-      const b = document.createElement("button");
-      b.textContent = "Delete";
-      b.className = "admin-only";
-      b.addEventListener("click", async () => {
-        showError(null);
-        try {
-          await api(`${rulesPath()}/${encodeURIComponent(r.id)}`, { method: "DELETE" });
-          await loadRules();
-        } catch (e) { showError(e); }
-      });
-      td.append(b);
+      td.append(actionButton("Delete", "admin-only", async () => {
+        await api(`${rulesPath()}/${encodeURIComponent(r.id)}`, { method: "DELETE" });
+        await loadRules();
+      }));
     } else {
       td.textContent = "fixed";
     }
@@ -672,16 +657,11 @@ async function loadAdmin() {
   const toks = await (await api("/v1/tokens")).json();
   $("tokens").replaceChildren(...toks.map((t) => {
     const tr = document.createElement("tr");
-    const revoke = document.createElement("button");
-    revoke.textContent = "Revoke";
-    revoke.addEventListener("click", async () => {
-      try {
-        await api(`/v1/tokens/${encodeURIComponent(t.name)}`, { method: "DELETE" });
-        await loadAdmin();
-      } catch (err) { showError(err); }
-    });
     const td = document.createElement("td");
-    td.append(revoke);
+    td.append(actionButton("Revoke", null, async () => {
+      await api(`/v1/tokens/${encodeURIComponent(t.name)}`, { method: "DELETE" });
+      await loadAdmin();
+    }));
     tr.append(cell(t.name), cell(t.user || "platform"), cell((t.scopes || []).join(", ")), cell(when(t.created)), td);
     return tr;
   }));

@@ -78,30 +78,15 @@ pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>
                 }
                 let name = names.entry(Arc::as_ptr(rule)).or_insert_with(|| scope(rule)).as_str();
                 let t = match &rule.when {
-                    RuleKind::Threshold {
-                        field,
-                        raise,
-                        clear,
-                        for_,
-                        ..
-                    } => {
+                    RuleKind::Threshold { .. } => eval.judge(name, &rule.when, row.device, at, |field| {
                         if !flattened {
                             flatten(row.payload, stream, &mut fields);
                             flattened = true;
                         }
-                        let Some(v) = fields.iter().find(|(k, _)| k == field).and_then(|(_, v)| v.as_f64()) else {
-                            continue;
-                        };
+                        let v = fields.iter().find(|(k, _)| k == field)?.1.as_f64()?;
                         state.metrics.rule_values.inc();
-                        eval.threshold(
-                            name,
-                            row.device,
-                            (raise, clear.as_ref()),
-                            for_.as_millis() as u64,
-                            at,
-                            v,
-                        )
-                    }
+                        Some(v)
+                    }),
                     RuleKind::Deadman { .. } => eval.seen(name, row.device, at),
                     RuleKind::Twin { .. } | RuleKind::Gateway { .. } | RuleKind::Sql { .. } => None,
                 };
@@ -136,7 +121,7 @@ pub fn from_gateway(state: &AppState, gateway: &str, owner: Option<&str>, rows: 
             state.metrics.gateway_refusals.inc();
             continue;
         };
-        let name = format!("{owner}/{id}");
+        let name = twinlake_rules::scope(owner, id);
         let Some(rule) = set.get(&name).filter(|r| r.gateway.as_deref() == Some(gateway)) else {
             state.metrics.gateway_refusals.inc();
             warn!(%gateway, rule = %name, "refused an alarm for a rule not placed on the gateway");

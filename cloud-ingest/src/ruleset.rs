@@ -12,7 +12,7 @@ use crate::store::{Db, OPEN_ALARMS, RULES, decode};
 
 /// The evaluator's name for a rule: `owner/id`.
 pub fn scope(rule: &Rule) -> String {
-    format!("{}/{}", rule.owner, rule.id)
+    rule.scope()
 }
 
 /// Rules for some devices: those naming devices, by device; the others (all devices, or
@@ -179,7 +179,7 @@ impl Rules {
 pub fn stored(db: &Db, owner: &str, id: &str) -> Result<Option<Rule>, Error> {
     let tx = db.0.begin_read()?;
     let t = tx.open_table(RULES)?;
-    let key = format!("{owner}/{id}");
+    let key = twinlake_rules::scope(owner, id);
     let v = t.get(key.as_str())?;
     v.map(|v| decode("rules", &key, v.value())).transpose()
 }

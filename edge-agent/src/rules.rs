@@ -10,6 +10,7 @@
 //! the device the row came from, or another device of the same user at this gateway.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value as Json, json};
@@ -39,6 +40,8 @@ pub struct DeviceAction {
 #[derive(Debug)]
 pub struct EdgeRules {
     rules: RwLock<Arc<Vec<Arc<Rule>>>>,
+    /// Whether there are any: every durable row asks, without taking the lock.
+    any: AtomicBool,
     eval: Mutex<Evaluator>,
     file: PathBuf,
     actions: mpsc::Sender<DeviceAction>,
@@ -56,6 +59,7 @@ impl EdgeRules {
         let (tx, rx) = mpsc::channel(MAX_ACTIONS);
         let me = Self {
             rules: RwLock::default(),
+            any: AtomicBool::new(false),
             eval: Mutex::new(Evaluator::new(MAX_STATES)),
             file,
             actions: tx,
@@ -78,10 +82,11 @@ impl EdgeRules {
             // link) keeps its state, so a reconnect does not raise its alarm again.
             for r in old.iter() {
                 if !kept.iter().any(|k| **k == **r) {
-                    eval.forget(&format!("{}/{}", r.owner, r.id));
+                    eval.forget(&r.scope());
                 }
             }
         }
+        self.any.store(!kept.is_empty(), Ordering::Relaxed);
         if let Ok(mut r) = self.rules.write() {
             *r = Arc::new(kept);
         }
@@ -115,10 +120,10 @@ impl EdgeRules {
         stream: bool,
         payload: &[u8],
     ) -> Vec<Json> {
-        let rules = self.rules.read().map(|r| r.clone()).unwrap_or_default();
-        if rules.is_empty() || table == ALARMS_TABLE {
+        if !self.any.load(Ordering::Relaxed) || table == ALARMS_TABLE {
             return Vec::new();
         }
+        let rules = self.rules.read().map(|r| r.clone()).unwrap_or_default();
         let Ok(value) = ValueRef::decode(payload) else {
             return Vec::new();
         };
@@ -128,30 +133,20 @@ impl EdgeRules {
         let Ok(mut eval) = self.eval.lock() else {
             return Vec::new();
         };
-        for rule in rules.iter().filter(|r| r.owner == user) {
-            let RuleKind::Threshold {
-                table: t,
-                field,
-                devices,
-                raise,
-                clear,
-                for_,
-            } = &rule.when
-            else {
-                continue;
-            };
-            if t != table || !devices.matches(device, None) {
+        for rule in rules
+            .iter()
+            .filter(|r| r.owner == user && r.when.table() == Some(table))
+        {
+            if !rule.when.selector().is_some_and(|s| s.matches(device, None)) {
                 continue;
             }
-            if fields.is_empty() {
-                flatten(value, stream, &mut fields);
-            }
-            let Some(v) = fields.iter().find(|(k, _)| k == field).and_then(|(_, v)| v.as_f64()) else {
-                continue;
-            };
-            let scope = format!("{}/{}", rule.owner, rule.id);
-            let ms = for_.as_millis() as u64;
-            if let Some(tr) = eval.threshold(&scope, device, (raise, clear.as_ref()), ms, at, v) {
+            let judged = eval.judge(&rule.scope(), &rule.when, device, at, |field| {
+                if fields.is_empty() {
+                    flatten(value, stream, &mut fields);
+                }
+                fields.iter().find(|(k, _)| k == field)?.1.as_f64()
+            });
+            if let Some(tr) = judged {
                 self.act(rule, user, device, &tr);
                 out.push(row(rule, &tr));
             }
@@ -169,7 +164,7 @@ impl EdgeRules {
                 inputs: inputs.clone(),
             };
             if self.actions.try_send(action).is_err() {
-                self.dropped_actions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.dropped_actions.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::Condition;
+use crate::model::{Condition, RuleKind};
 
 /// What the caller stores: an alarm raised or cleared for (rule, key).
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +57,15 @@ struct State {
     phase: Phase,
     /// The latest event time judged (a deadman: the latest row).
     last: u64,
+}
+
+impl State {
+    fn normal(last: u64) -> Self {
+        Self {
+            phase: Phase::Normal,
+            last,
+        }
+    }
 }
 
 /// Per (rule, key) state, looked up by `&str` without allocating (the ingest path asks for
@@ -213,14 +222,7 @@ impl Evaluator {
         if !holds && !self.states.contains(rule, key) {
             return None; // Normal, and stays so: nothing kept.
         }
-        let s = self.state(
-            rule,
-            key,
-            State {
-                phase: Phase::Normal,
-                last: at,
-            },
-        )?;
+        let s = self.state(rule, key, State::normal(at))?;
         if at < s.last {
             return None;
         }
@@ -275,6 +277,31 @@ impl Evaluator {
         }
     }
 
+    /// A threshold rule (`when`, named `scope`) judging `key`'s row at `at`; `field` finds
+    /// the value of a field in the row (none: the row does not have it as a number). Other
+    /// kinds of rule judge nothing here.
+    pub fn judge(
+        &mut self,
+        scope: &str,
+        when: &RuleKind,
+        key: &str,
+        at: u64,
+        field: impl FnOnce(&str) -> Option<f64>,
+    ) -> Option<Transition> {
+        let RuleKind::Threshold {
+            field: name,
+            raise,
+            clear,
+            for_,
+            ..
+        } = when
+        else {
+            return None;
+        };
+        let v = field(name)?;
+        self.threshold(scope, key, (raise, clear.as_ref()), for_.as_millis() as u64, at, v)
+    }
+
     /// A deadman rule's `key` starts being watched at `since` (its last known row, or when
     /// the rule or the process started), unless it is already.
     pub fn watch(&mut self, rule: &str, key: &str, since: u64) {
@@ -283,27 +310,13 @@ impl Evaluator {
         }
         // Asked again every tick: a refusal is counted once per key, when a row names it.
         if self.states.count < self.max_states {
-            self.states.insert(
-                rule,
-                key,
-                State {
-                    phase: Phase::Normal,
-                    last: since,
-                },
-            );
+            self.states.insert(rule, key, State::normal(since));
         }
     }
 
     /// A deadman rule saw a row of `key` at `at`: a raised alarm clears.
     pub fn seen(&mut self, rule: &str, key: &str, at: u64) -> Option<Transition> {
-        let s = self.state(
-            rule,
-            key,
-            State {
-                phase: Phase::Normal,
-                last: at,
-            },
-        )?;
+        let s = self.state(rule, key, State::normal(at))?;
         s.last = s.last.max(at);
         if s.phase != Phase::Active {
             return None;
@@ -397,14 +410,7 @@ impl Evaluator {
             }
         }
         for (key, value) in present {
-            let Some(s) = self.state(
-                rule,
-                key,
-                State {
-                    phase: Phase::Normal,
-                    last: now,
-                },
-            ) else {
+            let Some(s) = self.state(rule, key, State::normal(now)) else {
                 continue;
             };
             if s.phase != Phase::Active {

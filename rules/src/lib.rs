@@ -14,7 +14,7 @@ pub mod model;
 
 pub use alarm::{Alarm, AlarmState};
 pub use eval::{Evaluator, Transition};
-pub use model::{Action, Comparison, Condition, Rule, RuleKind, Selector, Severity};
+pub use model::{Action, Comparison, Condition, Rule, RuleKind, Selector, Severity, scope};
 
 /// What a rule definition or an alarm operation got wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -55,6 +55,18 @@ fn yes() -> bool {
     true
 }
 
+/// A rule's name across owners, `owner/id`: its key in the evaluator and the store.
+pub fn scope(owner: &str, id: &str) -> String {
+    format!("{owner}/{id}")
+}
+
+impl Rule {
+    /// [`scope`] of this rule.
+    pub fn scope(&self) -> String {
+        scope(&self.owner, &self.id)
+    }
+}
+
 /// How bad an alarm is, from most to least.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,6 +150,14 @@ impl RuleKind {
             Self::Twin { .. } => "twin",
             Self::Gateway { .. } => "gateway",
             Self::Sql { .. } => "sql",
+        }
+    }
+
+    /// The table whose rows it judges (threshold rules, and deadman rules with one).
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            Self::Threshold { table, .. } | Self::Deadman { table: Some(table), .. } => Some(table),
+            _ => None,
         }
     }
 

@@ -162,7 +162,7 @@ fn serves(s: &crate::state::AppState, user: &str, gateway: &str) -> Result<bool,
 /// Reloads the rules, and starts `owner/id` over with its open alarms restored.
 fn restart(s: &crate::state::AppState, owner: &str, id: &str) -> Result<(), ApiError> {
     s.rules.reload(&s.db)?;
-    let scope = format!("{owner}/{id}");
+    let scope = twinlake_rules::scope(owner, id);
     let prefix = format!("{scope}/");
     let tx = s.db.0.begin_read().map_err(crate::Error::from)?;
     let t = tx.open_table(OPEN_ALARMS).map_err(crate::Error::from)?;

@@ -270,10 +270,31 @@ pub fn list(
     only: Option<AlarmState>,
     limit: usize,
 ) -> Result<Vec<Alarm>, Error> {
-    let tx = state.db.0.begin_read()?;
+    select(&state.db, owner, only, true, limit)
+}
+
+/// Every stored alarm (the `alarms` SQL table), optionally one user's, oldest first.
+pub fn all(db: &crate::store::Db, owner: Option<&str>) -> Result<Vec<Alarm>, Error> {
+    select(db, owner, None, false, usize::MAX)
+}
+
+fn select(
+    db: &crate::store::Db,
+    owner: Option<&str>,
+    only: Option<AlarmState>,
+    newest_first: bool,
+    limit: usize,
+) -> Result<Vec<Alarm>, Error> {
+    let tx = db.0.begin_read()?;
     let t = tx.open_table(ALARMS)?;
+    let entries = t.iter()?;
+    let entries: Box<dyn Iterator<Item = _>> = if newest_first {
+        Box::new(entries.rev())
+    } else {
+        Box::new(entries)
+    };
     let mut out = Vec::new();
-    for entry in t.iter()?.rev() {
+    for entry in entries {
         let (k, v) = entry?;
         let a: Alarm = decode("alarms", &k.value().to_string(), v.value())?;
         if owner.is_some_and(|o| o != a.owner) || only.is_some_and(|s| s != a.state) {
@@ -282,21 +303,6 @@ pub fn list(
         out.push(a);
         if out.len() >= limit {
             break;
-        }
-    }
-    Ok(out)
-}
-
-/// Every stored alarm (the `alarms` SQL table), optionally one user's.
-pub fn all(db: &crate::store::Db, owner: Option<&str>) -> Result<Vec<Alarm>, Error> {
-    let tx = db.0.begin_read()?;
-    let t = tx.open_table(ALARMS)?;
-    let mut out = Vec::new();
-    for entry in t.iter()? {
-        let (k, v) = entry?;
-        let a: Alarm = decode("alarms", &k.value().to_string(), v.value())?;
-        if owner.is_none_or(|o| o == a.owner) {
-            out.push(a);
         }
     }
     Ok(out)
@@ -354,7 +360,7 @@ pub fn operate(state: &AppState, owner: &str, id: u64, op: Operation, by: &str) 
             }
         };
         store(t, &a, change)?;
-        let rule = rules.get(&format!("{owner}/{}", a.rule)).cloned();
+        let rule = rules.get(&twinlake_rules::scope(owner, &a.rule)).cloned();
         let wake = match (change, rule) {
             (Change::Cleared, Some(rule)) => actions(state, t, &rule, &a, false)?,
             _ => Wake::default(),
@@ -366,7 +372,7 @@ pub fn operate(state: &AppState, owner: &str, id: u64, op: Operation, by: &str) 
         state
             .rules
             .evaluator()
-            .reset(&format!("{owner}/{}", alarm.rule), &alarm.key);
+            .reset(&twinlake_rules::scope(owner, &alarm.rule), &alarm.key);
     }
     wake.notify(state);
     Ok(alarm)

@@ -154,6 +154,7 @@ impl CloudConfig {
                     .into(),
             );
         }
+        twinlake_query::rollup::check_all(&self.sql.rollups).map_err(|e| Error::Config(format!("sql.rollups: {e}")))?;
         for t in &self.tokens {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad(format!(
@@ -269,6 +270,8 @@ pub struct SqlSection {
     /// How long each table is kept (none: forever); whole hour partitions past it are
     /// deleted, their files after `grace` (at least `timeout`; default: `timeout`).
     pub retention: twinlake_query::retention::RetentionConfig,
+    /// Rollup tables (`[[sql.rollups]]`), maintained as source partitions close.
+    pub rollups: Vec<twinlake_query::rollup::RollupDef>,
 }
 
 impl SqlSection {
@@ -296,6 +299,7 @@ impl Default for SqlSection {
             rebuild_on_start: true,
             compaction: Default::default(),
             retention: Default::default(),
+            rollups: Vec::new(),
         }
     }
 }
@@ -479,6 +483,8 @@ mod tests {
         );
         assert_eq!(c.sql.postgres_addr, Some("0.0.0.0:5432".parse().unwrap()));
         assert!(c.sql.compaction.enabled);
+        assert_eq!(c.sql.rollups.first().map(|r| r.name()).as_deref(), Some("telemetry_1h"));
+        assert!(c.sql.retention.of("telemetry_1h").is_some());
     }
 
     #[test]
@@ -504,6 +510,11 @@ mod tests {
             ),
             ("[sql.retention]\ntables = { t = \"soon\" }", "expected a duration"),
             ("[webhooks]\nallow_networks = [\"10.0.0.0/33\"]", "invalid IP address"),
+            ("[[sql.rollups]]\ntable = \"t\"\nevery = \"7s\"", "dividing an hour"),
+            (
+                "[[sql.rollups]]\ntable = \"t\"\nevery = \"1m\"\nfields = { v = [\"median\"] }",
+                "unknown variant",
+            ),
         ] {
             let e = CloudConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");

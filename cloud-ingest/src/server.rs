@@ -305,8 +305,9 @@ impl Cloud {
         // new start in the same process can open it.
         let mut sql_tasks = vec![tokio::spawn(crate::sql::catalogue(state.clone()))];
         let counted = state.clone();
-        let expiry = twinlake_query::compact::Expiry {
+        let expiry = twinlake_query::upkeep::Expiry {
             retention: state.cfg.sql.retention.clone(),
+            rollups: state.cfg.sql.rollups.clone(),
             grace: state.cfg.sql.retention_grace(),
             on_expired: Arc::new(move |x: &twinlake_query::retention::Expired| {
                 let m = &counted.metrics;
@@ -316,7 +317,7 @@ impl Cloud {
                 m.retention_bytes.inc_by(x.bytes);
             }),
         };
-        sql_tasks.push(tokio::spawn(twinlake_query::compact::run(
+        sql_tasks.push(tokio::spawn(twinlake_query::upkeep::run(
             state.sql.lake().clone(),
             state.cfg.sql.compaction.clone(),
             Some(expiry),

@@ -155,6 +155,30 @@ fn column_bytes(file: Vec<u8>, into: &mut Vec<(String, i64)>) {
     }
 }
 
+/// The hours as one day file (the cloud's day tier: sorted by owner, device, time, exact
+/// narrower types), at `zstd_level`: its bytes and bytes per column.
+fn day_file(hours: &[RecordBatch], zstd_level: i32) -> (usize, Vec<(String, i64)>) {
+    use twinlake_edge::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+    let all = concat_batches(&hours[0].schema(), hours).unwrap();
+    let sort: Vec<SortColumn> = ["owner", "device", "time"]
+        .iter()
+        .map(|c| SortColumn {
+            values: all.column_by_name(c).unwrap().clone(),
+            options: None,
+        })
+        .collect();
+    let sorted = take_record_batch(&all, &lexsort_to_indices(&sort, None).unwrap()).unwrap();
+    let settings = twinlake_edge::lake::file::WriterSettings {
+        zstd_level,
+        ..Default::default()
+    };
+    let bytes = twinlake_edge::lake::dense::encode_day(&sorted, settings, hours.len()).unwrap();
+    let mut cols = Vec::new();
+    let n = bytes.len();
+    column_bytes(bytes, &mut cols);
+    (n, cols)
+}
+
 fn storage(full: bool) {
     let (trucks, ticks) = if full { (500, 8640) } else { (5, 60) };
     let values = (trucks * ticks * 7) as f64;
@@ -233,8 +257,18 @@ fn storage(full: bool) {
                 row("twinlake, BYTE_STREAM_SPLIT fallback for floats", total_bss);
             }
             if i == 0 && jitter {
-                per_column.push(("PLAIN fallback (the agent's)", after));
+                per_column.push(("hour files (the agent's)", after));
                 per_column.push(("BYTE_STREAM_SPLIT fallback", std::mem::take(&mut bss)));
+            }
+        }
+        for level in [3, 9] {
+            let (total, cols) = day_file(&hours, level);
+            println!(
+                "| twinlake day tier (zstd-{level}, exact decimals and ms times, delta) | one day file | {total} | {:.3} |",
+                total as f64 / values
+            );
+            if level == 3 && jitter {
+                per_column.push(("day file (zstd-3)", cols));
             }
         }
     }
@@ -258,16 +292,17 @@ fn storage(full: bool) {
         Ok(out) => println!("\n(pyarrow peer failed: {})", String::from_utf8_lossy(&out.stderr)),
         Err(e) => println!("\n(pyarrow peer not run: {e}; run scripts/test once to make .venv)"),
     }
-    if let [(b_name, b), (a_name, a)] = per_column.as_slice() {
-        println!("\n#### Bytes per column, arrival times, all hourly files\n");
-        println!("| column | {b_name} | B/row | {a_name} | B/row |");
-        println!("|---|---:|---:|---:|---:|");
+    if let [(b_name, b), (a_name, a), (d_name, d)] = per_column.as_slice() {
+        println!("\n#### Bytes per column, arrival times\n");
+        println!("| column | {b_name} | B/row | {a_name} | B/row | {d_name} | B/row |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         let rows = (trucks * ticks) as f64;
-        for ((name, x), (_, y)) in b.iter().zip(a) {
+        for (((name, x), (_, y)), (_, z)) in b.iter().zip(a).zip(d) {
             println!(
-                "| {name} | {x} | {:.3} | {y} | {:.3} |",
+                "| {name} | {x} | {:.3} | {y} | {:.3} | {z} | {:.3} |",
                 *x as f64 / rows,
-                *y as f64 / rows
+                *y as f64 / rows,
+                *z as f64 / rows
             );
         }
     }

@@ -5,7 +5,12 @@
 //!   the key were written before it existed and are version 1.
 //! * 2: `owner` (the row's user) after `gateway`, sorted by (owner, device, time).
 //!
-//! A compacted file also carries `twinlake.compacted` (how many files it replaced).
+//! * 3: a day file ([`crate::dense`]): as 2, and columns may be stored in a narrower exact
+//!   type that `twinlake.stored` names. Only day files are written as 3, so a cloud of the
+//!   previous version still reads every gateway's files.
+//!
+//! A compacted file also carries `twinlake.compacted` (how many files it replaced); a day
+//! file carries `twinlake.day` (the same).
 
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -16,12 +21,18 @@ use parquet::schema::types::ColumnPath;
 
 use crate::LakeError;
 
-/// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest format version this build reads and writes (day files).
+pub const FORMAT_VERSION: u32 = 3;
+/// The format version of hour files (a gateway's and compaction's).
+pub const HOUR_FORMAT_VERSION: u32 = 2;
 /// The metadata key of the format version.
 pub const FORMAT_KEY: &str = "twinlake.format";
 /// The metadata key that marks a compacted file; its value counts the files it replaced.
 pub const COMPACTED_KEY: &str = "twinlake.compacted";
+/// The metadata key that marks a day file; its value counts the files it replaced.
+pub const DAY_KEY: &str = "twinlake.day";
+/// The metadata key of a rollup file: what it covers (JSON; the cloud's `rollup` module).
+pub const ROLLUP_KEY: &str = "twinlake.rollup";
 
 /// What a writer may tune.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +57,8 @@ pub enum Writer {
     Edge,
     /// The cloud's compaction of this many files.
     Compaction { replaced: usize },
+    /// The cloud's day tier, replacing this many files.
+    Day { replaced: usize },
 }
 
 /// Writer settings: zstd, page statistics, sorted by (owner, device, time), delta-encoded time, and
@@ -61,9 +74,14 @@ pub fn writer_properties(cfg: WriterSettings, writer: Writer) -> Result<WriterPr
         descending: false,
         nulls_first: false,
     };
-    let mut metadata = vec![KeyValue::new(FORMAT_KEY.into(), FORMAT_VERSION.to_string())];
-    if let Writer::Compaction { replaced } = writer {
-        metadata.push(KeyValue::new(COMPACTED_KEY.into(), replaced.to_string()));
+    let (format, mark) = match writer {
+        Writer::Edge => (HOUR_FORMAT_VERSION, None),
+        Writer::Compaction { replaced } => (HOUR_FORMAT_VERSION, Some((COMPACTED_KEY, replaced))),
+        Writer::Day { replaced } => (FORMAT_VERSION, Some((DAY_KEY, replaced))),
+    };
+    let mut metadata = vec![KeyValue::new(FORMAT_KEY.into(), format.to_string())];
+    if let Some((key, replaced)) = mark {
+        metadata.push(KeyValue::new(key.into(), replaced.to_string()));
     }
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
@@ -93,11 +111,13 @@ pub fn encode(batches: &[RecordBatch], props: &WriterProperties) -> Result<Vec<u
 }
 
 /// What a file's key-value metadata says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileInfo {
     pub format: u32,
-    /// Whether it says it was compacted.
+    /// Whether it says it was compacted (into an hour or a day file).
     pub compacted: bool,
+    /// Whether it is a day file (whose narrower columns `dense::read_stored` reads).
+    pub day: bool,
 }
 
 impl FileInfo {
@@ -115,9 +135,11 @@ impl FileInfo {
                     LakeError::Format(format!("format version {v:?}; this build reads 1 to {FORMAT_VERSION}"))
                 })?,
         };
+        let day = find(DAY_KEY).is_some();
         Ok(Self {
             format,
-            compacted: find(COMPACTED_KEY).is_some(),
+            compacted: day || find(COMPACTED_KEY).is_some(),
+            day,
         })
     }
 }

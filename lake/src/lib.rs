@@ -9,13 +9,15 @@
 //! * [`buffer`]: rows in Arrow, by table, sorted and split into hours when sealed;
 //! * [`path`]: a file's place in the lake, typed, built and parsed in one place;
 //! * [`file`]: the Parquet writer settings and the metadata (format version) the catalog
-//!   reads.
+//!   reads;
+//! * [`dense`]: the day tier's exact narrower encodings (format 3).
 //!
 //! It depends on arrow, parquet and the SDK's PSON codec only, so a gateway build carries
 //! none of the cloud.
 
 pub mod buffer;
 pub mod columns;
+pub mod dense;
 pub mod file;
 pub mod model;
 pub mod path;

@@ -2,9 +2,12 @@
 //! to the lake's root, built and parsed only here.
 //!
 //! `<file>` is `<gateway>-<seal>` (the seal number in 20 digits) for a file a gateway wrote,
-//! and `compacted-<stamp>` for one the cloud's compaction wrote. `compacted` is therefore no
-//! gateway's name ([`is_gateway_name`]), so a gateway's store credentials, scoped to its own
-//! file names (SECURITY.md), cannot write a file that passes as the cloud's.
+//! `compacted-<stamp>` for one the cloud's compaction wrote, and `day-<stamp>` for a day
+//! file of the cloud's day tier, which holds the whole UTC day and sits in the day's
+//! `hour=00` directory (so hive-partitioned readers see one depth; filter such files on
+//! `time`, not on `hour`). `compacted` and `day` are therefore no gateway's name
+//! ([`is_gateway_name`]), so a gateway's store credentials, scoped to its own file names
+//! (SECURITY.md), cannot write a file that passes as the cloud's.
 
 use std::fmt;
 
@@ -14,6 +17,10 @@ use crate::model::is_table_name;
 pub const HOUR_US: i64 = 3_600_000_000;
 /// The file-name stem of compacted files.
 const COMPACTED: &str = "compacted";
+/// The file-name stem of day files.
+const DAY: &str = "day";
+/// One day in µs.
+pub const DAY_US: i64 = 24 * HOUR_US;
 /// The longest gateway id.
 pub const MAX_GATEWAY_NAME: usize = 64;
 
@@ -40,6 +47,11 @@ impl Hour {
         self.0
     }
 
+    /// The first hour of its UTC day.
+    pub fn day(self) -> Self {
+        Self(self.0 - self.0.rem_euclid(DAY_US))
+    }
+
     /// `(year, month, day, hour)`.
     fn civil(self) -> (i64, u32, u32, i64) {
         let secs = self.0.div_euclid(1_000_000);
@@ -55,6 +67,8 @@ pub enum Origin {
     Seal { gateway: String, seal: u64 },
     /// The cloud's compaction, at a stamp (µs since the epoch when it ran).
     Compacted { stamp: u64 },
+    /// The cloud's day tier, at a stamp; the file holds its whole day.
+    Day { stamp: u64 },
 }
 
 /// A lake file's path, relative to the lake's root.
@@ -91,6 +105,11 @@ impl LakePath {
         Self::new(table, hour, Origin::Compacted { stamp })
     }
 
+    /// The path of a day file for one table and the day of `hour`.
+    pub fn day(table: &str, hour: Hour, stamp: u64) -> Result<Self, PathError> {
+        Self::new(table, hour.day(), Origin::Day { stamp })
+    }
+
     fn new(table: &str, hour: Hour, origin: Origin) -> Result<Self, PathError> {
         if !is_table_name(table) {
             return Err(PathError(format!("{table:?} is not a table name")));
@@ -116,8 +135,11 @@ impl LakePath {
             .parse()
             .ok()
             .filter(|_| number.bytes().all(|b| b.is_ascii_digit()))?;
-        let origin = if name == COMPACTED && number.to_string().len() == file.len() - name.len() - 9 {
+        let stamped = number.to_string().len() == file.len() - name.len() - 9;
+        let origin = if name == COMPACTED && stamped {
             Origin::Compacted { stamp: number }
+        } else if name == DAY && stamped && hour.day() == hour {
+            Origin::Day { stamp: number }
         } else if is_gateway_name(name) && file.len() == name.len() + 29 {
             Origin::Seal {
                 gateway: name.to_owned(),
@@ -145,8 +167,13 @@ impl LakePath {
     pub fn gateway_seal(&self) -> Option<(&str, u64)> {
         match &self.origin {
             Origin::Seal { gateway, seal } => Some((gateway, *seal)),
-            Origin::Compacted { .. } => None,
+            Origin::Compacted { .. } | Origin::Day { .. } => None,
         }
+    }
+
+    /// Whether it is a day file.
+    pub fn is_day(&self) -> bool {
+        matches!(self.origin, Origin::Day { .. })
     }
 
     /// The directory of its table and hour: `<table>/date=…/hour=…`.
@@ -161,16 +188,18 @@ impl fmt::Display for LakePath {
         match &self.origin {
             Origin::Seal { gateway, seal } => write!(f, "{}/{gateway}-{seal:020}.parquet", self.dir()),
             Origin::Compacted { stamp } => write!(f, "{}/{COMPACTED}-{stamp}.parquet", self.dir()),
+            Origin::Day { stamp } => write!(f, "{}/{DAY}-{stamp}.parquet", self.dir()),
         }
     }
 }
 
 /// Whether `name` may be a gateway's id: 1 to 64 letters, digits, `-`, `_` or `.`, not
-/// starting with `_` or `.` (the lake's own directories) and not `compacted`.
+/// starting with `_` or `.` (the lake's own directories) and not `compacted` or `day`.
 pub fn is_gateway_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_GATEWAY_NAME
         && name != COMPACTED
+        && name != DAY
         && !name.starts_with(['_', '.'])
         && name
             .bytes()
@@ -235,6 +264,9 @@ mod tests {
             }
         );
         assert_eq!(c.hour().start_us(), -HOUR_US);
+        let d = LakePath::parse("t/date=2024-02-29/hour=00/day-1712345678901234.parquet").unwrap();
+        assert!(d.is_day() && d.gateway_seal().is_none());
+        assert_eq!(d.hour().start_us(), days_from_civil(2024, 2, 29) * 24 * HOUR_US);
     }
 
     #[test]
@@ -251,6 +283,8 @@ mod tests {
             "t/date=2024-01-01/hour=00/-00000000000000000001.parquet",
             "t/date=2024-01-01/hour=00/g-00000000000000000001.csv",
             "t/date=2024-01-01/hour=00/compacted.parquet",
+            "t/date=2024-01-01/hour=01/day-1712345678901234.parquet",
+            "t/date=2024-01-01/hour=00/day-01712345678901234.parquet",
             "t/date=+024-01-01/hour=00/g-00000000000000000001.parquet",
         ] {
             assert_eq!(LakePath::parse(p), None, "{p}");
@@ -259,7 +293,7 @@ mod tests {
 
     #[test]
     fn compacted_is_no_gateway() {
-        assert!(!is_gateway_name("compacted"));
+        assert!(!is_gateway_name("compacted") && !is_gateway_name("day"));
         assert!(LakePath::seal("t", Hour::of(0).unwrap(), "compacted", 1).is_err());
         assert!(is_gateway_name("edge-01.site_a"));
         assert!(!is_gateway_name("_quarantine") && !is_gateway_name("a/b") && !is_gateway_name(""));
@@ -289,18 +323,19 @@ mod tests {
             time in FIRST_US..END_US,
             gateway in name(),
             number: u64,
-            compacted: bool,
+            kind in 0u8..3,
         ) {
             let hour = Hour::of(time).unwrap();
-            let path = if compacted {
-                LakePath::compacted(&table, hour, number)
-            } else {
-                LakePath::seal(&table, hour, &gateway, number)
+            let path = match kind {
+                0 => LakePath::compacted(&table, hour, number),
+                1 => LakePath::day(&table, hour, number),
+                _ => LakePath::seal(&table, hour, &gateway, number),
             };
             prop_assume!(path.is_ok());
             let path = path.unwrap();
             prop_assert_eq!(LakePath::parse(&path.to_string()), Some(path.clone()));
-            prop_assert!(path.hour().start_us() <= time && time < path.hour().start_us() + HOUR_US);
+            let span = if path.is_day() { DAY_US } else { HOUR_US };
+            prop_assert!(path.hour().start_us() <= time && time < path.hour().start_us() + span);
         }
 
         #[test]

@@ -64,9 +64,44 @@ pub struct FileMeta {
     pub bytes: u64,
     /// Column names and types, in file order.
     pub columns: Vec<(String, ColumnType)>,
-    /// 0 for an edge file, 1 for a compacted one.
+    /// 0 for an edge file, 1 for a compacted hour, [`LEVEL_DAY`] for a day file.
     #[serde(default)]
     pub level: u8,
+    /// What a rollup file covers (`crate::rollup`), from its footer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covers: Option<Covers>,
+}
+
+/// What a rollup file covers: a span of its source table's committed rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Covers {
+    pub source: String,
+    /// The rollup's interval, µs.
+    pub every_us: i64,
+    /// The span: its start and length (an hour or a day), µs.
+    pub start_us: i64,
+    pub span_us: i64,
+    /// The source rows the span held when rolled.
+    pub rows: u64,
+}
+
+/// The level of a day file.
+pub const LEVEL_DAY: u8 = 2;
+
+impl FileMeta {
+    /// Whether it is a day file (which holds its whole UTC day).
+    pub fn is_day(&self) -> bool {
+        self.level == LEVEL_DAY
+    }
+
+    /// How long a time its partition spans: an hour, or a day for a day file.
+    pub fn span_us(&self) -> i64 {
+        if self.is_day() {
+            twinlake_lake::path::DAY_US
+        } else {
+            twinlake_lake::path::HOUR_US
+        }
+    }
 }
 
 /// Reads a file's footer and describes it. `path` is relative to the lake root `prefix`.
@@ -85,12 +120,20 @@ pub async fn describe(
     let builder = open_file(store, prefix, path, size).await?;
     let schema = builder.schema().clone();
     let meta = builder.metadata().clone();
+    let info = FileInfo::read(meta.file_metadata().key_value_metadata())?;
+    let stored = twinlake_lake::dense::read_stored(meta.file_metadata().key_value_metadata())?;
     let mut columns = Vec::new();
     for f in schema.fields() {
-        if let Some(t) = ColumnType::of(f.data_type()) {
+        let logical = twinlake_lake::dense::logical_type(&stored, f.name(), f.data_type());
+        if let Some(t) = ColumnType::of(&logical) {
             columns.push((f.name().clone(), t));
         }
     }
+    // A day file may keep `time` in milliseconds.
+    let time_scale = match stored.get("time") {
+        Some(twinlake_lake::dense::Stored::Millis) => 1000,
+        _ => 1,
+    };
     let parquet_schema = meta.file_metadata().schema_descr();
     let leaf = |name: &str| (0..parquet_schema.num_columns()).find(|i| parquet_schema.column(*i).name() == name);
     let (time_idx, device_idx) = (leaf("time"), leaf("device"));
@@ -101,8 +144,8 @@ pub async fn describe(
         rows += rg.num_rows().max(0) as u64;
         if let Some(Statistics::Int64(s)) = time_idx.and_then(|i| rg.column(i).statistics()) {
             if let (Some(a), Some(b)) = (s.min_opt(), s.max_opt()) {
-                tmin = tmin.min(*a);
-                tmax = tmax.max(*b);
+                tmin = tmin.min(a.saturating_mul(time_scale));
+                tmax = tmax.max(b.saturating_mul(time_scale));
             }
         } else if rg.num_rows() > 0 {
             // Without statistics nothing can be pruned: the whole hour.
@@ -127,14 +170,18 @@ pub async fn describe(
     if rows == 0 {
         (tmin, tmax) = (hour_us, hour_us);
     }
-    let info = FileInfo::read(meta.file_metadata().key_value_metadata())?;
-    // Only the cloud writes `compacted-…` names (no gateway may be called `compacted`), and
-    // a gateway's file stays its own whatever its metadata claims.
+    // Only the cloud writes `compacted-…` and `day-…` names (no gateway may be called so),
+    // and a gateway's file stays its own whatever its metadata claims.
     let origin = lake_path.gateway_seal();
     let compacted = origin.is_none();
-    if compacted && !info.compacted {
+    if (compacted && !info.compacted) || lake_path.is_day() != info.day {
         return Err(QueryError::Catalog(format!(
-            "{path}: a compacted name without compaction's mark"
+            "{path}: its name and its metadata disagree on who wrote it"
+        )));
+    }
+    if origin.is_some() && !stored.is_empty() {
+        return Err(QueryError::Catalog(format!(
+            "{path}: a gateway's file with stored types"
         )));
     }
     Ok(FileMeta {
@@ -150,8 +197,25 @@ pub async fn describe(
         rows,
         bytes: size,
         columns,
-        level: u8::from(compacted),
+        level: if lake_path.is_day() {
+            LEVEL_DAY
+        } else {
+            u8::from(compacted)
+        },
+        covers: match (compacted, find_kv(&meta, twinlake_lake::file::ROLLUP_KEY)) {
+            (true, Some(v)) => Some(serde_json::from_str(&v).map_err(|e| QueryError::Catalog(format!("{path}: {e}")))?),
+            _ => None,
+        },
     })
+}
+
+/// A key's value in a file's key-value metadata.
+fn find_kv(meta: &parquet::file::metadata::ParquetMetaData, key: &str) -> Option<String> {
+    meta.file_metadata()
+        .key_value_metadata()?
+        .iter()
+        .find(|k| k.key == key)
+        .and_then(|k| k.value.clone())
 }
 
 /// `prefix/path` as an object path.

@@ -12,7 +12,6 @@ use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::AsyncArrowWriter;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::QueryError;
@@ -41,6 +40,13 @@ pub struct CompactionConfig {
     pub grace: Duration,
     /// zstd level of compacted files.
     pub zstd_level: i32,
+    /// A UTC day this long past its end merges into one day file (`days`); none: never.
+    #[serde(with = "humantime_serde")]
+    pub day_after: Option<Duration>,
+    /// zstd level of day files.
+    pub day_zstd_level: i32,
+    /// A day holding more rows stays in hour files (a day file is built in memory).
+    pub day_max_rows: u64,
 }
 
 impl Default for CompactionConfig {
@@ -52,6 +58,9 @@ impl Default for CompactionConfig {
             cold_after: Duration::from_secs(600),
             grace: Duration::from_secs(120),
             zstd_level: 3,
+            day_after: Some(Duration::from_secs(24 * 3600)),
+            day_zstd_level: 3,
+            day_max_rows: 20_000_000,
         }
     }
 }
@@ -61,7 +70,7 @@ pub fn due(lake: &Lake, cfg: &CompactionConfig, now_us: i64) -> Vec<(String, i64
     let mut out = Vec::new();
     for table in lake.table_names() {
         let mut by_hour: std::collections::BTreeMap<i64, (usize, usize)> = Default::default();
-        for f in lake.files(&table) {
+        for f in lake.files(&table).iter().filter(|f| !f.is_day() && f.covers.is_none()) {
             let e = by_hour.entry(f.hour_us).or_default();
             e.0 += 1;
             if f.level == 0 {
@@ -88,41 +97,96 @@ async fn read(lake: &Lake, f: &FileMeta) -> Result<Vec<RecordBatch>, QueryError>
     Ok(stream.try_collect().await?)
 }
 
-/// Merges every file of `table`'s `hour` partition into one. Returns the new file, or
-/// `None` when there was nothing to merge.
-pub async fn compact_partition(
-    lake: &Arc<Lake>,
-    table: &str,
-    hour_us: i64,
-    cfg: &CompactionConfig,
-) -> Result<Option<FileMeta>, QueryError> {
-    let files: Vec<_> = lake.files(table).into_iter().filter(|f| f.hour_us == hour_us).collect();
-    if files.len() < 2 {
-        return Ok(None);
-    }
+/// Every row of `files`, in their merged schema, sorted by (owner, device, time).
+pub(crate) async fn merge(lake: &Lake, files: &[Arc<FileMeta>]) -> Result<RecordBatch, QueryError> {
     let schema = merge_schema(files.iter().map(|f| f.columns.as_slice()));
     let mut batches = Vec::new();
-    for f in &files {
+    for f in files {
         for b in read(lake, f).await? {
             batches.push(conform(&b, &schema)?);
         }
     }
     let all = concat_batches(&schema, &batches)?;
     drop(batches);
-    let sorted = if all.num_rows() > 0 {
-        let sort: Vec<SortColumn> = [OWNER, "device", "time"]
-            .iter()
-            .filter_map(|c| all.column_by_name(c))
-            .map(|c| SortColumn {
-                values: c.clone(),
-                options: None,
-            })
-            .collect();
-        let idx = lexsort_to_indices(&sort, None)?;
-        take_record_batch(&all, &idx)?
-    } else {
-        all
-    };
+    if all.num_rows() == 0 {
+        return Ok(all);
+    }
+    let sort: Vec<SortColumn> = [OWNER, "device", "time"]
+        .iter()
+        .filter_map(|c| all.column_by_name(c))
+        .map(|c| SortColumn {
+            values: c.clone(),
+            options: None,
+        })
+        .collect();
+    let idx = lexsort_to_indices(&sort, None)?;
+    Ok(take_record_batch(&all, &idx)?)
+}
+
+/// µs since the epoch now, as a file name's stamp.
+pub(crate) fn stamp() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+/// Stores `bytes` at `rel`, describes it from its footer and swaps it for `files` in the
+/// catalog in one step; the replaced files are deleted once running queries are done.
+pub(crate) async fn replace(
+    lake: &Arc<Lake>,
+    rel: &str,
+    bytes: Vec<u8>,
+    files: &[Arc<FileMeta>],
+    grace: Duration,
+) -> Result<FileMeta, QueryError> {
+    let (store, prefix) = lake.store();
+    let size = bytes.len() as u64;
+    store
+        .put(&catalog::full_path(prefix, rel), bytes::Bytes::from(bytes).into())
+        .await?;
+    let meta = catalog::describe(store, prefix, rel, Some(size)).await?;
+    let removed: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    lake.swap(&meta.table, meta.clone(), &removed)?;
+    info!(
+        table = meta.table,
+        files = files.len(),
+        rows = meta.rows,
+        bytes = meta.bytes,
+        path = %rel,
+        "compacted"
+    );
+    let store = store.clone();
+    let prefix = prefix.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        for p in removed {
+            if let Err(e) = store.delete(&catalog::full_path(&prefix, &p)).await {
+                warn!(path = %p, error = %e, "cannot delete a compacted file");
+            }
+        }
+    });
+    Ok(meta)
+}
+
+/// Merges every file of `table`'s `hour` partition (not its day file, nor rollup files,
+/// which their rollup replaces) into one. Returns
+/// the new file, or `None` when there was nothing to merge.
+pub async fn compact_partition(
+    lake: &Arc<Lake>,
+    table: &str,
+    hour_us: i64,
+    cfg: &CompactionConfig,
+) -> Result<Option<FileMeta>, QueryError> {
+    let files: Vec<_> = lake
+        .files(table)
+        .into_iter()
+        .filter(|f| f.hour_us == hour_us && !f.is_day() && f.covers.is_none())
+        .collect();
+    if files.len() < 2 {
+        return Ok(None);
+    }
+    let sorted = merge(lake, &files).await?;
     let settings = WriterSettings {
         zstd_level: cfg.zstd_level,
         ..Default::default()
@@ -134,91 +198,10 @@ pub async fn compact_partition(
         w.write(&sorted).await?;
         w.close().await?;
     }
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default();
     let hour =
         Hour::of(hour_us).ok_or_else(|| QueryError::Catalog(format!("hour {hour_us} outside the lake's years")))?;
-    let rel = LakePath::compacted(table, hour, stamp)
+    let rel = LakePath::compacted(table, hour, stamp())
         .map_err(|e| QueryError::Catalog(e.to_string()))?
         .to_string();
-    let (store, prefix) = lake.store();
-    let size = bytes.len() as u64;
-    store
-        .put(&catalog::full_path(prefix, &rel), bytes::Bytes::from(bytes).into())
-        .await?;
-    let meta = catalog::describe(store, prefix, &rel, Some(size)).await?;
-    let removed: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-    lake.swap(table, meta.clone(), &removed)?;
-    info!(
-        table,
-        files = files.len(),
-        rows = meta.rows,
-        bytes = meta.bytes,
-        path = %rel,
-        "compacted a partition"
-    );
-    // Delete the old files once running queries are done with them.
-    let store = store.clone();
-    let prefix = prefix.clone();
-    let grace = cfg.grace;
-    tokio::spawn(async move {
-        tokio::time::sleep(grace).await;
-        for p in removed {
-            if let Err(e) = store.delete(&catalog::full_path(&prefix, &p)).await {
-                warn!(path = %p, error = %e, "cannot delete a compacted file");
-            }
-        }
-    });
-    Ok(Some(meta))
-}
-
-/// What the compactor's task does besides compacting: retention, and whom to tell.
-#[derive(Clone)]
-pub struct Expiry {
-    pub retention: crate::retention::RetentionConfig,
-    /// How long expired files stay for running queries.
-    pub grace: Duration,
-    /// Told of each partition retention took.
-    pub on_expired: Arc<dyn Fn(&crate::retention::Expired) + Send + Sync>,
-}
-
-impl std::fmt::Debug for Expiry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Expiry")
-            .field("retention", &self.retention)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Every `cfg.interval`: expires what retention says, then compacts due partitions, until
-/// `stop` turns true. (One task: a partition is never compacted and expired at once.)
-pub async fn run(lake: Arc<Lake>, cfg: CompactionConfig, expiry: Option<Expiry>, mut stop: watch::Receiver<bool>) {
-    let expiring = expiry.as_ref().is_some_and(|e| !e.retention.is_empty());
-    if !cfg.enabled && !expiring {
-        return;
-    }
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(cfg.interval) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let now = crate::now_us();
-        if let Some(e) = expiry.as_ref().filter(|_| expiring) {
-            for x in crate::retention::pass(&lake, &e.retention, e.grace, now) {
-                (e.on_expired)(&x);
-            }
-        }
-        if cfg.enabled {
-            for (table, hour) in due(&lake, &cfg, now) {
-                if *stop.borrow() {
-                    return;
-                }
-                if let Err(e) = compact_partition(&lake, &table, hour, &cfg).await {
-                    warn!(%table, hour, error = %e, "compaction failed; will retry");
-                }
-            }
-        }
-    }
+    Ok(Some(replace(lake, &rel, bytes, &files, cfg.grace).await?))
 }

@@ -265,15 +265,21 @@ impl Lake {
         t.chunks.iter().map(|c| c.hour_us).collect()
     }
 
-    /// Takes a whole hour partition out (retention): out of the catalog durably, and out of
-    /// every later snapshot together with its fresh rows, in one step under the tables'
-    /// lock. Returns its files, for the caller to delete once running queries are done.
-    pub fn drop_partition(&self, table: &str, hour_us: i64) -> Result<Vec<Arc<FileMeta>>, QueryError> {
+    /// Takes a whole partition out (retention): an hour, or with `span_us` a day the day
+    /// file of the day starting at `hour_us`. Out of the catalog durably, and out of every
+    /// later snapshot together with its fresh rows, in one step under the tables' lock.
+    /// Returns its files, for the caller to delete once running queries are done.
+    pub fn drop_partition(&self, table: &str, hour_us: i64, span_us: i64) -> Result<Vec<Arc<FileMeta>>, QueryError> {
         let mut tables = self.lock();
         let Some(t) = tables.get_mut(table) else {
             return Ok(Vec::new());
         };
-        let files: Vec<Arc<FileMeta>> = t.files.values().filter(|f| f.hour_us == hour_us).cloned().collect();
+        let files: Vec<Arc<FileMeta>> = t
+            .files
+            .values()
+            .filter(|f| f.hour_us == hour_us && f.span_us() == span_us)
+            .cloned()
+            .collect();
         let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
         // Remembered as replaced: a late announcement of the same file is not taken back.
         self.catalog.swap(&[], &paths, Some("retention"))?;
@@ -282,7 +288,7 @@ impl Lake {
         }
         t.schema = None;
         t.seal_open();
-        let dropped = t.drop_chunks(|c| c.hour_us != hour_us);
+        let dropped = t.drop_chunks(|c| c.hour_us < hour_us || c.hour_us >= hour_us + span_us);
         self.counters
             .fresh_rows_dropped
             .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);

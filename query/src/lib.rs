@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod compact;
+pub mod days;
 pub mod engine;
 pub mod flight;
 pub mod functions;
@@ -21,10 +22,12 @@ pub mod output;
 pub mod pg;
 pub mod provenance;
 pub mod retention;
+pub mod rollup;
 pub mod session;
 pub mod shape;
 pub mod system;
 pub mod tenant;
+pub mod upkeep;
 
 pub use engine::Engine;
 

@@ -4,8 +4,8 @@
 //! snapshot in one step, so a query sees all of it or none; its files are deleted after
 //! `grace` (at least the SQL timeout), so queries that planned before still finish. Runs in
 //! the compactor's task, so a partition is never compacted and expired at once. Fresh rows
-//! of expired hours are dropped at the same step. No rollups exist yet, so none has to be
-//! committed first.
+//! of expired hours are dropped at the same step. A partition goes only once every rollup of
+//! its table covers it ([`crate::rollup::holds`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -66,28 +66,41 @@ pub struct Expired {
     pub bytes: u64,
 }
 
-/// The partitions wholly past their table's retention at `now_us`: `(table, hour)`.
-pub fn due(lake: &Lake, cfg: &RetentionConfig, now_us: i64) -> Vec<(String, i64)> {
+/// The partitions wholly past their table's retention at `now_us`: `(table, start, span)`,
+/// an hour or (a day file) a day.
+pub fn due(
+    lake: &Lake,
+    cfg: &RetentionConfig,
+    rollups: &[crate::rollup::RollupDef],
+    now_us: i64,
+) -> Vec<(String, i64, i64)> {
     let mut out = Vec::new();
     for table in lake.table_names() {
         let Some(keep) = cfg.of(&table) else { continue };
         let cutoff = now_us.saturating_sub(keep.as_micros().min(i64::MAX as u128) as i64);
-        let hours: BTreeSet<i64> = lake
+        let parts: BTreeSet<(i64, i64)> = lake
             .files(&table)
             .iter()
-            .map(|f| f.hour_us)
-            .chain(lake.fresh_hours(&table))
-            .filter(|h| h.saturating_add(HOUR_US) <= cutoff)
+            .map(|f| (f.hour_us, f.span_us()))
+            .chain(lake.fresh_hours(&table).into_iter().map(|h| (h, HOUR_US)))
+            .filter(|(h, span)| h.saturating_add(*span) <= cutoff)
+            .filter(|(h, span)| !crate::rollup::holds(lake, rollups, &table, *h, *span))
             .collect();
-        out.extend(hours.into_iter().map(|h| (table.clone(), h)));
+        out.extend(parts.into_iter().map(|(h, span)| (table.clone(), h, span)));
     }
     out
 }
 
-/// Expires one partition: out of the catalog and every new snapshot at once, its files
-/// deleted from the object store after `grace`.
-pub fn expire_partition(lake: &Arc<Lake>, table: &str, hour_us: i64, grace: Duration) -> Result<Expired, QueryError> {
-    let files = lake.drop_partition(table, hour_us)?;
+/// Expires one partition (an hour, or a day file's day): out of the catalog and every new
+/// snapshot at once, its files deleted from the object store after `grace`.
+pub fn expire_partition(
+    lake: &Arc<Lake>,
+    table: &str,
+    hour_us: i64,
+    span_us: i64,
+    grace: Duration,
+) -> Result<Expired, QueryError> {
+    let files = lake.drop_partition(table, hour_us, span_us)?;
     let expired = Expired {
         table: table.to_owned(),
         hour_us,
@@ -118,10 +131,16 @@ pub fn expire_partition(lake: &Arc<Lake>, table: &str, hour_us: i64, grace: Dura
 }
 
 /// One pass: every partition due, expired; what went, for the caller to count.
-pub fn pass(lake: &Arc<Lake>, cfg: &RetentionConfig, grace: Duration, now_us: i64) -> Vec<Expired> {
+pub fn pass(
+    lake: &Arc<Lake>,
+    cfg: &RetentionConfig,
+    rollups: &[crate::rollup::RollupDef],
+    grace: Duration,
+    now_us: i64,
+) -> Vec<Expired> {
     let mut out = Vec::new();
-    for (table, hour) in due(lake, cfg, now_us) {
-        match expire_partition(lake, &table, hour, grace) {
+    for (table, hour, span) in due(lake, cfg, rollups, now_us) {
+        match expire_partition(lake, &table, hour, span, grace) {
             Ok(e) => out.push(e),
             Err(e) => warn!(%table, hour, error = %e, "retention could not expire a partition; will retry"),
         }

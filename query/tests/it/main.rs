@@ -3,8 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod clients;
+mod days;
 mod lake;
 mod props;
 mod retention;
+mod rollups;
 mod slt;
 mod support;

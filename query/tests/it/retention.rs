@@ -43,8 +43,8 @@ async fn retention_takes_whole_expired_partitions_and_running_queries_finish() {
     };
     let now = T0 + 4 * HOUR + MIN;
     assert_eq!(
-        due(&f.lake, &cfg, now),
-        vec![("t".to_owned(), T0), ("t".to_owned(), T0 + HOUR)]
+        due(&f.lake, &cfg, &[], now),
+        vec![("t".to_owned(), T0, HOUR), ("t".to_owned(), T0 + HOUR, HOUR)]
     );
 
     // A query that planned before the deletion: its snapshot of hour 00.
@@ -53,7 +53,7 @@ async fn retention_takes_whole_expired_partitions_and_running_queries_finish() {
     assert_eq!(old_files.len(), 2);
 
     let grace = Duration::from_millis(300);
-    let expired = pass(&f.lake, &cfg, grace, now);
+    let expired = pass(&f.lake, &cfg, &[], grace, now);
     assert_eq!(expired.len(), 2);
     assert_eq!((expired[0].files, expired[0].rows), (2, 5));
     let after = f.query(per_hour).await;
@@ -82,7 +82,7 @@ async fn retention_takes_whole_expired_partitions_and_running_queries_finish() {
     assert!(!f.lake.commit(&again[0], None).await.unwrap());
     assert_eq!(f.query(per_hour).await, after);
     // Nothing else is due; a table kept forever ("0s") never is.
-    assert!(due(&f.lake, &cfg, now).is_empty());
+    assert!(due(&f.lake, &cfg, &[], now).is_empty());
     let forever = RetentionConfig {
         default: Some(Duration::from_secs(60)),
         tables: BTreeMap::from([
@@ -91,5 +91,5 @@ async fn retention_takes_whole_expired_partitions_and_running_queries_finish() {
         ]),
         ..Default::default()
     };
-    assert!(due(&f.lake, &forever, now + 1000 * HOUR).is_empty());
+    assert!(due(&f.lake, &forever, &[], now + 1000 * HOUR).is_empty());
 }

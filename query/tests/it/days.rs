@@ -1,0 +1,129 @@
+//! The day tier (#17): a day's hour files merge into one day file that answers every query
+//! exactly as they did (its exact narrower types cast back), late rows for the day are
+//! merged in at the next pass, retention takes a day file only once its whole day is past,
+//! and a file named as a day file without the day tier's mark is refused.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use twinlake_query::catalog::LEVEL_DAY;
+use twinlake_query::compact::CompactionConfig;
+use twinlake_query::days::{compact_day, due};
+use twinlake_query::retention::{self, RetentionConfig};
+
+use crate::support::{Fixture, MIN, Row, T0};
+
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+
+/// Readings every 10 min for two days: `v` rounded to two decimals, `w` not rounded at
+/// all, times a whole number of milliseconds after each tick.
+fn readings(device: &'static str, seed: i64) -> Vec<Row> {
+    (0..2 * 24 * 6)
+        .map(|i| {
+            let jitter_ms = (i * 37 + seed * 11) % 401;
+            let v = ((20.0 + ((i + seed) % 50) as f64 * 0.37) * 100.0).round() / 100.0;
+            let w = (i + seed) as f64 / 3.0;
+            (T0 + i * 10 * MIN + jitter_ms * 1000, device, vec![("v", v), ("w", w)])
+        })
+        .collect()
+}
+
+const QUERIES: [&str; 4] = [
+    "SELECT device, CAST(time AS VARCHAR) AS t, v, w FROM t ORDER BY device, time",
+    "SELECT count(*) AS n, min(v) AS lo, max(v) AS hi, sum(w) AS s FROM t \
+     WHERE v > 21.3 AND time >= '2024-01-01T05:00:00Z' AND time < '2024-01-01T07:30:00.5Z'",
+    "SELECT device, count(*) AS n FROM t WHERE v = 20.74 GROUP BY device ORDER BY device",
+    "SELECT min(time) AS a, max(time) AS b FROM t WHERE device = 'd2' AND time < '2024-01-02T00:00:00Z'",
+];
+
+async fn answers(f: &Fixture) -> Vec<String> {
+    let mut out = Vec::new();
+    for q in QUERIES {
+        out.push(f.query(q).await);
+    }
+    out
+}
+
+fn config() -> CompactionConfig {
+    CompactionConfig {
+        day_after: Some(Duration::from_secs(24 * 3600)),
+        grace: Duration::from_millis(50),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_day_file_answers_as_its_hour_files_did_and_takes_late_rows() {
+    let f = Fixture::empty();
+    for (seal, (d, seed)) in [("d1", 0), ("d2", 7), ("d3", 13)].into_iter().enumerate() {
+        f.commit("t", "gw", seal as u64 + 1, &readings(d, seed)).await;
+    }
+    let before = answers(&f).await;
+    assert!(before[2].contains("| d1 "), "{}", before[2]);
+    let hour_files = f.lake.files("t").len();
+    assert_eq!(hour_files, 3 * 48);
+
+    // Two days and a minute after the first began: only the first day is due.
+    let cfg = config();
+    let now = T0 + 2 * DAY + MIN;
+    assert_eq!(due(&f.lake, &cfg, now), vec![("t".to_owned(), T0)]);
+    let day = compact_day(&f.lake, "t", T0, &cfg).await.unwrap().unwrap();
+    assert_eq!(day.level, LEVEL_DAY);
+    assert!(day.path.starts_with("t/date=2024-01-01/hour=00/day-"), "{}", day.path);
+    assert_eq!(day.rows, 3 * 24 * 6);
+    assert_eq!(day.min_time_us, T0, "read from the footer in ms, catalogued in µs");
+    assert!(day.max_time_us < T0 + DAY);
+    assert_eq!(
+        f.lake.files("t").len(),
+        1 + 3 * 24,
+        "one day file and the second day's hour files"
+    );
+    assert!(
+        due(&f.lake, &cfg, now).is_empty(),
+        "a day with only its day file is done"
+    );
+    assert_eq!(answers(&f).await, before, "the day file answers as its hour files did");
+
+    // A late backlog for hour 05 of the merged day, then the next pass merges it in.
+    let late: Vec<Row> = vec![(T0 + 5 * HOUR + 123_000, "d9", vec![("v", 99.5), ("w", 0.1)])];
+    f.commit("t", "gw-late", 1, &late).await;
+    assert_eq!(due(&f.lake, &cfg, now), vec![("t".to_owned(), T0)]);
+    let day2 = compact_day(&f.lake, "t", T0, &cfg).await.unwrap().unwrap();
+    assert_eq!(day2.rows, 3 * 24 * 6 + 1);
+    assert!(
+        f.query("SELECT count(*) AS n FROM t WHERE device = 'd9'")
+            .await
+            .contains("| 1 |")
+    );
+    assert_eq!(f.lake.files("t").iter().filter(|m| m.is_day()).count(), 1);
+
+    // Retention of one day at two days and a minute: the day file's whole day is past, the
+    // second day's first hour is not.
+    let keep = RetentionConfig {
+        tables: BTreeMap::from([("t".to_owned(), Duration::from_secs(24 * 3600).into())]),
+        ..Default::default()
+    };
+    assert_eq!(
+        retention::due(&f.lake, &keep, &[], now),
+        vec![("t".to_owned(), T0, DAY)]
+    );
+    let gone = retention::pass(&f.lake, &keep, &[], Duration::from_millis(50), now);
+    assert_eq!((gone.len(), gone[0].rows), (1, 3 * 24 * 6 + 1));
+    let left = f.query("SELECT count(*) AS n, min(time) AS first FROM t").await;
+    assert!(
+        left.contains(&format!("| {} |", 3 * 24 * 6)) && left.contains("2024-01-02T00:"),
+        "{left}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_named_as_a_day_file_without_the_mark_is_refused() {
+    let f = Fixture::empty();
+    let paths = f.commit_raw("t", "gw", 1, &readings("d1", 0)[..3]).await;
+    let lake = f.dir.path().join("lake");
+    let fake = "t/date=2024-01-01/hour=00/day-1704067200000000.parquet";
+    std::fs::rename(lake.join(&paths[0]), lake.join(fake)).unwrap();
+    let err = f.lake.commit(fake, None).await.unwrap_err();
+    assert!(err.to_string().contains("disagree"), "{err}");
+}

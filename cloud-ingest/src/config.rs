@@ -90,6 +90,10 @@ impl CloudConfig {
     /// or in code) never shares its pipeline's WAL with another cloud.
     pub fn edge_config(&self) -> EdgeConfig {
         let mut edge = self.edge.clone();
+        if edge.retention.is_empty() {
+            // The in-process pipeline refuses rows the lake would delete at once.
+            edge.retention = self.sql.retention.clone();
+        }
         if edge.data_dir.as_os_str().is_empty() {
             edge.data_dir = self.data_dir.join("edge");
         }

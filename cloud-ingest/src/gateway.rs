@@ -294,7 +294,8 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
                 }
                 // The rules placed on this gateway, with the registry (both change rarely).
                 let rules: Vec<_> = state.rules.current().all().filter(|r| r.gateway.as_deref() == Some(gateway.as_str())).map(|r| (**r).clone()).collect();
-                if io.tx.send(encode(&Down::Rules { rules })).await.is_err() {
+                let retention = Some(state.cfg.sql.retention.clone());
+                if io.tx.send(encode(&Down::Rules { rules, retention })).await.is_err() {
                     break;
                 }
             }

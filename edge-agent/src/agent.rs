@@ -125,7 +125,7 @@ impl EdgeAgent {
 
         let outbox = Outbox::new(&config.data_dir, &config.gateway, writer_properties(&config.parquet)?)?;
         let endpoints = EndpointQueue::new(10_000, metrics.clone());
-        let (ingest, sealed) = Ingest::open(
+        let (mut ingest, sealed) = Ingest::open(
             &config.gateway,
             config.data_dir.clone(),
             outbox.clone(),
@@ -134,6 +134,10 @@ impl EdgeAgent {
             metrics.clone(),
             endpoints.clone(),
         )?;
+        ingest.retention = Arc::new(crate::retention::Retention::open(
+            config.retention.clone(),
+            (!config.link.url.is_empty()).then(|| config.data_dir.join("retention.json")),
+        ));
         let (store, prefix) = open_store(&config.upload, &config.data_dir)?;
         let uplink = Uplink::new(
             config.link.max_waiting_files,
@@ -344,6 +348,7 @@ impl EdgeAgent {
                 metrics: self.metrics.clone(),
                 southbound: self.southbound.clone(),
                 rules,
+                retention: self.ingest.retention.clone(),
             };
             client.load_registry();
             tokio::spawn(client.run(stop_link_rx))

@@ -47,6 +47,9 @@ pub struct EdgeConfig {
     pub device_http: DeviceHttpSection,
     /// CoAP devices (off unless `coap.udp` is set).
     pub coap: CoapSection,
+    /// How long the lake keeps each table: rows already past it are refused where they
+    /// enter. A cloud link replaces it with the cloud's `[sql.retention]`.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl Default for EdgeConfig {
@@ -69,6 +72,7 @@ impl Default for EdgeConfig {
             lorawan: LorawanSection::default(),
             device_http: DeviceHttpSection::default(),
             coap: CoapSection::default(),
+            retention: Default::default(),
         }
     }
 }

@@ -152,6 +152,8 @@ pub struct Ingest {
     pub(crate) link: Option<crate::link::Uplink>,
     /// Rules the cloud placed on this gateway, judged on every durable row.
     pub(crate) rules: Option<Arc<crate::rules::EdgeRules>>,
+    /// Rows already past their table's retention are refused before any ack.
+    pub(crate) retention: Arc<crate::retention::Retention>,
     unsynced: Pending,
     sync_at: Option<Instant>,
     inflight: Option<Inflight>,
@@ -248,6 +250,7 @@ impl Ingest {
                 fresh: None,
                 link: None,
                 rules: None,
+                retention: Default::default(),
                 unsynced: Pending::default(),
                 sync_at: None,
                 inflight: None,
@@ -400,6 +403,12 @@ impl Ingest {
             }
             return;
         };
+        if self.past_retention(&table, time_us) {
+            if let Some(a) = ack {
+                a.ack(false);
+            }
+            return;
+        }
         if !self.append_row(kind, &table, (&ev.device.user, &ev.device.device), time_us, &payload) {
             if let Some(a) = ack {
                 a.ack(false);
@@ -409,6 +418,15 @@ impl Ingest {
         if let Some(a) = ack {
             self.unsynced.acks.push(a);
         }
+    }
+
+    /// Whether a row is past its table's retention: then refused and counted.
+    fn past_retention(&self, table: &str, time_us: i64) -> bool {
+        let past = self.retention.expired(table, time_us, crate::retention::now_us());
+        if past {
+            self.metrics.refused("expired", 1);
+        }
+        past
     }
 
     /// A source's message: its rows, then (for a message to confirm) a delivery record, all
@@ -437,6 +455,10 @@ impl Ingest {
                 self.metrics.refused("name", 1);
                 continue;
             };
+            if self.past_retention(&table, micros(r.at)) {
+                // Confirmed all the same: sending it again could not make it younger.
+                continue;
+            }
             if crate::sources::telemetry::depth(&r.payload) > twinlake_sdk::pson::Limits::DEFAULT.max_depth {
                 // The WAL could not read it back: refused where it would be lost (sources
                 // refuse it first and say so).

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod rate_limit;
 pub mod registry;
+pub mod retention;
 pub mod rules;
 pub mod sources;
 pub mod upload;

@@ -103,6 +103,10 @@ pub enum Down {
     /// The rules the cloud placed on this gateway (all of them, each time they change).
     Rules {
         rules: Vec<twinlake_rules::Rule>,
+        /// The cloud's retention (`[sql.retention]`): the gateway refuses rows already past
+        /// it. Absent from clouds before it (the gateway keeps its own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention: Option<twinlake_lake::retention::RetentionConfig>,
     },
 }
 

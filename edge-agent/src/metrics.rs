@@ -241,6 +241,11 @@ impl Metrics {
             .inc_by(rows);
     }
 
+    /// Rows refused for `reason` so far.
+    pub fn refused_count(&self, reason: &'static str) -> u64 {
+        self.refused_rows.get_or_create(&DropLabels { reason }).get()
+    }
+
     /// Counts a drop.
     pub fn dropped(&self, reason: &'static str, files: u64, rows: u64) {
         self.dropped_files.get_or_create(&DropLabels { reason }).inc_by(files);

@@ -10,7 +10,8 @@
 //! * [`path`]: a file's place in the lake, typed, built and parsed in one place;
 //! * [`file`]: the Parquet writer settings and the metadata (format version) the catalog
 //!   reads;
-//! * [`dense`]: the day tier's exact narrower encodings (format 3).
+//! * [`dense`]: the day tier's exact narrower encodings (format 3);
+//! * [`retention`]: how long each table is kept.
 //!
 //! It depends on arrow, parquet and the SDK's PSON codec only, so a gateway build carries
 //! none of the cloud.
@@ -21,6 +22,7 @@ pub mod dense;
 pub mod file;
 pub mod model;
 pub mod path;
+pub mod retention;
 
 pub use path::{Hour, LakePath};
 

@@ -7,7 +7,7 @@
 //! of expired hours are dropped at the same step. A partition goes only once every rollup of
 //! its table covers it ([`crate::rollup::holds`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,41 +20,7 @@ use crate::lake::Lake;
 
 const HOUR_US: i64 = 3_600_000_000;
 
-/// How long each table is kept.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetentionConfig {
-    /// Every table's retention unless it has its own; none: kept forever.
-    #[serde(with = "humantime_serde")]
-    pub default: Option<Duration>,
-    /// Per table; `"0s"` keeps that table forever.
-    pub tables: BTreeMap<String, humantime_serde::Serde<Duration>>,
-    /// Expired files stay this long for queries already running; at least the SQL timeout
-    /// (the config refuses less).
-    #[serde(with = "humantime_serde")]
-    pub grace: Option<Duration>,
-}
-
-impl RetentionConfig {
-    /// `table`'s retention; none: kept forever.
-    pub fn of(&self, table: &str) -> Option<Duration> {
-        match self.tables.get(table) {
-            Some(d) if d.is_zero() => None,
-            Some(d) => Some(**d),
-            None => self.default.filter(|d| !d.is_zero()),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.of_any().is_none()
-    }
-
-    fn of_any(&self) -> Option<Duration> {
-        self.default
-            .filter(|d| !d.is_zero())
-            .or_else(|| self.tables.values().map(|d| **d).find(|d| !d.is_zero()))
-    }
-}
+pub use twinlake_lake::retention::RetentionConfig;
 
 /// A partition deleted by retention.
 #[derive(Debug, Clone, PartialEq)]

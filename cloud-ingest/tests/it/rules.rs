@@ -542,7 +542,12 @@ async fn a_gateway_away_raises_its_alarm_and_clears_when_it_links_again() {
 async fn a_gateway_rule_acts_with_the_cloud_stopped_and_its_alarm_arrives_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = crate::mosquitto::free_port();
-    let cfg = cloud_config(dir.path(), format!("127.0.0.1:{port}").parse().unwrap());
+    let mut cfg = cloud_config(dir.path(), format!("127.0.0.1:{port}").parse().unwrap());
+    // The cloud's retention goes to the gateway with its rules (it refuses rows past it).
+    cfg.sql
+        .retention
+        .tables
+        .insert("temp".into(), Duration::from_secs(30 * 86_400).into());
     let cloud = TestCloud::start(cfg.clone()).await;
     let api = cloud.api();
     api.register("g1", Some(GATEWAY)).await;
@@ -567,6 +572,14 @@ async fn a_gateway_rule_acts_with_the_cloud_stopped_and_its_alarm_arrives_once()
         std::fs::read_to_string(&saved)
             .ok()
             .filter(|t| t.contains("fan-on"))
+            .map(|_| ())
+    })
+    .await;
+    let retention = dir.path().join("edge").join("retention.json");
+    eventually(20, "the cloud's retention at the gateway", || async {
+        std::fs::read_to_string(&retention)
+            .ok()
+            .filter(|t| t.contains("\"temp\""))
             .map(|_| ())
     })
     .await;

@@ -68,6 +68,8 @@ pub struct LinkClient {
     pub southbound: Arc<crate::sources::Southbound>,
     /// The rules placed on this gateway; their device actions run on a task of this client.
     pub rules: Arc<crate::rules::EdgeRules>,
+    /// The retention rows are judged by where they enter; the cloud's replaces it.
+    pub retention: Arc<crate::retention::Retention>,
 }
 
 impl std::fmt::Debug for LinkClient {
@@ -278,7 +280,12 @@ impl LinkClient {
                     }
                 });
             }
-            Down::Rules { rules } => self.rules.replace(rules),
+            Down::Rules { rules, retention } => {
+                self.rules.replace(rules);
+                if let Some(r) = retention {
+                    self.retention.replace(r);
+                }
+            }
             Down::Request { id, user, device, op } => {
                 self.metrics.link_requests.inc();
                 let devices = self.devices.clone();

@@ -157,3 +157,24 @@ async fn guessing_http_credentials_locks_the_device_out() {
     assert_eq!(agent.metrics.source_count("http", "stored"), 0);
     stop(agent).await;
 }
+
+/// Retention where rows enter (#17): a reading whose hour the lake would already delete is
+/// refused before it is stored and counted; a current one in the same request is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_already_past_retention_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.retention
+        .tables
+        .insert("telemetry".into(), std::time::Duration::from_secs(3600).into());
+    let agent = start(c).await;
+    let addr = agent.device_http.unwrap();
+    let url = format!("http://{addr}/api/v1/acme:th1:s3cret/telemetry");
+    let old = r#"[{"ts":1700000000000,"values":{"temperature":1}},{"temperature":2}]"#;
+    assert_eq!(curl(post(url.clone(), old, &[])).await.0, 200);
+    wait_count(&agent, "http", "stored", 1).await;
+    assert_eq!(agent.metrics.refused_count("expired"), 1);
+    stop(agent).await;
+    let lake = read_dir_lake(&dir.path().join("lake"));
+    assert_eq!(sorted_column(&lake, "telemetry", "temperature"), ["2"]);
+}

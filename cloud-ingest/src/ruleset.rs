@@ -116,9 +116,9 @@ impl Rules {
             }
             r.check(cfg.min_sql_every)
                 .map_err(|e| Error::Config(format!("rules.fixed {:?}: {e}", r.id)))?;
-            if r.gateway.is_some() && !matches!(r.when, RuleKind::Threshold { .. }) {
+            if r.gateway.is_some() && !matches!(r.when, RuleKind::Threshold { .. } | RuleKind::Deadman { .. }) {
                 return Err(Error::Config(format!(
-                    "rules.fixed {:?}: a gateway evaluates threshold rules only",
+                    "rules.fixed {:?}: a gateway evaluates threshold and deadman rules only",
                     r.id
                 )));
             }

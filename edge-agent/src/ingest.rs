@@ -156,6 +156,8 @@ pub struct Ingest {
     pub(crate) retention: Arc<crate::retention::Retention>,
     unsynced: Pending,
     sync_at: Option<Instant>,
+    /// When the gateway's deadman rules are next asked.
+    silences_at: Option<Instant>,
     inflight: Option<Inflight>,
     sealing: Option<JoinHandle<Result<(), Error>>>,
     sealing_job: Option<SealJob>,
@@ -253,6 +255,7 @@ impl Ingest {
                 retention: Default::default(),
                 unsynced: Pending::default(),
                 sync_at: None,
+                silences_at: None,
                 inflight: None,
                 sealing: None,
                 sealing_job: None,
@@ -302,7 +305,7 @@ impl Ingest {
                     self.start_sync();
                 }
                 res = wait_seal(&mut self.sealing), if self.sealing.is_some() => self.seal_finished(res),
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.check_silences(),
                 _ = stop.changed() => break,
             }
             self.maybe_seal().await;
@@ -417,6 +420,31 @@ impl Ingest {
         }
         if let Some(a) = ack {
             self.unsynced.acks.push(a);
+        }
+    }
+
+    /// The gateway's deadman rules, asked at most once a second: a raised silence is an
+    /// alarm row in the next fsync (at the device it names).
+    fn check_silences(&mut self) {
+        let Some(rules) = self.rules.clone() else { return };
+        let now = Instant::now();
+        if self.silences_at.is_some_and(|at| at > now) {
+            return;
+        }
+        self.silences_at = Some(now + Duration::from_secs(1));
+        let now_us = crate::retention::now_us();
+        for (user, device, row) in rules.silences((now_us / 1000) as u64) {
+            let row = twinlake_sdk::json::from_json(&row);
+            let _ = self.append_row(
+                RecordKind::Record,
+                crate::rules::ALARMS_TABLE,
+                (&user, &device),
+                now_us,
+                &row,
+            );
+        }
+        if self.unsynced.rows > 0 && self.sync_at.is_none() {
+            self.sync_at = Some(Instant::now() + self.wal_cfg.fsync_interval);
         }
     }
 

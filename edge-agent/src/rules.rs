@@ -1,6 +1,8 @@
 //! Rules the cloud placed on this gateway (`Down::Rules`), evaluated here on the rows
 //! ingest makes durable, with the link up or down: the same definitions and evaluator as
-//! the cloud's (`twinlake-rules`). Threshold rules only, so far.
+//! the cloud's (`twinlake-rules`): threshold rules, and deadman rules (a device of the
+//! rule's list, or one seen since, silent for `after` by this gateway's clock; any row
+//! clears it), whose silences the ingest task asks for every second.
 //!
 //! A transition is written to the WAL as a row of [`ALARMS_TABLE`] in the same fsync as the
 //! row that caused it, so it survives a crash and reaches the cloud through the link once
@@ -47,6 +49,8 @@ pub struct EdgeRules {
     actions: mpsc::Sender<DeviceAction>,
     receiver: Mutex<Option<mpsc::Receiver<DeviceAction>>>,
     pub dropped_actions: std::sync::atomic::AtomicU64,
+    /// When this process started (ms): a deadman watches its listed devices from then.
+    started: u64,
 }
 
 impl EdgeRules {
@@ -65,6 +69,7 @@ impl EdgeRules {
             actions: tx,
             receiver: Mutex::new(Some(rx)),
             dropped_actions: Default::default(),
+            started: now_ms(),
         };
         me.set(saved);
         me
@@ -73,7 +78,7 @@ impl EdgeRules {
     fn set(&self, rules: Vec<Rule>) {
         let kept: Vec<Arc<Rule>> = rules
             .into_iter()
-            .filter(|r| r.enabled && matches!(r.when, RuleKind::Threshold { .. }))
+            .filter(|r| r.enabled && matches!(r.when, RuleKind::Threshold { .. } | RuleKind::Deadman { .. }))
             .map(Arc::new)
             .collect();
         let old = self.rules.read().map(|r| r.clone()).unwrap_or_default();
@@ -133,22 +138,57 @@ impl EdgeRules {
         let Ok(mut eval) = self.eval.lock() else {
             return Vec::new();
         };
-        for rule in rules
-            .iter()
-            .filter(|r| r.owner == user && r.when.table() == Some(table))
-        {
+        for rule in rules.iter().filter(|r| r.owner == user) {
             if !rule.when.selector().is_some_and(|s| s.matches(device, None)) {
                 continue;
             }
-            let judged = eval.judge(&rule.scope(), &rule.when, device, at, |field| {
-                if fields.is_empty() {
-                    flatten(value, stream, &mut fields);
+            let judged = match &rule.when {
+                RuleKind::Deadman { table: t, .. } if t.as_deref().is_none_or(|t| t == table) => {
+                    eval.seen(&rule.scope(), device, at)
                 }
-                fields.iter().find(|(k, _)| k == field)?.1.as_f64()
-            });
+                RuleKind::Threshold { table: t, .. } if t == table => {
+                    eval.judge(&rule.scope(), &rule.when, device, at, |field| {
+                        if fields.is_empty() {
+                            flatten(value, stream, &mut fields);
+                        }
+                        fields.iter().find(|(k, _)| k == field)?.1.as_f64()
+                    })
+                }
+                _ => None,
+            };
             if let Some(tr) = judged {
                 self.act(rule, user, device, &tr);
                 out.push(row(rule, &tr));
+            }
+        }
+        out
+    }
+
+    /// Deadman silences at `now` (ms): `(user, device, alarm row)` for each raised, its
+    /// device actions queued.
+    pub fn silences(&self, now: u64) -> Vec<(String, String, Json)> {
+        if !self.any.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let rules = self.rules.read().map(|r| r.clone()).unwrap_or_default();
+        let Ok(mut eval) = self.eval.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for rule in rules.iter() {
+            let RuleKind::Deadman { devices, after, .. } = &rule.when else {
+                continue;
+            };
+            let scope = rule.scope();
+            for d in &devices.devices {
+                eval.watch(&scope, d, rule.created.max(self.started));
+            }
+            for tr in eval.silences(&scope, now, after.as_millis() as u64) {
+                let device = match &tr {
+                    Transition::Raise { key, .. } | Transition::Clear { key, .. } => key.clone(),
+                };
+                self.act(rule, &rule.owner, &device, &tr);
+                out.push((rule.owner.clone(), device, row(rule, &tr)));
             }
         }
         out
@@ -168,6 +208,13 @@ impl EdgeRules {
             }
         }
     }
+}
+
+/// ms since the epoch now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The row an alarm transition is written as.

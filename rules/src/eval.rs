@@ -348,6 +348,20 @@ impl Evaluator {
         })
     }
 
+    /// Every watched key of a deadman `rule` silent for `after_ms` at `now` (a gateway's
+    /// deadman, which is always up to judge its own devices): raises each once.
+    pub fn silences(&mut self, rule: &str, now: u64, after_ms: u64) -> Vec<Transition> {
+        let keys: Vec<String> = self
+            .states
+            .by_rule
+            .get(rule)
+            .map(|k| k.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.iter()
+            .filter_map(|k| self.silent(rule, k, now, after_ms, true))
+            .collect()
+    }
+
     /// A condition of `key` checked at `now` that has held since `since` (when `holds`):
     /// raises once it has held `after_ms`, clears when it no longer holds (a twin rule).
     pub fn holding(

@@ -71,9 +71,12 @@ async fn put_rule(p: Principal, State(s): St, Path((u, r)): Path<(String, String
     rule.check(s.cfg.rules.min_sql_every)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(g) = &rule.gateway {
-        if !matches!(rule.when, twinlake_rules::RuleKind::Threshold { .. }) {
+        if !matches!(
+            rule.when,
+            twinlake_rules::RuleKind::Threshold { .. } | twinlake_rules::RuleKind::Deadman { .. }
+        ) {
             return Err(ApiError::bad_request(
-                "gateway: a gateway evaluates threshold rules only",
+                "gateway: a gateway evaluates threshold and deadman rules only",
             ));
         }
         if !serves(&s, &u, g)? {

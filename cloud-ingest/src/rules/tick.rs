@@ -76,7 +76,8 @@ fn out_of_sync_since(t: &Twin) -> Option<u64> {
 fn check(state: &AppState) -> Result<(), Error> {
     let set = state.rules.current();
     let mut by_owner: HashMap<&str, Vec<&Arc<Rule>>> = HashMap::new();
-    for r in set.all() {
+    // A rule placed on a gateway is that gateway's to judge.
+    for r in set.all().filter(|r| r.gateway.is_none()) {
         if matches!(
             r.when,
             RuleKind::Deadman { .. } | RuleKind::Twin { .. } | RuleKind::Gateway { .. }

@@ -615,6 +615,37 @@ async fn a_gateway_rule_acts_with_the_cloud_stopped_and_its_alarm_arrives_once()
         .collect();
     assert_eq!(all.len(), 1, "once: {all:?}");
     assert_eq!(all[0]["count"], 1, "once: {all:?}");
+
+    // A deadman placed on the gateway: g1 goes quiet and the gateway raises the alarm by its
+    // own clock; g1 speaks again and it clears (the cloud judges neither).
+    put_rule(
+        &api,
+        "quiet",
+        json!({"gateway": GATEWAY,
+               "when": {"type": "deadman", "after": "2s", "devices": {"devices": ["g1"]}}}),
+    )
+    .await;
+    eventually(20, "the deadman at the gateway", || async {
+        std::fs::read_to_string(&saved)
+            .ok()
+            .filter(|t| t.contains("quiet"))
+            .map(|_| ())
+    })
+    .await;
+    dev.stop();
+    let quiet = |state: &'static str| {
+        let api = &api;
+        move || async move {
+            alarms(api)
+                .await
+                .into_iter()
+                .find(|a| a["rule"] == "quiet" && a["state"] == state)
+        }
+    };
+    let a = eventually(30, "the gateway's deadman alarm", quiet("active")).await;
+    assert_eq!(a["device"], "g1", "{a}");
+    let dev = TestDevice::start(edge.tcp, "g1");
+    eventually(30, "the gateway's deadman cleared", quiet("cleared")).await;
     dev.stop();
     edge.stop().await;
     cloud.stop().await;

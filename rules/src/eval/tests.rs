@@ -95,6 +95,23 @@ fn a_deadman_raises_after_silence_only_with_its_gateway_up_and_clears_on_a_row()
 }
 
 #[test]
+fn silences_covers_every_watched_and_seen_key_once() {
+    let mut e = Evaluator::default();
+    e.watch("u/dm", "listed", 1_000);
+    assert!(e.seen("u/dm", "seen", 5_000).is_none(), "a first row raises nothing");
+    assert!(e.silences("u/dm", 30_000, 60_000).is_empty());
+    let mut keys: Vec<String> = e
+        .silences("u/dm", 66_000, 60_000)
+        .into_iter()
+        .map(|t| t.key().to_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["listed", "seen"]);
+    assert!(e.silences("u/dm", 90_000, 60_000).is_empty(), "raised once each");
+    assert!(e.silences("u/other", 90_000, 60_000).is_empty());
+}
+
+#[test]
 fn a_held_condition_raises_after_its_duration_and_clears_when_it_ends() {
     let mut e = Evaluator::default();
     assert!(

@@ -1,6 +1,6 @@
 //! Edge agent benchmarks, each against a peer measured in the same run on the same data.
 //!
-//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|memory|mqtt|lorawan|http|coap]` prints Markdown for
+//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|memory|mqtt|lorawan|http|coap|rules]` prints Markdown for
 //! BENCHMARKS.md. Without `--bench` (as in `cargo test --all-targets`) every section runs
 //! on tiny inputs as a smoke test. The Python peers (pyarrow) and the idle-client load run
 //! with `TWINLAKE_PYTHON` (scripts/test makes `.venv`), default `.venv/bin/python`.
@@ -29,6 +29,7 @@
 mod coap_device;
 #[path = "common.rs"]
 mod common;
+mod gateway_rule;
 mod http_device;
 #[allow(dead_code)]
 #[path = "../tests/it/mosquitto.rs"]
@@ -770,6 +771,7 @@ fn main() {
         lorawan(false);
         http_device::http(false);
         coap_device::coap(false);
+        gateway_rule::latency(false);
         return;
     }
     let picked: Vec<&str> = args
@@ -795,6 +797,9 @@ fn main() {
     }
     if run("http") {
         http_device::http(true);
+    }
+    if run("rules") {
+        gateway_rule::latency(true);
     }
     if run("coap") {
         coap_device::coap(true);

@@ -17,11 +17,33 @@ pub fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// Sends one request on a kept-alive connection and reads its whole answer; its status
+/// line.
+pub async fn exchange(conn: &mut BufReader<TcpStream>, req: &str) -> String {
+    conn.get_mut().write_all(req.as_bytes()).await.unwrap();
+    let mut status = String::new();
+    conn.read_line(&mut status).await.unwrap();
+    let mut line = String::new();
+    let mut len = 0;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await.unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).await.unwrap();
+    status
+}
+
 /// Sends `requests` on one kept-alive connection; each must answer 200.
 async fn client(addr: SocketAddr, token: String, requests: Vec<Option<String>>) {
     let mut conn = BufReader::new(TcpStream::connect(addr).await.unwrap());
     conn.get_ref().set_nodelay(true).unwrap();
-    let mut line = String::new();
     for body in requests {
         let req = match body {
             Some(b) => format!(
@@ -30,23 +52,8 @@ async fn client(addr: SocketAddr, token: String, requests: Vec<Option<String>>) 
             ),
             None => format!("GET /v1/whoami HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n"),
         };
-        conn.get_mut().write_all(req.as_bytes()).await.unwrap();
-        line.clear();
-        conn.read_line(&mut line).await.unwrap();
-        assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
-        let mut len = 0;
-        loop {
-            line.clear();
-            conn.read_line(&mut line).await.unwrap();
-            if line.trim().is_empty() {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        conn.read_exact(&mut body).await.unwrap();
+        let status = exchange(&mut conn, &req).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
     }
 }
 

@@ -51,6 +51,8 @@ struct Pending {
     delivered: Vec<(Arc<str>, u16, Acker)>,
     /// Source messages whose acked record this fsync makes durable: confirmed after it.
     confirming: Vec<(Arc<str>, u16, Acker)>,
+    /// Device actions of the gateway's rules whose alarm rows this fsync makes durable.
+    actions: Vec<crate::rules::DeviceAction>,
 }
 
 impl Pending {
@@ -433,7 +435,8 @@ impl Ingest {
         }
         self.silences_at = Some(now + Duration::from_secs(1));
         let now_us = crate::retention::now_us();
-        for (user, device, row) in rules.silences((now_us / 1000) as u64) {
+        for (user, device, row, actions) in rules.silences((now_us / 1000) as u64) {
+            self.unsynced.actions.extend(actions);
             let row = twinlake_sdk::json::from_json(&row);
             let _ = self.append_row(
                 RecordKind::Record,
@@ -612,7 +615,8 @@ impl Ingest {
             .rules
             .as_ref()
             .map(|r| r.observe(table, (user, device), time_us, stream, &self.scratch));
-        for a in alarms.unwrap_or_default() {
+        for (a, actions) in alarms.unwrap_or_default() {
+            self.unsynced.actions.extend(actions);
             let row = twinlake_sdk::json::from_json(&a);
             let _ = self.append_row(
                 RecordKind::Record,

@@ -7,8 +7,9 @@
 //! A transition is written to the WAL as a row of [`ALARMS_TABLE`] in the same fsync as the
 //! row that caused it, so it survives a crash and reaches the cloud through the link once
 //! (the cloud applies each batch once and turns these rows into its alarms). A rule's
-//! `desired` actions are written to the device's inputs by the link client's task, never on
-//! ingest's; past [`MAX_ACTIONS`] waiting they are dropped and counted. Actions touch only
+//! `desired` actions go out once that fsync has succeeded (an action never runs for an alarm a
+//! crash could lose), and are written to the device's inputs by the link client's task,
+//! never on ingest's; past [`MAX_ACTIONS`] waiting they are dropped and counted. Actions touch only
 //! the device the row came from, or another device of the same user at this gateway.
 
 use std::path::PathBuf;
@@ -115,8 +116,8 @@ impl EdgeRules {
         self.receiver.lock().ok()?.take()
     }
 
-    /// Judges a durable row (its PSON `payload`); returns the alarm rows to write with it
-    /// and queues the device actions of what was raised or cleared.
+    /// Judges a row going into the WAL (its PSON `payload`): the alarm rows to write with
+    /// it, each with the device actions to run once they are durable ([`Self::dispatch`]).
     pub fn observe(
         &self,
         table: &str,
@@ -124,7 +125,7 @@ impl EdgeRules {
         time_us: i64,
         stream: bool,
         payload: &[u8],
-    ) -> Vec<Json> {
+    ) -> Vec<(Json, Vec<DeviceAction>)> {
         if !self.any.load(Ordering::Relaxed) || table == ALARMS_TABLE {
             return Vec::new();
         }
@@ -157,16 +158,15 @@ impl EdgeRules {
                 _ => None,
             };
             if let Some(tr) = judged {
-                self.act(rule, user, device, &tr);
-                out.push(row(rule, &tr));
+                out.push((row(rule, &tr), actions(rule, user, device, &tr)));
             }
         }
         out
     }
 
-    /// Deadman silences at `now` (ms): `(user, device, alarm row)` for each raised, its
-    /// device actions queued.
-    pub fn silences(&self, now: u64) -> Vec<(String, String, Json)> {
+    /// Deadman silences at `now` (ms): `(user, device, alarm row, its actions)` for each
+    /// raised.
+    pub fn silences(&self, now: u64) -> Vec<(String, String, Json, Vec<DeviceAction>)> {
         if !self.any.load(Ordering::Relaxed) {
             return Vec::new();
         }
@@ -187,27 +187,36 @@ impl EdgeRules {
                 let device = match &tr {
                     Transition::Raise { key, .. } | Transition::Clear { key, .. } => key.clone(),
                 };
-                self.act(rule, &rule.owner, &device, &tr);
-                out.push((rule.owner.clone(), device, row(rule, &tr)));
+                let acts = actions(rule, &rule.owner, &device, &tr);
+                out.push((rule.owner.clone(), device, row(rule, &tr), acts));
             }
         }
         out
     }
 
-    fn act(&self, rule: &Rule, user: &str, device: &str, tr: &Transition) {
-        let raised = matches!(tr, Transition::Raise { .. });
-        for a in rule.actions.iter().filter(|a| a.on.on(raised)) {
-            let Some(inputs) = &a.desired else { continue };
-            let key = DeviceKey::new(user, a.device.as_deref().unwrap_or(device));
-            let action = DeviceAction {
-                key,
-                inputs: inputs.clone(),
-            };
+    /// Queues device actions whose alarm rows are durable, for the link client's task.
+    pub fn dispatch(&self, actions: Vec<DeviceAction>) {
+        for action in actions {
             if self.actions.try_send(action).is_err() {
                 self.dropped_actions.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// The device actions of a rule's transition.
+fn actions(rule: &Rule, user: &str, device: &str, tr: &Transition) -> Vec<DeviceAction> {
+    let raised = matches!(tr, Transition::Raise { .. });
+    rule.actions
+        .iter()
+        .filter(|a| a.on.on(raised))
+        .filter_map(|a| {
+            Some(DeviceAction {
+                key: DeviceKey::new(user, a.device.as_deref().unwrap_or(device)),
+                inputs: a.desired.clone()?,
+            })
+        })
+        .collect()
 }
 
 /// ms since the epoch now.

@@ -55,6 +55,16 @@ impl Ingest {
         for a in batch.acks {
             a.ack(ok);
         }
+        if let Some(rules) = &self.rules {
+            if ok {
+                rules.dispatch(batch.actions);
+            } else if !batch.actions.is_empty() {
+                error!(
+                    actions = batch.actions.len(),
+                    "rule actions not run: their alarms are not durable"
+                );
+            }
+        }
         // Delivered messages: their acked record goes into the next fsync, and only then is
         // the confirmation sent. After a failed fsync nothing is confirmed; the broker sends
         // those messages again when the session resumes.

@@ -15,6 +15,7 @@
 
 pub mod alarms;
 pub mod email;
+pub mod gateway;
 pub mod mqtt;
 mod table;
 mod tick;
@@ -102,66 +103,6 @@ pub fn observe(state: &AppState, table: &str, stream: bool, rows: &[FreshRow<'_>
         && let Err(e) = alarms::record(state, out)
     {
         warn!(error = %e, "cannot store alarms");
-    }
-}
-
-/// Alarm transitions a gateway's rules raised (its `gateway_alarms` rows, from a committed
-/// link batch, so each is taken once): stored as the cloud's alarms if the rule is the
-/// owner's and placed on that gateway; anything else is refused and counted.
-pub fn from_gateway(state: &AppState, gateway: &str, owner: Option<&str>, rows: &[(i64, String, serde_json::Value)]) {
-    let Some(owner) = owner else { return };
-    let set = state.rules.current();
-    let mut out = Vec::new();
-    for (_, device, v) in rows {
-        let (Some(id), Some(change), Some(at)) = (
-            v.get("rule").and_then(|x| x.as_str()),
-            v.get("change").and_then(|x| x.as_str()),
-            v.get("at").and_then(serde_json::Value::as_u64),
-        ) else {
-            state.metrics.gateway_refusals.inc();
-            continue;
-        };
-        let name = twinlake_rules::scope(owner, id);
-        let Some(rule) = set.get(&name).filter(|r| r.gateway.as_deref() == Some(gateway)) else {
-            state.metrics.gateway_refusals.inc();
-            warn!(%gateway, rule = %name, "refused an alarm for a rule not placed on the gateway");
-            continue;
-        };
-        let value = v.get("value").and_then(serde_json::Value::as_f64);
-        let message = v
-            .get("message")
-            .and_then(|x| x.as_str())
-            .unwrap_or("")
-            .chars()
-            .take(512)
-            .collect();
-        let (rule_name, key) = (name.clone(), device.clone());
-        let t = match change {
-            "raised" => Transition::Raise {
-                rule: rule_name,
-                key,
-                at,
-                value,
-                message,
-            },
-            "cleared" => Transition::Clear {
-                rule: rule_name,
-                key,
-                at,
-                value,
-                message,
-            },
-            _ => {
-                state.metrics.gateway_refusals.inc();
-                continue;
-            }
-        };
-        out.push((rule.clone(), t));
-    }
-    if !out.is_empty()
-        && let Err(e) = alarms::record(state, out)
-    {
-        warn!(error = %e, "cannot store a gateway's alarms");
     }
 }
 

@@ -116,14 +116,19 @@ pub async fn catalogue(state: Arc<AppState>) {
     if state.cfg.sql.rebuild_on_start {
         let check = crate::provenance::check(&state, None);
         match state.sql.lake().rebuild_checked(&check).await {
-            Ok((0, 0)) => {}
-            Ok((n, refused)) => {
+            Ok((found, 0)) if found.is_empty() => {}
+            Ok((found, refused)) => {
                 state.metrics.files_quarantined.inc_by(refused as u64);
                 tracing::info!(
-                    files = n,
+                    files = found.len(),
                     quarantined = refused,
                     "catalogued files found by listing the lake"
                 );
+                for f in found.iter().filter(|f| f.table == twinlake_edge::rules::ALARMS_TABLE) {
+                    if let Some(g) = &f.gateway {
+                        crate::rules::gateway::from_file(&state, g, &f.path, Some(f.bytes)).await;
+                    }
+                }
             }
             Err(e) => warn!(error = %e, "cannot list the lake"),
         }
@@ -140,7 +145,7 @@ pub async fn catalogue(state: Arc<AppState>) {
         };
         let mut failed = false;
         for (path, size, gateway) in pending {
-            let check = crate::provenance::check(&state, gateway);
+            let check = crate::provenance::check(&state, gateway.clone());
             match state.sql.lake().commit_checked(&path, size, &check).await {
                 Ok(Err(reason)) => {
                     state.metrics.files_quarantined.inc();
@@ -153,6 +158,13 @@ pub async fn catalogue(state: Arc<AppState>) {
                     failing.remove(&path);
                     if added {
                         state.metrics.files_catalogued.inc();
+                    }
+                    // A gateway's alarm rows: taken as its alarms if its fresh rows never
+                    // brought them (an agent restarted during an outage); each once.
+                    let alarms = twinlake_lake::LakePath::parse(&path)
+                        .is_some_and(|p| p.table() == twinlake_edge::rules::ALARMS_TABLE);
+                    if let (true, Some(g)) = (alarms, gateway.as_deref()) {
+                        crate::rules::gateway::from_file(&state, g, &path, size).await;
                     }
                     if let Err(e) = state.db.delete(FILES, &path) {
                         warn!(%path, error = %e, "cannot clear the file inbox");

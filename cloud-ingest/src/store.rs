@@ -40,6 +40,9 @@ pub const ALARMS: TableDefinition<u64, &[u8]> = TableDefinition::new("alarms");
 pub const EMAILS: TableDefinition<u64, &[u8]> = TableDefinition::new("emails");
 pub const MQTT_OUT: TableDefinition<u64, &[u8]> = TableDefinition::new("mqtt_out");
 pub const OPEN_ALARMS: TableDefinition<&str, u64> = TableDefinition::new("open_alarms");
+/// Gateway alarm transitions taken (`gateway/owner/rule/device/change/at` → when taken,
+/// ms): each is applied once, from the link's fresh rows or from its file.
+pub const GATEWAY_ALARM_KEYS: TableDefinition<&str, u64> = TableDefinition::new("gateway_alarm_keys");
 
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +162,7 @@ impl Db {
         tx.open_table(RULES)?;
         tx.open_table(ALARMS)?;
         tx.open_table(OPEN_ALARMS)?;
+        tx.open_table(GATEWAY_ALARM_KEYS)?;
         tx.open_table(EMAILS)?;
         tx.open_table(MQTT_OUT)?;
         tx.commit()?;

@@ -110,8 +110,8 @@ impl Lake {
     }
 
     /// [`Lake::rebuild`] with the same check for every file it finds; returns the files
-    /// catalogued and those quarantined.
-    pub async fn rebuild_checked(&self, check: Check<'_>) -> Result<(usize, usize), QueryError> {
+    /// catalogued and how many were quarantined.
+    pub async fn rebuild_checked(&self, check: Check<'_>) -> Result<(Vec<FileMeta>, usize), QueryError> {
         let (store, prefix) = self.store();
         let new = self.unknown_files().await?;
         let mut keep = Vec::new();
@@ -127,8 +127,7 @@ impl Lake {
                 }
             }
         }
-        let n = keep.len();
-        self.add_files(keep)?;
-        Ok((n, refused))
+        self.add_files(keep.clone())?;
+        Ok((keep, refused))
     }
 }

@@ -116,7 +116,7 @@ fn add_fresh(state: &AppState, gateway: &str, fresh: &FreshRows) {
     state.sql.lake().add_fresh(gateway, &table, *segment, *stream, &fresh);
     crate::rules::observe(state, table.as_str(), *stream, &fresh);
     if table == twinlake_edge::rules::ALARMS_TABLE {
-        crate::rules::from_gateway(state, gateway, owner.as_deref(), rows);
+        crate::rules::gateway::from_gateway(state, gateway, owner.as_deref(), rows);
     }
 }
 

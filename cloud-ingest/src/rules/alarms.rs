@@ -11,7 +11,7 @@ use twinlake_twin::{EventKind, TwinKey, TwinTxn};
 
 use crate::Error;
 use crate::state::AppState;
-use crate::store::{ALARMS, OPEN_ALARMS, WebhookJob, decode, encode};
+use crate::store::{ALARMS, GATEWAY_ALARM_KEYS, OPEN_ALARMS, WebhookJob, decode, encode};
 
 fn open_key(owner: &str, rule: &str, key: &str) -> String {
     format!("{owner}/{rule}/{key}")
@@ -87,6 +87,42 @@ pub fn record(state: &AppState, transitions: Vec<(Arc<Rule>, Transition)>) -> Re
         trim(state, t.transaction())
     })?;
     wake.notify(state);
+    Ok(())
+}
+
+/// [`record`] for transitions that may come twice (a gateway's): each keyed one is applied
+/// only the first time, in the same transaction that records its key.
+pub fn record_once(state: &AppState, transitions: Vec<(String, Arc<Rule>, Transition)>) -> Result<(), Error> {
+    let mut wake = Wake::default();
+    state.twins.write(|t| -> Result<(), Error> {
+        let now = twinlake_twin::now_ms();
+        for (key, rule, tr) in &transitions {
+            let fresh = t
+                .transaction()
+                .open_table(GATEWAY_ALARM_KEYS)?
+                .insert(key.as_str(), now)?
+                .is_none();
+            if fresh {
+                wake = wake.or(apply(state, t, rule, tr)?);
+            }
+        }
+        trim_keys(t.transaction(), now)?;
+        trim(state, t.transaction())
+    })?;
+    wake.notify(state);
+    Ok(())
+}
+
+/// Keys of gateway transitions: past [`MAX_KEYS`], those taken over a week ago go (a file
+/// comes within days of its rows, or not at all).
+fn trim_keys(tx: &redb::WriteTransaction, now: u64) -> Result<(), Error> {
+    const MAX_KEYS: u64 = 100_000;
+    let mut t = tx.open_table(GATEWAY_ALARM_KEYS)?;
+    if t.len()? <= MAX_KEYS {
+        return Ok(());
+    }
+    let week = 7 * 24 * 3600 * 1000;
+    t.retain(|_, taken| taken.saturating_add(week) > now)?;
     Ok(())
 }
 

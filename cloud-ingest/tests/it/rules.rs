@@ -535,6 +535,59 @@ async fn a_gateway_away_raises_its_alarm_and_clears_when_it_links_again() {
     cloud.stop().await;
 }
 
+/// Places `fan-on` on the gateway (g1's `temp` two degrees over its last value switches
+/// its LED on) and waits until the gateway saved it; returns the last value.
+async fn fan_rule_at_gateway(api: &Api, dev: &TestDevice, edge_dir: &std::path::Path) -> f64 {
+    let last = eventually(10, "a temperature", || async {
+        dev.produced.lock().unwrap().last().map(|(v, _)| *v)
+    })
+    .await;
+    put_rule(
+        api,
+        "fan-on",
+        json!({"gateway": GATEWAY, "severity": "major",
+               "when": {"type": "threshold", "table": "temp", "field": "value", "devices": {"devices": ["g1"]},
+                        "raise": {"op": ">", "value": last + 2.0}},
+               "actions": [{"on": "raised", "desired": {"led": true}}]}),
+    )
+    .await;
+    saved_at_gateway(&edge_dir.join("rules.json"), "fan-on").await;
+    last
+}
+
+/// Waits for the gateway's `fan-on` alarm in the cloud: g1's, active, and (two seconds
+/// later still) the only one, raised once.
+async fn fan_alarm_once(api: &Api) -> Json {
+    let a = eventually(60, "the gateway's alarm in the cloud", || async {
+        alarms(api).await.into_iter().find(|a| a["rule"] == "fan-on")
+    })
+    .await;
+    assert_eq!(
+        (a["device"].as_str(), a["state"].as_str(), a["count"].as_u64()),
+        (Some("g1"), Some("active"), Some(1)),
+        "{a}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all: Vec<Json> = alarms(api)
+        .await
+        .into_iter()
+        .filter(|a| a["rule"] == "fan-on")
+        .collect();
+    assert_eq!((all.len(), all[0]["count"].as_u64()), (1, Some(1)), "once: {all:?}");
+    a
+}
+
+/// Waits until the gateway's file `path` names `what`.
+async fn saved_at_gateway(path: &std::path::Path, what: &str) {
+    eventually(20, "saved at the gateway", || async {
+        std::fs::read_to_string(path)
+            .ok()
+            .filter(|t| t.contains(what))
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// A rule placed on a gateway (#17, item 4): the cloud sends it over the link; with the
 /// cloud stopped, a value over the threshold makes the edge agent switch the device's input
 /// itself; when the cloud is back, the alarm the gateway stored reaches it, once.
@@ -554,35 +607,8 @@ async fn a_gateway_rule_acts_with_the_cloud_stopped_and_its_alarm_arrives_once()
     let edge = TestEdge::start(edge_config(dir.path(), cloud.addr)).await;
     let dev = TestDevice::start(edge.tcp, "g1");
     wait_online(&api, "g1").await;
-    let last = eventually(10, "a temperature", || async {
-        dev.produced.lock().unwrap().last().map(|(v, _)| *v)
-    })
-    .await;
-    put_rule(
-        &api,
-        "fan-on",
-        json!({"gateway": GATEWAY, "severity": "major",
-               "when": {"type": "threshold", "table": "temp", "field": "value", "devices": {"devices": ["g1"]},
-                        "raise": {"op": ">", "value": last + 2.0}},
-               "actions": [{"on": "raised", "desired": {"led": true}}]}),
-    )
-    .await;
-    let saved = dir.path().join("edge").join("rules.json");
-    eventually(20, "the rule at the gateway", || async {
-        std::fs::read_to_string(&saved)
-            .ok()
-            .filter(|t| t.contains("fan-on"))
-            .map(|_| ())
-    })
-    .await;
-    let retention = dir.path().join("edge").join("retention.json");
-    eventually(20, "the cloud's retention at the gateway", || async {
-        std::fs::read_to_string(&retention)
-            .ok()
-            .filter(|t| t.contains("\"temp\""))
-            .map(|_| ())
-    })
-    .await;
+    let last = fan_rule_at_gateway(&api, &dev, &dir.path().join("edge")).await;
+    saved_at_gateway(&dir.path().join("edge").join("retention.json"), "\"temp\"").await;
     cloud.stop().await;
     assert!(
         !dev.led.load(std::sync::atomic::Ordering::SeqCst),
@@ -597,24 +623,8 @@ async fn a_gateway_rule_acts_with_the_cloud_stopped_and_its_alarm_arrives_once()
 
     let cloud = TestCloud::start(cfg).await;
     let api = cloud.api();
-    let a = eventually(30, "the gateway's alarm in the cloud", || async {
-        alarms(&api).await.into_iter().find(|a| a["rule"] == "fan-on")
-    })
-    .await;
-    assert_eq!(
-        (a["device"].as_str(), a["state"].as_str(), a["count"].as_u64()),
-        (Some("g1"), Some("active"), Some(1)),
-        "{a}"
-    );
+    let a = fan_alarm_once(&api).await;
     assert!(a["value"].as_f64().unwrap() > last + 2.0, "{a}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let all: Vec<Json> = alarms(&api)
-        .await
-        .into_iter()
-        .filter(|a| a["rule"] == "fan-on")
-        .collect();
-    assert_eq!(all.len(), 1, "once: {all:?}");
-    assert_eq!(all[0]["count"], 1, "once: {all:?}");
 
     // A deadman placed on the gateway: g1 goes quiet and the gateway raises the alarm by its
     // own clock; g1 speaks again and it clears (the cloud judges neither).
@@ -625,13 +635,7 @@ async fn a_gateway_rule_acts_with_the_cloud_stopped_and_its_alarm_arrives_once()
                "when": {"type": "deadman", "after": "2s", "devices": {"devices": ["g1"]}}}),
     )
     .await;
-    eventually(20, "the deadman at the gateway", || async {
-        std::fs::read_to_string(&saved)
-            .ok()
-            .filter(|t| t.contains("quiet"))
-            .map(|_| ())
-    })
-    .await;
+    saved_at_gateway(&dir.path().join("edge").join("rules.json"), "quiet").await;
     dev.stop();
     let quiet = |state: &'static str| {
         let api = &api;
@@ -647,6 +651,38 @@ async fn a_gateway_rule_acts_with_the_cloud_stopped_and_its_alarm_arrives_once()
     let dev = TestDevice::start(edge.tcp, "g1");
     eventually(30, "the gateway's deadman cleared", quiet("cleared")).await;
     dev.stop();
+    edge.stop().await;
+    cloud.stop().await;
+}
+
+/// A gateway's alarm reaches the cloud even when the agent restarted during the outage
+/// (the fresh rows it held for the link were in memory): from the `gateway_alarms` file it
+/// sealed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_alarm_survives_an_agent_restart_during_the_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::mosquitto::free_port();
+    let cfg = cloud_config(dir.path(), format!("127.0.0.1:{port}").parse().unwrap());
+    let cloud = TestCloud::start(cfg.clone()).await;
+    let addr = cloud.addr;
+    let api = cloud.api();
+    api.register("g1", Some(GATEWAY)).await;
+    let edge = TestEdge::start(edge_config(dir.path(), addr)).await;
+    let dev = TestDevice::start(edge.tcp, "g1");
+    wait_online(&api, "g1").await;
+    fan_rule_at_gateway(&api, &dev, &dir.path().join("edge")).await;
+    cloud.stop().await;
+    eventually(60, "the gateway switched the device's input", || async {
+        dev.led.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+    })
+    .await;
+    // The agent restarts with the cloud still away.
+    dev.stop();
+    edge.stop().await;
+    let edge = TestEdge::start(edge_config(dir.path(), addr)).await;
+    let cloud = TestCloud::start(cfg).await;
+    let api = cloud.api();
+    fan_alarm_once(&api).await;
     edge.stop().await;
     cloud.stop().await;
 }

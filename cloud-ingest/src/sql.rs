@@ -132,6 +132,12 @@ pub async fn catalogue(state: Arc<AppState>) {
             }
             Err(e) => warn!(error = %e, "cannot list the lake"),
         }
+        // Files replaced or expired whose deletion a stop cut short.
+        match state.sql.lake().sweep_replaced().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "deleted replaced files a stop had left"),
+            Err(e) => warn!(error = %e, "cannot sweep replaced files"),
+        }
     }
     // Paths that failed: when first, and how often (bounded by the inbox).
     let mut failing: std::collections::HashMap<String, (tokio::time::Instant, u32)> = Default::default();

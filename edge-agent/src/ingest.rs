@@ -29,6 +29,7 @@ use twinlake_lake::buffer::{Buffer, Conflict, Schemas, SealedTable, Unsealed};
 use twinlake_lake::model::{FieldValue, flatten, table_name};
 
 mod commit;
+mod judge;
 
 /// Events taken off the queue per batch at most.
 const MAX_BATCH: usize = 8192;
@@ -425,41 +426,6 @@ impl Ingest {
         }
     }
 
-    /// The gateway's deadman rules, asked at most once a second: a raised silence is an
-    /// alarm row in the next fsync (at the device it names).
-    fn check_silences(&mut self) {
-        let Some(rules) = self.rules.clone() else { return };
-        let now = Instant::now();
-        if self.silences_at.is_some_and(|at| at > now) {
-            return;
-        }
-        self.silences_at = Some(now + Duration::from_secs(1));
-        let now_us = crate::retention::now_us();
-        for (user, device, row, actions) in rules.silences((now_us / 1000) as u64) {
-            self.unsynced.actions.extend(actions);
-            let row = twinlake_sdk::json::from_json(&row);
-            let _ = self.append_row(
-                RecordKind::Record,
-                crate::rules::ALARMS_TABLE,
-                (&user, &device),
-                now_us,
-                &row,
-            );
-        }
-        if self.unsynced.rows > 0 && self.sync_at.is_none() {
-            self.sync_at = Some(Instant::now() + self.wal_cfg.fsync_interval);
-        }
-    }
-
-    /// Whether a row is past its table's retention: then refused and counted.
-    fn past_retention(&self, table: &str, time_us: i64) -> bool {
-        let past = self.retention.expired(table, time_us, crate::retention::now_us());
-        if past {
-            self.metrics.refused("expired", 1);
-        }
-        past
-    }
-
     /// A source's message: its rows, then (for a message to confirm) a delivery record, all
     /// in this fsync. A redelivery of a message that is durable and unconfirmed stores
     /// nothing and is only confirmed.
@@ -609,23 +575,7 @@ impl Ingest {
                 payload: twinlake_sdk::json::to_json(payload),
             });
         }
-        // The gateway's rules: alarm rows in the same fsync as the row that raised them.
-        let stream = kind == RecordKind::Stream;
-        let alarms = self
-            .rules
-            .as_ref()
-            .map(|r| r.observe(table, (user, device), time_us, stream, &self.scratch));
-        for (a, actions) in alarms.unwrap_or_default() {
-            self.unsynced.actions.extend(actions);
-            let row = twinlake_sdk::json::from_json(&a);
-            let _ = self.append_row(
-                RecordKind::Record,
-                crate::rules::ALARMS_TABLE,
-                (user, device),
-                time_us,
-                &row,
-            );
-        }
+        self.judge(kind, table, (user, device), time_us);
         true
     }
 }

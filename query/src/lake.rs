@@ -466,6 +466,32 @@ impl Lake {
         Ok(n)
     }
 
+    /// Deletes the files the catalog remembers as replaced (by compaction, the day tier or
+    /// retention) that are still in the object store: a cloud that stopped during their
+    /// grace never deleted them. For a start, before any query could have planned them (no
+    /// catalogued file is ever a replaced one). Returns how many went.
+    pub async fn sweep_replaced(&self) -> Result<usize, QueryError> {
+        use futures::TryStreamExt;
+        let listed: Vec<_> = self.store.list(Some(&self.prefix)).try_collect().await?;
+        let mut n = 0;
+        for obj in listed {
+            let full = obj.location.as_ref();
+            let rel = full
+                .strip_prefix(self.prefix.as_ref())
+                .map(|r| r.trim_start_matches('/'))
+                .unwrap_or(full);
+            if !rel.ends_with(".parquet") || !self.catalog.replaced(rel)? {
+                continue;
+            }
+            let live = self.lock().values().any(|t| t.files.contains_key(rel));
+            if !live {
+                self.store.delete(&obj.location).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The files a listing finds that the catalog lacks (and compaction did not replace).
     pub(crate) async fn unknown_files(&self) -> Result<Vec<FileMeta>, QueryError> {
         let known: std::collections::HashSet<String> =

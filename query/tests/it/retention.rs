@@ -93,3 +93,25 @@ async fn retention_takes_whole_expired_partitions_and_running_queries_finish() {
     };
     assert!(due(&f.lake, &forever, &[], now + 1000 * HOUR).is_empty());
 }
+
+/// Files whose deletion a stop cut short (retention's or compaction's grace) are swept at
+/// the next start; catalogued files are not.
+#[tokio::test]
+async fn replaced_files_a_stop_left_are_swept() {
+    let f = Fixture::empty();
+    let gone = f.commit("t", "gw", 1, &rows("d1", 0, 3)).await;
+    let kept = f.commit("t", "gw", 2, &rows("d1", 2 * 60, 3)).await;
+    let cfg = RetentionConfig {
+        tables: BTreeMap::from([("t".to_owned(), Duration::from_secs(3600).into())]),
+        ..Default::default()
+    };
+    // A grace no test waits for: the files stay, as after a stop during it.
+    let expired = pass(&f.lake, &cfg, &[], Duration::from_secs(3600), T0 + 2 * HOUR);
+    assert_eq!(expired.len(), 1);
+    let lake_dir = f.dir.path().join("lake");
+    assert!(lake_dir.join(&gone[0]).exists());
+    assert_eq!(f.lake.sweep_replaced().await.unwrap(), 1);
+    assert!(!lake_dir.join(&gone[0]).exists());
+    assert!(lake_dir.join(&kept[0]).exists(), "catalogued files stay");
+    assert_eq!(f.lake.sweep_replaced().await.unwrap(), 0);
+}

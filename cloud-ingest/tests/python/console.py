@@ -1,11 +1,16 @@
 """The web console in a real Chromium (Debian's, driven by selenium through Debian's
 chromedriver: nothing is downloaded). Signs in with a token, sees the fleet, searches it,
 renders a hostile tag as text, keeps the token in sessionStorage only, survives a refresh,
-and shows the API's 401 for a wrong token. Prints "console: ok".
+and shows the API's 401 for a wrong token. On each page: a screenshot (into
+`target/console-screenshots/`, git-ignored), axe-core (vendored, vendor/axe-core) finds no
+serious or critical accessibility violation, and a Tab walk reaches every visible control.
+Prints "console: ok".
 
 Usage: console.py BASE_URL ADMIN_TOKEN READ_TOKEN
 """
 
+import os
+import pathlib
 import sys
 import time
 import urllib.error
@@ -14,6 +19,7 @@ import urllib.request
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 base, token, read_token = sys.argv[1], sys.argv[2], sys.argv[3]
 
@@ -42,12 +48,68 @@ def wait(cond, what, secs=20):
     raise AssertionError(f"timed out waiting for {what}; page: {driver.find_element(By.TAG_NAME, 'body').text}")
 
 
+HERE = pathlib.Path(__file__).resolve().parent
+SHOTS = pathlib.Path(os.environ.get("TWINLAKE_SHOTS", HERE.parents[2] / "target" / "console-screenshots"))
+SHOTS.mkdir(parents=True, exist_ok=True)
+AXE = (HERE / "vendor" / "axe-core" / "axe.min.js").read_text()
+CONTROLS = "a[href], button, input, select, textarea"
+
+
+# A control's identity that survives the page re-rendering it (the fleet is live).
+KEY_JS = """
+const key = (e) => {
+  if (!e) return null;
+  const row = e.closest('tr');
+  return [e.tagName, e.id, e.name || '', e.getAttribute('href') || '', e.getAttribute('aria-label') || '',
+          (e.textContent || '').trim().slice(0, 40), row ? (row.cells[0] || {textContent: ''}).textContent.trim() : ''].join('|');
+};
+"""
+
+
+def tab_walk(page):
+    """Tab from the top of the page until focus comes round: every visible, enabled
+    control must have had it."""
+    want = set(driver.execute_script(
+        KEY_JS + "return [...document.querySelectorAll(arguments[0])]"
+        ".filter(e => e.offsetParent !== null && !e.disabled).map(key);", CONTROLS))
+    # From the first control (Chrome tabs on from where focus last was, even after a blur).
+    driver.execute_script(
+        "const first = [...document.querySelectorAll(arguments[0])].find(e => e.offsetParent !== null && !e.disabled);"
+        "first.focus();", CONTROLS)
+    seen = []
+    for _ in range(len(want) * 2 + 10):
+        k = driver.execute_script(KEY_JS + "return key(document.activeElement);")
+        if k in seen:
+            break
+        seen.append(k)
+        driver.switch_to.active_element.send_keys(Keys.TAB)
+    missed = sorted(want - set(seen))
+    assert not missed, f"{page}: the Tab walk missed {missed}"
+
+
+def check_page(page):
+    """The page's screenshot, its axe-core findings, its Tab walk."""
+    driver.save_screenshot(str(SHOTS / f"{page}.png"))
+    driver.execute_script(AXE)
+    found = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {resultTypes: ['violations']})"
+        ".then(r => done(r.violations.map(v => [v.id, v.impact, v.nodes.map(n => n.html).slice(0, 3)])))"
+        ".catch(e => done([['axe', 'critical', [String(e)]]]));"
+    )
+    bad = [v for v in found if v[1] in ("serious", "critical")]
+    assert not bad, f"{page}: accessibility violations {bad}"
+    tab_walk(page)
+
+
 def rows():
-    return [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#devices tr")]
+    # Read in one go: the live fleet may re-render between two element reads.
+    return driver.execute_script("return [...document.querySelectorAll('#devices tr')].map(r => r.innerText)")
 
 
 try:
     driver.get(base + "/")
+    check_page("signin")
     driver.find_element(By.ID, "token").send_keys("wrong-token")
     driver.find_element(By.CSS_SELECTOR, "#signin button").click()
     wait(lambda: "401" in driver.find_element(By.ID, "error").text, "the 401")
@@ -55,6 +117,7 @@ try:
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "#signin button").click()
     wait(lambda: len(rows()) >= 3, "the fleet")
+    check_page("fleet")
     assert any("sensor-a" in r for r in rows()), rows()
     # The hostile tag is text, not markup: no image element, no script ran.
     assert any("<img src=x onerror=" in r for r in rows()), rows()
@@ -112,6 +175,7 @@ try:
     led.find_element(By.TAG_NAME, "input").send_keys("true")
     [b for b in led.find_elements(By.TAG_NAME, "button") if b.text == "Write"][0].click()
     wait(lambda: led.find_element(By.CLASS_NAME, "value").text != "", "the write's answer")
+    check_page("device")
     # Register a device: the credential is shown once, with ready snippets.
     driver.get(base + "/#/register")
     wait(lambda: driver.find_element(By.ID, "register").is_displayed(), "the register page")
@@ -123,6 +187,7 @@ try:
     assert len(cred) >= 8, cred
     assert f"acme:new-one:{cred}" in driver.find_element(By.ID, "snippet-http").text
     assert cred in driver.find_element(By.ID, "snippet-thinger").text
+    check_page("register")
     # SQL: the tables listed, a query's rows as a table, an error as the API says it.
     driver.get(base + "/#/sql")
     wait(lambda: "twins" in driver.find_element(By.ID, "tables").text, "the table list")
@@ -133,6 +198,7 @@ try:
     wait(lambda: "rows in" in driver.find_element(By.ID, "sql-info").text, "the result")
     cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#sql-rows td")]
     assert "sensor-a" in cells and "new-one" in cells, cells
+    check_page("sql")
     box.clear()
     box.send_keys("SELECT * FROM nowhere")
     driver.find_element(By.ID, "sql-run").click()
@@ -142,6 +208,7 @@ try:
     driver.get(base + "/#/alarms")
     alarm_rows = lambda: [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#alarm-rows tr")]
     wait(lambda: any("busy-a" in r and "active" in r for r in alarm_rows()), "the active alarm")
+    check_page("alarms")
     button = lambda label: [b for b in driver.find_elements(By.CSS_SELECTOR, "#alarm-rows button") if b.text == label][0]
     button("Acknowledge").click()
     wait(lambda: any("busy-a" in r and "acknowledged" in r for r in alarm_rows()), "the acknowledgement")
@@ -161,6 +228,7 @@ try:
     # Admin: a gateway and a token, each secret shown once; the token can be revoked.
     driver.get(base + "/#/admin")
     wait(lambda: "gw1" in driver.find_element(By.ID, "gateways").text, "the gateway list")
+    check_page("admin")
     driver.find_element(By.ID, "gw-id").send_keys("gw-new")
     driver.find_element(By.CSS_SELECTOR, "#gateway-form button").click()
     wait(lambda: driver.find_element(By.ID, "secret-value").text.startswith("tlg_"), "the gateway token")

@@ -90,7 +90,14 @@ function render() {
     );
     body.append(tr);
   }
+  // The list is live: a device link that had keyboard focus keeps it across the re-render.
+  const focused = document.activeElement && $("devices").contains(document.activeElement)
+    ? document.activeElement.getAttribute("href") : null;
   $("devices").replaceChildren(body);
+  if (focused) {
+    const again = [...$("devices").querySelectorAll("a")].find((a) => a.getAttribute("href") === focused);
+    if (again) again.focus();
+  }
 }
 
 async function loadFleet() {
@@ -702,6 +709,41 @@ $("token-form").addEventListener("submit", async (e) => {
     });
     showSecret((await r.json()).token);
     await loadAdmin();
+  } catch (err) { showError(err); }
+});
+
+// Admin: a user's endpoints (webhook templates): listed, edited as JSON, deleted.
+const epPath = (name) => `/v1/users/${encodeURIComponent($("ep-user").value.trim())}/endpoints` +
+  (name === undefined ? "" : `/${encodeURIComponent(name)}`);
+async function loadEndpointDefs() {
+  const eps = await (await api(epPath())).json();
+  $("ep-rows").replaceChildren(...eps.map((ep) => {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.append(actionButton("Edit", null, async () => {
+      const { name, ...def } = ep;
+      $("ep-name").value = name;
+      $("ep-json").value = JSON.stringify(def, null, 2);
+    }), actionButton("Delete", null, async () => {
+      await api(epPath(ep.name), { method: "DELETE" });
+      await loadEndpointDefs();
+    }));
+    tr.append(cell(ep.name), cell(ep.method || "POST"), cell(ep.url), cell(ep.body ?? "(the payload)"), td);
+    return tr;
+  }));
+}
+$("ep-load").addEventListener("click", () => { showError(null); loadEndpointDefs().catch(showError); });
+$("ep-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showError(null);
+  try {
+    const def = JSON.parse($("ep-json").value);
+    await api(epPath($("ep-name").value.trim()), {
+      method: "PUT",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(def),
+    });
+    await loadEndpointDefs();
   } catch (err) { showError(err); }
 });
 

@@ -658,7 +658,11 @@ async function loadAdmin() {
   const gws = await (await api("/v1/gateways")).json();
   $("gateways").replaceChildren(...gws.map((g) => {
     const tr = document.createElement("tr");
-    tr.append(cell(g.id + (g.in_process ? " (in the cloud)" : "")), cell(g.linked ? "linked" : "not linked", g.linked ? "online" : "offline"), cell(when(g.created)));
+    const q = g.queues;
+    const queues = q ? `${q.buffer_rows} rows buffered, ${q.upload_files} files (${q.upload_bytes} B) to upload, ` +
+      `${q.unacked_batches} link batches unacknowledged, ${q.devices_connected} devices` : "";
+    tr.append(cell(g.id + (g.in_process ? " (in the cloud)" : "")), cell(g.linked ? "linked" : "not linked", g.linked ? "online" : "offline"),
+      cell(when(g.created)), cell(queues), cell(when(g.reported_at)));
     return tr;
   }));
   const toks = await (await api("/v1/tokens")).json();

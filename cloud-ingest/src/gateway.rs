@@ -220,7 +220,8 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
         }
     };
     let mut acked = if stored.session == session_id { stored.acked } else { 0 };
-    if io.tx.send(encode(&Down::Welcome { acked })).await.is_err() {
+    let features = vec![twinlake_edge::link::FEATURE_STATUS.to_owned()];
+    if io.tx.send(encode(&Down::Welcome { acked, features })).await.is_err() {
         return;
     }
     let session = Arc::new(Session {
@@ -247,11 +248,11 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
             msg = io.rx.recv() => {
                 let Some(text) = msg else { break };
                 let mut batches = Vec::new();
-                handle(&state, &session, &text, &mut batches);
+                handle(&state, &gateway, &session, &text, &mut batches);
                 // Whatever else has arrived joins the same transaction.
                 while batches.len() < 64 {
                     let Ok(text) = io.rx.try_recv() else { break };
-                    handle(&state, &session, &text, &mut batches);
+                    handle(&state, &gateway, &session, &text, &mut batches);
                 }
                 if batches.is_empty() {
                     continue;
@@ -313,9 +314,10 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
 }
 
 /// A message from the gateway: replies are handed over at once, batches collected.
-fn handle(state: &AppState, session: &Session, text: &str, batches: &mut Vec<(u64, Vec<Item>)>) {
+fn handle(state: &AppState, gateway: &str, session: &Session, text: &str, batches: &mut Vec<(u64, Vec<Item>)>) {
     match serde_json::from_str::<Up>(text) {
         Ok(Up::Batch { seq, items }) => batches.push((seq, items)),
+        Ok(Up::Status(s)) => state.gateways.report(gateway, s),
         Ok(Up::Reply(r)) => {
             session.complete(r);
         }

@@ -55,6 +55,8 @@ pub struct Gateways {
     pub allowed: AllowedCache,
     /// When each gateway's last link closed (ms), while it is not linked.
     pub(crate) unlinked_since: Mutex<HashMap<String, u64>>,
+    /// Each gateway's last queue report and when it came (ms).
+    pub(crate) reports: Mutex<HashMap<String, (u64, twinlake_edge::link::GatewayStatus)>>,
 }
 
 impl Default for Gateways {
@@ -67,12 +69,25 @@ impl Default for Gateways {
             registry_version: watch::channel(0).0,
             allowed: Default::default(),
             unlinked_since: Mutex::default(),
+            reports: Mutex::default(),
         }
     }
 }
 
 impl Gateways {
     /// Whether `gateway` is linked now.
+    /// A gateway's queue report (`Up::Status`).
+    pub fn report(&self, gateway: &str, status: twinlake_edge::link::GatewayStatus) {
+        if let Ok(mut r) = self.reports.lock() {
+            r.insert(gateway.to_owned(), (twinlake_twin::now_ms(), status));
+        }
+    }
+
+    /// A gateway's last queue report and when it came (ms).
+    pub fn last_report(&self, gateway: &str) -> Option<(u64, twinlake_edge::link::GatewayStatus)> {
+        self.reports.lock().ok()?.get(gateway).cloned()
+    }
+
     pub fn is_linked(&self, gateway: &str) -> bool {
         self.sessions.lock().is_ok_and(|s| s.contains_key(gateway))
     }

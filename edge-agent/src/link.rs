@@ -67,6 +67,25 @@ pub enum Up {
         items: Vec<Item>,
     },
     Reply(Reply),
+    /// The gateway's queues, every few seconds, to a cloud whose welcome listed
+    /// [`FEATURE_STATUS`] (a cloud before it never gets one).
+    Status(GatewayStatus),
+}
+
+/// What a welcome's `features` may list: the cloud takes [`Up::Status`].
+pub const FEATURE_STATUS: &str = "status";
+
+/// A gateway's queue depths, as its metrics have them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    /// Parquet files sealed and not yet uploaded, and their bytes.
+    pub upload_files: i64,
+    pub upload_bytes: i64,
+    /// Rows in the Arrow buffer, not yet sealed.
+    pub buffer_rows: i64,
+    /// Link batches sent and not yet acknowledged.
+    pub unacked_batches: i64,
+    pub devices_connected: i64,
 }
 
 /// Cloud → edge.
@@ -75,6 +94,10 @@ pub enum Up {
 pub enum Down {
     Welcome {
         acked: u64,
+        /// What this cloud takes beyond the protocol ([`FEATURE_STATUS`]); an agent
+        /// before it ignores the field.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     /// The cloud will not take this link (another link protocol, or a hello for another
     /// gateway), and says why before it closes.

@@ -26,11 +26,27 @@ async fn list_gateways(p: Principal, State(s): St) -> ApiResult {
     p.require_platform()?;
     let linked = s.gateways.linked();
     let gws: Vec<(String, GatewayRecord)> = s.db.scan(GATEWAYS, "")?;
+    // Its last queue report (`Up::Status`, every few seconds while linked) and when it came.
+    let report = |id: &str, mut v: Json| {
+        if let (Some((at, status)), Some(o)) = (s.gateways.last_report(id), v.as_object_mut()) {
+            o.insert("reported_at".into(), at.into());
+            o.insert("queues".into(), serde_json::to_value(status).unwrap_or_default());
+        }
+        v
+    };
     let mut out: Vec<Json> = gws
         .into_iter()
-        .map(|(_, g)| json!({ "id": g.id, "created": g.created, "linked": linked.contains(&g.id) }))
+        .map(|(_, g)| {
+            report(
+                &g.id,
+                json!({ "id": g.id, "created": g.created, "linked": linked.contains(&g.id) }),
+            )
+        })
         .collect();
-    out.push(json!({ "id": s.local_gateway, "linked": linked.contains(&s.local_gateway), "in_process": true }));
+    out.push(report(
+        &s.local_gateway,
+        json!({ "id": s.local_gateway, "linked": linked.contains(&s.local_gateway), "in_process": true }),
+    ));
     ok(Json::Array(out))
 }
 

@@ -47,6 +47,30 @@ async fn link(state: &std::sync::Arc<twinlake_cloud::AppState>, gateway: &str, s
     edge
 }
 
+/// The welcome this cloud sends: where it is, and that it takes queue reports.
+fn welcome(acked: u64) -> Down {
+    Down::Welcome {
+        acked,
+        features: vec![twinlake_edge::link::FEATURE_STATUS.into()],
+    }
+}
+
+/// Agents and clouds either side of the `features` field read each other's welcome.
+#[test]
+fn welcomes_with_and_without_features_parse() {
+    let old: Down = serde_json::from_str(r#"{"type":"welcome","acked":3}"#).unwrap();
+    assert_eq!(
+        old,
+        Down::Welcome {
+            acked: 3,
+            features: vec![]
+        }
+    );
+    let new: Down = serde_json::from_str(r#"{"type":"welcome","acked":3,"features":["status","later"]}"#).unwrap();
+    assert!(matches!(new, Down::Welcome { acked: 3, ref features } if features.len() == 2));
+    assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"type":"welcome","acked":3}"#);
+}
+
 /// Drives `gateway::serve` with scripted link frames: a batch the cloud already applied,
 /// sent again after a reconnect, changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +79,7 @@ async fn a_batch_sent_again_is_applied_once() {
     let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
     let state = cloud.state.clone();
     let mut edge = link(&state, GATEWAY, "s1").await;
-    assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 0 });
+    assert_eq!(recv(&mut edge).await, welcome(0));
     send(
         &edge,
         &Up::Batch {
@@ -76,7 +100,7 @@ async fn a_batch_sent_again_is_applied_once() {
 
     // Reconnect: the cloud says where it is, and a resent batch 1 is skipped.
     let mut edge = link(&state, GATEWAY, "s1").await;
-    assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 1 });
+    assert_eq!(recv(&mut edge).await, welcome(1));
     send(
         &edge,
         &Up::Batch {
@@ -101,6 +125,20 @@ async fn a_batch_sent_again_is_applied_once() {
     }
     let t = state.twins.get(&key).unwrap().unwrap();
     assert_eq!(t.version, v1 + 1, "only batch 2 applied");
+    // The gateway's queue report, which the welcome's features invited.
+    let queues = twinlake_edge::link::GatewayStatus {
+        buffer_rows: 7,
+        upload_files: 2,
+        ..Default::default()
+    };
+    send(&edge, &Up::Status(queues.clone())).await;
+    for _ in 0..100 {
+        if state.gateways.last_report(GATEWAY).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state.gateways.last_report(GATEWAY).map(|r| r.1), Some(queues));
     assert_eq!(t.reported["temp"], json!(2.0));
     assert!(
         state
@@ -111,7 +149,7 @@ async fn a_batch_sent_again_is_applied_once() {
 
     // A new session of the agent (a restart) starts again at 1.
     let mut edge = link(&state, GATEWAY, "s2").await;
-    assert_eq!(recv(&mut edge).await, Down::Welcome { acked: 0 });
+    assert_eq!(recv(&mut edge).await, welcome(0));
     // A hello for another gateway than the token's is refused (and told why: below).
     let mut edge2 = link(&state, "someone-else", "s3").await;
     assert!(matches!(recv(&mut edge2).await, Down::Refused { .. }));

@@ -609,6 +609,19 @@ async fn a_gateway_rule_acts_with_the_cloud_stopped_and_its_alarm_arrives_once()
     wait_online(&api, "g1").await;
     let last = fan_rule_at_gateway(&api, &dev, &dir.path().join("edge")).await;
     saved_at_gateway(&dir.path().join("edge").join("retention.json"), "\"temp\"").await;
+    // The gateway reports its queues over the link; the API lists them.
+    let q = eventually(20, "the gateway's queue report", || async {
+        let (_, list) = api.get("/v1/gateways").await;
+        list.as_array()?
+            .iter()
+            .find(|g| g["id"] == GATEWAY && g["queues"]["devices_connected"].as_i64() >= Some(1))
+            .cloned()
+    })
+    .await;
+    assert!(
+        q["reported_at"].as_u64().is_some() && q["queues"]["buffer_rows"].is_i64(),
+        "{q}"
+    );
     cloud.stop().await;
     assert!(
         !dev.led.load(std::sync::atomic::Ordering::SeqCst),

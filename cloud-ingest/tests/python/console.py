@@ -231,6 +231,8 @@ try:
     # Admin: a gateway and a token, each secret shown once; the token can be revoked.
     driver.get(base + "/#/admin")
     wait(lambda: "gw1" in driver.find_element(By.ID, "gateways").text, "the gateway list")
+    # The cloud's own pipeline reports its queues over its link like any gateway.
+    assert "rows buffered" in driver.find_element(By.ID, "gateways").text, driver.find_element(By.ID, "gateways").text
     check_page("admin")
     # Endpoint templates: the user's listed, one created, edited and deleted; a private
     # address refused as the API says.

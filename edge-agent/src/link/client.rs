@@ -30,6 +30,9 @@ pub struct LinkIo {
     pub rx: mpsc::Receiver<String>,
 }
 
+/// How often a gateway reports its queues to a cloud that takes them.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
 impl LinkIo {
     /// Two connected ends, for a cloud running in the same process.
     pub fn pair(capacity: usize) -> (LinkIo, LinkIo) {
@@ -174,8 +177,8 @@ impl LinkClient {
             .await
             .map_err(|_| Error::Link("no welcome from the cloud within 10 s".into()))?
             .ok_or_else(|| Error::Link("the cloud closed the link during the handshake".into()))?;
-        let acked = match serde_json::from_str::<Down>(&first) {
-            Ok(Down::Welcome { acked }) => acked,
+        let (acked, features) = match serde_json::from_str::<Down>(&first) {
+            Ok(Down::Welcome { acked, features }) => (acked, features),
             Ok(Down::Refused { reason, protocol }) => {
                 error!(cloud_protocol = protocol, agent_protocol = PROTOCOL, %reason, "the cloud refused the link");
                 return Err(Error::Link(format!("the cloud refused the link: {reason}")));
@@ -198,6 +201,9 @@ impl LinkClient {
         self.metrics.link_connects.inc();
         info!(target = %self.connector.target(), resent = unacked.frames.len(), "cloud link up");
 
+        // The queues, to a cloud that takes them: at once, then every few seconds.
+        let reports = features.iter().any(|f| f == crate::link::FEATURE_STATUS);
+        let mut report = tokio::time::interval(STATUS_EVERY);
         let mut items = Vec::with_capacity(MAX_BATCH_ITEMS);
         loop {
             // Send while there is room and something waits.
@@ -246,8 +252,23 @@ impl LinkClient {
                 }
                 _ = self.uplink.notified(), if room => {}
                 _ = self.endpoints.notified(), if room => {}
+                _ = report.tick(), if reports => {
+                    io.tx.send(encode(&Up::Status(self.status()))).await.map_err(|_| closed())?;
+                }
                 _ = stop.changed() => return Ok(()),
             }
+        }
+    }
+
+    /// The queue depths the metrics hold.
+    fn status(&self) -> crate::link::GatewayStatus {
+        let m = &self.metrics;
+        crate::link::GatewayStatus {
+            upload_files: m.upload_queue_files.get(),
+            upload_bytes: m.upload_queue_bytes.get(),
+            buffer_rows: m.buffer_rows.get(),
+            unacked_batches: m.link_unacked_frames.get(),
+            devices_connected: m.devices_connected.get(),
         }
     }
 

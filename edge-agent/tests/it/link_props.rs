@@ -102,6 +102,19 @@ proptest! {
     }
 
     #[test]
+    fn queue_reports_and_welcomes_round_trip(q in prop::array::uniform5(any::<i64>()), acked in any::<u64>(),
+                                             features in prop::collection::vec(name(), 0..3)) {
+        let up = Up::Status(twinlake_edge::link::GatewayStatus {
+            upload_files: q[0], upload_bytes: q[1], buffer_rows: q[2], unacked_batches: q[3], devices_connected: q[4],
+        });
+        let text = serde_json::to_string(&up).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Up>(&text).unwrap(), up);
+        let down = Down::Welcome { acked, features };
+        let text = serde_json::to_string(&down).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Down>(&text).unwrap(), down);
+    }
+
+    #[test]
     fn arbitrary_text_never_panics(text in ".{0,200}", bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let _ = serde_json::from_str::<Up>(&text);
         let _ = serde_json::from_str::<Down>(&text);

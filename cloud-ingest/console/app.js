@@ -56,7 +56,9 @@ function matches(t, q, state) {
   if (state === "offline" && c.online) return false;
   if (state === "unsynced" && inSync) return false;
   if (!q) return true;
-  const hay = [t.device, t.user, c.gateway || "", JSON.stringify(t.tags || {})].join(" ").toLowerCase();
+  // Tags as the list shows them (`site=lab`).
+  const tags = Object.entries(t.tags || {}).map(([k, v]) => `${k}=${v}`);
+  const hay = [t.device, t.user, c.gateway || "", ...tags].join(" ").toLowerCase();
   return hay.includes(q);
 }
 

@@ -261,25 +261,8 @@ async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
     let (hook, mut calls) = receiver().await;
     api.put_endpoint("console-hook", serde_json::json!({ "url": hook }))
         .await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console.py");
     let base = format!("http://{}", cloud.addr);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python())
-            .arg(script)
-            .arg(base)
-            .arg(ADMIN)
-            .arg(READ)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("console: ok"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    browser("console.py", &[&base, ADMIN, READ], "console: ok").await;
     assert!(
         device.led.load(std::sync::atomic::Ordering::SeqCst),
         "the console's write reached the device"
@@ -291,4 +274,54 @@ async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
     assert_eq!(body, r#"{"from":"console"}"#);
     device.stop();
     cloud.stop().await;
+}
+
+/// The console stays usable with 10,000 devices (tests/python/console_fleet.py, Chromium):
+/// listed with counts, searched by name and tag, filtered and paged. The steps' times are
+/// printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_stays_usable_with_ten_thousand_devices() {
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    cloud
+        .state
+        .twins
+        .write(|t| -> Result<(), twinlake_twin::TwinError> {
+            for i in 0..N {
+                let site = if i % 2 == 0 { "a" } else { "b" };
+                let tags = json!({ "site": site }).as_object().cloned().unwrap_or_default();
+                t.create(&twinlake_twin::TwinKey::new(USER, &format!("dev-{i:05}")), tags)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let base = format!("http://{}", cloud.addr);
+    let out = browser("console_fleet.py", &[&base, ADMIN, &N.to_string()], "fleet10k: ok").await;
+    println!("{out}");
+    cloud.stop().await;
+}
+
+/// Runs a browser script of `tests/python` with `args`; its output, which must contain `ok`.
+async fn browser(script: &str, args: &[&str], ok: &str) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python())
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(ok),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

@@ -178,6 +178,12 @@ try:
     led.find_element(By.TAG_NAME, "input").send_keys("true")
     [b for b in led.find_elements(By.TAG_NAME, "button") if b.text == "Write"][0].click()
     wait(lambda: led.find_element(By.CLASS_NAME, "value").text != "", "the write's answer")
+    # An input/output called with a JSON form: the device's answer is shown.
+    io = row("in_out")
+    io.find_element(By.TAG_NAME, "input").send_keys('{"value1": 2, "value2": 3}')
+    [b for b in io.find_elements(By.TAG_NAME, "button") if b.text == "Call"][0].click()
+    wait(lambda: '"sum": 5' in io.find_element(By.CLASS_NAME, "value").text.replace('"sum":5', '"sum": 5'), "the call's answer")
+    assert "6" in io.find_element(By.CLASS_NAME, "value").text, io.find_element(By.CLASS_NAME, "value").text
     check_page("device")
     # Register a device: the credential is shown once, with ready snippets.
     driver.get(base + "/#/register")

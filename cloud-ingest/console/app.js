@@ -309,22 +309,30 @@ function stopCharts() {
   $("charts").replaceChildren();
 }
 
+// An empty chart of `name` (a resource path, or a SQL result's column).
+function chartBox(name) {
+  const box = document.createElement("div");
+  box.className = "chart";
+  box.path = name;
+  box.points = [];
+  box.label = document.createElement("div");
+  box.label.textContent = `${name}: waiting for values`;
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 320 90");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `${name} over time`);
+  box.line = document.createElementNS(SVG, "polyline");
+  svg.append(box.line);
+  box.append(box.label, svg);
+  return box;
+}
+
 function startChart(t, path) {
   if (!charts) charts = new AbortController();
   const signal = charts.signal;
   if ([...$("charts").children].some((c) => c.path === path)) return;
-  const box = document.createElement("div");
-  box.className = "chart";
+  const box = chartBox(path);
   box.dataset.resource = path;
-  box.path = path;
-  box.points = [];
-  box.label = document.createElement("div");
-  box.label.textContent = `${path}: waiting for values`;
-  const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("viewBox", "0 0 320 90");
-  box.line = document.createElementNS(SVG, "polyline");
-  svg.append(box.line);
-  box.append(box.label, svg);
   $("charts").append(box);
   const back = `SELECT time, value FROM "${quote(path)}" WHERE device = '${lit(t.device)}' AND owner = '${lit(t.user)}' AND time > now() - interval '1 hour' ORDER BY time`;
   sql(back, "json")
@@ -630,6 +638,7 @@ $("sql-run").addEventListener("click", async () => {
       tr.append(...cols.map((c) => cell(typeof row[c] === "object" && row[c] !== null ? JSON.stringify(row[c]) : String(row[c] ?? ""))));
       return tr;
     }));
+    sqlCharts(rows, cols);
     $("sql-info").textContent = `${rows.length} rows in ${Math.round(performance.now() - started)} ms`;
   } catch (err) {
     $("sql-info").textContent = "";
@@ -637,6 +646,22 @@ $("sql-run").addEventListener("click", async () => {
     showError(err);
   }
 });
+
+// A result with a time column (ISO timestamps) charts its numeric columns against it
+// (the first four).
+function sqlCharts(rows, cols) {
+  const iso = /^\d{4}-\d{2}-\d{2}T/;
+  const time = cols.find((c) => rows.length && rows.every((r) => typeof r[c] === "string" && iso.test(r[c])));
+  const numeric = cols.filter((c) => c !== time && rows.some((r) => typeof r[c] === "number"));
+  const boxes = time ? numeric.slice(0, 4).map((c) => {
+    const box = chartBox(c);
+    box.dataset.column = c;
+    const pts = rows.map((r) => [Date.parse(r[time]), r[c]]).sort((a, b) => a[0] - b[0]);
+    for (const [t, v] of pts) addPoint(box, t, v);
+    return box;
+  }) : [];
+  $("sql-charts").replaceChildren(...boxes);
+}
 
 $("sql-csv").addEventListener("click", async () => {
   showError(null);

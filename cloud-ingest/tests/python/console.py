@@ -207,6 +207,12 @@ try:
     wait(lambda: "rows in" in driver.find_element(By.ID, "sql-info").text, "the result")
     cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#sql-rows td")]
     assert "sensor-a" in cells and "new-one" in cells, cells
+    # A time column charts the numeric columns against it.
+    box.clear()
+    box.send_keys("SELECT to_timestamp(v) AS time, v * 2 AS y, 'x' AS label FROM (VALUES (1), (2), (3)) AS t(v)")
+    driver.find_element(By.ID, "sql-run").click()
+    wait(lambda: driver.find_element(By.CSS_SELECTOR, "#sql-charts .chart[data-column='y']").get_attribute("data-points") == "3", "the result's chart")
+    assert not driver.find_elements(By.CSS_SELECTOR, "#sql-charts .chart[data-column='label']")
     check_page("sql")
     box.clear()
     box.send_keys("SELECT * FROM nowhere")

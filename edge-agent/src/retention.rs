@@ -59,9 +59,21 @@ impl Retention {
         self.set(cfg);
     }
 
+    /// Whether a row of `table` at `time_us` is past retention now. Asked for every row: the
+    /// clock is read only when some table has a retention.
+    pub fn expired(&self, table: &str, time_us: i64) -> bool {
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros().min(i64::MAX as u128) as i64);
+        self.expired_at(table, time_us, now)
+    }
+
     /// Whether a row of `table` at `time_us` is past retention at `now_us`: its whole hour
     /// partition is older than the table keeps (the cloud's rule for deleting one).
-    pub fn expired(&self, table: &str, time_us: i64, now_us: i64) -> bool {
+    pub fn expired_at(&self, table: &str, time_us: i64, now_us: i64) -> bool {
         if !self.any.load(Ordering::Relaxed) {
             return false;
         }
@@ -70,13 +82,6 @@ impl Retention {
         };
         Hour::of(time_us).is_some_and(|h| h.start_us().saturating_add(HOUR_US) <= cutoff)
     }
-}
-
-/// µs since the epoch now.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros().min(i64::MAX as u128) as i64)
 }
 
 #[cfg(test)]
@@ -90,7 +95,7 @@ mod tests {
     fn rows_whose_hour_is_past_retention_are_expired() {
         let r = Retention::open(RetentionConfig::default(), None);
         let now = 100 * HOUR_US + 30 * 60_000_000;
-        assert!(!r.expired("t", 0, now), "no retention: nothing expires");
+        assert!(!r.expired_at("t", 0, now), "no retention: nothing expires");
         r.replace(RetentionConfig {
             tables: BTreeMap::from([
                 ("t".to_owned(), Duration::from_secs(2 * 3600).into()),
@@ -100,12 +105,12 @@ mod tests {
             ..Default::default()
         });
         // Cutoff 98:30: hour 97 ended at 98:00 and is past; hour 98 ends at 99:00 and is not.
-        assert!(r.expired("t", 97 * HOUR_US + 59 * 60_000_000, now));
-        assert!(!r.expired("t", 98 * HOUR_US, now));
-        assert!(!r.expired("forever", 0, now));
-        assert!(r.expired("other", 98 * HOUR_US, now), "the default: cutoff 99:30");
+        assert!(r.expired_at("t", 97 * HOUR_US + 59 * 60_000_000, now));
+        assert!(!r.expired_at("t", 98 * HOUR_US, now));
+        assert!(!r.expired_at("forever", 0, now));
+        assert!(r.expired_at("other", 98 * HOUR_US, now), "the default: cutoff 99:30");
         assert!(
-            !r.expired("t", i64::MIN, now),
+            !r.expired_at("t", i64::MIN, now),
             "outside the lake's years: refused elsewhere"
         );
     }

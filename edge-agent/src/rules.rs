@@ -70,7 +70,7 @@ impl EdgeRules {
             actions: tx,
             receiver: Mutex::new(Some(rx)),
             dropped_actions: Default::default(),
-            started: now_ms(),
+            started: crate::outbox::now_ms(),
         };
         me.set(saved);
         me
@@ -217,13 +217,6 @@ fn actions(rule: &Rule, user: &str, device: &str, tr: &Transition) -> Vec<Device
             })
         })
         .collect()
-}
-
-/// ms since the epoch now.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The row an alarm transition is written as.

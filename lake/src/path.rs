@@ -21,6 +21,11 @@ const COMPACTED: &str = "compacted";
 const DAY: &str = "day";
 /// One day in µs.
 pub const DAY_US: i64 = 24 * HOUR_US;
+
+/// The first µs of the UTC day holding `us`.
+pub fn day_start(us: i64) -> i64 {
+    us - us.rem_euclid(DAY_US)
+}
 /// The longest gateway id.
 pub const MAX_GATEWAY_NAME: usize = 64;
 
@@ -49,7 +54,7 @@ impl Hour {
 
     /// The first hour of its UTC day.
     pub fn day(self) -> Self {
-        Self(self.0 - self.0.rem_euclid(DAY_US))
+        Self(day_start(self.0))
     }
 
     /// `(year, month, day, hour)`.

@@ -16,13 +16,8 @@ use crate::catalog::FileMeta;
 use crate::compact::{CompactionConfig, merge, replace, stamp};
 use crate::lake::Lake;
 use twinlake_lake::file::WriterSettings;
-use twinlake_lake::path::DAY_US;
+use twinlake_lake::path::{DAY_US, day_start as day_of};
 use twinlake_lake::{Hour, LakePath};
-
-/// The first µs of the UTC day holding `hour_us`.
-fn day_of(hour_us: i64) -> i64 {
-    hour_us - hour_us.rem_euclid(DAY_US)
-}
 
 /// The days due: `(table, day start)`, for days `day_after` past their end that hold a file
 /// other than one day file.

@@ -5,7 +5,7 @@
 //! `grace` (at least the SQL timeout), so queries that planned before still finish. Runs in
 //! the compactor's task, so a partition is never compacted and expired at once. Fresh rows
 //! of expired hours are dropped at the same step. A partition goes only once every rollup of
-//! its table covers it ([`crate::rollup::holds`]).
+//! its table covers it ([`crate::rollup::held`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,8 +17,7 @@ use tracing::{info, warn};
 use crate::QueryError;
 use crate::catalog;
 use crate::lake::Lake;
-
-const HOUR_US: i64 = 3_600_000_000;
+use twinlake_lake::path::HOUR_US;
 
 pub use twinlake_lake::retention::RetentionConfig;
 
@@ -44,13 +43,14 @@ pub fn due(
     for table in lake.table_names() {
         let Some(keep) = cfg.of(&table) else { continue };
         let cutoff = now_us.saturating_sub(keep.as_micros().min(i64::MAX as u128) as i64);
+        let held = crate::rollup::held(lake, rollups, &table);
         let parts: BTreeSet<(i64, i64)> = lake
             .files(&table)
             .iter()
             .map(|f| (f.hour_us, f.span_us()))
             .chain(lake.fresh_hours(&table).into_iter().map(|h| (h, HOUR_US)))
             .filter(|(h, span)| h.saturating_add(*span) <= cutoff)
-            .filter(|(h, span)| !crate::rollup::holds(lake, rollups, &table, *h, *span))
+            .filter(|(h, span)| !held.iter().any(|(s, sp)| *s < h + span && *h < s + sp))
             .collect();
         out.extend(parts.into_iter().map(|(h, span)| (table.clone(), h, span)));
     }

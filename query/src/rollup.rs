@@ -9,14 +9,13 @@
 //! count). Each rollup file records what it covers in its footer (`twinlake.rollup`:
 //! source, interval, span, source rows), so the catalog, and a catalog rebuilt from a
 //! listing, knows what is rolled. Fresh rows not yet in a file are not rolled. Retention
-//! of a source partition waits until every rollup of its table covers it ([`holds`]).
+//! of a source partition waits until every rollup of its table covers it ([`held`]).
 //! Rollups have their own retention, under their own name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -25,7 +24,7 @@ use crate::catalog::{Covers, FileMeta};
 use crate::compact::{merge, replace, stamp};
 use crate::lake::Lake;
 use twinlake_lake::model::is_table_name;
-use twinlake_lake::path::{DAY_US, HOUR_US};
+use twinlake_lake::path::{DAY_US, HOUR_US, day_start};
 
 mod compute;
 
@@ -145,17 +144,13 @@ struct Span {
     files: Vec<Arc<FileMeta>>,
 }
 
-fn day_of(us: i64) -> i64 {
-    us - us.rem_euclid(DAY_US)
-}
-
 /// The source's spans for `def`: start → span. A day the day tier merged is one span.
 fn spans(lake: &Lake, def: &RollupDef) -> BTreeMap<i64, Span> {
     let files = lake.files(&def.table);
     let merged: BTreeSet<i64> = files.iter().filter(|f| f.is_day()).map(|f| f.hour_us).collect();
     let mut out: BTreeMap<i64, Span> = BTreeMap::new();
     for f in files {
-        let day = day_of(f.hour_us);
+        let day = day_start(f.hour_us);
         let (start, span_us) = if def.span_us() == DAY_US || merged.contains(&day) {
             (day, DAY_US)
         } else {
@@ -169,16 +164,22 @@ fn spans(lake: &Lake, def: &RollupDef) -> BTreeMap<i64, Span> {
     out
 }
 
-/// The rollup's own files within `[start, start + span)`.
-fn rolled(lake: &Lake, def: &RollupDef, start: i64, span_us: i64) -> Vec<Arc<FileMeta>> {
-    lake.files(&def.name())
-        .into_iter()
-        .filter(|f| def.is_mine(f))
-        .filter(|f| {
-            f.covers
-                .as_ref()
-                .is_some_and(|c| c.start_us >= start && c.start_us < start + span_us)
-        })
+/// The rollup's own files, by the start of the span each covers.
+fn rolled(lake: &Lake, def: &RollupDef) -> BTreeMap<i64, Vec<Arc<FileMeta>>> {
+    let mut out: BTreeMap<i64, Vec<Arc<FileMeta>>> = BTreeMap::new();
+    for f in lake.files(&def.name()).into_iter().filter(|f| def.is_mine(f)) {
+        if let Some(start) = f.covers.as_ref().map(|c| c.start_us) {
+            out.entry(start).or_default().push(f);
+        }
+    }
+    out
+}
+
+/// Those of `rolled` within `[start, start + span_us)`.
+fn within(rolled: &BTreeMap<i64, Vec<Arc<FileMeta>>>, start: i64, span_us: i64) -> Vec<Arc<FileMeta>> {
+    rolled
+        .range(start..start.saturating_add(span_us))
+        .flat_map(|(_, files)| files.iter().cloned())
         .collect()
 }
 
@@ -191,12 +192,20 @@ fn needs_rolling(mine: &[Arc<FileMeta>], span: &Span) -> bool {
     span.rows > covered || (span.rows == covered && span.span_us == DAY_US && !one_day_file)
 }
 
-/// The spans of `def` due at `now_us`: ended and not current.
-pub fn due(lake: &Lake, def: &RollupDef, now_us: i64) -> Vec<i64> {
+/// The spans of `def` that need rolling, ended or not.
+fn unrolled(lake: &Lake, def: &RollupDef) -> Vec<(i64, Span)> {
+    let rolled = rolled(lake, def);
     spans(lake, def)
         .into_iter()
+        .filter(|(start, s)| needs_rolling(&within(&rolled, *start, s.span_us), s))
+        .collect()
+}
+
+/// The spans of `def` due at `now_us`: ended and not current.
+pub fn due(lake: &Lake, def: &RollupDef, now_us: i64) -> Vec<i64> {
+    unrolled(lake, def)
+        .into_iter()
         .filter(|(start, s)| start.saturating_add(s.span_us) <= now_us)
-        .filter(|(start, s)| needs_rolling(&rolled(lake, def, *start, s.span_us), s))
         .map(|(start, _)| start)
         .collect()
 }
@@ -222,7 +231,7 @@ pub async fn roll(
         rows: span.rows,
     };
     let (rel, bytes) = compute::encode(&def.name(), &rows, &covers, stamp())?;
-    let old = rolled(lake, def, start, span.span_us);
+    let old = within(&rolled(lake, def), start, span.span_us);
     Ok(Some(replace(lake, &rel, bytes, &old, grace).await?))
 }
 
@@ -241,19 +250,12 @@ pub async fn pass(lake: &Arc<Lake>, defs: &[RollupDef], grace: Duration, now_us:
     n
 }
 
-/// Whether a rollup still needs the source partition `[start, start + span)` of `table`:
-/// some rollup of it does not yet cover the span holding it. Retention waits.
-pub fn holds(lake: &Lake, defs: &[RollupDef], table: &str, start: i64, span_us: i64) -> bool {
-    defs.iter().filter(|d| d.table == table).any(|def| {
-        spans(lake, def).iter().any(|(s, span)| {
-            let overlaps = *s < start + span_us && start < *s + span.span_us;
-            overlaps && needs_rolling(&rolled(lake, def, *s, span.span_us), span)
-        })
-    })
-}
-
-#[doc(hidden)]
-/// The aggregation alone, for tests: `def` over `rows` (sorted by owner, device, time).
-pub async fn aggregate(def: &RollupDef, rows: &RecordBatch) -> Result<RecordBatch, QueryError> {
-    compute::aggregate(def, rows).await
+/// The spans of `table` some rollup does not cover yet: `(start, span)`. Retention leaves a
+/// source partition that overlaps one.
+pub fn held(lake: &Lake, defs: &[RollupDef], table: &str) -> Vec<(i64, i64)> {
+    defs.iter()
+        .filter(|d| d.table == table)
+        .flat_map(|def| unrolled(lake, def))
+        .map(|(start, span)| (start, span.span_us))
+        .collect()
 }

@@ -48,7 +48,7 @@ impl Ingest {
             return;
         }
         self.silences_at = Some(now + Duration::from_secs(1));
-        let now_us = crate::retention::now_us();
+        let now_us = super::micros(std::time::SystemTime::now());
         for (user, device, row, actions) in rules.silences((now_us / 1000) as u64) {
             self.append_alarm(row, actions, (&user, &device), now_us);
         }
@@ -59,7 +59,7 @@ impl Ingest {
 
     /// Whether a row is past its table's retention: then refused and counted.
     pub(super) fn past_retention(&self, table: &str, time_us: i64) -> bool {
-        let past = self.retention.expired(table, time_us, crate::retention::now_us());
+        let past = self.retention.expired(table, time_us);
         if past {
             self.metrics.refused("expired", 1);
         }

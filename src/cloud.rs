@@ -36,6 +36,8 @@ pub fn run(args: CloudArgs) -> anyhow::Result<()> {
             }
             let scheme = if cloud.is_tls() { "https" } else { "http" };
             let (tcp, tls) = cloud.device_addrs();
+            // Listening for SIGTERM before saying so: one sent right after is a clean stop.
+            let stop = shutdown_signal();
             // The line tests and scripts wait for.
             println!(
                 "twinlake cloud ready: api={scheme}://{} devices={} devices_tls={} metrics={}",
@@ -44,7 +46,7 @@ pub fn run(args: CloudArgs) -> anyhow::Result<()> {
                 fmt(tls),
                 fmt(cloud.metrics_addr())
             );
-            cloud.run(shutdown_signal()).await?;
+            cloud.run(stop).await?;
             anyhow::Ok(())
         })
 }

@@ -30,6 +30,8 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<()> {
         .build()?
         .block_on(async move {
             let agent = EdgeAgent::start(config).await?;
+            // Listening for SIGTERM before saying so: one sent right after is a clean stop.
+            let stop = shutdown_signal();
             // The line tests and scripts wait for.
             println!(
                 "twinlake edge ready: tcp={} tls={} metrics={}",
@@ -37,7 +39,7 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<()> {
                 fmt(agent.tls_addr()),
                 fmt(agent.metrics_addr())
             );
-            agent.run(shutdown_signal()).await?;
+            agent.run(stop).await?;
             anyhow::Ok(())
         })
 }
@@ -55,25 +57,32 @@ pub fn fmt(a: Option<std::net::SocketAddr>) -> String {
     a.map_or_else(|| "off".into(), |a| a.to_string())
 }
 
-/// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called (inside the runtime),
+/// not when the future is first polled: call it before announcing readiness, so a signal
+/// sent right after the announcement stops the process cleanly instead of killing it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let handlers = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+        async move {
+            match handlers {
+                Ok((mut term, mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

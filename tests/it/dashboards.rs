@@ -1,5 +1,8 @@
-//! The Grafana dashboards and the notebooks against the running demo.
+//! The web console, the Grafana dashboards and the notebooks against the running demo.
 //!
+//! * cloud-ingest/tests/python/console_demo.py walks the console in Chromium: the fleet
+//!   online, sensor-2's LED switched with the reported value following, a live chart, and a
+//!   read token offered no controls and refused a forced write.
 //! * dashboards/check.py runs them as Grafana would: it expands every SQL panel's and
 //!   variable's macros, runs them over the Postgres wire with the simple protocol and checks
 //!   each result's shape; every PromQL panel is evaluated by a real Prometheus scraping the
@@ -192,6 +195,21 @@ fn dashboards_and_notebooks_run_against_the_demo() {
             assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{cmd}");
         }
     }
+    // The web console in Chromium, against the demo itself.
+    let console = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cloud-ingest/tests/python/console_demo.py"
+        ))
+        .args([api.as_deref().expect("the API line"), "twinlake-demo-token"])
+        .output()
+        .expect("python runs");
+    let console_out = String::from_utf8_lossy(&console.stdout);
+    assert!(
+        console.status.success() && console_out.contains("console-demo: ok"),
+        "{console_out}\n{}",
+        String::from_utf8_lossy(&console.stderr)
+    );
     let prometheus = Prometheus::start(dir.path(), &metrics);
     let dashboards = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/grafana/dashboards");
     let mut files: Vec<_> = std::fs::read_dir(dashboards)

@@ -9,18 +9,13 @@ Prints "console: ok".
 Usage: console.py BASE_URL ADMIN_TOKEN READ_TOKEN
 """
 
-import os
-import pathlib
 import sys
-import time
 import urllib.error
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
+
+import browser
 
 base, token, read_token = sys.argv[1], sys.argv[2], sys.argv[3]
 
@@ -30,84 +25,19 @@ with urllib.request.urlopen(base + "/") as r:
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp, csp
     assert r.headers["X-Content-Type-Options"] == "nosniff"
 
-opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
-for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]:
-    opts.add_argument(a)
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+driver = browser.chromium()
 
 
 def wait(cond, what, secs=20):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            if cond():
-                return
-        except Exception:  # noqa: BLE001 - the page is still changing
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; page: {driver.find_element(By.TAG_NAME, 'body').text}")
-
-
-HERE = pathlib.Path(__file__).resolve().parent
-SHOTS = pathlib.Path(os.environ.get("TWINLAKE_SHOTS", HERE.parents[2] / "target" / "console-screenshots"))
-SHOTS.mkdir(parents=True, exist_ok=True)
-AXE = (HERE / "vendor" / "axe-core" / "axe.min.js").read_text()
-CONTROLS = "a[href], button, input, select, textarea"
-
-
-# A control's identity that survives the page re-rendering it (the fleet is live).
-KEY_JS = """
-const key = (e) => {
-  if (!e) return null;
-  const row = e.closest('tr');
-  return [e.tagName, e.id, e.name || '', e.getAttribute('href') || '', e.getAttribute('aria-label') || '',
-          e.getAttribute('value') || '', (e.closest('form') || {}).id || '',
-          (e.textContent || '').trim().slice(0, 40), row ? (row.cells[0] || {textContent: ''}).textContent.trim() : ''].join('|');
-};
-"""
-
-
-def tab_walk(page):
-    """Tab from the top of the page until focus comes round: every visible, enabled
-    control must have had it."""
-    want = set(driver.execute_script(
-        KEY_JS + "return [...document.querySelectorAll(arguments[0])]"
-        ".filter(e => e.offsetParent !== null && !e.disabled).map(key);", CONTROLS))
-    # From the first control (Chrome tabs on from where focus last was, even after a blur).
-    driver.execute_script(
-        "const first = [...document.querySelectorAll(arguments[0])].find(e => e.offsetParent !== null && !e.disabled);"
-        "first.focus();", CONTROLS)
-    seen = []
-    for _ in range(len(want) * 2 + 10):
-        k = driver.execute_script(KEY_JS + "return key(document.activeElement);")
-        if seen and k == seen[0]:
-            break  # round to the first control again
-        seen.append(k)
-        # To whatever has focus (a live list may have replaced the element meanwhile).
-        ActionChains(driver).send_keys(Keys.TAB).perform()
-    missed = sorted(want - set(seen))
-    assert not missed, f"{page}: the Tab walk missed {missed}; went {seen}"
+    browser.wait(driver, cond, what, secs)
 
 
 def check_page(page):
-    """The page's screenshot, its axe-core findings, its Tab walk."""
-    driver.save_screenshot(str(SHOTS / f"{page}.png"))
-    driver.execute_script(AXE)
-    found = driver.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "axe.run(document, {resultTypes: ['violations']})"
-        ".then(r => done(r.violations.map(v => [v.id, v.impact, v.nodes.map(n => n.html).slice(0, 3)])))"
-        ".catch(e => done([['axe', 'critical', [String(e)]]]));"
-    )
-    bad = [v for v in found if v[1] in ("serious", "critical")]
-    assert not bad, f"{page}: accessibility violations {bad}"
-    tab_walk(page)
+    browser.check_page(driver, page)
 
 
 def rows():
-    # Read in one go: the live fleet may re-render between two element reads.
-    return driver.execute_script("return [...document.querySelectorAll('#devices tr')].map(r => r.innerText)")
+    return browser.rows(driver)
 
 
 try:
@@ -301,6 +231,8 @@ try:
     wait(lambda: driver.find_element(By.ID, "device-title").text.endswith("/sensor-b"), "the device page")
     assert not driver.find_element(By.ID, "desired-form").is_displayed()
     assert not driver.find_element(By.CSS_SELECTOR, 'a[href="#/register"]').is_displayed()
+    # Forced from the browser anyway, the API refuses it and the page says so.
+    browser.forced_write_refused(driver, "desired-form")
     print("console: ok")
 finally:
     driver.quit()

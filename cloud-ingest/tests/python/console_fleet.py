@@ -8,17 +8,13 @@ Usage: console_fleet.py BASE_URL ADMIN_TOKEN DEVICES
 import sys
 import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
+import browser
+
 base, token, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
-for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]:
-    opts.add_argument(a)
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+driver = browser.chromium()
 
 
 def text(id_):
@@ -26,7 +22,7 @@ def text(id_):
 
 
 def rows():
-    return driver.execute_script("return [...document.querySelectorAll('#devices tr')].map(r => r.innerText)")
+    return browser.rows(driver)
 
 
 def timed(cond, what, secs=60):

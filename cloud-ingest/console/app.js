@@ -6,6 +6,8 @@
 const PAGE = 50;
 const $ = (id) => document.getElementById(id);
 let twins = new Map();
+// Device names from the registry ("user/device" -> name): a person's words, shown as text.
+let names = new Map();
 let page = 0;
 let stream = null;
 
@@ -58,7 +60,7 @@ function matches(t, q, state) {
   if (!q) return true;
   // Tags as the list shows them (`site=lab`).
   const tags = Object.entries(t.tags || {}).map(([k, v]) => `${k}=${v}`);
-  const hay = [t.device, t.user, c.gateway || "", ...tags].join(" ").toLowerCase();
+  const hay = [t.device, names.get(key(t)) || "", t.user, c.gateway || "", ...tags].join(" ").toLowerCase();
   return hay.includes(q);
 }
 
@@ -77,13 +79,20 @@ function render() {
     const c = t.connection || {};
     const inSync = Object.keys((t.state && t.state.delta) || {}).length === 0;
     const tr = document.createElement("tr");
-    const name = document.createElement("td");
+    const first = document.createElement("td");
     const link = document.createElement("a");
     link.href = `#/device/${encodeURIComponent(t.user)}/${encodeURIComponent(t.device)}`;
     link.textContent = t.device;
-    name.append(link);
+    first.append(link);
+    const named = names.get(key(t));
+    if (named && named !== t.device) {
+      const span = document.createElement("span");
+      span.className = "hint";
+      span.textContent = ` ${named}`;
+      first.append(span);
+    }
     tr.append(
-      name, cell(t.user),
+      first, cell(t.user),
       cell(c.online ? "online" : "offline", c.online ? "online" : "offline"),
       cell(c.last_seen ? new Date(c.last_seen).toISOString() : "never"),
       cell(c.gateway || ""), cell(c.protocol || ""),
@@ -103,8 +112,9 @@ function render() {
 }
 
 async function loadFleet() {
-  const r = await api("/v1/twins");
+  const [r, d] = await Promise.all([api("/v1/twins"), api("/v1/devices")]);
   twins = new Map((await r.json()).map((t) => [key(t), t]));
+  names = new Map((await d.json()).filter((x) => x.name).map((x) => [key(x), x.name]));
   render();
 }
 
@@ -182,6 +192,7 @@ async function showDevice(u, d) {
   current = t;
   const c = t.connection || {};
   $("device-title").textContent = `${t.user}/${t.device}`;
+  $("device-name").textContent = names.get(key(t)) || "";
   $("device-conn").textContent = `${c.online ? "online" : "offline"}, last seen ${c.last_seen ? new Date(c.last_seen).toISOString() : "never"}, gateway ${c.gateway || "none"}, protocol ${c.protocol || "?"}`;
   $("reported").textContent = pretty(t.state && t.state.reported);
   $("desired").textContent = pretty(t.state && t.state.desired);

@@ -236,7 +236,7 @@ async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
     let (s, j) = api
         .post(
             &format!("/v1/users/{USER}/devices"),
-            serde_json::json!({"device": "evil", "credential": CREDENTIAL, "tags": {"note": "<img src=x onerror=\"document.title='pwned'\">"}}),
+            serde_json::json!({"device": "evil", "name": "<img src=x onerror=\"alert('pwned')\">", "credential": CREDENTIAL, "tags": {"note": "<img src=x onerror=\"document.title='pwned'\">"}}),
         )
         .await;
     assert_eq!(s, reqwest::StatusCode::CREATED, "{j}");

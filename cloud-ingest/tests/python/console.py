@@ -13,6 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 
+from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
 import browser
@@ -54,8 +55,20 @@ try:
     assert any("sensor-a" in r for r in rows()), rows()
     # The hostile tag is text, not markup: no image element, no script ran.
     assert any("<img src=x onerror=" in r for r in rows()), rows()
+    # So is the hostile name, in the list and on the device's page; no dialog opened.
+    assert any("evil <img src=x onerror=\"alert('pwned')\">" in r for r in rows()), rows()
     assert not driver.find_elements(By.CSS_SELECTOR, "#devices img")
     assert driver.title == "Twinlake", driver.title
+    driver.get(base + "/#/device/acme/evil")
+    wait(lambda: driver.find_element(By.ID, "device-name").text.startswith("<img src=x"), "the hostile name as text")
+    assert not driver.find_elements(By.CSS_SELECTOR, "#device img")
+    try:
+        driver.switch_to.alert
+        raise AssertionError("the hostile name opened a dialog")
+    except NoAlertPresentException:
+        pass
+    driver.get(base + "/#/")
+    wait(lambda: len(rows()) >= 3, "the fleet again")
     # The token is in this tab's sessionStorage only, and not in the URL.
     assert driver.execute_script("return sessionStorage.getItem('twinlake-token')") == token
     assert driver.execute_script("return localStorage.length") == 0

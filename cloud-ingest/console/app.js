@@ -510,6 +510,32 @@ $("desired-form").addEventListener("submit", async (e) => {
   }
 });
 
+// Ready-to-paste settings for a registered device. The host is this console's; a device
+// behind a gateway points at the gateway instead.
+function showSnippets(user, device, cred) {
+  const host = location.hostname;
+  $("snippet-thinger").textContent = [
+    `#define THINGER_SERVER "${host}"  // or the gateway the device reaches`,
+    "#define _DISABLE_TLS_  // plain TCP, port 25200; without it TLS on 25202 (a certificate the board trusts)",
+    "#include <ThingerESP32.h>",
+    `#define USERNAME "${user}"`,
+    `#define DEVICE_ID "${device}"`,
+    `#define DEVICE_CREDENTIAL "${cred}"`,
+    "ThingerESP32 thing(USERNAME, DEVICE_ID, DEVICE_CREDENTIAL);",
+    "void setup() {",
+    '  thing.add_wifi("SSID", "password");',
+    '  thing["temperature"] >> outputValue(21.5);',
+    "}",
+    "void loop() { thing.handle(); }",
+    "// Linux client: the same USERNAME, DEVICE_ID and DEVICE_CREDENTIAL in src/main.cpp.",
+  ].join("\n");
+  $("snippet-sdk").textContent =
+    `cargo run -p twinlake-sdk --example sensor -- ${host}:25200 ${user} ${device} ${cred}`;
+  $("snippet-http").textContent =
+    `curl -d '{"temperature":21.5}' http://<gateway>:8081/api/v1/${user}:${device}:${cred}/telemetry\n` +
+    `coap-client-notls -m post -t json -e '{"temperature":21.5}' coap://<gateway>/api/v1/${user}:${device}:${cred}/telemetry`;
+}
+
 $("register-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   showError(null);
@@ -526,11 +552,7 @@ $("register-form").addEventListener("submit", async (e) => {
     const j = await r.json();
     const cred = j.credential;
     $("reg-credential").textContent = cred;
-    $("snippet-thinger").textContent =
-      `#define USERNAME "${user}"\n#define DEVICE_ID "${body.device}"\n#define DEVICE_CREDENTIAL "${cred}"\n// and point the client at this cloud's (or your gateway's) device listener, port 25200`;
-    $("snippet-http").textContent =
-      `curl -d '{"temperature":21.5}' http://<gateway>:8081/api/v1/${user}:${body.device}:${cred}/telemetry\n` +
-      `coap-client-notls -m post -t json -e '{"temperature":21.5}' coap://<gateway>/api/v1/${user}:${body.device}:${cred}/telemetry`;
+    showSnippets(user, body.device, cred);
     $("registered").hidden = false;
   } catch (err) {
     showError(err);
@@ -619,16 +641,29 @@ async function sql(text, format) {
   });
 }
 
+// The tables with their columns (each a disclosure; its button starts a query on it).
 async function listTables() {
-  const r = await sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1", "json");
-  const items = (await r.json()).map((row) => {
+  const r = await sql("SELECT table_name, column_name, data_type FROM information_schema.columns " +
+    "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position", "json");
+  const tables = new Map();
+  for (const row of await r.json()) {
+    if (!tables.has(row.table_name)) tables.set(row.table_name, []);
+    tables.get(row.table_name).push(`${row.column_name} ${row.data_type}`);
+  }
+  const items = [...tables].map(([table, cols]) => {
     const li = document.createElement("li");
-    const a = document.createElement("a");
-    a.textContent = row.table_name;
-    a.addEventListener("click", () => {
-      $("sql-text").value = `SELECT * FROM "${row.table_name}" LIMIT 100`;
-    });
-    li.append(a);
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = table;
+    const list = document.createElement("ul");
+    list.append(...cols.map((c) => { const item = document.createElement("li"); item.textContent = c; return item; }));
+    const query = document.createElement("button");
+    query.type = "button";
+    query.textContent = "Query";
+    query.setAttribute("aria-label", `Query ${table}`);
+    query.addEventListener("click", () => { $("sql-text").value = `SELECT * FROM "${table}" LIMIT 100`; });
+    details.append(summary, list, query);
+    li.append(details);
     return li;
   });
   $("tables").replaceChildren(...items);

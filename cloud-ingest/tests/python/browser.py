@@ -17,7 +17,7 @@ from selenium.webdriver.common.keys import Keys
 HERE = pathlib.Path(__file__).resolve().parent
 SHOTS = pathlib.Path(os.environ.get("TWINLAKE_SHOTS", HERE.parents[2] / "target" / "console-screenshots"))
 AXE = (HERE / "vendor" / "axe-core" / "axe.min.js").read_text()
-CONTROLS = "a[href], button, input, select, textarea"
+CONTROLS = "a[href], button, input, select, textarea, summary"
 
 
 def chromium(insecure_certs=False):
@@ -60,10 +60,10 @@ def tab_walk(driver, page):
     control must have had it."""
     want = set(driver.execute_script(
         KEY_JS + "return [...document.querySelectorAll(arguments[0])]"
-        ".filter(e => e.offsetParent !== null && !e.disabled).map(key);", CONTROLS))
+        ".filter(e => e.offsetParent !== null && e.checkVisibility() && !e.disabled).map(key);", CONTROLS))
     # From the first control (Chrome tabs on from where focus last was, even after a blur).
     driver.execute_script(
-        "const first = [...document.querySelectorAll(arguments[0])].find(e => e.offsetParent !== null && !e.disabled);"
+        "const first = [...document.querySelectorAll(arguments[0])].find(e => e.offsetParent !== null && e.checkVisibility() && !e.disabled);"
         "first.focus();", CONTROLS)
     seen = []
     for _ in range(len(want) * 2 + 10):

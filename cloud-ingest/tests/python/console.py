@@ -139,10 +139,18 @@ try:
     assert len(cred) >= 8, cred
     assert f"acme:new-one:{cred}" in driver.find_element(By.ID, "snippet-http").text
     assert cred in driver.find_element(By.ID, "snippet-thinger").text
+    assert "THINGER_SERVER" in driver.find_element(By.ID, "snippet-thinger").text
+    assert f"acme new-one {cred}" in driver.find_element(By.ID, "snippet-sdk").text
     check_page("register")
     # SQL: the tables listed, a query's rows as a table, an error as the API says it.
     driver.get(base + "/#/sql")
     wait(lambda: "twins" in driver.find_element(By.ID, "tables").text, "the table list")
+    # A table's columns, and a query on it started from the list.
+    twins_entry = [d for d in driver.find_elements(By.CSS_SELECTOR, "#tables details") if d.find_element(By.TAG_NAME, "summary").text == "twins"][0]
+    twins_entry.find_element(By.TAG_NAME, "summary").click()
+    wait(lambda: "device" in twins_entry.find_element(By.TAG_NAME, "ul").text, "the twins table's columns")
+    twins_entry.find_element(By.TAG_NAME, "button").click()
+    assert driver.find_element(By.ID, "sql-text").get_attribute("value") == 'SELECT * FROM "twins" LIMIT 100'
     box = driver.find_element(By.ID, "sql-text")
     box.clear()
     box.send_keys("SELECT device FROM twins ORDER BY device")

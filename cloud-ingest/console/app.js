@@ -669,23 +669,72 @@ async function listTables() {
   $("tables").replaceChildren(...items);
 }
 
+// The most rows the page shows; past it the page stops reading and says so.
+const SHOWN_ROWS = 10000;
+
+// Reads an NDJSON result up to `cap` rows. `more`: the page stopped reading with rows left;
+// `cut`: the server ended the result early (its row or time limit hit after the first
+// bytes, when the status could no longer say so).
+async function readRows(r, cap, controller) {
+  const reader = r.body.getReader();
+  const text = new TextDecoder();
+  const rows = [];
+  let buf = "";
+  const take = (line) => { if (line.trim()) rows.push(JSON.parse(line)); };
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += text.decode(value, { stream: true });
+      const lines = buf.split("\n");
+      buf = lines.pop();
+      for (const line of lines) take(line);
+      if (rows.length > cap) {
+        controller.abort();
+        return { rows: rows.slice(0, cap), more: true, cut: false };
+      }
+    }
+  } catch (e) {
+    if (e instanceof SyntaxError) throw e;
+    return { rows, more: false, cut: true };
+  }
+  take(buf);
+  return { rows: rows.slice(0, cap), more: rows.length > cap, cut: false };
+}
+
+function showRows(rows) {
+  const cols = rows.length ? Object.keys(rows[0]) : [];
+  const head = document.createElement("tr");
+  head.append(...cols.map((c) => { const th = document.createElement("th"); th.textContent = c; return th; }));
+  $("sql-head").replaceChildren(head);
+  $("sql-rows").replaceChildren(...rows.map((row) => {
+    const tr = document.createElement("tr");
+    tr.append(...cols.map((c) => cell(typeof row[c] === "object" && row[c] !== null ? JSON.stringify(row[c]) : String(row[c] ?? ""))));
+    return tr;
+  }));
+  sqlCharts(rows, cols);
+}
+
 $("sql-run").addEventListener("click", async () => {
   showError(null);
   $("sql-info").textContent = "running…";
   const started = performance.now();
+  const controller = new AbortController();
   try {
-    const rows = await (await sql($("sql-text").value, "json")).json();
-    const cols = rows.length ? Object.keys(rows[0]) : [];
-    const head = document.createElement("tr");
-    head.append(...cols.map((c) => { const th = document.createElement("th"); th.textContent = c; return th; }));
-    $("sql-head").replaceChildren(head);
-    $("sql-rows").replaceChildren(...rows.map((row) => {
-      const tr = document.createElement("tr");
-      tr.append(...cols.map((c) => cell(typeof row[c] === "object" && row[c] !== null ? JSON.stringify(row[c]) : String(row[c] ?? ""))));
-      return tr;
-    }));
-    sqlCharts(rows, cols);
-    $("sql-info").textContent = `${rows.length} rows in ${Math.round(performance.now() - started)} ms`;
+    const r = await api("/v1/sql", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sql: $("sql-text").value, format: "ndjson" }),
+      signal: controller.signal,
+    });
+    const { rows, more, cut } = await readRows(r, SHOWN_ROWS, controller);
+    showRows(rows);
+    const ms = Math.round(performance.now() - started);
+    $("sql-info").textContent = more
+      ? `the first ${rows.length} rows in ${ms} ms; the result has more (add a LIMIT, or download CSV)`
+      : cut
+        ? `${rows.length} rows in ${ms} ms, then the server cut the result short: a row or time limit (sql.max_rows, sql.timeout)`
+        : `${rows.length} rows in ${ms} ms`;
   } catch (err) {
     $("sql-info").textContent = "";
     // 413: over sql.max_rows; 504: over sql.timeout. Shown as the API says.

@@ -228,7 +228,9 @@ async fn every_class_of_route_checks_token_and_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_console_signs_in_and_shows_the_fleet_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let mut cfg = cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.sql.max_rows = 20_000;
+    let cloud = TestCloud::start(cfg).await;
     let api = cloud.api();
     for d in ["sensor-a", "sensor-b"] {
         api.register(d, None).await;

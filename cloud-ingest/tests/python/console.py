@@ -165,6 +165,18 @@ try:
     wait(lambda: driver.find_element(By.CSS_SELECTOR, "#sql-charts .chart[data-column='y']").get_attribute("data-points") == "3", "the result's chart")
     assert not driver.find_elements(By.CSS_SELECTOR, "#sql-charts .chart[data-column='label']")
     check_page("sql")
+    # Past the cloud's row limit (20,000 in this test): the API's 413, as it came.
+    box.clear()
+    box.send_keys("SELECT * FROM generate_series(1, 25000)")
+    driver.find_element(By.ID, "sql-run").click()
+    wait(lambda: "413" in driver.find_element(By.ID, "error").text, "the row limit")
+    # Within it but past what the page shows: the first 10,000 rows, and a word that there
+    # are more.
+    box.clear()
+    box.send_keys("SELECT * FROM generate_series(1, 15000)")
+    driver.find_element(By.ID, "sql-run").click()
+    wait(lambda: "has more" in driver.find_element(By.ID, "sql-info").text, "the page's own limit")
+    assert driver.execute_script("return document.querySelectorAll('#sql-rows tr').length") == 10000
     box.clear()
     box.send_keys("SELECT * FROM nowhere")
     driver.find_element(By.ID, "sql-run").click()

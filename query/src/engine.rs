@@ -22,10 +22,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use twinlake_twin::TwinStore;
 
 use crate::QueryError;
-use crate::lake::{Lake, LakeTable};
+use crate::fields::{FIELDS, FieldsTable, lake_table};
+use crate::lake::Lake;
 use crate::session::{CappedPool, Guarded, LakeOnly, LimitError, SqlLimits};
 use crate::system::{DeviceDirectory, DeviceRow, DevicesTable, StateTable, TwinsTable};
-use crate::tenant::{Owned, Ownership, Tenant, TenantTable};
+use crate::tenant::{Owned, Ownership, Tenant};
 
 /// The catalog and schema every table is in.
 pub use crate::session::{CATALOG, SCHEMA, check_read_only};
@@ -34,7 +35,8 @@ pub use crate::session::{CATALOG, SCHEMA, check_read_only};
 type Extra = Arc<std::sync::RwLock<std::collections::BTreeMap<String, Arc<dyn TableProvider>>>>;
 
 /// `public`: the lake's tables (found on each lookup, so new ones appear at once), plus
-/// `twins`, `devices` and the embedder's state tables (the cloud's `alarms`).
+/// `twins`, `devices`, `fields` (every numeric field in one long table) and the embedder's
+/// state tables (the cloud's `alarms`).
 #[derive(Debug)]
 struct LakeSchema {
     lake: Arc<Lake>,
@@ -65,9 +67,10 @@ impl SchemaProvider for LakeSchema {
     fn table_names(&self) -> Vec<String> {
         let mut names = self.lake.table_names();
         let extra = self.extra_names();
-        names.retain(|n| n != TWINS && n != DEVICES && !extra.contains(n));
+        names.retain(|n| n != TWINS && n != DEVICES && n != FIELDS && !extra.contains(n));
         names.push(TWINS.into());
         names.push(DEVICES.into());
+        names.push(FIELDS.into());
         names.extend(extra);
         names.sort();
         names
@@ -77,18 +80,21 @@ impl SchemaProvider for LakeSchema {
         Ok(match name {
             TWINS => Some(self.twins.clone()),
             DEVICES => Some(self.devices.clone()),
+            FIELDS => Some(Arc::new(FieldsTable {
+                lake: self.lake.clone(),
+                owners: self.owners.clone(),
+            })),
             n if let Some(t) = self.extra(n) => Some(t),
-            _ => LakeTable::new(self.lake.clone(), name).map(|t| {
-                Arc::new(TenantTable {
-                    inner: Arc::new(t),
-                    owners: self.owners.clone(),
-                }) as Arc<dyn TableProvider>
-            }),
+            _ => lake_table(&self.lake, &self.owners, name),
         })
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == TWINS || name == DEVICES || self.extra(name).is_some() || self.lake.schema(name).is_some()
+        name == TWINS
+            || name == DEVICES
+            || name == FIELDS
+            || self.extra(name).is_some()
+            || self.lake.schema(name).is_some()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod compact;
 pub mod days;
 pub mod engine;
+pub mod fields;
 pub mod flight;
 pub mod functions;
 pub mod gapfill;

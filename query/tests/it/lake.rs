@@ -9,7 +9,7 @@ use twinlake_query::compact::{CompactionConfig, compact_partition};
 use twinlake_query::lake::Pruning;
 use twinlake_query::{FreshLimits, Lake};
 
-use crate::support::{Fixture, MIN, Row, T0};
+use crate::support::{Fixture, MIN, Row, T0, standard};
 
 fn rows(device: &'static str, from: i64, n: i64) -> Vec<Row> {
     (0..n)
@@ -299,7 +299,6 @@ async fn a_compacted_name_or_mark_is_not_taken_on_trust() {
 /// user's rows of a device of the same name, nor rows that only claim the user.
 #[tokio::test]
 async fn a_users_rows_are_those_it_owns_by_column_and_by_registry() {
-    use futures::TryStreamExt;
     use twinlake_lake::buffer::Buffer;
     use twinlake_lake::file::{self, Writer, WriterSettings};
     use twinlake_lake::model::FieldValue;
@@ -337,22 +336,7 @@ async fn a_users_rows_are_those_it_owns_by_column_and_by_registry() {
             assert!(f.lake.commit(&path, None).await.unwrap());
         }
     }
-    let sum_as = |user: Option<&str>| {
-        let engine = &f.engine;
-        let user = user.map(str::to_owned);
-        async move {
-            let batches: Vec<_> = engine
-                .query_as(user, "SELECT sum(v) AS s, count(*) AS n FROM t", None)
-                .await
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
-            arrow::util::pretty::pretty_format_batches(&batches)
-                .unwrap()
-                .to_string()
-        }
-    };
+    let sum_as = |user: Option<&'static str>| as_user(&f, user, "SELECT sum(v) AS s, count(*) AS n FROM t");
     assert!(sum_as(None).await.contains("| 255 | 8 |"), "{}", sum_as(None).await);
     // u: its own d1 and d2 rows and the old d1 row; the old d2 row could be u's or w's.
     assert!(
@@ -368,4 +352,78 @@ async fn a_users_rows_are_those_it_owns_by_column_and_by_registry() {
     // "other" has no device on record: none of the rows, not even the one naming it.
     let other = sum_as(Some("other")).await;
     assert!(other.contains(" | 0 |"), "{other}");
+    // The long `fields` table keeps each user to the same rows.
+    let long = |user: Option<&'static str>| {
+        as_user(
+            &f,
+            user,
+            "SELECT sum(value) AS s, count(*) AS n FROM fields WHERE \"table\" = 't' AND field = 'v'",
+        )
+    };
+    for (user, want) in [
+        (None, "| 255.0 | 8 |"),
+        (Some("u"), "| 37.0 | 3 |"),
+        (Some("w"), "| 64.0 | 1 |"),
+    ] {
+        let got = long(user).await;
+        assert!(got.contains(want), "{user:?}: {got}");
+    }
+    assert!(long(Some("other")).await.contains(" | 0 |"));
+}
+
+/// `sql` as `user` (none: the platform), as pretty text.
+async fn as_user(f: &Fixture, user: Option<&str>, sql: &str) -> String {
+    use futures::TryStreamExt;
+    let batches: Vec<_> = f
+        .engine
+        .query_as(user.map(str::to_owned), sql, None)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+/// `fields`: every numeric field of every table in one long table, equal to the tables
+/// themselves; a filter on table and field plans only that branch.
+#[tokio::test]
+async fn the_fields_table_holds_every_numeric_field_in_long_form() {
+    let f = standard().await;
+    let long = f
+        .query("SELECT \"table\", field, count(*) AS n, sum(value) AS s FROM fields GROUP BY 1, 2 ORDER BY 1, 2")
+        .await;
+    let wide = f
+        .query(
+            "SELECT 'climate' AS \"table\", 'hum' AS field, count(hum) AS n, sum(hum) AS s FROM climate \
+             UNION ALL SELECT 'climate', 'temp', count(temp), sum(temp) FROM climate ORDER BY 1, 2",
+        )
+        .await;
+    // The climate rows, cells trimmed (the two tables pad their columns differently).
+    let rows = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("| climate"))
+            .map(|l| l.split('|').map(|c| c.trim().to_owned()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rows(&wide).len(), 2, "{wide}");
+    assert_eq!(rows(&long), rows(&wide), "{long}\n{wide}");
+    let one = f
+        .query("SELECT time, value FROM fields WHERE \"table\" = 'climate' AND field = 'temp' AND device = 'd1' ORDER BY time")
+        .await;
+    let direct = f
+        .query("SELECT time, CAST(temp AS DOUBLE) AS value FROM climate WHERE device = 'd1' ORDER BY time")
+        .await;
+    assert_eq!(one, direct);
+    let plan = f
+        .query("EXPLAIN SELECT value FROM fields WHERE \"table\" = 'climate' AND field = 'temp'")
+        .await;
+    assert!(!plan.contains("hum"), "only the temp branch is planned:\n{plan}");
+    // A table the filters rule out: no rows, not an error.
+    let none = f
+        .query("SELECT count(*) AS n FROM fields WHERE \"table\" = 'nowhere'")
+        .await;
+    assert!(none.contains("| 0 |"), "{none}");
 }

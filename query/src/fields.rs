@@ -210,3 +210,39 @@ impl TableProvider for FieldsTable {
         state.create_physical_plan(&b.build()?).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::col;
+
+    use super::*;
+
+    fn set(v: &[&str]) -> Option<BTreeSet<String>> {
+        Some(v.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    /// Only `=` and `IN` with literal strings choose branches; anything else leaves every
+    /// branch in (the filter is still applied above the union).
+    #[test]
+    fn branches_are_chosen_by_literal_equality_and_in_lists() {
+        assert_eq!(wanted(&[col("table").eq(lit("a"))], "table"), set(&["a"]));
+        assert_eq!(wanted(&[lit("a").eq(col("table"))], "table"), set(&["a"]));
+        let both = [
+            col("table").in_list(vec![lit("a"), lit("b")], false),
+            col("table").eq(lit("b")),
+        ];
+        assert_eq!(wanted(&both, "table"), set(&["b"]));
+        assert_eq!(
+            wanted(&[col("table").eq(lit("a")), col("table").eq(lit("b"))], "table"),
+            set(&[])
+        );
+        assert_eq!(wanted(&[col("table").in_list(vec![lit("a")], true)], "table"), None);
+        assert_eq!(wanted(&[col("table").like(lit("a%"))], "table"), None);
+        assert_eq!(wanted(&[col("field").eq(lit("a"))], "table"), None);
+        assert_eq!(wanted(&[col("table").eq(lit(1))], "table"), None);
+        assert_eq!(
+            wanted(&[col("table").in_list(vec![lit("a"), col("field")], false)], "table"),
+            None
+        );
+    }
+}

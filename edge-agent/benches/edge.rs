@@ -1,6 +1,6 @@
 //! Edge agent benchmarks, each against a peer measured in the same run on the same data.
 //!
-//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|memory|mqtt|lorawan|http|coap|rules]` prints Markdown for
+//! `cargo bench -p twinlake-edge --bench edge [storage|ingest|mqtt|lorawan|http|coap|rules]` prints Markdown for
 //! BENCHMARKS.md. Without `--bench` (as in `cargo test --all-targets`) every section runs
 //! on tiny inputs as a smoke test. The Python peers (pyarrow) and the idle-client load run
 //! with `TWINLAKE_PYTHON` (scripts/test makes `.venv`), default `.venv/bin/python`.
@@ -9,8 +9,7 @@
 //!   against pyarrow (zstd-3, sorted by series then time) over the same rows.
 //! * ingest: simulated devices over TCP → agent → Parquet in a `file://` store, rows/s and
 //!   field values/s, against the Arrow→Parquet encode of the same rows.
-//! * memory: agent RSS with 1,000 and 10,000 idle connected devices (clients in another
-//!   process).
+//! * memory per idle device: its own harness, `--bench idle` (benches/idle.rs).
 //! * mqtt: a backlog of QoS 1 JSON readings queued in a real Mosquitto for a persistent
 //!   session, drained by the agent into Parquet, against the same backlog drained by
 //!   `mosquitto_sub` (QoS 1, output discarded): Mosquitto's own delivery rate.
@@ -27,14 +26,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod coap_device;
+#[allow(dead_code)]
 #[path = "common.rs"]
 mod common;
+mod config;
 mod gateway_rule;
 mod http_device;
 #[allow(dead_code)]
 #[path = "../tests/it/mosquitto.rs"]
 mod mosquitto;
 mod tsbs;
+
+pub use config::edge_config;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -43,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use twinlake_edge::arrow::array::RecordBatch;
-use twinlake_edge::config::{DeviceEntry, ParquetSection};
+use twinlake_edge::config::ParquetSection;
 use twinlake_edge::lake::buffer::{Buffer, Schemas};
 use twinlake_edge::lake::file::encode as encode_parquet;
 use twinlake_edge::lake::model::{FieldValue, flatten};
@@ -53,8 +56,7 @@ use twinlake_edge::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder
 use twinlake_edge::parquet::basic::Encoding;
 use twinlake_edge::parquet::file::metadata::ParquetMetaDataReader;
 use twinlake_edge::parquet::file::properties::WriterProperties;
-use twinlake_edge::registry::CredentialHash;
-use twinlake_edge::{EdgeAgent, EdgeConfig};
+use twinlake_edge::EdgeAgent;
 use twinlake_sdk::frame::{Message, Signal};
 use twinlake_sdk::pson::{Value, ValueRef};
 
@@ -336,30 +338,6 @@ fn device_stream(user: &str, device: &str, n: usize, seed: u64) -> (Vec<u8>, Vec
     (auth, out)
 }
 
-fn edge_config(dir: &Path, devices: usize) -> EdgeConfig {
-    let hash = CredentialHash::new("k", 1000).to_string();
-    let mut c = EdgeConfig {
-        gateway: "gw-bench".into(),
-        data_dir: dir.join("data"),
-        ..EdgeConfig::default()
-    };
-    c.listener.tcp = Some("127.0.0.1:0".parse().unwrap());
-    c.listener.request_timeout = Duration::from_secs(1);
-    c.metrics.addr = None;
-    c.upload.url = format!("file://{}", dir.join("lake").display());
-    c.streams.default_interval = Duration::from_secs(3600);
-    c.streams.inputs = false;
-    c.devices = (0..devices)
-        .map(|i| DeviceEntry {
-            user: "bench".into(),
-            device: format!("dev-{i}"),
-            credential_hash: hash.clone(),
-            properties: Default::default(),
-        })
-        .collect();
-    c
-}
-
 fn ingest(full: bool) {
     let (devices, per_device) = if full { (50, 20_000) } else { (2, 100) };
     let rows = devices * per_device;
@@ -445,50 +423,6 @@ fn ingest(full: bool) {
     line("end to end (sealed, uploaded, agent stopped)", e2e);
     line("Arrow→Parquet encode limit, same rows and settings", best);
     println!("\nratio end-to-end ÷ encode limit: {:.2}", best / e2e);
-}
-
-// ---------------------------------------------------------------- memory
-
-fn memory(full: bool) {
-    let counts: &[usize] = if full { &[1000, 10_000] } else { &[20] };
-    println!("\n### Agent memory with idle connected devices (clients in another process)\n");
-    println!("| devices | RSS before | RSS connected | per device |");
-    println!("|---:|---:|---:|---:|");
-    for &n in counts {
-        let dir = tempfile::tempdir().unwrap();
-        let names: Vec<String> = (0..n).map(|i| format!("dev-{i}")).collect();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (before, after) = rt.block_on(async {
-            let mut cfg = edge_config(dir.path(), n);
-            cfg.listener.idle_timeout = Duration::from_secs(600);
-            let agent = EdgeAgent::start(cfg).await.unwrap();
-            let addr = agent.tcp_addr().unwrap();
-            let metrics = agent.metrics();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let run = tokio::spawn(agent.run(async move {
-                let _ = stopped.await;
-            }));
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let before = common::rss_bytes();
-            let mut child = common::idle_clients(dir.path(), &addr.to_string(), "bench", &names, "k");
-            while metrics.devices_connected.get() < n as i64 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            // Let the on-connect describe requests time out (the clients never answer).
-            tokio::time::sleep(Duration::from_millis(2500)).await;
-            let after = common::rss_bytes();
-            drop(child.stdin.take());
-            let _ = child.wait();
-            let _ = stop.send(());
-            let _ = run.await;
-            (before, after)
-        });
-        common::memory_row(n, before, after);
-    }
 }
 
 // ---------------------------------------------------------------- mqtt
@@ -785,9 +719,6 @@ fn main() {
     }
     if run("ingest") {
         ingest(true);
-    }
-    if run("memory") {
-        memory(true);
     }
     if run("mqtt") {
         mqtt(true);

@@ -1,0 +1,91 @@
+//! `cargo bench -p twinlake-edge --bench idle`: the agent's memory per idle connected device
+//! (1,000 and 10,000 devices, the clients in another process): resident memory, and the live
+//! heap counted by an instrumented allocator (stats_alloc), which this harness alone uses so
+//! that no other benchmark pays for the counting. Without `--bench` (under `cargo test
+//! --all-targets`) it runs 20 devices as a smoke test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+#[allow(dead_code)]
+#[path = "common.rs"]
+mod common;
+mod config;
+
+use std::alloc::System;
+use std::time::Duration;
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+use twinlake_edge::EdgeAgent;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes allocated and not yet freed, and how many blocks.
+fn live_heap() -> (i64, i64) {
+    let s = GLOBAL.stats();
+    (
+        s.bytes_allocated as i64 - s.bytes_deallocated as i64 + s.bytes_reallocated as i64,
+        s.allocations as i64 - s.deallocations as i64,
+    )
+}
+
+/// (RSS, live heap) before the devices connect and once they are in and idle.
+fn measure(n: usize) -> [(u64, (i64, i64)); 2] {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..n).map(|i| format!("dev-{i}")).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut cfg = config::edge_config(dir.path(), n);
+        cfg.listener.idle_timeout = Duration::from_secs(600);
+        let agent = EdgeAgent::start(cfg).await.unwrap();
+        let addr = agent.tcp_addr().unwrap();
+        let metrics = agent.metrics();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(agent.run(async move {
+            let _ = stopped.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = (common::rss_bytes(), live_heap());
+        let mut child = common::idle_clients(dir.path(), &addr.to_string(), "bench", &names, "k");
+        while metrics.devices_connected.get() < n as i64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the on-connect describe requests time out (the clients never answer).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let after = (common::rss_bytes(), live_heap());
+        drop(child.stdin.take());
+        let _ = child.wait();
+        let _ = stop.send(());
+        let _ = run.await;
+        [before, after]
+    })
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let counts: Vec<usize> = match std::env::var("BENCH_DEVICES") {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) if full => vec![1000, 10_000],
+        Err(_) => vec![20],
+    };
+    println!("\n### Agent memory with idle connected devices (clients in another process)\n");
+    println!(
+        "| devices | RSS before | RSS connected | RSS per device | live heap per device | live blocks per device |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for n in counts {
+        let [(rss0, (heap0, blocks0)), (rss1, (heap1, blocks1))] = measure(n);
+        println!(
+            "| {n} | {:.1} MiB | {:.1} MiB | {:.0} B | {:.0} B | {:.1} |",
+            rss0 as f64 / 1048576.0,
+            rss1 as f64 / 1048576.0,
+            rss1.saturating_sub(rss0) as f64 / n as f64,
+            (heap1 - heap0) as f64 / n as f64,
+            (blocks1 - blocks0) as f64 / n as f64
+        );
+    }
+}

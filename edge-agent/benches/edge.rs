@@ -45,6 +45,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use twinlake_edge::EdgeAgent;
 use twinlake_edge::arrow::array::RecordBatch;
 use twinlake_edge::config::ParquetSection;
 use twinlake_edge::lake::buffer::{Buffer, Schemas};
@@ -56,7 +57,6 @@ use twinlake_edge::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder
 use twinlake_edge::parquet::basic::Encoding;
 use twinlake_edge::parquet::file::metadata::ParquetMetaDataReader;
 use twinlake_edge::parquet::file::properties::WriterProperties;
-use twinlake_edge::EdgeAgent;
 use twinlake_sdk::frame::{Message, Signal};
 use twinlake_sdk::pson::{Value, ValueRef};
 

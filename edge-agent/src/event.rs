@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::oneshot;
-use twinlake_sdk::frame::Message;
 use twinlake_sdk::pson::Value;
+
+use crate::queue::CommandQueue;
 
 /// Identifies a device: the user (account) and the device id, as in AUTH.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,40 +127,8 @@ pub struct Acker(pub(crate) AckTarget);
 
 #[derive(Clone)]
 pub(crate) enum AckTarget {
-    Device { acks: Arc<AckQueue>, stream_id: u32 },
+    Device { acks: Arc<CommandQueue>, stream_id: u32 },
     Fn(Arc<dyn Fn(bool) + Send + Sync>),
-}
-
-/// A device connection's confirmations waiting to be written. Ackers add to it from any
-/// task without waiting, and the connection takes all that wait at once, so the acks of
-/// one WAL sync leave in one write. It holds at most one entry per request of the device
-/// not yet confirmed, and those are bounded by the ingest queue and the WAL's batch.
-#[derive(Debug, Default)]
-pub(crate) struct AckQueue {
-    waiting: std::sync::Mutex<Vec<(u32, bool)>>,
-    ready: tokio::sync::Notify,
-}
-
-impl AckQueue {
-    fn push(&self, stream_id: u32, ok: bool) {
-        if let Ok(mut w) = self.waiting.lock() {
-            w.push((stream_id, ok));
-        }
-        self.ready.notify_one();
-    }
-
-    /// Swaps what waits into `into` (emptied first).
-    pub(crate) fn take(&self, into: &mut Vec<(u32, bool)>) {
-        into.clear();
-        if let Ok(mut w) = self.waiting.lock() {
-            std::mem::swap(&mut *w, into);
-        }
-    }
-
-    /// Waits until something was pushed since the last wait.
-    pub(crate) async fn ready(&self) {
-        self.ready.notified().await;
-    }
 }
 
 impl Acker {
@@ -173,7 +141,7 @@ impl Acker {
     pub fn ack(self, ok: bool) {
         match self.0 {
             AckTarget::Fn(f) => f(ok),
-            AckTarget::Device { acks, stream_id } => acks.push(stream_id, ok),
+            AckTarget::Device { acks, stream_id } => acks.ack(stream_id, ok),
         }
     }
 }
@@ -197,23 +165,4 @@ impl PartialEq for Acker {
             _ => false,
         }
     }
-}
-
-/// Commands from handles to a connection task.
-#[derive(Debug)]
-pub(crate) enum Command {
-    Request {
-        // Boxed: the queue's slots are allocated up front, so they are kept small.
-        message: Box<Message>,
-        reply: oneshot::Sender<Reply>,
-    },
-    Close,
-}
-
-/// The outcome of a request as the connection task sees it.
-#[derive(Debug)]
-pub(crate) enum Reply {
-    Ok(Option<Value>),
-    DeviceError,
-    Timeout,
 }

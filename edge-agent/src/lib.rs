@@ -28,6 +28,7 @@ pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub(crate) mod queue;
 pub mod rate_limit;
 pub mod registry;
 pub mod retention;

@@ -30,9 +30,10 @@ use session::{Credentials, SessionEvent};
 pub use tls::{ServerTls, client_roots, tls_acceptor};
 
 use crate::Error;
-use crate::event::{AckTarget, Command, Reply};
+use crate::event::AckTarget;
 pub use crate::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::metrics::Metrics;
+use crate::queue::{CommandQueue, Reply};
 use crate::rate_limit::{AuthSection, RateLimiter};
 
 /// Decides whether a device may connect.
@@ -103,7 +104,9 @@ impl Default for ListenerConfig {
 struct Shared {
     config: ListenerConfig,
     auth: Arc<dyn Authenticator>,
-    devices: Mutex<HashMap<DeviceKey, (u64, DeviceHandle)>>,
+    /// Connected devices: their connection and its command queue (a handle is made from
+    /// these when asked for, so the table holds the key once).
+    devices: Mutex<HashMap<DeviceKey, (u64, Arc<CommandQueue>)>>,
     properties: Mutex<HashMap<(DeviceKey, String), Value>>,
     events: mpsc::Sender<DeviceEvent>,
     next_conn: AtomicU64,
@@ -201,7 +204,9 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut conns = tokio::task::JoinSet::new();
+    // Plain tasks counted by a guard, not a JoinSet: its entry per task cost every idle
+    // connection 56 bytes more.
+    let live = Arc::new(Live::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -222,26 +227,72 @@ async fn accept_loop(
                 let shared = shared.clone();
                 let stop = stop.clone();
                 let tls = tls.clone();
-                conns.spawn(async move {
-                    let _permit = permit;
-                    match tls {
-                        None => conn::serve(sock, peer, false, shared, stop).await,
-                        Some(acceptor) => {
+                // Two task types: a plain connection's task is not sized for TLS's state.
+                match tls {
+                    None => {
+                        let live = live.enter();
+                        tokio::spawn(async move {
+                            let _live = live;
+                            let _permit = permit;
+                            conn::serve(sock, peer, false, shared, stop).await;
+                        });
+                    }
+                    Some(acceptor) => {
+                        let live = live.enter();
+                        tokio::spawn(async move {
+                            let _live = live;
+                            let _permit = permit;
                             let limit = shared.config.handshake_timeout;
                             match tokio::time::timeout(limit, acceptor.accept(sock)).await {
                                 Ok(Ok(stream)) => conn::serve(stream, peer, true, shared, stop).await,
                                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => debug!(%peer, "TLS handshake timed out"),
                             }
-                        }
+                        });
                     }
-                });
+                }
             }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = stop.changed() => break,
         }
     }
-    while conns.join_next().await.is_some() {}
+    live.wait().await;
+}
+
+/// How many connection tasks run; a stop waits until none does.
+#[derive(Debug, Default)]
+struct Live {
+    count: std::sync::atomic::AtomicUsize,
+    gone: tokio::sync::Notify,
+}
+
+/// One running connection task.
+struct LiveTask(Arc<Live>);
+
+impl Live {
+    fn enter(self: &Arc<Self>) -> LiveTask {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        LiveTask(self.clone())
+    }
+
+    async fn wait(&self) {
+        loop {
+            let gone = self.gone.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+}
+
+impl Drop for LiveTask {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.gone.notify_waiters();
+        }
+    }
 }
 
 /// Decodes and handles every complete frame; `Err` closes the connection with a reason.
@@ -249,7 +300,7 @@ async fn handle_frames(
     decoder: &mut FrameDecoder,
     conn: &mut Conn,
     shared: &Arc<Shared>,
-    cmd_tx: &mpsc::Sender<Command>,
+    cmd_tx: &Arc<CommandQueue>,
     peer: SocketAddr,
     tls: bool,
 ) -> Result<(), String> {
@@ -326,15 +377,20 @@ async fn handle_frames(
                 let Some(key) = conn.key.clone() else {
                     continue;
                 };
-                device_request(other, &key, conn, shared).await;
+                device_request(other, &key, conn, shared, cmd_tx).await;
             }
         }
     }
 }
 
 /// Handles what a device asked for or sent; acks once the event is queued.
-async fn device_request(event: SessionEvent, key: &DeviceKey, conn: &mut Conn, shared: &Arc<Shared>) {
-    let acks = conn.acks.get_or_insert_with(Arc::default).clone();
+async fn device_request(
+    event: SessionEvent,
+    key: &DeviceKey,
+    conn: &mut Conn,
+    shared: &Arc<Shared>,
+    acks: &Arc<CommandQueue>,
+) {
     let acker = |ack: Option<u32>| {
         ack.map(|stream_id| {
             Acker(AckTarget::Device {
@@ -442,13 +498,12 @@ async fn emit(shared: &Shared, key: &DeviceKey, kind: DeviceEventKind) {
     let _ = shared.events.send(ev).await;
 }
 
-fn register(shared: &Shared, conn_id: u64, key: &DeviceKey, tx: mpsc::Sender<Command>) {
-    let handle = DeviceHandle::new(key.clone(), tx, shared.config.request_timeout);
+fn register(shared: &Shared, conn_id: u64, key: &DeviceKey, tx: Arc<CommandQueue>) {
     let old = shared
         .devices
         .lock()
         .ok()
-        .and_then(|mut d| d.insert(key.clone(), (conn_id, handle)));
+        .and_then(|mut d| d.insert(key.clone(), (conn_id, tx)));
     if let Some((_, old)) = old {
         old.close();
     }

@@ -156,17 +156,31 @@ impl std::fmt::Display for CredentialHash {
 /// The devices that may connect: the configured ones, plus the ones the cloud syncs.
 #[derive(Debug, Default)]
 pub struct DeviceRegistry {
-    devices: RwLock<HashMap<DeviceKey, CredentialHash>>,
+    devices: RwLock<HashMap<DeviceKey, Known>>,
     /// The devices the cloud manages (the last full sync).
     from_cloud: Mutex<HashSet<DeviceKey>>,
-    /// SHA-256 of credentials that already checked out.
-    verified: Mutex<HashMap<DeviceKey, digest::Digest>>,
     /// The cloud's PBKDF2 iterations: a cloud-managed device whose hash is weaker is
     /// rehashed at its next successful login.
     policy: Mutex<Option<u32>>,
     /// Rehashed credentials the cloud's registry does not show yet, and whether each was
     /// sent.
     upgrades: Mutex<HashMap<DeviceKey, (Upgrade, bool)>>,
+}
+
+/// A device the registry knows: its credential's hash, and the SHA-256 of the credential
+/// that last checked out against it (a later login with the same credential skips the
+/// slow check). Kept together so the device's key is held once (BENCHMARKS.md: agent memory
+/// per idle device).
+#[derive(Debug)]
+struct Known {
+    hash: CredentialHash,
+    verified: Option<[u8; 32]>,
+}
+
+impl Known {
+    fn new(hash: CredentialHash) -> Self {
+        Self { hash, verified: None }
+    }
 }
 
 /// A credential hash made stronger at a login: the hash it replaces and the new one.
@@ -190,11 +204,8 @@ impl DeviceRegistry {
     /// Adds (or replaces) a device.
     pub fn insert(&self, user: &str, device: &str, hash: CredentialHash) {
         let key = DeviceKey::new(user, device);
-        if let Ok(mut v) = self.verified.lock() {
-            v.remove(&key);
-        }
         if let Ok(mut d) = self.devices.write() {
-            d.insert(key, hash);
+            d.insert(key, Known::new(hash));
         }
     }
 
@@ -207,19 +218,15 @@ impl DeviceRegistry {
     /// Replaces the devices the cloud manages with `entries`. Returns the devices that were
     /// removed or whose credential changed (their connections should close).
     pub fn sync_cloud(&self, entries: Vec<(DeviceKey, CredentialHash)>) -> Vec<DeviceKey> {
-        let (Ok(mut devices), Ok(mut cloud), Ok(mut verified), Ok(mut upgrades)) = (
-            self.devices.write(),
-            self.from_cloud.lock(),
-            self.verified.lock(),
-            self.upgrades.lock(),
-        ) else {
+        let (Ok(mut devices), Ok(mut cloud), Ok(mut upgrades)) =
+            (self.devices.write(), self.from_cloud.lock(), self.upgrades.lock())
+        else {
             return Vec::new();
         };
         let next: HashSet<DeviceKey> = entries.iter().map(|(k, _)| k.clone()).collect();
         let mut changed = Vec::new();
         for gone in cloud.difference(&next) {
             devices.remove(gone);
-            verified.remove(gone);
             upgrades.remove(gone);
             changed.push(gone.clone());
         }
@@ -233,11 +240,17 @@ impl DeviceRegistry {
                 }
                 upgrades.remove(&key);
             }
-            if devices.get(&key).is_some_and(|old| *old != hash) {
-                verified.remove(&key);
-                changed.push(key.clone());
+            match devices.get(&key) {
+                // Unchanged: what checked out still does.
+                Some(old) if old.hash == hash => {}
+                Some(_) => {
+                    changed.push(key.clone());
+                    devices.insert(key, Known::new(hash));
+                }
+                None => {
+                    devices.insert(key, Known::new(hash));
+                }
             }
-            devices.insert(key, hash);
         }
         *cloud = next;
         changed
@@ -292,7 +305,10 @@ impl DeviceRegistry {
             new: new.to_string(),
         };
         if let (Ok(mut d), Ok(mut u)) = (self.devices.write(), self.upgrades.lock()) {
-            d.insert(key.clone(), new);
+            // The same credential: what checked out still does.
+            if let Some(k) = d.get_mut(key) {
+                k.hash = new;
+            }
             u.insert(key.clone(), (upgrade, false));
         }
     }
@@ -312,10 +328,14 @@ impl DeviceRegistry {
     /// Whether `seen` (a credential's digest) is the one that last checked out for `key`.
     /// A different credential still gets the full check.
     fn remembered(&self, key: &DeviceKey, seen: &digest::Digest) -> bool {
-        self.verified
-            .lock()
+        self.devices
+            .read()
             .ok()
-            .and_then(|v| v.get(key).map(|known| constant_time_eq(known.as_ref(), seen.as_ref())))
+            .and_then(|d| {
+                d.get(key)?
+                    .verified
+                    .map(|known| constant_time_eq(&known, seen.as_ref()))
+            })
             .unwrap_or(false)
     }
 }
@@ -332,7 +352,10 @@ impl Authenticator for DeviceRegistry {
     fn authenticate(&self, c: &Credentials) -> bool {
         let key = DeviceKey::new(&c.user, &c.device);
         let (hash, like) = match self.devices.read() {
-            Ok(d) => (d.get(&key).cloned(), d.values().next().cloned()),
+            Ok(d) => (
+                d.get(&key).map(|k| k.hash.clone()),
+                d.values().next().map(|k| k.hash.clone()),
+            ),
             Err(_) => (None, None),
         };
         let Some(hash) = hash else {
@@ -347,10 +370,15 @@ impl Authenticator for DeviceRegistry {
         }
         let ok = hash.verify(&c.credential);
         if ok {
-            self.rehash_if_weak(&key, &hash, &c.credential);
-            if let Ok(mut v) = self.verified.lock() {
-                v.insert(key, seen);
+            // Remembered only against the hash it was checked with (a sync may have
+            // replaced it meanwhile); a rehash below keeps it, the credential being the same.
+            if let (Ok(mut d), Ok(bytes)) = (self.devices.write(), <[u8; 32]>::try_from(seen.as_ref()))
+                && let Some(k) = d.get_mut(&key)
+                && k.hash == hash
+            {
+                k.verified = Some(bytes);
             }
+            self.rehash_if_weak(&key, &hash, &c.credential);
         }
         ok
     }
@@ -450,7 +478,7 @@ mod tests {
         assert!(!r.has_upgrades(), "no policy from the cloud yet: nothing to do");
 
         r.set_policy(Some(50));
-        r.verified.lock().unwrap().clear();
+        r.forget_verified();
         assert!(!r.authenticate(&creds("alice", "sensor1", "wrong")));
         assert!(!r.has_upgrades(), "only a successful login rehashes");
         assert!(r.authenticate(&creds("alice", "sensor1", "s3cr3t!")));
@@ -464,7 +492,7 @@ mod tests {
 
         // The cloud has not applied it yet: its registry still shows the old hash.
         assert!(r.sync_cloud(vec![(key.clone(), weak.clone())]).is_empty());
-        r.verified.lock().unwrap().clear();
+        r.forget_verified();
         assert!(r.authenticate(&creds("alice", "sensor1", "s3cr3t!")));
         assert!(r.take_upgrades(10).is_empty(), "no second rehash");
         // Now it has; then an admin changes the credential.
@@ -478,5 +506,13 @@ mod tests {
         local.set_policy(Some(5_000));
         assert!(local.authenticate(&creds("bob", "d", "pw")));
         assert!(!local.has_upgrades());
+    }
+
+    impl DeviceRegistry {
+        fn forget_verified(&self) {
+            for k in self.devices.write().unwrap().values_mut() {
+                k.verified = None;
+            }
+        }
     }
 }

@@ -2,28 +2,21 @@
 //! requests, close) from its queue, and writes what the session has to say, with the
 //! login, idle, request and write deadlines.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info};
 use twinlake_sdk::frame::FrameDecoder;
 
 use super::session::Session;
 use super::{Shared, emit, handle_frames};
-use crate::event::{AckQueue, Command, DeviceEventKind, DeviceKey, Reply};
-
-/// Waits for acks to write (never, without a queue).
-async fn ready(acks: Option<&AckQueue>) {
-    match acks {
-        Some(a) => a.ready().await,
-        None => std::future::pending().await,
-    }
-}
+use crate::event::{DeviceEventKind, DeviceKey};
+use crate::queue::{Command, CommandQueue, EndOnDrop, Reply};
 
 /// The first read of a busy connection, and the most one read takes.
 const READ_CHUNK: usize = 8192;
@@ -34,11 +27,9 @@ pub(super) struct Conn {
     pub(super) id: u64,
     pub(super) key: Option<DeviceKey>,
     pub(super) session: Session,
-    pub(super) pending: HashMap<u32, (Instant, oneshot::Sender<Reply>)>,
+    pub(super) pending: BTreeMap<u32, (Instant, oneshot::Sender<Reply>)>,
     pub(super) rx_bytes: u64,
     pub(super) tx_bytes: u64,
-    /// Confirmations waiting to be written; made at the first request that wants one.
-    pub(super) acks: Option<Arc<AckQueue>>,
 }
 
 impl Conn {
@@ -47,10 +38,9 @@ impl Conn {
             id,
             key: None,
             session: Session::new(),
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             rx_bytes: 0,
             tx_bytes: 0,
-            acks: None,
         }
     }
 }
@@ -59,8 +49,14 @@ impl Conn {
 const MAX_COMMANDS_PER_WRITE: usize = 1024;
 
 /// Serves one device connection until it closes, times out or the agent stops.
+///
+/// An idle connection's task is most of what an idle device costs, so its state is kept
+/// small (BENCHMARKS.md: agent memory per idle device): one timer for the nearest deadline,
+/// the stream read and written in turn without a split, the command queue one small
+/// allocation, and the rarely taken paths (frame handling, writing, closing) boxed so their
+/// state exists only while they run.
 pub(super) async fn serve<S>(
-    stream: S,
+    mut stream: S,
     peer: SocketAddr,
     tls: bool,
     shared: Arc<Shared>,
@@ -68,29 +64,33 @@ pub(super) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (cmd_tx, mut cmd_rx) = mpsc::channel(shared.config.command_capacity.max(1));
+    let queue = Arc::new(CommandQueue::new(shared.config.command_capacity));
+    let _end = EndOnDrop(&queue);
     let mut conn = Conn::new(shared.next_conn.fetch_add(1, Ordering::Relaxed));
-    let mut taken_acks = Vec::new();
     let mut decoder = FrameDecoder::new(shared.config.limits);
     // The read buffer grows while the device is busy and is freed when it goes quiet, so an
-    // idle connection costs little memory (BENCHMARKS.md: agent memory per device).
+    // idle connection costs little memory.
     let mut buf: Vec<u8> = Vec::new();
-    let idle = shared.config.idle_timeout;
-    let mut idle_deadline = Instant::now() + idle;
+    // Settings are read from `shared` where used, not copied into the task's state.
+    let mut idle_deadline = Instant::now() + shared.config.idle_timeout;
     let login_deadline = Instant::now() + shared.config.login_timeout;
-    let write_timeout = shared.config.write_timeout;
     let reason: String = loop {
-        let next_request_deadline = conn.pending.values().map(|(d, _)| *d).min();
+        let request_deadline = conn.pending.values().map(|(d, _)| *d).min();
+        let login = conn.key.is_none().then_some(login_deadline);
+        let next = [Some(idle_deadline), login, request_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(idle_deadline);
         tokio::select! {
-            read = rd.read_buf(&mut buf) => {
+            read = stream.read_buf(&mut buf) => {
                 let n = match read {
                     Ok(0) => break "closed by device".into(),
                     Ok(n) => n,
                     Err(e) => break format!("read error: {e}"),
                 };
                 conn.rx_bytes += n as u64;
-                idle_deadline = Instant::now() + idle;
+                idle_deadline = Instant::now() + shared.config.idle_timeout;
                 decoder.push(&buf);
                 let full = buf.len() >= buf.capacity();
                 buf.clear();
@@ -100,63 +100,60 @@ pub(super) async fn serve<S>(
                 } else if n < READ_CHUNK / 8 {
                     buf = Vec::new();
                 }
-                // Boxed: the handling state lives only while frames are handled, not in
-                // every idle connection's task.
-                if let Err(reason) = Box::pin(handle_frames(&mut decoder, &mut conn, &shared, &cmd_tx, peer, tls)).await {
+                if let Err(reason) = Box::pin(handle_frames(&mut decoder, &mut conn, &shared, &queue, peer, tls)).await {
                     // Flush what the session still has to say (an auth refusal, say).
-                    let _ = tokio::time::timeout(write_timeout, flush(&mut wr, &mut conn)).await;
+                    let _ = Box::pin(tokio::time::timeout(shared.config.write_timeout, flush(&mut stream, &mut conn))).await;
                     break reason;
                 }
                 decoder.release();
             }
-            Some(cmd) = cmd_rx.recv() => {
+            _ = queue.ready() => {
                 // Take what else waits (up to a bound), so it goes out in one write.
-                let mut next = Some(cmd);
-                let mut taken = 0;
-                let mut closed = false;
-                while let Some(cmd) = next.take() {
-                    match cmd {
-                        Command::Request { message, reply } => {
-                            let sid = conn.session.request(*message);
-                            conn.pending.insert(sid, (Instant::now() + shared.config.request_timeout, reply));
-                        }
-                        Command::Close => {
-                            closed = true;
-                            break;
-                        }
-                    }
-                    taken += 1;
-                    if taken < MAX_COMMANDS_PER_WRITE {
-                        next = cmd_rx.try_recv().ok();
-                    }
+                let taken = queue.take(MAX_COMMANDS_PER_WRITE);
+                for cmd in taken.requests {
+                    let Command::Request { message, reply } = cmd;
+                    let sid = conn.session.request(*message);
+                    conn.pending.insert(sid, (Instant::now() + shared.config.request_timeout, reply));
                 }
-                if closed {
+                // Every ack that waits: they go out in one write.
+                for (stream_id, ok) in taken.acks {
+                    conn.session.ack(stream_id, ok);
+                }
+                if taken.close {
                     break "replaced by a newer connection".into();
                 }
             }
-            _ = ready(conn.acks.as_deref()), if conn.acks.is_some() => {
-                // Every ack that waits, in one write.
-                if let Some(acks) = &conn.acks {
-                    acks.take(&mut taken_acks);
+            _ = tokio::time::sleep_until(next) => {
+                let now = Instant::now();
+                if login.is_some_and(|d| d <= now) {
+                    break "no login in time".into();
                 }
-                for (stream_id, ok) in taken_acks.drain(..) {
-                    conn.session.ack(stream_id, ok);
+                if idle_deadline <= now {
+                    break format!("idle for {} s", shared.config.idle_timeout.as_secs());
                 }
-            }
-            _ = tokio::time::sleep_until(next_request_deadline.unwrap_or(idle_deadline)), if next_request_deadline.is_some() => {
                 expire_requests(&mut conn);
             }
-            _ = tokio::time::sleep_until(idle_deadline) => break format!("idle for {} s", idle.as_secs()),
-            _ = tokio::time::sleep_until(login_deadline), if conn.key.is_none() => break "no login in time".into(),
             _ = stop.changed() => break "shutting down".into(),
         }
-        match tokio::time::timeout(write_timeout, flush(&mut wr, &mut conn)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => break format!("write error: {e}"),
-            Err(_) => break "the device stopped reading (write timed out)".into(),
+        if conn.session.has_transmit() {
+            match Box::pin(tokio::time::timeout(
+                shared.config.write_timeout,
+                flush(&mut stream, &mut conn),
+            ))
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break format!("write error: {e}"),
+                Err(_) => break "the device stopped reading (write timed out)".into(),
+            }
         }
     };
-    let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
+    Box::pin(close(stream, conn, shared, reason)).await;
+}
+
+/// Shuts the stream down and reports the disconnection.
+async fn close<S: AsyncWrite + Unpin>(mut stream: S, conn: Conn, shared: Arc<Shared>, reason: String) {
+    let _ = tokio::time::timeout(shared.config.write_timeout, stream.shutdown()).await;
     finish(conn, &shared, reason).await;
 }
 
@@ -173,6 +170,10 @@ fn expire_requests(conn: &mut Conn) {
         if let Some((_, tx)) = conn.pending.remove(&sid) {
             let _ = tx.send(Reply::Timeout);
         }
+    }
+    if conn.pending.is_empty() {
+        // An idle connection keeps no table.
+        conn.pending = BTreeMap::new();
     }
 }
 

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use twinlake_sdk::frame::Signal;
 use twinlake_sdk::pson::Value;
 
 use super::{Shared, resource_request};
 use crate::Error;
-use crate::event::{Command, DeviceKey, Reply};
+use crate::event::DeviceKey;
+use crate::queue::{Command, CommandQueue, Reply};
 
 /// The set of connected devices.
 #[derive(Clone)]
@@ -29,7 +30,8 @@ impl Devices {
     /// The handle of a connected device.
     pub fn get(&self, user: &str, device: &str) -> Option<DeviceHandle> {
         let key = DeviceKey::new(user, device);
-        self.0.devices.lock().ok()?.get(&key).map(|(_, h)| h.clone())
+        let queue = self.0.devices.lock().ok()?.get(&key).map(|(_, q)| q.clone())?;
+        Some(DeviceHandle::new(key, queue, self.0.config.request_timeout))
     }
 
     /// The connected devices, sorted.
@@ -77,12 +79,12 @@ impl Devices {
 #[derive(Debug, Clone)]
 pub struct DeviceHandle {
     key: DeviceKey,
-    tx: mpsc::Sender<Command>,
+    tx: Arc<CommandQueue>,
     timeout: Duration,
 }
 
 impl DeviceHandle {
-    pub(super) fn new(key: DeviceKey, tx: mpsc::Sender<Command>, timeout: Duration) -> Self {
+    pub(super) fn new(key: DeviceKey, tx: Arc<CommandQueue>, timeout: Duration) -> Self {
         Self { key, tx, timeout }
     }
 
@@ -162,6 +164,6 @@ impl DeviceHandle {
 
     /// Closes the connection.
     pub fn close(&self) {
-        let _ = self.tx.try_send(Command::Close);
+        self.tx.close();
     }
 }

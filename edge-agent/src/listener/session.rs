@@ -12,7 +12,7 @@
 //!   answered.
 //! * A keep-alive is answered with exactly `02 00`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use twinlake_sdk::frame::{Frame, KEEP_ALIVE, Message, Signal};
 use twinlake_sdk::pson::Value;
@@ -106,8 +106,8 @@ enum State {
 pub struct Session {
     state: State,
     last_sid: u16,
-    in_flight: HashSet<u32>,
-    streams: HashMap<u32, Vec<String>>,
+    in_flight: BTreeSet<u32>,
+    streams: BTreeMap<u32, Vec<String>>,
     outbox: VecDeque<Vec<u8>>,
 }
 
@@ -123,8 +123,8 @@ impl Session {
         Self {
             state: State::AwaitingAuth,
             last_sid: 0,
-            in_flight: HashSet::new(),
-            streams: HashMap::new(),
+            in_flight: BTreeSet::new(),
+            streams: BTreeMap::new(),
             outbox: VecDeque::new(),
         }
     }
@@ -139,9 +139,20 @@ impl Session {
         self.state == State::Rejected
     }
 
-    /// The next whole frame to write.
+    /// The next whole frame to write. Drained, the queue and the table of requests in
+    /// flight give their memory back: an idle connection keeps neither.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.outbox.pop_front()
+        let next = self.outbox.pop_front();
+        if next.is_none() {
+            self.outbox = VecDeque::new();
+            self.shrink();
+        }
+        next
+    }
+
+    /// Whether there is something to write.
+    pub fn has_transmit(&self) -> bool {
+        !self.outbox.is_empty()
     }
 
     /// Handles one frame from the device.
@@ -280,6 +291,14 @@ impl Session {
     /// Gives up waiting for a reply (timed out).
     pub fn forget(&mut self, stream_id: u32) {
         self.in_flight.remove(&stream_id);
+        self.shrink();
+    }
+
+    /// Gives back the request table's memory once no request is in flight.
+    fn shrink(&mut self) {
+        if self.in_flight.is_empty() {
+            self.in_flight = BTreeSet::new();
+        }
     }
 
     /// Confirms (or refuses) a device request that asked for it.

@@ -1,0 +1,235 @@
+//! What reaches a device connection's task from other tasks, through one queue with one
+//! wake-up: requests from [`crate::listener::DeviceHandle`]s (bounded), confirmations of
+//! the device's own requests once they are durable (the acks of one WAL sync leave in one
+//! write), and a close request that always gets through.
+//!
+//! It replaces a tokio mpsc channel, whose first block of slots (about 1 KiB with its
+//! shared state) was allocated for every connection up front, and a second queue for acks
+//! with a wake-up of its own: an idle device's queue is one small allocation, and its
+//! slots exist only while something waits (BENCHMARKS.md: agent memory per idle device).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::{Notify, oneshot};
+use twinlake_sdk::frame::Message;
+use twinlake_sdk::pson::Value;
+
+/// A request from a handle to a connection task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Request {
+        // Boxed: a waiting request's slot stays small.
+        message: Box<Message>,
+        reply: oneshot::Sender<Reply>,
+    },
+}
+
+/// The outcome of a request as the connection task sees it.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Ok(Option<Value>),
+    DeviceError,
+    Timeout,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    waiting: VecDeque<Command>,
+    /// Confirmations to write: at most one per request of the device not yet confirmed,
+    /// and those are bounded by the ingest queue and the WAL's batch.
+    acks: Vec<(u32, bool)>,
+    close: bool,
+    /// The connection is gone: nothing more is taken.
+    ended: bool,
+}
+
+/// The queue, shared by the connection task and its handles.
+#[derive(Debug)]
+pub(crate) struct CommandQueue {
+    state: Mutex<State>,
+    capacity: usize,
+    /// The connection waits on it for commands.
+    ready: Notify,
+    /// Senders wait on it for room.
+    room: Notify,
+}
+
+/// What the connection takes in one go.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    pub requests: Vec<Command>,
+    pub acks: Vec<(u32, bool)>,
+    pub close: bool,
+}
+
+impl CommandQueue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    /// Queues `cmd`, waiting while the queue is full. `Err` gives it back once the
+    /// connection has ended.
+    pub(crate) async fn send(&self, cmd: Command) -> Result<(), Command> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so a take between the check and the wait is seen.
+            room.as_mut().enable();
+            {
+                let Ok(mut s) = self.state.lock() else {
+                    return Err(cmd);
+                };
+                if s.ended {
+                    return Err(cmd);
+                }
+                if s.waiting.len() < self.capacity {
+                    s.waiting.push_back(cmd);
+                    drop(s);
+                    self.ready.notify_one();
+                    return Ok(());
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Confirms the device's request `stream_id` (without waiting). Once the connection
+    /// has ended there is no one to tell.
+    pub(crate) fn ack(&self, stream_id: u32, ok: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.ended {
+                return;
+            }
+            s.acks.push((stream_id, ok));
+        }
+        self.ready.notify_one();
+    }
+
+    /// Asks the connection to close (a newer connection of the device replaced it).
+    pub(crate) fn close(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.close = true;
+        }
+        self.ready.notify_one();
+    }
+
+    /// Waits until something was queued since the last wait.
+    pub(crate) async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Takes up to `max` requests, every ack, and the close request.
+    pub(crate) fn take(&self, max: usize) -> Taken {
+        let mut taken = Taken::default();
+        if let Ok(mut s) = self.state.lock() {
+            let n = s.waiting.len().min(max);
+            taken.requests.extend(s.waiting.drain(..n));
+            if s.waiting.is_empty() {
+                // An idle connection keeps no slots.
+                s.waiting = VecDeque::new();
+            } else {
+                // More than `max` waited: the connection comes back for the rest.
+                self.ready.notify_one();
+            }
+            taken.acks = std::mem::take(&mut s.acks);
+            taken.close = s.close;
+        }
+        self.room.notify_waiters();
+        taken
+    }
+
+    /// The connection is gone: waiting requests are dropped (their callers see the device
+    /// disconnected) and later sends fail.
+    pub(crate) fn end(&self) {
+        let dropped = self.state.lock().map(|mut s| {
+            s.ended = true;
+            std::mem::take(&mut s.waiting)
+        });
+        drop(dropped);
+        self.room.notify_waiters();
+    }
+}
+
+/// Ends the queue when the connection task ends, however it ends (a stop aborts it).
+pub(crate) struct EndOnDrop<'a>(pub &'a CommandQueue);
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn request() -> (Command, oneshot::Receiver<Reply>) {
+        let (reply, rx) = oneshot::channel();
+        let message = Box::new(twinlake_sdk::frame::Message::ok(1, None));
+        (Command::Request { message, reply }, rx)
+    }
+
+    /// A full queue holds its senders until the connection takes; an ended one refuses
+    /// them and drops what waited, so callers see the device gone.
+    #[tokio::test]
+    async fn bounded_then_ended() {
+        let q = Arc::new(CommandQueue::new(2));
+        let (a, _ra) = request();
+        let (b, _rb) = request();
+        q.send(a).await.unwrap();
+        q.send(b).await.unwrap();
+        let (c, mut rc) = request();
+        let q2 = q.clone();
+        let third = tokio::spawn(async move { q2.send(c).await.is_ok() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!third.is_finished(), "a full queue makes the sender wait");
+        q.ready().await;
+        assert_eq!(q.take(10).requests.len(), 2);
+        assert!(third.await.unwrap(), "room was made");
+        q.end();
+        assert!(
+            matches!(rc.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+            "what waited is dropped"
+        );
+        let (d, _rd) = request();
+        assert!(q.send(d).await.is_err(), "an ended queue refuses");
+    }
+
+    /// Acks wait for the connection without a bound of their own and leave together; an
+    /// ended queue takes none.
+    #[tokio::test]
+    async fn acks_are_taken_together() {
+        let q = CommandQueue::new(1);
+        for sid in 1..=3 {
+            q.ack(sid, sid != 2);
+        }
+        q.ready().await;
+        assert_eq!(q.take(10).acks, vec![(1, true), (2, false), (3, true)]);
+        q.end();
+        q.ack(4, true);
+        assert!(q.take(10).acks.is_empty());
+    }
+
+    /// A close request gets through a full queue.
+    #[tokio::test]
+    async fn close_gets_through() {
+        let q = CommandQueue::new(1);
+        let (a, _ra) = request();
+        q.send(a).await.unwrap();
+        q.close();
+        let t = q.take(0);
+        assert!(t.close && t.requests.is_empty());
+        assert_eq!(q.take(5).requests.len(), 1);
+    }
+}

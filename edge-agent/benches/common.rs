@@ -17,29 +17,27 @@ pub fn python() -> PathBuf {
 
 /// This process's resident memory.
 pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    rss_of(std::process::id())
 }
 
 /// Starts idle Thinger clients (edge-agent/benches/idle_clients.py), one per device of
 /// `user` with `credential`, against `addr`; they stay until their stdin closes.
 pub fn idle_clients(dir: &Path, addr: &str, user: &str, devices: &[String], credential: &str) -> Child {
-    let auth_file = dir.join("auth.hex");
-    let lines: Vec<String> = devices
+    let frames: Vec<Vec<u8>> = devices
         .iter()
-        .map(|d| {
-            Message::auth(user, d, credential)
-                .to_frame()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        })
+        .map(|d| Message::auth(user, d, credential).to_frame())
         .collect();
-    std::fs::write(&auth_file, lines.join("\n")).expect("the auth file");
+    idle_connections(dir, addr, &frames, &[0x01, 0x02, 0x10, 0x01])
+}
+
+/// Starts idle connections to `addr` in another process: each sends one of `frames` and
+/// reads `answer`, then all stay open until the child's stdin closes. The child prints
+/// `ready N` once all are in.
+pub fn idle_connections(dir: &Path, addr: &str, frames: &[Vec<u8>], answer: &[u8]) -> Child {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let auth_file = dir.join("connect.hex");
+    let lines: Vec<String> = frames.iter().map(|f| hex(f)).collect();
+    std::fs::write(&auth_file, lines.join("\n")).expect("the frames file");
     Command::new(python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -47,10 +45,21 @@ pub fn idle_clients(dir: &Path, addr: &str, user: &str, devices: &[String], cred
         ))
         .arg(addr)
         .arg(&auth_file)
+        .arg(hex(answer))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("python for the idle clients")
+}
+
+/// A process's resident memory.
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// One row of a memory table: devices, RSS before and after, bytes per device.

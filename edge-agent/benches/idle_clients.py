@@ -1,8 +1,9 @@
 """Idle devices for the memory benchmark, in their own process.
 
-Usage: idle_clients.py HOST:PORT AUTH_HEX_FILE. Opens one connection per line of the file,
-sends that AUTH frame, reads the 4-byte answer, then holds every connection open (answering
-nothing) until stdin closes.
+Usage: idle_clients.py HOST:PORT FRAMES_HEX_FILE [ANSWER_HEX]. Opens one connection per line
+of the file, sends that frame (a Thinger AUTH, or an MQTT CONNECT), reads the answer (by
+default Thinger's AUTH OK), then holds every connection open (answering nothing) until stdin
+closes.
 """
 import asyncio
 import resource
@@ -13,13 +14,15 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 host, port = sys.argv[1].rsplit(":", 1)
 frames = [bytes.fromhex(l.strip()) for l in open(sys.argv[2]) if l.strip()]
+answer = bytes.fromhex(sys.argv[3]) if len(sys.argv) > 3 else b"\x01\x02\x10\x01"
 
 
 async def one(frame, conns):
     r, w = await asyncio.open_connection(host, int(port))
     w.write(frame)
     await w.drain()
-    assert await r.readexactly(4) == b"\x01\x02\x10\x01"
+    got = await r.readexactly(len(answer))
+    assert got == answer, (got, answer)
     conns.append((r, w))
 
 

@@ -105,6 +105,12 @@ impl Mosquitto {
         }
     }
 
+    /// The broker's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the broker (SIGTERM: a persistent one saves its sessions) and starts it again
     /// on the same ports.
     #[allow(dead_code)]

@@ -1,7 +1,7 @@
 //! `cargo bench -p twinlake-edge --bench idle`: the agent's memory per idle connected device
-//! (1,000 and 10,000 devices, the clients in another process): resident memory, and the live
-//! heap counted by an instrumented allocator (stats_alloc), which this harness alone uses so
-//! that no other benchmark pays for the counting. Without `--bench` (under `cargo test
+//! (1,000 and 10,000 devices, plain TCP and TLS, the clients in another process): resident
+//! memory, and the live heap counted by an instrumented allocator (stats_alloc), which this
+//! harness alone uses so that no other benchmark pays for the counting. Without `--bench` (under `cargo test
 //! --all-targets`) it runs 20 devices as a smoke test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -33,7 +33,7 @@ fn live_heap() -> (i64, i64) {
 }
 
 /// (RSS, live heap) before the devices connect and once they are in and idle.
-fn measure(n: usize) -> [(u64, (i64, i64)); 2] {
+fn measure(n: usize, tls: bool) -> [(u64, (i64, i64)); 2] {
     let dir = tempfile::tempdir().unwrap();
     let names: Vec<String> = (0..n).map(|i| format!("dev-{i}")).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -44,8 +44,18 @@ fn measure(n: usize) -> [(u64, (i64, i64)); 2] {
     rt.block_on(async {
         let mut cfg = config::edge_config(dir.path(), n);
         cfg.listener.idle_timeout = Duration::from_secs(600);
+        if tls {
+            // A self-signed certificate; the clients do not check it.
+            let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            let (crt, key) = (dir.path().join("agent.crt"), dir.path().join("agent.key"));
+            std::fs::write(&crt, cert.cert.pem()).unwrap();
+            std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
+            cfg.listener.tls = Some("127.0.0.1:0".parse().unwrap());
+            cfg.listener.tls_cert = Some(crt);
+            cfg.listener.tls_key = Some(key);
+        }
         let agent = EdgeAgent::start(cfg).await.unwrap();
-        let addr = agent.tcp_addr().unwrap();
+        let addr = if tls { agent.tls_addr() } else { agent.tcp_addr() }.unwrap();
         let metrics = agent.metrics();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(agent.run(async move {
@@ -53,7 +63,8 @@ fn measure(n: usize) -> [(u64, (i64, i64)); 2] {
         }));
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = (common::rss_bytes(), live_heap());
-        let mut child = common::idle_clients(dir.path(), &addr.to_string(), "bench", &names, "k");
+        let at = if tls { format!("tls://{addr}") } else { addr.to_string() };
+        let mut child = common::idle_clients(dir.path(), &at, "bench", &names, "k");
         while metrics.devices_connected.get() < n as i64 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -112,14 +123,19 @@ fn main() {
     };
     println!("\n### Agent memory with idle connected devices (clients in another process)\n");
     println!(
-        "| devices | RSS before | RSS connected | RSS per device | live heap per device | live blocks per device | Mosquitto RSS per connection |"
+        "| devices | transport | RSS before | RSS connected | RSS per device | live heap per device | live blocks per device | Mosquitto RSS per connection (plain) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for n in counts {
-        let [(rss0, (heap0, blocks0)), (rss1, (heap1, blocks1))] = measure(n);
-        let peer = mosquitto_per_connection(n);
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    for (n, tls) in counts.iter().flat_map(|n| [(*n, false), (*n, true)]) {
+        let [(rss0, (heap0, blocks0)), (rss1, (heap1, blocks1))] = measure(n, tls);
+        let peer = if tls {
+            String::from("-")
+        } else {
+            format!("{:.0} B", mosquitto_per_connection(n))
+        };
         println!(
-            "| {n} | {:.1} MiB | {:.1} MiB | {:.0} B | {:.0} B | {:.1} | {peer:.0} B |",
+            "| {n} | {} | {:.1} MiB | {:.1} MiB | {:.0} B | {:.0} B | {:.1} | {peer} |",
+            if tls { "TLS" } else { "TCP" },
             rss0 as f64 / 1048576.0,
             rss1 as f64 / 1048576.0,
             rss1.saturating_sub(rss0) as f64 / n as f64,

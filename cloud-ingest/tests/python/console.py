@@ -80,7 +80,7 @@ try:
     driver.refresh()
     wait(lambda: len(rows()) >= 3, "the fleet after a refresh")
     # A device's page: its twin, and desired state edited with If-Match.
-    driver.find_element(By.LINK_TEXT, "sensor-b").click()
+    wait(lambda: driver.find_element(By.LINK_TEXT, "sensor-b").click() or True, "a click on sensor-b")
     wait(lambda: driver.find_element(By.ID, "device-title").text.endswith("/sensor-b"), "the device page")
     version = int(driver.find_element(By.ID, "version").text)
     edit = driver.find_element(By.ID, "desired-edit")

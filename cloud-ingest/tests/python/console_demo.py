@@ -46,7 +46,8 @@ try:
 
     # sensor-2's LED (the demo toggles sensor-1's desired LED itself), switched live; the
     # device's input stream reports it and the twin view follows.
-    driver.find_element(By.LINK_TEXT, "sensor-2").click()
+    # The fleet re-renders as the demo streams: find and click in one try, retried.
+    wait(lambda: driver.find_element(By.LINK_TEXT, "sensor-2").click() or True, "a click on sensor-2")
     wait(lambda: driver.find_element(By.ID, "device-title").text == "demo/sensor-2", "the device page")
     wait(lambda: row("led"), "the device's resources")
     want = not reported().get("led", False)

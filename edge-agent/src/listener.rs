@@ -369,7 +369,7 @@ async fn handle_frames(
                 conn.key = Some(key);
             }
             SessionEvent::Reply { stream_id, ok, payload } => {
-                if let Some((_, tx)) = conn.pending.remove(&stream_id) {
+                if let Some((_, tx)) = session::remove_released(&mut conn.pending, &stream_id) {
                     let _ = tx.send(if ok { Reply::Ok(payload) } else { Reply::DeviceError });
                 }
             }

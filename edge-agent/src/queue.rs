@@ -17,12 +17,10 @@ use twinlake_sdk::pson::Value;
 
 /// A request from a handle to a connection task.
 #[derive(Debug)]
-pub(crate) enum Command {
-    Request {
-        // Boxed: a waiting request's slot stays small.
-        message: Box<Message>,
-        reply: oneshot::Sender<Reply>,
-    },
+pub(crate) struct Command {
+    // Boxed: a waiting request's slot stays small.
+    pub message: Box<Message>,
+    pub reply: oneshot::Sender<Reply>,
 }
 
 /// The outcome of a request as the connection task sees it.
@@ -177,7 +175,7 @@ mod tests {
     fn request() -> (Command, oneshot::Receiver<Reply>) {
         let (reply, rx) = oneshot::channel();
         let message = Box::new(twinlake_sdk::frame::Message::ok(1, None));
-        (Command::Request { message, reply }, rx)
+        (Command { message, reply }, rx)
     }
 
     /// A full queue holds its senders until the connection takes; an ended one refuses

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 use twinlake_sdk::frame::FrameDecoder;
 
-use super::session::Session;
+use super::session::{Session, remove_released};
 use super::{Shared, emit, handle_frames};
 use crate::event::{DeviceEventKind, DeviceKey};
 use crate::queue::{Command, CommandQueue, EndOnDrop, Reply};
@@ -111,7 +111,7 @@ pub(super) async fn serve<S>(
                 // Take what else waits (up to a bound), so it goes out in one write.
                 let taken = queue.take(MAX_COMMANDS_PER_WRITE);
                 for cmd in taken.requests {
-                    let Command::Request { message, reply } = cmd;
+                    let Command { message, reply } = cmd;
                     let sid = conn.session.request(*message);
                     conn.pending.insert(sid, (Instant::now() + shared.config.request_timeout, reply));
                 }
@@ -167,13 +167,9 @@ fn expire_requests(conn: &mut Conn) {
         .collect();
     for sid in expired {
         conn.session.forget(sid);
-        if let Some((_, tx)) = conn.pending.remove(&sid) {
+        if let Some((_, tx)) = remove_released(&mut conn.pending, &sid) {
             let _ = tx.send(Reply::Timeout);
         }
-    }
-    if conn.pending.is_empty() {
-        // An idle connection keeps no table.
-        conn.pending = BTreeMap::new();
     }
 }
 

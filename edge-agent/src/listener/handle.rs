@@ -99,7 +99,7 @@ impl DeviceHandle {
         let offline = || Error::DeviceOffline(self.key.to_string());
         // A full command queue waits: the device is busy, and the reply deadline still holds.
         self.tx
-            .send(Command::Request {
+            .send(Command {
                 message: Box::new(message),
                 reply,
             })

@@ -12,7 +12,7 @@
 //!   answered.
 //! * A keep-alive is answered with exactly `02 00`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use twinlake_sdk::frame::{Frame, KEEP_ALIVE, Message, Signal};
 use twinlake_sdk::pson::Value;
@@ -106,7 +106,7 @@ enum State {
 pub struct Session {
     state: State,
     last_sid: u16,
-    in_flight: BTreeSet<u32>,
+    in_flight: BTreeMap<u32, ()>,
     streams: BTreeMap<u32, Vec<String>>,
     outbox: VecDeque<Vec<u8>>,
 }
@@ -123,7 +123,7 @@ impl Session {
         Self {
             state: State::AwaitingAuth,
             last_sid: 0,
-            in_flight: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
             streams: BTreeMap::new(),
             outbox: VecDeque::new(),
         }
@@ -139,13 +139,12 @@ impl Session {
         self.state == State::Rejected
     }
 
-    /// The next whole frame to write. Drained, the queue and the table of requests in
-    /// flight give their memory back: an idle connection keeps neither.
+    /// The next whole frame to write. Drained, the queue gives its memory back: an idle
+    /// connection keeps none.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let next = self.outbox.pop_front();
         if next.is_none() {
             self.outbox = VecDeque::new();
-            self.shrink();
         }
         next
     }
@@ -212,7 +211,7 @@ impl Session {
             Signal::RequestOk | Signal::RequestError => {
                 // A reply to something we did not ask (or a stray OK the device turned
                 // into an error) is ignored.
-                if !self.in_flight.remove(&m.stream_id) {
+                if remove_released(&mut self.in_flight, &m.stream_id).is_none() {
                     return Ok(None);
                 }
                 SessionEvent::Reply {
@@ -264,7 +263,7 @@ impl Session {
     pub fn request(&mut self, mut m: Message) -> u32 {
         let sid = self.next_sid();
         m.stream_id = sid;
-        self.in_flight.insert(sid);
+        self.in_flight.insert(sid, ());
         match m.signal {
             Signal::StartStream => {
                 let path = m
@@ -290,15 +289,7 @@ impl Session {
 
     /// Gives up waiting for a reply (timed out).
     pub fn forget(&mut self, stream_id: u32) {
-        self.in_flight.remove(&stream_id);
-        self.shrink();
-    }
-
-    /// Gives back the request table's memory once no request is in flight.
-    fn shrink(&mut self) {
-        if self.in_flight.is_empty() {
-            self.in_flight = BTreeSet::new();
-        }
+        remove_released(&mut self.in_flight, &stream_id);
     }
 
     /// Confirms (or refuses) a device request that asked for it.
@@ -325,7 +316,7 @@ impl Session {
         loop {
             self.last_sid = self.last_sid.checked_add(1).unwrap_or(1);
             let sid = u32::from(self.last_sid);
-            if !self.in_flight.contains(&sid) && !self.streams.contains_key(&sid) {
+            if !self.in_flight.contains_key(&sid) && !self.streams.contains_key(&sid) {
                 return sid;
             }
         }
@@ -334,6 +325,17 @@ impl Session {
     fn send(&mut self, m: &Message) {
         self.outbox.push_back(m.to_frame());
     }
+}
+
+/// Removes `key` from `map`; a map left empty gives its memory back. Std's BTreeMap keeps
+/// its last node after the last removal (about 400 B for a connection's pending requests),
+/// which every idle connection would hold once a request had come and gone.
+pub(crate) fn remove_released<K: Ord, V>(map: &mut BTreeMap<K, V>, key: &K) -> Option<V> {
+    let v = map.remove(key);
+    if map.is_empty() {
+        *map = BTreeMap::new();
+    }
+    v
 }
 
 #[cfg(test)]

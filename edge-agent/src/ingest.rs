@@ -573,6 +573,7 @@ impl Ingest {
                 time_us,
                 device: device.to_owned(),
                 payload: twinlake_sdk::json::to_json(payload),
+                size: self.scratch.len(),
             });
         }
         self.judge(kind, table, (user, device), time_us);

@@ -52,6 +52,13 @@ pub const PROTOCOL: u32 = 1;
 pub const LINK_PATH: &str = "/v1/gateway/link";
 /// Items per batch at most.
 pub const MAX_BATCH_ITEMS: usize = 2048;
+/// A batch frame's size at most; a larger one is split (the cloud takes up to 64 MiB). A
+/// backlog of fresh rows once made one batch of a million rows, over the cloud's limit: the
+/// link dropped, reconnected and sent it again, for ever, and nothing went up.
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
+/// A batch's fresh rows at most, by an estimate of their JSON (three times the WAL record
+/// and an envelope per row), so a batch is rarely split after encoding.
+const BATCH_ROW_BYTES: usize = 4 << 20;
 
 /// Edge → cloud.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -331,6 +338,8 @@ pub struct FreshRow {
     pub time_us: i64,
     pub device: String,
     pub payload: Json,
+    /// Its WAL record's bytes: what it weighs in a batch.
+    pub size: usize,
 }
 
 impl FreshRow {
@@ -495,13 +504,16 @@ impl Uplink {
             property,
             value,
         });
-        while room(out) {
+        let mut budget = BATCH_ROW_BYTES;
+        while room(out) && budget > 0 {
             let Some(first) = w.rows.front().cloned() else {
                 break;
             };
             let mut rows = Vec::new();
-            while rows.len() < ROWS_PER_ITEM && w.rows.front().is_some_and(|r| r.group() == first.group()) {
+            while rows.len() < ROWS_PER_ITEM && budget > 0 && w.rows.front().is_some_and(|r| r.group() == first.group())
+            {
                 let Some(r) = w.rows.pop_front() else { break };
+                budget = budget.saturating_sub(r.size.saturating_mul(3) + 64);
                 rows.push((r.time_us, r.device, r.payload));
             }
             out.push(Item::Rows {
@@ -632,5 +644,53 @@ mod tests {
             .collect();
         assert_eq!(files, ["f1", "f2"]);
         assert!(u.is_empty());
+    }
+
+    /// A backlog of a million fresh rows (an agent that took bucket writes faster than the
+    /// link sent them) goes up in batches far below the cloud's message limit, in order:
+    /// one batch of all of them once exceeded it, and the link looped on it for ever.
+    #[test]
+    fn a_backlog_of_rows_goes_up_in_bounded_batches() {
+        let n = 1_000_000;
+        let u = Uplink::new(16, n, Arc::default());
+        let (table, owner): (Arc<str>, Arc<str>) = (Arc::from("readings"), Arc::from("u"));
+        let payload = json!({"latitude": 52.1, "longitude": 4.3, "elevation": 12.0, "velocity": 80.5,
+            "heading": 270.0, "grade": 1.5, "fuel_consumption": 25.4});
+        u.rows((0..n).map(|i| FreshRow {
+            table: table.clone(),
+            segment: 1,
+            stream: false,
+            owner: owner.clone(),
+            time_us: i as i64,
+            device: format!("truck-{}", i % 50),
+            payload: payload.clone(),
+            size: 140,
+        }));
+        let (mut next, mut batches) = (0i64, 0);
+        loop {
+            let mut items = Vec::new();
+            u.take(MAX_BATCH_ITEMS, &mut items);
+            if items.is_empty() {
+                break;
+            }
+            batches += 1;
+            let frame = serde_json::to_string(&Up::Batch {
+                seq: 1,
+                items: items.clone(),
+            })
+            .unwrap();
+            assert!(frame.len() <= MAX_FRAME_BYTES, "a batch of {} bytes", frame.len());
+            for item in items {
+                let Item::Rows { rows, .. } = item else {
+                    panic!("only rows wait")
+                };
+                for (t, _, _) in rows {
+                    assert_eq!(t, next, "rows go up in order");
+                    next += 1;
+                }
+            }
+        }
+        assert_eq!(next, n as i64, "every row went up");
+        assert!(batches > 10, "{batches} batches");
     }
 }

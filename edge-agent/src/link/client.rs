@@ -14,7 +14,10 @@ use tracing::{debug, error, info, warn};
 use twinlake_sdk::json::{from_json, to_json};
 use twinlake_sdk::pson::Value;
 
-use super::{Down, ErrorKind, Item, MAX_BATCH_ITEMS, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up, Uplink};
+use super::{
+    Down, ErrorKind, Item, MAX_BATCH_ITEMS, MAX_FRAME_BYTES, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up,
+    Uplink,
+};
 use crate::Error;
 use crate::config::{LinkSection, StreamsSection};
 use crate::endpoints::EndpointQueue;
@@ -233,15 +236,13 @@ impl LinkClient {
                 if items.is_empty() {
                     break;
                 }
-                let seq = *next_seq;
-                *next_seq += 1;
-                let frame = encode(&Up::Batch {
-                    seq,
-                    items: std::mem::take(&mut items),
-                });
-                io.tx.send(frame.clone()).await.map_err(|_| closed())?;
-                self.metrics.link_frames_sent.inc();
-                unacked.frames.push_back((seq, frame));
+                let mut frames = Vec::new();
+                encode_batches(std::mem::take(&mut items), next_seq, &mut frames);
+                for (seq, frame) in frames {
+                    io.tx.send(frame.clone()).await.map_err(|_| closed())?;
+                    self.metrics.link_frames_sent.inc();
+                    unacked.frames.push_back((seq, frame));
+                }
                 self.metrics.link_unacked_frames.set(unacked.frames.len() as i64);
             }
             let room = unacked.frames.len() < self.cfg.max_unacked;
@@ -368,6 +369,22 @@ impl LinkClient {
 
 fn closed() -> Error {
     Error::Link("the link closed".into())
+}
+
+/// Encodes `items` as batches numbered from `*next_seq`, halving any batch whose frame would
+/// pass [`MAX_FRAME_BYTES`] (one item goes alone, whatever its size). Order is kept.
+fn encode_batches(items: Vec<Item>, next_seq: &mut u64, out: &mut Vec<(u64, String)>) {
+    let up = Up::Batch { seq: *next_seq, items };
+    let frame = encode(&up);
+    let Up::Batch { mut items, .. } = up else { return };
+    if frame.len() > MAX_FRAME_BYTES && items.len() > 1 {
+        let rest = items.split_off(items.len() / 2);
+        encode_batches(items, next_seq, out);
+        encode_batches(rest, next_seq, out);
+    } else {
+        out.push((*next_seq, frame));
+        *next_seq += 1;
+    }
 }
 
 fn encode(msg: &Up) -> String {
@@ -520,4 +537,56 @@ fn ingest_interval(cfg: &StreamsSection, apis: &ApiCache, key: &DeviceKey, path:
         kind
     })?;
     cfg.own_stream(path, io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items that would make a frame over the limit are split into several batches, numbered
+    /// in turn, each under it, with the items in their order; a lone large item still goes.
+    #[test]
+    fn batches_over_the_frame_limit_are_split_in_order() {
+        let big = "x".repeat(1 << 20);
+        let items: Vec<Item> = (0..40u64)
+            .map(|i| Item::Reported {
+                user: "u".into(),
+                device: "d".into(),
+                path: format!("p{i}"),
+                at: i,
+                value: serde_json::Value::String(big.clone()),
+            })
+            .collect();
+        let (mut seq, mut frames) = (5, Vec::new());
+        encode_batches(items, &mut seq, &mut frames);
+        assert!(frames.len() >= 3, "{} frames", frames.len());
+        assert_eq!(seq, 5 + frames.len() as u64);
+        let mut at = 0;
+        for (i, (s, f)) in frames.iter().enumerate() {
+            assert_eq!(*s, 5 + i as u64);
+            assert!(f.len() <= MAX_FRAME_BYTES);
+            let Ok(Up::Batch { seq, items }) = serde_json::from_str::<Up>(f) else {
+                panic!("a batch")
+            };
+            assert_eq!(seq, *s);
+            for item in items {
+                let Item::Reported { at: a, .. } = item else {
+                    panic!("reported")
+                };
+                assert_eq!(a, at);
+                at += 1;
+            }
+        }
+        assert_eq!(at, 40);
+        let lone = vec![Item::Reported {
+            user: "u".into(),
+            device: "d".into(),
+            path: "p".into(),
+            at: 0,
+            value: serde_json::Value::String("y".repeat(MAX_FRAME_BYTES + 1)),
+        }];
+        let mut frames = Vec::new();
+        encode_batches(lone, &mut seq, &mut frames);
+        assert_eq!(frames.len(), 1);
+    }
 }

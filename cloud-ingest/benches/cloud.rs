@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "../../edge-agent/benches/common.rs"]
+#[allow(dead_code)]
 mod common;
 mod rules;
 
@@ -154,6 +155,17 @@ fn summary(mut v: Vec<Duration>) -> (Duration, Duration) {
     (percentile(&v, 0.5), percentile(&v, 0.99))
 }
 
+fn us_signed(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// p50 and p99 of signed microseconds.
+fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[(((v.len() - 1) as f64) * p).round() as usize];
+    (at(0.5), at(0.99))
+}
+
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
@@ -210,10 +222,21 @@ fn rtt(full: bool) {
             }
         }
 
+        let runs: usize = if full {
+            std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5)
+        } else {
+            1
+        };
+        let mut added_runs = Vec::new();
+        for run in 1..=runs {
         let mut floor = Vec::with_capacity(n);
         let mut via_gw = Vec::with_capacity(n);
         let mut direct = Vec::with_capacity(n);
         let mut http_only = Vec::with_capacity(n);
+        // The server-added latency of each interleaved sample: the round trip minus the
+        // no-op route's time and the direct device read measured next to it.
+        let mut added_gw = Vec::with_capacity(n);
+        let mut added_direct = Vec::with_capacity(n);
         let gw_url = format!("http://{}/v3/users/{USER}/devices/via-gw/resources/temp", cloud.addr);
         let direct_url = format!("http://{}/v3/users/{USER}/devices/direct/resources/temp", cloud.addr);
         let twin_url = format!("http://{}/v1/users/{USER}/devices/via-gw/stats", cloud.addr);
@@ -237,6 +260,8 @@ fn rtt(full: bool) {
             let _ = r.bytes().await.unwrap();
             let d = t.elapsed();
             if i >= warm {
+                added_gw.push(us_signed(b) - us_signed(d) - us_signed(a));
+                added_direct.push(us_signed(c) - us_signed(d) - us_signed(a));
                 floor.push(a);
                 via_gw.push(b);
                 direct.push(c);
@@ -247,7 +272,7 @@ fn rtt(full: bool) {
         let (g50, g99) = summary(via_gw);
         let (d50, d99) = summary(direct);
         let (h50, h99) = summary(http_only);
-        println!("\n### Live control round trip ({n} sequential reads of an output, loopback)\n");
+        println!("\n### Live control round trip, run {run} of {runs} ({n} sequential reads of an output, loopback)\n");
         println!("| path | p50 | p99 | p50 ÷ floor | p99 ÷ floor |");
         println!("|---|---:|---:|---:|---:|");
         println!(
@@ -274,6 +299,22 @@ fn rtt(full: bool) {
             "| REST alone: GET …/stats (token check, redb read, JSON) | {} | {} | – | – |",
             us(h50),
             us(h99)
+        );
+        let (ag, ad) = (percentiles(added_gw), percentiles(added_direct));
+        println!(
+            "\nserver-added (round trip − REST alone − floor, per sample): gateway p50 {:.0} µs, p99 {:.0} µs; in-process p50 {:.0} µs, p99 {:.0} µs",
+            ag.0, ag.1, ad.0, ad.1
+        );
+        added_runs.push((ag.0, ad.0));
+        }
+        let mmm = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            format!("{:.0} / {:.0} / {:.0} µs", v[0], v[v.len() / 2], v[v.len() - 1])
+        };
+        println!(
+            "\nserver-added p50 over {runs} runs, min / median / max: gateway {}; in-process {}",
+            mmm(added_runs.iter().map(|a| a.0).collect()),
+            mmm(added_runs.iter().map(|a| a.1).collect())
         );
         stop.store(true, Ordering::Relaxed);
         let _ = (t1.join(), t2.join());

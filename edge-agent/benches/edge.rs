@@ -321,13 +321,7 @@ fn device_stream(user: &str, device: &str, n: usize, seed: u64) -> (Vec<u8>, Vec
     let mut out = Vec::with_capacity(n * 140);
     for _ in 0..n {
         let v = truck.tick(&mut rng);
-        let payload = Value::Object(
-            tsbs::FIELD_NAMES
-                .iter()
-                .zip(v)
-                .map(|(k, x)| ((*k).to_owned(), Value::Double(x)))
-                .collect(),
-        );
+        let payload = tsbs::pson(v);
         out.extend_from_slice(
             &Message::new(0, Signal::BucketData)
                 .with_identifier("readings")

@@ -68,7 +68,8 @@ fn measure(n: usize, tls: bool) -> [(u64, (i64, i64)); 2] {
         while metrics.devices_connected.get() < n as i64 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Let the on-connect describe requests time out (the clients never answer).
+        // Let the on-connect describe exchanges settle (each client answers its describe
+        // request with an empty resource tree, then stays silent).
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let after = (common::rss_bytes(), live_heap());
         drop(child.stdin.take());

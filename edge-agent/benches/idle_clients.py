@@ -1,9 +1,11 @@
 """Idle devices for the memory benchmark, in their own process.
 
-Usage: idle_clients.py [tls://]HOST:PORT FRAMES_HEX_FILE [ANSWER_HEX]. Opens one connection per line
-of the file, sends that frame (a Thinger AUTH, or an MQTT CONNECT), reads the answer (by
-default Thinger's AUTH OK), then holds every connection open (answering nothing) until stdin
-closes.
+Usage: idle_clients.py [tls://]HOST:PORT FRAMES_HEX_FILE [ANSWER_HEX [REPLY_HEX]]. Opens one
+connection per line of the file, sends that frame (a Thinger AUTH, or an MQTT CONNECT), reads
+the answer (by default Thinger's AUTH OK). With REPLY_HEX (a Thinger REQUEST_OK frame for
+stream 1), it then reads the agent's describe request and answers it with that frame for the
+request's stream id, as a device does. Then it holds every connection open (answering
+nothing more) until stdin closes.
 """
 import asyncio
 import resource
@@ -25,6 +27,49 @@ if target.startswith("tls://"):
 host, port = target.rsplit(":", 1)
 frames = [bytes.fromhex(l.strip()) for l in open(sys.argv[2]) if l.strip()]
 answer = bytes.fromhex(sys.argv[3]) if len(sys.argv) > 3 else b"\x01\x02\x10\x01"
+reply = bytes.fromhex(sys.argv[4]) if len(sys.argv) > 4 else None
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+async def read_varint(r):
+    n, shift = 0, 0
+    while True:
+        b = (await r.readexactly(1))[0]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n
+
+
+async def answer_describe(r, w):
+    """Reads the describe request (a MESSAGE whose body starts with field 1, the stream id)
+    and sends `reply` with that stream id."""
+    kind = await read_varint(r)
+    body = await r.readexactly(await read_varint(r))
+    assert kind == 1 and body[0] == 0x08, (kind, body)
+    sid, i, shift = 0, 1, 0
+    while True:
+        b = body[i]
+        sid |= (b & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not b & 0x80:
+            break
+    # The template is for stream 1: type, length, 0x08 0x01, the rest of the body.
+    assert reply[0] == 1 and reply[1] < 0x80 and reply[2:4] == b"\x08\x01", reply
+    rest = reply[4:]
+    new_body = b"\x08" + varint(sid) + rest
+    w.write(b"\x01" + varint(len(new_body)) + new_body)
+    await w.drain()
 
 
 async def one(frame, conns):
@@ -33,6 +78,8 @@ async def one(frame, conns):
     await w.drain()
     got = await r.readexactly(len(answer))
     assert got == answer, (got, answer)
+    if reply is not None:
+        await answer_describe(r, w)
     conns.append((r, w))
 
 

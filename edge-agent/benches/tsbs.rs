@@ -86,3 +86,15 @@ impl Truck {
         out
     }
 }
+
+/// One reading as the PSON object a device sends: the seven fields as doubles.
+pub fn pson(v: [f64; 7]) -> twinlake_sdk::pson::Value {
+    use twinlake_sdk::pson::Value;
+    Value::Object(
+        FIELD_NAMES
+            .iter()
+            .zip(v)
+            .map(|(k, x)| ((*k).to_owned(), Value::Double(x)))
+            .collect(),
+    )
+}

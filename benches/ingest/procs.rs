@@ -21,18 +21,22 @@ pub struct Proc {
 /// Starts `twinlake <args>` under bash, which reports the child's CPU time (`times`) when
 /// it ends; waits for a line starting with `ready` and returns it.
 fn start(args: &[&str], ready: &str) -> (Proc, String) {
-    let script = r#"ulimit -n "$(ulimit -Hn)"; "$0" "$@" & p=$!; echo "pid $p"; wait $p; s=$?; times; exit $s"#;
-    start_script(script, env!("CARGO_BIN_EXE_twinlake"), args, ready)
+    start_script(env!("CARGO_BIN_EXE_twinlake"), args, None, ready)
 }
+
+/// The wrapper every process of a run starts under: the open-file limit raised, the child's
+/// pid printed, and its CPU time (`times`) once it ends.
+const WRAPPER: &str = r#"ulimit -n "$(ulimit -Hn)"; "$0" "$@" & p=$!; echo "pid $p"; wait $p; s=$?; times; exit $s"#;
 
 // The child is waited for by `Proc` (stop or drop); a start that fails panics the run.
 #[allow(clippy::zombie_processes)]
-fn start_script(script: &str, program: &str, args: &[&str], ready: &str) -> (Proc, String) {
+fn start_script(program: &str, args: &[&str], env: Option<(&str, &str)>, ready: &str) -> (Proc, String) {
     let mut child = Command::new("bash")
         .arg("-c")
-        .arg(script)
+        .arg(WRAPPER)
         .arg(program)
         .args(args)
+        .envs(env)
         // Per-connection info lines would flood the report; warnings and errors still show.
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
@@ -284,14 +288,10 @@ ca_file = "{cert}"
 /// Starts the floor peer (this binary again) writing into `dir`: its process and address.
 pub fn floor(dir: &Path) -> (Proc, String) {
     let exe = std::env::current_exe().expect("this bench");
-    let script = format!(
-        r#"ulimit -n "$(ulimit -Hn)"; {}="$1" "$0" & p=$!; echo "pid $p"; wait $p; s=$?; times; exit $s"#,
-        crate::floor::ENV
-    );
     let (proc, line) = start_script(
-        &script,
         exe.to_str().expect("a path"),
-        &[dir.to_str().expect("a path")],
+        &[],
+        Some((crate::floor::ENV, dir.to_str().expect("a path"))),
         "floor ready",
     );
     let addr = line.trim_start_matches("floor ready: ").to_owned();

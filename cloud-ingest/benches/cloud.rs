@@ -145,7 +145,7 @@ fn device_thread(addr: SocketAddr, device: &str, stop: Arc<AtomicBool>) -> std::
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
@@ -162,12 +162,11 @@ fn us_signed(d: Duration) -> f64 {
 /// p50 and p99 of signed microseconds.
 fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
-    let at = |p: f64| v[(((v.len() - 1) as f64) * p).round() as usize];
-    (at(0.5), at(0.99))
+    (percentile(&v, 0.5), percentile(&v, 0.99))
 }
 
 fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    format!("{:.0} µs", us_signed(d))
 }
 
 /// Live control round trip: REST → cloud → (link) → edge → device → back, against the same
@@ -229,83 +228,83 @@ fn rtt(full: bool) {
         };
         let mut added_runs = Vec::new();
         for run in 1..=runs {
-        let mut floor = Vec::with_capacity(n);
-        let mut via_gw = Vec::with_capacity(n);
-        let mut direct = Vec::with_capacity(n);
-        let mut http_only = Vec::with_capacity(n);
-        // The server-added latency of each interleaved sample: the round trip minus the
-        // no-op route's time and the direct device read measured next to it.
-        let mut added_gw = Vec::with_capacity(n);
-        let mut added_direct = Vec::with_capacity(n);
-        let gw_url = format!("http://{}/v3/users/{USER}/devices/via-gw/resources/temp", cloud.addr);
-        let direct_url = format!("http://{}/v3/users/{USER}/devices/direct/resources/temp", cloud.addr);
-        let twin_url = format!("http://{}/v1/users/{USER}/devices/via-gw/stats", cloud.addr);
-        // Interleaved, so load and noise hit every path alike.
-        for i in 0..(n + warm) {
-            let t = Instant::now();
-            handle.read(&["temp"]).await.unwrap();
-            let a = t.elapsed();
-            let t = Instant::now();
-            let r = http.get(&gw_url).bearer_auth(TOKEN).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            let _ = r.bytes().await.unwrap();
-            let b = t.elapsed();
-            let t = Instant::now();
-            let r = http.get(&direct_url).bearer_auth(TOKEN).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            let _ = r.bytes().await.unwrap();
-            let c = t.elapsed();
-            let t = Instant::now();
-            let r = http.get(&twin_url).bearer_auth(TOKEN).send().await.unwrap();
-            let _ = r.bytes().await.unwrap();
-            let d = t.elapsed();
-            if i >= warm {
-                added_gw.push(us_signed(b) - us_signed(d) - us_signed(a));
-                added_direct.push(us_signed(c) - us_signed(d) - us_signed(a));
-                floor.push(a);
-                via_gw.push(b);
-                direct.push(c);
-                http_only.push(d);
+            let mut floor = Vec::with_capacity(n);
+            let mut via_gw = Vec::with_capacity(n);
+            let mut direct = Vec::with_capacity(n);
+            let mut http_only = Vec::with_capacity(n);
+            // The server-added latency of each interleaved sample: the round trip minus the
+            // no-op route's time and the direct device read measured next to it.
+            let mut added_gw = Vec::with_capacity(n);
+            let mut added_direct = Vec::with_capacity(n);
+            let gw_url = format!("http://{}/v3/users/{USER}/devices/via-gw/resources/temp", cloud.addr);
+            let direct_url = format!("http://{}/v3/users/{USER}/devices/direct/resources/temp", cloud.addr);
+            let twin_url = format!("http://{}/v1/users/{USER}/devices/via-gw/stats", cloud.addr);
+            // Interleaved, so load and noise hit every path alike.
+            for i in 0..(n + warm) {
+                let t = Instant::now();
+                handle.read(&["temp"]).await.unwrap();
+                let a = t.elapsed();
+                let t = Instant::now();
+                let r = http.get(&gw_url).bearer_auth(TOKEN).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await.unwrap();
+                let b = t.elapsed();
+                let t = Instant::now();
+                let r = http.get(&direct_url).bearer_auth(TOKEN).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await.unwrap();
+                let c = t.elapsed();
+                let t = Instant::now();
+                let r = http.get(&twin_url).bearer_auth(TOKEN).send().await.unwrap();
+                let _ = r.bytes().await.unwrap();
+                let d = t.elapsed();
+                if i >= warm {
+                    added_gw.push(us_signed(b) - us_signed(d) - us_signed(a));
+                    added_direct.push(us_signed(c) - us_signed(d) - us_signed(a));
+                    floor.push(a);
+                    via_gw.push(b);
+                    direct.push(c);
+                    http_only.push(d);
+                }
             }
-        }
-        let (f50, f99) = summary(floor);
-        let (g50, g99) = summary(via_gw);
-        let (d50, d99) = summary(direct);
-        let (h50, h99) = summary(http_only);
-        println!("\n### Live control round trip, run {run} of {runs} ({n} sequential reads of an output, loopback)\n");
-        println!("| path | p50 | p99 | p50 ÷ floor | p99 ÷ floor |");
-        println!("|---|---:|---:|---:|---:|");
-        println!(
-            "| floor: the agent's own request on the device's TCP connection | {} | {} | 1.00 | 1.00 |",
-            us(f50),
-            us(f99)
-        );
-        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-        println!(
-            "| REST → cloud → WebSocket link → edge agent → device | {} | {} | {:.2} | {:.2} |",
-            us(g50),
-            us(g99),
-            ratio(g50, f50),
-            ratio(g99, f99)
-        );
-        println!(
-            "| REST → cloud → in-process pipeline → device (no gateway) | {} | {} | {:.2} | {:.2} |",
-            us(d50),
-            us(d99),
-            ratio(d50, f50),
-            ratio(d99, f99)
-        );
-        println!(
-            "| REST alone: GET …/stats (token check, redb read, JSON) | {} | {} | – | – |",
-            us(h50),
-            us(h99)
-        );
-        let (ag, ad) = (percentiles(added_gw), percentiles(added_direct));
-        println!(
-            "\nserver-added (round trip − REST alone − floor, per sample): gateway p50 {:.0} µs, p99 {:.0} µs; in-process p50 {:.0} µs, p99 {:.0} µs",
-            ag.0, ag.1, ad.0, ad.1
-        );
-        added_runs.push((ag.0, ad.0));
+            let (f50, f99) = summary(floor);
+            let (g50, g99) = summary(via_gw);
+            let (d50, d99) = summary(direct);
+            let (h50, h99) = summary(http_only);
+            println!("\n### Live control round trip, run {run} of {runs} ({n} sequential reads of an output, loopback)\n");
+            println!("| path | p50 | p99 | p50 ÷ floor | p99 ÷ floor |");
+            println!("|---|---:|---:|---:|---:|");
+            println!(
+                "| floor: the agent's own request on the device's TCP connection | {} | {} | 1.00 | 1.00 |",
+                us(f50),
+                us(f99)
+            );
+            let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+            println!(
+                "| REST → cloud → WebSocket link → edge agent → device | {} | {} | {:.2} | {:.2} |",
+                us(g50),
+                us(g99),
+                ratio(g50, f50),
+                ratio(g99, f99)
+            );
+            println!(
+                "| REST → cloud → in-process pipeline → device (no gateway) | {} | {} | {:.2} | {:.2} |",
+                us(d50),
+                us(d99),
+                ratio(d50, f50),
+                ratio(d99, f99)
+            );
+            println!(
+                "| REST alone: GET …/stats (token check, redb read, JSON) | {} | {} | – | – |",
+                us(h50),
+                us(h99)
+            );
+            let (ag, ad) = (percentiles(added_gw), percentiles(added_direct));
+            println!(
+                "\nserver-added (round trip − REST alone − floor, per sample): gateway p50 {:.0} µs, p99 {:.0} µs; in-process p50 {:.0} µs, p99 {:.0} µs",
+                ag.0, ag.1, ad.0, ad.1
+            );
+            added_runs.push((ag.0, ad.0));
         }
         let mmm = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);

@@ -220,7 +220,12 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
         }
     };
     let mut acked = if stored.session == session_id { stored.acked } else { 0 };
-    let features = vec![twinlake_edge::link::FEATURE_STATUS.to_owned()];
+    let features = [
+        twinlake_edge::link::FEATURE_STATUS,
+        twinlake_edge::link::FEATURE_PSON_ROWS,
+    ]
+    .map(str::to_owned)
+    .to_vec();
     if io.tx.send(encode(&Down::Welcome { acked, features })).await.is_err() {
         return;
     }

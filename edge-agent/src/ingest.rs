@@ -33,6 +33,8 @@ mod judge;
 
 /// Events taken off the queue per batch at most.
 const MAX_BATCH: usize = 8192;
+/// Names of fresh rows shared at most (tables, users and devices).
+const MAX_NAMES: usize = 65_536;
 /// The table endpoint calls are recorded in.
 pub const ENDPOINT_TABLE: &str = "endpoint_calls";
 
@@ -168,6 +170,8 @@ pub struct Ingest {
     scratch: Vec<u8>,
     conflicts: Vec<Conflict>,
     unconfirmed: Unconfirmed,
+    /// Table, user and device names of fresh rows, shared.
+    names: crate::intern::Names,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -248,7 +252,6 @@ impl Ingest {
                 outbox,
                 wal_cfg,
                 buffer_cfg,
-                metrics,
                 sealed_tx,
                 endpoints,
                 tap: tokio::sync::broadcast::channel(1024).0,
@@ -266,6 +269,8 @@ impl Ingest {
                 scratch: Vec::new(),
                 conflicts,
                 unconfirmed,
+                names: crate::intern::Names::new(MAX_NAMES, metrics.names_evicted.clone()),
+                metrics,
             },
             sealed_rx,
         ))
@@ -566,14 +571,13 @@ impl Ingest {
         self.unsynced.bytes += self.scratch.len() as u64;
         if self.fresh.is_some() {
             self.unsynced.fresh.push(crate::link::FreshRow {
-                table: Arc::from(table),
+                table: self.names.get(table),
                 segment: self.wal.current_segment(),
                 stream: kind == RecordKind::Stream,
-                owner: Arc::from(user),
+                owner: self.names.get(user),
                 time_us,
-                device: device.to_owned(),
-                payload: twinlake_sdk::json::to_json(payload),
-                size: self.scratch.len(),
+                device: self.names.get(device),
+                payload: self.scratch.as_slice().into(),
             });
         }
         self.judge(kind, table, (user, device), time_us);

@@ -30,6 +30,8 @@
 
 pub mod client;
 pub mod feed;
+mod frames;
+pub mod rows;
 mod ws;
 
 use std::collections::{HashMap, VecDeque};
@@ -81,6 +83,9 @@ pub enum Up {
 
 /// What a welcome's `features` may list: the cloud takes [`Up::Status`].
 pub const FEATURE_STATUS: &str = "status";
+/// What a welcome's `features` may list: the cloud takes [`Item::PsonRows`] (a cloud before
+/// it gets fresh rows as [`Item::Rows`]).
+pub const FEATURE_PSON_ROWS: &str = "pson_rows";
 
 /// A gateway's queue depths, as its metrics have them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -206,6 +211,16 @@ pub enum Item {
         owner: Option<String>,
         /// `[time µs, device, payload]`.
         rows: Vec<(i64, String, Json)>,
+    },
+    /// [`Item::Rows`] with the payloads as the WAL holds them (PSON), in one block.
+    PsonRows {
+        table: String,
+        segment: u64,
+        #[serde(default)]
+        stream: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        rows: rows::RowBlock,
     },
     /// A device's credential hash, made stronger at a login: `new` replaces `old` in the
     /// cloud's record if that still holds `old`.
@@ -336,10 +351,9 @@ pub struct FreshRow {
     /// The user the device belongs to.
     pub owner: Arc<str>,
     pub time_us: i64,
-    pub device: String,
-    pub payload: Json,
-    /// Its WAL record's bytes: what it weighs in a batch.
-    pub size: usize,
+    pub device: Arc<str>,
+    /// Its payload as the WAL holds it (PSON).
+    pub payload: Box<[u8]>,
 }
 
 impl FreshRow {
@@ -481,8 +495,9 @@ impl Uplink {
     }
 
     /// Takes up to `max` items: presence first (a device's connect comes before its values),
-    /// then descriptions, values, properties, fresh rows and files.
-    pub fn take(&self, max: usize, out: &mut Vec<Item>) {
+    /// then descriptions, values, properties, fresh rows (as [`Item::PsonRows`] if `pson`,
+    /// else [`Item::Rows`]) and files.
+    pub fn take(&self, max: usize, pson: bool, out: &mut Vec<Item>) {
         let Ok(mut w) = self.inner.0.lock() else { return };
         let room = |out: &Vec<Item>| out.len() < max;
         take_map(&mut w.presence, out, max, |_, item| item);
@@ -506,23 +521,10 @@ impl Uplink {
         });
         let mut budget = BATCH_ROW_BYTES;
         while room(out) && budget > 0 {
-            let Some(first) = w.rows.front().cloned() else {
+            let Some(item) = take_rows(&mut w.rows, &mut budget, pson) else {
                 break;
             };
-            let mut rows = Vec::new();
-            while rows.len() < ROWS_PER_ITEM && budget > 0 && w.rows.front().is_some_and(|r| r.group() == first.group())
-            {
-                let Some(r) = w.rows.pop_front() else { break };
-                budget = budget.saturating_sub(r.size.saturating_mul(3) + 64);
-                rows.push((r.time_us, r.device, r.payload));
-            }
-            out.push(Item::Rows {
-                table: first.table.to_string(),
-                segment: first.segment,
-                stream: first.stream,
-                owner: (!first.owner.is_empty()).then(|| first.owner.to_string()),
-                rows,
-            });
+            out.push(item);
         }
         // Files only once every row before them is out.
         while room(out) && w.rows.is_empty() {
@@ -530,6 +532,30 @@ impl Uplink {
             out.push(f);
         }
     }
+}
+
+/// One item of the waiting rows that share the first one's table, segment and owner, within
+/// `budget` (an estimate of the bytes they take in a frame, charged here).
+fn take_rows(rows: &mut VecDeque<FreshRow>, budget: &mut usize, pson: bool) -> Option<Item> {
+    let first = rows.front()?;
+    let (table, segment, stream, owner) = (first.table.clone(), first.segment, first.stream, first.owner.clone());
+    let same = |r: &FreshRow| r.group() == (&*table, segment, stream, &*owner);
+    let mut block = rows::RowBlock::default();
+    let mut n = 0;
+    while n < ROWS_PER_ITEM && *budget > 0 && rows.front().is_some_and(same) {
+        let Some(r) = rows.pop_front() else { break };
+        n += 1;
+        *budget = budget.saturating_sub(r.payload.len().saturating_mul(3) + r.device.len() + 64);
+        block.push(r.time_us, &r.device, &r.payload);
+    }
+    let item = Item::PsonRows {
+        table: table.to_string(),
+        segment,
+        stream,
+        owner: (!owner.is_empty()).then(|| owner.to_string()),
+        rows: block,
+    };
+    Some(if pson { item } else { item.without_pson() })
 }
 
 fn take_map<K: Clone + Eq + std::hash::Hash, V>(
@@ -628,7 +654,7 @@ mod tests {
         );
         assert_eq!(u.len(), 5);
         let mut out = Vec::new();
-        u.take(100, &mut out);
+        u.take(100, true, &mut out);
         assert!(matches!(out.first(), Some(Item::Presence { .. })));
         let temp = out.iter().find_map(|i| match i {
             Item::Reported { path, value, .. } if path == "temp" => Some(value.clone()),
@@ -646,51 +672,56 @@ mod tests {
         assert!(u.is_empty());
     }
 
-    /// A backlog of a million fresh rows (an agent that took bucket writes faster than the
-    /// link sent them) goes up in batches far below the cloud's message limit, in order:
-    /// one batch of all of them once exceeded it, and the link looped on it for ever.
+    /// A backlog of fresh rows (an agent that took bucket writes faster than the link sent
+    /// them) goes up in batches far below the cloud's message limit, in order, in either row
+    /// format: one batch of a million rows once exceeded it, and the link looped on it for ever.
     #[test]
     fn a_backlog_of_rows_goes_up_in_bounded_batches() {
-        let n = 1_000_000;
-        let u = Uplink::new(16, n, Arc::default());
-        let (table, owner): (Arc<str>, Arc<str>) = (Arc::from("readings"), Arc::from("u"));
-        let payload = json!({"latitude": 52.1, "longitude": 4.3, "elevation": 12.0, "velocity": 80.5,
-            "heading": 270.0, "grade": 1.5, "fuel_consumption": 25.4});
-        u.rows((0..n).map(|i| FreshRow {
-            table: table.clone(),
-            segment: 1,
-            stream: false,
-            owner: owner.clone(),
-            time_us: i as i64,
-            device: format!("truck-{}", i % 50),
-            payload: payload.clone(),
-            size: 140,
-        }));
-        let (mut next, mut batches) = (0i64, 0);
-        loop {
-            let mut items = Vec::new();
-            u.take(MAX_BATCH_ITEMS, &mut items);
-            if items.is_empty() {
-                break;
-            }
-            batches += 1;
-            let frame = serde_json::to_string(&Up::Batch {
-                seq: 1,
-                items: items.clone(),
-            })
-            .unwrap();
-            assert!(frame.len() <= MAX_FRAME_BYTES, "a batch of {} bytes", frame.len());
-            for item in items {
-                let Item::Rows { rows, .. } = item else {
-                    panic!("only rows wait")
-                };
-                for (t, _, _) in rows {
-                    assert_eq!(t, next, "rows go up in order");
-                    next += 1;
+        for pson in [true, false] {
+            let n = 400_000;
+            let u = Uplink::new(16, n, Arc::default());
+            let (table, owner): (Arc<str>, Arc<str>) = (Arc::from("readings"), Arc::from("u"));
+            let payload = json!({"latitude": 52.1, "longitude": 4.3, "elevation": 12.0, "velocity": 80.5,
+                "heading": 270.0, "grade": 1.5, "fuel_consumption": 25.4});
+            let payload: Box<[u8]> = twinlake_sdk::json::from_json(&payload).to_bytes().into();
+            let devices: Vec<Arc<str>> = (0..50).map(|i| Arc::from(format!("truck-{i}"))).collect();
+            u.rows((0..n).map(|i| FreshRow {
+                table: table.clone(),
+                segment: 1,
+                stream: false,
+                owner: owner.clone(),
+                time_us: i as i64,
+                device: devices[i % 50].clone(),
+                payload: payload.clone(),
+            }));
+            let (mut next, mut batches) = (0i64, 0);
+            loop {
+                let mut items = Vec::new();
+                u.take(MAX_BATCH_ITEMS, pson, &mut items);
+                if items.is_empty() {
+                    break;
+                }
+                batches += 1;
+                let frame = serde_json::to_string(&Up::Batch {
+                    seq: 1,
+                    items: items.clone(),
+                })
+                .unwrap();
+                assert!(frame.len() <= MAX_FRAME_BYTES, "a batch of {} bytes", frame.len());
+                for item in items {
+                    let times: Vec<i64> = match item {
+                        Item::Rows { rows, .. } if !pson => rows.iter().map(|r| r.0).collect(),
+                        Item::PsonRows { rows, .. } if pson => rows.iter().map(|r| r.unwrap().time_us).collect(),
+                        other => panic!("only rows wait, in the format asked for: {other:?}"),
+                    };
+                    for t in times {
+                        assert_eq!(t, next, "rows go up in order");
+                        next += 1;
+                    }
                 }
             }
+            assert_eq!(next, n as i64, "every row went up");
+            assert!(batches > 10, "{batches} batches");
         }
-        assert_eq!(next, n as i64, "every row went up");
-        assert!(batches > 10, "{batches} batches");
     }
 }

@@ -5,6 +5,7 @@
 use redb::ReadableTable;
 use tracing::{info, warn};
 use twinlake_edge::link::Item;
+use twinlake_edge::link::rows::RowBlock;
 use twinlake_edge::registry::CredentialHash;
 use twinlake_twin::{TwinError, TwinKey, unwrap_io};
 
@@ -73,15 +74,49 @@ struct After {
     rows: Vec<FreshRows>,
 }
 
-/// Fresh rows of one table, WAL segment and user, as an `Item::Rows` holds them.
+/// Fresh rows of one table, WAL segment and user, as an `Item::PsonRows` holds them (an
+/// `Item::Rows` from an older agent is turned into one).
 #[derive(Debug)]
 struct FreshRows {
     table: String,
     segment: u64,
     stream: bool,
     owner: Option<String>,
-    /// `[time µs, device, payload]`.
-    rows: Vec<(i64, String, serde_json::Value)>,
+    rows: RowBlock,
+}
+
+/// JSON rows (an agent before pson rows) as a block of PSON payloads.
+fn json_block(rows: Vec<(i64, String, serde_json::Value)>) -> RowBlock {
+    let mut block = RowBlock::default();
+    for (at, device, v) in rows {
+        block.push(at, &device, &twinlake_sdk::json::from_json(&v).to_bytes());
+    }
+    block
+}
+
+/// The rows of `block` whose device the gateway may write rows for; a malformed block ends
+/// where it goes bad (counted).
+fn allowed_rows(state: &AppState, gateway: &str, owner: Option<&str>, block: RowBlock) -> RowBlock {
+    let allowed = (gateway != state.local_gateway).then(|| crate::provenance::allowed_now(state, gateway));
+    let may = |device: &str| allowed.as_ref().is_none_or(|a| a.allows(owner, device));
+    if block.iter().all(|r| r.is_ok_and(|r| may(r.device))) {
+        return block;
+    }
+    let (mut kept, mut refused) = (RowBlock::default(), 0u64);
+    for r in block.iter() {
+        match r {
+            Ok(r) if may(r.device) => {
+                kept.push(r.time_us, r.device, r.payload);
+            }
+            Ok(_) => refused += 1,
+            Err(e) => {
+                state.metrics.link_bad_messages.inc();
+                warn!(%gateway, error = %e, "fresh rows cut short");
+            }
+        }
+    }
+    state.metrics.gateway_refusals.inc_by(refused);
+    kept
 }
 
 fn add_fresh(state: &AppState, gateway: &str, fresh: &FreshRows) {
@@ -92,19 +127,16 @@ fn add_fresh(state: &AppState, gateway: &str, fresh: &FreshRows) {
         owner,
         rows,
     } = fresh;
-    let encoded: Vec<Vec<u8>> = rows
-        .iter()
-        .map(|(_, _, v)| twinlake_sdk::json::from_json(v).to_bytes())
-        .collect();
+    // Each payload decoded once, in place; one that is not PSON is dropped.
     let fresh: Vec<twinlake_query::FreshRow<'_>> = rows
         .iter()
-        .zip(&encoded)
-        .filter_map(|((at, device, _), bytes)| {
+        .map_while(Result::ok)
+        .filter_map(|r| {
             Some(twinlake_query::FreshRow {
-                time_us: *at,
+                time_us: r.time_us,
                 owner: owner.as_deref(),
-                device,
-                payload: twinlake_sdk::pson::ValueRef::decode(bytes).ok()?,
+                device: r.device,
+                payload: twinlake_sdk::pson::ValueRef::decode(r.payload).ok()?,
             })
         })
         .collect();
@@ -116,7 +148,17 @@ fn add_fresh(state: &AppState, gateway: &str, fresh: &FreshRows) {
     state.sql.lake().add_fresh(gateway, &table, *segment, *stream, &fresh);
     crate::rules::observe(state, table.as_str(), *stream, &fresh);
     if table == twinlake_edge::rules::ALARMS_TABLE {
-        crate::rules::gateway::from_gateway(state, gateway, owner.as_deref(), rows);
+        let rows: Vec<_> = fresh
+            .iter()
+            .map(|r| {
+                (
+                    r.time_us,
+                    r.device.to_owned(),
+                    twinlake_sdk::json::ref_to_json(r.payload),
+                )
+            })
+            .collect();
+        crate::rules::gateway::from_gateway(state, gateway, owner.as_deref(), &rows);
     }
 }
 
@@ -129,7 +171,7 @@ fn speaks_for(item: &Item) -> Option<(&str, &str)> {
         | Item::Endpoint { user, device, .. }
         | Item::Property { user, device, .. }
         | Item::Rehash { user, device, .. } => Some((user, device)),
-        Item::Rows { .. } | Item::File { .. } => None,
+        Item::Rows { .. } | Item::PsonRows { .. } | Item::File { .. } => None,
     }
 }
 
@@ -387,17 +429,28 @@ fn apply_item(
             segment,
             stream,
             owner,
-            mut rows,
+            rows,
+        } => {
+            // From an agent before pson rows: the same rows as a block.
+            let rows = json_block(rows);
+            let item = Item::PsonRows {
+                table,
+                segment,
+                stream,
+                owner,
+                rows,
+            };
+            apply_item(state, t, gateway, item, after)?;
+        }
+        Item::PsonRows {
+            table,
+            segment,
+            stream,
+            owner,
+            rows,
         } => {
             // Fresh rows count only for devices the gateway may write rows for.
-            if gateway != state.local_gateway {
-                let allowed = crate::provenance::allowed_now(state, gateway);
-                let before = rows.len();
-                rows.retain(|(_, device, _)| allowed.allows(owner.as_deref(), device));
-                if rows.len() < before {
-                    state.metrics.gateway_refusals.inc_by((before - rows.len()) as u64);
-                }
-            }
+            let rows = allowed_rows(state, gateway, owner.as_deref(), rows);
             after.rows.push(FreshRows {
                 table,
                 segment,

@@ -47,12 +47,72 @@ async fn link(state: &std::sync::Arc<twinlake_cloud::AppState>, gateway: &str, s
     edge
 }
 
-/// The welcome this cloud sends: where it is, and that it takes queue reports.
+/// The welcome this cloud sends: where it is, and that it takes queue reports and pson rows.
 fn welcome(acked: u64) -> Down {
     Down::Welcome {
         acked,
-        features: vec![twinlake_edge::link::FEATURE_STATUS.into()],
+        features: vec![
+            twinlake_edge::link::FEATURE_STATUS.into(),
+            twinlake_edge::link::FEATURE_PSON_ROWS.into(),
+        ],
     }
+}
+
+/// Fresh rows from an agent before pson rows (JSON) and from one after (a PSON block) both
+/// reach SQL; a block that goes bad keeps its rows before the fault, is counted, and the
+/// link stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_rows_in_either_format_reach_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(cloud_config(dir.path(), "127.0.0.1:0".parse().unwrap())).await;
+    let state = cloud.state.clone();
+    let mut edge = link(&state, GATEWAY, "s1").await;
+    assert_eq!(recv(&mut edge).await, welcome(0));
+    let json_rows = Item::Rows {
+        table: "temp".into(),
+        segment: 1,
+        stream: false,
+        owner: Some(USER.into()),
+        rows: vec![(1_000, "x".into(), json!({"v": 1.0}))],
+    };
+    let mut block = twinlake_edge::link::rows::RowBlock::default();
+    for (t, v) in [(2_000, 2.0), (3_000, 3.0)] {
+        let payload = twinlake_sdk::json::from_json(&json!({"v": v})).to_bytes();
+        block.push(t, "x", &payload);
+    }
+    let mut bytes = block.as_bytes().to_vec();
+    bytes.extend_from_slice(&[1, 2, 3]);
+    let pson_rows = Item::PsonRows {
+        table: "temp".into(),
+        segment: 1,
+        stream: false,
+        owner: Some(USER.into()),
+        rows: twinlake_edge::link::rows::RowBlock::from_bytes(bytes),
+    };
+    for (seq, item) in [(1, json_rows), (2, pson_rows)] {
+        send(&edge, &Up::Batch { seq, items: vec![item] }).await;
+    }
+    let mut through = 0;
+    while through < 2 {
+        if let Down::Ack { through: t } = recv(&mut edge).await {
+            through = t;
+        }
+    }
+    assert_eq!(state.sql.lake().fresh_rows(), 3);
+    let m = state.metrics.encode();
+    assert!(m.contains("twinlake_cloud_link_bad_messages_total 1"), "{m}");
+    let (s, j) = cloud
+        .api()
+        .call(
+            Method::POST,
+            "/v1/sql",
+            Some(READ),
+            Some(json!({"sql": "SELECT sum(v) AS s FROM temp WHERE device = 'x'"})),
+        )
+        .await;
+    assert_eq!((s, j[0]["s"].as_f64()), (reqwest::StatusCode::OK, Some(6.0)), "{j}");
+    drop((edge, state));
+    cloud.stop().await;
 }
 
 /// Agents and clouds either side of the `features` field read each other's welcome.

@@ -1,7 +1,6 @@
 //! The edge end of the link: dial, resend what the cloud has not acknowledged, send what
 //! waits, answer requests, apply registry updates. See the parent module for the protocol.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -14,10 +13,8 @@ use tracing::{debug, error, info, warn};
 use twinlake_sdk::json::{from_json, to_json};
 use twinlake_sdk::pson::Value;
 
-use super::{
-    Down, ErrorKind, Item, MAX_BATCH_ITEMS, MAX_FRAME_BYTES, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up,
-    Uplink,
-};
+use super::frames::{Unacked, encode, encode_batches};
+use super::{Down, ErrorKind, Item, MAX_BATCH_ITEMS, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up, Uplink};
 use crate::Error;
 use crate::config::{LinkSection, StreamsSection};
 use crate::endpoints::EndpointQueue;
@@ -87,11 +84,6 @@ impl std::fmt::Debug for LinkClient {
     }
 }
 
-/// Batches sent and not yet acknowledged.
-struct Unacked {
-    frames: VecDeque<(u64, String)>,
-}
-
 impl LinkClient {
     /// Loads the registry the cloud sent last time, if any.
     pub fn load_registry(&self) {
@@ -120,9 +112,7 @@ impl LinkClient {
         }
         let session = crate::hex::random_hex(8);
         let mut next_seq: u64 = 1;
-        let mut unacked = Unacked {
-            frames: VecDeque::new(),
-        };
+        let mut unacked = Unacked::default();
         let mut backoff = self.cfg.reconnect_min;
         let target = self.connector.target();
         loop {
@@ -189,20 +179,22 @@ impl LinkClient {
             Ok(other) => return Err(Error::Link(format!("expected a welcome, got {other:?}"))),
             Err(e) => return Err(Error::Link(format!("a bad welcome: {e}"))),
         };
-        unacked.frames.retain(|(seq, _)| *seq > acked);
+        unacked.acked(acked);
         if *next_seq <= acked {
             // The cloud saw more of this session than we sent: a bug on one side; carry on
             // past it rather than have every new batch ignored.
             warn!(acked, next_seq, "the cloud acknowledged batches this agent never sent");
             *next_seq = acked + 1;
         }
-        for (_, frame) in &unacked.frames {
+        // Fresh rows go up as PSON to a cloud that takes them, else as JSON.
+        let pson = features.iter().any(|f| f == crate::link::FEATURE_PSON_ROWS);
+        for frame in unacked.resend(pson) {
             io.tx.send(frame.clone()).await.map_err(|_| closed())?;
             self.metrics.link_frames_sent.inc();
         }
         self.metrics.link_connected.set(1);
         self.metrics.link_connects.inc();
-        info!(target = %self.connector.target(), resent = unacked.frames.len(), "cloud link up");
+        info!(target = %self.connector.target(), resent = unacked.len(), pson, "cloud link up");
 
         // The queues, to a cloud that takes them: at once, then every few seconds.
         let reports = features.iter().any(|f| f == crate::link::FEATURE_STATUS);
@@ -210,7 +202,7 @@ impl LinkClient {
         let mut items = Vec::with_capacity(MAX_BATCH_ITEMS);
         loop {
             // Send while there is room and something waits.
-            while unacked.frames.len() < self.cfg.max_unacked
+            while unacked.len() < self.cfg.max_unacked
                 && (!self.uplink.is_empty() || !self.endpoints.is_empty() || self.registry.has_upgrades())
             {
                 items.clear();
@@ -232,7 +224,7 @@ impl LinkClient {
                         payload: call.payload.as_ref().map(to_json),
                     });
                 }
-                self.uplink.take(MAX_BATCH_ITEMS, &mut items);
+                self.uplink.take(MAX_BATCH_ITEMS, pson, &mut items);
                 if items.is_empty() {
                     break;
                 }
@@ -241,11 +233,11 @@ impl LinkClient {
                 for (seq, frame) in frames {
                     io.tx.send(frame.clone()).await.map_err(|_| closed())?;
                     self.metrics.link_frames_sent.inc();
-                    unacked.frames.push_back((seq, frame));
+                    unacked.push(seq, frame, pson);
                 }
-                self.metrics.link_unacked_frames.set(unacked.frames.len() as i64);
+                self.metrics.link_unacked_frames.set(unacked.len() as i64);
             }
-            let room = unacked.frames.len() < self.cfg.max_unacked;
+            let room = unacked.len() < self.cfg.max_unacked;
             tokio::select! {
                 msg = io.rx.recv() => {
                     let Some(text) = msg else { return Err(closed()) };
@@ -284,10 +276,8 @@ impl LinkClient {
         };
         match msg {
             Down::Ack { through } => {
-                while unacked.frames.front().is_some_and(|(seq, _)| *seq <= through) {
-                    unacked.frames.pop_front();
-                }
-                self.metrics.link_unacked_frames.set(unacked.frames.len() as i64);
+                unacked.acked(through);
+                self.metrics.link_unacked_frames.set(unacked.len() as i64);
             }
             Down::Registry {
                 devices,
@@ -369,27 +359,6 @@ impl LinkClient {
 
 fn closed() -> Error {
     Error::Link("the link closed".into())
-}
-
-/// Encodes `items` as batches numbered from `*next_seq`, halving any batch whose frame would
-/// pass [`MAX_FRAME_BYTES`] (one item goes alone, whatever its size). Order is kept.
-fn encode_batches(items: Vec<Item>, next_seq: &mut u64, out: &mut Vec<(u64, String)>) {
-    let up = Up::Batch { seq: *next_seq, items };
-    let frame = encode(&up);
-    let Up::Batch { mut items, .. } = up else { return };
-    if frame.len() > MAX_FRAME_BYTES && items.len() > 1 {
-        let rest = items.split_off(items.len() / 2);
-        encode_batches(items, next_seq, out);
-        encode_batches(rest, next_seq, out);
-    } else {
-        out.push((*next_seq, frame));
-        *next_seq += 1;
-    }
-}
-
-fn encode(msg: &Up) -> String {
-    // Our own enums of strings, numbers and JSON values always serialize.
-    serde_json::to_string(msg).unwrap_or_default()
 }
 
 async fn send(io: &LinkIo, msg: &Up) -> Result<(), Error> {
@@ -537,56 +506,4 @@ fn ingest_interval(cfg: &StreamsSection, apis: &ApiCache, key: &DeviceKey, path:
         kind
     })?;
     cfg.own_stream(path, io)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Items that would make a frame over the limit are split into several batches, numbered
-    /// in turn, each under it, with the items in their order; a lone large item still goes.
-    #[test]
-    fn batches_over_the_frame_limit_are_split_in_order() {
-        let big = "x".repeat(1 << 20);
-        let items: Vec<Item> = (0..40u64)
-            .map(|i| Item::Reported {
-                user: "u".into(),
-                device: "d".into(),
-                path: format!("p{i}"),
-                at: i,
-                value: serde_json::Value::String(big.clone()),
-            })
-            .collect();
-        let (mut seq, mut frames) = (5, Vec::new());
-        encode_batches(items, &mut seq, &mut frames);
-        assert!(frames.len() >= 3, "{} frames", frames.len());
-        assert_eq!(seq, 5 + frames.len() as u64);
-        let mut at = 0;
-        for (i, (s, f)) in frames.iter().enumerate() {
-            assert_eq!(*s, 5 + i as u64);
-            assert!(f.len() <= MAX_FRAME_BYTES);
-            let Ok(Up::Batch { seq, items }) = serde_json::from_str::<Up>(f) else {
-                panic!("a batch")
-            };
-            assert_eq!(seq, *s);
-            for item in items {
-                let Item::Reported { at: a, .. } = item else {
-                    panic!("reported")
-                };
-                assert_eq!(a, at);
-                at += 1;
-            }
-        }
-        assert_eq!(at, 40);
-        let lone = vec![Item::Reported {
-            user: "u".into(),
-            device: "d".into(),
-            path: "p".into(),
-            at: 0,
-            value: serde_json::Value::String("y".repeat(MAX_FRAME_BYTES + 1)),
-        }];
-        let mut frames = Vec::new();
-        encode_batches(lone, &mut seq, &mut frames);
-        assert_eq!(frames.len(), 1);
-    }
 }

@@ -118,7 +118,7 @@ mod tests {
             forward(&uplink, &bucket());
         }
         let mut items = Vec::new();
-        uplink.take(100, &mut items);
+        uplink.take(100, true, &mut items);
         assert_eq!(items.len(), 2, "{items:?}");
         assert!(
             matches!(&items[0], Item::Presence { device, online: true, protocol: Some(p), .. } if device == "quiet" && p == "thinger")

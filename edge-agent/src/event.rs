@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use twinlake_sdk::pson::Value;
+use twinlake_sdk::pson::{Value, ValueRef};
 
 use crate::queue::CommandQueue;
 
@@ -30,6 +30,46 @@ impl DeviceKey {
 impl std::fmt::Display for DeviceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.user, self.device)
+    }
+}
+
+/// A PSON value as it arrived, checked where it entered (it decodes under the frame's
+/// limits): carried and written to the WAL as these bytes, with no tree built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawValue(Box<[u8]>);
+
+impl RawValue {
+    /// The bytes of a decoded value.
+    pub fn from_ref(v: ValueRef<'_>) -> Self {
+        let mut out = Vec::with_capacity(v.encoded_len());
+        // A Vec takes every byte.
+        let _ = v.encode(&mut out);
+        Self(out.into())
+    }
+
+    /// The bytes of an owned value.
+    pub fn from_value(v: &Value) -> Self {
+        Self(v.to_bytes().into())
+    }
+
+    /// Its encoding.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether it is PSON's "unset" (a resource with nothing to say).
+    pub fn is_unset(&self) -> bool {
+        *self.0 == [twinlake_sdk::pson::tag::UNSET]
+    }
+
+    /// The value, borrowed (`Unset` if it somehow does not decode).
+    pub fn get(&self) -> ValueRef<'_> {
+        ValueRef::decode(&self.0).unwrap_or(ValueRef::Unset)
+    }
+
+    /// The value, owned.
+    pub fn to_value(&self) -> Value {
+        Value::from(self.get())
     }
 }
 
@@ -69,10 +109,11 @@ pub enum DeviceEventKind {
         ack: Option<Acker>,
     },
     /// BUCKET_DATA. If `ack` is set (a stream id on the message), confirm with
-    /// [`Acker::ack`] once the record is durable.
+    /// [`Acker::ack`] once the record is durable. The payload goes on as the bytes it came
+    /// in: the rows of a bucket are the bulk of ingest.
     Bucket {
         bucket: String,
-        payload: Option<Value>,
+        payload: Option<RawValue>,
         ack: Option<Acker>,
     },
     PropertySet {

@@ -18,14 +18,14 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 use twinlake_sdk::pson::{Value, ValueRef};
 
-use self::commit::{wait_seal, wait_sync};
+use self::commit::{SealJob, wait_seal, wait_sync};
 use crate::Error;
 use crate::config::{BufferSection, WalSection};
-use crate::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
+use crate::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, RawValue, SourceRow};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, State};
 use crate::wal::{RecordKind, Wal, WalRecord};
-use twinlake_lake::buffer::{Buffer, Conflict, Schemas, SealedTable, Unsealed};
+use twinlake_lake::buffer::{Buffer, Conflict};
 use twinlake_lake::model::{FieldValue, flatten, table_name};
 
 mod commit;
@@ -96,49 +96,6 @@ pub fn track(unconfirmed: &mut Unconfirmed, rec: &WalRecord<'_>) {
 /// An fsync running on a blocking thread, the rows it makes durable, and when it began.
 type Inflight = (JoinHandle<std::io::Result<()>>, Pending, std::time::Instant);
 
-/// A seal being written, kept whole so a failed write can be tried again.
-struct SealJob {
-    seq: u64,
-    rows: Arc<std::sync::Mutex<SealRows>>,
-    schemas: Schemas,
-}
-
-/// A seal's rows: taken from the buffer on the ingest task, sorted once on the seal's
-/// blocking thread (the sort is the costly part), and kept sorted for a retry.
-enum SealRows {
-    Unsorted(Unsealed),
-    Sorted(Arc<Vec<SealedTable>>),
-    /// Sorting failed: every try fails the same way, and the rows stay in the WAL.
-    Failed(String),
-}
-
-impl SealRows {
-    /// The sorted tables, sorting them first if need be.
-    fn sorted(&mut self) -> Result<Arc<Vec<SealedTable>>, Error> {
-        match std::mem::replace(self, SealRows::Failed(String::new())) {
-            SealRows::Sorted(t) => {
-                *self = SealRows::Sorted(t.clone());
-                Ok(t)
-            }
-            SealRows::Unsorted(u) => match u.seal() {
-                Ok(t) => {
-                    let t = Arc::new(t);
-                    *self = SealRows::Sorted(t.clone());
-                    Ok(t)
-                }
-                Err(e) => {
-                    *self = SealRows::Failed(e.to_string());
-                    Err(Error::Corrupt(format!("sorting a seal: {e}")))
-                }
-            },
-            SealRows::Failed(why) => {
-                *self = SealRows::Failed(why.clone());
-                Err(Error::Corrupt(format!("sorting a seal: {why}")))
-            }
-        }
-    }
-}
-
 /// The ingest loop's state.
 pub struct Ingest {
     pub(crate) data_dir: PathBuf,
@@ -199,6 +156,11 @@ fn apply(buffer: &mut Buffer, rec: &WalRecord<'_>, conflicts: &mut Vec<Conflict>
             return 0;
         }
     };
+    apply_value(buffer, rec, value, conflicts)
+}
+
+/// Applies one WAL record whose payload is decoded already.
+fn apply_value(buffer: &mut Buffer, rec: &WalRecord<'_>, value: ValueRef<'_>, conflicts: &mut Vec<Conflict>) -> u64 {
     let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = Vec::new();
     flatten(value, rec.kind == RecordKind::Stream, &mut fields);
     let owner = (!rec.owner.is_empty()).then_some(rec.owner);
@@ -369,7 +331,12 @@ impl Ingest {
         }
         let time_us = micros(ev.at);
         let (kind, table, payload, ack) = match ev.kind {
-            DeviceEventKind::Stream { path, payload, .. } => (RecordKind::Stream, table_name(&path), payload, None),
+            DeviceEventKind::Stream { path, payload, .. } => (
+                RecordKind::Stream,
+                table_name(&path),
+                payload.as_ref().map(RawValue::from_value),
+                None,
+            ),
             DeviceEventKind::Bucket { bucket, payload, ack } => {
                 (RecordKind::Record, table_name(&[bucket]), payload, ack)
             }
@@ -385,7 +352,12 @@ impl Ingest {
                     payload,
                     at: ev.at,
                 });
-                (RecordKind::Record, Ok(ENDPOINT_TABLE.to_owned()), Some(row), ack)
+                (
+                    RecordKind::Record,
+                    Ok(ENDPOINT_TABLE.to_owned()),
+                    Some(RawValue::from_value(&row)),
+                    ack,
+                )
             }
             DeviceEventKind::Message { rows, delivery, ack } => {
                 return self.handle_message(&ev.device.user, rows, delivery, ack);
@@ -420,7 +392,13 @@ impl Ingest {
             }
             return;
         }
-        if !self.append_row(kind, &table, (&ev.device.user, &ev.device.device), time_us, &payload) {
+        if !self.append_row(
+            kind,
+            &table,
+            (&ev.device.user, &ev.device.device),
+            time_us,
+            payload.as_bytes(),
+        ) {
             if let Some(a) = ack {
                 a.ack(false);
             }
@@ -467,7 +445,14 @@ impl Ingest {
                 self.metrics.refused("depth", 1);
                 continue;
             }
-            if !self.append_row(RecordKind::Record, &table, (user, &r.device), micros(r.at), &r.payload) {
+            let payload = RawValue::from_value(&r.payload);
+            if !self.append_row(
+                RecordKind::Record,
+                &table,
+                (user, &r.device),
+                micros(r.at),
+                payload.as_bytes(),
+            ) {
                 ok = false;
                 break;
             }
@@ -520,14 +505,14 @@ impl Ingest {
     }
 
     /// Appends one row of `(user, device)` to the WAL and the buffer; false if the WAL
-    /// refused it.
+    /// refused it, or its payload (PSON) would not read back from the WAL.
     fn append_row(
         &mut self,
         kind: RecordKind,
         table: &str,
         (user, device): (&str, &str),
         time_us: i64,
-        payload: &Value,
+        payload: &[u8],
     ) -> bool {
         if !self.buffer.knows(table) && self.buffer.schemas().len() >= self.buffer_cfg.max_tables {
             self.metrics.refused("tables", 1);
@@ -539,21 +524,28 @@ impl Ingest {
             );
             return false;
         }
-        self.scratch.clear();
-        payload.encode_into(&mut self.scratch);
+        // Checked as the WAL's replay will read it, before it is written.
+        let Ok(value) = ValueRef::decode(payload) else {
+            self.metrics.refused("payload", 1);
+            warn!(
+                device,
+                table, "refused a row: its payload would not read back from the WAL"
+            );
+            return false;
+        };
         let rec = WalRecord {
             kind,
             time_us,
             table,
             device,
             owner: user,
-            payload: &self.scratch,
+            payload,
         };
         if let Err(e) = self.wal.append(&rec) {
             error!(error = %e, "cannot write the WAL; the row is refused");
             return false;
         }
-        let values = apply(&mut self.buffer, &rec, &mut self.conflicts, &self.metrics);
+        let values = apply_value(&mut self.buffer, &rec, value, &mut self.conflicts);
         for c in self.conflicts.drain(..) {
             self.metrics.schema_conflicts.inc();
             warn!(device, conflict = %c, "schema conflict; value dropped");
@@ -568,7 +560,7 @@ impl Ingest {
         }
         self.unsynced.rows += 1;
         self.unsynced.values += values;
-        self.unsynced.bytes += self.scratch.len() as u64;
+        self.unsynced.bytes += payload.len() as u64;
         if self.fresh.is_some() {
             self.unsynced.fresh.push(crate::link::FreshRow {
                 table: self.names.get(table),
@@ -577,42 +569,10 @@ impl Ingest {
                 owner: self.names.get(user),
                 time_us,
                 device: self.names.get(device),
-                payload: self.scratch.as_slice().into(),
+                payload: payload.into(),
             });
         }
         self.judge(kind, table, (user, device), time_us);
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::borrow::Cow;
-
-    use twinlake_lake::model::FieldValue;
-
-    use super::*;
-
-    /// A seal's rows are sorted once, on the seal's thread; a retry writes the very same
-    /// sorted tables.
-    #[test]
-    fn a_seal_sorts_once_and_a_retry_reuses_it() {
-        let mut buffer = Buffer::new("gw", Schemas::new());
-        let mut conflicts = Vec::new();
-        for (t, device) in [(3, "b"), (1, "a"), (2, "b")] {
-            let fields = [(Cow::Borrowed("v"), FieldValue::Int(t))];
-            buffer.append("t", t, Some("u"), device, &fields, &mut conflicts);
-        }
-        let mut rows = SealRows::Unsorted(buffer.take());
-        assert_eq!(buffer.rows(), 0, "taken out at once");
-        let first = rows.sorted().unwrap();
-        let again = rows.sorted().unwrap();
-        assert!(Arc::ptr_eq(&first, &again));
-        let (_, batch) = &first[0].hours[0];
-        let devices = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
-        let devices = devices.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
-        assert_eq!(devices.iter().flatten().collect::<Vec<_>>(), ["a", "b", "b"]);
-        let mut failed = SealRows::Failed("bad".into());
-        assert!(failed.sorted().is_err() && failed.sorted().is_err());
     }
 }

@@ -305,12 +305,15 @@ async fn handle_frames(
     tls: bool,
 ) -> Result<(), String> {
     loop {
-        let frame = match decoder.next_frame() {
+        let frame = match decoder.next_ref() {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
             Err(e) => return Err(format!("bad frame: {e}")),
         };
-        let event = conn.session.handle(frame).map_err(|e| format!("protocol error: {e}"))?;
+        let event = conn
+            .session
+            .handle_ref(frame)
+            .map_err(|e| format!("protocol error: {e}"))?;
         let Some(event) = event else { continue };
         match event {
             SessionEvent::Auth(creds) => {

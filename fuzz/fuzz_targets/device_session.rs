@@ -38,17 +38,22 @@ fuzz_target!(|data: &[u8]| {
         match op {
             0 => {
                 // The next frame: the decoder takes bytes up to its first whole frame.
-                let mut frame = None;
-                while frame.is_none() && i < data.len() {
+                // Handled borrowed from the decoder's buffer, as the listener does.
+                let mut event = None;
+                while event.is_none() && i < data.len() {
                     dec.push(&data[i..i + 1]);
                     i += 1;
-                    match dec.next_frame() {
-                        Ok(f) => frame = f,
+                    match dec.next_ref() {
+                        Ok(Some(f)) => event = Some(s.handle_ref(f)),
+                        Ok(None) => {}
                         Err(_) => return,
                     }
                 }
-                let Some(frame) = frame else { return };
-                match s.handle(frame) {
+                let Some(event) = event else { return };
+                if let Ok(Some(SessionEvent::Bucket { payload: Some(p), .. })) = &event {
+                    assert!(twinlake_sdk::pson::ValueRef::decode(p.as_bytes()).is_ok(), "a bucket payload decodes");
+                }
+                match event {
                     Ok(Some(SessionEvent::Auth(_))) => {
                         auths += 1;
                         assert!(!accepted && !refused);

@@ -9,10 +9,55 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use super::{Inflight, Ingest, SealJob, SealRows};
+use twinlake_lake::buffer::{Schemas, SealedTable, Unsealed};
+
+use super::{Inflight, Ingest};
 use crate::Error;
 use crate::outbox::State;
 use crate::wal::RecordKind;
+
+/// A seal being written, kept whole so a failed write can be tried again.
+pub(super) struct SealJob {
+    seq: u64,
+    rows: Arc<std::sync::Mutex<SealRows>>,
+    schemas: Schemas,
+}
+
+/// A seal's rows: taken from the buffer on the ingest task, sorted once on the seal's
+/// blocking thread (the sort is the costly part), and kept sorted for a retry.
+enum SealRows {
+    Unsorted(Unsealed),
+    Sorted(Arc<Vec<SealedTable>>),
+    /// Sorting failed: every try fails the same way, and the rows stay in the WAL.
+    Failed(String),
+}
+
+impl SealRows {
+    /// The sorted tables, sorting them first if need be.
+    fn sorted(&mut self) -> Result<Arc<Vec<SealedTable>>, Error> {
+        match std::mem::replace(self, SealRows::Failed(String::new())) {
+            SealRows::Sorted(t) => {
+                *self = SealRows::Sorted(t.clone());
+                Ok(t)
+            }
+            SealRows::Unsorted(u) => match u.seal() {
+                Ok(t) => {
+                    let t = Arc::new(t);
+                    *self = SealRows::Sorted(t.clone());
+                    Ok(t)
+                }
+                Err(e) => {
+                    *self = SealRows::Failed(e.to_string());
+                    Err(Error::Corrupt(format!("sorting a seal: {e}")))
+                }
+            },
+            SealRows::Failed(why) => {
+                *self = SealRows::Failed(why.clone());
+                Err(Error::Corrupt(format!("sorting a seal: {why}")))
+            }
+        }
+    }
+}
 
 impl Ingest {
     /// Starts an fsync of everything appended so far, unless one is running. Ingest goes on
@@ -232,5 +277,38 @@ pub(super) async fn wait_seal(handle: &mut Option<JoinHandle<Result<(), Error>>>
             .await
             .unwrap_or_else(|e| Err(Error::Corrupt(format!("the seal task failed: {e}")))),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use twinlake_lake::buffer::{Buffer, Schemas};
+    use twinlake_lake::model::FieldValue;
+
+    use super::*;
+
+    /// A seal's rows are sorted once, on the seal's thread; a retry writes the very same
+    /// sorted tables.
+    #[test]
+    fn a_seal_sorts_once_and_a_retry_reuses_it() {
+        let mut buffer = Buffer::new("gw", Schemas::new());
+        let mut conflicts = Vec::new();
+        for (t, device) in [(3, "b"), (1, "a"), (2, "b")] {
+            let fields = [(Cow::Borrowed("v"), FieldValue::Int(t))];
+            buffer.append("t", t, Some("u"), device, &fields, &mut conflicts);
+        }
+        let mut rows = SealRows::Unsorted(buffer.take());
+        assert_eq!(buffer.rows(), 0, "taken out at once");
+        let first = rows.sorted().unwrap();
+        let again = rows.sorted().unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let (_, batch) = &first[0].hours[0];
+        let devices = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+        let devices = devices.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+        assert_eq!(devices.iter().flatten().collect::<Vec<_>>(), ["a", "b", "b"]);
+        let mut failed = SealRows::Failed("bad".into());
+        assert!(failed.sorted().is_err() && failed.sorted().is_err());
     }
 }

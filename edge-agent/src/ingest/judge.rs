@@ -29,7 +29,7 @@ impl Ingest {
         time_us: i64,
     ) {
         self.unsynced.actions.extend(actions);
-        let row = twinlake_sdk::json::from_json(&row);
+        let row = twinlake_sdk::json::from_json(&row).to_bytes();
         let _ = self.append_row(
             RecordKind::Record,
             crate::rules::ALARMS_TABLE,

@@ -88,7 +88,7 @@ mod tests {
                 "busy",
                 DeviceEventKind::Bucket {
                     bucket: "b".into(),
-                    payload: Some(Value::Int(1)),
+                    payload: Some(crate::event::RawValue::from_value(&Value::Int(1))),
                     ack: None,
                 },
             )

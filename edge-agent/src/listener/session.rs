@@ -14,8 +14,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use twinlake_sdk::frame::{Frame, KEEP_ALIVE, Message, Signal};
+use twinlake_sdk::frame::{Frame, FrameRef, KEEP_ALIVE, Message, Signal};
 use twinlake_sdk::pson::Value;
+
+use crate::event::RawValue;
 
 /// The credentials a device presented.
 #[derive(Clone, PartialEq, Eq)]
@@ -59,10 +61,10 @@ pub enum SessionEvent {
         payload: Option<Value>,
         ack: Option<u32>,
     },
-    /// BUCKET_DATA.
+    /// BUCKET_DATA, its payload as it came in.
     Bucket {
         bucket: String,
-        payload: Option<Value>,
+        payload: Option<RawValue>,
         ack: Option<u32>,
     },
     /// GET_PROPERTY; answer with [`Session::property`].
@@ -173,6 +175,26 @@ impl Session {
         }
     }
 
+    /// Handles one frame borrowed from the receive buffer. BUCKET_DATA of an accepted device,
+    /// the bulk of ingest, keeps its payload as the bytes it came in; every other frame is
+    /// made owned and goes through [`Session::handle`].
+    pub fn handle_ref(&mut self, frame: FrameRef<'_>) -> Result<Option<SessionEvent>, SessionError> {
+        match frame {
+            FrameRef::Message(m) if m.signal == Signal::BucketData && self.state == State::Active => {
+                let bucket = m
+                    .identifier
+                    .and_then(|v| v.as_str())
+                    .ok_or(SessionError::MissingIdentifier(m.signal))?;
+                Ok(Some(SessionEvent::Bucket {
+                    bucket: bucket.into(),
+                    payload: m.payload.map(RawValue::from_ref),
+                    ack: (m.stream_id != 0).then_some(m.stream_id),
+                }))
+            }
+            frame => self.handle(Frame::from_ref(&frame)),
+        }
+    }
+
     fn handle_auth(&mut self, m: Message) -> Result<SessionEvent, SessionError> {
         if m.signal != Signal::Auth {
             return Err(SessionError::NotAuthenticated);
@@ -238,7 +260,7 @@ impl Session {
             },
             Signal::BucketData => SessionEvent::Bucket {
                 bucket: ident(&m)?,
-                payload: m.payload,
+                payload: m.payload.as_ref().map(RawValue::from_value),
                 ack,
             },
             Signal::GetProperty => SessionEvent::GetProperty { property: ident(&m)? },
@@ -393,6 +415,44 @@ mod tests {
         s.last_sid = 65534;
         // 65535 is a live stream, so it wraps past it and past 1 (in flight).
         assert_eq!(s.request(Message::new(0, Signal::None).with_path(&["y"])), 2);
+    }
+
+    /// BUCKET_DATA handled from the receive buffer keeps its payload's bytes as sent, only
+    /// once the device is accepted; other frames take the owned path.
+    fn frame(bytes: &[u8]) -> FrameRef<'_> {
+        twinlake_sdk::frame::decode_frame(bytes, &Default::default())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn bucket_data_keeps_its_bytes_from_the_receive_buffer() {
+        let payload = Value::object().with("t", 21.5).with("ok", true);
+        let bucket = Message::new(7, Signal::BucketData)
+            .with_identifier("b1")
+            .with_payload(payload.clone())
+            .to_frame();
+        let mut s = Session::new();
+        assert_eq!(s.handle_ref(frame(&bucket)), Err(SessionError::NotAuthenticated));
+        let mut s = active();
+        let Ok(Some(SessionEvent::Bucket {
+            bucket: b,
+            payload: Some(raw),
+            ack: Some(7),
+        })) = s.handle_ref(frame(&bucket))
+        else {
+            panic!("a bucket event")
+        };
+        assert_eq!((b.as_str(), raw.as_bytes()), ("b1", payload.to_bytes().as_slice()));
+        let nameless = Message::new(0, Signal::BucketData).with_payload(1).to_frame();
+        assert_eq!(
+            s.handle_ref(frame(&nameless)),
+            Err(SessionError::MissingIdentifier(Signal::BucketData))
+        );
+        let keep_alive = twinlake_sdk::frame::KEEP_ALIVE;
+        assert_eq!(s.handle_ref(frame(&keep_alive)), Ok(None));
+        assert_eq!(drain(&mut s), vec![keep_alive.to_vec()]);
     }
 
     #[test]

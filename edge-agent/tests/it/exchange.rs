@@ -194,7 +194,9 @@ async fn captured_exchange_against_the_listener() {
         srv.next_event().await,
         DeviceEventKind::Bucket {
             bucket: "b1".into(),
-            payload: Some(Value::object().with("t", 20)),
+            payload: Some(twinlake_edge::event::RawValue::from_value(
+                &Value::object().with("t", 20)
+            )),
             ack: None
         }
     );

@@ -220,7 +220,9 @@ async fn exercise(tls: bool) {
         srv.next_event().await,
         DeviceEventKind::Bucket {
             bucket: "b1".into(),
-            payload: Some(Value::object().with("t", 20)),
+            payload: Some(twinlake_edge::event::RawValue::from_value(
+                &Value::object().with("t", 20)
+            )),
             ack: None
         }
     );

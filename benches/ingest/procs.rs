@@ -244,6 +244,8 @@ pub async fn counter(http: &reqwest::Client, url: &str, name: &str) -> f64 {
 pub struct Edge {
     pub proc: Proc,
     pub tcp: String,
+    /// Its `/metrics` URL.
+    pub metrics: String,
 }
 
 /// Starts `twinlake edge` linked to `cloud`, uploading to the cloud's lake, with production
@@ -276,13 +278,14 @@ ca_file = "{cert}"
         "twinlake edge ready",
     );
     let tcp = field(&line, "tcp=").to_owned();
+    let metrics = format!("http://{}/metrics", field(&line, "metrics="));
     // The registry the cloud sends is saved once applied.
     let until = Instant::now() + Duration::from_secs(60);
     while !data.join("registry.json").exists() {
         assert!(Instant::now() < until, "the edge never got its registry");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Edge { proc, tcp }
+    Edge { proc, tcp, metrics }
 }
 
 /// Starts the floor peer (this binary again) writing into `dir`: its process and address.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BinaryBuilder, BooleanBuilder, DictionaryArray, Float64Builder, Int64Array, Int64Builder,
-    RecordBatch, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondArray, UInt32Array,
+    RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{Field, Int32Type, Schema, SchemaRef};
@@ -403,18 +403,23 @@ fn split_hours(
         .downcast_ref::<TimestampMicrosecondArray>()
         .map(|a| a.values().to_vec())
         .unwrap_or_default();
-    let hour: ArrayRef = Arc::new(Int64Array::from_iter_values(
-        times.iter().map(|t| t.div_euclid(HOUR_US)),
-    ));
-    let sort: Vec<SortColumn> = std::iter::once(&hour)
-        .chain(keys)
-        .chain(std::iter::once(time))
-        .map(|values| SortColumn {
-            values: values.clone(),
-            options: None,
-        })
-        .collect();
-    let indices: UInt32Array = lexsort_to_indices(&sort, None)?;
+    let indices = match dictionary_ranks(keys, times.len()) {
+        Some(ranks) => sort_by_ranks(&times, &ranks),
+        None => {
+            let hour: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                times.iter().map(|t| t.div_euclid(HOUR_US)),
+            ));
+            let sort: Vec<SortColumn> = std::iter::once(&hour)
+                .chain(keys)
+                .chain(std::iter::once(time))
+                .map(|values| SortColumn {
+                    values: values.clone(),
+                    options: None,
+                })
+                .collect();
+            lexsort_to_indices(&sort, None)?
+        }
+    };
     let sorted = take_record_batch(&batch, &indices)?;
     let hours: Vec<i64> = indices
         .values()
@@ -434,6 +439,62 @@ fn split_hours(
         start = end;
     }
     Ok(out)
+}
+
+/// Each row's place in the order of the key columns' values (strings in dictionaries, nulls
+/// first), all keys packed in one number: sorting by it sorts as comparing the strings would,
+/// with the strings compared once per distinct value rather than per row. `None` if a key is
+/// not such a dictionary or the ranks do not fit in 64 bits.
+fn dictionary_ranks(keys: &[ArrayRef], rows: usize) -> Option<Vec<u64>> {
+    let mut packed = vec![0u64; rows];
+    let mut bits = 0;
+    for key in keys {
+        let dict = key.as_any().downcast_ref::<DictionaryArray<Int32Type>>()?;
+        let values = dict.values().as_any().downcast_ref::<StringArray>()?;
+        let mut order: Vec<usize> = (0..values.len()).collect();
+        let value = |i: usize| values.is_valid(i).then(|| values.value(i));
+        order.sort_unstable_by(|a, b| value(*a).cmp(&value(*b)));
+        // Rank 0 is null; equal values share a rank.
+        let mut rank_of = vec![0u64; values.len()];
+        let (mut rank, mut last) = (0u64, None);
+        for &i in &order {
+            let v = value(i);
+            if v.is_some() && (rank == 0 || v != last) {
+                rank += 1;
+            }
+            last = v;
+            if let Some(r) = rank_of.get_mut(i) {
+                *r = if v.is_some() { rank } else { 0 };
+            }
+        }
+        let width = 64 - rank.leading_zeros();
+        bits += width;
+        if bits > 64 || dict.len() != rows {
+            return None;
+        }
+        for (p, k) in packed.iter_mut().zip(dict.keys().iter()) {
+            let r = k
+                .and_then(|k| rank_of.get(usize::try_from(k).ok()?).copied())
+                .unwrap_or(0);
+            *p = p.checked_shl(width).unwrap_or(0) | r;
+        }
+    }
+    Some(packed)
+}
+
+/// Row indices in (hour, ranks, time) order; rows equal in all three keep their order.
+fn sort_by_ranks(times: &[i64], ranks: &[u64]) -> UInt32Array {
+    let mut idx: Vec<u32> = (0..u32::try_from(times.len()).unwrap_or(u32::MAX)).collect();
+    let key = |i: u32| {
+        let t = times.get(i as usize).copied().unwrap_or_default();
+        (
+            t.div_euclid(HOUR_US),
+            ranks.get(i as usize).copied().unwrap_or_default(),
+            t,
+        )
+    };
+    idx.sort_by_key(|&i| key(i));
+    UInt32Array::from(idx)
 }
 
 #[cfg(test)]
@@ -595,5 +656,41 @@ mod tests {
             &mut conflicts,
         );
         assert!(b.bytes() - before >= 1023 * NULL_BYTES);
+    }
+
+    proptest::proptest! {
+        /// The seal's sort by dictionary ranks orders rows exactly as Arrow's lexsort over the
+        /// strings does (nulls first), and keeps the arrival order of rows equal in every key.
+        #[test]
+        fn rank_sort_orders_as_the_strings_do(rows in proptest::collection::vec(
+            (proptest::option::of(0u8..3), proptest::option::of(0u8..5), -3i64..3), 1..60)
+        ) {
+            use arrow::compute::take;
+            let owner: DictionaryArray<Int32Type> = rows.iter().map(|r| r.0.map(|o| ["u0", "u1", "u10"][o as usize])).collect();
+            let device: DictionaryArray<Int32Type> = rows.iter().map(|r| r.1.map(|d| ["d", "d1", "d10", "d2", "e"][d as usize])).collect();
+            let times: Vec<i64> = rows.iter().map(|r| r.2 * HOUR_US / 2).collect();
+            let keys: [ArrayRef; 2] = [Arc::new(owner), Arc::new(device)];
+            let ranks = dictionary_ranks(&keys, rows.len()).expect("dictionaries of strings");
+            let ours = sort_by_ranks(&times, &ranks);
+            let time: ArrayRef = Arc::new(Int64Array::from(times.clone()));
+            let hour: ArrayRef = Arc::new(Int64Array::from_iter_values(times.iter().map(|t| t.div_euclid(HOUR_US))));
+            let sort: Vec<SortColumn> = [&hour, &keys[0], &keys[1], &time]
+                .into_iter()
+                .map(|values| SortColumn { values: values.clone(), options: None })
+                .collect();
+            let theirs = lexsort_to_indices(&sort, None).unwrap();
+            for col in [&hour, &keys[0], &keys[1], &time] {
+                let a = arrow::compute::cast(&take(col, &ours, None).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+                let b = arrow::compute::cast(&take(col, &theirs, None).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+                proptest::prop_assert_eq!(a.to_data(), b.to_data());
+            }
+            // Ties keep arrival order.
+            for w in ours.values().windows(2) {
+                let (i, j) = (w[0] as usize, w[1] as usize);
+                if (times[i], ranks[i]) == (times[j], ranks[j]) {
+                    proptest::prop_assert!(i < j);
+                }
+            }
+        }
     }
 }

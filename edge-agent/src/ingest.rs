@@ -161,7 +161,8 @@ fn apply(buffer: &mut Buffer, rec: &WalRecord<'_>, conflicts: &mut Vec<Conflict>
 
 /// Applies one WAL record whose payload is decoded already.
 fn apply_value(buffer: &mut Buffer, rec: &WalRecord<'_>, value: ValueRef<'_>, conflicts: &mut Vec<Conflict>) -> u64 {
-    let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = Vec::new();
+    // Room for a typical payload's fields at once, not grown one by one.
+    let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = Vec::with_capacity(16);
     flatten(value, rec.kind == RecordKind::Stream, &mut fields);
     let owner = (!rec.owner.is_empty()).then_some(rec.owner);
     buffer.append(rec.table, rec.time_us, owner, rec.device, &fields, conflicts);

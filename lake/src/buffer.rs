@@ -138,6 +138,9 @@ struct Table {
     owner: StringDictionaryBuilder<Int32Type>,
     columns: Vec<Column>,
     index: HashMap<String, usize>,
+    /// The columns of the last row's fields, in their order: rows of one payload shape find
+    /// their columns by comparing names, without hashing (at most one entry per field).
+    shape: Vec<usize>,
 }
 
 impl Table {
@@ -148,11 +151,30 @@ impl Table {
             owner: StringDictionaryBuilder::new(),
             columns: Vec::new(),
             index: HashMap::new(),
+            shape: Vec::new(),
         };
         for (name, ty) in schema {
             t.add_column(name, *ty);
         }
         t
+    }
+
+    /// The column of the field at `pos` of a row named `name`: where the last row had it,
+    /// if the name is the same, else by its name (and remembered for the next row).
+    fn column_at(&mut self, pos: usize, name: &str) -> Option<usize> {
+        if let Some(&idx) = self.shape.get(pos)
+            && self.columns.get(idx).is_some_and(|c| c.name == name)
+        {
+            return Some(idx);
+        }
+        let idx = *self.index.get(name)?;
+        let len = self.shape.len();
+        match self.shape.get_mut(pos) {
+            Some(slot) => *slot = idx,
+            None if len == pos && pos < MAX_COLUMNS => self.shape.push(idx),
+            None => {}
+        }
+        Some(idx)
     }
 
     fn add_column(&mut self, name: &str, ty: FieldType) -> usize {
@@ -271,10 +293,10 @@ impl Buffer {
         };
         let row = t.time.len();
         let mut bytes = 16 + device.len().min(4);
-        for (name, value) in fields {
+        for (pos, (name, value)) in fields.iter().enumerate() {
             let got = value.field_type();
-            let idx = match t.index.get(name.as_ref()) {
-                Some(&i) => i,
+            let idx = match t.column_at(pos, name) {
+                Some(i) => i,
                 None if t.columns.len() >= MAX_COLUMNS || name.len() > MAX_COLUMN_NAME => {
                     self.dropped += 1;
                     continue;
@@ -656,6 +678,44 @@ mod tests {
             &mut conflicts,
         );
         assert!(b.bytes() - before >= 1023 * NULL_BYTES);
+    }
+
+    /// Rows whose fields change order or names between them still land in their columns
+    /// (the shape of the last row is only a hint).
+    #[test]
+    fn fields_find_their_columns_whatever_the_shape() {
+        let mut b = Buffer::new("gw", Schemas::new());
+        let mut conflicts = Vec::new();
+        let rows: [&[(&'static str, i64)]; 5] = [
+            &[("a", 1), ("b", 2)],
+            &[("b", 3), ("a", 4)],
+            &[("a", 5), ("c", 6)],
+            &[("a", 7), ("b", 8)],
+            &[("c", 9)],
+        ];
+        for (t, row) in rows.iter().enumerate() {
+            let fields: Vec<_> = row
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), FieldValue::Int(*v)))
+                .collect();
+            b.append("t", t as i64, Some("u"), "d", &fields, &mut conflicts);
+        }
+        let sealed = b.seal().unwrap();
+        let batch = &sealed[0].hours[0].1;
+        let f = |x: Option<f64>| x;
+        assert_eq!(
+            column_f64(batch, "a").unwrap(),
+            [Some(1.0), Some(4.0), Some(5.0), Some(7.0), None].map(f)
+        );
+        assert_eq!(
+            column_f64(batch, "b").unwrap(),
+            [Some(2.0), Some(3.0), None, Some(8.0), None].map(f)
+        );
+        assert_eq!(
+            column_f64(batch, "c").unwrap(),
+            [None, None, Some(6.0), None, Some(9.0)].map(f)
+        );
+        assert!(conflicts.is_empty());
     }
 
     proptest::proptest! {

@@ -573,7 +573,7 @@ impl Ingest {
                 payload: payload.into(),
             });
         }
-        self.judge(kind, table, (user, device), time_us);
+        self.judge(kind, table, (user, device), time_us, payload);
         true
     }
 }

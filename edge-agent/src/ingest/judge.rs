@@ -8,14 +8,21 @@ use super::Ingest;
 use crate::wal::RecordKind;
 
 impl Ingest {
-    /// The gateway's rules on a row just appended (its PSON in `scratch`): alarm rows in
+    /// The gateway's rules on a row just appended (its PSON `payload`): alarm rows in
     /// the same fsync as the row that raised them, their actions run after it.
-    pub(super) fn judge(&mut self, kind: RecordKind, table: &str, (user, device): (&str, &str), time_us: i64) {
+    pub(super) fn judge(
+        &mut self,
+        kind: RecordKind,
+        table: &str,
+        (user, device): (&str, &str),
+        time_us: i64,
+        payload: &[u8],
+    ) {
         let stream = kind == RecordKind::Stream;
         let alarms = self
             .rules
             .as_ref()
-            .map(|r| r.observe(table, (user, device), time_us, stream, &self.scratch));
+            .map(|r| r.observe(table, (user, device), time_us, stream, payload));
         for (a, actions) in alarms.unwrap_or_default() {
             self.append_alarm(a, actions, (user, device), time_us);
         }

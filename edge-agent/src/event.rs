@@ -61,16 +61,6 @@ impl RawValue {
     pub fn is_unset(&self) -> bool {
         *self.0 == [twinlake_sdk::pson::tag::UNSET]
     }
-
-    /// The value, borrowed (`Unset` if it somehow does not decode).
-    pub fn get(&self) -> ValueRef<'_> {
-        ValueRef::decode(&self.0).unwrap_or(ValueRef::Unset)
-    }
-
-    /// The value, owned.
-    pub fn to_value(&self) -> Value {
-        Value::from(self.get())
-    }
 }
 
 /// Something a device did, in arrival order per device.

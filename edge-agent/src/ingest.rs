@@ -446,14 +446,13 @@ impl Ingest {
                 self.metrics.refused("depth", 1);
                 continue;
             }
-            let payload = RawValue::from_value(&r.payload);
-            if !self.append_row(
-                RecordKind::Record,
-                &table,
-                (user, &r.device),
-                micros(r.at),
-                payload.as_bytes(),
-            ) {
+            // Encoded into the reused scratch buffer, not a new one per row.
+            let mut payload = std::mem::take(&mut self.scratch);
+            payload.clear();
+            r.payload.encode_into(&mut payload);
+            let stored = self.append_row(RecordKind::Record, &table, (user, &r.device), micros(r.at), &payload);
+            self.scratch = payload;
+            if !stored {
                 ok = false;
                 break;
             }
@@ -573,7 +572,7 @@ impl Ingest {
                 payload: payload.into(),
             });
         }
-        self.judge(kind, table, (user, device), time_us, payload);
+        self.judge(&rec);
         true
     }
 }

@@ -5,26 +5,19 @@
 use tokio::time::{Duration, Instant};
 
 use super::Ingest;
-use crate::wal::RecordKind;
+use crate::wal::{RecordKind, WalRecord};
 
 impl Ingest {
-    /// The gateway's rules on a row just appended (its PSON `payload`): alarm rows in
+    /// The gateway's rules on a row just appended: alarm rows in
     /// the same fsync as the row that raised them, their actions run after it.
-    pub(super) fn judge(
-        &mut self,
-        kind: RecordKind,
-        table: &str,
-        (user, device): (&str, &str),
-        time_us: i64,
-        payload: &[u8],
-    ) {
-        let stream = kind == RecordKind::Stream;
+    pub(super) fn judge(&mut self, rec: &WalRecord<'_>) {
+        let (who, stream) = ((rec.owner, rec.device), rec.kind == RecordKind::Stream);
         let alarms = self
             .rules
             .as_ref()
-            .map(|r| r.observe(table, (user, device), time_us, stream, payload));
+            .map(|r| r.observe(rec.table, who, rec.time_us, stream, rec.payload));
         for (a, actions) in alarms.unwrap_or_default() {
-            self.append_alarm(a, actions, (user, device), time_us);
+            self.append_alarm(a, actions, who, rec.time_us);
         }
     }
 

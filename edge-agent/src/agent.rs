@@ -15,11 +15,11 @@ use crate::Error;
 use crate::config::{EdgeConfig, LinkSection, StreamsSection};
 use crate::endpoints::EndpointQueue;
 use crate::ingest::Ingest;
-use crate::link::client::ApiCache;
 use crate::link::{Connector, LinkClient, Uplink, WsConnector};
 use crate::listener::{DeviceEvent, DeviceKey, DeviceListener, Devices, ListenerConfig, tls_acceptor};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, writer_properties};
+use crate::own_streams::OwnStreams;
 use crate::rate_limit::RateLimiter;
 use crate::registry::{CredentialHash, DeviceRegistry};
 use crate::sources::Southbound;
@@ -50,7 +50,7 @@ pub struct EdgeAgent {
     data_dir: std::path::PathBuf,
     registry: Arc<DeviceRegistry>,
     uplink: Uplink,
-    apis: ApiCache,
+    own_streams: Arc<OwnStreams>,
     link: Option<Arc<dyn Connector>>,
     link_cfg: LinkSection,
     mqtt: Option<MqttSource>,
@@ -227,7 +227,7 @@ impl EdgeAgent {
             data_dir: config.data_dir.clone(),
             registry,
             uplink,
-            apis: ApiCache::default(),
+            own_streams: Arc::default(),
             link,
             link_cfg: config.link.clone(),
             mqtt,
@@ -343,8 +343,7 @@ impl EdgeAgent {
                 devices: self.listener.devices(),
                 registry: self.registry.clone(),
                 registry_file: self.data_dir.join("registry.json"),
-                streams: streams.clone(),
-                apis: self.apis.clone(),
+                own_streams: self.own_streams.clone(),
                 metrics: self.metrics.clone(),
                 southbound: self.southbound.clone(),
                 rules,
@@ -357,13 +356,13 @@ impl EdgeAgent {
         let (stop_metrics, stop_metrics_rx) = watch::channel(false);
 
         let devices = self.listener.devices();
-        let apis = self.apis.clone();
+        let own_streams = self.own_streams.clone();
         let on_connect = move |key: &DeviceKey| {
             tokio::spawn(start_streams(
                 devices.clone(),
                 key.clone(),
                 streams.clone(),
-                apis.clone(),
+                own_streams.clone(),
                 uplink.clone(),
             ));
         };
@@ -441,7 +440,7 @@ async fn start_streams(
     devices: Devices,
     key: DeviceKey,
     cfg: Arc<StreamsSection>,
-    apis: ApiCache,
+    own_streams: Arc<OwnStreams>,
     uplink: Option<Uplink>,
 ) {
     let Some(handle) = devices.get(&key.user, &key.device) else {
@@ -454,20 +453,22 @@ async fn start_streams(
             return;
         }
     };
-    if let Ok(mut a) = apis.lock() {
-        a.insert(key.clone(), api.clone());
-    }
     if let Some(u) = &uplink {
         u.described(&key, twinlake_sdk::json::to_json(&api));
     }
     let mut resources = Vec::new();
     walk_api(&api, &mut Vec::new(), &mut resources);
-    for (path, io) in resources {
-        let joined = path.join("/");
+    let own: Vec<(Vec<String>, String, Option<Duration>)> = resources
+        .into_iter()
+        .filter_map(|(path, io)| {
+            let joined = path.join("/");
+            let interval = cfg.own_stream(&joined, io)?;
+            Some((path, joined, interval))
+        })
+        .collect();
+    own_streams.set(&key, own.iter().map(|(_, j, i)| (j.clone(), *i)).collect());
+    for (path, joined, interval) in own {
         let p: Vec<&str> = path.iter().map(String::as_str).collect();
-        let Some(interval) = cfg.own_stream(&joined, io) else {
-            continue;
-        };
         match handle.start_stream(&p, interval).await {
             Ok(()) => debug!(device = %key, resource = %joined, ?interval, "stream started"),
             Err(e) => warn!(device = %key, resource = %joined, error = %e, "cannot start a stream"),

@@ -29,6 +29,7 @@ pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub mod own_streams;
 pub(crate) mod queue;
 pub mod rate_limit;
 pub mod registry;

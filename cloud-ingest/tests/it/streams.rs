@@ -197,6 +197,12 @@ async fn a_read_token_cannot_speed_up_sampling_past_the_floor() {
     })
     .await;
     drop(admin);
+    // The last subscriber gone, the device goes back to the agent's own stream (its
+    // interval from what the device described), not to no stream at all.
+    eventually(10, "the agent's own stream is back on the device", || async {
+        (device_interval(&dev).await == Some(3_600_000)).then_some(())
+    })
+    .await;
     dev.stop();
     edge.stop().await;
     cloud.stop().await;

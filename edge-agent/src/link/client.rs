@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -16,11 +16,12 @@ use twinlake_sdk::pson::Value;
 use super::frames::{Unacked, encode, encode_batches};
 use super::{Down, ErrorKind, Item, MAX_BATCH_ITEMS, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up, Uplink};
 use crate::Error;
-use crate::config::{LinkSection, StreamsSection};
+use crate::config::LinkSection;
 use crate::endpoints::EndpointQueue;
 use crate::event::DeviceKey;
 use crate::listener::Devices;
 use crate::metrics::Metrics;
+use crate::own_streams::OwnStreams;
 use crate::registry::{CredentialHash, DeviceRegistry};
 
 /// One established link: text frames in and out. Dropping `tx` closes it.
@@ -50,9 +51,6 @@ pub trait Connector: Send + Sync + 'static {
     fn target(&self) -> String;
 }
 
-/// Each connected device's description, as the agent last read it.
-pub type ApiCache = Arc<Mutex<std::collections::HashMap<DeviceKey, Value>>>;
-
 /// The link task's parts.
 pub struct LinkClient {
     pub gateway: String,
@@ -64,8 +62,8 @@ pub struct LinkClient {
     pub registry: Arc<DeviceRegistry>,
     /// Where the registry the cloud sent is kept, so devices can log in before the next link.
     pub registry_file: PathBuf,
-    pub streams: Arc<StreamsSection>,
-    pub apis: ApiCache,
+    /// The streams the agent keeps on its devices, which user stream requests leave alone.
+    pub own_streams: Arc<OwnStreams>,
     pub metrics: Arc<Metrics>,
     /// Devices of the MQTT source, reachable through their command topic.
     pub southbound: Arc<crate::sources::Southbound>,
@@ -102,13 +100,8 @@ impl LinkClient {
     /// Keeps the link up until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         if let Some(rx) = self.rules.take_actions() {
-            let (d, st, a, sb) = (
-                self.devices.clone(),
-                self.streams.clone(),
-                self.apis.clone(),
-                self.southbound.clone(),
-            );
-            tokio::spawn(rule_actions(rx, d, st, a, sb));
+            let (d, own, sb) = (self.devices.clone(), self.own_streams.clone(), self.southbound.clone());
+            tokio::spawn(rule_actions(rx, d, own, sb));
         }
         let session = crate::hex::random_hex(8);
         let mut next_seq: u64 = 1;
@@ -301,15 +294,14 @@ impl LinkClient {
             Down::Request { id, user, device, op } => {
                 self.metrics.link_requests.inc();
                 let devices = self.devices.clone();
-                let streams = self.streams.clone();
-                let apis = self.apis.clone();
+                let own = self.own_streams.clone();
                 let southbound = self.southbound.clone();
                 let replies = replies.clone();
                 tokio::spawn(async move {
                     let key = DeviceKey::new(&user, &device);
                     let result = match (devices.get(&key.user, &key.device), southbound.get(&key)) {
                         (None, Some(control)) => foreign(&*control, &key, op),
-                        _ => execute(&devices, &streams, &apis, &key, op).await,
+                        _ => execute(&devices, &own, &key, op).await,
                     };
                     let reply = match result {
                         Ok(value) => Reply {
@@ -370,8 +362,7 @@ async fn send(io: &LinkIo, msg: &Up) -> Result<(), Error> {
 async fn rule_actions(
     mut rx: tokio::sync::mpsc::Receiver<crate::rules::DeviceAction>,
     devices: Devices,
-    streams: Arc<StreamsSection>,
-    apis: ApiCache,
+    own: Arc<OwnStreams>,
     southbound: Arc<crate::sources::Southbound>,
 ) {
     while let Some(a) = rx.recv().await {
@@ -379,7 +370,7 @@ async fn rule_actions(
             let op = Op::Write { path, value };
             let result = match (devices.get(&a.key.user, &a.key.device), southbound.get(&a.key)) {
                 (None, Some(control)) => foreign(&*control, &a.key, op),
-                _ => execute(&devices, &streams, &apis, &a.key, op).await,
+                _ => execute(&devices, &own, &a.key, op).await,
             };
             if let Err(e) = result {
                 warn!(device = %a.key.device, error = %e.message, "a gateway rule's action failed");
@@ -406,13 +397,7 @@ fn remote(e: Error) -> RemoteError {
 }
 
 /// Carries out one request on a connected device.
-async fn execute(
-    devices: &Devices,
-    streams: &StreamsSection,
-    apis: &ApiCache,
-    key: &DeviceKey,
-    op: Op,
-) -> Result<Option<Json>, RemoteError> {
+async fn execute(devices: &Devices, own: &OwnStreams, key: &DeviceKey, op: Op) -> Result<Option<Json>, RemoteError> {
     if let Op::SetProperty { property, value } = &op {
         devices.set_property(&key.user, &key.device, property, from_json(value));
         return Ok(None);
@@ -437,7 +422,7 @@ async fn execute(
             .map(out),
         Op::Run { path } => h.run(&refs(&split(&path))).await.map(|()| None),
         Op::StartStream { path, interval_ms } => {
-            let own = ingest_interval(streams, apis, key, &path);
+            let own = own.get(key, &path);
             let wanted = interval_ms.map(Duration::from_millis);
             // The device keeps one stream per resource: the faster of the two wins.
             let interval = match (wanted, own) {
@@ -448,7 +433,7 @@ async fn execute(
         }
         Op::StopStream { path } => {
             let p = split(&path);
-            match ingest_interval(streams, apis, key, &path) {
+            match own.get(key, &path) {
                 Some(own) => h.start_stream(&refs(&p), own).await.map(|()| None),
                 None => h.stop_stream(&refs(&p)).await.map(|()| None),
             }
@@ -490,20 +475,4 @@ fn foreign(control: &dyn crate::sources::Control, key: &DeviceKey, op: Op) -> Re
 
 fn refs(p: &[String]) -> Vec<&str> {
     p.iter().map(String::as_str).collect()
-}
-
-/// The stream the agent itself keeps on a resource of a connected device (see
-/// [`StreamsSection::own_stream`]), from the device's description.
-fn ingest_interval(cfg: &StreamsSection, apis: &ApiCache, key: &DeviceKey, path: &str) -> Option<Option<Duration>> {
-    let io = apis.lock().ok().and_then(|a| {
-        let mut node = a.get(key)?;
-        let mut kind = None;
-        for seg in path.split('/') {
-            let e = node.get(seg)?;
-            kind = e.get("fn").and_then(Value::as_i64);
-            node = e.get("/").unwrap_or(&Value::Null);
-        }
-        kind
-    })?;
-    cfg.own_stream(path, io)
 }

@@ -31,6 +31,9 @@ pub struct CloudMetrics {
     pub tenant_refusals: Counter,
     /// What a gateway sent for a device that is not its own, refused.
     pub gateway_refusals: Counter,
+    /// Keys of gateway alarm transitions dropped past their cap (a gateway sent more
+    /// than the cap within a week).
+    pub gateway_alarm_keys_evicted: Counter,
     pub device_quota_refusals: Counter,
     pub credential_rehashes: Counter,
     /// Announced files given up after failing to be catalogued for long.
@@ -107,6 +110,12 @@ impl Default for CloudMetrics {
                 r,
                 "gateway_refusals",
                 "Items a gateway sent for devices that are not its own, refused",
+                Counter::default(),
+            ),
+            gateway_alarm_keys_evicted: add(
+                r,
+                "gateway_alarm_keys_evicted",
+                "Keys of gateway alarm transitions dropped past their cap of 100,000 within a week",
                 Counter::default(),
             ),
             device_quota_refusals: add(

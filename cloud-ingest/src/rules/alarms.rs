@@ -106,24 +106,44 @@ pub fn record_once(state: &AppState, transitions: Vec<(String, Arc<Rule>, Transi
                 wake = wake.or(apply(state, t, rule, tr)?);
             }
         }
-        trim_keys(t.transaction(), now)?;
+        let evicted = trim_keys(t.transaction(), now, MAX_GATEWAY_KEYS)?;
+        state.metrics.gateway_alarm_keys_evicted.inc_by(evicted);
         trim(state, t.transaction())
     })?;
     wake.notify(state);
     Ok(())
 }
 
-/// Keys of gateway transitions: past [`MAX_KEYS`], those taken over a week ago go (a file
-/// comes within days of its rows, or not at all).
-fn trim_keys(tx: &redb::WriteTransaction, now: u64) -> Result<(), Error> {
-    const MAX_KEYS: u64 = 100_000;
+/// The most keys of gateway transitions kept.
+const MAX_GATEWAY_KEYS: u64 = 100_000;
+
+/// Keys of gateway transitions: past `max`, those taken over a week ago go (a file comes
+/// within days of its rows, or not at all). A gateway that sent more than `max` within a
+/// week (a hostile or broken one) does not grow the table further: the oldest keys go, down
+/// to nine tenths of `max` so that the scan is rare, and their count is returned. A
+/// transition whose key went and that comes again is applied again (an alarm counted twice).
+fn trim_keys(tx: &redb::WriteTransaction, now: u64, max: u64) -> Result<u64, Error> {
     let mut t = tx.open_table(GATEWAY_ALARM_KEYS)?;
-    if t.len()? <= MAX_KEYS {
-        return Ok(());
+    if t.len()? <= max {
+        return Ok(0);
     }
     let week = 7 * 24 * 3600 * 1000;
     t.retain(|_, taken| taken.saturating_add(week) > now)?;
-    Ok(())
+    let len = t.len()?;
+    if len <= max {
+        return Ok(0);
+    }
+    let mut by_age = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    for e in t.iter()? {
+        let (k, taken) = e?;
+        by_age.push((taken.value(), k.value().to_owned()));
+    }
+    by_age.sort_unstable();
+    let excess = len - max * 9 / 10;
+    for (_, k) in by_age.iter().take(usize::try_from(excess).unwrap_or(usize::MAX)) {
+        t.remove(k.as_str())?;
+    }
+    Ok(excess)
 }
 
 /// One transition, and the queues it gave work.
@@ -422,4 +442,56 @@ pub fn get(state: &AppState, owner: &str, id: u64) -> Result<Option<Alarm>, Erro
     Ok(v.map(|v| decode::<Alarm>("alarms", &id.to_string(), v.value()))
         .transpose()?
         .filter(|a| a.owner == owner))
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableTableMetadata;
+
+    use super::*;
+
+    fn db_with_keys(keys: impl IntoIterator<Item = (String, u64)>) -> redb::Database {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(GATEWAY_ALARM_KEYS).unwrap();
+            for (k, at) in keys {
+                t.insert(k.as_str(), at).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        db
+    }
+
+    /// A hostile gateway that sends more distinct alarm transitions within a week than the
+    /// cap does not grow the keys table past it: the oldest keys go, and are counted.
+    #[test]
+    fn a_gateway_flooding_alarm_keys_within_a_week_is_capped() {
+        let now = 10_000_000_000;
+        let db = db_with_keys((0..150u64).map(|i| (format!("gw/o/r/d{i}/raised/{i}"), now - 150 + i)));
+        let tx = db.begin_write().unwrap();
+        assert_eq!(trim_keys(&tx, now, 100).unwrap(), 60);
+        let t = tx.open_table(GATEWAY_ALARM_KEYS).unwrap();
+        assert_eq!(t.len().unwrap(), 90);
+        assert!(t.get("gw/o/r/d59/raised/59").unwrap().is_none(), "the oldest went");
+        assert!(t.get("gw/o/r/d60/raised/60").unwrap().is_some(), "the newest stay");
+    }
+
+    /// Under the cap nothing goes; over it, keys a week old go first and, if that is
+    /// enough, nothing newer does.
+    #[test]
+    fn keys_a_week_old_go_before_newer_ones() {
+        let now = 10_000_000_000;
+        let week = 7 * 24 * 3600 * 1000;
+        let old = (0..60u64).map(|i| (format!("old{i}"), now - week - 1));
+        let new = (0..60u64).map(|i| (format!("new{i}"), now - i));
+        let db = db_with_keys(old.chain(new));
+        let tx = db.begin_write().unwrap();
+        assert_eq!(trim_keys(&tx, now, 200).unwrap(), 0);
+        assert_eq!(tx.open_table(GATEWAY_ALARM_KEYS).unwrap().len().unwrap(), 120);
+        assert_eq!(trim_keys(&tx, now, 100).unwrap(), 0, "the week-old ones were enough");
+        assert_eq!(tx.open_table(GATEWAY_ALARM_KEYS).unwrap().len().unwrap(), 60);
+    }
 }

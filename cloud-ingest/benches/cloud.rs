@@ -1,4 +1,4 @@
-//! Cloud benchmarks. `cargo bench -p twinlake-cloud --bench cloud [rtt|twins|fanout|memory|rules]`
+//! Cloud benchmarks. `cargo bench -p twinlake-cloud --bench cloud [rtt|twins|fanout|rules]`
 //! prints Markdown for BENCHMARKS.md; each measures its peer or floor in the same run.
 //! Without `--bench` (under `cargo test --all-targets`) every section runs on tiny inputs as
 //! a smoke test.
@@ -10,125 +10,19 @@ mod common;
 mod rules;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use twinlake_cloud::auth::{Scope, sha256_hex};
-use twinlake_cloud::config::{GatewayEntry, TokenEntry};
-use twinlake_cloud::store::{DEVICES, DeviceRecord};
-use twinlake_cloud::{AppState, Cloud, CloudConfig};
-use twinlake_edge::registry::CredentialHash;
 use twinlake_edge::{EdgeAgent, EdgeConfig};
 use twinlake_sdk::client::{Client, ClientConfig};
 use twinlake_sdk::device::Thing;
 use twinlake_twin::{Limits, TwinKey, TwinStore};
 
-const TOKEN: &str = "bench-token";
-const GW_TOKEN: &str = "bench-gw-token";
-const USER: &str = "bench";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn cloud_config(dir: &Path) -> CloudConfig {
-    let mut c = CloudConfig {
-        data_dir: dir.join("cloud"),
-        ..CloudConfig::default()
-    };
-    c.http.addr = "127.0.0.1:0".parse().unwrap();
-    c.metrics.addr = None;
-    c.tokens = vec![TokenEntry {
-        name: "bench".into(),
-        sha256: sha256_hex(TOKEN),
-        scopes: vec![Scope::Admin],
-        user: None,
-    }];
-    c.gateways = vec![GatewayEntry {
-        id: "gw".into(),
-        token_sha256: sha256_hex(GW_TOKEN),
-        users: vec![USER.into()],
-    }];
-    c.edge.listener.tcp = Some("127.0.0.1:0".parse().unwrap());
-    c.edge.upload.url = format!("file://{}", dir.join("lake").display());
-    c.edge.streams.default_interval = Duration::ZERO;
-    c.edge.streams.inputs = false;
-    c
-}
-
-/// Registers devices straight into the registry table (cheap hashes: this is about memory
-/// and latency, not login cost).
-fn register(state: &AppState, names: &[String], gateway: Option<&str>, credential: &str) {
-    let hash = CredentialHash::new(credential, 1_000).to_string();
-    let tx = state.db.0.begin_write().unwrap();
-    {
-        let mut t = tx.open_table(DEVICES).unwrap();
-        for d in names {
-            let rec = DeviceRecord {
-                user: USER.into(),
-                device: d.clone(),
-                name: String::new(),
-                description: String::new(),
-                gateway: gateway.map(String::from),
-                tags: Default::default(),
-                attributes: Default::default(),
-                enabled: true,
-                credential_hash: hash.clone(),
-                created: 0,
-            };
-            t.insert(
-                format!("{USER}/{d}").as_str(),
-                serde_json::to_vec(&rec).unwrap().as_slice(),
-            )
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-    state.gateways.registry_changed();
-}
-
-struct Running {
-    state: Arc<AppState>,
-    addr: SocketAddr,
-    devices: Option<SocketAddr>,
-    device_http: Option<SocketAddr>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), twinlake_cloud::Error>>,
-}
-
-async fn start_cloud(cfg: CloudConfig) -> Running {
-    let cloud = Cloud::start(cfg).await.unwrap();
-    let (addr, devices, state) = (cloud.http_addr().unwrap(), cloud.device_addrs().0, cloud.state());
-    let device_http = cloud.device_http_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(cloud.run(async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        state,
-        addr,
-        devices,
-        device_http,
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        drop(self.state);
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
+mod harness;
+use harness::*;
 
 fn device_thread(addr: SocketAddr, device: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let mut thing = Thing::default();
@@ -479,57 +373,6 @@ fn fanout(full: bool) {
     }
 }
 
-/// Cloud RSS per idle device on its own device listener (clients in another process).
-fn memory(full: bool) {
-    if !full {
-        return;
-    }
-    println!(
-        "\n### Cloud memory per connected device (idle devices on the cloud's own listener, clients in another process)\n"
-    );
-    println!("| devices | RSS before | RSS connected | per device |");
-    println!("|---:|---:|---:|---:|");
-    for n in [1000usize, 10_000] {
-        let dir = tempfile::tempdir().unwrap();
-        let names: Vec<String> = (0..n).map(|i| format!("dev-{i}")).collect();
-        let rt = rt();
-        let (before, after) = rt.block_on(async {
-            let mut cfg = cloud_config(dir.path());
-            cfg.edge.listener.idle_timeout = Duration::from_secs(600);
-            cfg.edge.auth.max_failures = u32::MAX;
-            cfg.edge.auth.max_failures_per_device = u32::MAX;
-            let cloud = start_cloud(cfg).await;
-            register(&cloud.state, &names, None, "k");
-            // The in-process pipeline has the registry and the twins exist.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let before = common::rss_bytes();
-            let mut child = common::idle_clients(dir.path(), &cloud.devices.unwrap().to_string(), USER, &names, "k");
-            let state = cloud.state.clone();
-            let online = move || {
-                state
-                    .twins
-                    .list(Some(USER))
-                    .unwrap()
-                    .iter()
-                    .filter(|t| t.connection.online)
-                    .count()
-            };
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while online() < n && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            // Let the on-connect describe requests time out (the clients never answer).
-            tokio::time::sleep(Duration::from_secs(12)).await;
-            let after = common::rss_bytes();
-            drop(child.stdin.take());
-            let _ = child.wait();
-            cloud.stop().await;
-            (before, after)
-        });
-        common::memory_row(n, before, after);
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let full = args.iter().any(|a| a == "--bench");
@@ -547,9 +390,6 @@ fn main() {
     }
     if run("fanout") {
         fanout(full);
-    }
-    if run("memory") {
-        memory(full);
     }
     if run("rules") {
         rules::throughput(full);

@@ -10,27 +10,16 @@
 #[path = "common.rs"]
 mod common;
 mod config;
+mod idle_shared;
 #[allow(dead_code)]
 #[path = "../tests/it/mosquitto.rs"]
 mod mosquitto;
 
-use std::alloc::System;
+use idle_shared::live_heap;
+
 use std::time::Duration;
 
-use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use twinlake_edge::EdgeAgent;
-
-#[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// Bytes allocated and not yet freed, and how many blocks.
-fn live_heap() -> (i64, i64) {
-    let s = GLOBAL.stats();
-    (
-        s.bytes_allocated as i64 - s.bytes_deallocated as i64 + s.bytes_reallocated as i64,
-        s.allocations as i64 - s.deallocations as i64,
-    )
-}
 
 /// (RSS, live heap) before the devices connect and once they are in and idle.
 fn measure(n: usize, tls: bool) -> [(u64, (i64, i64)); 2] {
@@ -80,68 +69,19 @@ fn measure(n: usize, tls: bool) -> [(u64, (i64, i64)); 2] {
     })
 }
 
-/// An MQTT 3.1.1 CONNECT: client `id`, clean session, keep-alive ten minutes.
-fn mqtt_connect(id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x02, 0x58];
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    let mut frame = vec![0x10, body.len() as u8];
-    frame.extend(body);
-    frame
-}
-
-/// Mosquitto's resident memory per idle MQTT connection: the broker's RSS before and once
-/// `n` clients (another process) are connected.
-fn mosquitto_per_connection(n: usize) -> f64 {
-    use std::io::BufRead as _;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = mosquitto::Mosquitto::start(0);
-    std::thread::sleep(Duration::from_millis(300));
-    let before = common::rss_of(broker.pid());
-    let frames: Vec<Vec<u8>> = (0..n).map(|i| mqtt_connect(&format!("idle-{i}"))).collect();
-    let mut child = common::idle_connections(
-        dir.path(),
-        &format!("127.0.0.1:{}", broker.port),
-        &frames,
-        &[0x20, 2, 0, 0],
-    );
-    let mut line = String::new();
-    let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
-    assert!(line.starts_with("ready"), "the MQTT clients: {line:?}");
-    std::thread::sleep(Duration::from_millis(1000));
-    let after = common::rss_of(broker.pid());
-    drop(child.stdin.take());
-    let _ = child.wait();
-    after.saturating_sub(before) as f64 / n as f64
-}
-
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let counts: Vec<usize> = match std::env::var("BENCH_DEVICES") {
-        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
-        Err(_) if full => vec![1000, 10_000],
-        Err(_) => vec![20],
-    };
     println!("\n### Agent memory with idle connected devices (clients in another process)\n");
-    println!(
-        "| devices | transport | RSS before | RSS connected | RSS per device | live heap per device | live blocks per device | Mosquitto RSS per connection (plain) |"
-    );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
-    for (n, tls) in counts.iter().flat_map(|n| [(*n, false), (*n, true)]) {
-        let [(rss0, (heap0, blocks0)), (rss1, (heap1, blocks1))] = measure(n, tls);
-        let peer = if tls {
-            String::from("-")
-        } else {
-            format!("{:.0} B", mosquitto_per_connection(n))
-        };
-        println!(
-            "| {n} | {} | {:.1} MiB | {:.1} MiB | {:.0} B | {:.0} B | {:.1} | {peer} |",
-            if tls { "TLS" } else { "TCP" },
-            rss0 as f64 / 1048576.0,
-            rss1 as f64 / 1048576.0,
-            rss1.saturating_sub(rss0) as f64 / n as f64,
-            (heap1 - heap0) as f64 / n as f64,
-            (blocks1 - blocks0) as f64 / n as f64
-        );
+    idle_shared::header("transport");
+    for n in idle_shared::device_counts() {
+        for tls in [false, true] {
+            let m = measure(n, tls);
+            // Mosquitto is measured on plain TCP only.
+            let peer = if tls {
+                String::from("-")
+            } else {
+                format!("{:.0} B", idle_shared::mosquitto_per_connection(n))
+            };
+            idle_shared::row(n, if tls { "TLS" } else { "TCP" }, m, &peer);
+        }
     }
 }

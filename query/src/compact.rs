@@ -145,9 +145,22 @@ pub(crate) async fn replace(
     store
         .put(&catalog::full_path(prefix, rel), bytes::Bytes::from(bytes).into())
         .await?;
-    let meta = catalog::describe(store, prefix, rel, Some(size)).await?;
     let removed: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-    lake.swap(&meta.table, meta.clone(), &removed)?;
+    let swapped = match catalog::describe(store, prefix, rel, Some(size)).await {
+        Ok(meta) => lake.swap(&meta.table, meta.clone(), &removed).map(|()| meta),
+        Err(e) => Err(e),
+    };
+    let meta = match swapped {
+        Ok(meta) => meta,
+        Err(e) => {
+            // The new file is in no catalog and its rows are still in the files it was to
+            // replace: it goes, so that no listing takes it for new rows.
+            if let Err(d) = store.delete(&catalog::full_path(prefix, rel)).await {
+                warn!(path = %rel, error = %d, "cannot delete a merged file that was not catalogued");
+            }
+            return Err(e);
+        }
+    };
     info!(
         table = meta.table,
         files = files.len(),

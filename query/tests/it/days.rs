@@ -127,3 +127,170 @@ async fn a_file_named_as_a_day_file_without_the_mark_is_refused() {
     let err = f.lake.commit(fake, None).await.unwrap_err();
     assert!(err.to_string().contains("disagree"), "{err}");
 }
+
+/// What the faulty store below refuses.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Writes of day files.
+    puts: std::sync::atomic::AtomicBool,
+    /// Reads of day files (so the catalog cannot describe one just written).
+    reads: std::sync::atomic::AtomicBool,
+}
+
+/// The lake's store, failing day files' writes or reads on demand.
+#[derive(Debug)]
+struct FaultyStore {
+    inner: std::sync::Arc<dyn object_store::ObjectStore>,
+    faults: std::sync::Arc<Faults>,
+}
+
+impl std::fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+impl FaultyStore {
+    fn refuses(&self, flag: &std::sync::atomic::AtomicBool, p: &object_store::path::Path) -> object_store::Result<()> {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) && p.as_ref().contains("/day-") {
+            return Err(object_store::Error::Generic {
+                store: "FaultyStore",
+                source: "injected fault".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.refuses(&self.faults.puts, location)?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.refuses(&self.faults.puts, location)?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.refuses(&self.faults.reads, location)?;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &object_store::path::Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.refuses(&self.faults.reads, location)?;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// Every file the lake's directory holds, relative to it.
+fn stored(f: &Fixture) -> Vec<String> {
+    fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let root = f.dir.path().join("lake");
+    let mut out = Vec::new();
+    walk(&root, &root, &mut out);
+    out.sort();
+    out
+}
+
+/// Nothing accepted is lost when a day file cannot be written, or is written and cannot
+/// be read back to be catalogued: the day's hour files stay catalogued and stored, the
+/// answers do not change, the half-made day file does not stay behind, and the next pass,
+/// the fault gone, merges the day.
+#[tokio::test]
+async fn a_day_file_that_fails_to_land_deletes_nothing() {
+    let faults = std::sync::Arc::new(Faults::default());
+    let fx = faults.clone();
+    let f = Fixture::with_store(move |inner| std::sync::Arc::new(FaultyStore { inner, faults: fx }));
+    for (seal, (d, seed)) in [("d1", 0), ("d2", 7), ("d3", 13)].into_iter().enumerate() {
+        f.commit("t", "gw", seal as u64 + 1, &readings(d, seed)).await;
+    }
+    let before = answers(&f).await;
+    let files_before = stored(&f);
+    assert_eq!(files_before.len(), 3 * 48);
+    let cfg = config();
+    let on = std::sync::atomic::Ordering::SeqCst;
+
+    faults.puts.store(true, on);
+    assert!(compact_day(&f.lake, "t", T0, &cfg).await.is_err(), "the write failed");
+    faults.puts.store(false, on);
+    faults.reads.store(true, on);
+    assert!(
+        compact_day(&f.lake, "t", T0, &cfg).await.is_err(),
+        "the description failed"
+    );
+    faults.reads.store(false, on);
+
+    // Past the grace period, when replaced files would have been deleted.
+    tokio::time::sleep(cfg.grace * 4).await;
+    assert_eq!(f.lake.files("t").len(), 3 * 48, "every hour file still catalogued");
+    let left = stored(&f);
+    assert!(
+        left.iter().all(|p| !p.contains("/day-")),
+        "a half-made day file stayed behind"
+    );
+    assert!(left == files_before, "every hour file is still stored");
+    assert_eq!(answers(&f).await, before);
+
+    let day = compact_day(&f.lake, "t", T0, &cfg).await.unwrap().unwrap();
+    assert_eq!(day.rows, 3 * 24 * 6);
+    assert_eq!(answers(&f).await, before);
+}

@@ -41,10 +41,17 @@ pub struct Fixture {
 impl Fixture {
     /// An empty lake, twins and engine in a temp dir.
     pub fn empty() -> Self {
+        Self::with_store(|s| s)
+    }
+
+    /// As [`Fixture::empty`], the lake's store (a local directory) seen through `wrap`.
+    pub fn with_store(
+        wrap: impl FnOnce(Arc<dyn object_store::ObjectStore>) -> Arc<dyn object_store::ObjectStore>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let lake_dir = dir.path().join("lake");
         std::fs::create_dir_all(&lake_dir).unwrap();
-        let store: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&lake_dir).unwrap());
+        let store = wrap(Arc::new(LocalFileSystem::new_with_prefix(&lake_dir).unwrap()));
         let db = Arc::new(redb::Database::create(dir.path().join("cloud.redb")).unwrap());
         let lake = Lake::open(db.clone(), store, ObjectPath::from(""), FreshLimits::default()).unwrap();
         let twins = TwinStore::open(db, Limits::default()).unwrap();

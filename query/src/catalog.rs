@@ -265,8 +265,19 @@ impl Catalog {
         Ok(tx.open_table(REPLACED)?.get(path)?.is_some())
     }
 
+    /// Marks `path`, about to be written by the cloud (a merged file), as replaced until a
+    /// [`Catalog::swap`] adds it: a cloud stopped between the write and the swap leaves a
+    /// file whose rows are still in the files it was to replace, and this mark keeps the
+    /// start's listing from cataloguing it beside them (its sweep deletes it instead).
+    pub fn pending(&self, path: &str) -> Result<(), QueryError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(REPLACED)?.insert(path, "pending")?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records files and removes others, in one transaction; removed paths are remembered
-    /// as replaced by `replaced_by` when given.
+    /// as replaced by `replaced_by` when given. An added path is no longer pending.
     pub fn swap(&self, add: &[FileMeta], remove: &[String], replaced_by: Option<&str>) -> Result<(), QueryError> {
         let tx = self.db.begin_write()?;
         {
@@ -281,6 +292,7 @@ impl Catalog {
             for m in add {
                 let bytes = serde_json::to_vec(m).map_err(|e| QueryError::Catalog(e.to_string()))?;
                 files.insert(m.path.as_str(), bytes.as_slice())?;
+                replaced.remove(m.path.as_str())?;
             }
         }
         tx.commit()?;

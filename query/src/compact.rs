@@ -142,6 +142,7 @@ pub(crate) async fn replace(
 ) -> Result<FileMeta, QueryError> {
     let (store, prefix) = lake.store();
     let size = bytes.len() as u64;
+    lake.catalog().pending(rel)?;
     store
         .put(&catalog::full_path(prefix, rel), bytes::Bytes::from(bytes).into())
         .await?;

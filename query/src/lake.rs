@@ -485,8 +485,12 @@ impl Lake {
             }
             let live = self.lock().values().any(|t| t.files.contains_key(rel));
             if !live {
-                self.store.delete(&obj.location).await?;
-                n += 1;
+                match self.store.delete(&obj.location).await {
+                    Ok(()) => n += 1,
+                    // Gone since the listing (a grace period's deletion ended meanwhile).
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(n)

@@ -75,9 +75,10 @@ fn main() {
     // the pages the devices' logins wrote: memory that is capped, not per device. The
     // second run of each count holds it to the least the configuration allows.
     for n in idle_shared::device_counts() {
+        // The peer's memory does not depend on our cache: measured once per count.
+        let peer = format!("{:.0} B", idle_shared::mosquitto_per_connection(n));
         for db_cache in [None, Some(1usize << 20)] {
             let m = measure(n, db_cache);
-            let peer = format!("{:.0} B", idle_shared::mosquitto_per_connection(n));
             let cache = db_cache.map_or("64 MiB (default)".into(), |b| format!("{} MiB", b >> 20));
             idle_shared::row(n, &cache, m, &peer);
         }

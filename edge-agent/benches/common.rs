@@ -70,13 +70,3 @@ pub fn rss_of(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
-
-/// One row of a memory table: devices, RSS before and after, bytes per device.
-pub fn memory_row(n: usize, before: u64, after: u64) {
-    println!(
-        "| {n} | {:.1} MiB | {:.1} MiB | {:.0} B |",
-        before as f64 / 1048576.0,
-        after as f64 / 1048576.0,
-        after.saturating_sub(before) as f64 / n as f64
-    );
-}

@@ -466,7 +466,7 @@ async fn start_streams(
             Some((path, joined, interval))
         })
         .collect();
-    own_streams.set(&key, own.iter().map(|(_, j, i)| (j.clone(), *i)).collect());
+    own_streams.set(&key, own.iter().map(|(_, j, i)| (j.as_str(), *i)));
     for (path, joined, interval) in own {
         let p: Vec<&str> = path.iter().map(String::as_str).collect();
         match handle.start_stream(&p, interval).await {

@@ -24,12 +24,12 @@ pub struct OwnStreams {
 
 impl OwnStreams {
     /// Records `key`'s own streams as of its latest description, replacing what was there.
-    pub fn set(&self, key: &DeviceKey, streams: Vec<(String, Option<Duration>)>) {
+    pub fn set<'a>(&self, key: &DeviceKey, streams: impl IntoIterator<Item = (&'a str, Option<Duration>)>) {
+        let s: Streams = streams.into_iter().map(|(p, i)| (Box::from(p), i)).collect();
         let Ok(mut d) = self.devices.lock() else { return };
-        if streams.is_empty() {
+        if s.is_empty() {
             d.remove(key);
         } else {
-            let s = streams.into_iter().map(|(p, i)| (p.into_boxed_str(), i)).collect();
             d.insert(key.clone(), s);
         }
     }
@@ -57,13 +57,13 @@ mod tests {
         let own = OwnStreams::default();
         let key = DeviceKey::new("alice", "d1");
         let ten = Some(Duration::from_secs(10));
-        own.set(&key, vec![("sensors/temp".into(), ten), ("led".into(), None)]);
+        own.set(&key, [("sensors/temp", ten), ("led", None)]);
         assert_eq!(own.get(&key, "sensors/temp"), Some(ten));
         assert_eq!(own.get(&key, "/sensors//temp/"), Some(ten));
         assert_eq!(own.get(&key, "led"), Some(None));
         assert_eq!(own.get(&key, "sensors"), None);
         assert_eq!(own.get(&DeviceKey::new("bob", "d1"), "led"), None);
-        own.set(&key, Vec::new());
+        own.set(&key, []);
         assert_eq!(own.get(&key, "led"), None);
         assert!(
             own.devices.lock().unwrap().is_empty(),

@@ -147,11 +147,12 @@ pub(crate) async fn replace(
         .put(&catalog::full_path(prefix, rel), bytes::Bytes::from(bytes).into())
         .await?;
     let removed: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-    let swapped = match catalog::describe(store, prefix, rel, Some(size)).await {
-        Ok(meta) => lake.swap(&meta.table, meta.clone(), &removed).map(|()| meta),
-        Err(e) => Err(e),
+    let swapped = async {
+        let meta = catalog::describe(store, prefix, rel, Some(size)).await?;
+        lake.swap(&meta.table, meta.clone(), &removed)?;
+        Ok::<_, QueryError>(meta)
     };
-    let meta = match swapped {
+    let meta = match swapped.await {
         Ok(meta) => meta,
         Err(e) => {
             // The new file is in no catalog and its rows are still in the files it was to

@@ -16,7 +16,9 @@
 //! byte count ([`floor`]), in its own process.
 //!
 //! `BENCH_DEVICES` (default 50,1000), `BENCH_ROWS` (total rows per run, default 1,000,000)
-//! and `BENCH_RUNS` (default 5). Without `--bench` (as in `cargo test --all-targets`) it
+//! and `BENCH_RUNS` (default 5). `BENCH_LINK_ROWS` sets the agent's `link.max_waiting_rows`
+//! (production default 200,000): fresh rows past it are dropped from the link (counted, and
+//! reported) and reach the cloud in their file instead. Without `--bench` (as in `cargo test --all-targets`) it
 //! runs once on a few rows as a smoke test.
 
 // A measurement harness, not a path for untrusted input.

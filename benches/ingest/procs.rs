@@ -265,7 +265,10 @@ url = "file://{lake}"
 url = "{link}/v1/gateway/link"
 token = "{GATEWAY_TOKEN}"
 ca_file = "{cert}"
-"#,
+{waiting}"#,
+        waiting = std::env::var("BENCH_LINK_ROWS")
+            .map(|n| format!("max_waiting_rows = {}\n", n.parse::<usize>().expect("BENCH_LINK_ROWS")))
+            .unwrap_or_default(),
         data = data.display(),
         lake = dir.join("lake").display(),
         link = cloud.api.replacen("https://", "wss://", 1),

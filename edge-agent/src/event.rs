@@ -3,6 +3,7 @@
 //! connection's task.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -63,6 +64,104 @@ impl RawValue {
     }
 }
 
+/// BUCKET_DATA writes of one device, their bucket names and payloads back to back in one
+/// buffer (not an allocation each), each with its arrival time and confirmation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BucketRows {
+    bytes: Vec<u8>,
+    rows: Vec<BucketRow>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct BucketRow {
+    at: SystemTime,
+    bucket: Range<usize>,
+    /// None: the write carried no payload.
+    payload: Option<Range<usize>>,
+    ack: Option<Acker>,
+}
+
+/// One write of a [`BucketRows`], borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BucketWrite<'a> {
+    pub at: SystemTime,
+    pub bucket: &'a str,
+    /// Its PSON payload, as it came in (checked where it entered).
+    pub payload: Option<&'a [u8]>,
+}
+
+impl BucketRows {
+    /// Appends a write of a decoded payload.
+    pub fn push(&mut self, at: SystemTime, bucket: &str, payload: Option<ValueRef<'_>>, ack: Option<Acker>) {
+        let bucket = self.bucket_range(bucket);
+        let payload = payload.map(|v| {
+            let start = self.bytes.len();
+            // A Vec takes every byte.
+            let _ = v.encode(&mut self.bytes);
+            start..self.bytes.len()
+        });
+        self.rows.push(BucketRow {
+            at,
+            bucket,
+            payload,
+            ack,
+        });
+    }
+
+    /// The bytes of `bucket`: those of the write before when it is the same bucket, as it
+    /// mostly is, else a copy.
+    fn bucket_range(&mut self, bucket: &str) -> Range<usize> {
+        if let Some(last) = self.rows.last()
+            && self.bytes.get(last.bucket.clone()) == Some(bucket.as_bytes())
+        {
+            return last.bucket.clone();
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bucket.as_bytes());
+        start..self.bytes.len()
+    }
+
+    /// How many writes it holds.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The writes in order.
+    pub fn iter(&self) -> impl Iterator<Item = BucketWrite<'_>> {
+        self.rows.iter().map(|r| self.write(r))
+    }
+
+    /// The writes in order, each with its confirmation, taken out.
+    pub fn drain(&mut self) -> impl Iterator<Item = (BucketWrite<'_>, Option<Acker>)> {
+        let bytes = &self.bytes;
+        self.rows.drain(..).map(move |r| {
+            let w = write(bytes, &r);
+            (w, r.ack)
+        })
+    }
+
+    fn write<'a>(&'a self, r: &BucketRow) -> BucketWrite<'a> {
+        write(&self.bytes, r)
+    }
+}
+
+fn write<'a>(bytes: &'a [u8], r: &BucketRow) -> BucketWrite<'a> {
+    BucketWrite {
+        at: r.at,
+        // Pushed from a &str, so a whole string; empty is unreachable.
+        bucket: bytes
+            .get(r.bucket.clone())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default(),
+        payload: r.payload.clone().and_then(|p| bytes.get(p)),
+    }
+}
+
 /// Something a device did, in arrival order per device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceEvent {
@@ -98,14 +197,11 @@ pub enum DeviceEventKind {
         payload: Option<Value>,
         ack: Option<Acker>,
     },
-    /// BUCKET_DATA. If `ack` is set (a stream id on the message), confirm with
-    /// [`Acker::ack`] once the record is durable. The payload goes on as the bytes it came
-    /// in: the rows of a bucket are the bulk of ingest.
-    Bucket {
-        bucket: String,
-        payload: Option<RawValue>,
-        ack: Option<Acker>,
-    },
+    /// BUCKET_DATA writes that came in one read, in order. A write whose ack is set (a
+    /// stream id on the message) is confirmed with [`Acker::ack`] once its record is
+    /// durable. Payloads go on as the bytes they came in: the rows of buckets are the bulk
+    /// of ingest, so a read's writes are one event and one buffer.
+    Buckets(BucketRows),
     PropertySet {
         property: String,
         payload: Option<Value>,

@@ -29,6 +29,7 @@ use twinlake_lake::buffer::{Buffer, Conflict};
 use twinlake_lake::model::{FieldValue, flatten, table_name};
 
 mod commit;
+mod device_rows;
 mod judge;
 
 /// Events taken off the queue per batch at most.
@@ -338,9 +339,7 @@ impl Ingest {
                 payload.as_ref().map(RawValue::from_value),
                 None,
             ),
-            DeviceEventKind::Bucket { bucket, payload, ack } => {
-                (RecordKind::Record, table_name(&[bucket]), payload, ack)
-            }
+            DeviceEventKind::Buckets(rows) => return self.handle_buckets(&ev.device, rows),
             DeviceEventKind::Endpoint { endpoint, payload, ack } => {
                 self.metrics.endpoint_calls.inc();
                 let json = payload.as_ref().map(|p| twinlake_sdk::json::to_json(p).to_string());
@@ -369,45 +368,15 @@ impl Ingest {
             }
             _ => return,
         };
-        let table = match table {
-            Ok(t) => t,
-            Err(e) => {
-                // A name the lake cannot hold: refused and counted; the device hears an error.
-                self.metrics.refused("name", 1);
-                warn!(device = %ev.device.device, error = %e, "refused a row: its table name breaks the naming rules");
-                if let Some(a) = ack {
-                    a.ack(false);
-                }
-                return;
-            }
-        };
-        let Some(payload) = payload.filter(|p| !p.is_unset()) else {
-            if let Some(a) = ack {
-                a.ack(true);
-            }
-            return;
-        };
-        if self.past_retention(&table, time_us) {
-            if let Some(a) = ack {
-                a.ack(false);
-            }
-            return;
-        }
-        if !self.append_row(
+        let payload = payload.as_ref().map(RawValue::as_bytes);
+        self.device_row(
             kind,
-            &table,
-            (&ev.device.user, &ev.device.device),
+            &ev.device,
             time_us,
-            payload.as_bytes(),
-        ) {
-            if let Some(a) = ack {
-                a.ack(false);
-            }
-            return;
-        }
-        if let Some(a) = ack {
-            self.unsynced.acks.push(a);
-        }
+            table.as_deref().map_err(|e| *e),
+            payload,
+            ack,
+        );
     }
 
     /// A source's message: its rows, then (for a message to confirm) a delivery record, all

@@ -14,15 +14,24 @@ use prometheus_client::metrics::counter::Counter;
 #[derive(Debug)]
 pub struct Names {
     set: HashSet<Arc<str>>,
+    /// The names asked for last, looked at before hashing: the rows of one read share
+    /// their table, user and device.
+    recent: [Option<Arc<str>>; RECENT],
+    next: usize,
     max: usize,
     evicted: Counter,
 }
+
+/// How many names asked for last are kept at hand.
+const RECENT: usize = 4;
 
 impl Names {
     /// Holds at most `max` names; evictions count in `evicted`.
     pub fn new(max: usize, evicted: Counter) -> Self {
         Self {
             set: HashSet::new(),
+            recent: Default::default(),
+            next: 0,
             max: max.max(1),
             evicted,
         }
@@ -30,12 +39,25 @@ impl Names {
 
     /// The shared copy of `name`.
     pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.recent.iter().flatten().find(|n| ***n == *name) {
+            return n.clone();
+        }
+        let n = self.shared(name);
+        if let Some(slot) = self.recent.get_mut(self.next) {
+            *slot = Some(n.clone());
+        }
+        self.next = (self.next + 1) % RECENT;
+        n
+    }
+
+    fn shared(&mut self, name: &str) -> Arc<str> {
         if let Some(n) = self.set.get(name) {
             return n.clone();
         }
         if self.set.len() >= self.max {
             self.evicted.inc_by(self.set.len() as u64);
             self.set.clear();
+            self.recent = Default::default();
         }
         let n: Arc<str> = Arc::from(name);
         self.set.insert(n.clone());

@@ -23,14 +23,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use twinlake_sdk::frame::{FrameDecoder, FrameLimits, Message, Signal};
-use twinlake_sdk::pson::Value;
+use twinlake_sdk::pson::{Value, ValueRef};
 
 pub use handle::{DeviceHandle, Devices};
 use session::{Credentials, SessionEvent};
 pub use tls::{ServerTls, client_roots, tls_acceptor};
 
 use crate::Error;
-use crate::event::AckTarget;
+use crate::event::{AckTarget, BucketRows};
 pub use crate::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, SourceRow};
 use crate::metrics::Metrics;
 use crate::queue::{CommandQueue, Reply};
@@ -304,12 +304,30 @@ async fn handle_frames(
     peer: SocketAddr,
     tls: bool,
 ) -> Result<(), String> {
+    // A read's bucket writes go on as one event, before anything else the device sent.
+    let mut buckets = BucketRows::default();
     loop {
         let frame = match decoder.next_ref() {
             Ok(Some(f)) => f,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("bad frame: {e}")),
+            Ok(None) => break,
+            Err(e) => {
+                emit_buckets(shared, conn, &mut buckets).await;
+                return Err(format!("bad frame: {e}"));
+            }
         };
+        let bucket = conn.session.bucket_ref(&frame);
+        if let (Ok(Some(b)), Some(_)) = (&bucket, &conn.key) {
+            let ack = b.ack.map(|stream_id| {
+                Acker(AckTarget::Device {
+                    acks: cmd_tx.clone(),
+                    stream_id,
+                })
+            });
+            buckets.push(SystemTime::now(), b.bucket, b.payload, ack);
+            continue;
+        }
+        emit_buckets(shared, conn, &mut buckets).await;
+        bucket.map_err(|e| format!("protocol error: {e}"))?;
         let event = conn
             .session
             .handle_ref(frame)
@@ -384,6 +402,15 @@ async fn handle_frames(
             }
         }
     }
+    emit_buckets(shared, conn, &mut buckets).await;
+    Ok(())
+}
+
+/// Sends the bucket writes gathered, if any, as one event.
+async fn emit_buckets(shared: &Shared, conn: &Conn, buckets: &mut BucketRows) {
+    if let (false, Some(key)) = (buckets.is_empty(), &conn.key) {
+        emit(shared, key, DeviceEventKind::Buckets(std::mem::take(buckets))).await;
+    }
 }
 
 /// Handles what a device asked for or sent; acks once the event is queued.
@@ -415,14 +442,12 @@ async fn device_request(
             },
             None,
         ),
-        SessionEvent::Bucket { bucket, payload, ack } => (
-            DeviceEventKind::Bucket {
-                bucket,
-                payload,
-                ack: acker(ack),
-            },
-            None,
-        ),
+        SessionEvent::Bucket { bucket, payload, ack } => {
+            let mut rows = BucketRows::default();
+            let payload = payload.as_ref().and_then(|p| ValueRef::decode(p.as_bytes()).ok());
+            rows.push(SystemTime::now(), &bucket, payload, acker(ack));
+            (DeviceEventKind::Buckets(rows), None)
+        }
         SessionEvent::SetProperty { property, payload, ack } => {
             if let Ok(mut props) = shared.properties.lock() {
                 props.insert((key.clone(), property.clone()), payload.clone().unwrap_or_default());

@@ -57,7 +57,7 @@ pub fn forward(uplink: &Uplink, ev: &DeviceEvent) {
                 uplink.reported(&key, r.resource.clone(), at, to_json(&r.payload));
             }
         }
-        DeviceEventKind::Endpoint { .. } | DeviceEventKind::Bucket { .. } | DeviceEventKind::CallDevice { .. } => {}
+        DeviceEventKind::Endpoint { .. } | DeviceEventKind::Buckets(_) | DeviceEventKind::CallDevice { .. } => {}
     }
 }
 
@@ -84,14 +84,15 @@ mod tests {
     fn nothing_the_twins_need_is_lost_to_bucket_load() {
         let uplink = Uplink::new(16, 0, Arc::default());
         let bucket = || {
-            ev(
-                "busy",
-                DeviceEventKind::Bucket {
-                    bucket: "b".into(),
-                    payload: Some(crate::event::RawValue::from_value(&Value::Int(1))),
-                    ack: None,
-                },
-            )
+            let mut rows = crate::event::BucketRows::default();
+            let one = Value::Int(1).to_bytes();
+            rows.push(
+                SystemTime::now(),
+                "b",
+                twinlake_sdk::pson::ValueRef::decode(&one).ok(),
+                None,
+            );
+            ev("busy", DeviceEventKind::Buckets(rows))
         };
         for _ in 0..10_000 {
             forward(&uplink, &bucket());

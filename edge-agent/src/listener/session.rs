@@ -84,6 +84,15 @@ pub enum SessionEvent {
     },
 }
 
+/// A BUCKET_DATA write borrowed from the receive buffer ([`Session::bucket_ref`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BucketRef<'a> {
+    pub bucket: &'a str,
+    pub payload: Option<twinlake_sdk::pson::ValueRef<'a>>,
+    /// The stream id to confirm, if the device wants a confirmation.
+    pub ack: Option<u32>,
+}
+
 /// A protocol violation; the connection should close.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -179,19 +188,33 @@ impl Session {
     /// the bulk of ingest, keeps its payload as the bytes it came in; every other frame is
     /// made owned and goes through [`Session::handle`].
     pub fn handle_ref(&mut self, frame: FrameRef<'_>) -> Result<Option<SessionEvent>, SessionError> {
+        match self.bucket_ref(&frame)? {
+            Some(b) => Ok(Some(SessionEvent::Bucket {
+                bucket: b.bucket.into(),
+                payload: b.payload.map(RawValue::from_ref),
+                ack: b.ack,
+            })),
+            None => self.handle(Frame::from_ref(&frame)),
+        }
+    }
+
+    /// BUCKET_DATA of an accepted device, borrowed from the receive buffer: the bucket, the
+    /// payload and the stream id to confirm, if any. `None` for every other frame, which
+    /// goes through [`Session::handle_ref`].
+    pub fn bucket_ref<'a>(&self, frame: &FrameRef<'a>) -> Result<Option<BucketRef<'a>>, SessionError> {
         match frame {
             FrameRef::Message(m) if m.signal == Signal::BucketData && self.state == State::Active => {
                 let bucket = m
                     .identifier
                     .and_then(|v| v.as_str())
                     .ok_or(SessionError::MissingIdentifier(m.signal))?;
-                Ok(Some(SessionEvent::Bucket {
-                    bucket: bucket.into(),
-                    payload: m.payload.map(RawValue::from_ref),
+                Ok(Some(BucketRef {
+                    bucket,
+                    payload: m.payload,
                     ack: (m.stream_id != 0).then_some(m.stream_id),
                 }))
             }
-            frame => self.handle(Frame::from_ref(&frame)),
+            _ => Ok(None),
         }
     }
 

@@ -190,16 +190,8 @@ async fn captured_exchange_against_the_listener() {
 
     // Unconfirmed requests get no reply; the property get is answered with stream id 0.
     dev.send(&fixture("bucket_data")).await;
-    assert_eq!(
-        srv.next_event().await,
-        DeviceEventKind::Bucket {
-            bucket: "b1".into(),
-            payload: Some(twinlake_edge::event::RawValue::from_value(
-                &Value::object().with("t", 20)
-            )),
-            ack: None
-        }
-    );
+    let t20 = Value::object().with("t", 20).to_bytes();
+    assert_eq!(srv.next_buckets().await, [("b1".to_owned(), Some(t20), false)]);
     srv.devices
         .set_property("alice", "sensor1", "cfg", Value::object().with("x", 1));
     dev.send(&fixture("get_property")).await;
@@ -300,4 +292,70 @@ async fn a_reconnecting_device_replaces_its_old_connection() {
         srv.devices.get("alice", "sensor1").is_some(),
         "the new one stays registered"
     );
+}
+
+/// Bucket writes that come in together go on as one event in their order, with their own
+/// confirmations; any other frame between them keeps its place (the writes before it go
+/// first, the ones after it follow).
+#[tokio::test]
+async fn bucket_writes_of_one_read_keep_their_order_and_their_acks() {
+    use twinlake_sdk::frame::Signal;
+    let mut srv = start(ListenerConfig::default(), false).await;
+    let mut dev = authed(srv.tcp).await;
+    let bucket = |sid: u32, name: &str, t: i64| {
+        Message::new(sid, Signal::BucketData)
+            .with_identifier(name)
+            .with_payload(Value::object().with("t", t))
+            .to_frame()
+    };
+    let mut bytes = [bucket(0, "b1", 1), bucket(7, "b1", 2), bucket(0, "b2", 3)].concat();
+    bytes.extend(fixture("set_property"));
+    bytes.extend(bucket(9, "b1", 4));
+    dev.send(&bytes).await;
+
+    let mut before = Vec::new();
+    let mut acks = Vec::new();
+    let after = loop {
+        match srv.next_event().await {
+            DeviceEventKind::Buckets(mut rows) => {
+                for (w, ack) in rows.drain() {
+                    let t = Value::decode(w.payload.expect("a payload")).expect("PSON");
+                    before.push((w.bucket.to_owned(), t, ack.is_some()));
+                    acks.extend(ack);
+                }
+            }
+            DeviceEventKind::PropertySet { property, .. } => break property,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let t = |n: i64| Value::object().with("t", n);
+    assert_eq!(
+        before,
+        [
+            ("b1".to_owned(), t(1), false),
+            ("b1".to_owned(), t(2), true),
+            ("b2".to_owned(), t(3), false)
+        ]
+    );
+    assert_eq!(after, "cfg2");
+    let DeviceEventKind::Buckets(mut rows) = srv.next_event().await else {
+        panic!("the write after the property")
+    };
+    let last: Vec<_> = rows
+        .drain()
+        .map(|(w, ack)| (w.bucket.to_owned(), ack.is_some()))
+        .collect();
+    assert_eq!(last, [("b1".to_owned(), true)]);
+    // Each write's confirmation goes to its own stream id.
+    for a in acks {
+        a.ack(true);
+    }
+    // (The property write may be confirmed first, on its own stream id.)
+    let ok7 = Message::ok(7, None).to_frame();
+    for _ in 0..2 {
+        if dev.frame_bytes().await == ok7 {
+            return;
+        }
+    }
+    panic!("no confirmation on stream 7");
 }

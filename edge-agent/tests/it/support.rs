@@ -52,6 +52,16 @@ pub async fn start(config: ListenerConfig, with_tls: bool) -> Server {
 }
 
 impl Server {
+    /// The next event, which must be bucket writes: (bucket, payload, wants a confirmation).
+    pub async fn next_buckets(&mut self) -> Vec<(String, Option<Vec<u8>>, bool)> {
+        let DeviceEventKind::Buckets(mut rows) = self.next_event().await else {
+            panic!("expected bucket writes")
+        };
+        rows.drain()
+            .map(|(w, ack)| (w.bucket.to_owned(), w.payload.map(<[u8]>::to_vec), ack.is_some()))
+            .collect()
+    }
+
     /// The next event that is not a connect or disconnect, within 5 s.
     pub async fn next_event(&mut self) -> DeviceEventKind {
         loop {

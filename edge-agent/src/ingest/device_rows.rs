@@ -1,0 +1,65 @@
+//! Rows a device connection sent (bucket writes, stream values, endpoint calls): each is
+//! checked (table name, retention), appended, and confirmed after its fsync, or refused
+//! at once with an error to the device.
+
+use tracing::warn;
+
+use super::{Ingest, micros};
+use crate::event::{Acker, BucketRows, DeviceKey};
+use crate::wal::RecordKind;
+use twinlake_lake::model::{NameError, table_name};
+
+impl Ingest {
+    /// A read's bucket writes, in order. Writes to the same bucket as the one before (the
+    /// usual case) share its table name.
+    pub(super) fn handle_buckets(&mut self, device: &DeviceKey, mut rows: BucketRows) {
+        let mut last: Option<(String, Result<String, NameError>)> = None;
+        for (w, ack) in rows.drain() {
+            if last.as_ref().is_none_or(|(b, _)| b != w.bucket) {
+                last = Some((w.bucket.to_owned(), table_name(&[w.bucket])));
+            }
+            let Some((_, table)) = &last else { continue };
+            let table = table.as_deref().map_err(|e| *e);
+            self.device_row(RecordKind::Record, device, micros(w.at), table, w.payload, ack);
+        }
+    }
+
+    /// One row of a device: stored and confirmed after its fsync; refused (and the device
+    /// told) for a table name the lake cannot hold, a row past retention, or a WAL that
+    /// would not take it; confirmed at once when there is nothing to store.
+    pub(super) fn device_row(
+        &mut self,
+        kind: RecordKind,
+        device: &DeviceKey,
+        time_us: i64,
+        table: Result<&str, NameError>,
+        payload: Option<&[u8]>,
+        ack: Option<Acker>,
+    ) {
+        let table = match table {
+            Ok(t) => t,
+            Err(e) => {
+                // A name the lake cannot hold: refused and counted; the device hears an error.
+                self.metrics.refused("name", 1);
+                warn!(device = %device.device, error = %e, "refused a row: its table name breaks the naming rules");
+                if let Some(a) = ack {
+                    a.ack(false);
+                }
+                return;
+            }
+        };
+        let Some(payload) = payload.filter(|p| *p != [twinlake_sdk::pson::tag::UNSET]) else {
+            if let Some(a) = ack {
+                a.ack(true);
+            }
+            return;
+        };
+        let stored = !self.past_retention(table, time_us)
+            && self.append_row(kind, table, (&device.user, &device.device), time_us, payload);
+        match ack {
+            Some(a) if stored => self.unsynced.acks.push(a),
+            Some(a) => a.ack(false),
+            None => {}
+        }
+    }
+}

@@ -121,6 +121,11 @@ impl BucketRows {
         start..self.bytes.len()
     }
 
+    /// The bytes of its bucket names and payloads.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// How many writes it holds.
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -219,6 +224,17 @@ pub enum DeviceEventKind {
         delivery: Option<Delivery>,
         ack: Option<Acker>,
     },
+}
+
+impl DeviceEventKind {
+    /// The rows it brings, at least one: what a batch of events is bounded by.
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Buckets(rows) => rows.len().max(1),
+            Self::Message { rows, .. } => rows.len().max(1),
+            _ => 1,
+        }
+    }
 }
 
 /// One row a source produced: a resource's value at a time. It lands in the table named

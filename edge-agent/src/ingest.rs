@@ -32,7 +32,7 @@ mod commit;
 mod device_rows;
 mod judge;
 
-/// Events taken off the queue per batch at most.
+/// Rows (or other events) taken off the queue per batch, at most about.
 const MAX_BATCH: usize = 8192;
 /// Names of fresh rows shared at most (tables, users and devices).
 const MAX_NAMES: usize = 65_536;
@@ -253,12 +253,14 @@ impl Ingest {
             tokio::select! {
                 ev = events.recv() => {
                     let Some(ev) = ev else { break };
+                    let mut n = ev.kind.rows();
                     self.handle(ev, &mut on_connect);
-                    let mut n = 1;
+                    // Bounded by rows, not events (one event holds a read's bucket writes), so
+                    // fsyncs, seals and the link get their turn while devices keep writing.
                     while n < MAX_BATCH {
                         let Ok(ev) = events.try_recv() else { break };
+                        n += ev.kind.rows();
                         self.handle(ev, &mut on_connect);
-                        n += 1;
                     }
                     if self.unsynced.rows > 0 && self.sync_at.is_none() {
                         self.sync_at = Some(Instant::now() + self.wal_cfg.fsync_interval);

@@ -324,6 +324,9 @@ async fn handle_frames(
                 })
             });
             buckets.push(SystemTime::now(), b.bucket, b.payload, ack);
+            if buckets.bytes() >= MAX_BUCKET_BYTES {
+                emit_buckets(shared, conn, &mut buckets).await;
+            }
             continue;
         }
         emit_buckets(shared, conn, &mut buckets).await;
@@ -405,6 +408,10 @@ async fn handle_frames(
     emit_buckets(shared, conn, &mut buckets).await;
     Ok(())
 }
+
+/// Bucket writes gathered into one event: past this many bytes it goes, so a full event
+/// queue holds about what it held with one write per event (a frame is up to 64 KiB).
+const MAX_BUCKET_BYTES: usize = 16 << 10;
 
 /// Sends the bucket writes gathered, if any, as one event.
 async fn emit_buckets(shared: &Shared, conn: &Conn, buckets: &mut BucketRows) {

@@ -359,3 +359,34 @@ async fn bucket_writes_of_one_read_keep_their_order_and_their_acks() {
     }
     panic!("no confirmation on stream 7");
 }
+
+/// A burst of writes goes on in events of bounded size (about 16 KiB each, the last write
+/// may pass it), so the event queue's memory stays bounded; every write arrives, in order.
+#[tokio::test]
+async fn a_burst_of_bucket_writes_goes_in_bounded_events() {
+    use twinlake_sdk::frame::Signal;
+    let mut srv = start(ListenerConfig::default(), false).await;
+    let mut dev = authed(srv.tcp).await;
+    let n = 3_000;
+    let bytes: Vec<u8> = (0..n)
+        .flat_map(|i: i64| {
+            Message::new(0, Signal::BucketData)
+                .with_identifier("b1")
+                .with_payload(Value::object().with("i", i).with("pad", "x".repeat(40)))
+                .to_frame()
+        })
+        .collect();
+    dev.send(&bytes).await;
+    let mut seen = 0;
+    while seen < n {
+        let DeviceEventKind::Buckets(mut rows) = srv.next_event().await else {
+            panic!("expected bucket writes")
+        };
+        assert!(rows.bytes() < (16 << 10) + 100, "an event of {} bytes", rows.bytes());
+        for (w, _) in rows.drain() {
+            let v = Value::decode(w.payload.expect("a payload")).expect("PSON");
+            assert_eq!(v.get("i").and_then(Value::as_i64), Some(seen));
+            seen += 1;
+        }
+    }
+}

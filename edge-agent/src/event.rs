@@ -309,3 +309,44 @@ impl PartialEq for Acker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use twinlake_sdk::pson::Value;
+
+    use super::*;
+
+    /// Writes come back in order with their buckets, payloads and confirmations; a bucket
+    /// repeated from the write before is held once.
+    #[test]
+    fn bucket_rows_keep_each_write_and_hold_a_repeated_bucket_once() {
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let (a, b) = (Value::Int(1).to_bytes(), Value::from("x").to_bytes());
+        let (a, b) = (a.as_slice(), b.as_slice());
+        let decode = |v| ValueRef::decode(v).ok();
+        let acker = Acker::from_fn(|_| {});
+        let mut rows = BucketRows::default();
+        rows.push(at(1), "b1", decode(a), None);
+        rows.push(at(2), "b1", decode(b), Some(acker.clone()));
+        let one_bucket = rows.bytes();
+        assert_eq!(one_bucket, 2 + a.len() + b.len(), "b1 held once");
+        rows.push(at(3), "b2", None, None);
+        rows.push(at(4), "b1", decode(a), None);
+        assert_eq!(rows.len(), 4);
+        let writes: Vec<_> = rows.iter().map(|w| (w.at, w.bucket, w.payload)).collect();
+        assert_eq!(
+            writes,
+            [
+                (at(1), "b1", Some(a)),
+                (at(2), "b1", Some(b)),
+                (at(3), "b2", None),
+                (at(4), "b1", Some(a))
+            ]
+        );
+        let acks: Vec<bool> = rows.drain().map(|(_, ack)| ack == Some(acker.clone())).collect();
+        assert_eq!(acks, [false, true, false, false]);
+        assert!(rows.is_empty());
+    }
+}

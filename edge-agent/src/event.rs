@@ -138,27 +138,21 @@ impl BucketRows {
 
     /// The writes in order.
     pub fn iter(&self) -> impl Iterator<Item = BucketWrite<'_>> {
-        self.rows.iter().map(|r| self.write(r))
+        self.rows.iter().map(|r| write(&self.bytes, r))
     }
 
     /// The writes in order, each with its confirmation, taken out.
     pub fn drain(&mut self) -> impl Iterator<Item = (BucketWrite<'_>, Option<Acker>)> {
         let bytes = &self.bytes;
-        self.rows.drain(..).map(move |r| {
-            let w = write(bytes, &r);
-            (w, r.ack)
-        })
-    }
-
-    fn write<'a>(&'a self, r: &BucketRow) -> BucketWrite<'a> {
-        write(&self.bytes, r)
+        self.rows.drain(..).map(move |r| (write(bytes, &r), r.ack))
     }
 }
 
+/// The write `r` with its bucket and payload borrowed from `bytes`.
 fn write<'a>(bytes: &'a [u8], r: &BucketRow) -> BucketWrite<'a> {
     BucketWrite {
         at: r.at,
-        // Pushed from a &str, so a whole string; empty is unreachable.
+        // Pushed from a &str, so whole UTF-8; the empty fallback cannot happen.
         bucket: bytes
             .get(r.bucket.clone())
             .and_then(|b| std::str::from_utf8(b).ok())

@@ -449,10 +449,19 @@ async fn device_request(
             },
             None,
         ),
+        // Bucket writes are taken borrowed in `handle_frames`; one that comes this way still
+        // goes on, and a payload the WAL could not read back is refused, never confirmed.
         SessionEvent::Bucket { bucket, payload, ack } => {
             let mut rows = BucketRows::default();
-            let payload = payload.as_ref().and_then(|p| ValueRef::decode(p.as_bytes()).ok());
-            rows.push(SystemTime::now(), &bucket, payload, acker(ack));
+            match payload.as_ref().map(|p| ValueRef::decode(p.as_bytes())).transpose() {
+                Ok(payload) => rows.push(SystemTime::now(), &bucket, payload, acker(ack)),
+                Err(_) => {
+                    if let Some(a) = acker(ack) {
+                        a.ack(false);
+                    }
+                    return;
+                }
+            }
             (DeviceEventKind::Buckets(rows), None)
         }
         SessionEvent::SetProperty { property, payload, ack } => {

@@ -13,14 +13,16 @@ impl Ingest {
     /// A read's bucket writes, in order. Writes to the same bucket as the one before (the
     /// usual case) share its table name.
     pub(super) fn handle_buckets(&mut self, device: &DeviceKey, mut rows: BucketRows) {
-        let mut last: Option<(String, Result<String, NameError>)> = None;
+        // The bucket borrowed from the rows' buffer, with its table name.
+        let mut last: Option<(&str, Result<String, NameError>)> = None;
         for (w, ack) in rows.drain() {
-            if last.as_ref().is_none_or(|(b, _)| b != w.bucket) {
-                last = Some((w.bucket.to_owned(), table_name(&[w.bucket])));
-            }
-            let Some((_, table)) = &last else { continue };
-            let table = table.as_deref().map_err(|e| *e);
-            self.device_row(RecordKind::Record, device, micros(w.at), table, w.payload, ack);
+            let table = match last.take() {
+                Some((b, t)) if b == w.bucket => (b, t),
+                _ => (w.bucket, table_name(&[w.bucket])),
+            };
+            let name = table.1.as_deref().map_err(|e| *e);
+            self.device_row(RecordKind::Record, device, micros(w.at), name, w.payload, ack);
+            last = Some(table);
         }
     }
 

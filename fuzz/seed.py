@@ -118,3 +118,16 @@ for i, s in enumerate([
     b"\x02", b'\x01{"format":"arrow"}', b"\x00WITH a AS (SELECT 1) SELECT * FROM a JOIN a b ON true ORDER BY 1 LIMIT 5",
 ]):
     (sql / f"s{i}").write_bytes(s)
+
+# Binary link batches (edge-agent/src/link/wire.rs): magic, JSON header, blocks.
+batch = here / "corpus" / "link_batch"
+batch.mkdir(parents=True, exist_ok=True)
+def u32(n: int) -> bytes:
+    return n.to_bytes(4, "little")
+def row(t: int, device: bytes, payload: bytes) -> bytes:
+    return t.to_bytes(8, "little", signed=True) + len(device).to_bytes(2, "little") + device + u32(len(payload)) + payload
+for i, blocks in enumerate([[row(1, b"d", b"\x12")], [row(1, b"d1", b"\x12") + row(2, b"d2", b"xyz"), b""], []]):
+    items = ",".join('{"kind":"pson_rows","table":"t","segment":4,"stream":false,"owner":"u","rows":""}' for _ in blocks)
+    header = ('{"type":"batch","seq":%d,"items":[%s]}' % (i + 1, items)).encode()
+    body = b"".join(u32(len(b)) + b for b in blocks)
+    (batch / f"b{i}").write_bytes(b"TLB\x01" + u32(len(header)) + header + u32(len(blocks)) + body)

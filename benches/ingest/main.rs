@@ -18,7 +18,9 @@
 //! `BENCH_DEVICES` (default 50,1000), `BENCH_ROWS` (total rows per run, default 1,000,000)
 //! and `BENCH_RUNS` (default 5). `BENCH_LINK_ROWS` sets the agent's `link.max_waiting_rows`
 //! (production default 200,000): fresh rows past it are dropped from the link (counted, and
-//! reported) and reach the cloud in their file instead. Without `--bench` (as in `cargo test --all-targets`) it
+//! reported) and reach the cloud in their file instead. `BENCH_LINK_FORMAT=text` has the
+//! cloud refuse binary batches (`[link] binary_batches = false`), so the agent sends JSON
+//! text as agents before them did. Without `--bench` (as in `cargo test --all-targets`) it
 //! runs once on a few rows as a smoke test.
 
 // A measurement harness, not a path for untrusted input.
@@ -45,6 +47,8 @@ struct Run {
     load_cpu: f64,
     /// Fresh rows the agent's bounded link queue dropped (they reach the cloud in files).
     fresh_dropped: f64,
+    /// Bytes of batch frames the agent sent the cloud.
+    link_bytes: f64,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -139,6 +143,7 @@ async fn one_run(dir: &std::path::Path, devices: usize, per: usize) -> Run {
         assert!(Instant::now() < until, "fresh rows never all reached the cloud");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let link_bytes = procs::counter(&http, &edge.metrics, "twinlake_edge_link_bytes_sent_total").await;
     let agent_cpu = tokio::task::spawn_blocking(move || edge.proc.stop())
         .await
         .expect("stop the agent");
@@ -158,6 +163,7 @@ async fn one_run(dir: &std::path::Path, devices: usize, per: usize) -> Run {
         cloud_cpu,
         load_cpu,
         fresh_dropped,
+        link_bytes,
     }
 }
 
@@ -213,6 +219,11 @@ fn report(devices: usize, rows: usize, results: &[Run]) {
         "fresh rows the agent's bounded link queue dropped (they arrive in files)",
         mmm(results, |x| x.fresh_dropped),
         0,
+    );
+    line(
+        "link: batch bytes sent per fresh row sent (before WebSocket and TLS framing)",
+        mmm(results, |x| x.link_bytes / (r - x.fresh_dropped).max(1.0)),
+        1,
     );
     let per_m = |cpu: f64| cpu / (r / 1e6);
     line(

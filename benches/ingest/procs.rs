@@ -167,7 +167,10 @@ scopes = ["admin"]
 id = "{GATEWAY}"
 token_sha256 = "{gw}"
 users = ["{USER}"]
+[link]
+binary_batches = {binary}
 "#,
+        binary = std::env::var("BENCH_LINK_FORMAT").map_or(true, |f| f != "text"),
         data = dir.join("cloud").display(),
         cert = cert.display(),
         key = key.display(),

@@ -363,6 +363,10 @@ pub struct LinkServerSection {
     /// one gateway may bring, each with a twin: a new one past it is refused and counted
     /// (`device_quota_refusals`). Deleting such a device's twin makes room.
     pub max_unregistered_devices: usize,
+    /// Whether gateways may send batches as binary WebSocket frames (raw fresh-row blocks,
+    /// no base64). Off, they send JSON text, as agents before it do: for a proxy on the way
+    /// that passes only text frames.
+    pub binary_batches: bool,
 }
 
 impl Default for LinkServerSection {
@@ -370,6 +374,7 @@ impl Default for LinkServerSection {
         Self {
             max_inflight: 1024,
             max_unregistered_devices: 10_000,
+            binary_batches: true,
         }
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
-use twinlake_edge::link::{Down, ErrorKind, Item, LinkIo, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up};
+use twinlake_edge::link::{
+    Down, ErrorKind, Item, LinkIo, LinkMsg, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up,
+};
 use twinlake_twin::TwinKey;
 
 use self::apply::apply;
@@ -143,8 +145,8 @@ impl Gateways {
     }
 }
 
-fn encode(msg: &Down) -> String {
-    serde_json::to_string(msg).unwrap_or_default()
+fn encode(msg: &Down) -> LinkMsg {
+    LinkMsg::Text(serde_json::to_string(msg).unwrap_or_default())
 }
 
 /// The devices a gateway may accept, with their properties.
@@ -177,7 +179,11 @@ pub fn registry_for(state: &AppState, gateway: &str) -> Result<Vec<RegistryEntry
 /// Serves one gateway's link until it closes. `gateway` is the id its token proved.
 pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
     let hello = match tokio::time::timeout(Duration::from_secs(10), io.rx.recv()).await {
-        Ok(Some(text)) => serde_json::from_str::<Up>(&text),
+        Ok(Some(LinkMsg::Text(text))) => serde_json::from_str::<Up>(&text),
+        Ok(Some(LinkMsg::Binary(_))) => {
+            warn!(%gateway, "a binary frame before the hello; closing");
+            return;
+        }
         _ => {
             warn!(%gateway, "no hello on the link");
             return;
@@ -220,12 +226,13 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
         }
     };
     let mut acked = if stored.session == session_id { stored.acked } else { 0 };
-    let features = [
-        twinlake_edge::link::FEATURE_STATUS,
-        twinlake_edge::link::FEATURE_PSON_ROWS,
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut features = vec![
+        twinlake_edge::link::FEATURE_STATUS.to_owned(),
+        twinlake_edge::link::FEATURE_PSON_ROWS.to_owned(),
+    ];
+    if state.cfg.link.binary_batches {
+        features.push(twinlake_edge::link::FEATURE_BINARY_BATCHES.to_owned());
+    }
     if io.tx.send(encode(&Down::Welcome { acked, features })).await.is_err() {
         return;
     }
@@ -251,13 +258,13 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
         tokio::select! {
             _ = crate::state::stopped(&mut stop), if remote => break,
             msg = io.rx.recv() => {
-                let Some(text) = msg else { break };
+                let Some(msg) = msg else { break };
                 let mut batches = Vec::new();
-                handle(&state, &gateway, &session, &text, &mut batches);
+                handle(&state, &gateway, &session, &msg, &mut batches);
                 // Whatever else has arrived joins the same transaction.
                 while batches.len() < 64 {
-                    let Ok(text) = io.rx.try_recv() else { break };
-                    handle(&state, &gateway, &session, &text, &mut batches);
+                    let Ok(msg) = io.rx.try_recv() else { break };
+                    handle(&state, &gateway, &session, &msg, &mut batches);
                 }
                 if batches.is_empty() {
                     continue;
@@ -319,9 +326,17 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
 }
 
 /// A message from the gateway: replies are handed over at once, batches collected.
-fn handle(state: &AppState, gateway: &str, session: &Session, text: &str, batches: &mut Vec<(u64, Vec<Item>)>) {
-    match serde_json::from_str::<Up>(text) {
-        Ok(Up::Batch { seq, items }) => batches.push((seq, items)),
+fn handle(state: &AppState, gateway: &str, session: &Session, msg: &LinkMsg, batches: &mut Vec<(u64, Vec<Item>)>) {
+    match msg.to_up() {
+        Ok(Up::Batch { seq, items }) => {
+            let format = match msg {
+                LinkMsg::Text(_) => "text",
+                LinkMsg::Binary(_) => "binary",
+            };
+            let label = vec![("format".to_owned(), format.to_owned())];
+            state.metrics.link_batches.get_or_create(&label).inc();
+            batches.push((seq, items));
+        }
         Ok(Up::Status(s)) => state.gateways.report(gateway, s),
         Ok(Up::Reply(r)) => {
             session.complete(r);

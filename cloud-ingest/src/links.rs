@@ -35,7 +35,7 @@ impl std::fmt::Display for ControlError {
 /// One linked gateway.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) tx: mpsc::Sender<String>,
+    pub(crate) tx: mpsc::Sender<twinlake_edge::link::LinkMsg>,
     pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     pub(crate) epoch: u64,
     /// Requests in flight at most (`link.max_inflight`): more wait, within their timeout.

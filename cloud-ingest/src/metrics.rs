@@ -13,6 +13,7 @@ pub struct CloudMetrics {
     pub link_items: Counter,
     pub link_duplicate_batches: Counter,
     pub link_bad_messages: Counter,
+    pub link_batches: Labelled,
     pub twin_updates: Counter,
     pub twin_rejected: Counter,
     pub files_committed: Counter,
@@ -147,6 +148,13 @@ impl Default for CloudMetrics {
                 "link_bad_messages",
                 "Link messages that did not parse",
                 Counter::default(),
+            ),
+            link_batches: labelled(
+                r,
+                "link_batches",
+                "Link batches received, by frame format (text: JSON; binary: agents that take binary_batches)",
+                "format",
+                &["text", "binary"],
             ),
             files_catalogued: add(
                 r,

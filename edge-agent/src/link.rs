@@ -1,7 +1,8 @@
 //! The gateway link: the edge agent's connection out to the cloud.
 //!
 //! The agent dials the cloud (WebSocket, normally over TLS, `Authorization: Bearer
-//! <gateway token>`), so gateways behind NAT work. Every message is one JSON text frame.
+//! <gateway token>`), so gateways behind NAT work. Every message is one JSON text frame,
+//! but for batches to a cloud that takes them as binary frames ([`wire`]).
 //!
 //! ```text
 //! edge → cloud   hello {gateway, session, protocol}
@@ -32,6 +33,7 @@ pub mod client;
 pub mod feed;
 mod frames;
 pub mod rows;
+pub mod wire;
 mod ws;
 
 use std::collections::{HashMap, VecDeque};
@@ -46,6 +48,7 @@ use crate::metrics::Metrics;
 use crate::outbox::FileEntry;
 
 pub use client::{Connector, LinkClient, LinkIo};
+pub use wire::LinkMsg;
 pub use ws::WsConnector;
 
 /// The link's version; both ends refuse another.
@@ -86,6 +89,9 @@ pub const FEATURE_STATUS: &str = "status";
 /// What a welcome's `features` may list: the cloud takes [`Item::PsonRows`] (a cloud before
 /// it gets fresh rows as [`Item::Rows`]).
 pub const FEATURE_PSON_ROWS: &str = "pson_rows";
+/// What a welcome's `features` may list: the cloud takes batches as binary frames
+/// ([`wire`]); a cloud before it gets them as JSON text. Sent only with [`FEATURE_PSON_ROWS`].
+pub const FEATURE_BINARY_BATCHES: &str = "binary_batches";
 
 /// A gateway's queue depths, as its metrics have them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub link_connected: Gauge,
     pub link_connects: Counter,
     pub link_frames_sent: Counter,
+    pub link_bytes_sent: Counter,
     pub link_items_sent: Counter,
     pub link_unacked_frames: Gauge,
     pub link_files_dropped: Counter,
@@ -177,6 +178,12 @@ impl Metrics {
                 r,
                 "link_frames_sent",
                 "Batches sent to the cloud (resends included)",
+                Counter::default(),
+            ),
+            link_bytes_sent: add(
+                r,
+                "link_bytes_sent",
+                "Bytes of batches sent to the cloud (resends included), before WebSocket and TLS framing",
                 Counter::default(),
             ),
             link_items_sent: add(

@@ -27,7 +27,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::debug;
-use twinlake_edge::link::{LinkIo, Op};
+use twinlake_edge::link::{LinkIo, LinkMsg, Op};
 use twinlake_twin::{EventKind, TwinEvent, TwinKey};
 
 use crate::api::control_error;
@@ -379,8 +379,12 @@ pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket)
     } = edge;
     let session = tokio::spawn(crate::gateway::serve(state.clone(), gateway.clone(), cloud));
     let writer = tokio::spawn(async move {
-        while let Some(text) = from_cloud.recv().await {
-            if sink.send(Message::Text(text.into())).await.is_err() {
+        while let Some(msg) = from_cloud.recv().await {
+            let msg = match msg {
+                LinkMsg::Text(text) => Message::Text(text.into()),
+                LinkMsg::Binary(bytes) => Message::Binary(bytes),
+            };
+            if sink.send(msg).await.is_err() {
                 break;
             }
         }
@@ -402,10 +406,14 @@ pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket)
             state.gateways.complete(&gateway, r);
             continue;
         }
-        match msg {
-            Message::Text(t) if to_cloud.send(t.to_string()).await.is_err() => break,
+        let msg = match msg {
+            Message::Text(t) => LinkMsg::Text(t.to_string()),
+            Message::Binary(b) => LinkMsg::Binary(b),
             Message::Close(_) => break,
-            _ => {}
+            _ => continue,
+        };
+        if to_cloud.send(msg).await.is_err() {
+            break;
         }
     }
     drop(to_cloud);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
-use twinlake_edge::link::{Down, Item, LinkIo, PROTOCOL, Up};
+use twinlake_edge::link::{Down, Item, LinkIo, LinkMsg, PROTOCOL, Up};
 use twinlake_twin::TwinKey;
 
 use crate::support::*;
@@ -17,11 +17,17 @@ async fn recv(io: &mut LinkIo) -> Down {
         .await
         .unwrap()
         .unwrap();
+    let LinkMsg::Text(t) = t else {
+        panic!("the cloud sends text: {t:?}")
+    };
     serde_json::from_str(&t).unwrap()
 }
 
 async fn send(io: &LinkIo, m: &Up) {
-    io.tx.send(serde_json::to_string(m).unwrap()).await.unwrap();
+    io.tx
+        .send(LinkMsg::Text(serde_json::to_string(m).unwrap()))
+        .await
+        .unwrap();
 }
 
 fn reported(device: &str, v: f64) -> Item {
@@ -47,20 +53,23 @@ async fn link(state: &std::sync::Arc<twinlake_cloud::AppState>, gateway: &str, s
     edge
 }
 
-/// The welcome this cloud sends: where it is, and that it takes queue reports and pson rows.
+/// The welcome this cloud sends: where it is, and that it takes queue reports, pson rows
+/// and binary batches.
 fn welcome(acked: u64) -> Down {
     Down::Welcome {
         acked,
         features: vec![
             twinlake_edge::link::FEATURE_STATUS.into(),
             twinlake_edge::link::FEATURE_PSON_ROWS.into(),
+            twinlake_edge::link::FEATURE_BINARY_BATCHES.into(),
         ],
     }
 }
 
-/// Fresh rows from an agent before pson rows (JSON) and from one after (a PSON block) both
-/// reach SQL; a block that goes bad keeps its rows before the fault, is counted, and the
-/// link stays up.
+/// Fresh rows from an agent before pson rows (JSON), from one after (a PSON block in a text
+/// batch) and from one with binary batches all reach SQL; a block that goes bad keeps its
+/// rows before the fault, is counted, and the link stays up; a binary frame that does not
+/// read is counted and dropped whole, and the link stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_rows_in_either_format_reach_sql() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,15 +101,34 @@ async fn fresh_rows_in_either_format_reach_sql() {
     for (seq, item) in [(1, json_rows), (2, pson_rows)] {
         send(&edge, &Up::Batch { seq, items: vec![item] }).await;
     }
+    let mut block = twinlake_edge::link::rows::RowBlock::default();
+    block.push(
+        4_000,
+        "x",
+        &twinlake_sdk::json::from_json(&json!({"v": 4.0})).to_bytes(),
+    );
+    let mut items = vec![Item::PsonRows {
+        table: "temp".into(),
+        segment: 1,
+        stream: false,
+        owner: Some(USER.into()),
+        rows: block,
+    }];
+    let binary = twinlake_edge::link::wire::encode_batch(3, &mut items);
+    edge.tx
+        .send(LinkMsg::Binary(binary[..binary.len() - 1].to_vec().into()))
+        .await
+        .unwrap();
+    edge.tx.send(LinkMsg::Binary(binary.into())).await.unwrap();
     let mut through = 0;
-    while through < 2 {
+    while through < 3 {
         if let Down::Ack { through: t } = recv(&mut edge).await {
             through = t;
         }
     }
-    assert_eq!(state.sql.lake().fresh_rows(), 3);
+    assert_eq!(state.sql.lake().fresh_rows(), 4);
     let m = state.metrics.encode();
-    assert!(m.contains("twinlake_cloud_link_bad_messages_total 1"), "{m}");
+    assert!(m.contains("twinlake_cloud_link_bad_messages_total 2"), "{m}");
     let (s, j) = cloud
         .api()
         .call(
@@ -110,7 +138,7 @@ async fn fresh_rows_in_either_format_reach_sql() {
             Some(json!({"sql": "SELECT sum(v) AS s FROM temp WHERE device = 'x'"})),
         )
         .await;
-    assert_eq!((s, j[0]["s"].as_f64()), (reqwest::StatusCode::OK, Some(6.0)), "{j}");
+    assert_eq!((s, j[0]["s"].as_f64()), (reqwest::StatusCode::OK, Some(10.0)), "{j}");
     drop((edge, state));
     cloud.stop().await;
 }
@@ -232,6 +260,16 @@ async fn the_edge_rides_out_a_cloud_restart() {
     wait_online(&api, "stay").await;
     wait_online(&api, "leave").await;
     let before = api.twin("stay").await["version"].as_u64().unwrap();
+    // Over the WebSocket, this agent sends its batches as binary frames (#19).
+    let m = cloud.state.metrics.encode();
+    assert!(
+        m.contains(r#"twinlake_cloud_link_batches_total{format="text"} 0"#),
+        "{m}"
+    );
+    assert!(
+        !m.contains(r#"twinlake_cloud_link_batches_total{format="binary"} 0"#),
+        "{m}"
+    );
 
     cloud.stop().await;
     // While the cloud is away: one device leaves, the other streams and calls an endpoint,

@@ -13,7 +13,8 @@ use tracing::{debug, error, info, warn};
 use twinlake_sdk::json::{from_json, to_json};
 use twinlake_sdk::pson::Value;
 
-use super::frames::{Unacked, encode, encode_batches};
+use super::frames::{Takes, Unacked, encode, encode_batches};
+use super::wire::LinkMsg;
 use super::{Down, ErrorKind, Item, MAX_BATCH_ITEMS, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up, Uplink};
 use crate::Error;
 use crate::config::LinkSection;
@@ -24,11 +25,11 @@ use crate::metrics::Metrics;
 use crate::own_streams::OwnStreams;
 use crate::registry::{CredentialHash, DeviceRegistry};
 
-/// One established link: text frames in and out. Dropping `tx` closes it.
+/// One established link: messages in and out. Dropping `tx` closes it.
 #[derive(Debug)]
 pub struct LinkIo {
-    pub tx: mpsc::Sender<String>,
-    pub rx: mpsc::Receiver<String>,
+    pub tx: mpsc::Sender<LinkMsg>,
+    pub rx: mpsc::Receiver<LinkMsg>,
 }
 
 /// How often a gateway reports its queues to a cloud that takes them.
@@ -163,6 +164,9 @@ impl LinkClient {
             .await
             .map_err(|_| Error::Link("no welcome from the cloud within 10 s".into()))?
             .ok_or_else(|| Error::Link("the cloud closed the link during the handshake".into()))?;
+        let LinkMsg::Text(first) = first else {
+            return Err(Error::Link("a binary frame where the welcome belongs".into()));
+        };
         let (acked, features) = match serde_json::from_str::<Down>(&first) {
             Ok(Down::Welcome { acked, features }) => (acked, features),
             Ok(Down::Refused { reason, protocol }) => {
@@ -179,15 +183,18 @@ impl LinkClient {
             warn!(acked, next_seq, "the cloud acknowledged batches this agent never sent");
             *next_seq = acked + 1;
         }
-        // Fresh rows go up as PSON to a cloud that takes them, else as JSON.
-        let pson = features.iter().any(|f| f == crate::link::FEATURE_PSON_ROWS);
-        for frame in unacked.resend(pson) {
+        // Fresh rows go up as PSON to a cloud that takes them, else as JSON; batches as
+        // binary frames to a cloud that takes them, else as text.
+        let takes = Takes::from_features(&features);
+        let (pson, binary) = (takes.pson, takes.binary);
+        for frame in unacked.resend(takes) {
             io.tx.send(frame.clone()).await.map_err(|_| closed())?;
             self.metrics.link_frames_sent.inc();
+            self.metrics.link_bytes_sent.inc_by(frame.len() as u64);
         }
         self.metrics.link_connected.set(1);
         self.metrics.link_connects.inc();
-        info!(target = %self.connector.target(), resent = unacked.len(), pson, "cloud link up");
+        info!(target = %self.connector.target(), resent = unacked.len(), pson, binary, "cloud link up");
 
         // The queues, to a cloud that takes them: at once, then every few seconds.
         let reports = features.iter().any(|f| f == crate::link::FEATURE_STATUS);
@@ -222,24 +229,26 @@ impl LinkClient {
                     break;
                 }
                 let mut frames = Vec::new();
-                encode_batches(std::mem::take(&mut items), next_seq, &mut frames);
+                encode_batches(std::mem::take(&mut items), next_seq, binary, &mut frames);
                 for (seq, frame) in frames {
                     io.tx.send(frame.clone()).await.map_err(|_| closed())?;
                     self.metrics.link_frames_sent.inc();
+                    self.metrics.link_bytes_sent.inc_by(frame.len() as u64);
                     unacked.push(seq, frame, pson);
                 }
                 self.metrics.link_unacked_frames.set(unacked.len() as i64);
             }
             let room = unacked.len() < self.cfg.max_unacked;
             tokio::select! {
-                msg = io.rx.recv() => {
-                    let Some(text) = msg else { return Err(closed()) };
-                    self.handle_down(&text, unacked, &io.tx);
-                }
+                msg = io.rx.recv() => match msg {
+                    Some(LinkMsg::Text(text)) => self.handle_down(&text, unacked, &io.tx),
+                    Some(LinkMsg::Binary(_)) => warn!("ignored a binary frame from the cloud"),
+                    None => return Err(closed()),
+                },
                 _ = self.uplink.notified(), if room => {}
                 _ = self.endpoints.notified(), if room => {}
                 _ = report.tick(), if reports => {
-                    io.tx.send(encode(&Up::Status(self.status()))).await.map_err(|_| closed())?;
+                    io.tx.send(encode(&Up::Status(self.status())).into()).await.map_err(|_| closed())?;
                 }
                 _ = stop.changed() => return Ok(()),
             }
@@ -259,7 +268,7 @@ impl LinkClient {
     }
 
     /// Answers go straight to the link's writer from the task that ran the request.
-    fn handle_down(&self, text: &str, unacked: &mut Unacked, replies: &mpsc::Sender<String>) {
+    fn handle_down(&self, text: &str, unacked: &mut Unacked, replies: &mpsc::Sender<LinkMsg>) {
         let msg = match serde_json::from_str::<Down>(text) {
             Ok(m) => m,
             Err(e) => {
@@ -317,7 +326,7 @@ impl LinkClient {
                             error: Some(error),
                         },
                     };
-                    let _ = replies.send(encode(&Up::Reply(reply))).await;
+                    let _ = replies.send(encode(&Up::Reply(reply)).into()).await;
                 });
             }
             Down::Welcome { .. } | Down::Refused { .. } => debug!("a second hello answer; ignored"),
@@ -354,7 +363,7 @@ fn closed() -> Error {
 }
 
 async fn send(io: &LinkIo, msg: &Up) -> Result<(), Error> {
-    io.tx.send(encode(msg)).await.map_err(|_| closed())
+    io.tx.send(encode(msg).into()).await.map_err(|_| closed())
 }
 
 /// The saved registry holds credential hashes: readable by the agent's user only.

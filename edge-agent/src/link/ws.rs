@@ -1,5 +1,5 @@
 //! The link over WebSocket (`ws://` or `wss://`): dials the cloud with the gateway token as
-//! a Bearer header, and moves text frames between the socket and a [`LinkIo`], with pings.
+//! a Bearer header, and moves messages between the socket and a [`LinkIo`], with pings.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::warn;
 
 use super::client::{Connector, LinkIo};
+use super::wire::LinkMsg;
 use crate::Error;
 use crate::config::LinkSection;
 
@@ -106,7 +107,8 @@ impl WsConnector {
             loop {
                 let msg = tokio::select! {
                     m = from_edge.recv() => match m {
-                        Some(text) => Message::Text(text.into()),
+                        Some(LinkMsg::Text(text)) => Message::Text(text.into()),
+                        Some(LinkMsg::Binary(bytes)) => Message::Binary(bytes),
                         None => break,
                     },
                     _ = ping.tick() => Message::Ping(Vec::new().into()),
@@ -124,7 +126,7 @@ impl WsConnector {
                 let next = tokio::time::timeout(Duration::from_secs(45), stream.next()).await;
                 match next {
                     Ok(Some(Ok(Message::Text(t)))) => {
-                        if to_edge.send(t.to_string()).await.is_err() {
+                        if to_edge.send(LinkMsg::Text(t.to_string())).await.is_err() {
                             break;
                         }
                     }

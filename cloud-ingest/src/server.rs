@@ -50,7 +50,10 @@ struct LocalConnector {
 }
 
 impl Connector for LocalConnector {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<LinkIo, twinlake_edge::Error>> + Send + '_>> {
+    fn connect(
+        &self,
+        _requests: twinlake_edge::link::Requests,
+    ) -> Pin<Box<dyn Future<Output = Result<LinkIo, twinlake_edge::Error>> + Send + '_>> {
         Box::pin(async move {
             let (edge, cloud) = LinkIo::pair(256);
             tokio::spawn(crate::gateway::serve(

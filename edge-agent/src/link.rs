@@ -32,6 +32,7 @@
 pub mod client;
 pub mod feed;
 mod frames;
+mod requests;
 pub mod rows;
 pub mod wire;
 mod ws;
@@ -48,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::outbox::FileEntry;
 
 pub use client::{Connector, LinkClient, LinkIo};
+pub use requests::Requests;
 pub use wire::LinkMsg;
 pub use ws::WsConnector;
 

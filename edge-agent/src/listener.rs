@@ -394,7 +394,7 @@ async fn handle_frames(
             }
             SessionEvent::Reply { stream_id, ok, payload } => {
                 if let Some((_, tx)) = session::remove_released(&mut conn.pending, &stream_id) {
-                    let _ = tx.send(if ok { Reply::Ok(payload) } else { Reply::DeviceError });
+                    tx.send(if ok { Reply::Ok(payload) } else { Reply::DeviceError });
                 }
             }
             other => {

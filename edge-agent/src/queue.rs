@@ -20,7 +20,60 @@ use twinlake_sdk::pson::Value;
 pub(crate) struct Command {
     // Boxed: a waiting request's slot stays small.
     pub message: Box<Message>,
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: Responder,
+}
+
+/// Where a request's outcome goes.
+pub(crate) enum Responder {
+    /// To a task that awaits it.
+    Wait(oneshot::Sender<Reply>),
+    /// Into a function, called on the connection's task: no task waits and no task is
+    /// woken for it (the link writes a live request's answer this way). Called with `None`
+    /// if the request is dropped unanswered (the connection ended).
+    Call(ReplyFn),
+}
+
+/// A [`Responder::Call`]'s function: called once, with the reply or, when dropped
+/// uncalled, with `None`.
+pub(crate) struct ReplyFn(Option<Box<dyn FnOnce(Option<Reply>) + Send + Sync>>);
+
+impl ReplyFn {
+    pub(crate) fn new(f: impl FnOnce(Option<Reply>) + Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(f)))
+    }
+}
+
+impl Drop for ReplyFn {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(None);
+        }
+    }
+}
+
+impl Responder {
+    /// Hands over the outcome.
+    pub(crate) fn send(self, reply: Reply) {
+        match self {
+            Responder::Wait(tx) => {
+                let _ = tx.send(reply);
+            }
+            Responder::Call(mut f) => {
+                if let Some(f) = f.0.take() {
+                    f(Some(reply));
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Responder::Wait(_) => "Responder::Wait",
+            Responder::Call(_) => "Responder::Call",
+        })
+    }
 }
 
 /// The outcome of a request as the connection task sees it.
@@ -95,6 +148,25 @@ impl CommandQueue {
             }
             room.await;
         }
+    }
+
+    /// Queues `cmd` if there is room, without waiting; `Err` gives it back with whether the
+    /// connection has ended (else the queue was full).
+    pub(crate) fn try_send(&self, cmd: Command) -> Result<(), (Command, bool)> {
+        {
+            let Ok(mut s) = self.state.lock() else {
+                return Err((cmd, true));
+            };
+            if s.ended {
+                return Err((cmd, true));
+            }
+            if s.waiting.len() >= self.capacity {
+                return Err((cmd, false));
+            }
+            s.waiting.push_back(cmd);
+        }
+        self.ready.notify_one();
+        Ok(())
     }
 
     /// Confirms the device's request `stream_id` (without waiting). Once the connection
@@ -175,7 +247,13 @@ mod tests {
     fn request() -> (Command, oneshot::Receiver<Reply>) {
         let (reply, rx) = oneshot::channel();
         let message = Box::new(twinlake_sdk::frame::Message::ok(1, None));
-        (Command { message, reply }, rx)
+        (
+            Command {
+                message,
+                reply: Responder::Wait(reply),
+            },
+            rx,
+        )
     }
 
     /// A full queue holds its senders until the connection takes; an ended one refuses
@@ -229,5 +307,41 @@ mod tests {
         let t = q.take(0);
         assert!(t.close && t.requests.is_empty());
         assert_eq!(q.take(5).requests.len(), 1);
+    }
+
+    /// A request with a reply function: it is called once, with the reply, or with `None`
+    /// when the request is dropped unanswered (its connection ended); `try_send` refuses
+    /// at once when full or ended and gives the request back.
+    #[tokio::test]
+    async fn reply_functions_run_once_even_when_dropped() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let command = |n: u32| {
+            let calls = calls.clone();
+            Command {
+                message: Box::new(twinlake_sdk::frame::Message::ok(n, None)),
+                reply: Responder::Call(ReplyFn::new(move |r| {
+                    calls.lock().unwrap().push((n, matches!(r, Some(Reply::Ok(_)))));
+                })),
+            }
+        };
+        let q = CommandQueue::new(1);
+        q.try_send(command(1)).unwrap();
+        let Err((full, false)) = q.try_send(command(2)) else {
+            panic!("full")
+        };
+        drop(full);
+        let taken = q.take(5);
+        for cmd in taken.requests {
+            cmd.reply.send(Reply::Ok(None));
+        }
+        q.try_send(command(3)).unwrap();
+        q.end();
+        let Err((_, true)) = q.try_send(command(4)) else {
+            panic!("ended")
+        };
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![(2, false), (1, true), (3, false), (4, false)]
+        );
     }
 }

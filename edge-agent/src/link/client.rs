@@ -7,15 +7,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 use twinlake_sdk::json::{from_json, to_json};
-use twinlake_sdk::pson::Value;
 
 use super::frames::{Takes, Unacked, encode, encode_batches};
+use super::requests::Requests;
 use super::wire::LinkMsg;
-use super::{Down, ErrorKind, Item, MAX_BATCH_ITEMS, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up, Uplink};
+use super::{Down, Item, MAX_BATCH_ITEMS, PROTOCOL, RegistryEntry, Up, Uplink};
 use crate::Error;
 use crate::config::LinkSection;
 use crate::endpoints::EndpointQueue;
@@ -46,10 +45,19 @@ impl LinkIo {
 
 /// A way to reach the cloud.
 pub trait Connector: Send + Sync + 'static {
-    /// Opens one link.
-    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<LinkIo, Error>> + Send + '_>>;
+    /// Opens one link. Its reader may carry out the cloud's requests as it reads them
+    /// (with `requests`), or leave them to the session as any other message.
+    fn connect(&self, requests: Requests) -> Pin<Box<dyn Future<Output = Result<LinkIo, Error>> + Send + '_>>;
     /// Where it goes, for logs.
     fn target(&self) -> String;
+}
+
+/// What a link's session works with besides the client.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    /// This run of the agent's session id.
+    session: &'a str,
+    requests: &'a Requests,
 }
 
 /// The link task's parts.
@@ -100,9 +108,14 @@ impl LinkClient {
 
     /// Keeps the link up until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let requests = Requests {
+            devices: self.devices.clone(),
+            own_streams: self.own_streams.clone(),
+            southbound: self.southbound.clone(),
+            metrics: self.metrics.clone(),
+        };
         if let Some(rx) = self.rules.take_actions() {
-            let (d, own, sb) = (self.devices.clone(), self.own_streams.clone(), self.southbound.clone());
-            tokio::spawn(rule_actions(rx, d, own, sb));
+            tokio::spawn(requests.clone().rule_actions(rx));
         }
         let session = crate::hex::random_hex(8);
         let mut next_seq: u64 = 1;
@@ -114,7 +127,7 @@ impl LinkClient {
                 return;
             }
             let io = tokio::select! {
-                r = self.connector.connect() => r,
+                r = self.connector.connect(requests.clone()) => r,
                 _ = stop.changed() => return,
             };
             let io = match io {
@@ -129,7 +142,11 @@ impl LinkClient {
                     continue;
                 }
             };
-            match self.session(io, &session, &mut next_seq, &mut unacked, &mut stop).await {
+            let link = Link {
+                session: &session,
+                requests: &requests,
+            };
+            match self.session(io, link, &mut next_seq, &mut unacked, &mut stop).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.metrics.link_connected.set(0);
@@ -149,14 +166,14 @@ impl LinkClient {
     async fn session(
         &self,
         mut io: LinkIo,
-        session: &str,
+        link: Link<'_>,
         next_seq: &mut u64,
         unacked: &mut Unacked,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let hello = Up::Hello {
             gateway: self.gateway.clone(),
-            session: session.to_owned(),
+            session: link.session.to_owned(),
             protocol: PROTOCOL,
         };
         send(&io, &hello).await?;
@@ -241,7 +258,7 @@ impl LinkClient {
             let room = unacked.len() < self.cfg.max_unacked;
             tokio::select! {
                 msg = io.rx.recv() => match msg {
-                    Some(LinkMsg::Text(text)) => self.handle_down(&text, unacked, &io.tx),
+                    Some(LinkMsg::Text(text)) => self.handle_down(&text, unacked, link.requests, &io.tx),
                     Some(LinkMsg::Binary(_)) => warn!("ignored a binary frame from the cloud"),
                     None => return Err(closed()),
                 },
@@ -268,7 +285,7 @@ impl LinkClient {
     }
 
     /// Answers go straight to the link's writer from the task that ran the request.
-    fn handle_down(&self, text: &str, unacked: &mut Unacked, replies: &mpsc::Sender<LinkMsg>) {
+    fn handle_down(&self, text: &str, unacked: &mut Unacked, requests: &Requests, replies: &mpsc::Sender<LinkMsg>) {
         let msg = match serde_json::from_str::<Down>(text) {
             Ok(m) => m,
             Err(e) => {
@@ -300,35 +317,8 @@ impl LinkClient {
                     self.retention.replace(r);
                 }
             }
-            Down::Request { id, user, device, op } => {
-                self.metrics.link_requests.inc();
-                let devices = self.devices.clone();
-                let own = self.own_streams.clone();
-                let southbound = self.southbound.clone();
-                let replies = replies.clone();
-                tokio::spawn(async move {
-                    let key = DeviceKey::new(&user, &device);
-                    let result = match (devices.get(&key.user, &key.device), southbound.get(&key)) {
-                        (None, Some(control)) => foreign(&*control, &key, op),
-                        _ => execute(&devices, &own, &key, op).await,
-                    };
-                    let reply = match result {
-                        Ok(value) => Reply {
-                            id,
-                            ok: true,
-                            value,
-                            error: None,
-                        },
-                        Err(error) => Reply {
-                            id,
-                            ok: false,
-                            value: None,
-                            error: Some(error),
-                        },
-                    };
-                    let _ = replies.send(encode(&Up::Reply(reply)).into()).await;
-                });
-            }
+            // From a link whose reader does not take requests (the in-process one).
+            Down::Request { id, user, device, op } => requests.handle(id, &user, &device, op, replies),
             Down::Welcome { .. } | Down::Refused { .. } => debug!("a second hello answer; ignored"),
         }
     }
@@ -367,121 +357,6 @@ async fn send(io: &LinkIo, msg: &Up) -> Result<(), Error> {
 }
 
 /// The saved registry holds credential hashes: readable by the agent's user only.
-/// Runs the rules' device actions (input writes) until the client stops.
-async fn rule_actions(
-    mut rx: tokio::sync::mpsc::Receiver<crate::rules::DeviceAction>,
-    devices: Devices,
-    own: Arc<OwnStreams>,
-    southbound: Arc<crate::sources::Southbound>,
-) {
-    while let Some(a) = rx.recv().await {
-        for (path, value) in a.inputs {
-            let op = Op::Write { path, value };
-            let result = match (devices.get(&a.key.user, &a.key.device), southbound.get(&a.key)) {
-                (None, Some(control)) => foreign(&*control, &a.key, op),
-                _ => execute(&devices, &own, &a.key, op).await,
-            };
-            if let Err(e) = result {
-                warn!(device = %a.key.device, error = %e.message, "a gateway rule's action failed");
-            }
-        }
-    }
-}
-
 fn save_json<T: serde::Serialize>(path: &std::path::Path, v: &T) -> std::io::Result<()> {
     crate::wal::write_file_atomic(path, &serde_json::to_vec(v).map_err(std::io::Error::other)?, 0o600)
-}
-
-fn remote(e: Error) -> RemoteError {
-    let kind = match &e {
-        Error::DeviceOffline(_) | Error::Disconnected(_) => ErrorKind::Offline,
-        Error::DeviceTimeout { .. } => ErrorKind::Timeout,
-        Error::DeviceError { .. } => ErrorKind::DeviceError,
-        _ => ErrorKind::BadRequest,
-    };
-    RemoteError {
-        kind,
-        message: e.to_string(),
-    }
-}
-
-/// Carries out one request on a connected device.
-async fn execute(devices: &Devices, own: &OwnStreams, key: &DeviceKey, op: Op) -> Result<Option<Json>, RemoteError> {
-    if let Op::SetProperty { property, value } = &op {
-        devices.set_property(&key.user, &key.device, property, from_json(value));
-        return Ok(None);
-    }
-    let h = devices.get(&key.user, &key.device).ok_or_else(|| RemoteError {
-        kind: ErrorKind::Offline,
-        message: format!("device {key} is not connected to this gateway"),
-    })?;
-    let split = |p: &str| -> Vec<String> { p.split('/').filter(|s| !s.is_empty()).map(String::from).collect() };
-    let out = |v: Option<Value>| v.as_ref().map(to_json);
-    let r = match op {
-        Op::Describe => h.describe().await.map(|v| Some(to_json(&v))),
-        Op::Template { path } => {
-            let p = split(&path);
-            h.template(&refs(&p)).await.map(|v| Some(to_json(&v)))
-        }
-        Op::Read { path } => h.read(&refs(&split(&path))).await.map(out),
-        Op::Write { path, value } => h.write(&refs(&split(&path)), from_json(&value)).await.map(|()| None),
-        Op::Call { path, input } => h
-            .call(&refs(&split(&path)), input.as_ref().map(from_json))
-            .await
-            .map(out),
-        Op::Run { path } => h.run(&refs(&split(&path))).await.map(|()| None),
-        Op::StartStream { path, interval_ms } => {
-            let own = own.get(key, &path);
-            let wanted = interval_ms.map(Duration::from_millis);
-            // The device keeps one stream per resource: the faster of the two wins.
-            let interval = match (wanted, own) {
-                (Some(w), Some(Some(o))) => Some(w.min(o)),
-                (w, _) => w,
-            };
-            h.start_stream(&refs(&split(&path)), interval).await.map(|()| None)
-        }
-        Op::StopStream { path } => {
-            let p = split(&path);
-            match own.get(key, &path) {
-                Some(own) => h.start_stream(&refs(&p), own).await.map(|()| None),
-                None => h.stop_stream(&refs(&p)).await.map(|()| None),
-            }
-        }
-        Op::SetProperty { .. } => Ok(None),
-    };
-    r.map_err(remote)
-}
-
-/// A request for a device of another source (MQTT): writes go out through its control;
-/// there is nothing to read back from such a device but its twin.
-fn foreign(control: &dyn crate::sources::Control, key: &DeviceKey, op: Op) -> Result<Option<Json>, RemoteError> {
-    let bad = |message: String| RemoteError {
-        kind: ErrorKind::BadRequest,
-        message,
-    };
-    match op {
-        Op::Write { path, value } => control
-            .write(&key.device, &path, &value)
-            .map(|()| None)
-            .map_err(|message| RemoteError {
-                kind: ErrorKind::Offline,
-                message,
-            }),
-        Op::Run { path } => control
-            .write(&key.device, &path, &Json::Null)
-            .map(|()| None)
-            .map_err(bad),
-        Op::Call { path, input } => control
-            .write(&key.device, &path, input.as_ref().unwrap_or(&Json::Null))
-            .map(|()| None)
-            .map_err(bad),
-        Op::StartStream { .. } | Op::StopStream { .. } | Op::SetProperty { .. } => Ok(None),
-        Op::Describe | Op::Template { .. } | Op::Read { .. } => Err(bad(format!(
-            "device {key} publishes over MQTT: it cannot be read on demand; its twin holds what it reported"
-        ))),
-    }
-}
-
-fn refs(p: &[String]) -> Vec<&str> {
-    p.iter().map(String::as_str).collect()
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::warn;
 
 use super::client::{Connector, LinkIo};
+use super::requests::Requests;
 use super::wire::LinkMsg;
 use crate::Error;
 use crate::config::LinkSection;
@@ -57,7 +58,7 @@ impl WsConnector {
         })
     }
 
-    async fn open(&self) -> Result<LinkIo, Error> {
+    async fn open(&self, requests: Requests) -> Result<LinkIo, Error> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let host = self
             .url
@@ -119,13 +120,21 @@ impl WsConnector {
             }
             let _ = sink.close().await;
         });
-        // Reader: text frames in; anything from the cloud (pongs too) shows it is alive.
+        // Reader: text frames in; anything from the cloud (pongs too) shows it is alive. It
+        // carries out live requests itself, their answers going straight to the writer (held
+        // weakly: the link closes when the session drops its end).
+        let writer = mine.tx.downgrade();
         tokio::spawn(async move {
             use tokio_tungstenite::tungstenite::Message;
             loop {
                 let next = tokio::time::timeout(Duration::from_secs(45), stream.next()).await;
                 match next {
                     Ok(Some(Ok(Message::Text(t)))) => {
+                        if let Some(replies) = writer.upgrade()
+                            && requests.try_text(t.as_str(), &replies)
+                        {
+                            continue;
+                        }
                         if to_edge.send(LinkMsg::Text(t.to_string())).await.is_err() {
                             break;
                         }
@@ -144,8 +153,8 @@ impl WsConnector {
 }
 
 impl Connector for WsConnector {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<LinkIo, Error>> + Send + '_>> {
-        Box::pin(self.open())
+    fn connect(&self, requests: Requests) -> Pin<Box<dyn Future<Output = Result<LinkIo, Error>> + Send + '_>> {
+        Box::pin(self.open(requests))
     }
 
     fn target(&self) -> String {

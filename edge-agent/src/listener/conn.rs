@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 use twinlake_sdk::frame::FrameDecoder;
@@ -16,7 +16,7 @@ use twinlake_sdk::frame::FrameDecoder;
 use super::session::{Session, remove_released};
 use super::{Shared, emit, handle_frames};
 use crate::event::{DeviceEventKind, DeviceKey};
-use crate::queue::{Command, CommandQueue, EndOnDrop, Reply};
+use crate::queue::{Command, CommandQueue, EndOnDrop, Reply, Responder};
 
 /// The first read of a busy connection, and the most one read takes.
 const READ_CHUNK: usize = 8192;
@@ -27,7 +27,7 @@ pub(super) struct Conn {
     pub(super) id: u64,
     pub(super) key: Option<DeviceKey>,
     pub(super) session: Session,
-    pub(super) pending: BTreeMap<u32, (Instant, oneshot::Sender<Reply>)>,
+    pub(super) pending: BTreeMap<u32, (Instant, Responder)>,
     pub(super) rx_bytes: u64,
     pub(super) tx_bytes: u64,
 }
@@ -168,7 +168,7 @@ fn expire_requests(conn: &mut Conn) {
     for sid in expired {
         conn.session.forget(sid);
         if let Some((_, tx)) = remove_released(&mut conn.pending, &sid) {
-            let _ = tx.send(Reply::Timeout);
+            tx.send(Reply::Timeout);
         }
     }
 }

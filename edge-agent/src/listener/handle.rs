@@ -10,7 +10,7 @@ use twinlake_sdk::pson::Value;
 use super::{Shared, resource_request};
 use crate::Error;
 use crate::event::DeviceKey;
-use crate::queue::{Command, CommandQueue, Reply};
+use crate::queue::{Command, CommandQueue, Reply, ReplyFn, Responder};
 
 /// The set of connected devices.
 #[derive(Clone)]
@@ -93,29 +93,77 @@ impl DeviceHandle {
         &self.key
     }
 
-    async fn request(&self, signal: Signal, path: &[&str], payload: Option<Value>) -> Result<Option<Value>, Error> {
+    /// Sends one request to the device and waits for its outcome.
+    pub(crate) async fn request(
+        &self,
+        signal: Signal,
+        path: &[&str],
+        payload: Option<Value>,
+    ) -> Result<Option<Value>, Error> {
         let (reply, rx) = oneshot::channel();
         let message = resource_request(signal, path, payload);
-        let offline = || Error::DeviceOffline(self.key.to_string());
         // A full command queue waits: the device is busy, and the reply deadline still holds.
-        self.tx
+        let sent = self
+            .tx
             .send(Command {
                 message: Box::new(message),
-                reply,
+                reply: Responder::Wait(reply),
             })
-            .await
-            .map_err(|_| offline())?;
-        match rx.await {
-            Ok(Reply::Ok(v)) => Ok(v),
-            Ok(Reply::DeviceError) => Err(Error::DeviceError {
+            .await;
+        if sent.is_err() {
+            return Err(Error::DeviceOffline(self.key.to_string()));
+        }
+        self.outcome(path, rx.await.ok())
+    }
+
+    /// Sends one request to the device and has `done` called with its outcome, on the
+    /// connection's task, with no task waiting for it. A full command queue is waited on by
+    /// a task of its own.
+    pub(crate) fn request_then(
+        &self,
+        signal: Signal,
+        path: &[&str],
+        payload: Option<Value>,
+        done: impl FnOnce(Result<Option<Value>, Error>) + Send + Sync + 'static,
+    ) {
+        let this = self.clone();
+        let joined = path.join("/");
+        let reply = ReplyFn::new(move |r| done(this.outcome_of(joined, r)));
+        let message = Box::new(resource_request(signal, path, payload));
+        let command = Command {
+            message,
+            reply: Responder::Call(reply),
+        };
+        match self.tx.try_send(command) {
+            Ok(()) => {}
+            // Dropped: its function reports the device gone.
+            Err((_, true)) => {}
+            Err((command, false)) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let queue = self.tx.clone();
+                    rt.spawn(async move { queue.send(command).await });
+                }
+            }
+        }
+    }
+
+    /// A request's outcome as callers see it: `None` is a request dropped unanswered.
+    fn outcome(&self, path: &[&str], reply: Option<Reply>) -> Result<Option<Value>, Error> {
+        self.outcome_of(path.join("/"), reply)
+    }
+
+    fn outcome_of(&self, path: String, reply: Option<Reply>) -> Result<Option<Value>, Error> {
+        match reply {
+            Some(Reply::Ok(v)) => Ok(v),
+            Some(Reply::DeviceError) => Err(Error::DeviceError {
                 device: self.key.to_string(),
-                path: path.join("/"),
+                path,
             }),
-            Ok(Reply::Timeout) => Err(Error::DeviceTimeout {
+            Some(Reply::Timeout) => Err(Error::DeviceTimeout {
                 device: self.key.to_string(),
                 timeout_ms: self.timeout.as_millis() as u64,
             }),
-            Err(_) => Err(Error::Disconnected(self.key.to_string())),
+            None => Err(Error::Disconnected(self.key.to_string())),
         }
     }
 
@@ -165,5 +213,54 @@ impl DeviceHandle {
     /// Closes the connection.
     pub fn close(&self) {
         self.tx.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// `request_then` hands the request to the connection without a task of its own; the
+    /// function gets the answer, a full queue's request waits for room, and a request whose
+    /// connection ends (queued, or sent after) reports the device gone, once each.
+    #[tokio::test]
+    async fn requests_with_a_function_are_answered_once_whatever_happens() {
+        let queue = Arc::new(CommandQueue::new(1));
+        let h = DeviceHandle::new(DeviceKey::new("u", "d"), queue.clone(), Duration::from_secs(1));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = |n: u32| {
+            let seen = seen.clone();
+            move |r: Result<Option<Value>, Error>| seen.lock().unwrap().push((n, r.map_err(|e| e.to_string())))
+        };
+        h.request_then(Signal::None, &["temp"], None, record(1));
+        h.request_then(Signal::None, &["temp"], None, record(2)); // the queue is full: it waits
+        queue.ready().await;
+        let first = queue.take(10).requests;
+        assert_eq!(first.len(), 1);
+        for c in first {
+            c.reply.send(Reply::Ok(Some(Value::from(21))));
+        }
+        // The waiting one gets in once there is room; the device then errs on it.
+        let second = loop {
+            queue.ready().await;
+            let t = queue.take(10).requests;
+            if !t.is_empty() {
+                break t;
+            }
+        };
+        for c in second {
+            c.reply.send(Reply::DeviceError);
+        }
+        h.request_then(Signal::None, &["temp"], None, record(3));
+        queue.end(); // the connection ends with request 3 queued
+        h.request_then(Signal::None, &["temp"], None, record(4));
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen[0], (1, Ok(Some(Value::from(21)))));
+        assert!(matches!(&seen[1], (2, Err(e)) if e.contains("temp")), "{seen:?}");
+        assert!(matches!(&seen[2], (3, Err(e)) if e.contains("u/d")), "{seen:?}");
+        assert!(matches!(&seen[3], (4, Err(e)) if e.contains("u/d")), "{seen:?}");
     }
 }

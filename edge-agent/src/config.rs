@@ -111,6 +111,14 @@ impl EdgeConfig {
         if self.listener.max_frame_bytes < 64 {
             return bad("listener.max_frame_bytes must be at least 64".into());
         }
+        // A bucket write's payload is checked once, as the frame is read: with a larger
+        // frame it could pass there and not read back from the WAL.
+        let wal_max = twinlake_sdk::pson::Limits::DEFAULT.max_size;
+        if self.listener.max_frame_bytes > wal_max {
+            return bad(format!(
+                "listener.max_frame_bytes must be at most {wal_max} (the largest payload the WAL reads back)"
+            ));
+        }
         if self.parquet.row_group_rows == 0 {
             return bad("parquet.row_group_rows must be at least 1".into());
         }

@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use twinlake_sdk::pson::{Value, ValueRef};
 
 use self::commit::{SealJob, wait_seal, wait_sync};
+use self::device_rows::Payload;
 use crate::Error;
 use crate::config::{BufferSection, WalSection};
 use crate::event::{Acker, Delivery, DeviceEvent, DeviceEventKind, DeviceKey, RawValue, SourceRow};
@@ -370,7 +371,7 @@ impl Ingest {
             }
             _ => return,
         };
-        let payload = payload.as_ref().map(RawValue::as_bytes);
+        let payload = payload.as_ref().map(|p| Payload::Unchecked(p.as_bytes()));
         self.device_row(
             kind,
             &ev.device,
@@ -421,7 +422,8 @@ impl Ingest {
             let mut payload = std::mem::take(&mut self.scratch);
             payload.clear();
             r.payload.encode_into(&mut payload);
-            let stored = self.append_row(RecordKind::Record, &table, (user, &r.device), micros(r.at), &payload);
+            let row = Payload::Unchecked(&payload);
+            let stored = self.append_row(RecordKind::Record, &table, (user, &r.device), micros(r.at), row);
             self.scratch = payload;
             if !stored {
                 ok = false;
@@ -483,7 +485,7 @@ impl Ingest {
         table: &str,
         (user, device): (&str, &str),
         time_us: i64,
-        payload: &[u8],
+        payload: Payload<'_>,
     ) -> bool {
         if !self.buffer.knows(table) && self.buffer.schemas().len() >= self.buffer_cfg.max_tables {
             self.metrics.refused("tables", 1);
@@ -495,8 +497,17 @@ impl Ingest {
             );
             return false;
         }
-        // Checked as the WAL's replay will read it, before it is written.
-        let Ok(value) = ValueRef::decode(payload) else {
+        // Checked as the WAL's replay will read it, before it is written (once).
+        let (payload, value) = match payload {
+            // The listener's frame limit is within the WAL's (the config sees to it); a
+            // larger payload is checked in full all the same.
+            Payload::Checked(p) if p.len() <= twinlake_sdk::pson::Limits::DEFAULT.max_size => {
+                (p, ValueRef::decode_trusted(p))
+            }
+            Payload::Checked(p) => (p, ValueRef::decode(p)),
+            Payload::Unchecked(p) => (p, ValueRef::decode(p)),
+        };
+        let Ok(value) = value else {
             self.metrics.refused("payload", 1);
             warn!(
                 device,

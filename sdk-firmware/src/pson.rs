@@ -138,7 +138,8 @@ impl From<VarintError> for DecodeError {
 
 /// A decoded PSON value that borrows strings, bytes and container bodies from the input.
 ///
-/// Containers are validated when decoded, so iterating them cannot fail.
+/// Containers are validated when decoded, so iterating them cannot fail (but for
+/// [`ValueRef::decode_trusted`], which leaves that to an earlier decode).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ValueRef<'a> {
     Null,
@@ -418,6 +419,22 @@ impl<'a> ValueRef<'a> {
             0 => Ok(v),
             count => Err(DecodeError::TrailingBytes { count }),
         }
+    }
+
+    /// Reads `buf` as exactly one value without walking a container's body: for bytes
+    /// this process already decoded under the limits that apply (such as those a decoded
+    /// value encoded), so a hot path checks them once. On any other bytes nothing panics:
+    /// a malformed container's pairs or elements end early.
+    pub fn decode_trusted(buf: &'a [u8]) -> Result<Self, DecodeError> {
+        let (head, rest) = read_head(buf)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes { count: rest.len() });
+        }
+        Ok(match head {
+            Head::Scalar(v) => v,
+            Head::Object(body) => ValueRef::Object(ObjectRef { body }),
+            Head::Array(body) => ValueRef::Array(ArrayRef { body }),
+        })
     }
 
     /// The string, if this is one.

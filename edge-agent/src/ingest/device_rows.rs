@@ -21,7 +21,9 @@ impl Ingest {
                 _ => (w.bucket, table_name(&[w.bucket])),
             };
             let name = table.1.as_deref().map_err(|e| *e);
-            self.device_row(RecordKind::Record, device, micros(w.at), name, w.payload, ack);
+            // Decoded where it entered, under the limits the WAL's replay reads with.
+            let payload = w.payload.map(Payload::Checked);
+            self.device_row(RecordKind::Record, device, micros(w.at), name, payload, ack);
             last = Some(table);
         }
     }
@@ -35,7 +37,7 @@ impl Ingest {
         device: &DeviceKey,
         time_us: i64,
         table: Result<&str, NameError>,
-        payload: Option<&[u8]>,
+        payload: Option<Payload<'_>>,
         ack: Option<Acker>,
     ) {
         let table = match table {
@@ -50,7 +52,7 @@ impl Ingest {
                 return;
             }
         };
-        let Some(payload) = payload.filter(|p| *p != [twinlake_sdk::pson::tag::UNSET]) else {
+        let Some(payload) = payload.filter(|p| p.bytes() != [twinlake_sdk::pson::tag::UNSET]) else {
             if let Some(a) = ack {
                 a.ack(true);
             }
@@ -62,6 +64,24 @@ impl Ingest {
             Some(a) if stored => self.unsynced.acks.push(a),
             Some(a) => a.ack(false),
             None => {}
+        }
+    }
+}
+
+/// A row's PSON payload, and whether it was decoded where it entered.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Payload<'a> {
+    /// Decoded already, under the limits the WAL's replay reads with (a device's bucket
+    /// write, checked by the listener): not walked again.
+    Checked(&'a [u8]),
+    /// From a path that did not check it so: checked before it is written.
+    Unchecked(&'a [u8]),
+}
+
+impl<'a> Payload<'a> {
+    pub(super) fn bytes(self) -> &'a [u8] {
+        match self {
+            Payload::Checked(b) | Payload::Unchecked(b) => b,
         }
     }
 }

@@ -35,7 +35,7 @@ impl Ingest {
             crate::rules::ALARMS_TABLE,
             (user, device),
             time_us,
-            &row,
+            super::Payload::Unchecked(&row),
         );
     }
 

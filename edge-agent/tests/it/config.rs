@@ -36,6 +36,8 @@ fn bad_configs_say_what_is_wrong() {
         ("[listener]\ntls = \"0.0.0.0:25202\"", "tls_cert"),
         ("[wal]\nfsync_interval = \"soon\"", "fsync_interval"),
         ("[parquet]\nzstd_level = 99", "zstd_level"),
+        // A bucket write is checked once, as its frame is read: no frame past what the WAL reads.
+        ("[listener]\nmax_frame_bytes = 2000000", "at most 1048576"),
         (
             "[[devices]]\nuser = \"a\"\ndevice = \"b\"\ncredential_hash = \"plain\"",
             "a/b",

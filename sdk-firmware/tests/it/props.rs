@@ -73,6 +73,23 @@ proptest! {
         prop_assert!(same(&Value::from_ref(r), &v));
     }
 
+    /// Bytes a value encoded read the same without the container walk.
+    #[test]
+    fn pson_trusted_decode_reads_what_decode_reads(v in value()) {
+        let bytes = v.to_bytes();
+        let checked = ValueRef::decode(&bytes).expect("decodes");
+        let trusted = ValueRef::decode_trusted(&bytes).expect("decodes");
+        prop_assert!(same(&Value::from_ref(trusted), &Value::from_ref(checked)));
+    }
+
+    /// Bytes nobody checked: no panic, and whatever reads turns into a value.
+    #[test]
+    fn pson_trusted_decode_of_any_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        if let Ok(v) = ValueRef::decode_trusted(&bytes) {
+            let _ = Value::from_ref(v);
+        }
+    }
+
     #[test]
     fn pson_truncations_are_errors(v in value()) {
         let bytes = v.to_bytes();

@@ -423,8 +423,9 @@ impl<'a> ValueRef<'a> {
 
     /// Reads `buf` as exactly one value without walking a container's body: for bytes
     /// this process already decoded under the limits that apply (such as those a decoded
-    /// value encoded), so a hot path checks them once. On any other bytes nothing panics:
-    /// a malformed container's pairs or elements end early.
+    /// value encoded), so a hot path checks them once. On any other bytes nothing panics
+    /// (a malformed container's pairs or elements end early), but nothing bounds their
+    /// nesting either: code that recurses into the value must be given checked bytes only.
     pub fn decode_trusted(buf: &'a [u8]) -> Result<Self, DecodeError> {
         let (head, rest) = read_head(buf)?;
         if !rest.is_empty() {

@@ -111,8 +111,8 @@ impl EdgeConfig {
         if self.listener.max_frame_bytes < 64 {
             return bad("listener.max_frame_bytes must be at least 64".into());
         }
-        // A bucket write's payload is checked once, as the frame is read: with a larger
-        // frame it could pass there and not read back from the WAL.
+        // The WAL reads back no larger payload, so no bucket write could use such a frame;
+        // and within it, a bucket write's payload is checked once, as the frame is read.
         let wal_max = twinlake_sdk::pson::Limits::DEFAULT.max_size;
         if self.listener.max_frame_bytes > wal_max {
             return bad(format!(

@@ -499,12 +499,7 @@ impl Ingest {
         }
         // Checked as the WAL's replay will read it, before it is written (once).
         let (payload, value) = match payload {
-            // The listener's frame limit is within the WAL's (the config sees to it); a
-            // larger payload is checked in full all the same.
-            Payload::Checked(p) if p.len() <= twinlake_sdk::pson::Limits::DEFAULT.max_size => {
-                (p, ValueRef::decode_trusted(p))
-            }
-            Payload::Checked(p) => (p, ValueRef::decode(p)),
+            Payload::Checked(p) => (p, ValueRef::decode_trusted(p)),
             Payload::Unchecked(p) => (p, ValueRef::decode(p)),
         };
         let Ok(value) = value else {

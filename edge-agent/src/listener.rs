@@ -316,7 +316,7 @@ async fn handle_frames(
             }
         };
         let bucket = conn.session.bucket_ref(&frame);
-        if let (Ok(Some(b)), Some(_)) = (&bucket, &conn.key) {
+        if let (Ok(Some(b)), Some(_), true) = (&bucket, &conn.key, wal_reads(&shared.config.limits)) {
             let ack = b.ack.map(|stream_id| {
                 Acker(AckTarget::Device {
                     acks: cmd_tx.clone(),
@@ -409,6 +409,13 @@ async fn handle_frames(
     Ok(())
 }
 
+/// Whether a payload the frame decoder took is one the WAL reads back: the decoder's limits
+/// are within the WAL's. Else a bucket write goes the owned way, checked as the WAL reads.
+fn wal_reads(limits: &FrameLimits) -> bool {
+    let wal = twinlake_sdk::pson::Limits::DEFAULT;
+    limits.max_depth <= wal.max_depth && limits.max_body <= wal.max_size
+}
+
 /// Bucket writes gathered into one event: past this many bytes it goes, so a full event
 /// queue holds about what it held with one write per event (a frame is up to 64 KiB).
 const MAX_BUCKET_BYTES: usize = 16 << 10;
@@ -449,8 +456,9 @@ async fn device_request(
             },
             None,
         ),
-        // Bucket writes are taken borrowed in `handle_frames`; one that comes this way still
-        // goes on, and a payload the WAL could not read back is refused, never confirmed.
+        // Bucket writes are taken borrowed in `handle_frames`, but where the frame limits are
+        // wider than the WAL's (`wal_reads`): then they come this way, and a payload the WAL
+        // could not read back is refused, never confirmed.
         SessionEvent::Bucket { bucket, payload, ack } => {
             let mut rows = BucketRows::default();
             match payload.as_ref().map(|p| ValueRef::decode(p.as_bytes())).transpose() {

@@ -71,8 +71,8 @@ impl Ingest {
 /// A row's PSON payload, and whether it was decoded where it entered.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Payload<'a> {
-    /// Decoded already, under the limits the WAL's replay reads with (a device's bucket
-    /// write, checked by the listener): not walked again.
+    /// Decoded already, under limits within those the WAL's replay reads with (a device's
+    /// bucket write: the listener sees to it): not walked again.
     Checked(&'a [u8]),
     /// From a path that did not check it so: checked before it is written.
     Unchecked(&'a [u8]),

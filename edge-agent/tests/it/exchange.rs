@@ -360,6 +360,46 @@ async fn bucket_writes_of_one_read_keep_their_order_and_their_acks() {
     panic!("no confirmation on stream 7");
 }
 
+/// A listener whose frames may nest deeper than the WAL reads back checks a bucket write
+/// as the WAL will: one too deep for it is refused with an error to the device, not
+/// confirmed (its row would be lost on replay); one within it goes on as usual.
+#[tokio::test]
+async fn a_bucket_write_deeper_than_the_wal_reads_is_refused() {
+    use twinlake_sdk::frame::Signal;
+    let wal_depth = twinlake_sdk::pson::Limits::DEFAULT.max_depth;
+    let config = ListenerConfig {
+        limits: FrameLimits {
+            max_body: 64 * 1024,
+            max_depth: wal_depth + 8,
+        },
+        ..ListenerConfig::default()
+    };
+    let mut srv = start(config, false).await;
+    let mut dev = authed(srv.tcp).await;
+    let nested = |depth: usize| (0..depth).fold(Value::from(1), |v, _| Value::object().with("a", v));
+    let bucket = |sid: u32, v: Value| {
+        Message::new(sid, Signal::BucketData)
+            .with_identifier("b")
+            .with_payload(v)
+            .to_frame()
+    };
+    dev.send(&bucket(5, nested(wal_depth + 4))).await;
+    assert_eq!(
+        dev.frame_bytes().await,
+        Message::error(5).to_frame(),
+        "refused on its stream"
+    );
+    dev.send(&bucket(6, nested(3))).await;
+    let DeviceEventKind::Buckets(mut rows) = srv.next_event().await else {
+        panic!("the write within the WAL's depth")
+    };
+    let got: Vec<_> = rows
+        .drain()
+        .map(|(w, ack)| (w.bucket.to_owned(), ack.is_some()))
+        .collect();
+    assert_eq!(got, [("b".to_owned(), true)], "only the write the WAL reads goes on");
+}
+
 /// A burst of writes goes on in events of bounded size (about 16 KiB each, the last write
 /// may pass it), so the event queue's memory stays bounded; every write arrives, in order.
 #[tokio::test]

@@ -36,6 +36,21 @@ async fn authed(addr: std::net::SocketAddr) -> RawPeer {
     dev
 }
 
+/// A BUCKET_DATA frame: `payload` written to `bucket`, confirmed on `sid` unless it is 0.
+fn bucket_frame(sid: u32, bucket: &str, payload: Value) -> Vec<u8> {
+    Message::new(sid, twinlake_sdk::frame::Signal::BucketData)
+        .with_identifier(bucket)
+        .with_payload(payload)
+        .to_frame()
+}
+
+/// The bucket of each write, and whether it wants a confirmation.
+fn buckets_and_acks(mut rows: twinlake_edge::event::BucketRows) -> Vec<(String, bool)> {
+    rows.drain()
+        .map(|(w, ack)| (w.bucket.to_owned(), ack.is_some()))
+        .collect()
+}
+
 /// Server request `req` must arrive as captured (modulo stream id); the device answers with
 /// `reply`. Returns the stream id used.
 async fn expect_request(dev: &mut RawPeer, req: &str, reply: &str) -> u32 {
@@ -299,15 +314,9 @@ async fn a_reconnecting_device_replaces_its_old_connection() {
 /// first, the ones after it follow).
 #[tokio::test]
 async fn bucket_writes_of_one_read_keep_their_order_and_their_acks() {
-    use twinlake_sdk::frame::Signal;
     let mut srv = start(ListenerConfig::default(), false).await;
     let mut dev = authed(srv.tcp).await;
-    let bucket = |sid: u32, name: &str, t: i64| {
-        Message::new(sid, Signal::BucketData)
-            .with_identifier(name)
-            .with_payload(Value::object().with("t", t))
-            .to_frame()
-    };
+    let bucket = |sid: u32, name: &str, t: i64| bucket_frame(sid, name, Value::object().with("t", t));
     let mut bytes = [bucket(0, "b1", 1), bucket(7, "b1", 2), bucket(0, "b2", 3)].concat();
     bytes.extend(fixture("set_property"));
     bytes.extend(bucket(9, "b1", 4));
@@ -338,14 +347,10 @@ async fn bucket_writes_of_one_read_keep_their_order_and_their_acks() {
         ]
     );
     assert_eq!(after, "cfg2");
-    let DeviceEventKind::Buckets(mut rows) = srv.next_event().await else {
+    let DeviceEventKind::Buckets(rows) = srv.next_event().await else {
         panic!("the write after the property")
     };
-    let last: Vec<_> = rows
-        .drain()
-        .map(|(w, ack)| (w.bucket.to_owned(), ack.is_some()))
-        .collect();
-    assert_eq!(last, [("b1".to_owned(), true)]);
+    assert_eq!(buckets_and_acks(rows), [("b1".to_owned(), true)]);
     // Each write's confirmation goes to its own stream id.
     for a in acks {
         a.ack(true);
@@ -365,7 +370,6 @@ async fn bucket_writes_of_one_read_keep_their_order_and_their_acks() {
 /// confirmed (its row would be lost on replay); one within it goes on as usual.
 #[tokio::test]
 async fn a_bucket_write_deeper_than_the_wal_reads_is_refused() {
-    use twinlake_sdk::frame::Signal;
     let wal_depth = twinlake_sdk::pson::Limits::DEFAULT.max_depth;
     let config = ListenerConfig {
         limits: FrameLimits {
@@ -377,12 +381,7 @@ async fn a_bucket_write_deeper_than_the_wal_reads_is_refused() {
     let mut srv = start(config, false).await;
     let mut dev = authed(srv.tcp).await;
     let nested = |depth: usize| (0..depth).fold(Value::from(1), |v, _| Value::object().with("a", v));
-    let bucket = |sid: u32, v: Value| {
-        Message::new(sid, Signal::BucketData)
-            .with_identifier("b")
-            .with_payload(v)
-            .to_frame()
-    };
+    let bucket = |sid: u32, v: Value| bucket_frame(sid, "b", v);
     dev.send(&bucket(5, nested(wal_depth + 4))).await;
     assert_eq!(
         dev.frame_bytes().await,
@@ -390,31 +389,25 @@ async fn a_bucket_write_deeper_than_the_wal_reads_is_refused() {
         "refused on its stream"
     );
     dev.send(&bucket(6, nested(3))).await;
-    let DeviceEventKind::Buckets(mut rows) = srv.next_event().await else {
+    let DeviceEventKind::Buckets(rows) = srv.next_event().await else {
         panic!("the write within the WAL's depth")
     };
-    let got: Vec<_> = rows
-        .drain()
-        .map(|(w, ack)| (w.bucket.to_owned(), ack.is_some()))
-        .collect();
-    assert_eq!(got, [("b".to_owned(), true)], "only the write the WAL reads goes on");
+    assert_eq!(
+        buckets_and_acks(rows),
+        [("b".to_owned(), true)],
+        "only the write the WAL reads goes on"
+    );
 }
 
 /// A burst of writes goes on in events of bounded size (about 16 KiB each, the last write
 /// may pass it), so the event queue's memory stays bounded; every write arrives, in order.
 #[tokio::test]
 async fn a_burst_of_bucket_writes_goes_in_bounded_events() {
-    use twinlake_sdk::frame::Signal;
     let mut srv = start(ListenerConfig::default(), false).await;
     let mut dev = authed(srv.tcp).await;
     let n = 3_000;
     let bytes: Vec<u8> = (0..n)
-        .flat_map(|i: i64| {
-            Message::new(0, Signal::BucketData)
-                .with_identifier("b1")
-                .with_payload(Value::object().with("i", i).with("pad", "x".repeat(40)))
-                .to_frame()
-        })
+        .flat_map(|i: i64| bucket_frame(0, "b1", Value::object().with("i", i).with("pad", "x".repeat(40))))
         .collect();
     dev.send(&bytes).await;
     let mut seen = 0;

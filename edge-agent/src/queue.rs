@@ -126,25 +126,16 @@ impl CommandQueue {
 
     /// Queues `cmd`, waiting while the queue is full. `Err` gives it back once the
     /// connection has ended.
-    pub(crate) async fn send(&self, cmd: Command) -> Result<(), Command> {
+    pub(crate) async fn send(&self, mut cmd: Command) -> Result<(), Command> {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             // Registered before the check, so a take between the check and the wait is seen.
             room.as_mut().enable();
-            {
-                let Ok(mut s) = self.state.lock() else {
-                    return Err(cmd);
-                };
-                if s.ended {
-                    return Err(cmd);
-                }
-                if s.waiting.len() < self.capacity {
-                    s.waiting.push_back(cmd);
-                    drop(s);
-                    self.ready.notify_one();
-                    return Ok(());
-                }
+            match self.try_send(cmd) {
+                Ok(()) => return Ok(()),
+                Err((c, true)) => return Err(c),
+                Err((c, false)) => cmd = c,
             }
             room.await;
         }

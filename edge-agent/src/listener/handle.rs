@@ -113,7 +113,7 @@ impl DeviceHandle {
         if sent.is_err() {
             return Err(Error::DeviceOffline(self.key.to_string()));
         }
-        self.outcome(path, rx.await.ok())
+        self.outcome(path.join("/"), rx.await.ok())
     }
 
     /// Sends one request to the device and has `done` called with its outcome, on the
@@ -128,7 +128,7 @@ impl DeviceHandle {
     ) {
         let this = self.clone();
         let joined = path.join("/");
-        let reply = ReplyFn::new(move |r| done(this.outcome_of(joined, r)));
+        let reply = ReplyFn::new(move |r| done(this.outcome(joined, r)));
         let message = Box::new(resource_request(signal, path, payload));
         let command = Command {
             message,
@@ -148,11 +148,7 @@ impl DeviceHandle {
     }
 
     /// A request's outcome as callers see it: `None` is a request dropped unanswered.
-    fn outcome(&self, path: &[&str], reply: Option<Reply>) -> Result<Option<Value>, Error> {
-        self.outcome_of(path.join("/"), reply)
-    }
-
-    fn outcome_of(&self, path: String, reply: Option<Reply>) -> Result<Option<Value>, Error> {
+    fn outcome(&self, path: String, reply: Option<Reply>) -> Result<Option<Value>, Error> {
         match reply {
             Some(Reply::Ok(v)) => Ok(v),
             Some(Reply::DeviceError) => Err(Error::DeviceError {

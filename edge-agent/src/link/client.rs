@@ -205,9 +205,7 @@ impl LinkClient {
         let takes = Takes::from_features(&features);
         let (pson, binary) = (takes.pson, takes.binary);
         for frame in unacked.resend(takes) {
-            io.tx.send(frame.clone()).await.map_err(|_| closed())?;
-            self.metrics.link_frames_sent.inc();
-            self.metrics.link_bytes_sent.inc_by(frame.len() as u64);
+            self.send_frame(&io, frame.clone()).await?;
         }
         self.metrics.link_connected.set(1);
         self.metrics.link_connects.inc();
@@ -248,9 +246,7 @@ impl LinkClient {
                 let mut frames = Vec::new();
                 encode_batches(std::mem::take(&mut items), next_seq, binary, &mut frames);
                 for (seq, frame) in frames {
-                    io.tx.send(frame.clone()).await.map_err(|_| closed())?;
-                    self.metrics.link_frames_sent.inc();
-                    self.metrics.link_bytes_sent.inc_by(frame.len() as u64);
+                    self.send_frame(&io, frame.clone()).await?;
                     unacked.push(seq, frame, pson);
                 }
                 self.metrics.link_unacked_frames.set(unacked.len() as i64);
@@ -270,6 +266,15 @@ impl LinkClient {
                 _ = stop.changed() => return Ok(()),
             }
         }
+    }
+
+    /// Sends one batch frame (new or resent), counted.
+    async fn send_frame(&self, io: &LinkIo, frame: LinkMsg) -> Result<(), Error> {
+        let len = frame.len() as u64;
+        io.tx.send(frame).await.map_err(|_| closed())?;
+        self.metrics.link_frames_sent.inc();
+        self.metrics.link_bytes_sent.inc_by(len);
+        Ok(())
     }
 
     /// The queue depths the metrics hold.

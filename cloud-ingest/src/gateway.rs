@@ -333,8 +333,8 @@ fn handle(state: &AppState, gateway: &str, session: &Session, msg: &LinkMsg, bat
                 LinkMsg::Text(_) => "text",
                 LinkMsg::Binary(_) => "binary",
             };
-            let label = vec![("format".to_owned(), format.to_owned())];
-            state.metrics.link_batches.get_or_create(&label).inc();
+            let format = crate::metrics::label("format", format);
+            state.metrics.link_batches.get_or_create(&format).inc();
             batches.push((seq, items));
         }
         Ok(Up::Status(s)) => state.gateways.report(gateway, s),

@@ -68,12 +68,17 @@ pub struct CloudMetrics {
 /// A counter family with one label.
 pub type Labelled = Family<Vec<(String, String)>, Counter>;
 
+/// The one label of a [`Labelled`] series.
+pub fn label(name: &str, value: &str) -> Vec<(String, String)> {
+    vec![(name.to_owned(), value.to_owned())]
+}
+
 /// A family with each of `values` of `label` declared at zero, so dashboards and alerts see
 /// the series before the first event.
-fn labelled(r: &mut Registry, name: &str, help: &str, label: &str, values: &[&str]) -> Labelled {
+fn labelled(r: &mut Registry, name: &str, help: &str, key: &str, values: &[&str]) -> Labelled {
     let f = add(r, name, help, Labelled::default());
     for v in values {
-        let _ = f.get_or_create(&vec![(label.to_owned(), (*v).to_owned())]);
+        let _ = f.get_or_create(&label(key, v));
     }
     f
 }

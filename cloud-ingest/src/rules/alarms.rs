@@ -316,7 +316,7 @@ fn actions(state: &AppState, t: &mut TwinTxn<'_>, rule: &Rule, a: &Alarm, raised
 }
 
 fn action_label(kind: &str) -> Vec<(String, String)> {
-    vec![("action".to_owned(), kind.to_owned())]
+    crate::metrics::label("action", kind)
 }
 
 /// The user's alarms, newest first, optionally only those in `state`; at most `limit`.

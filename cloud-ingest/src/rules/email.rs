@@ -77,7 +77,7 @@ fn one_line(s: &str) -> String {
 }
 
 fn outcome(o: &str) -> Vec<(String, String)> {
-    vec![("outcome".to_owned(), o.to_owned())]
+    crate::metrics::label("outcome", o)
 }
 
 /// The email queue.

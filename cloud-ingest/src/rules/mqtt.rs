@@ -46,7 +46,7 @@ fn queue(state: &AppState) -> Queue {
 }
 
 fn outcome(o: &str) -> Vec<(String, String)> {
-    vec![("outcome".to_owned(), o.to_owned())]
+    crate::metrics::label("outcome", o)
 }
 
 /// Queues the publish for an alarm's change in `tx` (the caller wakes the worker once it

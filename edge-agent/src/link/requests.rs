@@ -71,8 +71,8 @@ impl Requests {
     pub fn handle(&self, id: u64, user: &str, device: &str, op: Op, replies: &mpsc::Sender<LinkMsg>) {
         self.metrics.link_requests.inc();
         let key = DeviceKey::new(user, device);
-        if let (Some(h), Some((signal, path, payload, answer))) =
-            (self.devices.get(&key.user, &key.device), one_request(&op))
+        if let Some((signal, path, payload, answer)) = one_request(&op)
+            && let Some(h) = self.devices.get(&key.user, &key.device)
         {
             let replies = replies.clone();
             h.request_then(signal, &refs(&path), payload, move |r| {

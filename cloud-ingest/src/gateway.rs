@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use twinlake_edge::link::{
-    Down, ErrorKind, Item, LinkIo, LinkMsg, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up,
+    DirectWrite, Down, ErrorKind, Item, LinkIo, LinkMsg, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up,
 };
 use twinlake_twin::TwinKey;
 
@@ -118,7 +118,15 @@ impl Gateways {
         let forget = || {
             session.take(id);
         };
-        let sent = tokio::time::timeout_at(deadline, session.tx.send(encode(&msg))).await;
+        // Onto the socket from this task if it takes it now; else through the writer task.
+        let sent = match session
+            .direct
+            .as_ref()
+            .map_or(Err(encode(&msg)), |d| d.try_write(encode(&msg)))
+        {
+            Ok(()) => Ok(Ok(())),
+            Err(msg) => tokio::time::timeout_at(deadline, session.tx.send(msg)).await,
+        };
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
@@ -177,7 +185,7 @@ pub fn registry_for(state: &AppState, gateway: &str) -> Result<Vec<RegistryEntry
 }
 
 /// Serves one gateway's link until it closes. `gateway` is the id its token proved.
-pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
+pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo, direct: Option<Arc<dyn DirectWrite>>) {
     let hello = match tokio::time::timeout(Duration::from_secs(10), io.rx.recv()).await {
         Ok(Some(LinkMsg::Text(text))) => serde_json::from_str::<Up>(&text),
         Ok(Some(LinkMsg::Binary(_))) => {
@@ -238,6 +246,7 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo) {
     }
     let session = Arc::new(Session {
         tx: io.tx.clone(),
+        direct,
         pending: Mutex::default(),
         epoch: state.gateways.next_epoch.fetch_add(1, Ordering::Relaxed),
         slots: Arc::new(tokio::sync::Semaphore::new(state.cfg.link.max_inflight.max(1))),

@@ -36,6 +36,8 @@ impl std::fmt::Display for ControlError {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) tx: mpsc::Sender<twinlake_edge::link::LinkMsg>,
+    /// Requests go onto the link's socket from the requesting task when it takes them.
+    pub(crate) direct: Option<Arc<dyn twinlake_edge::link::DirectWrite>>,
     pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     pub(crate) epoch: u64,
     /// Requests in flight at most (`link.max_inflight`): more wait, within their timeout.

@@ -60,6 +60,7 @@ impl Connector for LocalConnector {
                 self.state.clone(),
                 self.state.local_gateway.clone(),
                 cloud,
+                None,
             ));
             Ok(edge)
         })

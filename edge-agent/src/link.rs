@@ -30,6 +30,7 @@
 //! answered once or fail with the link; the cloud's caller sees an error, never a stale answer.
 
 pub mod client;
+pub mod direct;
 pub mod feed;
 mod frames;
 mod requests;
@@ -49,6 +50,7 @@ use crate::metrics::Metrics;
 use crate::outbox::FileEntry;
 
 pub use client::{Connector, LinkClient, LinkIo};
+pub use direct::{Direct, DirectWrite, LinkTx, SharedSink, write_queued};
 pub use requests::Requests;
 pub use wire::LinkMsg;
 pub use ws::WsConnector;

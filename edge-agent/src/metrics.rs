@@ -65,6 +65,7 @@ pub struct Metrics {
     pub link_rows_dropped: Counter,
     pub names_evicted: Counter,
     pub link_requests: Counter,
+    pub link_replies_direct: Counter,
     pub source_messages: Family<SourceLabels, Counter>,
     registry: Registry,
 }
@@ -217,6 +218,12 @@ impl Metrics {
                 Counter::default(),
             ),
             link_requests: add(r, "link_requests", "Requests from the cloud", Counter::default()),
+            link_replies_direct: add(
+                r,
+                "link_replies_direct",
+                "Answers to the cloud written onto the link's socket by the task that had them, not the writer task",
+                Counter::default(),
+            ),
             source_messages: add(
                 r,
                 "source_messages",

@@ -27,7 +27,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::debug;
-use twinlake_edge::link::{LinkIo, LinkMsg, Op};
+use twinlake_edge::link::{Direct, DirectWrite, LinkIo, LinkMsg, Op, SharedSink, write_queued};
 use twinlake_twin::{EventKind, TwinEvent, TwinKey};
 
 use crate::api::control_error;
@@ -370,26 +370,25 @@ async fn thinger_ws(state: Arc<AppState>, key: TwinKey, may_control: bool, socke
 
 /// Moves the gateway link between its WebSocket and the session task.
 pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let mut stop = state.stop.subscribe();
     let (edge, cloud) = LinkIo::pair(256);
     let LinkIo {
         tx: to_cloud,
-        rx: mut from_cloud,
+        rx: from_cloud,
     } = edge;
-    let session = tokio::spawn(crate::gateway::serve(state.clone(), gateway.clone(), cloud));
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = from_cloud.recv().await {
-            let msg = match msg {
-                LinkMsg::Text(text) => Message::Text(text.into()),
-                LinkMsg::Binary(bytes) => Message::Binary(bytes),
-            };
-            if sink.send(msg).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
+    let sink = SharedSink::new(sink);
+    let direct: Arc<dyn DirectWrite> = Arc::new(Direct {
+        sink: sink.clone(),
+        convert: to_ws,
     });
+    let session = tokio::spawn(crate::gateway::serve(
+        state.clone(),
+        gateway.clone(),
+        cloud,
+        Some(direct),
+    ));
+    let writer = tokio::spawn(write_queued(sink, from_cloud, to_ws, None));
     loop {
         let msg = tokio::select! {
             m = stream.next() => match m {
@@ -419,6 +418,13 @@ pub async fn pump_link(state: Arc<AppState>, gateway: String, socket: WebSocket)
     drop(to_cloud);
     let _ = session.await;
     writer.abort();
+}
+
+fn to_ws(msg: LinkMsg) -> Message {
+    match msg {
+        LinkMsg::Text(text) => Message::Text(text.into()),
+        LinkMsg::Binary(bytes) => Message::Binary(bytes),
+    }
 }
 
 #[cfg(test)]

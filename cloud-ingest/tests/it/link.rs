@@ -43,7 +43,12 @@ fn reported(device: &str, v: f64) -> Item {
 /// Opens a scripted link to the cloud's gateway session and says hello as `session`.
 async fn link(state: &std::sync::Arc<twinlake_cloud::AppState>, gateway: &str, session: &str) -> LinkIo {
     let (edge, server) = LinkIo::pair(16);
-    tokio::spawn(twinlake_cloud::gateway::serve(state.clone(), GATEWAY.into(), server));
+    tokio::spawn(twinlake_cloud::gateway::serve(
+        state.clone(),
+        GATEWAY.into(),
+        server,
+        None,
+    ));
     let hello = Up::Hello {
         gateway: gateway.into(),
         session: session.into(),
@@ -446,6 +451,7 @@ async fn a_link_of_another_protocol_is_refused_with_a_reason() {
             cloud.state.clone(),
             GATEWAY.into(),
             server,
+            None,
         ));
         let hello = Up::Hello {
             gateway: gateway.into(),

@@ -46,6 +46,12 @@ async fn live_read_write_call_and_run_through_every_path() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(j["led"]["fn"], json!(2), "describe: {j}");
     assert_eq!(j["temp"]["fn"], json!(3));
+    // The edge wrote answers onto the link's socket from the device's task, not through the
+    // writer task (one falls back only when the socket is busy).
+    assert!(
+        edge.metrics.link_replies_direct.get() > 0,
+        "no answer took the direct path"
+    );
     // A PSON body (application/octet-stream) works as on Thinger.
     let pson = twinlake_sdk::pson::Value::Bool(false).to_bytes();
     let r = api

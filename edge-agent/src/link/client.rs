@@ -323,7 +323,9 @@ impl LinkClient {
                 }
             }
             // From a link whose reader does not take requests (the in-process one).
-            Down::Request { id, user, device, op } => requests.handle(id, &user, &device, op, replies),
+            Down::Request { id, user, device, op } => {
+                requests.handle(id, &user, &device, op, &super::LinkTx::queued(replies.clone()))
+            }
             Down::Welcome { .. } | Down::Refused { .. } => debug!("a second hello answer; ignored"),
         }
     }

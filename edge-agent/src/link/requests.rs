@@ -17,6 +17,7 @@ use twinlake_sdk::frame::Signal;
 use twinlake_sdk::json::{from_json, to_json};
 use twinlake_sdk::pson::Value;
 
+use super::direct::LinkTx;
 use super::frames::encode;
 use super::wire::LinkMsg;
 use super::{Down, ErrorKind, Op, RemoteError, Reply, Up};
@@ -50,7 +51,7 @@ const REQUEST_PREFIX: &str = r#"{"type":"request""#;
 impl Requests {
     /// Carries out `text` if it is a request, answering on `replies`; false (and nothing
     /// done) for any other message, which is the session's.
-    pub fn try_text(&self, text: &str, replies: &mpsc::Sender<LinkMsg>) -> bool {
+    pub fn try_text(&self, text: &str, replies: &LinkTx) -> bool {
         if !text.starts_with(REQUEST_PREFIX) {
             return false;
         }
@@ -68,15 +69,16 @@ impl Requests {
     }
 
     /// Carries out one request and writes its answer to `replies`.
-    pub fn handle(&self, id: u64, user: &str, device: &str, op: Op, replies: &mpsc::Sender<LinkMsg>) {
+    pub fn handle(&self, id: u64, user: &str, device: &str, op: Op, replies: &LinkTx) {
         self.metrics.link_requests.inc();
         let key = DeviceKey::new(user, device);
         if let Some((signal, path, payload, answer)) = one_request(&op)
             && let Some(h) = self.devices.get(&key.user, &key.device)
         {
             let replies = replies.clone();
+            let metrics = self.metrics.clone();
             h.request_then(signal, &refs(&path), payload, move |r| {
-                send_reply(&replies, id, r.map(|v| answer.json(v)).map_err(remote));
+                send_reply(&replies, id, r.map(|v| answer.json(v)).map_err(remote), &metrics);
             });
             return;
         }
@@ -84,7 +86,7 @@ impl Requests {
         let replies = replies.clone();
         tokio::spawn(async move {
             let result = this.run(&key, op).await;
-            send_reply(&replies, id, result);
+            send_reply(&replies, id, result, &this.metrics);
         });
     }
 
@@ -203,7 +205,7 @@ fn split(p: &str) -> Vec<String> {
 
 /// Writes a request's answer to the link without waiting; a full link queue is waited on
 /// by a task of its own.
-fn send_reply(replies: &mpsc::Sender<LinkMsg>, id: u64, result: Result<Option<Json>, RemoteError>) {
+fn send_reply(replies: &LinkTx, id: u64, result: Result<Option<Json>, RemoteError>, metrics: &Metrics) {
     let reply = match result {
         Ok(value) => Reply {
             id,
@@ -218,12 +220,16 @@ fn send_reply(replies: &mpsc::Sender<LinkMsg>, id: u64, result: Result<Option<Js
             error: Some(error),
         },
     };
-    let msg = LinkMsg::Text(encode(&Up::Reply(reply)));
-    if let Err(mpsc::error::TrySendError::Full(msg)) = replies.try_send(msg)
+    // Onto the socket from this task if it takes it now; else through the writer task.
+    let Err(msg) = replies.try_direct(LinkMsg::Text(encode(&Up::Reply(reply)))) else {
+        metrics.link_replies_direct.inc();
+        return;
+    };
+    if let Err(mpsc::error::TrySendError::Full(msg)) = replies.queue.try_send(msg)
         && let Ok(rt) = tokio::runtime::Handle::try_current()
     {
-        let replies = replies.clone();
-        rt.spawn(async move { replies.send(msg).await });
+        let queue = replies.queue.clone();
+        rt.spawn(async move { queue.send(msg).await });
     }
 }
 

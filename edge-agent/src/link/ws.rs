@@ -6,11 +6,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::warn;
 
 use super::client::{Connector, LinkIo};
+use super::direct::{Direct, DirectWrite, LinkTx, SharedSink, write_queued};
 use super::requests::Requests;
 use super::wire::LinkMsg;
 use crate::Error;
@@ -95,45 +97,41 @@ impl WsConnector {
             .await
             .map_err(|_| Error::Link("the WebSocket handshake timed out".into()))?
             .map_err(|e| Error::Link(format!("WebSocket handshake: {e}")))?;
-        let (mut sink, mut stream) = ws.split();
+        let (sink, mut stream) = ws.split();
         let (mine, theirs) = LinkIo::pair(256);
         let LinkIo {
             tx: to_edge,
-            rx: mut from_edge,
+            rx: from_edge,
         } = theirs;
-        // Writer: frames out, plus a ping every 15 s so a dead peer shows up.
-        tokio::spawn(async move {
-            use tokio_tungstenite::tungstenite::Message;
-            let mut ping = tokio::time::interval(Duration::from_secs(15));
-            loop {
-                let msg = tokio::select! {
-                    m = from_edge.recv() => match m {
-                        Some(LinkMsg::Text(text)) => Message::Text(text.into()),
-                        Some(LinkMsg::Binary(bytes)) => Message::Binary(bytes),
-                        None => break,
-                    },
-                    _ = ping.tick() => Message::Ping(Vec::new().into()),
-                };
-                if sink.send(msg).await.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
+        let sink = SharedSink::new(sink);
+        // Writer: frames out, what direct writes left in the socket's buffer, and a ping
+        // every 15 s so a dead peer shows up.
+        let ping = || Message::Ping(Vec::new().into());
+        tokio::spawn(write_queued(
+            sink.clone(),
+            from_edge,
+            to_ws,
+            Some((Duration::from_secs(15), ping)),
+        ));
         // Reader: text frames in; anything from the cloud (pongs too) shows it is alive. It
-        // carries out live requests itself, their answers going straight to the writer (held
-        // weakly: the link closes when the session drops its end).
+        // carries out live requests itself; their answers go onto the socket from the task
+        // that has them, or to the writer (held weakly: the link closes when the session
+        // drops its end).
         let writer = mine.tx.downgrade();
+        let direct: Arc<dyn DirectWrite> = Arc::new(Direct { sink, convert: to_ws });
         tokio::spawn(async move {
-            use tokio_tungstenite::tungstenite::Message;
             loop {
                 let next = tokio::time::timeout(Duration::from_secs(45), stream.next()).await;
                 match next {
                     Ok(Some(Ok(Message::Text(t)))) => {
-                        if let Some(replies) = writer.upgrade()
-                            && requests.try_text(t.as_str(), &replies)
-                        {
-                            continue;
+                        if let Some(queue) = writer.upgrade() {
+                            let replies = LinkTx {
+                                queue,
+                                direct: Some(direct.clone()),
+                            };
+                            if requests.try_text(t.as_str(), &replies) {
+                                continue;
+                            }
                         }
                         if to_edge.send(LinkMsg::Text(t.to_string())).await.is_err() {
                             break;
@@ -149,6 +147,13 @@ impl WsConnector {
             }
         });
         Ok(mine)
+    }
+}
+
+fn to_ws(msg: LinkMsg) -> Message {
+    match msg {
+        LinkMsg::Text(text) => Message::Text(text.into()),
+        LinkMsg::Binary(bytes) => Message::Binary(bytes),
     }
 }
 

@@ -10,6 +10,7 @@
 mod conn;
 use conn::Conn;
 mod handle;
+mod live;
 pub mod session;
 mod tls;
 
@@ -111,6 +112,7 @@ struct Shared {
     events: mpsc::Sender<DeviceEvent>,
     next_conn: AtomicU64,
     slow_auth: tokio::sync::Semaphore,
+    conns: Arc<live::Conns>,
 }
 
 /// A bound listener, ready to [`DeviceListener::run`].
@@ -157,6 +159,7 @@ impl DeviceListener {
             properties: Mutex::default(),
             events,
             next_conn: AtomicU64::new(1),
+            conns: Arc::default(),
             slow_auth: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
         });
         Ok((Self { tcp, tls, shared }, rx))
@@ -192,9 +195,25 @@ impl DeviceListener {
         if let Some((l, acceptor)) = self.tls {
             tasks.spawn(accept_loop(l, Some(acceptor), self.shared.clone(), stop_rx.clone()));
         }
+        tasks.spawn(sweep_loop(self.shared.clone(), stop_rx));
         shutdown.await;
         let _ = stop_tx.send(true);
+        self.shared.conns.stop();
+        self.shared.conns.wait().await;
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Closes connections past their login or idle deadline, until the listener stops.
+async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let cfg = &shared.config;
+    let mut every = tokio::time::interval(live::sweep_every(cfg.login_timeout, cfg.idle_timeout));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => shared.conns.sweep(),
+            _ = stop.changed() => break,
+        }
     }
 }
 
@@ -206,7 +225,7 @@ async fn accept_loop(
 ) {
     // Plain tasks counted by a guard, not a JoinSet: its entry per task cost every idle
     // connection 56 bytes more.
-    let live = Arc::new(Live::default());
+    let live = shared.conns.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -225,7 +244,6 @@ async fn accept_loop(
                 };
                 let _ = sock.set_nodelay(true);
                 let shared = shared.clone();
-                let stop = stop.clone();
                 let tls = tls.clone();
                 // Two task types: a plain connection's task is not sized for TLS's state.
                 match tls {
@@ -234,7 +252,7 @@ async fn accept_loop(
                         tokio::spawn(async move {
                             let _live = live;
                             let _permit = permit;
-                            conn::serve(sock, peer, false, shared, stop).await;
+                            conn::serve(sock, peer, false, shared).await;
                         });
                     }
                     Some(acceptor) => {
@@ -244,7 +262,7 @@ async fn accept_loop(
                             let _permit = permit;
                             let limit = shared.config.handshake_timeout;
                             match tokio::time::timeout(limit, acceptor.accept(sock)).await {
-                                Ok(Ok(stream)) => conn::serve(stream, peer, true, shared, stop).await,
+                                Ok(Ok(stream)) => conn::serve(stream, peer, true, shared).await,
                                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => debug!(%peer, "TLS handshake timed out"),
                             }
@@ -253,44 +271,6 @@ async fn accept_loop(
                 }
             }
             _ = stop.changed() => break,
-        }
-    }
-    live.wait().await;
-}
-
-/// How many connection tasks run; a stop waits until none does.
-#[derive(Debug, Default)]
-struct Live {
-    count: std::sync::atomic::AtomicUsize,
-    gone: tokio::sync::Notify,
-}
-
-/// One running connection task.
-struct LiveTask(Arc<Live>);
-
-impl Live {
-    fn enter(self: &Arc<Self>) -> LiveTask {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        LiveTask(self.clone())
-    }
-
-    async fn wait(&self) {
-        loop {
-            let gone = self.gone.notified();
-            tokio::pin!(gone);
-            gone.as_mut().enable();
-            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
-                return;
-            }
-            gone.await;
-        }
-    }
-}
-
-impl Drop for LiveTask {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-            self.0.gone.notify_waiters();
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Notify, oneshot};
 use twinlake_sdk::frame::Message;
@@ -84,13 +85,26 @@ pub(crate) enum Reply {
     Timeout,
 }
 
+/// Why a connection is asked to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// A newer connection of the device took its place (or the agent closed it).
+    Replaced,
+    /// It did not authenticate within the login timeout.
+    NoLogin,
+    /// It was silent for the idle timeout.
+    Idle,
+    /// The agent is stopping.
+    Stop,
+}
+
 #[derive(Debug, Default)]
 struct State {
     waiting: VecDeque<Command>,
     /// Confirmations to write: at most one per request of the device not yet confirmed,
     /// and those are bounded by the ingest queue and the WAL's batch.
     acks: Vec<(u32, bool)>,
-    close: bool,
+    close: Option<CloseReason>,
     /// The connection is gone: nothing more is taken.
     ended: bool,
 }
@@ -104,6 +118,11 @@ pub(crate) struct CommandQueue {
     ready: Notify,
     /// Senders wait on it for room.
     room: Notify,
+    /// Until when the connection may stay silent, and (0 once it has) until when it may
+    /// stay unauthenticated, in ms of the listener's clock: its sweep closes the
+    /// connection past either, so an idle connection keeps no timer of its own.
+    idle_until: AtomicU64,
+    login_until: AtomicU64,
 }
 
 /// What the connection takes in one go.
@@ -111,7 +130,7 @@ pub(crate) struct CommandQueue {
 pub(crate) struct Taken {
     pub requests: Vec<Command>,
     pub acks: Vec<(u32, bool)>,
-    pub close: bool,
+    pub close: Option<CloseReason>,
 }
 
 impl CommandQueue {
@@ -121,7 +140,28 @@ impl CommandQueue {
             capacity: capacity.max(1),
             ready: Notify::new(),
             room: Notify::new(),
+            idle_until: AtomicU64::new(u64::MAX),
+            login_until: AtomicU64::new(0),
         }
+    }
+
+    /// Sets when the connection times out if silent (ms of the listener's clock).
+    pub(crate) fn idle_until(&self, ms: u64) {
+        self.idle_until.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sets when the connection times out unauthenticated; 0 once it has authenticated.
+    pub(crate) fn login_until(&self, ms: u64) {
+        self.login_until.store(ms, Ordering::Relaxed);
+    }
+
+    /// Why the connection should close at `now_ms`, if a deadline has passed.
+    pub(crate) fn expired(&self, now_ms: u64) -> Option<CloseReason> {
+        let login = self.login_until.load(Ordering::Relaxed);
+        if login != 0 && login <= now_ms {
+            return Some(CloseReason::NoLogin);
+        }
+        (self.idle_until.load(Ordering::Relaxed) <= now_ms).then_some(CloseReason::Idle)
     }
 
     /// Queues `cmd`, waiting while the queue is full. `Err` gives it back once the
@@ -174,8 +214,13 @@ impl CommandQueue {
 
     /// Asks the connection to close (a newer connection of the device replaced it).
     pub(crate) fn close(&self) {
+        self.close_for(CloseReason::Replaced);
+    }
+
+    /// Asks the connection to close for `why` (the first reason given stands).
+    pub(crate) fn close_for(&self, why: CloseReason) {
         if let Ok(mut s) = self.state.lock() {
-            s.close = true;
+            s.close.get_or_insert(why);
         }
         self.ready.notify_one();
     }
@@ -296,7 +341,7 @@ mod tests {
         q.send(a).await.unwrap();
         q.close();
         let t = q.take(0);
-        assert!(t.close && t.requests.is_empty());
+        assert!(t.close == Some(CloseReason::Replaced) && t.requests.is_empty());
         assert_eq!(q.take(5).requests.len(), 1);
     }
 

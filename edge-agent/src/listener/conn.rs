@@ -1,14 +1,16 @@
 //! One device connection's task: reads frames into the session, takes commands (acks,
 //! requests, close) from its queue, and writes what the session has to say, with the
-//! login, idle, request and write deadlines.
+//! request and write deadlines. The login and idle deadlines are kept by the listener's
+//! sweep (`live.rs`), which closes the connection through its queue.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info};
 use twinlake_sdk::frame::FrameDecoder;
@@ -16,7 +18,7 @@ use twinlake_sdk::frame::FrameDecoder;
 use super::session::{Session, remove_released};
 use super::{Shared, emit, handle_frames};
 use crate::event::{DeviceEventKind, DeviceKey};
-use crate::queue::{Command, CommandQueue, EndOnDrop, Reply, Responder};
+use crate::queue::{CloseReason, Command, CommandQueue, EndOnDrop, Reply, Responder};
 
 /// The first read of a busy connection, and the most one read takes.
 const READ_CHUNK: usize = 8192;
@@ -51,46 +53,38 @@ const MAX_COMMANDS_PER_WRITE: usize = 1024;
 /// Serves one device connection until it closes, times out or the agent stops.
 ///
 /// An idle connection's task is most of what an idle device costs, so its state is kept
-/// small (BENCHMARKS.md: agent memory per idle device): one timer for the nearest deadline,
-/// the stream read and written in turn without a split, the command queue one small
-/// allocation, and the rarely taken paths (frame handling, writing, closing) boxed so their
-/// state exists only while they run.
-pub(super) async fn serve<S>(
-    mut stream: S,
-    peer: SocketAddr,
-    tls: bool,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Send + Unpin,
+/// small (BENCHMARKS.md: agent memory per idle device): no timer while no request waits
+/// (the listener's sweep closes it at its login or idle deadline, and at a stop, through
+/// its queue), no read buffer while nothing has arrived on plain TCP, the stream read and
+/// written in turn without a split, the command queue one small allocation, and the rarely
+/// taken paths (frame handling, writing, closing) boxed so their state exists only while
+/// they run.
+pub(super) async fn serve<S>(mut stream: S, peer: SocketAddr, tls: bool, shared: Arc<Shared>)
+where
+    S: ReadSome + AsyncWrite + Send + Unpin,
 {
     let queue = Arc::new(CommandQueue::new(shared.config.command_capacity));
     let _end = EndOnDrop(&queue);
+    let slot = shared.conns.register(&queue);
+    queue.idle_until(shared.conns.after(shared.config.idle_timeout));
+    queue.login_until(shared.conns.after(shared.config.login_timeout));
     let mut conn = Conn::new(shared.next_conn.fetch_add(1, Ordering::Relaxed));
     let mut decoder = FrameDecoder::new(shared.config.limits);
     // The read buffer grows while the device is busy and is freed when it goes quiet, so an
     // idle connection costs little memory.
     let mut buf: Vec<u8> = Vec::new();
-    // Settings are read from `shared` where used, not copied into the task's state.
-    let mut idle_deadline = Instant::now() + shared.config.idle_timeout;
-    let login_deadline = Instant::now() + shared.config.login_timeout;
+    // The nearest request deadline, only while requests wait for their answer.
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let reason: String = loop {
-        let request_deadline = conn.pending.values().map(|(d, _)| *d).min();
-        let login = conn.key.is_none().then_some(login_deadline);
-        let next = [Some(idle_deadline), login, request_deadline]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(idle_deadline);
         tokio::select! {
-            read = stream.read_buf(&mut buf) => {
+            read = std::future::poll_fn(|cx| stream.poll_read_some(cx, &mut buf)) => {
                 let n = match read {
                     Ok(0) => break "closed by device".into(),
                     Ok(n) => n,
                     Err(e) => break format!("read error: {e}"),
                 };
                 conn.rx_bytes += n as u64;
-                idle_deadline = Instant::now() + shared.config.idle_timeout;
+                queue.idle_until(shared.conns.after(shared.config.idle_timeout));
                 decoder.push(&buf);
                 let full = buf.len() >= buf.capacity();
                 buf.clear();
@@ -100,7 +94,11 @@ pub(super) async fn serve<S>(
                 } else if n < READ_CHUNK / 8 {
                     buf = Vec::new();
                 }
-                if let Err(reason) = Box::pin(handle_frames(&mut decoder, &mut conn, &shared, &queue, peer, tls)).await {
+                let handled = Box::pin(handle_frames(&mut decoder, &mut conn, &shared, &queue, peer, tls)).await;
+                if conn.key.is_some() {
+                    queue.login_until(0);
+                }
+                if let Err(reason) = handled {
                     // Flush what the session still has to say (an auth refusal, say).
                     let _ = Box::pin(tokio::time::timeout(shared.config.write_timeout, flush(&mut stream, &mut conn))).await;
                     break reason;
@@ -119,22 +117,16 @@ pub(super) async fn serve<S>(
                 for (stream_id, ok) in taken.acks {
                     conn.session.ack(stream_id, ok);
                 }
-                if taken.close {
-                    break "replaced by a newer connection".into();
+                if let Some(why) = taken.close {
+                    break close_reason(why, &shared);
                 }
             }
-            _ = tokio::time::sleep_until(next) => {
-                let now = Instant::now();
-                if login.is_some_and(|d| d <= now) {
-                    break "no login in time".into();
-                }
-                if idle_deadline <= now {
-                    break format!("idle for {} s", shared.config.idle_timeout.as_secs());
-                }
-                expire_requests(&mut conn);
-            }
-            _ = stop.changed() => break "shutting down".into(),
+            _ = std::future::poll_fn(|cx| match timer.as_mut() {
+                Some(t) => t.as_mut().poll(cx),
+                None => std::task::Poll::Pending,
+            }), if timer.is_some() => expire_requests(&mut conn),
         }
+        set_timer(&mut timer, &conn);
         if conn.session.has_transmit() {
             match Box::pin(tokio::time::timeout(
                 shared.config.write_timeout,
@@ -148,7 +140,68 @@ pub(super) async fn serve<S>(
             }
         }
     };
+    drop((timer, slot));
     Box::pin(close(stream, conn, shared, reason)).await;
+}
+
+fn close_reason(why: CloseReason, shared: &Shared) -> String {
+    match why {
+        CloseReason::Replaced => "replaced by a newer connection".into(),
+        CloseReason::NoLogin => "no login in time".into(),
+        CloseReason::Idle => format!("idle for {} s", shared.config.idle_timeout.as_secs()),
+        CloseReason::Stop => "shutting down".into(),
+    }
+}
+
+/// Keeps `timer` at the nearest request deadline while requests wait; none otherwise.
+fn set_timer(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, conn: &Conn) {
+    match conn.pending.values().map(|(d, _)| *d).min() {
+        None => *timer = None,
+        Some(d) => match timer {
+            Some(t) if t.deadline() == d => {}
+            Some(t) => t.as_mut().reset(d),
+            None => *timer = Some(Box::pin(tokio::time::sleep_until(d))),
+        },
+    }
+}
+
+/// A stream that reads what has arrived, and on plain TCP reserves its buffer only once
+/// bytes are there: an idle connection then holds none.
+pub(super) trait ReadSome {
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<std::io::Result<usize>>;
+}
+
+/// The least a read reserves (as `read_buf` does).
+const MIN_READ: usize = 64;
+
+impl ReadSome for tokio::net::TcpStream {
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.poll_read_ready(cx))?;
+            if buf.len() == buf.capacity() {
+                buf.reserve(MIN_READ);
+            }
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Nothing after all: hold no buffer while waiting.
+                    if buf.is_empty() {
+                        *buf = Vec::new();
+                    }
+                }
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ReadSome for tokio_rustls::server::TlsStream<S> {
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<std::io::Result<usize>> {
+        // TLS keeps its own buffers; ours is reserved as the read starts.
+        if buf.len() == buf.capacity() {
+            buf.reserve(MIN_READ);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+    }
 }
 
 /// Shuts the stream down and reports the disconnection.
@@ -236,6 +289,30 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// A plain TCP connection holds no read buffer while nothing has arrived, and reads
+    /// what has once it does.
+    #[tokio::test]
+    async fn a_quiet_tcp_connection_holds_no_read_buffer() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut device = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut ours, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(ours.poll_read_some(&mut cx, &mut buf).is_pending());
+        assert_eq!(buf.capacity(), 0);
+        device.write_all(b"\x02\x00").await.unwrap();
+        let n = std::future::poll_fn(|cx| ours.poll_read_some(cx, &mut buf))
+            .await
+            .unwrap();
+        assert_eq!((n, buf.as_slice()), (2, &b"\x02\x00"[..]));
+        drop(device);
+        buf.clear();
+        let n = std::future::poll_fn(|cx| ours.poll_read_some(cx, &mut buf))
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "the device closed");
     }
 
     /// The acks of one WAL sync leave in one write, whole frames each.

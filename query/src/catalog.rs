@@ -276,6 +276,36 @@ impl Catalog {
         Ok(())
     }
 
+    /// Drops `path`'s pending mark ([`Catalog::pending`]): its file was never written, or
+    /// is deleted. A path marked as replaced by a merge keeps its mark.
+    pub fn unpend(&self, path: &str) -> Result<(), QueryError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(REPLACED)?;
+            let pending = t.get(path)?.is_some_and(|v| v.value() == "pending");
+            if pending {
+                t.remove(path)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The paths marked pending: merged files being written, or left by a stop or a
+    /// failure before their swap.
+    pub fn pending_marks(&self) -> Result<Vec<String>, QueryError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(REPLACED)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if v.value() == "pending" {
+                out.push(k.value().to_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Records files and removes others, in one transaction; removed paths are remembered
     /// as replaced by `replaced_by` when given. An added path is no longer pending.
     pub fn swap(&self, add: &[FileMeta], remove: &[String], replaced_by: Option<&str>) -> Result<(), QueryError> {

@@ -143,9 +143,14 @@ pub(crate) async fn replace(
     let (store, prefix) = lake.store();
     let size = bytes.len() as u64;
     lake.catalog().pending(rel)?;
-    store
+    if let Err(e) = store
         .put(&catalog::full_path(prefix, rel), bytes::Bytes::from(bytes).into())
-        .await?;
+        .await
+    {
+        // Nothing written (a failed put stores no object): the mark has nothing to guard.
+        let _ = lake.catalog().unpend(rel);
+        return Err(e.into());
+    }
     let removed: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
     let swapped = async {
         let meta = catalog::describe(store, prefix, rel, Some(size)).await?;
@@ -157,8 +162,12 @@ pub(crate) async fn replace(
         Err(e) => {
             // The new file is in no catalog and its rows are still in the files it was to
             // replace: it goes, so that no listing takes it for new rows.
-            if let Err(d) = store.delete(&catalog::full_path(prefix, rel)).await {
-                warn!(path = %rel, error = %d, "cannot delete a merged file that was not catalogued");
+            match store.delete(&catalog::full_path(prefix, rel)).await {
+                Ok(()) => {
+                    let _ = lake.catalog().unpend(rel);
+                }
+                // The mark stays: the start's sweep deletes the file, and then drops it.
+                Err(d) => warn!(path = %rel, error = %d, "cannot delete a merged file that was not catalogued"),
             }
             return Err(e);
         }

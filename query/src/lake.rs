@@ -491,6 +491,8 @@ impl Lake {
                     Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
+                // A merged file left before its swap: gone, its mark has nothing to guard.
+                self.catalog.unpend(rel)?;
             }
         }
         Ok(n)

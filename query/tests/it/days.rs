@@ -310,6 +310,11 @@ async fn a_day_file_that_fails_to_land_deletes_nothing() {
     );
     assert!(left == files_before, "every hour file is still stored");
     assert_eq!(answers(&f).await, before);
+    assert_eq!(
+        f.lake.catalog().pending_marks().unwrap(),
+        Vec::<String>::new(),
+        "no mark outlives its failed merge"
+    );
 
     let day = compact_day(&f.lake, "t", T0, &cfg).await.unwrap().unwrap();
     assert_eq!(day.rows, 3 * 24 * 6);
@@ -338,11 +343,16 @@ async fn a_day_file_left_by_a_stop_before_its_swap_is_swept_not_catalogued() {
         "the orphaned day file is there"
     );
 
+    assert_eq!(f.lake.catalog().pending_marks().unwrap().len(), 1, "its mark stays");
     assert_eq!(f.lake.rebuild().await.unwrap(), 0, "the listing left it alone");
     assert_eq!(f.lake.files("t").len(), 3 * 48);
     assert_eq!(answers(&f).await, before);
     assert_eq!(f.lake.sweep_replaced().await.unwrap(), 1);
     assert!(stored(&f) == files_before, "the sweep took the orphan and nothing else");
+    assert!(
+        f.lake.catalog().pending_marks().unwrap().is_empty(),
+        "and then its mark"
+    );
 
     let day = compact_day(&f.lake, "t", T0, &cfg).await.unwrap().unwrap();
     assert_eq!(answers(&f).await, before);

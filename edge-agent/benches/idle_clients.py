@@ -40,14 +40,22 @@ def varint(n):
             return bytes(out)
 
 
-async def read_varint(r):
+def take_varint(next_byte):
+    """Decodes a varint from successive bytes of `next_byte()`."""
     n, shift = 0, 0
     while True:
-        b = (await r.readexactly(1))[0]
+        b = next_byte()
         n |= (b & 0x7F) << shift
         shift += 7
         if not b & 0x80:
             return n
+
+
+async def read_varint(r):
+    head = bytearray()
+    while not head or head[-1] & 0x80:
+        head += await r.readexactly(1)
+    return take_varint(iter(head).__next__)
 
 
 async def answer_describe(r, w):
@@ -56,14 +64,7 @@ async def answer_describe(r, w):
     kind = await read_varint(r)
     body = await r.readexactly(await read_varint(r))
     assert kind == 1 and body[0] == 0x08, (kind, body)
-    sid, i, shift = 0, 1, 0
-    while True:
-        b = body[i]
-        sid |= (b & 0x7F) << shift
-        shift += 7
-        i += 1
-        if not b & 0x80:
-            break
+    sid = take_varint(iter(body[1:]).__next__)
     # The template is for stream 1: type, length, 0x08 0x01, the rest of the body.
     assert reply[0] == 1 and reply[1] < 0x80 and reply[2:4] == b"\x08\x01", reply
     rest = reply[4:]

@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use twinlake_edge::link::{
-    DirectWrite, Down, ErrorKind, Item, LinkIo, LinkMsg, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up,
+    DirectWrite, Down, ErrorKind, Item, LinkIo, LinkMsg, LinkTx, Op, PROTOCOL, RegistryEntry, RemoteError, Reply, Up,
 };
 use twinlake_twin::TwinKey;
 
@@ -119,13 +119,9 @@ impl Gateways {
             session.take(id);
         };
         // Onto the socket from this task if it takes it now; else through the writer task.
-        let sent = match session
-            .direct
-            .as_ref()
-            .map_or(Err(encode(&msg)), |d| d.try_write(encode(&msg)))
-        {
+        let sent = match session.tx.try_direct(encode(&msg)) {
             Ok(()) => Ok(Ok(())),
-            Err(msg) => tokio::time::timeout_at(deadline, session.tx.send(msg)).await,
+            Err(msg) => tokio::time::timeout_at(deadline, session.tx.queue.send(msg)).await,
         };
         match sent {
             Ok(Ok(())) => {}
@@ -245,8 +241,10 @@ pub async fn serve(state: Arc<AppState>, gateway: String, mut io: LinkIo, direct
         return;
     }
     let session = Arc::new(Session {
-        tx: io.tx.clone(),
-        direct,
+        tx: LinkTx {
+            queue: io.tx.clone(),
+            direct,
+        },
         pending: Mutex::default(),
         epoch: state.gateways.next_epoch.fetch_add(1, Ordering::Relaxed),
         slots: Arc::new(tokio::sync::Semaphore::new(state.cfg.link.max_inflight.max(1))),

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use twinlake_edge::link::{RemoteError, Reply};
 use twinlake_twin::TwinKey;
 
@@ -35,9 +35,9 @@ impl std::fmt::Display for ControlError {
 /// One linked gateway.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) tx: mpsc::Sender<twinlake_edge::link::LinkMsg>,
-    /// Requests go onto the link's socket from the requesting task when it takes them.
-    pub(crate) direct: Option<Arc<dyn twinlake_edge::link::DirectWrite>>,
+    /// The link's writer queue, and its socket for requests written from the requesting
+    /// task when it takes them.
+    pub(crate) tx: twinlake_edge::link::LinkTx,
     pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     pub(crate) epoch: u64,
     /// Requests in flight at most (`link.max_inflight`): more wait, within their timeout.

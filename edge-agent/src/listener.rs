@@ -370,6 +370,8 @@ async fn handle_frames(
                     },
                 )
                 .await;
+                // Logged in: the sweep no longer holds it to the login deadline.
+                cmd_tx.login_until(0);
                 conn.key = Some(key);
             }
             SessionEvent::Reply { stream_id, ok, payload } => {

@@ -107,9 +107,7 @@ impl<S> SharedSink<S> {
     pub async fn flush_wanted(&self) {
         self.flush_wanted.notified().await
     }
-}
 
-impl<S> SharedSink<S> {
     /// Writes `item` (as `convert` makes it) if the sink takes it without waiting; gives
     /// it back otherwise, and when the sink is broken (the queue then says whether the link
     /// is gone). An item the sink refuses as it breaks is dropped.

@@ -94,11 +94,7 @@ where
                 } else if n < READ_CHUNK / 8 {
                     buf = Vec::new();
                 }
-                let handled = Box::pin(handle_frames(&mut decoder, &mut conn, &shared, &queue, peer, tls)).await;
-                if conn.key.is_some() {
-                    queue.login_until(0);
-                }
-                if let Err(reason) = handled {
+                if let Err(reason) = Box::pin(handle_frames(&mut decoder, &mut conn, &shared, &queue, peer, tls)).await {
                     // Flush what the session still has to say (an auth refusal, say).
                     let _ = Box::pin(tokio::time::timeout(shared.config.write_timeout, flush(&mut stream, &mut conn))).await;
                     break reason;

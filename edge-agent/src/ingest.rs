@@ -7,7 +7,6 @@
 //! row counted and a bucket write or endpoint call confirmed to its device. Sealing (Parquet encoding and writing) runs on a blocking thread while ingest
 //! goes on into a fresh buffer and WAL segment; one seal is in flight at a time.
 
-use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -27,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbox, State};
 use crate::wal::{RecordKind, Wal, WalRecord};
 use twinlake_lake::buffer::{Buffer, Conflict};
-use twinlake_lake::model::{FieldValue, flatten, table_name};
+use twinlake_lake::model::table_name;
 
 mod commit;
 mod device_rows;
@@ -163,12 +162,9 @@ fn apply(buffer: &mut Buffer, rec: &WalRecord<'_>, conflicts: &mut Vec<Conflict>
 
 /// Applies one WAL record whose payload is decoded already.
 fn apply_value(buffer: &mut Buffer, rec: &WalRecord<'_>, value: ValueRef<'_>, conflicts: &mut Vec<Conflict>) -> u64 {
-    // Room for a typical payload's fields at once, not grown one by one.
-    let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = Vec::with_capacity(16);
-    flatten(value, rec.kind == RecordKind::Stream, &mut fields);
     let owner = (!rec.owner.is_empty()).then_some(rec.owner);
-    buffer.append(rec.table, rec.time_us, owner, rec.device, &fields, conflicts);
-    fields.len() as u64
+    let stream = rec.kind == RecordKind::Stream;
+    buffer.append_payload(rec.table, rec.time_us, (owner, rec.device), (value, stream), conflicts)
 }
 
 impl Ingest {

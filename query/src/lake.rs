@@ -20,7 +20,6 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use twinlake_lake::buffer::{Buffer, Schemas};
 use twinlake_lake::columns::{ColumnType, merge_schema};
-use twinlake_lake::model::flatten;
 use twinlake_sdk::pson::ValueRef;
 
 use crate::QueryError;
@@ -321,11 +320,15 @@ impl Lake {
             )]);
             (Buffer::new(gateway, schemas), Instant::now())
         });
-        let mut fields = Vec::new();
         let mut conflicts = Vec::new();
         for r in rows {
-            flatten(r.payload, stream, &mut fields);
-            buf.append(table, r.time_us, r.owner, r.device, &fields, &mut conflicts);
+            buf.append_payload(
+                table,
+                r.time_us,
+                (r.owner, r.device),
+                (r.payload, stream),
+                &mut conflicts,
+            );
         }
         let cols: Vec<(String, ColumnType)> = buf
             .schemas()

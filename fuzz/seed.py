@@ -131,3 +131,19 @@ for i, blocks in enumerate([[row(1, b"d", b"\x12")], [row(1, b"d1", b"\x12") + r
     header = ('{"type":"batch","seq":%d,"items":[%s]}' % (i + 1, items)).encode()
     body = b"".join(u32(len(b)) + b for b in blocks)
     (batch / f"b{i}").write_bytes(b"TLB\x01" + u32(len(header)) + header + u32(len(blocks)) + body)
+
+# Buffer rows: `[len][flags][PSON]` payloads, each shape more than once so templates are
+# built and matched (flags: 1 a stream's payload, 2 the second device).
+rows = here / "corpus" / "buffer_rows"
+rows.mkdir(parents=True, exist_ok=True)
+shapes = [
+    "6A 0E | 04 74 65 6D 70 | 1D 00 00 AC 41 | 02 6F 6E | 28",
+    "6A 0E | 04 74 65 6D 70 | 1D 00 00 B0 41 | 02 6F 6E | 30",
+    "6A 07 01 61 6A 03 01 62 40",
+    "6A 07 01 61 6A 03 01 62 38",
+    "6A 0D | 03 6F 75 74 | 21 00 00 04 20 5F A0 02 42",
+    "6A 0A | 01 6E | 08 AC 02 | 01 73 | 4A 01 | 68",
+]
+for i in range(len(shapes)):
+    payloads = [hexs(shapes[i]), hexs(shapes[i ^ 1]), hexs(shapes[i])]
+    (rows / f"r{i}").write_bytes(b"".join(bytes([len(p), i & 3]) + p for p in payloads))

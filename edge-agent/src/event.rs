@@ -91,6 +91,13 @@ pub struct BucketWrite<'a> {
 }
 
 impl BucketRows {
+    /// Room for about `bytes` of bucket names and payloads, and their writes (a write
+    /// takes at least a few dozen bytes), so a read's writes do not grow it step by step.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.bytes.reserve(bytes);
+        self.rows.reserve(bytes / 48);
+    }
+
     /// Appends a write of a decoded payload.
     pub fn push(&mut self, at: SystemTime, bucket: &str, payload: Option<ValueRef<'_>>, ack: Option<Acker>) {
         let bucket = self.bucket_range(bucket);

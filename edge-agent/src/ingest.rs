@@ -535,13 +535,20 @@ impl Ingest {
         self.unsynced.values += values;
         self.unsynced.bytes += payload.len() as u64;
         if self.fresh.is_some() {
+            // Rows come in runs of one device: the names of the row before, if they are these.
+            let names = match self.unsynced.fresh.last() {
+                Some(l) if *l.device == *device && *l.table == *table && *l.owner == *user => {
+                    (l.table.clone(), l.owner.clone(), l.device.clone())
+                }
+                _ => (self.names.get(table), self.names.get(user), self.names.get(device)),
+            };
             self.unsynced.fresh.push(crate::link::FreshRow {
-                table: self.names.get(table),
+                table: names.0,
                 segment: self.wal.current_segment(),
                 stream: kind == RecordKind::Stream,
-                owner: self.names.get(user),
+                owner: names.1,
                 time_us,
-                device: self.names.get(device),
+                device: names.2,
                 payload: payload.into(),
             });
         }

@@ -286,6 +286,8 @@ async fn handle_frames(
 ) -> Result<(), String> {
     // A read's bucket writes go on as one event, before anything else the device sent.
     let mut buckets = BucketRows::default();
+    // What this read brought, for the size of its event(s).
+    let room = decoder.buffered().min(2 * MAX_BUCKET_BYTES);
     loop {
         let frame = match decoder.next_ref() {
             Ok(Some(f)) => f,
@@ -303,6 +305,9 @@ async fn handle_frames(
                     stream_id,
                 })
             });
+            if buckets.is_empty() {
+                buckets.reserve(room);
+            }
             buckets.push(SystemTime::now(), b.bucket, b.payload, ack);
             if buckets.bytes() >= MAX_BUCKET_BYTES {
                 emit_buckets(shared, conn, &mut buckets).await;

@@ -225,12 +225,9 @@ fn expire_requests(conn: &mut Conn) {
 /// Writes what the session has to say in one write: whole frames only, since stock clients
 /// treat a short read inside a frame as a drop.
 async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, conn: &mut Conn) -> std::io::Result<()> {
-    let Some(first) = conn.session.poll_transmit() else {
+    let out = conn.session.take_transmit();
+    if out.is_empty() {
         return Ok(());
-    };
-    let mut out = first;
-    while let Some(frame) = conn.session.poll_transmit() {
-        out.extend_from_slice(&frame);
     }
     wr.write_all(&out).await?;
     conn.tx_bytes += out.len() as u64;

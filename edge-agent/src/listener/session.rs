@@ -1,7 +1,7 @@
 //! The server's half of one device connection, free of I/O.
 //!
 //! Frames go in through [`Session::handle`], decisions and requests through the other
-//! methods, and whole frames come out of [`Session::poll_transmit`]. The rules it keeps
+//! methods, and whole frames come out of [`Session::take_transmit`]. The rules it keeps
 //! (device-protocol.md §2.4):
 //! * AUTH comes first, and the next frame the device sees is the answer: REQUEST_OK, or
 //!   REQUEST_ERROR before the connection closes. Nothing is sent before it.
@@ -12,7 +12,7 @@
 //!   answered.
 //! * A keep-alive is answered with exactly `02 00`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use twinlake_sdk::frame::{Frame, FrameRef, KEEP_ALIVE, Message, Signal};
 use twinlake_sdk::pson::Value;
@@ -119,7 +119,8 @@ pub struct Session {
     last_sid: u16,
     in_flight: BTreeMap<u32, ()>,
     streams: BTreeMap<u32, Vec<String>>,
-    outbox: VecDeque<Vec<u8>>,
+    /// Whole frames to write, back to back.
+    outbox: Vec<u8>,
 }
 
 impl Default for Session {
@@ -136,7 +137,7 @@ impl Session {
             last_sid: 0,
             in_flight: BTreeMap::new(),
             streams: BTreeMap::new(),
-            outbox: VecDeque::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -150,14 +151,10 @@ impl Session {
         self.state == State::Rejected
     }
 
-    /// The next whole frame to write. Drained, the queue gives its memory back: an idle
-    /// connection keeps none.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let next = self.outbox.pop_front();
-        if next.is_none() {
-            self.outbox = VecDeque::new();
-        }
-        next
+    /// Every whole frame to write, back to back, taken out: an idle connection keeps no
+    /// memory for them.
+    pub fn take_transmit(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.outbox)
     }
 
     /// Whether there is something to write.
@@ -170,7 +167,7 @@ impl Session {
         let m = match frame {
             Frame::KeepAlive => {
                 if self.state == State::Active {
-                    self.outbox.push_back(KEEP_ALIVE.to_vec());
+                    self.outbox.extend_from_slice(&KEEP_ALIVE);
                 }
                 return Ok(None);
             }
@@ -368,7 +365,7 @@ impl Session {
     }
 
     fn send(&mut self, m: &Message) {
-        self.outbox.push_back(m.to_frame());
+        m.encode_frame_into(&mut self.outbox);
     }
 }
 
@@ -388,8 +385,18 @@ mod tests {
     use super::*;
     use twinlake_sdk::frame::Message;
 
+    /// The frames written, one by one.
     fn drain(s: &mut Session) -> Vec<Vec<u8>> {
-        std::iter::from_fn(|| s.poll_transmit()).collect()
+        let bytes = s.take_transmit();
+        let mut rest = bytes.as_slice();
+        let mut frames = Vec::new();
+        while let Some((_, n)) = twinlake_sdk::frame::decode_frame(rest, &Default::default()).unwrap() {
+            let (frame, tail) = rest.split_at(n);
+            frames.push(frame.to_vec());
+            rest = tail;
+        }
+        assert!(rest.is_empty(), "whole frames only");
+        frames
     }
 
     fn active() -> Session {

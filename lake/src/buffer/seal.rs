@@ -1,6 +1,7 @@
 //! The seal: buffered rows become Arrow batches, sorted by (owner, device, time) and cut at
 //! hour boundaries.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -157,17 +158,69 @@ fn dictionary_ranks(keys: &[ArrayRef], rows: usize) -> Option<Vec<u64>> {
 }
 
 /// Row indices in (hour, ranks, time) order; rows equal in all three keep their order.
+///
+/// Rows come in runs of one device, times rising: a stable counting sort puts them in
+/// groups of one (hour, rank), in key order, and only a group whose times are out of order
+/// is sorted by time. Linear in the rows where a comparison sort is not.
 fn sort_by_ranks(times: &[i64], ranks: &[u64]) -> UInt32Array {
-    let mut idx: Vec<u32> = (0..u32::try_from(times.len()).unwrap_or(u32::MAX)).collect();
-    let key = |i: u32| {
-        let t = times.get(i as usize).copied().unwrap_or_default();
-        (
-            t.div_euclid(HOUR_US),
-            ranks.get(i as usize).copied().unwrap_or_default(),
-            t,
-        )
-    };
-    idx.sort_by_key(|&i| key(i));
+    let time = |i: u32| times.get(i as usize).copied().unwrap_or_default();
+    let key = |(t, r): (&i64, &u64)| (t.div_euclid(HOUR_US), *r);
+    // Each row's group, numbered as first seen.
+    let mut groups: HashMap<(i64, u64), usize> = HashMap::new();
+    let mut last: Option<((i64, u64), usize)> = None;
+    let row_group: Vec<usize> = times
+        .iter()
+        .zip(ranks)
+        .map(|row| {
+            let k = key(row);
+            let g = match last {
+                Some((lk, g)) if lk == k => g,
+                _ => {
+                    let next = groups.len();
+                    *groups.entry(k).or_insert(next)
+                }
+            };
+            last = Some((k, g));
+            g
+        })
+        .collect();
+    // Where each group starts in the output, groups in key order.
+    let mut ordered: Vec<((i64, u64), usize)> = groups.into_iter().collect();
+    ordered.sort_unstable();
+    let mut sizes = vec![0usize; ordered.len()];
+    for &g in &row_group {
+        if let Some(n) = sizes.get_mut(g) {
+            *n += 1;
+        }
+    }
+    let mut next = vec![0usize; ordered.len()];
+    let mut bounds = Vec::with_capacity(ordered.len() + 1);
+    let mut at = 0;
+    for &(_, g) in &ordered {
+        bounds.push(at);
+        if let (Some(n), Some(size)) = (next.get_mut(g), sizes.get(g)) {
+            *n = at;
+            at += size;
+        }
+    }
+    bounds.push(at);
+    let mut idx = vec![0u32; row_group.len()];
+    for (row, &g) in row_group.iter().enumerate() {
+        if let Some(n) = next.get_mut(g) {
+            if let Some(slot) = idx.get_mut(*n) {
+                *slot = u32::try_from(row).unwrap_or(u32::MAX);
+            }
+            *n += 1;
+        }
+    }
+    for w in bounds.windows(2) {
+        if let [from, to] = *w
+            && let Some(group) = idx.get_mut(from..to)
+            && !group.is_sorted_by_key(|&i| time(i))
+        {
+            group.sort_by_key(|&i| time(i));
+        }
+    }
     UInt32Array::from(idx)
 }
 

@@ -114,11 +114,7 @@ impl Table {
     /// Remembers the shape of a row just stored, whose fields went to `landed` (all of them,
     /// else no template).
     fn learn(&mut self, body: &[u8], stream: bool, landed: &[Option<usize>]) {
-        let Some(columns) = landed.iter().copied().collect::<Option<Vec<usize>>>() else {
-            return;
-        };
-        let types: Option<Vec<FieldType>> = columns.iter().map(|&c| self.columns.get(c).map(|c| c.ty)).collect();
-        let Some(t) = types.and_then(|types| Template::build(body, stream, &columns, &types)) else {
+        let Some(t) = Template::build(body, stream, landed, &self.columns) else {
             return;
         };
         let at = self.templates_built % MAX_TEMPLATES;
@@ -282,7 +278,10 @@ impl Buffer {
         };
         if let Some(body) = body
             && let Some(t) = self.tables.get_mut(ti)
-            && let Some(tp) = t.templates.iter_mut().find(|tp| tp.matches(body, stream, &t.columns))
+            && let Some(tp) = t
+                .templates
+                .iter_mut()
+                .find_map(|tp| tp.matches(body, stream, &t.columns).then_some(tp))
         {
             let row = t.time.len();
             let mut bytes = tp.append(body, &mut t.columns);

@@ -44,6 +44,8 @@ use crate::QueryError;
 pub const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("lake_files");
 /// Object path → the compacted file that replaced it.
 pub const REPLACED: TableDefinition<&str, &str> = TableDefinition::new("lake_replaced");
+/// The [`REPLACED`] value of a merged file being written, not yet swapped in.
+const PENDING: &str = "pending";
 
 /// One committed Parquet file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,7 +273,7 @@ impl Catalog {
     /// start's listing from cataloguing it beside them (its sweep deletes it instead).
     pub fn pending(&self, path: &str) -> Result<(), QueryError> {
         let tx = self.db.begin_write()?;
-        tx.open_table(REPLACED)?.insert(path, "pending")?;
+        tx.open_table(REPLACED)?.insert(path, PENDING)?;
         tx.commit()?;
         Ok(())
     }
@@ -282,7 +284,7 @@ impl Catalog {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(REPLACED)?;
-            let pending = t.get(path)?.is_some_and(|v| v.value() == "pending");
+            let pending = t.get(path)?.is_some_and(|v| v.value() == PENDING);
             if pending {
                 t.remove(path)?;
             }
@@ -299,7 +301,7 @@ impl Catalog {
         let mut out = Vec::new();
         for row in t.iter()? {
             let (k, v) = row?;
-            if v.value() == "pending" {
+            if v.value() == PENDING {
                 out.push(k.value().to_owned());
             }
         }

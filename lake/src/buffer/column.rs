@@ -108,18 +108,18 @@ pub(super) struct Column {
 #[derive(Default)]
 pub(super) struct KeyColumn {
     builder: StringDictionaryBuilder<Int32Type>,
-    /// The value of the open run (`None`: null) and its rows, not yet in `builder`.
-    run: Option<String>,
+    /// The open run, not yet in `builder`: its value (kept, with its memory, through a run
+    /// of nulls), whether it is a run of nulls, and its rows.
+    run: String,
     run_null: bool,
     run_len: usize,
 }
 
 impl KeyColumn {
     pub(super) fn append(&mut self, v: Option<&str>) {
-        let same = match (v, &self.run) {
-            (Some(v), Some(r)) => !self.run_null && r == v,
-            (None, _) => self.run_null,
-            (Some(_), None) => false,
+        let same = match v {
+            Some(v) => !self.run_null && self.run == v,
+            None => self.run_null,
         };
         if same && self.run_len > 0 {
             self.run_len += 1;
@@ -129,9 +129,8 @@ impl KeyColumn {
         self.run_len = 1;
         self.run_null = v.is_none();
         if let Some(v) = v {
-            let run = self.run.get_or_insert_with(String::new);
-            run.clear();
-            run.push_str(v);
+            self.run.clear();
+            self.run.push_str(v);
         }
     }
 
@@ -139,9 +138,10 @@ impl KeyColumn {
         if self.run_len == 0 {
             return;
         }
-        match (&self.run, self.run_null) {
-            (Some(r), false) => self.builder.append_values(r, self.run_len),
-            _ => self.builder.append_nulls(self.run_len),
+        if self.run_null {
+            self.builder.append_nulls(self.run_len);
+        } else {
+            self.builder.append_values(&self.run, self.run_len);
         }
         self.run_len = 0;
     }

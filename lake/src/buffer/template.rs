@@ -99,20 +99,22 @@ pub(super) struct Template {
 
 impl Template {
     /// The template of `body` (a stream's payload if `stream`) whose flattened fields went
-    /// to `columns`, in order, of types `types`; `None` if the body holds an array, is too
-    /// big, or its values do not line up with those fields.
-    pub(super) fn build(body: &[u8], stream: bool, columns: &[usize], types: &[FieldType]) -> Option<Self> {
-        if body.len() > MAX_BYTES || columns.len() > MAX_SLOTS || columns.len() != types.len() {
+    /// to the columns `landed` names, in order (`None`: a field not stored); `None` if a
+    /// field was not stored, the body holds an array, is too big, or its values do not line
+    /// up with those fields.
+    pub(super) fn build(body: &[u8], stream: bool, landed: &[Option<usize>], columns: &[Column]) -> Option<Self> {
+        if body.len() > MAX_BYTES || landed.len() > MAX_SLOTS || landed.contains(&None) {
             return None;
         }
-        let mut found = Vec::with_capacity(columns.len());
+        let mut found = Vec::with_capacity(landed.len());
         walk(body, 0, 0, &mut found)?;
-        if found.len() != columns.len() {
+        if found.len() != landed.len() {
             return None;
         }
         let mut slots = Vec::with_capacity(found.len());
-        for ((&(at, kind), &column), &ty) in found.iter().zip(columns).zip(types) {
-            if kind.field_type() != ty || slots.iter().any(|s: &Slot| s.column == column) {
+        for (&(at, kind), &column) in found.iter().zip(landed) {
+            let column = column?;
+            if columns.get(column)?.ty != kind.field_type() || slots.iter().any(|s: &Slot| s.column == column) {
                 return None;
             }
             slots.push(Slot {
@@ -147,14 +149,14 @@ impl Template {
     }
 
     /// Whether `body` has this shape and every value reads into its column.
-    pub(super) fn matches(&self, body: &[u8], stream: bool, columns: &[Column]) -> bool {
+    pub(super) fn matches(&mut self, body: &[u8], stream: bool, columns: &[Column]) -> bool {
         self.stream == stream
             && body.len() == self.bytes.len()
             && self.fixed.iter().all(|&(a, b)| body.get(a..b) == self.bytes.get(a..b))
             && self
                 .slots
-                .iter()
-                .all(|s| columns.get(s.column).is_some_and(|c| s.kind.fits(c.ty)) && read(body, s.at, s.kind).is_some())
+                .iter_mut()
+                .all(|s| columns.get(s.column).is_some_and(|c| s.kind.fits(c.ty)) && s.value(body).is_some())
     }
 
     /// Appends `body`'s values to their columns (after [`Template::matches`] said yes);
@@ -163,11 +165,7 @@ impl Template {
         let mut bytes = 0;
         for s in &mut self.slots {
             let Some(col) = columns.get_mut(s.column) else { continue };
-            let value = match s.kind {
-                Kind::Float => s.widen(body),
-                kind => read(body, s.at, kind),
-            };
-            bytes += match value.and_then(|v| col.builder.append(&v)) {
+            bytes += match s.value(body).and_then(|v| col.builder.append(&v)) {
                 Some(n) => n,
                 None => {
                     // Cannot happen after `matches`; a null keeps the row's columns aligned.
@@ -181,49 +179,47 @@ impl Template {
 }
 
 impl Slot {
-    /// A float slot's value, widened as the general path does, once per distinct value.
-    fn widen(&mut self, body: &[u8]) -> Option<FieldValue<'static>> {
-        let bits = u32::from_le_bytes(body.get(self.at..self.at + 4)?.try_into().ok()?);
-        let f = match self.widened {
-            Some((last, f)) if last == bits => f,
-            _ => widen(f32::from_bits(bits)),
-        };
-        self.widened = Some((bits, f));
-        Some(FieldValue::Float(f))
-    }
-}
-
-/// The value of a slot, if its bytes hold one of its kind.
-fn read(body: &[u8], at: usize, kind: Kind) -> Option<FieldValue<'_>> {
-    let b = body.get(at..at + kind.width())?;
-    Some(match kind {
-        Kind::Double => FieldValue::Float(f64::from_le_bytes(b.try_into().ok()?)),
-        Kind::Float => FieldValue::Float(widen(f32::from_le_bytes(b.try_into().ok()?))),
-        Kind::Bool => match b.first()? {
-            0x28 => FieldValue::Bool(true),
-            0x30 => FieldValue::Bool(false),
-            _ => return None,
-        },
-        Kind::Bit => match b.first()? {
-            0x38 => FieldValue::Int(0),
-            0x40 => FieldValue::Int(1),
-            _ => return None,
-        },
-        Kind::Int { negative, len } => {
-            let (m, n) = varint::decode_u64(b).ok()?;
-            if n != usize::from(len) {
-                return None;
+    /// The slot's value, if its bytes hold one of its kind. A float is widened as the
+    /// general path widens it, once per distinct value.
+    fn value<'a>(&mut self, body: &'a [u8]) -> Option<FieldValue<'a>> {
+        let b = body.get(self.at..self.at + self.kind.width())?;
+        Some(match self.kind {
+            Kind::Double => FieldValue::Float(f64::from_le_bytes(b.try_into().ok()?)),
+            Kind::Float => {
+                let bits = u32::from_le_bytes(b.try_into().ok()?);
+                let f = match self.widened {
+                    Some((last, f)) if last == bits => f,
+                    _ => widen(f32::from_bits(bits)),
+                };
+                self.widened = Some((bits, f));
+                FieldValue::Float(f)
             }
-            FieldValue::Int(if negative {
-                0i64.checked_sub_unsigned(m)?
-            } else {
-                // Above i64::MAX the general path stores a float: not this template.
-                i64::try_from(m).ok()?
-            })
-        }
-        Kind::Str { .. } => FieldValue::Str(Cow::Borrowed(std::str::from_utf8(b).ok()?)),
-        Kind::Bytes { .. } => FieldValue::Bytes(b),
-    })
+            Kind::Bool => match b.first()? {
+                0x28 => FieldValue::Bool(true),
+                0x30 => FieldValue::Bool(false),
+                _ => return None,
+            },
+            Kind::Bit => match b.first()? {
+                0x38 => FieldValue::Int(0),
+                0x40 => FieldValue::Int(1),
+                _ => return None,
+            },
+            Kind::Int { negative, len } => {
+                let (m, n) = varint::decode_u64(b).ok()?;
+                if n != usize::from(len) {
+                    return None;
+                }
+                FieldValue::Int(if negative {
+                    0i64.checked_sub_unsigned(m)?
+                } else {
+                    // Above i64::MAX the general path stores a float: not this template.
+                    i64::try_from(m).ok()?
+                })
+            }
+            Kind::Str { .. } => FieldValue::Str(Cow::Borrowed(std::str::from_utf8(b).ok()?)),
+            Kind::Bytes { .. } => FieldValue::Bytes(b),
+        })
+    }
 }
 
 /// Finds the value slots of an object body at `base` in the payload, in the order the

@@ -34,8 +34,6 @@ mod judge;
 
 /// Rows (or other events) taken off the queue per batch, at most about.
 const MAX_BATCH: usize = 8192;
-/// Names of fresh rows shared at most (tables, users and devices).
-const MAX_NAMES: usize = 65_536;
 /// The table endpoint calls are recorded in.
 pub const ENDPOINT_TABLE: &str = "endpoint_calls";
 
@@ -49,7 +47,7 @@ struct Pending {
     rows: u64,
     values: u64,
     bytes: u64,
-    fresh: Vec<crate::link::FreshRow>,
+    fresh: crate::link::FreshRows,
     /// Source messages whose rows and delivery record this fsync makes durable; their
     /// acked record goes into the next one.
     delivered: Vec<(Arc<str>, u16, Acker)>,
@@ -128,8 +126,6 @@ pub struct Ingest {
     scratch: Vec<u8>,
     conflicts: Vec<Conflict>,
     unconfirmed: Unconfirmed,
-    /// Table, user and device names of fresh rows, shared.
-    names: crate::intern::Names,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -230,7 +226,6 @@ impl Ingest {
                 scratch: Vec::new(),
                 conflicts,
                 unconfirmed,
-                names: crate::intern::Names::new(MAX_NAMES, metrics.names_evicted.clone()),
                 metrics,
             },
             sealed_rx,
@@ -535,22 +530,13 @@ impl Ingest {
         self.unsynced.values += values;
         self.unsynced.bytes += payload.len() as u64;
         if self.fresh.is_some() {
-            // Rows come in runs of one device: the names of the row before, if they are these.
-            let names = match self.unsynced.fresh.last() {
-                Some(l) if *l.device == *device && *l.table == *table && *l.owner == *user => {
-                    (l.table.clone(), l.owner.clone(), l.device.clone())
-                }
-                _ => (self.names.get(table), self.names.get(user), self.names.get(device)),
-            };
-            self.unsynced.fresh.push(crate::link::FreshRow {
-                table: names.0,
+            let group = crate::link::FreshGroup {
+                table,
                 segment: self.wal.current_segment(),
                 stream: kind == RecordKind::Stream,
-                owner: names.1,
-                time_us,
-                device: names.2,
-                payload: payload.into(),
-            });
+                owner: user,
+            };
+            self.unsynced.fresh.push(group, time_us, device, payload);
         }
         self.judge(&rec);
         true

@@ -24,7 +24,6 @@ pub mod event;
 pub mod hex;
 pub mod http;
 pub mod ingest;
-pub mod intern;
 pub mod link;
 pub mod listener;
 pub mod metrics;

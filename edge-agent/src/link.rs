@@ -52,6 +52,7 @@ use crate::outbox::FileEntry;
 pub use client::{Connector, LinkClient, LinkIo};
 pub use direct::{Direct, DirectWrite, LinkTx, SharedSink, write_queued};
 pub use requests::Requests;
+pub use rows::{FreshGroup, FreshRows};
 pub use wire::LinkMsg;
 pub use ws::WsConnector;
 
@@ -350,39 +351,15 @@ pub struct Uplink {
     metrics: Arc<Metrics>,
 }
 
-/// One fresh row for the cloud.
-#[derive(Debug, Clone)]
-pub struct FreshRow {
-    pub table: Arc<str>,
-    /// The WAL segment it is in.
-    pub segment: u64,
-    /// A resource stream's payload (with the in/out wrapper).
-    pub stream: bool,
-    /// The user the device belongs to.
-    pub owner: Arc<str>,
-    pub time_us: i64,
-    pub device: Arc<str>,
-    /// Its payload as the WAL holds it (PSON).
-    pub payload: Box<[u8]>,
-}
-
-impl FreshRow {
-    /// What rows of one `rows` item share.
-    fn group(&self) -> (&str, u64, bool, &str) {
-        (&self.table, self.segment, self.stream, &self.owner)
-    }
-}
-
-/// Rows per `rows` item at most.
-const ROWS_PER_ITEM: usize = 512;
-
 #[derive(Debug, Default)]
 struct Waiting {
     presence: HashMap<DeviceKey, Item>,
     described: HashMap<DeviceKey, Json>,
     reported: HashMap<(DeviceKey, String), (u64, Json)>,
     properties: HashMap<(DeviceKey, String), Json>,
-    rows: VecDeque<FreshRow>,
+    /// Fresh rows in blocks, and how many rows they hold.
+    rows: VecDeque<rows::FreshBlock>,
+    row_count: usize,
     files: VecDeque<Item>,
 }
 
@@ -392,7 +369,7 @@ impl Waiting {
             + self.described.len()
             + self.reported.len()
             + self.properties.len()
-            + self.rows.len().div_ceil(ROWS_PER_ITEM)
+            + self.rows.len()
             + self.files.len()
     }
 }
@@ -414,21 +391,32 @@ impl Uplink {
     }
 
     /// Rows made durable, for the cloud to query before their file lands.
-    pub fn rows(&self, rows: impl IntoIterator<Item = FreshRow>) {
-        if self.max_rows == 0 {
+    pub fn rows(&self, fresh: rows::FreshRows) {
+        if self.max_rows == 0 || fresh.is_empty() {
             return;
         }
-        let metrics = self.metrics.clone();
         let max = self.max_rows;
+        let mut dropped = 0;
         self.with(|w| {
-            for r in rows {
-                if w.rows.len() >= max {
+            for b in fresh.blocks {
+                w.row_count += b.rows;
+                w.rows.push_back(b);
+            }
+            // The oldest rows go first, whole blocks while they fit in what is over.
+            while w.row_count > max {
+                let over = w.row_count - max;
+                let Some(front) = w.rows.front_mut() else { break };
+                let n = front.rows.min(over);
+                if n == front.rows {
                     w.rows.pop_front();
-                    metrics.link_rows_dropped.inc();
+                } else {
+                    front.drop_front(n);
                 }
-                w.rows.push_back(r);
+                w.row_count -= n;
+                dropped += n;
             }
         });
+        self.metrics.link_rows_dropped.inc_by(dropped as u64);
     }
 
     fn with(&self, f: impl FnOnce(&mut Waiting)) {
@@ -531,10 +519,10 @@ impl Uplink {
         });
         let mut budget = BATCH_ROW_BYTES;
         while room(out) && budget > 0 {
-            let Some(item) = take_rows(&mut w.rows, &mut budget, pson) else {
-                break;
-            };
-            out.push(item);
+            let Some(block) = w.rows.pop_front() else { break };
+            w.row_count -= block.rows;
+            budget = budget.saturating_sub(block.cost);
+            out.push(block.into_item(pson));
         }
         // Files only once every row before them is out.
         while room(out) && w.rows.is_empty() {
@@ -542,30 +530,6 @@ impl Uplink {
             out.push(f);
         }
     }
-}
-
-/// One item of the waiting rows that share the first one's table, segment and owner, within
-/// `budget` (an estimate of the bytes they take in a frame, charged here).
-fn take_rows(rows: &mut VecDeque<FreshRow>, budget: &mut usize, pson: bool) -> Option<Item> {
-    let first = rows.front()?;
-    let (table, segment, stream, owner) = (first.table.clone(), first.segment, first.stream, first.owner.clone());
-    let same = |r: &FreshRow| r.group() == (&*table, segment, stream, &*owner);
-    let mut block = rows::RowBlock::default();
-    let mut n = 0;
-    while n < ROWS_PER_ITEM && *budget > 0 && rows.front().is_some_and(same) {
-        let Some(r) = rows.pop_front() else { break };
-        n += 1;
-        *budget = budget.saturating_sub(r.payload.len().saturating_mul(3) + r.device.len() + 64);
-        block.push(r.time_us, &r.device, &r.payload);
-    }
-    let item = Item::PsonRows {
-        table: table.to_string(),
-        segment,
-        stream,
-        owner: (!owner.is_empty()).then(|| owner.to_string()),
-        rows: block,
-    };
-    Some(if pson { item } else { item.without_pson() })
 }
 
 fn take_map<K: Clone + Eq + std::hash::Hash, V>(
@@ -682,6 +646,41 @@ mod tests {
         assert!(u.is_empty());
     }
 
+    /// The queue keeps the newest `max_rows` rows exactly, dropping the oldest (whole blocks,
+    /// then rows from the front of one) and counting what it drops.
+    #[test]
+    fn a_full_row_queue_drops_the_oldest_rows_exactly() {
+        let metrics = Arc::new(Metrics::default());
+        let u = Uplink::new(16, 700, metrics.clone());
+        let group = FreshGroup {
+            table: "t",
+            segment: 1,
+            stream: false,
+            owner: "u",
+        };
+        let mut time = 0;
+        for batch in [600, 300, 250] {
+            let mut fresh = FreshRows::default();
+            for _ in 0..batch {
+                fresh.push(group, time, "d", &[0x12]);
+                time += 1;
+            }
+            u.rows(fresh);
+        }
+        assert_eq!(metrics.link_rows_dropped.get(), 1150 - 700);
+        let mut items = Vec::new();
+        u.take(MAX_BATCH_ITEMS, true, &mut items);
+        let times: Vec<i64> = items
+            .iter()
+            .flat_map(|i| match i {
+                Item::PsonRows { rows, .. } => rows.iter().map(|r| r.unwrap().time_us).collect::<Vec<_>>(),
+                other => panic!("only rows wait: {other:?}"),
+            })
+            .collect();
+        assert_eq!(times, (450..1150).collect::<Vec<i64>>(), "the newest 700, in order");
+        assert!(u.is_empty());
+    }
+
     /// A backlog of fresh rows (an agent that took bucket writes faster than the link sent
     /// them) goes up in batches far below the cloud's message limit, in order, in either row
     /// format: one batch of a million rows once exceeded it, and the link looped on it for ever.
@@ -690,20 +689,20 @@ mod tests {
         for pson in [true, false] {
             let n = 400_000;
             let u = Uplink::new(16, n, Arc::default());
-            let (table, owner): (Arc<str>, Arc<str>) = (Arc::from("readings"), Arc::from("u"));
             let payload = json!({"latitude": 52.1, "longitude": 4.3, "elevation": 12.0, "velocity": 80.5,
                 "heading": 270.0, "grade": 1.5, "fuel_consumption": 25.4});
-            let payload: Box<[u8]> = twinlake_sdk::json::from_json(&payload).to_bytes().into();
-            let devices: Vec<Arc<str>> = (0..50).map(|i| Arc::from(format!("truck-{i}"))).collect();
-            u.rows((0..n).map(|i| FreshRow {
-                table: table.clone(),
+            let payload = twinlake_sdk::json::from_json(&payload).to_bytes();
+            let mut fresh = FreshRows::default();
+            let group = FreshGroup {
+                table: "readings",
                 segment: 1,
                 stream: false,
-                owner: owner.clone(),
-                time_us: i as i64,
-                device: devices[i % 50].clone(),
-                payload: payload.clone(),
-            }));
+                owner: "u",
+            };
+            for i in 0..n {
+                fresh.push(group, i as i64, &format!("truck-{}", i % 50), &payload);
+            }
+            u.rows(fresh);
             let (mut next, mut batches) = (0i64, 0);
             loop {
                 let mut items = Vec::new();

@@ -70,7 +70,7 @@ impl Ingest {
         let batch = std::mem::take(&mut self.unsynced);
         // The next fsync's batch is likely as big: room for it at once, not step by step.
         self.unsynced.acks.reserve(batch.acks.len());
-        self.unsynced.fresh.reserve(batch.fresh.len());
+        self.unsynced.fresh.reserve(batch.fresh.blocks());
         let handle = match self.wal.flush().and_then(|_| self.wal.sync_handle()) {
             Ok(file) => tokio::task::spawn_blocking(move || file.sync_data()),
             Err(e) => tokio::task::spawn_blocking(move || Err(e)),

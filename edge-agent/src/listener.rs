@@ -72,7 +72,10 @@ pub struct ListenerConfig {
     pub conns: Arc<crate::conn_limit::ConnLimiter>,
     /// Per-connection frame limits.
     pub limits: FrameLimits,
-    /// Capacity of the device event channel.
+    /// Capacity of the device event channel. Under load an event is one read's bucket writes
+    /// (sent on past 16 KiB, so up to about 16 KiB and one frame), so this bounds the memory
+    /// waiting for the ingest task: 512 events are at most tens of MiB, where 4,096 were
+    /// more than a small gateway has for it (BENCHMARKS.md, "Production-shaped ingest").
     pub event_capacity: usize,
     /// Capacity of each device's command queue.
     pub command_capacity: usize,
@@ -94,7 +97,7 @@ impl Default for ListenerConfig {
             write_timeout: Duration::from_secs(10),
             conns: crate::conn_limit::ConnLimiter::new(100_000, 10_000),
             limits: FrameLimits::DEFAULT,
-            event_capacity: 4096,
+            event_capacity: 512,
             command_capacity: 64,
             auth_limiter: Some(Arc::new(RateLimiter::from_config(&AuthSection::default()))),
             metrics: Arc::default(),

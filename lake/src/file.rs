@@ -98,16 +98,28 @@ pub fn writer_properties(cfg: WriterSettings, writer: Writer) -> Result<WriterPr
 
 /// Encodes batches as one Parquet file in memory (empty for no batches).
 pub fn encode(batches: &[RecordBatch], props: &WriterProperties) -> Result<Vec<u8>, LakeError> {
-    let Some(first) = batches.first() else {
-        return Ok(Vec::new());
-    };
     let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props.clone()))?;
+    encode_into(batches, props, &mut out)?;
+    Ok(out)
+}
+
+/// Encodes batches as one Parquet file into `out` (nothing for no batches), with no copy of
+/// the whole file in memory; returns the bytes written.
+pub fn encode_into<W: std::io::Write + Send>(
+    batches: &[RecordBatch],
+    props: &WriterProperties,
+    out: W,
+) -> Result<u64, LakeError> {
+    let Some(first) = batches.first() else {
+        return Ok(0);
+    };
+    let mut w = ArrowWriter::try_new(out, first.schema(), Some(props.clone()))?;
     for b in batches {
         w.write(b)?;
     }
-    w.close()?;
-    Ok(out)
+    // Writes the footer and flushes; the count then covers the whole file.
+    w.finish()?;
+    Ok(w.bytes_written() as u64)
 }
 
 /// What a file's key-value metadata says.

@@ -333,7 +333,9 @@ fn fill(batch: &RecordBatch, p: &Params, out_schema: &SchemaRef) -> Result<Recor
             group_row: s as u32,
         };
         for b in 0..buckets {
-            let t = first + b as i64 * stride;
+            // first + b * stride is at most `last`, but the product alone can pass i64 when
+            // `first` is below zero and `last` near the end of time: in i128.
+            let t = i64::try_from(i128::from(first) + b as i128 * i128::from(stride)).unwrap_or(last);
             while j < e && (times.is_null(j) || times.value(j) < t) {
                 out.push(row(j));
                 j += 1;

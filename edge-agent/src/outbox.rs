@@ -68,13 +68,6 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Writes `bytes` to a new file at `path` and fsyncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
 /// Encodes `batch` as a Parquet file at `path`, fsynced, straight into the file (a file of
 /// a large seal is tens of MiB, not held whole in memory); returns its bytes. A file cut
 /// short by an error is removed.
@@ -270,8 +263,11 @@ impl Outbox {
             let meta = std::collections::HashMap::from([("twinlake.table".to_owned(), t.table.clone())]);
             let schema = std::sync::Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
             let batch = batch.clone().with_schema(schema)?;
-            let bytes = file::encode(std::slice::from_ref(&batch), &self.props)?;
-            write_synced(&dir.join(format!("{}-{n}-{hour}.parquet", seq_name(seq))), &bytes)?;
+            encode_synced(
+                &dir.join(format!("{}-{n}-{hour}.parquet", seq_name(seq))),
+                &batch,
+                &self.props,
+            )?;
             rows += batch.num_rows() as u64;
         }
         sync_dir(&dir)?;

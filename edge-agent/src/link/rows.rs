@@ -63,13 +63,15 @@ impl FreshBlock {
 
     /// Drops its first `n` rows (all of them if it holds fewer).
     pub(super) fn drop_front(&mut self, n: usize) {
-        let (mut bytes, mut cost, mut dropped) = (0, 0, 0);
-        for r in self.block.iter().take(n).map_while(Result::ok) {
-            bytes += 14 + r.device.len() + r.payload.len();
+        let (mut cost, mut dropped) = (0, 0);
+        let mut rows = self.block.iter();
+        for r in rows.by_ref().take(n).map_while(Result::ok) {
             cost += row_cost(r.device, r.payload);
             dropped += 1;
         }
-        self.block.bytes.drain(..bytes.min(self.block.bytes.len()));
+        // Where the parser stopped: the bytes of the rows it read go.
+        let used = self.block.bytes.len() - rows.rest.len();
+        self.block.bytes.drain(..used);
         self.rows -= dropped.min(self.rows);
         self.cost -= cost.min(self.cost);
     }
@@ -100,7 +102,7 @@ impl FreshRows {
     /// A device name over 65,535 bytes or a payload over 4 GiB, which no WAL record holds, is
     /// not appended.
     pub fn push(&mut self, group: FreshGroup<'_>, time_us: i64, device: &str, payload: &[u8]) {
-        if u16::try_from(device.len()).is_err() || u32::try_from(payload.len()).is_err() {
+        if row_lens(device, payload).is_none() {
             return;
         }
         if !self.blocks.last().is_some_and(|b| b.takes(group)) {
@@ -144,6 +146,12 @@ impl FreshRows {
     }
 }
 
+/// A row's device and payload lengths as a block encodes them; `None` for a device name over
+/// 65,535 bytes or a payload over 4 GiB, which no WAL record holds.
+fn row_lens(device: &str, payload: &[u8]) -> Option<(u16, u32)> {
+    Some((u16::try_from(device.len()).ok()?, u32::try_from(payload.len()).ok()?))
+}
+
 /// Fresh rows, encoded back to back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowBlock {
@@ -173,7 +181,7 @@ impl RowBlock {
     /// Appends one row; false (and nothing appended) for a device name over 65,535 bytes or
     /// a payload over 4 GiB, which no WAL record holds.
     pub fn push(&mut self, time_us: i64, device: &str, payload: &[u8]) -> bool {
-        let (Ok(dlen), Ok(plen)) = (u16::try_from(device.len()), u32::try_from(payload.len())) else {
+        let Some((dlen, plen)) = row_lens(device, payload) else {
             return false;
         };
         self.bytes.reserve(14 + device.len() + payload.len());
